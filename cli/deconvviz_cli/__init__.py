@@ -1,0 +1,1 @@
+"""The deconvviz command-line app."""

@@ -1,0 +1,4 @@
+"""deconvviz."""
+from deconvviz._version import __version__
+
+__all__ = ["__version__"]
