@@ -1,4 +1,28 @@
-"""deconvviz."""
-from deconvviz._version import __version__
+"""deconvviz: see inside a trained PyTorch network the way Zeiler & Fergus did.
 
-__all__ = ["__version__"]
+Example:
+    >>> import deconvviz
+    >>> with deconvviz.attach(model) as dn:                      # doctest: +SKIP
+    ...     rec = dn.project(x, layer="conv2", channel=[0, 5])
+"""
+
+from deconvviz._version import __version__
+from deconvviz.engine import Deconvnet, DeconvvizWarning, attach, layer_output
+from deconvviz.errors import DeconvvizError
+from deconvviz.receptive import ReceptiveField, receptive_field
+from deconvviz.topk import TopActivations, TopProjections, project_top, top_activations
+
+__all__ = [
+    "Deconvnet",
+    "DeconvvizError",
+    "DeconvvizWarning",
+    "ReceptiveField",
+    "TopActivations",
+    "TopProjections",
+    "__version__",
+    "attach",
+    "layer_output",
+    "project_top",
+    "receptive_field",
+    "top_activations",
+]

@@ -1,0 +1,803 @@
+"""The deconvnet engine: :func:`attach` and the :class:`Deconvnet` handle.
+
+How it works (see ``docs/method.md``):
+
+* Every linear step of a deconvnet's reverse path (transposed filters, unpooling with switches,
+  ``W^T``, BatchNorm scaling, average-pool spreading, residual adds, concatenations) is exactly the
+  autograd backward of the forward op. Only the ReLU step differs. So the engine runs the
+  model's own forward under a :class:`torch.overrides.TorchFunctionMode` that replaces every ReLU
+  *call* -- ``nn.ReLU`` (in-place or not), ``F.relu``, ``torch.relu``, ``x.relu()``, ``relu_`` --
+  with an autograd function whose backward is the chosen rule, then asks autograd for the
+  gradient of the seeded layer output with respect to the input. Functional ReLUs, reused ReLU
+  modules and skip connections are all covered because the rule acts on each call.
+* A projection's seed is one activation (its own value), so its reverse path is nonzero only in
+  that activation's receptive field. When the receptive field can be followed (see
+  :mod:`deconvviz.receptive`), each seed runs on a crop of the input that holds its receptive
+  field, aligned to the layer's stride; this gives exactly the same result as the full image
+  (tested) and is what makes projecting every channel of a layer fast.
+* Nothing is attached to the model between calls: hooks live only during a pass and are removed
+  in ``finally``; ``training`` flags are restored; parameters never get ``.grad``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from deconvviz.errors import (
+    DeconvvizError,
+    InputError,
+    LayerError,
+    UnsupportedLayerError,
+    unknown_name,
+)
+from deconvviz.receptive import ReceptiveField, RFTracker
+from deconvviz.rules import ReluRule, describe_rule, get_rule
+
+__all__ = ["Deconvnet", "DeconvvizWarning", "attach", "layer_output"]
+
+DEFAULT_MAX_MEMORY = 512 * 2**20
+
+
+class DeconvvizWarning(UserWarning):
+    """A layer or activation without a deconvnet rule (its plain gradient is used instead)."""
+
+
+# ---------------------------------------------------------------------- what each layer gets
+
+_RELU_OUT_OF_PLACE = {F.relu, torch.relu, torch.Tensor.relu}
+_RELU_IN_PLACE = {torch.relu_, torch.Tensor.relu_}
+_NO_RULE_FUNCS = {
+    "tanh", "tanh_", "sigmoid", "sigmoid_", "gelu", "silu", "elu", "elu_", "selu", "celu",
+    "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "softplus", "mish", "hardswish",
+    "hardsigmoid", "prelu", "rrelu", "rrelu_", "logsigmoid", "softsign", "tanhshrink", "glu",
+    "relu6", "threshold", "threshold_", "softmax", "log_softmax", "layer_norm", "group_norm",
+    "instance_norm", "local_response_norm",
+}
+
+_NO_RULE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU, nn.PReLU,
+    nn.RReLU, nn.ReLU6, nn.Hardtanh, nn.Softplus, nn.Mish, nn.Hardswish, nn.Hardsigmoid,
+    nn.LogSigmoid, nn.Softsign, nn.Tanhshrink, nn.GLU, nn.Threshold, nn.Softmax, nn.LogSoftmax,
+    nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RNNBase, nn.MultiheadAttention,
+)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+# type -> reverse step, for the summary (first match wins; ReLU is described by the rule)
+_STEPS: list[tuple[tuple[type[nn.Module], ...], str]] = [
+    ((nn.ReLU,), "<relu>"),
+    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), "transposed filters (own weights, no bias)"),
+    ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
+     "convolution with the same filters (its transpose)"),
+    ((nn.Linear,), "W^T (own weights, no bias)"),
+    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+      nn.AdaptiveMaxPool3d), "unpool with the forward pass's switches (shared switches add)"),
+    ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+      nn.AdaptiveAvgPool3d), "spread evenly over each window (transpose of averaging)"),
+    ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
+     "scale by gamma / sqrt(running_var + eps) (eval mode)"),
+    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout),
+     "identity (eval mode)"),
+    ((nn.Flatten,), "unflatten"),
+    ((nn.Unflatten,), "flatten"),
+    ((nn.Identity,), "identity"),
+    ((nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d), "crop (transpose of padding)"),
+    ((nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d), "transpose of upsampling"),
+    (_NO_RULE_MODULES, "NO deconvnet rule: its plain gradient is used"),
+    (_CONTAINERS, "its submodules' steps"),
+]
+
+
+def _step_for(module: nn.Module, relu_step: str) -> str:
+    for types, step in _STEPS:
+        if isinstance(module, types):
+            return relu_step if step == "<relu>" else step
+    if not any(True for _ in module.children()):
+        return "NO deconvnet rule known for this layer type: its plain gradient is used"
+    return ("its submodules' steps; residual adds send the signal down every branch, "
+            "concatenations split it")
+
+
+def _has_no_rule(module: nn.Module) -> bool:
+    return _step_for(module, "").startswith("NO deconvnet rule")
+
+
+# ---------------------------------------------------------------------- the ReLU replacement
+
+
+class _RuleReLU(torch.autograd.Function):
+    """ReLU forward; backward by the attached rule."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, rule: ReluRule) -> Tensor:  # type: ignore[override]
+        out = torch.relu(x)
+        ctx.rule = rule
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return ctx.rule(grad, out > 0), None
+
+
+class _RuleReLUInPlace(torch.autograd.Function):
+    """In-place ReLU forward (``relu_`` / ``nn.ReLU(inplace=True)``); backward by the rule."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, rule: ReluRule) -> Tensor:  # type: ignore[override]
+        x.relu_()
+        ctx.mark_dirty(x)
+        ctx.rule = rule
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return ctx.rule(grad, out > 0), None
+
+
+@dataclass
+class _Event:
+    module: str  # innermost module running when the call happened ('' = the model itself)
+    func: str
+    supported: bool
+
+
+class _Mode(TorchFunctionMode):
+    """Sees every torch call of a forward pass: swaps ReLUs, logs activations, follows RFs."""
+
+    def __init__(self, rule: ReluRule | None, stack: list[str], tracker: RFTracker | None):
+        super().__init__()
+        self.rule = rule
+        self.stack = stack
+        self.tracker = tracker
+        self.events: list[_Event] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if func in _RELU_OUT_OF_PLACE or func in _RELU_IN_PLACE:
+            x = args[0]
+            inplace = func in _RELU_IN_PLACE or bool(
+                kwargs.get("inplace", args[1] if func is F.relu and len(args) > 1 else False)
+            )
+            self._log(name + ("_" if inplace and not name.endswith("_") else ""), True)
+            if self.rule is not None and torch.is_grad_enabled() and x.requires_grad:
+                fn = _RuleReLUInPlace if inplace else _RuleReLU
+                out = fn.apply(x, self.rule)
+            else:
+                out = func(*args, **kwargs)
+        else:
+            if name in _NO_RULE_FUNCS:
+                self._log(name, False)
+            out = func(*args, **kwargs)
+        if self.tracker is not None:
+            self.tracker.update(func, args, kwargs, out)
+        return out
+
+    def _log(self, func: str, supported: bool) -> None:
+        self.events.append(_Event(self.stack[-1] if self.stack else "", func, supported))
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class _LayerInfo:
+    """What one full probe pass learnt about a layer, for inputs of one shape."""
+
+    calls: int = 0
+    out_shape: tuple[int, ...] | None = None  # without the batch dimension; None: not a tensor
+    rf: ReceptiveField | None = None
+    bytes_per_sample: int = 0  # derived tensors made up to this layer, per input
+    events_before: int = 0  # number of activation events that happened before its output
+
+
+@dataclass
+class _Probe:
+    layers: dict[str, _LayerInfo]
+    order: list[str]
+    events: list[_Event]
+    input_shape: tuple[int, ...]
+
+
+@dataclass
+class _PassOut:
+    target: Tensor | None = None
+    counts: Counter = field(default_factory=Counter)
+    order: list[str] = field(default_factory=list)
+    events: list[_Event] = field(default_factory=list)
+    infos: dict[str, _LayerInfo] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- the handle
+
+
+class Deconvnet:
+    """Deconvnet reverse paths attached to a model. Create it with :func:`attach`.
+
+    Attributes:
+        model: the model (never modified).
+        rule: ``"deconvnet"``, ``"gradient"`` or ``"guided"``.
+        layers: projectable layer names, as ``named_modules()`` spells them, in forward order once a
+            projection has run (definition order before).
+
+    Example:
+        >>> with deconvviz.attach(model) as dn:                       # doctest: +SKIP
+        ...     rec = dn.project(x, layer="features.3", channel=5)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        rule: str = "deconvnet",
+        strict: bool = False,
+        *,
+        crop: bool = True,
+        max_memory: int = DEFAULT_MAX_MEMORY,
+        warn: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise InputError(
+                f"attach() needs a torch.nn.Module, got {type(model).__name__}; pass the model itself"
+            )
+        self.model = model
+        self.rule = rule
+        self._rule_fn = get_rule(rule)
+        self.strict = strict
+        self.crop = crop
+        self.max_memory = int(max_memory)
+        self._warn = warn
+        self._attached = True
+        self._names: dict[nn.Module, str] = {}
+        self._modules: dict[str, nn.Module] = {}
+        for name, module in model.named_modules():
+            if module is model:
+                continue
+            self._modules[name] = module
+            self._names.setdefault(module, name)
+        self.layers: list[str] = [
+            n for n, m in self._modules.items() if not isinstance(m, (nn.ModuleList, nn.ModuleDict))
+        ]
+        if not self.layers:
+            raise InputError(
+                f"the model ({type(model).__name__}) has no submodules, so there is no layer to "
+                "project; build it from nn.Module layers (nn.Conv2d, nn.ReLU, ...) as attributes"
+            )
+        self._probes: dict[tuple, _Probe] = {}
+        self._warned: set[tuple[str, str]] = set()
+        no_rule = [n for n, m in self._modules.items() if _has_no_rule(m)]
+        if no_rule and strict:
+            raise UnsupportedLayerError(
+                "strict mode: these layers have no deconvnet rule: "
+                + ", ".join(f"{n!r} ({type(self._modules[n]).__name__})" for n in no_rule)
+                + "; replace them by ReLU, or attach with strict=False to use their plain gradient"
+            )
+        if no_rule and warn:
+            warnings.warn(
+                "no deconvnet rule for "
+                + ", ".join(f"{n!r} ({type(self._modules[n]).__name__})" for n in no_rule)
+                + ": their plain gradient is used; attach(..., strict=True) refuses such models",
+                DeconvvizWarning,
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------------ context manager
+
+    def __enter__(self) -> Deconvnet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()  # never swallows the user's exception
+
+    def detach(self) -> None:
+        """Release the model. Idempotent. Nothing stays attached to the model in any case: hooks
+        only live during a projection; this just makes further use of the handle an error."""
+        self._attached = False
+        self._probes.clear()
+
+    def _check_attached(self) -> None:
+        if not self._attached:
+            raise DeconvvizError("this Deconvnet was detached; call deconvviz.attach(model) again")
+
+    # ------------------------------------------------------------------ description
+
+    def summary(self) -> str:
+        """A table of every layer and the reverse step it gets, plus the activation functions
+        the last forward pass called (functional ReLUs included)."""
+        relu_step = describe_rule(self.rule)
+        lines = [f"Deconvnet(rule={self.rule!r}, strict={self.strict}) on {type(self.model).__name__}"]
+        width = max(len(n) for n in self._modules) if self._modules else 10
+        for name, module in self._modules.items():
+            depth = name.count(".")
+            if isinstance(module, _CONTAINERS) and not depth:
+                lines.append(f"  {name:<{width}}  {type(module).__name__}")
+                continue
+            lines.append(
+                f"  {name:<{width}}  {type(module).__name__:<18} -> {_step_for(module, relu_step)}"
+            )
+        if self._probes:
+            probe = next(reversed(self._probes.values()))
+            calls = Counter((e.module, e.func, e.supported) for e in probe.events)
+            if calls:
+                lines.append("  activation calls seen in the forward pass:")
+                for (module, func, ok), n in calls.items():
+                    where = f"in {module!r}" if module else "in the model's forward"
+                    step = relu_step if ok else "NO deconvnet rule: its plain gradient is used"
+                    lines.append(f"    {func} x{n} {where} -> {step}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    # ------------------------------------------------------------------ passes
+
+    def _run(
+        self,
+        x: Tensor,
+        target: str | None,
+        *,
+        grad: bool,
+        stop: bool,
+        track: bool = False,
+        clone_target: bool = False,
+    ) -> _PassOut:
+        """One forward pass with temporary hooks; returns the target's output and what it saw."""
+        res = _PassOut()
+        stack: list[str] = []
+        tracker = RFTracker() if track else None
+        mode = _Mode(self._rule_fn if grad else None, stack, tracker)
+        names = self._names
+        size = tuple(x.shape[-2:])
+
+        def pre(module: nn.Module, args: Any) -> None:
+            name = names[module]
+            stack.append(name)
+            res.counts[name] += 1
+            if res.counts[name] == 1:
+                res.order.append(name)
+
+        def post(module: nn.Module, args: Any, out: Any) -> None:
+            name = names[module]
+            if stack and stack[-1] == name:
+                stack.pop()
+            if track and res.counts[name] == 1:
+                info = _LayerInfo(events_before=len(mode.events))
+                if isinstance(out, Tensor):
+                    info.out_shape = tuple(out.shape[1:])
+                    assert tracker is not None
+                    info.rf = tracker.field(out, size)  # type: ignore[arg-type]
+                    info.bytes_per_sample = tracker.bytes_per_sample
+                res.infos[name] = info
+            if name == target and res.target is None:
+                if not isinstance(out, Tensor):
+                    raise LayerError(
+                        f"layer {name!r} returns {type(out).__name__}, not a tensor; project at "
+                        "one of its submodules instead"
+                    )
+                res.target = out.clone() if clone_target else out
+                if stop:
+                    raise _StopForward
+
+        handles = []
+        saved_training = [(m, m.training) for m in self.model.modules()]
+        try:
+            for module in names:
+                handles.append(module.register_forward_pre_hook(pre))
+                handles.append(module.register_forward_hook(post))
+            self.model.eval()
+            grad_ctx = torch.enable_grad() if grad else torch.no_grad()
+            cudnn_ctx = (
+                torch.backends.cudnn.flags(enabled=False)
+                if x.is_cuda and any(isinstance(m, nn.RNNBase) for m in names)
+                else _nullcontext()
+            )
+            with grad_ctx, cudnn_ctx, mode:
+                if tracker is not None:
+                    tracker.watch(x)
+                try:
+                    self.model(x)
+                except _StopForward:
+                    pass
+        finally:
+            for h in handles:
+                h.remove()
+            for m, flag in saved_training:
+                m.training = flag
+        for name, n in res.counts.items():
+            if name in res.infos:
+                res.infos[name].calls = n
+        res.events = mode.events
+        return res
+
+    def _probe(self, x: Tensor) -> _Probe:
+        """A full forward pass on one input, learning every layer's geometry (cached per shape)."""
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
+        probe = self._probes.get(key)
+        if probe is not None:
+            return probe
+        try:
+            res = self._run(x[:1].detach().clone(), None, grad=False, stop=False, track=True)
+        except (DeconvvizError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # torch's own message, wrapped with the fix
+            raise InputError(self._forward_failed(x, exc)) from exc
+        probe = _Probe(res.infos, res.order, res.events, tuple(x.shape[1:]))
+        self._probes[key] = probe
+        called = [n for n in self.layers if n in res.infos]
+        self.layers = called + [n for n in self.layers if n not in res.infos]
+        return probe
+
+    def _forward_failed(self, x: Tensor, exc: Exception) -> str:
+        first_conv = next(
+            (m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None
+        )
+        hint = "check that the input's channel count and size are what the model expects"
+        if first_conv is not None and x.shape[1] != first_conv.in_channels:
+            hint = (f"the model's first convolution expects {first_conv.in_channels} input channels "
+                    f"but the input has {x.shape[1]}")
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"the model's forward pass failed on input of shape {tuple(x.shape)}: {msg}; {hint}"
+
+    # ------------------------------------------------------------------ validation
+
+    def _check_input(self, x: Any) -> Tensor:
+        self._check_attached()
+        if not isinstance(x, Tensor):
+            raise InputError(f"x must be a torch.Tensor [N, C, H, W], got {type(x).__name__}")
+        if x.dim() != 4:
+            fix = "; add a batch dimension with x.unsqueeze(0)" if x.dim() == 3 else ""
+            raise InputError(f"x must have shape [N, C, H, W], got {tuple(x.shape)}{fix}")
+        if x.shape[0] == 0:
+            raise InputError("x is an empty batch (N = 0); pass at least one image")
+        if not x.is_floating_point():
+            raise InputError(f"x must be a floating-point tensor, got {x.dtype}; use x.float()")
+        param = next(self.model.parameters(), None)
+        if param is not None:
+            if param.dtype != x.dtype:
+                raise InputError(
+                    f"x is {x.dtype} but the model's parameters are {param.dtype}; convert one of "
+                    f"them (x.to({param.dtype}) or model.to({x.dtype}))"
+                )
+            if param.device != x.device:
+                raise InputError(
+                    f"x is on {x.device} but the model is on {param.device}; move x with "
+                    f"x.to({str(param.device)!r})"
+                )
+        return x
+
+    def _layer(self, probe: _Probe, layer: str) -> _LayerInfo:
+        if not isinstance(layer, str):
+            raise LayerError(f"layer must be a name as named_modules() spells it, got {layer!r}")
+        if layer not in self._modules:
+            raise LayerError(unknown_name("layer", layer, self.layers))
+        info = probe.layers.get(layer)
+        if info is None:
+            raise LayerError(
+                f"layer {layer!r} is not called by the model's forward pass, so it has no "
+                "activations; pick one of the layers that run: " + ", ".join(probe.order[:12])
+            )
+        if info.calls > 1:
+            raise LayerError(
+                f"layer {layer!r} is called {info.calls} times per forward pass (a shared module), "
+                "so its activations are ambiguous; project at the enclosing block or at the layer "
+                "before one of its calls"
+            )
+        if info.out_shape is None:
+            raise LayerError(f"layer {layer!r} does not return a tensor; pick one of its submodules")
+        if len(info.out_shape) not in (1, 3):
+            raise LayerError(
+                f"layer {layer!r} outputs shape [N, {', '.join(map(str, info.out_shape))}]; only "
+                "[N, C, H, W] feature maps and [N, C] vectors can be projected"
+            )
+        unsupported = [e for e in probe.events[: info.events_before] if not e.supported]
+        if unsupported:
+            where = ", ".join(sorted({f"{e.func} in {e.module or 'forward'!r}" for e in unsupported}))
+            if self.strict:
+                raise UnsupportedLayerError(
+                    f"strict mode: the path to {layer!r} calls activations with no deconvnet rule "
+                    f"({where}); use ReLU, or attach with strict=False to use their plain gradient"
+                )
+            key = (layer, where)
+            if self._warn and key not in self._warned:
+                self._warned.add(key)
+                warnings.warn(
+                    f"no deconvnet rule for {where} on the path to {layer!r}: their plain "
+                    "gradient is used; attach(..., strict=True) refuses this",
+                    DeconvvizWarning,
+                    stacklevel=4,
+                )
+        return info
+
+    @staticmethod
+    def _channels(channel: Any, n_channels: int) -> tuple[list[int], bool]:
+        single = isinstance(channel, int) or (isinstance(channel, Tensor) and channel.dim() == 0)
+        try:
+            chans = [int(channel)] if single else [int(c) for c in channel]
+        except (TypeError, ValueError):
+            raise InputError(
+                f"channel must be an int or a list of ints, got {channel!r}"
+            ) from None
+        if not chans:
+            raise InputError("channel is an empty list; give at least one channel")
+        bad = [c for c in chans if not 0 <= c < n_channels]
+        if bad:
+            raise InputError(
+                f"channel {bad[0]} is out of range: the layer has {n_channels} channels "
+                f"(0..{n_channels - 1})"
+            )
+        return chans, single
+
+    # ------------------------------------------------------------------ public API
+
+    def layer_output(self, x: Tensor, layer: str) -> Tensor:
+        """The output of ``layer`` for input ``x`` (forward stopped there, no autograd graph)."""
+        x = self._check_input(x)
+        probe = self._probe(x)
+        self._layer(probe, layer)
+        return self._values(x, layer)
+
+    def _values(self, x: Tensor, layer: str) -> Tensor:
+        res = self._run(x.detach(), layer, grad=False, stop=True, clone_target=True)
+        assert res.target is not None
+        return res.target
+
+    def receptive_field(self, layer: str, input_shape: Sequence[int]) -> ReceptiveField | None:
+        """Receptive field of ``layer`` for inputs of shape ``input_shape`` (``None`` when the
+        layer's output is not a spatial map that can be followed back, e.g. after flatten)."""
+        self._check_attached()
+        param = next(self.model.parameters(), None)
+        dtype = param.dtype if param is not None else torch.float32
+        device = param.device if param is not None else torch.device("cpu")
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) == 3:
+            shape = (1, *shape)
+        x = torch.zeros(shape, dtype=dtype, device=device)
+        x = self._check_input(x)
+        return self._layer(self._probe(x), layer).rf
+
+    def project(
+        self,
+        x: Tensor,
+        layer: str,
+        channel: int | Sequence[int],
+        position: tuple[int, int] | None = None,
+    ) -> Tensor:
+        """Project one activation per image and channel of ``layer`` back to pixel space.
+
+        The seed keeps the activation's own value and sets every other activation of the layer to
+        zero; the reverse path then unpools with the forward pass's switches, rectifies and applies
+        transposed filters (for ``rule="deconvnet"``).
+
+        Args:
+            x: input images ``[N, C, H, W]`` on the model's device and dtype.
+            layer: layer name as ``named_modules()`` spells it (see :attr:`layers`).
+            channel: a channel (feature map) index, or a list of them.
+            position: ``(row, col)`` of the activation in the feature map; by default the
+                strongest activation of each channel in each image. Not used for ``[N, C]``
+                layer outputs (linear layers), where the channel is the unit.
+
+        Returns:
+            ``[N, C, H, W]`` (``x``'s shape), or ``[N, K, C, H, W]`` when ``channel`` is a list.
+
+        Example:
+            >>> rec = dn.project(x, layer="conv2", channel=[0, 5])   # doctest: +SKIP
+            >>> rec.shape                                            # doctest: +SKIP
+            torch.Size([8, 2, 1, 28, 28])
+        """
+        x = self._check_input(x)
+        probe = self._probe(x)
+        info = self._layer(probe, layer)
+        assert info.out_shape is not None
+        chans, single = self._channels(channel, info.out_shape[0])
+        n, k = x.shape[0], len(chans)
+        img = torch.arange(n).repeat_interleave(k)
+        chan = torch.tensor(chans).repeat(n)
+        spatial = len(info.out_shape) == 3
+        expected: Tensor | None = None
+        if not spatial:
+            if position is not None:
+                raise InputError(
+                    f"layer {layer!r} outputs [N, {info.out_shape[0]}] vectors, which have no "
+                    "positions; drop position="
+                )
+            rows = cols = torch.zeros(n * k, dtype=torch.long)
+        elif position is not None:
+            try:
+                r, c = (int(p) for p in position)
+            except (TypeError, ValueError):
+                raise InputError(f"position must be a (row, col) pair, got {position!r}") from None
+            h, w = info.out_shape[1:]
+            if not (0 <= r < h and 0 <= c < w):
+                raise InputError(
+                    f"position {(r, c)} is outside {layer!r}'s {h}x{w} feature map "
+                    f"(rows 0..{h - 1}, cols 0..{w - 1})"
+                )
+            rows = torch.full((n * k,), r, dtype=torch.long)
+            cols = torch.full((n * k,), c, dtype=torch.long)
+        else:
+            acts = self._values(x, layer)[:, chans]  # [N, K, h, w]
+            flat = acts.flatten(2)
+            best = flat.argmax(dim=2)  # first maximum on ties
+            w = acts.shape[-1]
+            rows, cols = (best // w).flatten().cpu(), (best % w).flatten().cpu()
+            expected = flat.gather(2, best.unsqueeze(2)).flatten()
+        out = x.new_zeros((n * k, *x.shape[1:]))
+        for idx, grads, boxes in self._project_seeds(x, info, layer, img, chan, rows, cols,
+                                                     expected):
+            for j, (s, (y0, x0, y1, x1)) in enumerate(zip(idx.tolist(), boxes, strict=True)):
+                out[s, :, y0:y1, x0:x1] = grads[j]
+        out = out.view(n, k, *x.shape[1:])
+        return out[:, 0] if single else out
+
+    # ------------------------------------------------------------------ the batched reverse pass
+
+    def _project_seeds(
+        self,
+        x: Tensor,
+        info: _LayerInfo,
+        layer: str,
+        img: Tensor,
+        chan: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+        expected: Tensor | None = None,
+    ) -> Iterator[tuple[Tensor, Tensor, list[tuple[int, int, int, int]]]]:
+        """Project seeds ``(img[s], chan[s], rows[s], cols[s])`` of ``layer``, in chunks.
+
+        Yields ``(seed indices, gradients, boxes)``: the gradient of seed ``s`` is nonzero only
+        inside ``boxes[j] = (y0, x0, y1, x1)`` of image ``img[s]`` and is given for that box.
+        """
+        h, w = x.shape[-2:]
+        boxes = self._crop_boxes(info, rows, cols, (h, w))
+        per_sample = max(info.bytes_per_sample, 1) * 4  # forward, graph, gradients
+        groups: dict[tuple[int, int], list[int]] = {}
+        for s, (y0, x0, y1, x1) in enumerate(boxes):
+            groups.setdefault((y1 - y0, x1 - x0), []).append(s)
+        for (bh, bw), members in groups.items():
+            cost = per_sample * bh * bw / (h * w)
+            chunk = max(1, min(len(members), int(self.max_memory // max(cost, 1))))
+            for start in range(0, len(members), chunk):
+                idx = torch.tensor(members[start : start + chunk])
+                sub = [boxes[i] for i in idx.tolist()]
+                crops = torch.stack(
+                    [x[img[i], :, y0:y1, x0:x1] for i, (y0, x0, y1, x1) in zip(idx.tolist(), sub,
+                                                                              strict=True)]
+                )
+                jr = info.rf.jump[0] if info.rf is not None else 1
+                jc = info.rf.jump[1] if info.rf is not None else 1
+                prow = rows[idx] - torch.tensor([b[0] for b in sub]) // jr
+                pcol = cols[idx] - torch.tensor([b[1] for b in sub]) // jc
+                grads, values = self._backward(crops, layer, chan[idx], prow, pcol)
+                if expected is not None and (bh, bw) != (h, w):
+                    want = expected[idx.to(expected.device)]
+                    tol = 1e-4 * float(want.abs().max().clamp_min(1.0))
+                    if not torch.allclose(values, want, rtol=1e-3, atol=tol):
+                        warnings.warn(
+                            f"receptive-field crops of {layer!r} disagreed with the full image; "
+                            "falling back to full-image projections (please report this model)",
+                            DeconvvizWarning,
+                            stacklevel=2,
+                        )
+                        info.rf = None
+                        full = [(0, 0, h, w)] * len(idx)
+                        grads, _ = self._backward(x[img[idx]], layer, chan[idx], rows[idx],
+                                                  cols[idx])
+                        yield idx, grads, full
+                        continue
+                yield idx, grads, sub
+
+    def _crop_boxes(
+        self, info: _LayerInfo, rows: Tensor, cols: Tensor, size: tuple[int, int]
+    ) -> list[tuple[int, int, int, int]]:
+        """Per seed, the aligned input crop that holds its whole receptive field."""
+        h, w = size
+        rf = info.rf
+        full = (0, 0, h, w)
+        if not self.crop or rf is None:
+            return [full] * len(rows)
+        sides = []
+        for dim, total in ((0, h), (1, w)):
+            jump, start, end = rf.jump[dim], rf.start[dim], rf.end[dim]
+            span = end - start + jump  # receptive field + alignment slack
+            if span >= 0.75 * total:
+                return [full] * len(rows)
+            pos = (rows if dim == 0 else cols).tolist()
+            last = max(0, (total - span) // jump * jump)  # aligned origin of the end crops
+            side = []
+            for p in pos:
+                lo = p * jump + start
+                o = max(0, lo // jump * jump)
+                o = min(o, last)
+                side.append((o, min(total, max(o + span, total if o == last else 0))))
+            sides.append(side)
+        return [(a[0], b[0], a[1], b[1]) for a, b in zip(sides[0], sides[1], strict=True)]
+
+    def _backward(
+        self, inp: Tensor, layer: str, chan: Tensor, prow: Tensor, pcol: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Forward ``inp`` to ``layer``, seed one activation per item with its value, walk back."""
+        xin = inp.detach().clone().requires_grad_(True)
+        res = self._run(xin, layer, grad=True, stop=True)
+        out = res.target
+        assert out is not None
+        b = torch.arange(out.shape[0], device=out.device)
+        chan = chan.to(out.device)
+        if out.dim() == 4:
+            index: tuple[Tensor, ...] = (b, chan, prow.to(out.device), pcol.to(out.device))
+        else:
+            index = (b, chan)
+        values = out[index].detach()
+        seed = torch.zeros_like(out)
+        seed[index] = values
+        if not out.requires_grad:
+            return torch.zeros_like(inp), values
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(out, xin, seed, allow_unused=True)
+        return (torch.zeros_like(inp) if g is None else g.detach()), values
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def attach(
+    model: nn.Module,
+    rule: str = "deconvnet",
+    strict: bool = False,
+    *,
+    crop: bool = True,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    warn: bool = True,
+) -> Deconvnet:
+    """Attach deconvnet reverse paths to ``model``.
+
+    Args:
+        model: any ``nn.Module`` that maps ``[N, C, H, W]`` images to outputs. It is never
+            modified: no attribute is flipped and no hook stays behind.
+        rule: ReLU step of the reverse path: ``"deconvnet"`` (Zeiler & Fergus, ``relu(g)``),
+            ``"gradient"`` (saliency) or ``"guided"`` (guided backprop); see
+            :mod:`deconvviz.rules`.
+        strict: refuse models with activations that have no deconvnet rule (tanh, GELU,
+            LeakyReLU, ...) instead of warning and using their plain gradient.
+        crop: run each seed on the crop of the input that holds its receptive field (same
+            result, much faster); ``False`` forces full-image passes.
+        max_memory: bytes a batch of seeds may take; larger jobs are chunked.
+        warn: warn about layers without a deconvnet rule.
+
+    Returns:
+        A :class:`Deconvnet`; use it as a context manager or call ``detach()``.
+
+    Example:
+        >>> with deconvviz.attach(model) as dn:                           # doctest: +SKIP
+        ...     rec = dn.project(x, layer="features.3", channel=[0, 5, 9])  # [N, 3, C, H, W]
+    """
+    return Deconvnet(model, rule, strict, crop=crop, max_memory=max_memory, warn=warn)
+
+
+def layer_output(model: nn.Module, x: Tensor, layer: str) -> Tensor:
+    """The output of ``model``'s ``layer`` for input ``x`` (forward stopped there, no grad).
+
+    The model runs in eval mode for this call; its ``training`` flags are restored after.
+
+    Example:
+        >>> acts = deconvviz.layer_output(model, x, "conv2")   # doctest: +SKIP
+    """
+    with Deconvnet(model, warn=False) as dn:
+        return dn.layer_output(x, layer)
+

@@ -1,0 +1,211 @@
+"""The reverse-path building blocks of a deconvnet, and the ReLU rules.
+
+A deconvnet (Zeiler & Fergus 2014) maps a signal at a layer's output back towards the input:
+
+========================  ===================================================================
+forward layer             reverse step
+========================  ===================================================================
+max pooling               :func:`unpool2d` -- put each value at the forward pass's switch
+ReLU                      :func:`rectify` -- ReLU applied to the reconstruction signal
+convolution               :func:`transposed_conv2d` -- the layer's own filters, transposed
+linear, BatchNorm (eval), the exact transpose of the forward op (which is what autograd
+average pooling, flatten,  computes for it)
+residual add, concat
+========================  ===================================================================
+
+Every linear step is exactly the autograd backward of its forward op, so the engine
+(:mod:`deconvviz.engine`) lets autograd do them and replaces only the ReLU backward by one of
+the rules registered here:
+
+==============  =================================  ================================
+rule            ReLU backward                      reference
+==============  =================================  ================================
+``deconvnet``   ``relu(g)``                        Zeiler & Fergus 2014
+``gradient``    ``g * (x > 0)``                    Simonyan et al. 2013 (saliency)
+``guided``      ``relu(g) * (x > 0)``              Springenberg et al. 2014
+==============  =================================  ================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from deconvviz.errors import DeconvvizError, InputError, unknown_name
+
+__all__ = [
+    "ReluRule",
+    "RULES",
+    "get_rule",
+    "register_rule",
+    "rectify",
+    "unpool2d",
+    "transposed_conv2d",
+]
+
+#: A ReLU backward rule: ``rule(grad_output, forward_mask) -> grad_input`` where
+#: ``forward_mask`` is ``x > 0`` for the ReLU's forward input ``x``.
+ReluRule = Callable[[Tensor, Tensor], Tensor]
+
+
+def rectify(signal: Tensor) -> Tensor:
+    """The deconvnet's rectification: ReLU applied to the reconstruction signal itself.
+
+    Unlike the gradient, it ignores where the forward pass's input was positive.
+
+    Example:
+        >>> rectify(torch.tensor([-1.0, 0.0, 2.0]))
+        tensor([0., 0., 2.])
+    """
+    return torch.relu(signal)
+
+
+def unpool2d(
+    signal: Tensor, indices: Tensor, output_size: Sequence[int], *, kernel_size: int | None = None
+) -> Tensor:
+    """Unpool ``signal`` by placing each value at its switch (recorded max location).
+
+    ``indices`` are the flat per-plane switch indices that ``F.max_pool2d(...,
+    return_indices=True)`` returns. Where pooling windows overlap (AlexNet's 3x3 stride-2
+    pooling), two outputs can share a switch; their values are **added**, which makes this the
+    exact transpose of max pooling (``F.max_unpool2d`` would keep only one of them).
+
+    Args:
+        signal: ``[N, C, h, w]`` values at the pooled layer's output.
+        indices: ``[N, C, h, w]`` switches from the forward pass.
+        output_size: ``(H, W)`` (or ``(N, C, H, W)``) of the pooling layer's input.
+        kernel_size: unused; accepted for symmetry with ``F.max_unpool2d``.
+
+    Returns:
+        ``[N, C, H, W]`` tensor, zero everywhere except at the switches.
+
+    Example:
+        >>> x = torch.tensor([[[[1.0, 3.0], [2.0, 0.0]]]])
+        >>> y, idx = F.max_pool2d(x, 2, return_indices=True)
+        >>> unpool2d(y, idx, (2, 2))
+        tensor([[[[0., 3.],
+                  [0., 0.]]]])
+    """
+    if signal.shape != indices.shape:
+        raise InputError(
+            f"unpool2d: signal {tuple(signal.shape)} and indices {tuple(indices.shape)} must have "
+            "the same shape; pass the indices that max_pool2d returned for this very output"
+        )
+    if signal.dim() != 4:
+        raise InputError(f"unpool2d expects [N, C, h, w] tensors, got {signal.dim()} dimensions")
+    h_out, w_out = int(output_size[-2]), int(output_size[-1])
+    n, c = signal.shape[:2]
+    flat = signal.new_zeros(n, c, h_out * w_out)
+    flat.scatter_add_(2, indices.reshape(n, c, -1), signal.reshape(n, c, -1))
+    return flat.view(n, c, h_out, w_out)
+
+
+def transposed_conv2d(
+    signal: Tensor,
+    weight: Tensor,
+    output_size: Sequence[int],
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> Tensor:
+    """Apply the transposed filters of a convolution: the layer's own weights, no bias.
+
+    This is the exact adjoint of ``F.conv2d(x, weight, stride=..., padding=..., ...)``: the
+    result has the conv input's size ``output_size`` (the output padding that a strided
+    convolution leaves ambiguous is resolved from it).
+
+    Args:
+        signal: ``[N, out_channels, h, w]`` signal at the convolution's output.
+        weight: the convolution's weight ``[out_channels, in_channels / groups, kh, kw]``.
+        output_size: ``(H, W)`` of the convolution's input.
+
+    Returns:
+        ``[N, in_channels, H, W]``.
+    """
+    stride_, padding_, dilation_ = (_pair(v) for v in (stride, padding, dilation))
+    h_out, w_out = int(output_size[-2]), int(output_size[-1])
+    kh, kw = weight.shape[-2:]
+    out_pad = []
+    for size, s, p, d, k, n in zip(
+        (h_out, w_out), stride_, padding_, dilation_, (kh, kw), signal.shape[-2:], strict=True
+    ):
+        natural = (n - 1) * s - 2 * p + d * (k - 1) + 1
+        extra = size - natural
+        if not 0 <= extra < max(s, d):
+            raise InputError(
+                f"transposed_conv2d: a signal of spatial size {tuple(signal.shape[-2:])} cannot "
+                f"come from an input of size {(h_out, w_out)} with these stride/padding/kernel"
+            )
+        out_pad.append(extra)
+    return F.conv_transpose2d(
+        signal,
+        weight,
+        None,
+        stride=stride_,
+        padding=padding_,
+        output_padding=tuple(out_pad),
+        groups=groups,
+        dilation=dilation_,
+    )
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(i) for i in v)
+    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+
+
+# --------------------------------------------------------------------------- ReLU rules
+
+
+def _deconvnet(grad: Tensor, mask: Tensor) -> Tensor:
+    return torch.relu(grad)
+
+
+def _gradient(grad: Tensor, mask: Tensor) -> Tensor:
+    return grad * mask
+
+
+def _guided(grad: Tensor, mask: Tensor) -> Tensor:
+    return torch.relu(grad) * mask
+
+
+RULES: dict[str, ReluRule] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_rule(name: str, rule: ReluRule, description: str) -> None:
+    """Register a ReLU backward rule under ``name`` (duplicate names are refused).
+
+    Example:
+        >>> register_rule("abs-deconvnet", lambda g, m: g.abs(), "|g|")  # doctest: +SKIP
+    """
+    if name in RULES:
+        raise DeconvvizError(f"a rule named {name!r} is already registered; pick another name")
+    RULES[name] = rule
+    _DESCRIPTIONS[name] = description
+
+
+def get_rule(name: str) -> ReluRule:
+    """The ReLU backward rule registered under ``name``."""
+    try:
+        return RULES[name]
+    except KeyError:
+        raise InputError(unknown_name("rule", name, RULES)) from None
+
+
+def describe_rule(name: str) -> str:
+    """One line saying what the ReLU backward of rule ``name`` does."""
+    get_rule(name)
+    return _DESCRIPTIONS[name]
+
+
+register_rule("deconvnet", _deconvnet, "rectify: relu(signal) (Zeiler & Fergus)")
+register_rule("gradient", _gradient, "gradient: signal * (forward input > 0)")
+register_rule("guided", _guided, "guided backprop: relu(signal) * (forward input > 0)")

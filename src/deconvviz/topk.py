@@ -1,0 +1,299 @@
+"""Dataset-scale projections: the top-k activations of every feature map (the paper's Fig. 2).
+
+:func:`top_activations` streams a DataLoader once, stopping each forward pass at the layer, and
+keeps per channel the ``k`` strongest activations from **distinct** images (each image
+contributes its strongest activation of that map), in ``O(channels x k)`` memory on the model's
+device. :func:`project_top` then projects all of them in batches and crops the image patches
+(receptive fields) that caused them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, RandomSampler
+
+from deconvviz.engine import Deconvnet
+from deconvviz.errors import InputError
+from deconvviz.receptive import ReceptiveField
+
+__all__ = ["TopActivations", "TopProjections", "top_activations", "project_top"]
+
+
+@dataclass(frozen=True)
+class TopActivations:
+    """The ``k`` strongest activations of each channel of ``layer`` over a dataset.
+
+    Attributes:
+        layer: the layer's name.
+        values: ``[C, k]`` activation values, strongest first (``-inf`` where the dataset had
+            fewer than ``k`` images).
+        indices: ``[C, k]`` dataset indices of the images (``-1`` where missing).
+        positions: ``[C, k, 2]`` ``(row, col)`` in the feature map (``0, 0`` for ``[N, C]``
+            layers).
+        boxes: ``[C, k, 4]`` receptive field ``(y0, x0, y1, x1)`` in input pixels, half-open,
+            clipped to the image (the whole image for non-spatial layers).
+        input_size: ``(H, W)`` of the images.
+        receptive_field: the layer's :class:`~deconvviz.receptive.ReceptiveField`, or ``None``.
+    """
+
+    layer: str
+    values: Tensor
+    indices: Tensor
+    positions: Tensor
+    boxes: Tensor
+    input_size: tuple[int, int]
+    receptive_field: ReceptiveField | None
+
+    @property
+    def k(self) -> int:
+        return int(self.values.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.values.shape[0])
+
+
+@dataclass(frozen=True)
+class TopProjections:
+    """Projections of a :class:`TopActivations` and the image patches that caused them.
+
+    Attributes:
+        top: the activations that were projected.
+        reconstructions: ``[C, k, Cin, h, w]`` projections, cut to the receptive field box
+            (``h, w`` = the receptive field's size, at most the image's); where the box runs
+            off the image, the outside is zero.
+        patches: ``[C, k, Cin, h, w]`` the input pixels of the same boxes (zero outside the image).
+        rule: the ReLU rule used.
+    """
+
+    top: TopActivations
+    reconstructions: Tensor
+    patches: Tensor
+    rule: str
+
+
+def _images(batch: Any) -> Tensor:
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    if isinstance(batch, dict) and isinstance(batch.get("image"), Tensor):
+        return batch["image"]
+    raise InputError(
+        "each batch must be an image tensor [N, C, H, W] or an (images, labels) pair, got "
+        f"{type(batch).__name__}"
+    )
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters(), None)
+    if p is None:
+        return torch.device("cpu"), torch.float32
+    return p.device, p.dtype
+
+
+def top_activations(
+    model: nn.Module,
+    loader: Iterable[Any],
+    layer: str,
+    k: int = 9,
+    *,
+    progress: bool = True,
+) -> TopActivations:
+    """Find, for every channel of ``layer``, its ``k`` strongest activations over a dataset.
+
+    Args:
+        model: the network.
+        loader: a DataLoader (or any iterable of batches) **in dataset order** (no shuffling):
+            image indices count batches in the order they come.
+        layer: layer name (``named_modules()`` spelling).
+        k: activations kept per channel, from distinct images.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`TopActivations`.
+
+    Example:
+        >>> loader = DataLoader(test_set, batch_size=256)                 # doctest: +SKIP
+        >>> top = deconvviz.top_activations(model, loader, "conv2", k=9)  # doctest: +SKIP
+        >>> top.values.shape                                              # doctest: +SKIP
+        torch.Size([64, 9])
+    """
+    if not isinstance(k, int) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    if isinstance(loader, DataLoader) and isinstance(loader.sampler, RandomSampler):
+        raise InputError(
+            "the DataLoader shuffles, so image indices would not refer to dataset positions; "
+            "build it with shuffle=False"
+        )
+    from tqdm.auto import tqdm
+
+    device, dtype = _model_device_dtype(model)
+    best_v: Tensor | None = None
+    best_i = best_p = None
+    seen = 0
+    rf: ReceptiveField | None = None
+    size: tuple[int, int] | None = None
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    with Deconvnet(model, warn=False) as dn:
+        bar = tqdm(loader, total=total, desc=f"top-{k} of {layer}", disable=not progress,
+                   unit="batch", leave=False)
+        for batch in bar:
+            xb = _images(batch)
+            xb = dn._check_input(xb.to(device=device, dtype=dtype))
+            probe = dn._probe(xb)
+            info = dn._layer(probe, layer)
+            if size is None:
+                size, rf = (int(xb.shape[-2]), int(xb.shape[-1])), info.rf
+            elif size != tuple(xb.shape[-2:]):
+                raise InputError(
+                    f"images change size within the dataset ({size} then {tuple(xb.shape[-2:])}); "
+                    "resize them to one size"
+                )
+            acts = dn._values(xb, layer)
+            b = acts.shape[0]
+            if acts.dim() == 4:
+                flat = acts.flatten(2)  # [B, C, h*w]
+                val, where = flat.max(dim=2)  # [B, C]
+                w = acts.shape[-1]
+                pos = torch.stack([where // w, where % w], dim=-1)  # [B, C, 2]
+            else:
+                val = acts
+                pos = torch.zeros((*acts.shape, 2), dtype=torch.long, device=acts.device)
+            idx = torch.arange(seen, seen + b, device=acts.device).unsqueeze(1).expand_as(val)
+            cand_v = val.t()
+            cand_i = idx.t()
+            cand_p = pos.transpose(0, 1)
+            if best_v is not None:
+                cand_v = torch.cat([best_v, cand_v], dim=1)
+                cand_i = torch.cat([best_i, cand_i], dim=1)  # type: ignore[list-item]
+                cand_p = torch.cat([best_p, cand_p], dim=1)  # type: ignore[list-item]
+            kk = min(k, cand_v.shape[1])
+            best_v, sel = cand_v.topk(kk, dim=1)
+            best_i = cand_i.gather(1, sel)
+            best_p = cand_p.gather(1, sel.unsqueeze(-1).expand(-1, -1, 2))
+            seen += b
+    if best_v is None or size is None:
+        raise InputError("the loader yielded no images; check the dataset is not empty")
+    c, kk = best_v.shape
+    if kk < k:  # fewer images than k
+        pad = k - kk
+        best_v = torch.cat([best_v, best_v.new_full((c, pad), float("-inf"))], dim=1)
+        best_i = torch.cat([best_i, best_i.new_full((c, pad), -1)], dim=1)  # type: ignore[list-item]
+        best_p = torch.cat([best_p, best_p.new_zeros((c, pad, 2))], dim=1)  # type: ignore[list-item]
+    boxes = _boxes(rf, best_p.cpu(), size)  # type: ignore[union-attr]
+    return TopActivations(layer, best_v.cpu(), best_i.cpu(), best_p.cpu(), boxes, size, rf)  # type: ignore[union-attr]
+
+
+def _boxes(rf: ReceptiveField | None, positions: Tensor, size: tuple[int, int],
+           clip: bool = True) -> Tensor:
+    c, k, _ = positions.shape
+    if rf is None:
+        return torch.tensor([0, 0, size[0], size[1]]).repeat(c, k, 1)
+    rows, cols = positions[..., 0], positions[..., 1]
+    y0 = rows * rf.jump[0] + rf.start[0]
+    x0 = cols * rf.jump[1] + rf.start[1]
+    y1 = rows * rf.jump[0] + rf.end[0] + 1
+    x1 = cols * rf.jump[1] + rf.end[1] + 1
+    if clip:
+        y0, x0 = y0.clamp_min(0), x0.clamp_min(0)
+        y1, x1 = y1.clamp_max(size[0]), x1.clamp_max(size[1])
+    return torch.stack([y0, x0, y1, x1], dim=-1)
+
+
+def project_top(
+    model: nn.Module,
+    dataset: Sequence[Any],
+    top: TopActivations,
+    rule: str = "deconvnet",
+    *,
+    channels: Sequence[int] | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> TopProjections:
+    """Project every activation of ``top`` and cut out the image patches that caused them.
+
+    Args:
+        model: the network ``top`` was computed on.
+        dataset: the dataset the loader read (``dataset[i]`` is an image or ``(image, label)``).
+        top: from :func:`top_activations`.
+        rule: ``"deconvnet"``, ``"gradient"`` or ``"guided"``.
+        channels: only these channels (default: all).
+        batch_size: seeds per batch (each batch is further chunked to the memory budget).
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`TopProjections`; reconstructions and patches are ``[C', k, Cin, h, w]``.
+    """
+    from tqdm.auto import tqdm
+
+    device, dtype = _model_device_dtype(model)
+    chans = list(range(top.channels)) if channels is None else [int(c) for c in channels]
+    bad = [c for c in chans if not 0 <= c < top.channels]
+    if bad:
+        raise InputError(f"channel {bad[0]} is out of range (the layer has {top.channels} channels)")
+    h_img, w_img = top.input_size
+    rf = top.receptive_field
+    bh, bw = (min(rf.size[0], h_img), min(rf.size[1], w_img)) if rf is not None else (h_img, w_img)
+    full_boxes = _boxes(rf, top.positions, top.input_size, clip=False) if rf is not None else None
+    # The seeds, channel-major; missing entries (index -1) stay zero.
+    seeds = [(ci, j) for ci, c in enumerate(chans) for j in range(top.k) if top.indices[c, j] >= 0]
+    recs = patches = None
+    with Deconvnet(model, rule, warn=False) as dn:
+        bar = tqdm(total=len(seeds), desc=f"projecting {top.layer}", disable=not progress,
+                   unit="seed", leave=False)
+        try:
+            for start in range(0, len(seeds), batch_size):
+                block = seeds[start : start + batch_size]
+                wanted = sorted({int(top.indices[chans[ci], j]) for ci, j in block})
+                images = torch.stack([_images_item(dataset[i]) for i in wanted]).to(device, dtype)
+                images = dn._check_input(images)
+                if recs is None:
+                    cin = images.shape[1]
+                    recs = images.new_zeros((len(chans), top.k, cin, bh, bw))
+                    patches = images.new_zeros((len(chans), top.k, cin, bh, bw))
+                info = dn._layer(dn._probe(images), top.layer)
+                where = {i: n for n, i in enumerate(wanted)}
+                img = torch.tensor([where[int(top.indices[chans[ci], j])] for ci, j in block])
+                chan = torch.tensor([chans[ci] for ci, _ in block])
+                pos = torch.stack([top.positions[chans[ci], j] for ci, j in block])
+                for idx, grads, boxes in dn._project_seeds(images, info, top.layer, img, chan,
+                                                           pos[:, 0], pos[:, 1]):
+                    for g, s, (y0, x0, y1, x1) in zip(grads, idx.tolist(), boxes, strict=True):
+                        ci, j = block[s]
+                        if full_boxes is not None:
+                            fy0, fx0, fy1, fx1 = (int(v) for v in full_boxes[chans[ci], j])
+                        else:
+                            fy0, fx0, fy1, fx1 = 0, 0, h_img, w_img
+                        # intersection of the receptive field box with the image and the crop
+                        cy0, cx0 = max(fy0, 0, y0), max(fx0, 0, x0)
+                        cy1, cx1 = min(fy1, h_img, y1, fy0 + bh), min(fx1, w_img, x1, fx0 + bw)
+                        if cy1 <= cy0 or cx1 <= cx0:
+                            continue
+                        recs[ci, j, :, cy0 - fy0 : cy1 - fy0, cx0 - fx0 : cx1 - fx0] = g[
+                            :, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0
+                        ]
+                        patches[ci, j, :, cy0 - fy0 : cy1 - fy0, cx0 - fx0 : cx1 - fx0] = images[  # type: ignore[index]
+                            img[s], :, cy0:cy1, cx0:cx1
+                        ]
+                bar.update(len(block))
+        finally:
+            bar.close()
+    if recs is None or patches is None:
+        raise InputError("top has no activations to project (the dataset was empty)")
+    return TopProjections(top, recs.cpu(), patches.cpu(), rule)
+
+
+def _images_item(item: Any) -> Tensor:
+    if isinstance(item, Tensor):
+        return item
+    if isinstance(item, (list, tuple)) and item and isinstance(item[0], Tensor):
+        return item[0]
+    raise InputError(
+        f"dataset items must be image tensors or (image, label) pairs, got {type(item).__name__}"
+    )
