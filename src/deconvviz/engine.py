@@ -435,7 +435,7 @@ class Deconvnet:
             raise InputError(self._forward_failed(x, exc)) from exc
         probe = _Probe(res.infos, res.order, res.events, tuple(x.shape[1:]))
         self._probes[key] = probe
-        called = [n for n in self.layers if n in res.infos]
+        called = [n for n in res.order if n in set(self.layers)]
         self.layers = called + [n for n in self.layers if n not in res.infos]
         return probe
 
@@ -621,7 +621,7 @@ class Deconvnet:
             h, w = info.out_shape[1:]
             if not (0 <= r < h and 0 <= c < w):
                 raise InputError(
-                    f"position {(r, c)} is outside {layer!r}'s {h}x{w} feature map "
+                    f"position {(r, c)} is outside the {h}x{w} feature map of {layer!r} "
                     f"(rows 0..{h - 1}, cols 0..{w - 1})"
                 )
             rows = torch.full((n * k,), r, dtype=torch.long)

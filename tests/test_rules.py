@@ -1,0 +1,72 @@
+"""The public reverse-path building blocks, against autograd and hand-computed cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deconvviz.errors import DeconvvizError, InputError
+from deconvviz.rules import RULES, get_rule, rectify, register_rule, transposed_conv2d, unpool2d
+
+
+def test_rectify_is_relu_of_the_signal_not_a_mask():
+    g = torch.tensor([-2.0, -0.0, 0.5, 3.0])
+    assert torch.equal(rectify(g), torch.tensor([0.0, 0.0, 0.5, 3.0]))
+
+
+def test_unpool_hand_computed_with_shared_switch():
+    # 1x5 row, windows of 3 with stride 2 overlap at column 2, which holds the max of both
+    x = torch.tensor([[[[1.0, 2.0, 9.0, 3.0, 4.0]]]], dtype=torch.float64)
+    y, idx = F.max_pool2d(x, (1, 3), (1, 2), return_indices=True)
+    assert idx.flatten().tolist() == [2, 2]
+    g = torch.tensor([[[[10.0, 5.0]]]], dtype=torch.float64)
+    out = unpool2d(g, idx, x.shape)
+    assert out.flatten().tolist() == [0.0, 0.0, 15.0, 0.0, 0.0]  # the two values add up
+    # F.max_unpool2d would keep only one of them: not the transpose of pooling
+    assert F.max_unpool2d(g, idx, (1, 3), (1, 2), output_size=x.shape).flatten()[2] != 15.0
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(2, 2, 0), (3, 2, 0), (3, 2, 1), (3, 1, 1)])
+def test_unpool_is_the_exact_transpose_of_max_pooling(kernel, stride, padding):
+    gen = torch.Generator().manual_seed(kernel * 10 + stride)
+    x = torch.randn(2, 3, 13, 11, generator=gen, dtype=torch.float64, requires_grad=True)
+    y, idx = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
+    g = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    (ref,) = torch.autograd.grad(y, x, g)
+    torch.testing.assert_close(unpool2d(g, idx, x.shape[-2:]), ref, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "dilation", "groups", "size"),
+    [(1, 0, 1, 1, (9, 9)), (2, 1, 1, 1, (10, 9)), (3, 2, 1, 2, (14, 13)), (1, 2, 2, 1, (11, 12))],
+)
+def test_transposed_conv_is_the_adjoint_of_conv(stride, padding, dilation, groups, size):
+    gen = torch.Generator().manual_seed(stride + 7 * padding)
+    x = torch.randn(2, 4, *size, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4 // groups, 3, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+    g = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    (ref,) = torch.autograd.grad(y, x, g)
+    out = transposed_conv2d(g, w, size, stride=stride, padding=padding, dilation=dilation,
+                            groups=groups)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_building_block_errors():
+    with pytest.raises(InputError, match="same shape"):
+        unpool2d(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 3, 3, dtype=torch.long), (4, 4))
+    with pytest.raises(InputError, match="cannot come from an input of size"):
+        transposed_conv2d(torch.zeros(1, 2, 4, 4), torch.zeros(2, 1, 3, 3), (20, 20))
+
+
+def test_rule_registry():
+    g = torch.tensor([-1.0, 2.0, -3.0, 4.0])
+    mask = torch.tensor([True, False, True, True])
+    assert get_rule("deconvnet")(g, mask).tolist() == [0.0, 2.0, 0.0, 4.0]
+    assert get_rule("gradient")(g, mask).tolist() == [-1.0, 0.0, -3.0, 4.0]
+    assert get_rule("guided")(g, mask).tolist() == [0.0, 0.0, 0.0, 4.0]
+    with pytest.raises(DeconvvizError, match="already registered"):
+        register_rule("deconvnet", lambda g, m: g, "twin")
+    assert set(RULES) >= {"deconvnet", "gradient", "guided"}
