@@ -11,19 +11,25 @@ import torch
 import torch.nn.functional as F
 from captum.attr import NeuronDeconvolution
 from torch import nn
-from zoo import CASES, CourseLeNet5, FunctionalNet, build, oracle, seq_net
 
 import deconvviz
 from deconvviz import DeconvvizError, DeconvvizWarning
 from deconvviz.errors import InputError, LayerError, UnsupportedLayerError
+from zoo import CASES, CourseLeNet5, FunctionalNet, build, oracle, seq_net
 
 
 def _hook_state(model: nn.Module) -> list[int]:
     sizes = []
     for m in model.modules():
-        for d in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks,
-                  m._backward_pre_hooks, m._forward_hooks_with_kwargs,
-                  m._forward_pre_hooks_with_kwargs, m._state_dict_hooks):
+        for d in (
+            m._forward_hooks,
+            m._forward_pre_hooks,
+            m._backward_hooks,
+            m._backward_pre_hooks,
+            m._forward_hooks_with_kwargs,
+            m._forward_pre_hooks_with_kwargs,
+            m._state_dict_hooks,
+        ):
             sizes.append(len(d))
     return sizes
 
@@ -35,8 +41,10 @@ def _snapshot(model: nn.Module) -> dict:
         "requires_grad": [p.requires_grad for p in model.parameters()],
         "grads": [p.grad for p in model.parameters()],
         "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "attrs": [copy.copy({k: v for k, v in vars(m).items() if not k.startswith("_")})
-                  for m in model.modules()],
+        "attrs": [
+            copy.copy({k: v for k, v in vars(m).items() if not k.startswith("_")})
+            for m in model.modules()
+        ],
     }
 
 
@@ -52,8 +60,9 @@ def _assert_unchanged(model: nn.Module, before: dict) -> None:
     assert not torch._C._is_torch_function_mode_enabled(), "a TorchFunctionMode is still active"
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.name in ("resnet18", "sequential")],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.name in ("resnet18", "sequential")], ids=lambda c: c.name
+)
 def test_model_is_untouched_after_use_and_after_errors(case):
     model, x = build(case)
     model.train()  # mixed flags and frozen parameters must come back exactly as they were
@@ -82,9 +91,11 @@ def test_model_is_untouched_after_use_and_after_errors(case):
 
     # errors raised inside project leave nothing behind either
     dn = deconvviz.attach(model)
-    for bad in (lambda: dn.project(x, case.layers[0], 10_000),
-                lambda: dn.project(x, "no.such.layer", 0),
-                lambda: dn.project(x[:, :1], case.layers[0], 0)):
+    for bad in (
+        lambda: dn.project(x, case.layers[0], 10_000),
+        lambda: dn.project(x, "no.such.layer", 0),
+        lambda: dn.project(x[:, :1], case.layers[0], 0),
+    ):
         with pytest.raises(DeconvvizError):
             bad()
         _assert_unchanged(model, before)
@@ -157,17 +168,45 @@ def lenet() -> tuple[nn.Module, torch.Tensor]:
 @pytest.mark.parametrize(
     ("call", "error", "pattern"),
     [
-        (lambda dn, x: dn.project(x, "conv3", 0), LayerError, r"unknown layer 'conv3'; did you mean 'conv2', 'conv1'"),
-        (lambda dn, x: dn.project(x, "conv2", 64), InputError, r"channel 64 is out of range: the layer has 64 channels \(0..63\)"),
+        (
+            lambda dn, x: dn.project(x, "conv3", 0),
+            LayerError,
+            r"unknown layer 'conv3'; did you mean 'conv2', 'conv1'",
+        ),
+        (
+            lambda dn, x: dn.project(x, "conv2", 64),
+            InputError,
+            r"channel 64 is out of range: the layer has 64 channels \(0..63\)",
+        ),
         (lambda dn, x: dn.project(x, "conv2", [1, -1]), InputError, r"channel -1 is out of range"),
         (lambda dn, x: dn.project(x, "conv2", []), InputError, "empty list"),
         (lambda dn, x: dn.project(x, "conv2", "a"), InputError, "channel must be an int"),
-        (lambda dn, x: dn.project(x, "conv2", 0, position=(28, 0)), InputError, r"position \(28, 0\) is outside the 14x14 feature map of 'conv2' \(rows 0..13"),
+        (
+            lambda dn, x: dn.project(x, "conv2", 0, position=(28, 0)),
+            InputError,
+            r"position \(28, 0\) is outside the 14x14 feature map of 'conv2' \(rows 0..13",
+        ),
         (lambda dn, x: dn.project(x, "fc1", 0, position=(0, 0)), InputError, "no positions"),
-        (lambda dn, x: dn.project(x[0], "conv2", 0), InputError, r"\[N, C, H, W\].*x.unsqueeze\(0\)"),
-        (lambda dn, x: dn.project(x.repeat(1, 3, 1, 1), "conv2", 0), InputError, "expects 1 input channels but the input has 3"),
-        (lambda dn, x: dn.project(x[:, :, :20, :20], "fc1", 0), InputError, "forward pass failed on input of shape"),
-        (lambda dn, x: dn.project(x.float(), "conv2", 0), InputError, r"x is torch.float32 but the model's parameters are torch.float64"),
+        (
+            lambda dn, x: dn.project(x[0], "conv2", 0),
+            InputError,
+            r"\[N, C, H, W\].*x.unsqueeze\(0\)",
+        ),
+        (
+            lambda dn, x: dn.project(x.repeat(1, 3, 1, 1), "conv2", 0),
+            InputError,
+            "expects 1 input channels but the input has 3",
+        ),
+        (
+            lambda dn, x: dn.project(x[:, :, :20, :20], "fc1", 0),
+            InputError,
+            "forward pass failed on input of shape",
+        ),
+        (
+            lambda dn, x: dn.project(x.float(), "conv2", 0),
+            InputError,
+            r"x is torch.float32 but the model's parameters are torch.float64",
+        ),
         (lambda dn, x: dn.project(x.numpy(), "conv2", 0), InputError, "must be a torch.Tensor"),
         (lambda dn, x: dn.project(x[:0], "conv2", 0), InputError, "empty batch"),
         (lambda dn, x: dn.project((x * 255).long(), "conv2", 0), InputError, "floating-point"),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from zoo import CASES, Case, build, layer_value, oracle
 
 import deconvviz
+from zoo import CASES, Case, build, layer_value, oracle
 
 RTOL = 1e-6
 
@@ -54,9 +54,7 @@ def test_strongest_activation_matches_oracle(case_model):
 def test_chosen_positions_and_rules_match_oracle(case_model, rule):
     """Chosen positions, corners included (receptive fields cut by the border)."""
     case, model, x = case_model
-    spatial = [
-        layer for layer in case.layers if layer_value(case, model, x[:1], layer).dim() == 4
-    ]
+    spatial = [layer for layer in case.layers if layer_value(case, model, x[:1], layer).dim() == 4]
     layer = spatial[-1]
     ref_out = layer_value(case, model, x, layer)
     h, w = ref_out.shape[-2:]

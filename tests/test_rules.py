@@ -27,7 +27,9 @@ def test_unpool_hand_computed_with_shared_switch():
     assert F.max_unpool2d(g, idx, (1, 3), (1, 2), output_size=x.shape).flatten()[2] != 15.0
 
 
-@pytest.mark.parametrize(("kernel", "stride", "padding"), [(2, 2, 0), (3, 2, 0), (3, 2, 1), (3, 1, 1)])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding"), [(2, 2, 0), (3, 2, 0), (3, 2, 1), (3, 1, 1)]
+)
 def test_unpool_is_the_exact_transpose_of_max_pooling(kernel, stride, padding):
     gen = torch.Generator().manual_seed(kernel * 10 + stride)
     x = torch.randn(2, 3, 13, 11, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -49,8 +51,9 @@ def test_transposed_conv_is_the_adjoint_of_conv(stride, padding, dilation, group
     y = F.conv2d(x, w, b, stride, padding, dilation, groups)
     g = torch.randn(y.shape, generator=gen, dtype=torch.float64)
     (ref,) = torch.autograd.grad(y, x, g)
-    out = transposed_conv2d(g, w, size, stride=stride, padding=padding, dilation=dilation,
-                            groups=groups)
+    out = transposed_conv2d(
+        g, w, size, stride=stride, padding=padding, dilation=dilation, groups=groups
+    )
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 

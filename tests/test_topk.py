@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from zoo import CASES, CourseLeNet5, build
 
 import deconvviz
 from deconvviz.errors import InputError
 from deconvviz.receptive import ReceptiveField
+from zoo import CASES, CourseLeNet5, build
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +86,12 @@ def test_top_activations_of_a_linear_layer_and_small_datasets(lenet_data):
 def test_project_top_equals_single_projections_and_patches(lenet_data):
     model, data = lenet_data
     images = data.tensors[0]
-    top = deconvviz.top_activations(model, DataLoader(data, batch_size=10), "relu2", k=3,
-                                    progress=False)
-    proj = deconvviz.project_top(model, data, top, channels=[0, 7, 63], batch_size=4,
-                                 progress=False)
+    top = deconvviz.top_activations(
+        model, DataLoader(data, batch_size=10), "relu2", k=3, progress=False
+    )
+    proj = deconvviz.project_top(
+        model, data, top, channels=[0, 7, 63], batch_size=4, progress=False
+    )
     assert proj.reconstructions.shape == (3, 3, 1, 14, 14)
     assert proj.reconstructions.abs().sum() > 0
     rf = top.receptive_field
@@ -107,6 +109,7 @@ def test_project_top_equals_single_projections_and_patches(lenet_data):
                 patch[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = images[i, :, cy0:cy1, cx0:cx1]
                 # nothing of the projection lies outside the receptive field
                 assert full.abs().sum() == pytest.approx(canvas.abs().sum(), rel=1e-12)
-                torch.testing.assert_close(proj.reconstructions[ci, j], canvas, rtol=1e-6,
-                                           atol=1e-12)
+                torch.testing.assert_close(
+                    proj.reconstructions[ci, j], canvas, rtol=1e-6, atol=1e-12
+                )
                 torch.testing.assert_close(proj.patches[ci, j], patch)

@@ -8,8 +8,8 @@ function. Both are dense (full image), float64.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,10 +60,19 @@ class CourseLeNet5(nn.Module):
 
 def seq_net() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),  # overlapping
-        nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Dropout(0.3), nn.Linear(8 * 2 * 2, 7),
+        nn.Conv2d(3, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),  # overlapping
+        nn.Conv2d(8, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(8 * 2 * 2, 7),
     )
 
 
@@ -109,8 +118,13 @@ CASES = [
     Case("functional", FunctionalNet, (2, 3, 16, 16), ("conv2", "conv3", "fc"), False),
     Case("alexnet", _alexnet, (2, 3, 71, 71), ("features.1", "features.4", "features.11"), True),
     Case("vgg11_bn", _vgg11_bn, (2, 3, 32, 32), ("features.6", "features.13", "features.20"), True),
-    Case("resnet18", _resnet18, (2, 3, 40, 40), ("relu", "layer1.1", "layer2.0", "layer3.1.bn2"),
-         False),
+    Case(
+        "resnet18",
+        _resnet18,
+        (2, 3, 40, 40),
+        ("relu", "layer1.1", "layer2.0", "layer3.1.bn2"),
+        False,
+    ),
 ]
 
 
@@ -156,8 +170,13 @@ def chain_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 @torch.no_grad()
-def chain_oracle(model: nn.Module, x: Tensor, layer: str, seeds: list[tuple[int, int, int, int]],
-                 rule: str = "deconvnet") -> Tensor:
+def chain_oracle(
+    model: nn.Module,
+    x: Tensor,
+    layer: str,
+    seeds: list[tuple[int, int, int, int]],
+    rule: str = "deconvnet",
+) -> Tensor:
     """Explicit layer-by-layer reverse path for chain models. seeds: (image, channel, row, col);
     row/col ignored for vector outputs. Returns [S, C, H, W]."""
     mods = chain_modules(model)
@@ -167,11 +186,18 @@ def chain_oracle(model: nn.Module, x: Tensor, layer: str, seeds: list[tuple[int,
     for img, ch, r, c in seeds:
         h = x[img : img + 1]
         record = []
-        for name, m in mods[: stop + 1]:
+        for _name, m in mods[: stop + 1]:
             inp = h
             if isinstance(m, nn.MaxPool2d):
-                h, idx = F.max_pool2d(h, m.kernel_size, m.stride, m.padding, m.dilation,
-                                      m.ceil_mode, return_indices=True)
+                h, idx = F.max_pool2d(
+                    h,
+                    m.kernel_size,
+                    m.stride,
+                    m.padding,
+                    m.dilation,
+                    m.ceil_mode,
+                    return_indices=True,
+                )
                 record.append((m, inp, idx))
             else:
                 h = m(h)
@@ -190,11 +216,17 @@ def chain_oracle(model: nn.Module, x: Tensor, layer: str, seeds: list[tuple[int,
                 else:
                     g = g.clamp(min=0) * (inp > 0)
             elif isinstance(m, nn.Conv2d):
-                natural = [(g.shape[-2 + d] - 1) * m.stride[d] - 2 * m.padding[d]
-                           + m.dilation[d] * (m.kernel_size[d] - 1) + 1 for d in (0, 1)]
+                natural = [
+                    (g.shape[-2 + d] - 1) * m.stride[d]
+                    - 2 * m.padding[d]
+                    + m.dilation[d] * (m.kernel_size[d] - 1)
+                    + 1
+                    for d in (0, 1)
+                ]
                 op = tuple(inp.shape[-2 + d] - natural[d] for d in (0, 1))
-                g = F.conv_transpose2d(g, m.weight, None, m.stride, m.padding, op, m.groups,
-                                       m.dilation)
+                g = F.conv_transpose2d(
+                    g, m.weight, None, m.stride, m.padding, op, m.groups, m.dilation
+                )
             elif isinstance(m, nn.MaxPool2d):
                 n, c = g.shape[:2]
                 flat = torch.zeros(n, c, inp.shape[-2] * inp.shape[-1], dtype=g.dtype)
@@ -265,8 +297,13 @@ def _functional_forward(model: FunctionalNet, x: Tensor, layer: str, rule: str) 
     return model.fc(relu(h).flatten(1))
 
 
-def graph_oracle(model: nn.Module, x: Tensor, layer: str, seeds: list[tuple[int, int, int, int]],
-                 rule: str = "deconvnet") -> Tensor:
+def graph_oracle(
+    model: nn.Module,
+    x: Tensor,
+    layer: str,
+    seeds: list[tuple[int, int, int, int]],
+    rule: str = "deconvnet",
+) -> Tensor:
     """Autograd with the ReLU backward replaced, on a functional rewrite of the model."""
     fwd = _resnet_forward if isinstance(model, torchvision.models.ResNet) else _functional_forward
     outs = []
@@ -283,8 +320,14 @@ def graph_oracle(model: nn.Module, x: Tensor, layer: str, seeds: list[tuple[int,
     return torch.stack(outs)
 
 
-def oracle(case: Case, model: nn.Module, x: Tensor, layer: str,
-           seeds: list[tuple[int, int, int, int]], rule: str = "deconvnet") -> Tensor:
+def oracle(
+    case: Case,
+    model: nn.Module,
+    x: Tensor,
+    layer: str,
+    seeds: list[tuple[int, int, int, int]],
+    rule: str = "deconvnet",
+) -> Tensor:
     fn = chain_oracle if case.chain else graph_oracle
     return fn(model, x, layer, seeds, rule)
 
@@ -299,5 +342,7 @@ def layer_value(case: Case, model: nn.Module, x: Tensor, layer: str) -> Tensor:
                 if name == layer:
                     return h
             raise AssertionError(layer)
-        fwd = _resnet_forward if isinstance(model, torchvision.models.ResNet) else _functional_forward
+        fwd = (
+            _resnet_forward if isinstance(model, torchvision.models.ResNet) else _functional_forward
+        )
         return fwd(model, x, layer, "deconvnet")  # type: ignore[arg-type]

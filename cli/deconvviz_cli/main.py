@@ -26,8 +26,10 @@ class DeconvvizGroup(click.Group):
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
-            click.echo("Interrupted: files already written are complete; nothing was left half-written.",
-                       err=True)
+            click.echo(
+                "Interrupted: files already written are complete; nothing was left half-written.",
+                err=True,
+            )
             sys.exit(130)
 
 

@@ -9,10 +9,32 @@ Example:
 from deconvviz._version import __version__
 from deconvviz.engine import Deconvnet, DeconvvizWarning, attach, layer_output
 from deconvviz.errors import DeconvvizError
+from deconvviz.filters import RenormaliseHook, dead_filters, filter_rms, renormalise_
+from deconvviz.occlusion import OcclusionResult, occlusion
 from deconvviz.receptive import ReceptiveField, receptive_field
+from deconvviz.render.filters import filter_grid
+from deconvviz.stats import (
+    HiddenStateStats,
+    LayerStats,
+    activation_stats,
+    hidden_state_stats,
+    report_lines,
+)
 from deconvviz.topk import TopActivations, TopProjections, project_top, top_activations
 
 __all__ = [
+    "HiddenStateStats",
+    "LayerStats",
+    "OcclusionResult",
+    "RenormaliseHook",
+    "activation_stats",
+    "dead_filters",
+    "filter_grid",
+    "filter_rms",
+    "hidden_state_stats",
+    "occlusion",
+    "renormalise_",
+    "report_lines",
     "Deconvnet",
     "DeconvvizError",
     "DeconvvizWarning",

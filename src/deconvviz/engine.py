@@ -21,6 +21,7 @@ How it works (see ``docs/method.md``):
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -56,18 +57,71 @@ class DeconvvizWarning(UserWarning):
 _RELU_OUT_OF_PLACE = {F.relu, torch.relu, torch.Tensor.relu}
 _RELU_IN_PLACE = {torch.relu_, torch.Tensor.relu_}
 _NO_RULE_FUNCS = {
-    "tanh", "tanh_", "sigmoid", "sigmoid_", "gelu", "silu", "elu", "elu_", "selu", "celu",
-    "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "softplus", "mish", "hardswish",
-    "hardsigmoid", "prelu", "rrelu", "rrelu_", "logsigmoid", "softsign", "tanhshrink", "glu",
-    "relu6", "threshold", "threshold_", "softmax", "log_softmax", "layer_norm", "group_norm",
-    "instance_norm", "local_response_norm",
+    "tanh",
+    "tanh_",
+    "sigmoid",
+    "sigmoid_",
+    "gelu",
+    "silu",
+    "elu",
+    "elu_",
+    "selu",
+    "celu",
+    "leaky_relu",
+    "leaky_relu_",
+    "hardtanh",
+    "hardtanh_",
+    "softplus",
+    "mish",
+    "hardswish",
+    "hardsigmoid",
+    "prelu",
+    "rrelu",
+    "rrelu_",
+    "logsigmoid",
+    "softsign",
+    "tanhshrink",
+    "glu",
+    "relu6",
+    "threshold",
+    "threshold_",
+    "softmax",
+    "log_softmax",
+    "layer_norm",
+    "group_norm",
+    "instance_norm",
+    "local_response_norm",
 }
 
 _NO_RULE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU, nn.PReLU,
-    nn.RReLU, nn.ReLU6, nn.Hardtanh, nn.Softplus, nn.Mish, nn.Hardswish, nn.Hardsigmoid,
-    nn.LogSigmoid, nn.Softsign, nn.Tanhshrink, nn.GLU, nn.Threshold, nn.Softmax, nn.LogSoftmax,
-    nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RNNBase, nn.MultiheadAttention,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.SiLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.LogSigmoid,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.GLU,
+    nn.Threshold,
+    nn.Softmax,
+    nn.LogSoftmax,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.RNNBase,
+    nn.MultiheadAttention,
 )
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -75,21 +129,48 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _STEPS: list[tuple[tuple[type[nn.Module], ...], str]] = [
     ((nn.ReLU,), "<relu>"),
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), "transposed filters (own weights, no bias)"),
-    ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
-     "convolution with the same filters (its transpose)"),
+    (
+        (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
+        "convolution with the same filters (its transpose)",
+    ),
     ((nn.Linear,), "W^T (own weights, no bias)"),
-    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-      nn.AdaptiveMaxPool3d), "unpool with the forward pass's switches (shared switches add)"),
-    ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-      nn.AdaptiveAvgPool3d), "spread evenly over each window (transpose of averaging)"),
-    ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
-     "scale by gamma / sqrt(running_var + eps) (eval mode)"),
-    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout),
-     "identity (eval mode)"),
+    (
+        (
+            nn.MaxPool1d,
+            nn.MaxPool2d,
+            nn.MaxPool3d,
+            nn.AdaptiveMaxPool1d,
+            nn.AdaptiveMaxPool2d,
+            nn.AdaptiveMaxPool3d,
+        ),
+        "unpool with the forward pass's switches (shared switches add)",
+    ),
+    (
+        (
+            nn.AvgPool1d,
+            nn.AvgPool2d,
+            nn.AvgPool3d,
+            nn.AdaptiveAvgPool1d,
+            nn.AdaptiveAvgPool2d,
+            nn.AdaptiveAvgPool3d,
+        ),
+        "spread evenly over each window (transpose of averaging)",
+    ),
+    (
+        (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
+        "scale by gamma / sqrt(running_var + eps) (eval mode)",
+    ),
+    (
+        (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout),
+        "identity (eval mode)",
+    ),
     ((nn.Flatten,), "unflatten"),
     ((nn.Unflatten,), "flatten"),
     ((nn.Identity,), "identity"),
-    ((nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d), "crop (transpose of padding)"),
+    (
+        (nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d),
+        "crop (transpose of padding)",
+    ),
     ((nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d), "transpose of upsampling"),
     (_NO_RULE_MODULES, "NO deconvnet rule: its plain gradient is used"),
     (_CONTAINERS, "its submodules' steps"),
@@ -102,8 +183,10 @@ def _step_for(module: nn.Module, relu_step: str) -> str:
             return relu_step if step == "<relu>" else step
     if not any(True for _ in module.children()):
         return "NO deconvnet rule known for this layer type: its plain gradient is used"
-    return ("its submodules' steps; residual adds send the signal down every branch, "
-            "concatenations split it")
+    return (
+        "its submodules' steps; residual adds send the signal down every branch, "
+        "concatenations split it"
+    )
 
 
 def _has_no_rule(module: nn.Module) -> bool:
@@ -163,7 +246,9 @@ class _Mode(TorchFunctionMode):
         self.tracker = tracker
         self.events: list[_Event] = []
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
+    ) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         if func in _RELU_OUT_OF_PLACE or func in _RELU_IN_PLACE:
@@ -202,6 +287,7 @@ class _LayerInfo:
     rf: ReceptiveField | None = None
     bytes_per_sample: int = 0  # derived tensors made up to this layer, per input
     events_before: int = 0  # number of activation events that happened before its output
+    crop_ok: bool = True  # False once crops failed for this layer (the model refused them)
 
 
 @dataclass
@@ -250,7 +336,8 @@ class Deconvnet:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(
-                f"attach() needs a torch.nn.Module, got {type(model).__name__}; pass the model itself"
+                f"attach() needs a torch.nn.Module, got {type(model).__name__}; "
+                "pass the model itself"
             )
         self.model = model
         self.rule = rule
@@ -317,7 +404,9 @@ class Deconvnet:
         """A table of every layer and the reverse step it gets, plus the activation functions
         the last forward pass called (functional ReLUs included)."""
         relu_step = describe_rule(self.rule)
-        lines = [f"Deconvnet(rule={self.rule!r}, strict={self.strict}) on {type(self.model).__name__}"]
+        lines = [
+            f"Deconvnet(rule={self.rule!r}, strict={self.strict}) on {type(self.model).__name__}"
+        ]
         width = max(len(n) for n in self._modules) if self._modules else 10
         for name, module in self._modules.items():
             depth = name.count(".")
@@ -406,10 +495,8 @@ class Deconvnet:
             with grad_ctx, cudnn_ctx, mode:
                 if tracker is not None:
                     tracker.watch(x)
-                try:
+                with contextlib.suppress(_StopForward):
                     self.model(x)
-                except _StopForward:
-                    pass
         finally:
             for h in handles:
                 h.remove()
@@ -440,13 +527,13 @@ class Deconvnet:
         return probe
 
     def _forward_failed(self, x: Tensor, exc: Exception) -> str:
-        first_conv = next(
-            (m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None
-        )
+        first_conv = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None)
         hint = "check that the input's channel count and size are what the model expects"
         if first_conv is not None and x.shape[1] != first_conv.in_channels:
-            hint = (f"the model's first convolution expects {first_conv.in_channels} input channels "
-                    f"but the input has {x.shape[1]}")
+            hint = (
+                f"the model's first convolution expects {first_conv.in_channels} input channels "
+                f"but the input has {x.shape[1]}"
+            )
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"the model's forward pass failed on input of shape {tuple(x.shape)}: {msg}; {hint}"
 
@@ -495,7 +582,9 @@ class Deconvnet:
                 "before one of its calls"
             )
         if info.out_shape is None:
-            raise LayerError(f"layer {layer!r} does not return a tensor; pick one of its submodules")
+            raise LayerError(
+                f"layer {layer!r} does not return a tensor; pick one of its submodules"
+            )
         if len(info.out_shape) not in (1, 3):
             raise LayerError(
                 f"layer {layer!r} outputs shape [N, {', '.join(map(str, info.out_shape))}]; only "
@@ -503,7 +592,9 @@ class Deconvnet:
             )
         unsupported = [e for e in probe.events[: info.events_before] if not e.supported]
         if unsupported:
-            where = ", ".join(sorted({f"{e.func} in {e.module or 'forward'!r}" for e in unsupported}))
+            where = ", ".join(
+                sorted({f"{e.func} in {e.module or 'forward'!r}" for e in unsupported})
+            )
             if self.strict:
                 raise UnsupportedLayerError(
                     f"strict mode: the path to {layer!r} calls activations with no deconvnet rule "
@@ -526,9 +617,7 @@ class Deconvnet:
         try:
             chans = [int(channel)] if single else [int(c) for c in channel]
         except (TypeError, ValueError):
-            raise InputError(
-                f"channel must be an int or a list of ints, got {channel!r}"
-            ) from None
+            raise InputError(f"channel must be an int or a list of ints, got {channel!r}") from None
         if not chans:
             raise InputError("channel is an empty list; give at least one channel")
         bad = [c for c in chans if not 0 <= c < n_channels]
@@ -634,8 +723,9 @@ class Deconvnet:
             rows, cols = (best // w).flatten().cpu(), (best % w).flatten().cpu()
             expected = flat.gather(2, best.unsqueeze(2)).flatten()
         out = x.new_zeros((n * k, *x.shape[1:]))
-        for idx, grads, boxes in self._project_seeds(x, info, layer, img, chan, rows, cols,
-                                                     expected):
+        for idx, grads, boxes in self._project_seeds(
+            x, info, layer, img, chan, rows, cols, expected
+        ):
             for j, (s, (y0, x0, y1, x1)) in enumerate(zip(idx.tolist(), boxes, strict=True)):
                 out[s, :, y0:y1, x0:x1] = grads[j]
         out = out.view(n, k, *x.shape[1:])
@@ -672,15 +762,30 @@ class Deconvnet:
                 idx = torch.tensor(members[start : start + chunk])
                 sub = [boxes[i] for i in idx.tolist()]
                 crops = torch.stack(
-                    [x[img[i], :, y0:y1, x0:x1] for i, (y0, x0, y1, x1) in zip(idx.tolist(), sub,
-                                                                              strict=True)]
+                    [
+                        x[img[i], :, y0:y1, x0:x1]
+                        for i, (y0, x0, y1, x1) in zip(idx.tolist(), sub, strict=True)
+                    ]
                 )
                 jr = info.rf.jump[0] if info.rf is not None else 1
                 jc = info.rf.jump[1] if info.rf is not None else 1
                 prow = rows[idx] - torch.tensor([b[0] for b in sub]) // jr
                 pcol = cols[idx] - torch.tensor([b[1] for b in sub]) // jc
-                grads, values = self._backward(crops, layer, chan[idx], prow, pcol)
-                if expected is not None and (bh, bw) != (h, w):
+                cropped = (bh, bw) != (h, w)
+                try:
+                    grads, values = self._backward(crops, layer, chan[idx], prow, pcol)
+                except (KeyboardInterrupt, LayerError):
+                    raise
+                except Exception:
+                    if not cropped:
+                        raise
+                    # The model refuses inputs of another size (a shape check in its forward,
+                    # say): project on full images instead, for this layer from now on.
+                    info.crop_ok = False
+                    grads, _ = self._backward(x[img[idx]], layer, chan[idx], rows[idx], cols[idx])
+                    yield idx, grads, [(0, 0, h, w)] * len(idx)
+                    continue
+                if expected is not None and cropped:
                     want = expected[idx.to(expected.device)]
                     tol = 1e-4 * float(want.abs().max().clamp_min(1.0))
                     if not torch.allclose(values, want, rtol=1e-3, atol=tol):
@@ -690,10 +795,11 @@ class Deconvnet:
                             DeconvvizWarning,
                             stacklevel=2,
                         )
-                        info.rf = None
+                        info.crop_ok = False
                         full = [(0, 0, h, w)] * len(idx)
-                        grads, _ = self._backward(x[img[idx]], layer, chan[idx], rows[idx],
-                                                  cols[idx])
+                        grads, _ = self._backward(
+                            x[img[idx]], layer, chan[idx], rows[idx], cols[idx]
+                        )
                         yield idx, grads, full
                         continue
                 yield idx, grads, sub
@@ -705,12 +811,14 @@ class Deconvnet:
         h, w = size
         rf = info.rf
         full = (0, 0, h, w)
-        if not self.crop or rf is None:
+        if not self.crop or rf is None or not info.crop_ok:
             return [full] * len(rows)
         sides = []
         for dim, total in ((0, h), (1, w)):
             jump, start, end = rf.jump[dim], rf.start[dim], rf.end[dim]
-            span = end - start + jump  # receptive field + alignment slack
+            # receptive field + alignment slack, rounded to the stride so that crops cut by the
+            # image's end have the same size as the others (fewer, larger batches)
+            span = -(-(end - start + jump) // jump) * jump
             if span >= 0.75 * total:
                 return [full] * len(rows)
             pos = (rows if dim == 0 else cols).tolist()
@@ -800,4 +908,3 @@ def layer_output(model: nn.Module, x: Tensor, layer: str) -> Tensor:
     """
     with Deconvnet(model, warn=False) as dn:
         return dn.layer_output(x, layer)
-

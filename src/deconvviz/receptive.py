@@ -42,7 +42,7 @@ class ReceptiveField:
         return (self.end[0] - self.start[0] + 1, self.end[1] - self.start[1] + 1)
 
     def box(self, row: int, col: int, clip: bool = True) -> tuple[int, int, int, int]:
-        """Input-pixel box ``(y0, x0, y1, x1)`` (half-open) seen by the activation at ``(row, col)``.
+        """Input-pixel box ``(y0, x0, y1, x1)`` (half-open) seen by activation ``(row, col)``.
 
         Example:
             >>> rf = ReceptiveField((2, 2), (-2, -2), (5, 5), (28, 28))
@@ -74,15 +74,77 @@ _MAXPOOL = {"max_pool2d", "max_pool2d_with_indices", "_max_pool2d"}
 _AVGPOOL = {"avg_pool2d"}
 # Ops that act on each spatial position independently (or only mix channels / batch).
 _LOCAL = {
-    "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__",
-    "__isub__", "mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__",
-    "__itruediv__", "neg", "__neg__", "relu", "relu_", "clamp", "clamp_", "clamp_min",
-    "clamp_min_", "batch_norm", "dropout", "dropout2d", "feature_dropout", "alpha_dropout",
-    "cat", "concat", "contiguous", "clone", "to", "float", "double", "half", "type",
-    "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "elu", "elu_", "gelu", "silu",
-    "sigmoid", "tanh", "softplus", "mish", "hardswish", "hardsigmoid", "threshold",
-    "threshold_", "relu6", "selu", "celu", "prelu", "abs", "exp", "log", "pow", "__pow__",
-    "sqrt", "square", "requires_grad_", "detach", "__getitem__",
+    "add",
+    "add_",
+    "__add__",
+    "__radd__",
+    "__iadd__",
+    "sub",
+    "sub_",
+    "__sub__",
+    "__rsub__",
+    "__isub__",
+    "mul",
+    "mul_",
+    "__mul__",
+    "__rmul__",
+    "__imul__",
+    "div",
+    "div_",
+    "__truediv__",
+    "__itruediv__",
+    "neg",
+    "__neg__",
+    "relu",
+    "relu_",
+    "clamp",
+    "clamp_",
+    "clamp_min",
+    "clamp_min_",
+    "batch_norm",
+    "dropout",
+    "dropout2d",
+    "feature_dropout",
+    "alpha_dropout",
+    "cat",
+    "concat",
+    "contiguous",
+    "clone",
+    "to",
+    "float",
+    "double",
+    "half",
+    "type",
+    "hardtanh",
+    "hardtanh_",
+    "leaky_relu",
+    "leaky_relu_",
+    "elu",
+    "elu_",
+    "gelu",
+    "silu",
+    "sigmoid",
+    "tanh",
+    "softplus",
+    "mish",
+    "hardswish",
+    "hardsigmoid",
+    "threshold",
+    "threshold_",
+    "relu6",
+    "selu",
+    "celu",
+    "prelu",
+    "abs",
+    "exp",
+    "log",
+    "pow",
+    "__pow__",
+    "sqrt",
+    "square",
+    "requires_grad_",
+    "detach",
+    "__getitem__",
 }
 
 
@@ -138,8 +200,9 @@ class RFTracker:
         for o in outs:
             self.meta[o] = new if (new is UNKNOWN or o.dim() == 4) else UNKNOWN
 
-    def _rule(self, func: Any, args: tuple, kwargs: dict, derived: list, ins: list,
-              outs: list) -> Any:
+    def _rule(
+        self, func: Any, args: tuple, kwargs: dict, derived: list, ins: list, outs: list
+    ) -> Any:
         if any(m is UNKNOWN for _, m in derived):
             return UNKNOWN
         name = getattr(func, "__name__", "")
@@ -163,8 +226,9 @@ class RFTracker:
                     if pad_arg == "valid":
                         padding = (0, 0)
                     else:  # 'same': PyTorch pads (total // 2) before
-                        padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel,
-                                                                         strict=True))
+                        padding = tuple(
+                            d * (k - 1) // 2 for d, k in zip(dilation, kernel, strict=True)
+                        )
                 else:
                     padding = _as_pair(pad_arg, 0)
             else:
@@ -172,13 +236,16 @@ class RFTracker:
                 stride = _as_pair(_arg(args, kwargs, 2, "stride", None) or kernel, 1)
                 padding = _as_pair(_arg(args, kwargs, 3, "padding", 0), 0)
                 dilation = (
-                    _as_pair(_arg(args, kwargs, 4, "dilation", 1), 1) if name in _MAXPOOL
+                    _as_pair(_arg(args, kwargs, 4, "dilation", 1), 1)
+                    if name in _MAXPOOL
                     else (1, 1)
                 )
             jh, jw, sh, sw, eh, ew = m
             return (
-                jh * stride[0], jw * stride[1],
-                sh - padding[0] * jh, sw - padding[1] * jw,
+                jh * stride[0],
+                jw * stride[1],
+                sh - padding[0] * jh,
+                sw - padding[1] * jw,
                 eh + (dilation[0] * (kernel[0] - 1) - padding[0]) * jh,
                 ew + (dilation[1] * (kernel[1] - 1) - padding[1]) * jw,
             )
@@ -191,16 +258,24 @@ class RFTracker:
         # A constant that varies over positions (a positional embedding, say) breaks the
         # translation equivariance the crops rely on.
         for t in ins:
-            if self.meta.get(t) is None and t.dim() >= 2 and tuple(t.shape[-2:]) == hw and hw != (1, 1):
+            if (
+                self.meta.get(t) is None
+                and t.dim() >= 2
+                and tuple(t.shape[-2:]) == hw
+                and hw != (1, 1)
+            ):
                 return UNKNOWN
         jumps = {(m[0], m[1]) for m in spatial}
         if len(jumps) != 1:
             return UNKNOWN
-        (jh, jw), = jumps
+        ((jh, jw),) = jumps
         return (
-            jh, jw,
-            min(m[2] for m in spatial), min(m[3] for m in spatial),
-            max(m[4] for m in spatial), max(m[5] for m in spatial),
+            jh,
+            jw,
+            min(m[2] for m in spatial),
+            min(m[3] for m in spatial),
+            max(m[4] for m in spatial),
+            max(m[5] for m in spatial),
         )
 
 
@@ -212,7 +287,9 @@ def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any) -> Any:
     return default
 
 
-def receptive_field(model: torch.nn.Module, layer: str, input_shape: tuple[int, ...]) -> ReceptiveField | None:
+def receptive_field(
+    model: torch.nn.Module, layer: str, input_shape: tuple[int, ...]
+) -> ReceptiveField | None:
     """The receptive field of ``layer``'s activations for inputs of ``input_shape``.
 
     Returns ``None`` when the layer's output is not a spatial map whose receptive field can be

@@ -141,8 +141,14 @@ def top_activations(
     size: tuple[int, int] | None = None
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     with Deconvnet(model, warn=False) as dn:
-        bar = tqdm(loader, total=total, desc=f"top-{k} of {layer}", disable=not progress,
-                   unit="batch", leave=False)
+        bar = tqdm(
+            loader,
+            total=total,
+            desc=f"top-{k} of {layer}",
+            disable=not progress,
+            unit="batch",
+            leave=False,
+        )
         for batch in bar:
             xb = _images(batch)
             xb = dn._check_input(xb.to(device=device, dtype=dtype))
@@ -190,8 +196,9 @@ def top_activations(
     return TopActivations(layer, best_v.cpu(), best_i.cpu(), best_p.cpu(), boxes, size, rf)  # type: ignore[union-attr]
 
 
-def _boxes(rf: ReceptiveField | None, positions: Tensor, size: tuple[int, int],
-           clip: bool = True) -> Tensor:
+def _boxes(
+    rf: ReceptiveField | None, positions: Tensor, size: tuple[int, int], clip: bool = True
+) -> Tensor:
     c, k, _ = positions.shape
     if rf is None:
         return torch.tensor([0, 0, size[0], size[1]]).repeat(c, k, 1)
@@ -236,7 +243,9 @@ def project_top(
     chans = list(range(top.channels)) if channels is None else [int(c) for c in channels]
     bad = [c for c in chans if not 0 <= c < top.channels]
     if bad:
-        raise InputError(f"channel {bad[0]} is out of range (the layer has {top.channels} channels)")
+        raise InputError(
+            f"channel {bad[0]} is out of range (the layer has {top.channels} channels)"
+        )
     h_img, w_img = top.input_size
     rf = top.receptive_field
     bh, bw = (min(rf.size[0], h_img), min(rf.size[1], w_img)) if rf is not None else (h_img, w_img)
@@ -245,8 +254,13 @@ def project_top(
     seeds = [(ci, j) for ci, c in enumerate(chans) for j in range(top.k) if top.indices[c, j] >= 0]
     recs = patches = None
     with Deconvnet(model, rule, warn=False) as dn:
-        bar = tqdm(total=len(seeds), desc=f"projecting {top.layer}", disable=not progress,
-                   unit="seed", leave=False)
+        bar = tqdm(
+            total=len(seeds),
+            desc=f"projecting {top.layer}",
+            disable=not progress,
+            unit="seed",
+            leave=False,
+        )
         try:
             for start in range(0, len(seeds), batch_size):
                 block = seeds[start : start + batch_size]
@@ -262,8 +276,9 @@ def project_top(
                 img = torch.tensor([where[int(top.indices[chans[ci], j])] for ci, j in block])
                 chan = torch.tensor([chans[ci] for ci, _ in block])
                 pos = torch.stack([top.positions[chans[ci], j] for ci, j in block])
-                for idx, grads, boxes in dn._project_seeds(images, info, top.layer, img, chan,
-                                                           pos[:, 0], pos[:, 1]):
+                for idx, grads, boxes in dn._project_seeds(
+                    images, info, top.layer, img, chan, pos[:, 0], pos[:, 1]
+                ):
                     for g, s, (y0, x0, y1, x1) in zip(grads, idx.tolist(), boxes, strict=True):
                         ci, j = block[s]
                         if full_boxes is not None:

@@ -7,4 +7,18 @@ from __future__ import annotations
 
 import click
 
+from deconvviz_cli.commands import analyse as _analyse
+from deconvviz_cli.commands import analyses as _analyses
+from deconvviz_cli.commands import reconstruct as _reconstruct
+from deconvviz_cli.commands import train as _train
+
 COMMANDS: list[click.Command] = []
+COMMANDS += [_train.train, _train.sweep]
+COMMANDS += [_analyse.occlude, _analyse.filters, _analyse.stats]
+COMMANDS += [
+    _analyses.invariance_cmd,
+    _analyses.correspondence_cmd,
+    _analyses.sanity_cmd,
+    _analyses.sensitivity_cmd,
+]
+COMMANDS += _reconstruct.COMMANDS
