@@ -487,12 +487,7 @@ class Deconvnet:
                 handles.append(module.register_forward_hook(post))
             self.model.eval()
             grad_ctx = torch.enable_grad() if grad else torch.no_grad()
-            cudnn_ctx = (
-                torch.backends.cudnn.flags(enabled=False)
-                if x.is_cuda and any(isinstance(m, nn.RNNBase) for m in names)
-                else _nullcontext()
-            )
-            with grad_ctx, cudnn_ctx, mode:
+            with grad_ctx, _exact_cuda(x, names), mode:
                 if tracker is not None:
                     tracker.watch(x)
                 with contextlib.suppress(_StopForward):
@@ -856,12 +851,27 @@ class Deconvnet:
         return (torch.zeros_like(inp) if g is None else g.detach()), values
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+@contextlib.contextmanager
+def _exact_cuda(x: Tensor, modules: Any) -> Iterator[None]:
+    """On CUDA: full-precision float32 (no TF32, which changes projections by several percent),
+    and cuDNN off where RNNs must run backward in eval mode (captum#328). Restored after."""
+    if not x.is_cuda:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    rnn = any(isinstance(m, nn.RNNBase) for m in modules)
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        with cudnn.flags(
+            enabled=cudnn.enabled and not rnn,
+            benchmark=cudnn.benchmark,
+            deterministic=cudnn.deterministic,
+            allow_tf32=False,
+        ):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
 
 
 def attach(
