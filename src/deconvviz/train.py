@@ -1,0 +1,674 @@
+"""Train the example targets: seeded, resumable, with divergence detection and atomic checkpoints.
+
+Example::
+
+    from deconvviz.data import load_dataset
+    from deconvviz.train import TrainConfig, train
+
+    cfg = TrainConfig(model={"model": "lenet5"}, optimizer="adam", lr=1e-3, batch_size=50,
+                      iterations=2000, eval_every=100, per_class=500)
+    train_set = load_dataset("../shared/data", "cifar10-course", "train", per_class=500)
+    test_set = load_dataset("../shared/data", "cifar10-course", "test")
+    result = train(cfg, train_set, test_set, out_dir="runs/lenet5")
+    result.final_test_acc, result.status          # e.g. 0.48, "ok"
+
+Callbacks
+    ``train(..., callbacks=[cb])`` calls ``cb(iteration, model)`` at every evaluation point:
+    iteration 0 (before the first step), every ``eval_every`` iterations and the last
+    iteration, after that point's test accuracy is recorded and its checkpoint written. The
+    model is in eval mode during the call and goes back to train mode afterwards; a callback
+    must not change its parameters. Callbacks run under their own random-number state, so
+    they do not change the training numbers. A callback that raises ``KeyboardInterrupt``
+    stops training like Ctrl-C does.
+
+Interrupting
+    A checkpoint is written atomically at every evaluation point, so after Ctrl-C the run
+    directory holds the last evaluation point's complete state; ``resume=run_dir`` continues
+    from it and gives exactly the numbers an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deconvviz.checkpoint import CHECKPOINT_NAME, FORMAT, read_checkpoint, save_run
+from deconvviz.errors import CheckpointError, InputError, unknown_name
+from deconvviz.models import build_model, full_config
+
+__all__ = [
+    "Callback",
+    "History",
+    "TrainConfig",
+    "TrainResult",
+    "course_loss",
+    "evaluate",
+    "train",
+    "train_from_data",
+]
+
+OPTIMIZERS = ("adam", "sgd")
+LOSSES = ("stable", "course")
+DEFAULT_ITERATIONS = 2000
+
+Callback = Callable[[int, nn.Module], Any]
+
+# Options that must match when resuming (anything else may change, e.g. more iterations).
+_RESUME_FIXED = ("model", "optimizer", "lr", "momentum", "batch_size", "seed", "loss")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run.
+
+    Attributes:
+        model: model config for :func:`deconvviz.models.build_model`, e.g.
+            ``{"model": "rnn", "cell": "gru", "hidden": 256}``.
+        dataset: name of the dataset trained on (recorded; ``None`` lets
+            :func:`deconvviz.data.dataset_for_config` pick one from the model).
+        per_class: training images per class (recorded; applied when the data is loaded).
+        optimizer: ``"adam"`` or ``"sgd"``.
+        lr: learning rate.
+        momentum: SGD momentum (0 = plain SGD); ignored by Adam.
+        batch_size: training batch size.
+        iterations: optimizer steps (default 2000); ignored when ``epochs`` is given.
+        epochs: passes over the training set (rounded up to whole steps).
+        eval_every: evaluate on the whole test set every this many iterations (and at the
+            start and the end).
+        seed: seeds the initialisation, the batch order and dropout; same seed, same numbers.
+        loss: ``"stable"`` (``F.cross_entropy``) or ``"course"`` (the course's naive
+            ``-sum(y * log(softmax))``, which turns NaN when a probability underflows to 0).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... or ``"auto"`` (CUDA when available).
+        eval_batch_size: batch size for evaluation.
+    """
+
+    model: dict[str, Any] = field(default_factory=lambda: {"model": "lenet5"})
+    dataset: str | None = None
+    per_class: int | None = None
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    batch_size: int = 50
+    iterations: int | None = DEFAULT_ITERATIONS
+    epochs: float | None = None
+    eval_every: int = 100
+    seed: int = 0
+    loss: str = "stable"
+    device: str = "cpu"
+    eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, dict) or "model" not in self.model:
+            raise InputError(
+                f"TrainConfig.model must be a model config dict with a 'model' key, e.g. "
+                f"{{'model': 'lenet5'}}, got {self.model!r}"
+            )
+        object.__setattr__(self, "model", full_config(self.model))
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(unknown_name("optimizer", str(self.optimizer), OPTIMIZERS))
+        if self.loss not in LOSSES:
+            raise InputError(unknown_name("loss", str(self.loss), LOSSES))
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"lr must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.momentum, int | float) and 0 <= self.momentum < 1):
+            raise InputError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        for name in ("batch_size", "eval_every", "eval_batch_size"):
+            _positive_int(name, getattr(self, name))
+        if self.per_class is not None:
+            _positive_int("per_class", self.per_class)
+        if self.epochs is not None:
+            if not (isinstance(self.epochs, int | float) and self.epochs > 0):
+                raise InputError(f"epochs must be a positive number, got {self.epochs!r}")
+            object.__setattr__(self, "iterations", None)
+        elif self.iterations is None:
+            object.__setattr__(self, "iterations", DEFAULT_ITERATIONS)
+        else:
+            _positive_int("iterations", self.iterations)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InputError(f"seed must be an integer, got {self.seed!r}")
+
+    def total_iterations(self, train_size: int) -> int:
+        """Optimizer steps for a training set of ``train_size`` images."""
+        if self.epochs is not None:
+            return max(1, math.ceil(self.epochs * train_size / self.batch_size))
+        assert self.iterations is not None
+        return self.iterations
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (the run's ``config.json``)."""
+        out = dataclasses.asdict(self)
+        out["model"] = dict(self.model)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild a config from :meth:`to_dict`'s output.
+
+        Raises:
+            InputError: unknown keys or bad values.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown training options {unknown}; valid options: {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some options changed."""
+        if "iterations" in changes and changes["iterations"] is not None:
+            changes.setdefault("epochs", None)
+        return dataclasses.replace(self, **changes)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class History:
+    """Recorded curves: ``(iteration, value)`` pairs.
+
+    Attributes:
+        train_loss: the batch loss of every iteration.
+        test_acc: test accuracy at every evaluation point (iteration 0 is before training).
+    """
+
+    train_loss: tuple[tuple[int, float], ...] = ()
+    test_acc: tuple[tuple[int, float], ...] = ()
+
+    def to_dict(self) -> dict[str, list[list[float]]]:
+        """``{"train_loss": [[it, v], ...], "test_acc": [[it, v], ...]}``."""
+        return {
+            "train_loss": [[i, v] for i, v in self.train_loss],
+            "test_acc": [[i, v] for i, v in self.test_acc],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        """Inverse of :meth:`to_dict` (``None`` values become NaN)."""
+
+        def pairs(key: str) -> tuple[tuple[int, float], ...]:
+            return tuple(
+                (int(i), math.nan if v is None else float(v)) for i, v in data.get(key, [])
+            )
+
+        return cls(train_loss=pairs("train_loss"), test_acc=pairs("test_acc"))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the trained model (eval mode).
+        config: the config it was trained with.
+        history: train-loss and test-accuracy curves.
+        final_test_acc: test accuracy after the last iteration (NaN when diverged).
+        status: ``"ok"`` or ``"diverged"`` (a NaN/inf loss stopped the run).
+        wall_seconds: training time, summed over resumed parts.
+        iterations: iterations done.
+        diverged_at: the iteration whose loss was NaN/inf, or ``None``.
+        last_test_acc: the last recorded test accuracy (before divergence, if any).
+        out_dir: the run directory, if one was written.
+    """
+
+    model: nn.Module
+    config: TrainConfig
+    history: History
+    final_test_acc: float
+    status: str
+    wall_seconds: float
+    iterations: int
+    diverged_at: int | None = None
+    last_test_acc: float = math.nan
+    out_dir: Path | None = None
+
+    def metrics(self) -> dict[str, Any]:
+        """The run's ``metrics.json`` content."""
+        return {
+            "status": self.status,
+            "finished": True,
+            "final_test_acc": self.final_test_acc,
+            "last_test_acc": self.last_test_acc,
+            "iterations": self.iterations,
+            "diverged_at": self.diverged_at,
+            "wall_seconds": self.wall_seconds,
+            "history": self.history.to_dict(),
+        }
+
+
+def course_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The course's loss: mean over the batch of ``-sum(onehot(y) * log(softmax(logits)))``.
+
+    Computed naively on purpose: once a softmax probability underflows to 0, ``log`` gives
+    ``-inf`` and ``0 * -inf`` gives NaN, which is how the origin report's Adam 1e-2 run died.
+    """
+    onehot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
+    return -(onehot * torch.log(torch.softmax(logits, dim=1))).sum(dim=1).mean()
+
+
+def _batch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(dataset, "batch"):
+        x, y = dataset.batch(indices)
+        return x, torch.as_tensor(y, dtype=torch.long)
+    items = [dataset[int(i)] for i in indices]
+    x = torch.stack([torch.as_tensor(it[0], dtype=torch.float32) for it in items])
+    y = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
+    return x, y
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Any,
+    batch_size: int = 1000,
+    device: str | torch.device | None = None,
+) -> float:
+    """Accuracy of ``model`` on the whole of ``dataset`` (the model is put in eval mode).
+
+    Args:
+        model: a classifier returning logits ``[N, classes]``.
+        dataset: items ``(image, label)``; an :class:`deconvviz.data.ImageDataset` is batched
+            without a DataLoader.
+        batch_size: images per forward pass.
+        device: where to run (default: the model's device).
+
+    Returns:
+        The fraction of correct top-1 predictions.
+    """
+    n = len(dataset)
+    if n == 0:
+        raise InputError("cannot evaluate on an empty dataset; check the test split")
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    model.eval()
+    correct = 0
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n))
+        x, y = _batch(dataset, idx)
+        pred = model(x.to(device)).argmax(dim=1).cpu()
+        correct += int((pred == y).sum())
+    return correct / n
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device {name!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+
+
+def _check_labels(dataset: Any, num_classes: int, which: str) -> None:
+    targets = getattr(dataset, "targets", None)
+    if isinstance(targets, torch.Tensor) and len(targets):
+        lo, hi = int(targets.min()), int(targets.max())
+        if lo < 0 or hi >= num_classes:
+            raise InputError(
+                f"the {which} set has labels {lo}..{hi} but the model has {num_classes} classes; "
+                "set num_classes in the model config to match the data"
+            )
+
+
+class _Sampler:
+    """Batches from shuffled passes over the training set (a fresh permutation per pass)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm: torch.Tensor | None = None
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        if self.perm is None or self.pos + self.batch_size > self.n:
+            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state(self) -> dict[str, Any]:
+        return {"sampler_rng": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["sampler_rng"])
+        self.perm = state["perm"]
+        self.pos = int(state["pos"])
+
+
+def _run_callbacks(
+    callbacks: Sequence[Callback], iteration: int, model: nn.Module, rng_devices: list[int]
+) -> None:
+    if not callbacks:
+        return
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=rng_devices):
+            for cb in callbacks:
+                cb(iteration, model)
+    finally:
+        model.train()
+
+
+def train(
+    config: TrainConfig,
+    train_set: Any,
+    test_set: Any,
+    out_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    callbacks: Iterable[Callback] = (),
+    resume: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train ``config.model`` on ``train_set``, evaluating on all of ``test_set``.
+
+    Args:
+        config: the run's settings.
+        train_set: items ``(image float32 [C, H, W], label)``.
+        test_set: same; evaluated in full at every evaluation point.
+        out_dir: run directory for ``checkpoint.pt``, ``config.json``, ``metrics.json`` and
+            ``curves.png`` (nothing is written when ``None``).
+        progress: show a progress bar.
+        callbacks: ``cb(iteration, model)`` at every evaluation point (see the module doc).
+        resume: a run directory or checkpoint to continue from; the options that shape the
+            numbers (model, optimizer, lr, momentum, batch size, seed, loss) must match it.
+        overwrite: allow ``out_dir`` to already hold a run that is not being resumed.
+
+    Returns:
+        A :class:`TrainResult`; a NaN/inf loss ends the run with ``status="diverged"``.
+
+    Raises:
+        InputError: bad config or data that does not fit the model.
+        CheckpointError: ``out_dir`` already holds a run (and neither ``resume`` nor
+            ``overwrite``), or the checkpoint to resume does not match ``config``.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(config, TrainConfig):
+        raise InputError(f"config must be a TrainConfig, got {type(config).__name__}")
+    n_train, n_test = len(train_set), len(test_set)
+    if n_train == 0 or n_test == 0:
+        raise InputError(
+            f"empty dataset (train {n_train}, test {n_test} images); check --data-dir and "
+            "--per-class"
+        )
+    if config.batch_size > n_train:
+        raise InputError(
+            f"batch_size {config.batch_size} is larger than the training set ({n_train} "
+            "images); lower --batch-size or load more data"
+        )
+    run_dir = Path(out_dir) if out_dir is not None else None
+    if (
+        run_dir is not None
+        and (run_dir / CHECKPOINT_NAME).exists()
+        and resume is None
+        and not overwrite
+    ):
+        raise CheckpointError(
+            f"{run_dir} already holds a run; resume it (--resume), choose another --out, "
+            "or pass overwrite=True (--overwrite) to replace it"
+        )
+    num_classes = int(config.model.get("num_classes", 10))
+    _check_labels(train_set, num_classes, "training")
+    _check_labels(test_set, num_classes, "test")
+    device = _resolve_device(config.device)
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    total = config.total_iterations(n_train)
+    callbacks = list(callbacks)
+    loss_fn = F.cross_entropy if config.loss == "stable" else course_loss
+
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(config.seed)
+        model = build_model(config.model).to(device)
+        optimizer = _make_optimizer(config, model)
+        sampler = _Sampler(n_train, config.batch_size, config.seed + 1)
+        train_loss: list[tuple[int, float]] = []
+        test_acc: list[tuple[int, float]] = []
+        start, wall_before = 0, 0.0
+        if resume is not None:
+            start, wall_before = _restore(
+                resume, config, model, optimizer, sampler, train_loss, test_acc, device
+            )
+        status, diverged_at = "ok", None
+        t0 = time.perf_counter()
+
+        def snapshot(
+            iteration: int,
+            finished: bool,
+            figure: Any = None,
+            wall: float | None = None,
+            **extra: Any,
+        ) -> None:
+            if run_dir is None:
+                return
+            ts: dict[str, Any] = {"torch_rng": torch.get_rng_state(), **sampler.state()}
+            if device.type == "cuda":
+                ts["cuda_rng"] = torch.cuda.get_rng_state(device)
+            if wall is None:
+                wall = wall_before + time.perf_counter() - t0
+            ts["wall_seconds"] = wall
+            metrics = {
+                "status": status,
+                "finished": finished,
+                "iterations": iteration,
+                "total_iterations": total,
+                "wall_seconds": wall,
+                "train_size": n_train,
+                "test_size": n_test,
+                "history": History(tuple(train_loss), tuple(test_acc)).to_dict(),
+                **extra,
+            }
+            save_run(
+                run_dir,
+                model,
+                config.to_dict(),
+                metrics,
+                iteration=iteration,
+                optimizer_state=optimizer.state_dict(),
+                train_state=ts,
+                figure=figure,
+            )
+
+        def eval_point(iteration: int) -> None:
+            acc = evaluate(model, test_set, config.eval_batch_size, device)
+            test_acc.append((iteration, acc))
+            model.train()
+            snapshot(iteration, finished=False, last_test_acc=acc)
+            _run_callbacks(callbacks, iteration, model, rng_devices)
+
+        model.train()
+        bar = tqdm(
+            total=total,
+            initial=start,
+            disable=not progress,
+            unit="it",
+            leave=False,
+            desc=f"train {_describe(config)}",
+            dynamic_ncols=True,
+        )
+        try:
+            if start == 0 and not test_acc:
+                eval_point(0)
+            for it in range(start + 1, total + 1):
+                x, y = _batch(train_set, sampler.next())
+                x, y = x.to(device), y.to(device)
+                loss = loss_fn(model(x), y)
+                value = float(loss.item())
+                if not math.isfinite(value):
+                    status, diverged_at = "diverged", it
+                    train_loss.append((it, math.nan))
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                train_loss.append((it, value))
+                bar.update(1)
+                if it % config.eval_every == 0 or it == total:
+                    eval_point(it)
+                    bar.set_postfix(loss=f"{value:.3f}", acc=f"{test_acc[-1][1]:.3f}")
+        finally:
+            bar.close()
+
+        done = diverged_at - 1 if diverged_at is not None else total
+        last_acc = test_acc[-1][1] if test_acc else math.nan
+        final = last_acc if status == "ok" else math.nan
+        wall = wall_before + time.perf_counter() - t0
+        history = History(tuple(train_loss), tuple(test_acc))
+        result = TrainResult(
+            model=model.eval(),
+            config=config,
+            history=history,
+            final_test_acc=final,
+            status=status,
+            wall_seconds=wall,
+            iterations=done,
+            diverged_at=diverged_at,
+            last_test_acc=last_acc,
+            out_dir=run_dir,
+        )
+        if run_dir is not None:
+            from deconvviz.render.training import curves_figure
+
+            title = f"{_describe(config)}: {status}" + (
+                f", test accuracy {final:.3f}" if status == "ok" else f" at iteration {diverged_at}"
+            )
+            fig = curves_figure(history, title=title)
+            skip = ("history", "iterations", "wall_seconds", "finished")
+            extra = {k: v for k, v in result.metrics().items() if k not in skip}
+            snapshot(done, finished=True, figure=fig, wall=wall, **extra)
+    return result
+
+
+def _describe(config: TrainConfig) -> str:
+    m = config.model
+    name = m.get("model", "?")
+    if name == "rnn":
+        name = f"{m.get('cell', 'rnn')}-{m.get('hidden', 128)}"
+    return f"{name} {config.optimizer} lr={config.lr:g}"
+
+
+def _restore(
+    resume: str | os.PathLike[str],
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sampler: _Sampler,
+    train_loss: list[tuple[int, float]],
+    test_acc: list[tuple[int, float]],
+    device: torch.device,
+) -> tuple[int, float]:
+    ckpt = read_checkpoint(resume, map_location=device)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{resume} is not a deconvviz training checkpoint; resume only from a run "
+            "directory written by deconvviz train"
+        )
+    saved = ckpt.get("config") or {}
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r}, now {getattr(config, k)!r}"
+        for k in _RESUME_FIXED
+        if saved.get(k) != (config.model if k == "model" else getattr(config, k))
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"cannot resume {resume} with different settings ({'; '.join(diffs)}); pass the "
+            "same options as the original run, or start a fresh run in another directory"
+        )
+    metrics = ckpt.get("metrics") or {}
+    if metrics.get("status") == "diverged":
+        raise CheckpointError(
+            f"{resume} diverged (NaN/inf loss) at iteration {metrics.get('diverged_at')}; "
+            "there is nothing sound to resume: start a fresh run, e.g. with a lower learning rate"
+        )
+    ts = ckpt.get("train_state")
+    if not isinstance(ts, dict) or ckpt.get("optimizer") is None:
+        raise CheckpointError(
+            f"{resume} has no optimizer/random state to resume from; start a fresh run"
+        )
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ts["torch_rng"].cpu())
+        if device.type == "cuda" and ts.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ts["cuda_rng"].cpu(), device)
+        sampler.load(
+            {"sampler_rng": ts["sampler_rng"].cpu(), "perm": _cpu(ts.get("perm")), "pos": ts["pos"]}
+        )
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"{resume} does not fit this run ({type(exc).__name__}: {exc}); start a fresh run"
+        ) from exc
+    hist = History.from_dict(metrics.get("history") or {})
+    train_loss.extend(hist.train_loss)
+    test_acc.extend(hist.test_acc)
+    return int(ckpt.get("iteration", 0)), float(ts.get("wall_seconds", 0.0))
+
+
+def _cpu(t: Any) -> Any:
+    return t.cpu() if isinstance(t, torch.Tensor) else t
+
+
+def train_from_data(
+    config: TrainConfig,
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    progress: bool = True,
+    callbacks: Iterable[Callback] = (),
+    resume: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    download: bool = False,
+) -> TrainResult:
+    """Load the data that goes with ``config`` from ``data_dir`` and :func:`train` on it.
+
+    The training split keeps ``config.per_class`` images per class; the test split is used
+    whole. ``config.dataset`` picks the dataset (``None``: chosen from the model, see
+    :func:`deconvviz.data.dataset_for_config`) and is recorded in the run's config.
+
+    Example::
+
+        cfg = TrainConfig(model={"model": "rnn", "cell": "gru", "hidden": 256},
+                          batch_size=128, iterations=390)
+        result = train_from_data(cfg, "../shared/data", "runs/gru256")
+    """
+    from deconvviz.data import dataset_for_config
+
+    cfg = config.to_dict()
+    train_set = dataset_for_config(
+        cfg, data_dir, "train", per_class=config.per_class, download=download, progress=progress
+    )
+    test_set = dataset_for_config(cfg, data_dir, "test", download=download, progress=progress)
+    if config.dataset in (None, "auto"):
+        config = config.replace(dataset=getattr(train_set, "name", None))
+    return train(
+        config,
+        train_set,
+        test_set,
+        out_dir=out_dir,
+        progress=progress,
+        callbacks=callbacks,
+        resume=resume,
+        overwrite=overwrite,
+    )
