@@ -1,0 +1,544 @@
+"""Occlusion sensitivity (Zeiler & Fergus 2014, Sec. 4.2 and Fig. 7).
+
+A square is slid over each image; at every position the occluded image goes through the model
+and we record the probability of the true (or given) class, the most probable class and,
+optionally, the total activation of one feature map of a chosen layer. Occluded images are
+built on the fly and evaluated in batches sized to a memory budget, mixing positions of
+several images in one batch, so the cost is close to one batched forward over all of them.
+
+Inputs are in the model's own input space: ``fill="grey"`` is the value 0.5, which is grey for
+models that take pixels scaled to [0, 1] (the course's LeNet5 and the MNIST RNNs). For a model
+that takes normalised inputs, pass the normalised value of the colour you want (``fill=0.0`` is
+the dataset mean) or ``fill="mean"`` (each image's own mean colour).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from deconvviz.errors import DeconvvizError, InputError, LayerError, unknown_name
+
+__all__ = ["OcclusionResult", "occlusion", "occluder_starts"]
+
+Fill = str | float | Sequence[float] | Tensor
+_DEFAULT_CPU_BUDGET = 512 * 2**20
+# A job whose rows fit the budget at this many activation bytes per input byte runs as one
+# batch without measuring (generous for small CNNs; VGG/ResNet at 224 px take ~100-300).
+_GUESS_BYTES_PER_INPUT_BYTE = 512
+
+
+@dataclass(frozen=True)
+class OcclusionResult:
+    """What :func:`occlusion` measured; every tensor is on the CPU.
+
+    ``Hp x Wp`` is the grid of occluder positions; position ``(i, j)`` covers the input pixels
+    ``boxes[i, j]``.
+
+    Attributes:
+        prob: ``[N, Hp, Wp]`` probability of ``target`` with the occluder at each position.
+        top_class: ``[N, Hp, Wp]`` most probable class with the occluder there.
+        top_prob: ``[N, Hp, Wp]`` its probability.
+        target: ``[N]`` the class whose probability ``prob`` holds.
+        base_prob: ``[N]`` probability of ``target`` on the unoccluded image.
+        base_class: ``[N]`` most probable class on the unoccluded image.
+        positions: ``[Hp, Wp, 2]`` top-left ``(row, col)`` input pixel of each occluder.
+        size: occluder ``(height, width)`` in pixels.
+        stride: step between positions ``(rows, cols)``.
+        image_size: ``(H, W)`` of the input.
+        layer: the layer the feature map belongs to, or None.
+        channel: ``[N]`` the feature map (channel) that is strongest on each unoccluded image,
+            i.e. that holds the image's largest single activation of ``layer``.
+        feature: ``[N, Hp, Wp]`` total activation (sum over the map) of that channel with the
+            occluder at each position.
+        base_feature: ``[N]`` its total activation on the unoccluded image.
+        activation: the channel's activation map on the unoccluded image (``[N, h, w]`` for a
+            conv layer, ``[N]`` for a layer with one value per channel).
+        projection: ``[N, C, H, W]`` deconvnet projection of the channel's strongest activation
+            on the unoccluded image, or None when not asked for.
+    """
+
+    prob: Tensor
+    top_class: Tensor
+    top_prob: Tensor
+    target: Tensor
+    base_prob: Tensor
+    base_class: Tensor
+    positions: Tensor
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    image_size: tuple[int, int]
+    layer: str | None = None
+    channel: Tensor | None = None
+    feature: Tensor | None = None
+    base_feature: Tensor | None = None
+    activation: Tensor | None = None
+    projection: Tensor | None = None
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Number of occluder positions ``(Hp, Wp)``."""
+        return (int(self.positions.shape[0]), int(self.positions.shape[1]))
+
+    @property
+    def boxes(self) -> Tensor:
+        """``[Hp, Wp, 4]`` input box ``(y0, x0, y1, x1)`` of each occluder (half-open, clipped)."""
+        y0, x0 = self.positions[..., 0], self.positions[..., 1]
+        y1 = (y0 + self.size[0]).clamp(max=self.image_size[0])
+        x1 = (x0 + self.size[1]).clamp(max=self.image_size[1])
+        return torch.stack([y0, x0, y1, x1], dim=-1)
+
+    @property
+    def centers(self) -> Tensor:
+        """``[Hp, Wp, 2]`` centre ``(row, col)`` of each (clipped) occluder, in pixel units."""
+        b = self.boxes.double()
+        return torch.stack([(b[..., 0] + b[..., 2] - 1) / 2, (b[..., 1] + b[..., 3] - 1) / 2], -1)
+
+
+def occluder_starts(length: int, size: int, stride: int) -> Tensor:
+    """First pixel of each occluder position along one axis.
+
+    Positions start at 0 and step by ``stride`` until the occluder reaches the far edge; when
+    ``stride`` does not divide ``length - size`` the last occluder is cut off by the edge, so
+    every pixel is covered (the same positions as captum's ``Occlusion``).
+
+    Example:
+        >>> occluder_starts(10, 4, 4).tolist()
+        [0, 4, 8]
+    """
+    if size > length:
+        raise InputError(f"occluder size {size} is larger than the image side {length}")
+    count = math.ceil((length - size) / stride) + 1
+    return torch.arange(count, dtype=torch.long) * stride
+
+
+def _pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        pair = (value, value)
+    elif (
+        isinstance(value, Sequence)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise InputError(f"{name} must be an int or a pair of ints (rows, cols), got {value!r}")
+    if min(pair) < 1:
+        raise InputError(f"{name} must be at least 1, got {value!r}")
+    return pair
+
+
+def _model_device_dtype(model: nn.Module, x: Tensor) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        return p.device, p.dtype
+    for b in model.buffers():
+        if b.is_floating_point():
+            return b.device, b.dtype
+    return x.device, x.dtype
+
+
+def _fill_values(fill: Fill, x: Tensor) -> Tensor:
+    """Per-image, per-channel fill value, ``[N, C, 1, 1]`` (or broadcastable)."""
+    n, c = x.shape[:2]
+    if isinstance(fill, str):
+        if fill == "grey" or fill == "gray":
+            return torch.full((1, 1, 1, 1), 0.5, dtype=x.dtype, device=x.device)
+        if fill == "mean":
+            return x.mean(dim=(2, 3), keepdim=True)
+        raise InputError(
+            f"unknown fill {fill!r}; use 'grey' (0.5), 'mean' (each image's mean colour), "
+            "a number or one number per channel"
+        )
+    if isinstance(fill, bool):
+        raise InputError(
+            f"fill must be 'grey', 'mean', a number or per-channel numbers, not {fill}"
+        )
+    if isinstance(fill, int | float):
+        return torch.full((1, 1, 1, 1), float(fill), dtype=x.dtype, device=x.device)
+    values = torch.as_tensor(fill, dtype=x.dtype).flatten().to(x.device)
+    if values.numel() != c:
+        raise InputError(
+            f"fill has {values.numel()} values but the images have {c} channels; "
+            "give one number, or one per channel"
+        )
+    return values.view(1, c, 1, 1)
+
+
+def _given_targets(
+    target: int | Sequence[int] | Tensor | None, n: int, device: torch.device
+) -> Tensor | None:
+    """The target class per image ``[n]`` (on ``device``), or None to use the prediction."""
+    if target is None:
+        return None
+    if isinstance(target, bool):
+        raise InputError(f"target must be a class index or one per image, got {target!r}")
+    t = torch.as_tensor(target)
+    if t.is_floating_point() or t.is_complex():
+        raise InputError(f"target must hold integer class indices, got {target!r}")
+    t = t.to(torch.long).flatten()
+    if t.numel() == 1:
+        t = t.expand(n).clone()
+    if t.numel() != n:
+        raise InputError(f"got {t.numel()} targets for {n} images; give one, or one per image")
+    if int(t.min()) < 0:
+        raise InputError(f"target classes must be non-negative, got {t.tolist()}")
+    return t.to(device)
+
+
+def _check_logits(out: Any, n: int) -> Tensor:
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != n:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise InputError(
+            f"occlusion needs a model that maps images to logits [N, classes]; its output is "
+            f"{got}; wrap the model so that it returns the logits tensor"
+        )
+    return out
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _first_tensor(out: Any) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, tuple | list) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise InputError(f"layer output is a {type(out).__name__}, not a tensor")
+
+
+def _channel_totals(out: Tensor, channels: Tensor) -> Tensor:
+    """Sum over everything but batch of ``out[b, channels[b]]``."""
+    rows = torch.arange(out.shape[0], device=out.device)
+    picked = out[rows, channels.to(out.device)]
+    return picked.reshape(out.shape[0], -1).sum(dim=1) if picked.dim() > 1 else picked
+
+
+@contextmanager
+def _measure_bytes(model: nn.Module, total: list[int]) -> Iterator[None]:
+    """Add up the bytes of every module output of the forward passes run inside."""
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, Tensor):
+                total[0] += t.numel() * t.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _budget(x: Tensor, memory_budget: int | None) -> int:
+    if memory_budget is not None:
+        return int(memory_budget)
+    if x.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(x.device)
+        return int(free // 4)
+    return _DEFAULT_CPU_BUDGET
+
+
+def _auto_batch_size(model: nn.Module, x: Tensor, rows: int, memory_budget: int | None) -> int:
+    """Rows per forward pass that fit the memory budget.
+
+    A job that fits even with a generous guess of the activation size runs as one batch;
+    otherwise one image goes through the model to measure its activation bytes.
+    """
+    budget = _budget(x, memory_budget)
+    image_bytes = x[0].numel() * x.element_size()
+    if rows * _GUESS_BYTES_PER_INPUT_BYTE * image_bytes <= budget:
+        return rows
+    used = [0]
+    with _measure_bytes(model, used):
+        model(x[:1])
+    per_row = max(used[0], 4 * image_bytes) + 2 * image_bytes
+    return max(1, budget // per_row)
+
+
+def _scan(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor | None,
+    fillv: Tensor,
+    starts: tuple[Tensor, Tensor],
+    size: tuple[int, int],
+    module: nn.Module | None,
+    layer: str | None,
+    channel: Tensor | None,
+    batch_size: int | None,
+    memory_budget: int | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """Evaluate every image unoccluded and under every occluder position, in batches.
+
+    Rows are image-major; row 0 of each image is the clean image, so the predicted class (the
+    default target) is known before that image's occluded rows are read.
+    """
+    n, _, h, w = x.shape
+    device = x.device
+    ys, xs = (t.to(device) for t in starts)
+    wp = len(xs)
+    per_image = len(ys) * wp + 1
+    total = n * per_image
+    sh, sw = size
+    rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
+    tgt = target if target is not None else torch.full((n,), -1, device=device)
+    out: dict[str, Any] = {}
+    prob = top_prob = None
+    top_class = torch.empty(total, dtype=torch.long, device=device)
+    feature = torch.empty(total, dtype=x.dtype, device=device) if module is not None else None
+    bs = batch_size if batch_size is not None else _auto_batch_size(model, x, total, memory_budget)
+    captured: list[Tensor] = []
+    current: dict[str, Tensor] = {}
+    handle = None
+    if module is not None:
+
+        def hook(_m: nn.Module, _i: Any, o: Any) -> None:
+            # Reduce right away: a later in-place op (ReLU(inplace=True)) may change `o`.
+            captured.append(_channel_totals(_first_tensor(o), current["channels"]))
+
+        handle = module.register_forward_hook(hook)
+    start = 0
+    try:
+        with tqdm(total=total, desc="occlusion", unit="img", disable=not progress) as bar:
+            while start < total:
+                idx = torch.arange(start, min(start + bs, total), device=device)
+                img, pos = idx // per_image, idx % per_image
+                occ = (pos - 1).clamp(min=0)
+                clean = pos == 0
+                y0 = torch.where(clean, h, ys[occ // wp]).unsqueeze(1)  # clean: off the image
+                x0 = xs[occ % wp].unsqueeze(1)
+                in_rows = (rows >= y0) & (rows < y0 + sh)
+                in_cols = (cols >= x0) & (cols < x0 + sw)
+                mask = (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
+                first, last = start // per_image, (start + len(idx) - 1) // per_image
+                if first == last:  # one image: broadcast it instead of copying it B times
+                    fv = fillv if fillv.shape[0] == 1 else fillv[first : first + 1]
+                    batch = torch.where(mask, fv, x[first : first + 1])
+                else:
+                    fv = fillv if fillv.shape[0] == 1 else fillv.index_select(0, img)
+                    batch = torch.where(mask, fv, x.index_select(0, img))
+                if channel is not None:
+                    current["channels"] = channel.index_select(0, img)
+                    captured.clear()
+                logits = _check_logits(model(batch), len(idx))
+                if prob is None:
+                    k = logits.shape[1]
+                    if int(tgt.max()) >= k:
+                        raise InputError(
+                            f"target class out of range: the model has {k} classes (0..{k - 1})"
+                        )
+                    prob = torch.empty(total, dtype=logits.dtype, device=device)
+                    top_prob = torch.empty(total, dtype=logits.dtype, device=device)
+                probs = torch.softmax(logits, dim=1)
+                tp, tc = probs.max(dim=1)
+                if target is None and bool(clean.any()):
+                    tgt[img[clean]] = logits[clean].argmax(dim=1)
+                sl = slice(start, start + len(idx))
+                prob[sl] = probs.gather(1, tgt.index_select(0, img).unsqueeze(1))[:, 0]
+                top_prob[sl] = tp  # type: ignore[index]
+                top_class[sl] = tc
+                if feature is not None:
+                    if len(captured) != 1:
+                        raise LayerError(
+                            f"layer {layer!r} ran {len(captured)} times in one forward pass; "
+                            "occlusion needs a layer that runs once"
+                        )
+                    feature[sl] = captured[0]
+                start += len(idx)
+                bar.update(len(idx))
+    finally:
+        if handle is not None:
+            handle.remove()
+    assert prob is not None and top_prob is not None
+    is_clean = torch.zeros(total, dtype=torch.bool, device=device)
+    is_clean[::per_image] = True
+    out["target"] = tgt.cpu()
+    out["base_prob"] = prob[is_clean].cpu()
+    out["base_class"] = top_class[is_clean].cpu()
+    out["prob"] = prob[~is_clean].cpu()
+    out["top_prob"] = top_prob[~is_clean].cpu()
+    out["top_class"] = top_class[~is_clean].cpu()
+    out["feature"] = feature[~is_clean].cpu() if feature is not None else None
+    return out
+
+
+def occlusion(
+    model: nn.Module,
+    x: Tensor,
+    target: int | Sequence[int] | Tensor | None = None,
+    size: int | Sequence[int] = 8,
+    stride: int | Sequence[int] = 2,
+    fill: Fill = "grey",
+    layer: str | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    *,
+    project: bool = True,
+    memory_budget: int | None = None,
+) -> OcclusionResult:
+    """Slide an occluder over each image and record how the model's output changes.
+
+    Works with any model that maps images ``[N, C, H, W]`` to logits ``[N, classes]`` (CNNs,
+    the MNIST ``RNNClassifier``, ...). The model is run in eval mode and put back as it was.
+
+    Args:
+        model: the classifier.
+        x: images ``[N, C, H, W]`` in the model's input space.
+        target: class whose probability is mapped: one index for all images, one per image, or
+            None for the class the model predicts on the unoccluded image.
+        size: occluder side in pixels (or ``(height, width)``).
+        stride: step between occluder positions (or ``(rows, cols)``).
+        fill: ``"grey"`` (0.5), ``"mean"`` (each image's mean per channel), a number, or one
+            number per channel, all in the model's input space.
+        layer: optional layer name (``named_modules()`` spelling); adds the total activation of
+            the image's strongest feature map of that layer, and its deconvnet projection.
+        batch_size: occluded images per forward pass; None picks it from ``memory_budget``.
+        progress: show a progress bar.
+        project: with ``layer``, also compute the deconvnet projection (needs a layer the
+            engine can project).
+        memory_budget: bytes of activations a batch may use when ``batch_size`` is None
+            (default: a quarter of free GPU memory, or 512 MiB on the CPU).
+
+    Returns:
+        An :class:`OcclusionResult`.
+
+    Example:
+        >>> from deconvviz.models import LeNet5
+        >>> res = occlusion(LeNet5(), torch.rand(2, 1, 28, 28), size=8, stride=2, progress=False)
+        >>> tuple(res.prob.shape)  # [N, Hp, Wp] with Hp = ceil((28 - 8) / 2) + 1
+        (2, 11, 11)
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise InputError(
+            f"occlusion expects images [N, C, H, W], got {got}; "
+            "add a batch dimension with x.unsqueeze(0)"
+        )
+    if x.shape[0] == 0:
+        raise InputError("occlusion got an empty batch of images")
+    if not x.is_floating_point():
+        raise InputError(
+            f"images must be floating point in the model's input space, got {x.dtype}; "
+            "convert e.g. uint8 pixels with x.float() / 255"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise InputError("images contain NaN or infinite values")
+    sh, sw = _pair("size", size)
+    th, tw = _pair("stride", stride)
+    n, _, h, w = x.shape
+    if sh > h or sw > w:
+        raise InputError(
+            f"occluder {sh}x{sw} is larger than the images ({h}x{w}); pick a smaller size"
+        )
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise InputError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    module = None
+    if layer is not None:
+        modules = dict(model.named_modules())
+        if layer not in modules or layer == "":
+            raise LayerError(unknown_name("layer", str(layer), [k for k in modules if k]))
+        module = modules[layer]
+
+    device, dtype = _model_device_dtype(model, x)
+    x = x.detach().to(device=device, dtype=dtype)
+    fillv = _fill_values(fill, x)
+    ys, xs = occluder_starts(h, sh, th), occluder_starts(w, sw, tw)
+    hp, wp = len(ys), len(xs)
+
+    tgt = _given_targets(target, n, device)
+    with _eval_mode(model), torch.no_grad():
+        channel = activation = base_feature = None
+        if layer is not None:
+            import deconvviz
+
+            acts = _first_tensor(deconvviz.layer_output(model, x, layer)).detach()
+            if acts.dim() < 2 or acts.shape[0] != n:
+                raise LayerError(
+                    f"layer {layer!r} outputs shape {tuple(acts.shape)}, not one map per image "
+                    "and channel; pick a conv or linear layer"
+                )
+            channel = acts.reshape(n, acts.shape[1], -1).amax(dim=2).argmax(dim=1)
+            activation = acts[torch.arange(n, device=acts.device), channel].cpu()
+            base_feature = _channel_totals(acts, channel).cpu()
+        res = _scan(
+            model,
+            x,
+            tgt,
+            fillv,
+            (ys, xs),
+            (sh, sw),
+            module,
+            layer,
+            channel,
+            batch_size,
+            memory_budget,
+            progress,
+        )
+
+    projection = None
+    if layer is not None and project:
+        assert channel is not None
+        projection = _project(model, x, layer, channel.cpu())
+
+    shape = (n, hp, wp)
+    positions = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
+    feature = res["feature"]
+    return OcclusionResult(
+        prob=res["prob"].view(shape),
+        top_class=res["top_class"].view(shape),
+        top_prob=res["top_prob"].view(shape),
+        target=res["target"],
+        base_prob=res["base_prob"],
+        base_class=res["base_class"],
+        positions=positions,
+        size=(sh, sw),
+        stride=(th, tw),
+        image_size=(h, w),
+        layer=layer,
+        channel=channel.cpu() if channel is not None else None,
+        feature=feature.view(shape) if feature is not None else None,
+        base_feature=base_feature,
+        activation=activation,
+        projection=projection,
+    )
+
+
+def _project(model: nn.Module, x: Tensor, layer: str, channel: Tensor) -> Tensor:
+    """Deconvnet projection of each image's chosen channel (its strongest activation)."""
+    import deconvviz
+
+    if not hasattr(deconvviz, "attach"):  # pragma: no cover - the engine ships with the library
+        raise DeconvvizError("the deconvnet engine is not available; pass project=False")
+    out: Tensor | None = None
+    # Full-image passes (crop=False): one projection per image costs little next to the scan,
+    # and they work for every model, including ones that refuse inputs of another size.
+    with deconvviz.attach(model, rule="deconvnet", crop=False) as dn:
+        for c in torch.unique(channel).tolist():
+            idx = (channel == c).nonzero().flatten()
+            rec = dn.project(x[idx.to(x.device)], layer=layer, channel=int(c)).detach().cpu()
+            if out is None:
+                out = torch.zeros((x.shape[0], *rec.shape[1:]), dtype=rec.dtype)
+            out[idx] = rec
+    assert out is not None
+    return out

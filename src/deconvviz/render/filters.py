@@ -1,0 +1,120 @@
+"""Pictures of convolution filters: a grid of the filters, and their RMS against the radius."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+from torch import Tensor, nn
+
+from deconvviz.errors import InputError
+from deconvviz.filters import filter_rms, filter_weight
+from deconvviz.render.images import make_grid, to_display
+
+__all__ = ["filter_grid", "rms_figure"]
+
+
+def filter_grid(
+    weight: Tensor | nn.Module,
+    *,
+    per_channel: bool | None = None,
+    max_filters: int | None = None,
+    max_channels: int | None = None,
+    nrow: int | None = None,
+    scale: int = 4,
+    padding: int = 1,
+) -> Image.Image:
+    """A grid image of a conv layer's filters.
+
+    Each filter is contrast-stretched around grey on its own (:func:`to_display`: 0 is grey,
+    its largest-magnitude weight black or white), so its pattern shows whatever its norm.
+
+    A first layer (1 or 3 input channels) is shown one tile per filter, as a greyscale or RGB
+    image, ``nrow`` tiles per row (default: a near-square grid). Deeper layers are shown per
+    input channel: one row per filter, one column per input channel (all tiles of a row share
+    the filter's scale, so you can compare how much each input channel matters).
+
+    Args:
+        weight: a ``Conv2d`` layer or its weight ``[out, in, kh, kw]``.
+        per_channel: force the per-input-channel layout (True) or the image layout (False;
+            needs 1 or 3 input channels). Default: image layout for 1 or 3 input channels.
+        max_filters: show only the first filters.
+        max_channels: per-channel layout: show only the first input channels.
+        nrow: image layout: tiles per row.
+        scale: integer enlargement of each kernel pixel (5x5 kernels are tiny).
+        padding: pixels between tiles (white).
+
+    Returns:
+        A PIL image (mode ``"L"`` or ``"RGB"``).
+
+    Example:
+        >>> from deconvviz.models import LeNet5
+        >>> filter_grid(LeNet5().conv1, scale=4).size  # 32 5x5 filters, 6 a row, 1 px apart
+        (127, 127)
+    """
+    w = filter_weight(weight).cpu()
+    if w.dim() != 4:
+        raise InputError(
+            f"filter_grid draws Conv2d filters [out, in, kh, kw]; got shape {tuple(w.shape)}"
+        )
+    out_c, in_c = w.shape[:2]
+    for label, value in (
+        ("max_filters", max_filters),
+        ("max_channels", max_channels),
+        ("nrow", nrow),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise InputError(f"{label} must be a positive integer or None, got {value!r}")
+    if per_channel is None:
+        per_channel = in_c not in (1, 3)
+    if not per_channel and in_c not in (1, 3):
+        raise InputError(
+            f"filters with {in_c} input channels cannot be shown as images; use "
+            "per_channel=True (one tile per input channel)"
+        )
+    if max_filters is not None:
+        w = w[:max_filters]
+    disp = to_display(w.double())  # per filter: [in, kh, kw] stretched around grey
+    if not per_channel:
+        return make_grid(
+            disp, nrow=nrow or math.ceil(math.sqrt(len(disp))), padding=padding, scale=scale
+        )
+    if max_channels is not None:
+        disp = disp[:, :max_channels]
+    k = disp.shape[1]
+    tiles = disp.reshape(-1, 1, *disp.shape[2:])
+    return make_grid(tiles, nrow=k, padding=padding, scale=scale)
+
+
+def rms_figure(
+    weight: Tensor | nn.Module, radius: float | None = 0.1, title: str | None = None
+) -> Figure:
+    """Bar chart of each filter's RMS, with the renormalisation radius as a line.
+
+    Args:
+        weight: a conv layer or its weight ``[out, in, *kernel]``.
+        radius: draw this radius (None: no line).
+        title: figure title.
+
+    Returns:
+        A matplotlib figure.
+    """
+    rms = filter_rms(weight).detach().cpu().double().numpy()
+    fig = Figure(figsize=(max(4.0, 0.12 * len(rms) + 1.5), 2.8), layout="constrained")
+    ax = fig.subplots()
+    idx = np.arange(len(rms))
+    colours = ["tab:red" if radius is not None and r > radius else "tab:blue" for r in rms]
+    ax.bar(idx, rms, color=colours, width=0.8)
+    if radius is not None:
+        ax.axhline(radius, color="k", linestyle="--", linewidth=1, label=f"radius {radius:g}")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("filter")
+    ax.set_ylabel("RMS")
+    ax.set_xlim(-0.6, len(rms) - 0.4)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig

@@ -1,0 +1,231 @@
+"""Figures for occlusion sensitivity, laid out like Zeiler & Fergus's Fig. 7.
+
+Each map is drawn over the image it was measured on: map cell ``(i, j)`` covers the pixels that
+are nearer to occluder ``(i, j)``'s centre than to any other's, so the maps line up with the
+image whatever the occluder size and stride.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.collections import QuadMesh
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+from torch import Tensor
+
+from deconvviz.errors import InputError
+from deconvviz.occlusion import OcclusionResult
+from deconvviz.render.images import to_display
+
+__all__ = ["display_image", "map_edges", "occlusion_figure", "draw_map"]
+
+
+def display_image(image: Tensor) -> np.ndarray:
+    """An input image ``[C, H, W]`` as an array matplotlib can show (``[H, W]`` or ``[H, W, 3]``).
+
+    Images already in [0, 1] are shown as they are; others (normalised inputs) are min-max
+    stretched to [0, 1].
+    """
+    if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] not in (1, 3):
+        got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise InputError(f"expected one image [1 or 3, H, W], got {got}")
+    img = image.detach().cpu().double()
+    lo, hi = float(img.min()), float(img.max())
+    if lo < 0 or hi > 1:
+        img = (img - lo) / (hi - lo) if hi > lo else torch.zeros_like(img)
+    arr = img.permute(1, 2, 0).numpy()
+    return arr[:, :, 0] if arr.shape[2] == 1 else arr
+
+
+def map_edges(result: OcclusionResult) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-space cell edges ``(row_edges [Hp+1], col_edges [Wp+1])`` of the occlusion maps.
+
+    Cell edges lie halfway between neighbouring occluder centres and at the image border, in
+    matplotlib's image coordinates (pixel ``k`` spans ``k - 0.5 .. k + 0.5``).
+    """
+    centers = result.centers.numpy()
+    h, w = result.image_size
+
+    def edges(c: np.ndarray, length: int) -> np.ndarray:
+        mids = (c[:-1] + c[1:]) / 2
+        return np.concatenate([[-0.5], mids, [length - 0.5]])
+
+    return edges(centers[:, 0, 0], h), edges(centers[0, :, 1], w)
+
+
+def draw_map(
+    ax: Axes,
+    result: OcclusionResult,
+    values: Tensor,
+    image: Tensor | None = None,
+    *,
+    alpha: float = 0.65,
+    cmap: str = "jet",
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> QuadMesh:
+    """Draw one ``[Hp, Wp]`` map on ``ax``, over ``image`` when given; returns the mappable."""
+    rows, cols = map_edges(result)
+    if image is not None:
+        arr = display_image(image)
+        ax.imshow(
+            arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest"
+        )
+    mesh = ax.pcolormesh(
+        cols,
+        rows,
+        values.detach().cpu().double().numpy(),
+        cmap=cmap,
+        alpha=alpha if image is not None else 1.0,
+        vmin=vmin,
+        vmax=vmax,
+        shading="flat",
+    )
+    h, w = result.image_size
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return mesh
+
+
+def occlusion_figure(
+    result: OcclusionResult,
+    x: Tensor,
+    index: int = 0,
+    class_names: Sequence[str] | None = None,
+    *,
+    alpha: float = 0.65,
+) -> Figure:
+    """One row of the paper's Fig. 7 for image ``index``.
+
+    Panels: (a) the input with one occluder drawn to scale; (b) the total activation of the
+    strongest feature map of ``result.layer`` per occluder position (when a layer was given);
+    (c) that map's deconvnet projection on the unoccluded image (when computed); (d) the
+    probability of the target class per occluder position; (e) the most probable class per
+    position. Maps are drawn over the image.
+
+    Args:
+        result: what :func:`deconvviz.occlusion` returned for ``x``.
+        x: the images ``[N, C, H, W]`` it was computed on.
+        index: which image.
+        class_names: names of the classes (default: their indices).
+        alpha: opacity of the maps over the image.
+
+    Returns:
+        A matplotlib figure (not shown; save it with ``deconvviz._io.save_figure``).
+    """
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise InputError("x must be the images [N, C, H, W] the occlusion result was computed on")
+    n = result.prob.shape[0]
+    if x.shape[0] != n or tuple(x.shape[2:]) != tuple(result.image_size):
+        raise InputError(
+            f"x has shape {tuple(x.shape)} but the result is for {n} images of size "
+            f"{result.image_size}; pass the same images"
+        )
+    if not -n <= index < n:
+        raise InputError(f"index {index} out of range for {n} images")
+    image = x[index].detach().cpu()
+    target = int(result.target[index])
+
+    def name(k: int) -> str:
+        return class_names[k] if class_names is not None and k < len(class_names) else str(k)
+
+    panels = ["input"]
+    if result.feature is not None:
+        panels.append("feature")
+    if result.projection is not None:
+        panels.append("projection")
+    panels += ["prob", "top"]
+    fig = Figure(figsize=(3.1 * len(panels), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    letters = "abcde"
+    for k, (ax, panel) in enumerate(zip(axes, panels, strict=True)):
+        tag = f"({letters[k]}) "
+        if panel == "input":
+            arr = display_image(image)
+            ax.imshow(
+                arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest"
+            )
+            (sh, sw) = result.size
+            ax.add_patch(
+                Rectangle((-0.5, -0.5), sw, sh, facecolor="0.5", edgecolor="white", linewidth=1)
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            base = float(result.base_prob[index])
+            ax.set_title(
+                f"{tag}input: {name(target)} (p={base:.2f})\noccluder {sh}x{sw}, "
+                f"stride {result.stride[0]}",
+                fontsize=8,
+            )
+        elif panel == "feature":
+            assert result.feature is not None and result.channel is not None
+            mesh = draw_map(ax, result, result.feature[index], image, alpha=alpha)
+            fig.colorbar(mesh, ax=ax, shrink=0.8)
+            ax.set_title(
+                f"{tag}total activation\n{result.layer} map {int(result.channel[index])}",
+                fontsize=8,
+            )
+        elif panel == "projection":
+            assert result.projection is not None and result.channel is not None
+            proj = to_display(result.projection[index])
+            arr = proj.permute(1, 2, 0).numpy()
+            ax.imshow(
+                arr[:, :, 0] if arr.shape[2] == 1 else arr,
+                cmap="gray" if arr.shape[2] == 1 else None,
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(
+                f"{tag}deconvnet projection\n{result.layer} map {int(result.channel[index])}",
+                fontsize=8,
+            )
+        elif panel == "prob":
+            mesh = draw_map(ax, result, result.prob[index], image, alpha=alpha, vmin=0.0, vmax=1.0)
+            fig.colorbar(mesh, ax=ax, shrink=0.8)
+            ax.set_title(f"{tag}p({name(target)})\nper occluder position", fontsize=8)
+        else:
+            top = result.top_class[index]
+            present = sorted(set(top.flatten().tolist()))
+            colours = _class_colours(max(present) + 1)
+            cmap = ListedColormap(colours)
+            norm = BoundaryNorm(np.arange(len(colours) + 1) - 0.5, len(colours))
+            rows, cols = map_edges(result)
+            arr = display_image(image)
+            ax.imshow(
+                arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest"
+            )
+            ax.pcolormesh(
+                cols, rows, top.numpy(), cmap=cmap, norm=norm, alpha=alpha, shading="flat"
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_aspect("equal")
+            handles = [Patch(color=colours[c], label=name(c)) for c in present]
+            ax.legend(
+                handles=handles,
+                fontsize=6,
+                loc="upper left",
+                bbox_to_anchor=(1.0, 1.0),
+                frameon=False,
+            )
+            ax.set_title(f"{tag}most probable class\nper occluder position", fontsize=8)
+    return fig
+
+
+def _class_colours(k: int) -> list[tuple[float, float, float, float]]:
+    from matplotlib import colormaps
+
+    base = colormaps["tab10" if k <= 10 else "tab20"]
+    n = 10 if k <= 10 else 20
+    return [base(i % n) for i in range(k)]
