@@ -1,0 +1,73 @@
+"""The paper's analyses beyond single projections, and sanity checks of the projections.
+
+* :class:`FeatureEvolution` -- a training callback following the strongest activation of chosen
+  feature maps over a fixed image pool (Zeiler & Fergus, Fig. 4).
+* :func:`invariance` -- feature distances under translation, scaling and rotation (Fig. 5).
+* :func:`correspondence` -- consistency of feature changes when the same object part is
+  occluded in several images, against random occlusions (Sec. 5.2, Table 1).
+* :func:`randomisation_test` -- Adebayo et al. 2018's cascading model randomisation.
+* :func:`sensitivity_check` -- Mahendran & Vedaldi 2016: do projections of different units
+  differ?
+* :func:`report_figures` -- quick versions of all of them, written as PNG + JSON (for the HTML
+  report).
+
+Every analysis returns a small frozen result object of tensors with a ``to_dict()`` for JSON;
+:mod:`deconvviz.render.analyses` turns results into figures. See ``docs/analyses.md``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from deconvviz.analyses._common import pick_images
+from deconvviz.analyses.correspondence import CorrespondenceResult, correspondence, occlude
+from deconvviz.analyses.evolution import EvolutionRecord, EvolutionResult, FeatureEvolution
+from deconvviz.analyses.invariance import (
+    TRANSFORMS,
+    InvarianceResult,
+    invariance,
+    transform_images,
+)
+from deconvviz.analyses.metrics import rankdata, sign_disagreement, spearman, ssim
+from deconvviz.analyses.sanity import (
+    SanityResult,
+    SensitivityResult,
+    randomisation_test,
+    sensitivity_check,
+)
+
+if TYPE_CHECKING:
+    from deconvviz.analyses.report import report_figures
+
+__all__ = [
+    "TRANSFORMS",
+    "CorrespondenceResult",
+    "EvolutionRecord",
+    "EvolutionResult",
+    "FeatureEvolution",
+    "InvarianceResult",
+    "SanityResult",
+    "SensitivityResult",
+    "correspondence",
+    "invariance",
+    "occlude",
+    "pick_images",
+    "randomisation_test",
+    "rankdata",
+    "report_figures",
+    "sensitivity_check",
+    "sign_disagreement",
+    "spearman",
+    "ssim",
+    "transform_images",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # report_figures renders and writes files, so it lives a layer above the analyses and is
+    # imported only when asked for (keeping `import deconvviz.analyses` free of matplotlib).
+    if name == "report_figures":
+        from deconvviz.analyses.report import report_figures
+
+        return report_figures
+    raise AttributeError(f"module 'deconvviz.analyses' has no attribute {name!r}")

@@ -1,0 +1,287 @@
+"""Correspondence analysis (Zeiler & Fergus, Sec. 5.2 and Table 1).
+
+Occlude the *same object part* in several images (say the left eye of five dogs) and look at
+how each layer's output changes: ``eps_i = phi(x_i) - phi(occluded x_i)``. If the layer
+represents that part in a consistent way, the changes point the same way in every image, so the
+sign vectors ``sign(eps_i)`` agree. The paper's score is the Hamming distance between those
+sign vectors summed over image pairs; we report it normalised, as the mean over image pairs of
+the fraction of feature elements whose sign differs (0 = perfectly consistent). The same score
+for occluders of the same size at random places is the baseline: a part score well below the
+random one means the layer establishes a correspondence for that part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from deconvviz.analyses._common import batches, capture, check_images, check_layers, default_layers
+from deconvviz.analyses.metrics import sign_disagreement
+from deconvviz.errors import InputError
+
+__all__ = ["CorrespondenceResult", "correspondence", "pairwise_sign_change", "occlude"]
+
+
+@dataclass(frozen=True)
+class CorrespondenceResult:
+    """Consistency of feature changes under occlusion of the same part vs random occlusions.
+
+    ``P`` parts, ``N`` images, ``L`` layers, ``R`` random trials.
+
+    Attributes:
+        layers: the layers measured.
+        parts: a name per part.
+        score: ``[P, L]`` mean over image pairs of the fraction of feature elements whose
+            change has a different sign in the two images (lower = more consistent).
+        score_std: ``[P, L]`` standard deviation of that fraction over the image pairs.
+        random_score: ``[P, R, L]`` the same mean for each random trial (occluders of each
+            image's part size, at random places).
+        boxes: ``[P, N, 4]`` the part boxes ``(y0, x0, y1, x1)``, half-open, in input pixels.
+        random_boxes: ``[P, R, N, 4]`` the random boxes.
+        fill: the value occluded pixels were set to.
+        seed: seed of the random boxes.
+    """
+
+    layers: tuple[str, ...]
+    parts: tuple[str, ...]
+    score: Tensor
+    score_std: Tensor
+    random_score: Tensor
+    boxes: Tensor
+    random_boxes: Tensor
+    fill: float
+    seed: int
+
+    @property
+    def random_mean(self) -> Tensor:
+        """``[P, L]`` mean of the random-occlusion score over trials."""
+        return self.random_score.mean(dim=1)
+
+    @property
+    def random_std(self) -> Tensor:
+        """``[P, L]`` standard deviation of the random score over trials (0 for one trial)."""
+        if self.random_score.shape[1] < 2:
+            return torch.zeros_like(self.random_mean)
+        return self.random_score.std(dim=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain numbers for JSON."""
+        return {
+            "analysis": "correspondence",
+            "layers": list(self.layers),
+            "parts": list(self.parts),
+            "score": {
+                p: dict(zip(self.layers, self.score[i].tolist(), strict=True))
+                for i, p in enumerate(self.parts)
+            },
+            "score_std": {
+                p: dict(zip(self.layers, self.score_std[i].tolist(), strict=True))
+                for i, p in enumerate(self.parts)
+            },
+            "random_mean": {
+                p: dict(zip(self.layers, self.random_mean[i].tolist(), strict=True))
+                for i, p in enumerate(self.parts)
+            },
+            "random_std": {
+                p: dict(zip(self.layers, self.random_std[i].tolist(), strict=True))
+                for i, p in enumerate(self.parts)
+            },
+            "random_score": self.random_score.tolist(),
+            "boxes": self.boxes.tolist(),
+            "random_boxes": self.random_boxes.tolist(),
+            "fill": self.fill,
+            "seed": self.seed,
+            "n_images": int(self.boxes.shape[1]),
+            "n_random": int(self.random_score.shape[1]),
+        }
+
+
+def pairwise_sign_change(eps: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation over image pairs ``i < j`` of the fraction of elements where
+    ``sign(eps[i])`` and ``sign(eps[j])`` differ.
+
+    Args:
+        eps: ``[N, D]`` feature changes of ``N >= 2`` images.
+
+    Returns:
+        ``(mean, std)`` as float64 scalars; the paper's ``Delta = sum_{i != j} H`` equals
+        ``N (N - 1) D mean``.
+    """
+    n = eps.shape[0]
+    if n < 2:
+        raise InputError("correspondence needs at least two images to compare")
+    i, j = torch.triu_indices(n, n, offset=1)
+    signs = torch.sign(eps)
+    d = sign_disagreement(signs[i], signs[j])
+    std = d.std() if d.numel() > 1 else torch.zeros((), dtype=torch.float64)
+    return d.mean(), std
+
+
+def occlude(x: Tensor, boxes: Tensor, fill: float = 0.0) -> Tensor:
+    """Copy of images ``x`` ``[N, C, H, W]`` with box ``boxes[n] = (y0, x0, y1, x1)`` (half-open)
+    of image ``n`` set to ``fill``."""
+    out = x.clone()
+    for n, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
+        out[n, :, y0:y1, x0:x1] = fill
+    return out
+
+
+def _check_boxes(boxes: Any, n: int, size: tuple[int, int]) -> Tensor:
+    try:
+        b = torch.as_tensor(boxes)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"boxes must be [N, 4] or [P, N, 4] integer boxes (y0, x0, y1, x1), got {boxes!r}"
+        ) from None
+    if b.dim() == 1 and b.shape[0] == 4:
+        b = b.expand(n, 4)
+    if b.dim() == 2:
+        b = b.unsqueeze(0)
+    if b.dim() != 3 or b.shape[-1] != 4:
+        raise InputError(
+            f"boxes must be [N, 4] (one part) or [P, N, 4] (P parts), got shape {tuple(b.shape)}"
+        )
+    if b.shape[1] == 1 and n > 1:
+        b = b.expand(-1, n, 4)
+    if b.shape[1] != n:
+        raise InputError(f"boxes give {b.shape[1]} boxes per part for {n} images; give one each")
+    if b.is_floating_point() and not bool((b == b.round()).all()):
+        raise InputError("box corners must be whole pixels")
+    b = b.to(torch.long).contiguous()
+    h, w = size
+    y0, x0, y1, x1 = b.unbind(-1)
+    bad = (y0 < 0) | (x0 < 0) | (y1 > h) | (x1 > w) | (y1 <= y0) | (x1 <= x0)
+    if bool(bad.any()):
+        p, i = (int(v) for v in bad.nonzero()[0])
+        raise InputError(
+            f"box {b[p, i].tolist()} (part {p}, image {i}) is not a non-empty (y0, x0, y1, x1) "
+            f"box inside the {h}x{w} image; corners are half-open pixel indices"
+        )
+    return b
+
+
+def _random_boxes(boxes: Tensor, n_random: int, size: tuple[int, int], seed: int) -> Tensor:
+    """``[P, R, N, 4]`` boxes of each part box's size at uniformly random places."""
+    g = torch.Generator().manual_seed(int(seed))
+    h, w = size
+    p, n, _ = boxes.shape
+    bh = (boxes[..., 2] - boxes[..., 0]).unsqueeze(1).expand(p, n_random, n)
+    bw = (boxes[..., 3] - boxes[..., 1]).unsqueeze(1).expand(p, n_random, n)
+    uy = torch.rand(p, n_random, n, generator=g, dtype=torch.float64)
+    ux = torch.rand(p, n_random, n, generator=g, dtype=torch.float64)
+    y0 = (uy * (h - bh + 1)).floor().long().clamp(max=h - bh)
+    x0 = (ux * (w - bw + 1)).floor().long().clamp(max=w - bw)
+    return torch.stack([y0, x0, y0 + bh, x0 + bw], dim=-1)
+
+
+def correspondence(
+    model: nn.Module,
+    images: Tensor,
+    boxes: Sequence[Any] | Tensor,
+    layers: Sequence[str] | None = None,
+    n_random: int = 20,
+    seed: int = 0,
+    *,
+    parts: Sequence[str] | None = None,
+    fill: float = 0.0,
+    batch_size: int = 128,
+    progress: bool = True,
+) -> CorrespondenceResult:
+    """Measure how consistently layers respond to occluding the same part in several images.
+
+    Args:
+        model: the network.
+        images: ``[N, C, H, W]`` images (``N >= 2``) of the same kind of object.
+        boxes: the part in each image, ``(y0, x0, y1, x1)`` half-open pixel boxes: ``[N, 4]``
+            for one part, ``[P, N, 4]`` for ``P`` parts (or one ``[4]`` box for all images).
+        layers: layer names; default: the first parametric layer and the last hidden one.
+        n_random: random occlusions per part (each image gets a box of its part box's size at a
+            uniformly random place).
+        seed: seed of the random boxes (the global RNG is not touched).
+        parts: a name per part (default ``"part 0"``, ...).
+        fill: the value occluded pixels get.
+        batch_size: images per forward pass.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`CorrespondenceResult`; compare ``score`` with ``random_mean``.
+
+    Example:
+        >>> eyes = [[8, 4, 14, 10]] * 5                                      # doctest: +SKIP
+        >>> res = correspondence(model, dogs, eyes, ["conv2", "fc1"])         # doctest: +SKIP
+        >>> res.score, res.random_mean                                       # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    x = check_images(model, images)
+    n = x.shape[0]
+    if n < 2:
+        raise InputError("correspondence needs at least two images (it compares image pairs)")
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    part_boxes = _check_boxes(boxes, n, size)
+    n_parts = part_boxes.shape[0]
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
+        raise InputError(f"n_random must be a positive integer, got {n_random!r}")
+    if parts is None:
+        part_names = tuple(f"part {i}" for i in range(n_parts))
+    else:
+        part_names = tuple(str(p) for p in parts)
+        if len(part_names) != n_parts:
+            raise InputError(f"got {len(part_names)} part names for {n_parts} parts; give one each")
+    names = default_layers(model, x) if layers is None else check_layers(model, layers)
+    names = tuple(dict.fromkeys(names))
+    fill = float(fill)
+    rand_boxes = _random_boxes(part_boxes, n_random, size, seed)
+
+    ref: dict[str, list[Tensor]] = {name: [] for name in names}
+    for sl in batches(n, batch_size):
+        feats, _ = capture(model, x[sl], names, need_output=False)
+        for name in names:
+            ref[name].append(feats[name].flatten(1))
+    base = {name: torch.cat(v) for name, v in ref.items()}
+
+    # Every occlusion set (the part, then each random trial) occludes all N images; their
+    # images go through the model in batches that mix sets, and only the int8 signs of the
+    # feature changes are kept.
+    all_boxes = torch.cat([part_boxes.unsqueeze(1), rand_boxes], dim=1)  # [P, 1 + R, N, 4]
+    flat_boxes = all_boxes.reshape(-1, 4)
+    image_of = torch.arange(n).repeat(n_parts * (n_random + 1))
+    total = flat_boxes.shape[0]
+    signs = {name: torch.zeros(total, base[name].shape[1], dtype=torch.int8) for name in names}
+    bar = tqdm(total=total, desc="correspondence", disable=not progress, unit="image", leave=False)
+    try:
+        for sl in batches(total, batch_size):
+            idx = image_of[sl]
+            moved = occlude(x[idx.to(x.device)], flat_boxes[sl], fill)
+            feats, _ = capture(model, moved, names, need_output=False)
+            for name in names:
+                eps = base[name][idx.to(x.device)] - feats[name].flatten(1)
+                signs[name][sl] = torch.sign(eps).to(torch.int8).cpu()
+            bar.update(sl.stop - sl.start)
+    finally:
+        bar.close()
+
+    score = torch.zeros(n_parts, len(names), dtype=torch.float64)
+    score_std = torch.zeros_like(score)
+    random_score = torch.zeros(n_parts, n_random, len(names), dtype=torch.float64)
+    for li, name in enumerate(names):
+        per_set = signs[name].view(n_parts, n_random + 1, n, -1)
+        for p in range(n_parts):
+            score[p, li], score_std[p, li] = pairwise_sign_change(per_set[p, 0])
+            for r in range(n_random):
+                random_score[p, r, li] = pairwise_sign_change(per_set[p, r + 1])[0]
+    return CorrespondenceResult(
+        layers=names,
+        parts=part_names,
+        score=score,
+        score_std=score_std,
+        random_score=random_score,
+        boxes=part_boxes,
+        random_boxes=rand_boxes,
+        fill=fill,
+        seed=int(seed),
+    )

@@ -1,0 +1,133 @@
+"""Quick versions of every analysis on a few images, written as PNG + JSON (for the report).
+
+This module sits above the analyses and the renderers (it writes files); nothing in the
+analyses imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deconvviz._io import save_figure, write_json
+from deconvviz.analyses._common import check_images, default_layers, eval_mode, pick_images
+from deconvviz.analyses.correspondence import correspondence
+from deconvviz.analyses.invariance import invariance
+from deconvviz.analyses.sanity import randomisation_test, sensitivity_check
+from deconvviz.checkpoint import json_safe
+from deconvviz.engine import DeconvvizWarning
+
+__all__ = ["report_figures", "pick_images"]
+
+
+def report_figures(
+    model: nn.Module,
+    dataset: Sequence[Any],
+    out_dir: str | os.PathLike[str],
+    *,
+    n_images: int = 8,
+    progress: bool = True,
+) -> list[tuple[str, Path]]:
+    """Run quick versions of the analyses on a few images and write a PNG and a JSON for each.
+
+    Writes into ``out_dir``: ``invariance_translate``, ``invariance_scale``,
+    ``invariance_rotate``, ``correspondence`` (a centred occluder in every image against random
+    ones: a stand-in for a real object part), ``randomisation`` (cascading randomisation of the
+    output layer's projections, three rules) and ``sensitivity`` (projections of different
+    classes), each as ``.png`` and ``.json``. Layers without a deconvnet rule (an RNN's cell)
+    use their plain gradient, without warning.
+
+    Args:
+        model: the trained classifier.
+        dataset: items ``(image, label)`` (or images; then the model's predictions are used
+            as labels).
+        out_dir: where the files go (created if needed).
+        n_images: images taken, spread evenly over the dataset.
+        progress: show a progress bar.
+
+    Returns:
+        ``(title, png path)`` pairs in report order.
+    """
+    from tqdm.auto import tqdm
+
+    from deconvviz.render.analyses import (
+        correspondence_figure,
+        invariance_figure,
+        randomisation_figure,
+        sensitivity_figure,
+    )
+
+    out = Path(out_dir)
+    x, y, indices = pick_images(dataset, max(2, n_images))
+    x = check_images(model, x)
+    if y is None:
+        with eval_mode(model), torch.no_grad():
+            y = model(x).argmax(dim=1).cpu()
+    h, w = x.shape[-2:]
+    layers = default_layers(model, x)
+    side = max(2, min(h, w) // 4)
+    centre = [(h - side) // 2, (w - side) // 2, (h - side) // 2 + side, (w - side) // 2 + side]
+    few = x[: min(4, len(x))]
+
+    jobs: list[tuple[str, str, Callable[[], Any], Callable[[Any], Any]]] = [
+        (
+            "Invariance to vertical translation",
+            "invariance_translate",
+            lambda: invariance(model, x, y, "translate", layers=layers, progress=False),
+            invariance_figure,
+        ),
+        (
+            "Invariance to scaling",
+            "invariance_scale",
+            lambda: invariance(model, x, y, "scale", layers=layers, progress=False),
+            invariance_figure,
+        ),
+        (
+            "Invariance to rotation",
+            "invariance_rotate",
+            lambda: invariance(
+                model, x, y, "rotate", values=range(-180, 181, 30), layers=layers, progress=False
+            ),
+            invariance_figure,
+        ),
+        (
+            "Correspondence (centred occluder vs random occluders)",
+            "correspondence",
+            lambda: correspondence(
+                model, x, centre, layers, n_random=10, seed=0, parts=("centre",), progress=False
+            ),
+            correspondence_figure,
+        ),
+        (
+            "Sanity check: cascading model randomisation",
+            "randomisation",
+            lambda: randomisation_test(model, few, progress=False),
+            randomisation_figure,
+        ),
+        (
+            "Sanity check: class sensitivity of projections",
+            "sensitivity",
+            lambda: sensitivity_check(model, few[:2], progress=False),
+            sensitivity_figure,
+        ),
+    ]
+    written: list[tuple[str, Path]] = []
+    bar = tqdm(jobs, desc="analyses", disable=not progress, unit="analysis", leave=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeconvvizWarning)
+        for title, stem, compute, render in bar:
+            result = compute()
+            info = json_safe(result.to_dict())
+            used = {"randomisation": len(few), "sensitivity": min(2, len(few))}.get(stem, len(x))
+            info["dataset_indices"] = indices[:used]
+            fig = render(result)
+            png = save_figure(out / f"{stem}.png", fig, dpi=110)
+            write_json(out / f"{stem}.json", info)
+            written.append((title, png))
+    return written
