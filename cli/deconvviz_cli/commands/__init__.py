@@ -9,7 +9,6 @@ import click
 
 from deconvviz_cli.commands import analyse as _analyse
 from deconvviz_cli.commands import analyses as _analyses
-from deconvviz_cli.commands import reconstruct as _reconstruct
 from deconvviz_cli.commands import train as _train
 
 COMMANDS: list[click.Command] = []
@@ -21,4 +20,3 @@ COMMANDS += [
     _analyses.sanity_cmd,
     _analyses.sensitivity_cmd,
 ]
-COMMANDS += _reconstruct.COMMANDS

@@ -1,0 +1,325 @@
+"""``deconvviz occlude``, ``filters`` and ``stats``: analyses of a trained run."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from torch import nn
+
+from deconvviz._io import save_figure, save_image, save_torch, write_json, write_text
+from deconvviz.errors import InputError, LayerError, unknown_name
+
+_RUN_HELP = "Run directory made by `deconvviz train` (or its checkpoint.pt)."
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "model"
+
+
+def _load(checkpoint: Path, device: str) -> Any:
+    from deconvviz.checkpoint import load_run
+
+    return load_run(checkpoint, map_location=device)
+
+
+def _class_names(model: nn.Module) -> list[str] | None:
+    from deconvviz.data import CIFAR10_CLASSES, MNIST_CLASSES
+
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, dict):
+        return None
+    if cfg.get("model") == "rnn":
+        return list(MNIST_CLASSES)
+    if cfg.get("model") == "lenet5" and cfg.get("num_classes", 10) == 10:
+        return list(CIFAR10_CLASSES)
+    return None
+
+
+def _input_shape(model: nn.Module) -> tuple[int, int | None]:
+    """(channels, square side or None) that ``model`` takes."""
+    cfg = getattr(model, "config", None)
+    if isinstance(cfg, dict) and cfg.get("model") == "lenet5":
+        return int(cfg.get("in_channels", 1)), int(cfg.get("image_size", 28))
+    if isinstance(cfg, dict) and cfg.get("model") == "rnn":
+        return 1, int(cfg.get("input_size", 28))
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return (conv.in_channels if conv is not None else 3), None
+
+
+def _read_image(path: Path, model: nn.Module) -> torch.Tensor:
+    """The image file as the model's input ``[1, C, S, S]`` in [0, 1] (converted and resized)."""
+    from PIL import Image, UnidentifiedImageError
+
+    channels, side = _input_shape(model)
+    try:
+        with Image.open(path) as opened:
+            im = opened.convert("L" if channels == 1 else "RGB")
+        if side is not None and im.size != (side, side):
+            im = im.resize((side, side), Image.Resampling.BILINEAR)
+        data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+        w, h = im.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(
+            f"cannot read {path} as an image ({exc}); pass a PNG, JPEG or other picture file"
+        ) from exc
+    if channels not in (1, 3):
+        raise InputError(
+            f"the model takes {channels}-channel input, which cannot come from an image file"
+        )
+    x = data.view(h, w, channels).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    return x
+
+
+@click.command("occlude", short_help="Occlusion sensitivity maps of one image.")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help=_RUN_HELP)
+@click.option(
+    "--image",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Image file; converted to the model's channels and size, scaled to [0, 1].",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Occluder side in pixels.",
+)
+@click.option(
+    "--stride",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Step between occluder positions.",
+)
+@click.option(
+    "--layer", default=None, help="Layer whose strongest feature map to follow (e.g. conv2)."
+)
+@click.option(
+    "--target",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Class to map (default: the class predicted on the image).",
+)
+@click.option(
+    "--fill",
+    default="grey",
+    show_default=True,
+    help="Occluder colour: 'grey' (0.5), 'mean' (the image's mean) or a number.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory.",
+)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def occlude(
+    checkpoint: Path,
+    image: Path,
+    size: int,
+    stride: int,
+    layer: str | None,
+    target: int | None,
+    fill: str,
+    out: Path,
+    device: str,
+    progress: bool,
+) -> None:
+    """Occlusion sensitivity of one image, as in Zeiler & Fergus's Figure 7.
+
+    Writes occlusion.png (the maps over the image) and occlusion.pt (the result tensors).
+    """
+    from deconvviz.occlusion import occlusion
+    from deconvviz.render.occlusion import occlusion_figure
+
+    run = _load(checkpoint, device)
+    x = _read_image(image, run.model).to(device)
+    fill_value: str | float = fill
+    if fill not in ("grey", "gray", "mean"):
+        try:
+            fill_value = float(fill)
+        except ValueError:
+            raise InputError(f"--fill must be 'grey', 'mean' or a number, got {fill!r}") from None
+    res = occlusion(
+        run.model,
+        x,
+        target=target,
+        size=size,
+        stride=stride,
+        fill=fill_value,
+        layer=layer,
+        progress=progress,
+    )
+    names = _class_names(run.model)
+    fig = occlusion_figure(res, x.cpu(), 0, class_names=names)
+    png = save_figure(out / "occlusion.png", fig, dpi=120)
+    save_torch(out / "occlusion.pt", dataclasses.asdict(res))
+    t = int(res.target[0])
+    low = int(res.prob[0].argmin())
+    y0, x0, y1, x1 = res.boxes.view(-1, 4)[low].tolist()
+    label = names[t] if names is not None and t < len(names) else str(t)
+    click.echo(
+        f"wrote {png}: p({label}) = {float(res.base_prob[0]):.3f} unoccluded, lowest "
+        f"{float(res.prob[0].min()):.3f} with the occluder on rows {y0}-{y1 - 1}, "
+        f"cols {x0}-{x1 - 1}"
+    )
+
+
+@click.command("filters", short_help="Filter grids, RMS and dead filters.")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help=_RUN_HELP)
+@click.option("--layer", default=None, help="Conv layer to draw (default: every conv layer).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory.",
+)
+@click.option(
+    "--radius",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="Renormalisation radius drawn on the RMS chart.",
+)
+@click.option(
+    "--scale",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Pixels per kernel weight in the grid.",
+)
+@click.option(
+    "--tol",
+    type=click.FloatRange(min=0),
+    default=1e-6,
+    show_default=True,
+    help="RMS at or below which a filter counts as dead.",
+)
+def filters(
+    checkpoint: Path, layer: str | None, out: Path, radius: float, scale: int, tol: float
+) -> None:
+    """Filter grids, per-filter RMS and dead filters of the conv layers.
+
+    Writes filters_<layer>.png, rms_<layer>.png and filters.json.
+    """
+    from deconvviz.filters import conv_layers, dead_filters, filter_rms
+    from deconvviz.render.filters import filter_grid, rms_figure
+
+    run = _load(checkpoint, "cpu")
+    convs = {k: m for k, m in conv_layers(run.model).items() if isinstance(m, nn.Conv2d)}
+    if layer is not None:
+        if layer not in convs:
+            modules = dict(run.model.named_modules())
+            if layer in modules:
+                raise LayerError(
+                    f"layer {layer!r} is a {type(modules[layer]).__name__}, not a Conv2d; "
+                    f"pick one of {sorted(convs)}"
+                )
+            raise LayerError(unknown_name("conv layer", layer, convs))
+        convs = {layer: convs[layer]}
+    if not convs:
+        raise LayerError("the model has no Conv2d layers to draw")
+    summary: dict[str, Any] = {}
+    for name, conv in convs.items():
+        save_image(out / f"filters_{_safe(name)}.png", filter_grid(conv, scale=scale))
+        save_figure(out / f"rms_{_safe(name)}.png", rms_figure(conv, radius, title=name), dpi=110)
+        rms = filter_rms(conv)
+        summary[name] = {
+            "shape": list(conv.weight.shape),
+            "rms": rms.tolist(),
+            "dead": dead_filters(conv, tol).tolist(),
+            "over_radius": int((rms > radius).sum()),
+        }
+    write_json(out / "filters.json", {"radius": radius, "tol": tol, "layers": summary})
+    dead = ", ".join(f"{k} {len(v['dead'])}/{len(v['rms'])}" for k, v in summary.items())
+    click.echo(f"wrote filter grids of {', '.join(summary)} to {out} (dead filters: {dead})")
+
+
+@click.command("stats", short_help="Activation statistics over a dataset split.")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help=_RUN_HELP)
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder holding the run's dataset (e.g. ../shared/data).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory.",
+)
+@click.option(
+    "--layer",
+    "layers",
+    multiple=True,
+    help="Layer to measure (repeatable; default: each conv layer's ReLU output).",
+)
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def stats(
+    checkpoint: Path,
+    data_dir: Path,
+    out: Path,
+    layers: tuple[str, ...],
+    split: str,
+    batch_size: int,
+    device: str,
+    progress: bool,
+) -> None:
+    """Activation statistics over a dataset split (hidden states for recurrent models).
+
+    Prints the report's lines (h_conv1_stats: mean = ...; var = ...) and writes stats.md,
+    stats.json and the histograms.
+    """
+    from torch.utils.data import DataLoader
+
+    from deconvviz.data import dataset_for_config
+    from deconvviz.render.stats import (
+        hidden_state_figure,
+        hidden_state_table,
+        histogram_figure,
+        stats_table,
+    )
+    from deconvviz.stats import activation_stats, hidden_state_stats, report_lines
+
+    run = _load(checkpoint, device)
+    config = run.config or getattr(run.model, "config", {})
+    dataset = dataset_for_config(config, data_dir, split=split)
+    loader = DataLoader(dataset, batch_size=batch_size)
+    title = f"# Statistics of {run.path} on {dataset.name} ({split}, {len(dataset)} images)\n\n"
+    if callable(getattr(run.model, "hidden_states", None)) and not layers:
+        hs = hidden_state_stats(run.model, loader, progress=progress)
+        write_text(out / "stats.md", title + hidden_state_table(hs))
+        write_json(out / "stats.json", {"hidden_states": hs.to_dict()})
+        save_figure(out / "hidden_states.png", hidden_state_figure(hs), dpi=110)
+        click.echo(
+            f"wrote hidden-state statistics to {out}: mean = {hs.overall_mean:.4g}; var = "
+            f"{hs.overall_var:.4g}; saturated = {100 * float(hs.saturated_fraction.mean()):.2f}%"
+        )
+        return
+    result = activation_stats(run.model, loader, layers=list(layers) or None, progress=progress)
+    lines = report_lines(result)
+    body = "```\n" + "\n".join(lines) + "\n```\n\n" + stats_table(result)
+    write_text(out / "stats.md", title + body)
+    write_json(
+        out / "stats.json",
+        {"report_lines": lines, "layers": {k: s.to_dict() for k, s in result.items()}},
+    )
+    for name, s in result.items():
+        save_figure(out / f"hist_{_safe(name)}.png", histogram_figure(s), dpi=110)
+    for line in lines:
+        click.echo(line)
+    click.echo(f"wrote stats.md, stats.json and {len(result)} histograms to {out}")
+
+
+COMMANDS = [occlude, filters, stats]

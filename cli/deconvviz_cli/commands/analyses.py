@@ -1,0 +1,540 @@
+"""``deconvviz invariance``, ``correspondence``, ``sanity``, ``sensitivity`` and the
+``train --evolution`` hook: the paper's analyses and the projections' sanity checks.
+
+Each command loads a run, takes a few images of its dataset, calls one library function and
+writes ``<name>.png`` + ``<name>.json`` (plus a markdown table for the tables) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+from deconvviz._io import save_figure, write_json, write_text
+from deconvviz.errors import InputError
+
+__all__ = [
+    "correspondence_cmd",
+    "evolution_options",
+    "EvolutionHook",
+    "invariance_cmd",
+    "sanity_cmd",
+    "sensitivity_cmd",
+]
+
+_RUN_HELP = "Run directory made by `deconvviz train` (or its checkpoint.pt)."
+
+
+def _common(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--checkpoint", required=True, type=click.Path(path_type=Path), help=_RUN_HELP
+        ),
+        click.option(
+            "--data-dir",
+            required=True,
+            type=click.Path(path_type=Path),
+            help="Folder holding the run's dataset, or a root such as ../shared/data.",
+        ),
+        click.option(
+            "--split",
+            type=click.Choice(["test", "train"]),
+            default="test",
+            show_default=True,
+            help="Dataset split the images come from.",
+        ),
+        click.option(
+            "--index",
+            "indices",
+            type=click.IntRange(min=0),
+            multiple=True,
+            help="Dataset index of an image (repeatable; default: --images images "
+            "spread evenly over the split).",
+        ),
+        click.option(
+            "--out",
+            required=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Output directory.",
+        ),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
+        click.option("--progress/--no-progress", default=True, show_default=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _load(
+    opts: dict[str, Any], n_default: int
+) -> tuple[Any, torch.Tensor, torch.Tensor, list[int]]:
+    """The run, and ``(images, labels, dataset indices)`` from its dataset."""
+    from deconvviz.analyses import pick_images
+    from deconvviz.checkpoint import load_run
+    from deconvviz.data import dataset_for_config, load_dataset
+
+    run = load_run(opts["checkpoint"], map_location=opts["device"])
+    config = run.config or getattr(run.model, "config", None) or {}
+    if config:
+        ds = dataset_for_config(config, opts["data_dir"], opts["split"])
+    else:
+        ds = load_dataset(opts["data_dir"], "auto", opts["split"])
+    if opts["indices"]:
+        bad = [i for i in opts["indices"] if i >= len(ds)]
+        if bad:
+            raise InputError(
+                f"--index {bad[0]} is out of range: the {opts['split']} split has {len(ds)} images"
+            )
+        items = [ds[i] for i in opts["indices"]]
+        x = torch.stack([it[0] for it in items])
+        y = torch.tensor([int(it[1]) for it in items])
+        idx = list(opts["indices"])
+    else:
+        x, labels, idx = pick_images(ds, n_default if opts["images"] is None else opts["images"])
+        if labels is None:  # pragma: no cover - deconvviz datasets always carry labels
+            raise InputError("the dataset has no labels")
+        y = labels
+    return run, x, y, idx
+
+
+def _layers(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise InputError(f"--layers {value!r} names no layer; give names separated by commas")
+    return names
+
+
+def _ints(value: str | None, what: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{what} must be integers separated by commas, got {value!r}") from None
+
+
+def _write(out: Path, stem: str, fig: Any, info: dict[str, Any], table: str | None = None) -> Path:
+    from deconvviz.checkpoint import json_safe
+
+    png = save_figure(out / f"{stem}.png", fig, dpi=120)
+    write_json(out / f"{stem}.json", json_safe(info))
+    if table is not None:
+        write_text(out / f"{stem}.md", table)
+    return png
+
+
+def _images_option(default: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--images",
+        type=click.IntRange(min=1),
+        default=None,
+        help=f"How many images, spread evenly over the split [default: {default}].",
+    )
+
+
+# ---------------------------------------------------------------------------- invariance
+
+
+@click.command("invariance")
+@_common
+@_images_option(8)
+@click.option(
+    "--transform",
+    type=click.Choice(["translate", "htranslate", "scale", "rotate"]),
+    default="translate",
+    show_default=True,
+    help="translate = vertical shift in pixels (the paper's), htranslate = horizontal.",
+)
+@click.option(
+    "--values",
+    default=None,
+    help="Comma-separated values to sweep (pixels, scale factors or degrees); "
+    "default: a range suited to the transform.",
+)
+@click.option(
+    "--layers",
+    default=None,
+    help="Comma-separated layers (default: the first and the last hidden layer).",
+)
+@click.option(
+    "--fill",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Input value for pixels moved in from outside the image.",
+)
+def invariance_cmd(
+    transform: str, values: str | None, layers: str | None, fill: float, **opts: Any
+) -> None:
+    """Feature distance and true-class probability under a transformation (paper's Fig. 5).
+
+    Writes invariance_<transform>.png and .json.
+    """
+    from deconvviz.analyses import invariance
+    from deconvviz.render.analyses import invariance_figure
+
+    run, x, y, idx = _load(opts, 8)
+    vals = None
+    if values is not None:
+        try:
+            vals = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(
+                f"--values must be numbers separated by commas, got {values!r}"
+            ) from None
+    res = invariance(
+        run.model,
+        x,
+        y,
+        transform,
+        values=vals,
+        layers=_layers(layers),
+        fill=fill,
+        progress=opts["progress"],
+    )
+    info = {**res.to_dict(), "dataset_indices": idx, "checkpoint": str(opts["checkpoint"])}
+    png = _write(opts["out"], f"invariance_{transform}", invariance_figure(res), info)
+    spread = ", ".join(
+        f"{name} {float(curve.min()):.2f}-{float(curve.max()):.2f}"
+        for name, curve in zip(res.layers, res.relative.mean(1), strict=True)
+    )
+    click.echo(
+        f"wrote {png}: mean relative feature distance {spread}; true-class probability "
+        f"{float(res.prob.mean(0).min()):.2f}-{float(res.prob.mean(0).max()):.2f}"
+    )
+
+
+# ---------------------------------------------------------------------------- correspondence
+
+
+def _read_boxes(
+    boxes_file: Path | None, box: tuple[str, ...], part: str | None
+) -> tuple[Any, list[str] | None, list[int] | None]:
+    """Boxes (``[P, N, 4]`` from a file, ``[N, 4]`` or one ``[1, 4]`` from ``--box``), part names,
+    and the file's dataset indices."""
+    if boxes_file is not None and box:
+        raise InputError("give --boxes FILE or --box, not both")
+    if boxes_file is not None:
+        try:
+            spec = json.loads(Path(boxes_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"cannot read {boxes_file} as JSON ({exc}); see --help for the format"
+            ) from exc
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("parts"), dict)
+            or not spec["parts"]
+        ):
+            raise InputError(
+                f'{boxes_file} must hold {{"indices": [i, ...], "parts": {{"name": '
+                "[[y0, x0, y1, x1] per image], ...}}"
+            )
+        names = list(spec["parts"])
+        indices = spec.get("indices")
+        return [spec["parts"][k] for k in names], names, indices
+    if not box:
+        raise InputError(
+            "give the occluded part: --box Y0,X0,Y1,X1 (one for all images, or one "
+            "per image) or --boxes FILE.json"
+        )
+    parsed = []
+    for b in box:
+        vals = _ints(b, "--box")
+        if vals is None or len(vals) != 4:
+            raise InputError(f"--box takes Y0,X0,Y1,X1 (half-open pixel box), got {b!r}")
+        parsed.append(vals)
+    return parsed, [part or "part"], None
+
+
+@click.command("correspondence")
+@_common
+@_images_option(5)
+@click.option(
+    "--box",
+    multiple=True,
+    metavar="Y0,X0,Y1,X1",
+    help="The occluded part: one box for every image, or one per image (repeat, in "
+    "--index order). Half-open input-pixel corners.",
+)
+@click.option("--part", default=None, help="Name of the part given with --box.")
+@click.option(
+    "--boxes",
+    "boxes_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help='JSON {"indices": [i, ...], "parts": {"left eye": [[y0,x0,y1,x1], ...], ...}} '
+    "with one box per image and part.",
+)
+@click.option(
+    "--layers",
+    default=None,
+    help="Comma-separated layers (default: the first and the last hidden layer).",
+)
+@click.option(
+    "--random",
+    "n_random",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Random occlusions of the same size per part.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--fill", type=float, default=0.0, show_default=True, help="Value of the occluded pixels."
+)
+def correspondence_cmd(
+    box: tuple[str, ...],
+    part: str | None,
+    boxes_file: Path | None,
+    layers: str | None,
+    n_random: int,
+    seed: int,
+    fill: float,
+    **opts: Any,
+) -> None:
+    """Consistency of feature changes when the same part is occluded in several images
+    (paper's Sec. 5.2 / Table 1), against random occlusions.
+
+    Writes correspondence.png, .json and .md (the table).
+    """
+    from deconvviz.analyses import correspondence
+    from deconvviz.render.analyses import correspondence_figure, correspondence_table
+
+    boxes, names, spec_indices = _read_boxes(boxes_file, box, part)
+    if spec_indices and not opts["indices"]:
+        opts["indices"] = tuple(int(i) for i in spec_indices)
+    run, x, _, idx = _load(opts, 5)
+    res = correspondence(
+        run.model,
+        x,
+        boxes,
+        _layers(layers),
+        n_random=n_random,
+        seed=seed,
+        parts=names,
+        fill=fill,
+        progress=opts["progress"],
+    )
+    info = {**res.to_dict(), "dataset_indices": idx, "checkpoint": str(opts["checkpoint"])}
+    table = correspondence_table(res)
+    png = _write(opts["out"], "correspondence", correspondence_figure(res), info, table)
+    cells = "; ".join(
+        f"{p} {name}: {float(res.score[i, j]):.3f} vs random {float(res.random_mean[i, j]):.3f}"
+        for i, p in enumerate(res.parts)
+        for j, name in enumerate(res.layers)
+    )
+    click.echo(f"wrote {png}: sign change {cells}")
+
+
+# ---------------------------------------------------------------------------- sanity checks
+
+
+@click.command("sanity")
+@_common
+@_images_option(4)
+@click.option(
+    "--layer",
+    default=None,
+    help="Layer to project (default: the output layer, the predicted class).",
+)
+@click.option(
+    "--channel",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Channel/class to project (default: per image, the predicted class or the "
+    "strongest channel).",
+)
+@click.option(
+    "--rules",
+    default="deconvnet,gradient,guided",
+    show_default=True,
+    help="Comma-separated projection rules.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["cascade", "independent"]),
+    default="cascade",
+    show_default=True,
+    help="Randomise cumulatively from the top, or one layer at a time.",
+)
+@click.option("--signed", is_flag=True, help="Compare signed maps instead of absolute ones.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def sanity_cmd(
+    layer: str | None,
+    channel: int | None,
+    rules: str,
+    mode: str,
+    signed: bool,
+    seed: int,
+    **opts: Any,
+) -> None:
+    """Model-randomisation sanity check (Adebayo et al. 2018) for each rule side by side.
+
+    Writes randomisation.png, .json and .md (the table).
+    """
+    from deconvviz.analyses import randomisation_test
+    from deconvviz.render.analyses import randomisation_figure, randomisation_table
+
+    run, x, _, idx = _load(opts, 4)
+    res = randomisation_test(
+        run.model,
+        x,
+        layer,
+        channel,
+        _layers(rules) or (),
+        mode=mode,
+        absolute=not signed,
+        seed=seed,
+        progress=opts["progress"],
+    )
+    info = {**res.to_dict(), "dataset_indices": idx, "checkpoint": str(opts["checkpoint"])}
+    png = _write(
+        opts["out"], "randomisation", randomisation_figure(res), info, randomisation_table(res)
+    )
+    summary = res.summary()
+    last = "; ".join(f"{r} {summary[r]['spearman'][-1]:.2f}" for r in res.rules)
+    click.echo(
+        f"wrote {png}: Spearman with the trained projection once every layer is randomised: {last}"
+    )
+
+
+@click.command("sensitivity")
+@_common
+@_images_option(2)
+@click.option(
+    "--layer",
+    default=None,
+    help="Layer to project (default: the output layer, so channels are classes).",
+)
+@click.option(
+    "--channels",
+    default=None,
+    help="Comma-separated channels/classes (default: up to --max-channels).",
+)
+@click.option("--max-channels", type=click.IntRange(min=2), default=10, show_default=True)
+@click.option(
+    "--rules",
+    default="deconvnet,gradient,guided",
+    show_default=True,
+    help="Comma-separated projection rules.",
+)
+@click.option("--signed", is_flag=True, help="Compare signed maps instead of absolute ones.")
+def sensitivity_cmd(
+    layer: str | None,
+    channels: str | None,
+    max_channels: int,
+    rules: str,
+    signed: bool,
+    **opts: Any,
+) -> None:
+    """How much projections of different channels/classes differ on the same image
+    (Mahendran & Vedaldi 2016).
+
+    Writes sensitivity.png, .json and .md (the table).
+    """
+    from deconvviz.analyses import sensitivity_check
+    from deconvviz.render.analyses import sensitivity_figure, sensitivity_table
+
+    run, x, _, idx = _load(opts, 2)
+    res = sensitivity_check(
+        run.model,
+        x,
+        layer,
+        _ints(channels, "--channels"),
+        _layers(rules) or (),
+        max_channels=max_channels,
+        absolute=not signed,
+        progress=opts["progress"],
+    )
+    info = {**res.to_dict(), "dataset_indices": idx, "checkpoint": str(opts["checkpoint"])}
+    png = _write(opts["out"], "sensitivity", sensitivity_figure(res), info, sensitivity_table(res))
+    sims = "; ".join(
+        f"{r} {float(v):.2f}" for r, v in zip(res.rules, res.mean_similarity, strict=True)
+    )
+    click.echo(f"wrote {png}: mean Spearman between projections of different units: {sims}")
+
+
+# ---------------------------------------------------------------------------- train --evolution
+
+
+def evolution_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--evolution`` options of ``deconvviz train``."""
+    options = [
+        click.option(
+            "--evolution",
+            default=None,
+            metavar="LAYER",
+            help="Record the feature evolution of LAYER (paper's Fig. 4) at evaluation "
+            "points; writes evolution.png/.json into the run directory.",
+        ),
+        click.option(
+            "--evolution-channels",
+            default=None,
+            metavar="C,C,...",
+            help="Feature maps to follow (default: the first 8).",
+        ),
+        click.option(
+            "--evolution-every",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Record when the iteration is a multiple of N (default: at every "
+            "evaluation point).",
+        ),
+        click.option(
+            "--evolution-pool",
+            type=click.IntRange(min=1),
+            default=256,
+            show_default=True,
+            help="Test images searched for the strongest activation.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+class EvolutionHook:
+    """Builds the :class:`~deconvviz.analyses.FeatureEvolution` callback for ``train`` from the
+    ``--evolution`` options and writes its figure into the run directory afterwards."""
+
+    def __init__(self, opts: dict[str, Any]) -> None:
+        self.layer: str | None = opts.pop("evolution", None)
+        self.channels = _ints(opts.pop("evolution_channels", None), "--evolution-channels")
+        self.every: int | None = opts.pop("evolution_every", None)
+        self.pool: int = opts.pop("evolution_pool", 256)
+        self.callback: Any = None
+
+    def callbacks(self, config: Any, data_dir: Path, download: bool = False) -> list[Any]:
+        """The callbacks to pass to ``train`` (none without ``--evolution``)."""
+        if self.layer is None:
+            return []
+        from deconvviz.analyses import FeatureEvolution, pick_images
+        from deconvviz.data import dataset_for_config
+        from deconvviz.models import build_model
+
+        test_set = dataset_for_config(config.to_dict(), data_dir, "test", download=download)
+        pool, _, _ = pick_images(test_set, self.pool)
+        self.callback = FeatureEvolution(
+            pool, self.layer, self.channels, every=self.every, pool_size=self.pool
+        )
+        with torch.random.fork_rng(devices=[]):  # fail before training on a wrong layer name
+            self.callback.validate(build_model(config.model))
+        return [self.callback]
+
+    def write(self, run_dir: Path) -> Path | None:
+        """Write ``evolution.png`` and ``evolution.json`` into ``run_dir`` (if anything was
+        recorded)."""
+        if self.callback is None or not self.callback.records:
+            return None
+        from deconvviz.render.analyses import evolution_figure
+
+        result = self.callback.result()
+        return _write(Path(run_dir), "evolution", evolution_figure(result), result.to_dict())

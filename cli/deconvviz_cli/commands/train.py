@@ -1,0 +1,373 @@
+"""``deconvviz train lenet5|rnn`` and ``deconvviz sweep lenet5|rnn``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from deconvviz.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from deconvviz.errors import CheckpointError, InputError
+from deconvviz.train import TrainConfig, TrainResult, train_from_data
+from deconvviz_cli.commands.analyses import EvolutionHook, evolution_options
+
+__all__ = ["sweep", "train"]
+
+_DIR = click.Path(file_okay=True, dir_okay=True, path_type=Path)
+
+
+def _common_train_options(
+    *, batch_size: int, iterations: int, lr: float
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    options = [
+        click.option(
+            "--data-dir",
+            required=True,
+            type=_DIR,
+            help="Folder holding the dataset, or a root such as ../shared/data.",
+        ),
+        click.option(
+            "--out",
+            "out",
+            required=True,
+            type=_DIR,
+            help="Run directory for checkpoint.pt, config.json, metrics.json, curves.png.",
+        ),
+        click.option(
+            "--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True
+        ),
+        click.option("--lr", type=float, default=lr, show_default=True, help="Learning rate."),
+        click.option(
+            "--momentum", type=float, default=0.0, show_default=True, help="SGD momentum."
+        ),
+        click.option("--batch-size", type=int, default=batch_size, show_default=True),
+        click.option(
+            "--iterations",
+            type=int,
+            default=iterations,
+            show_default=True,
+            help="Optimizer steps (ignored with --epochs).",
+        ),
+        click.option(
+            "--epochs",
+            type=float,
+            default=None,
+            help="Passes over the training set, instead of --iterations.",
+        ),
+        click.option(
+            "--eval-every",
+            type=int,
+            default=100,
+            show_default=True,
+            help="Evaluate on the whole test set every N iterations.",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option(
+            "--per-class",
+            type=int,
+            default=None,
+            help="Train on the first N images of every class (default: all).",
+        ),
+        click.option(
+            "--loss",
+            type=click.Choice(["stable", "course"]),
+            default="stable",
+            show_default=True,
+            help="'course' is the course's naive -sum(y*log(softmax)), which can NaN.",
+        ),
+        click.option(
+            "--init",
+            type=click.Choice(["course", "pytorch"]),
+            default="course",
+            show_default=True,
+            help="Weight initialisation.",
+        ),
+        click.option(
+            "--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto."
+        ),
+        click.option(
+            "--resume",
+            is_flag=True,
+            help="Continue the run in --out from its checkpoint (options given here "
+            "override only iterations/epochs/eval-every/device).",
+        ),
+        click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
+        click.option(
+            "--download",
+            is_flag=True,
+            help="Fetch CIFAR-10 with torchvision if it is missing (needs network).",
+        ),
+        click.option("--progress/--no-progress", default=True, show_default=True),
+    ]
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return evolution_options(f)  # --evolution LAYER (deconvviz_cli.commands.analyses)
+
+    return decorate
+
+
+_TRAIN_KEYS = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "batch_size",
+    "iterations",
+    "epochs",
+    "eval_every",
+    "seed",
+    "per_class",
+    "loss",
+    "device",
+)
+
+
+def _config(
+    ctx: click.Context, model: dict[str, Any], dataset: str | None, opts: dict[str, Any]
+) -> TrainConfig:
+    values = {k: opts[k] for k in _TRAIN_KEYS}
+    if opts["epochs"] is not None and ctx.get_parameter_source("iterations") is (
+        ParameterSource.COMMANDLINE
+    ):
+        raise InputError("give --iterations or --epochs, not both")
+    if not opts["resume"]:
+        return TrainConfig(model=model, dataset=dataset, **values)
+    if not (Path(opts["out"]) / CHECKPOINT_NAME).is_file():
+        raise CheckpointError(
+            f"nothing to resume: {opts['out']} holds no {CHECKPOINT_NAME}; drop --resume to "
+            "start a new run there"
+        )
+    ckpt = read_checkpoint(opts["out"])
+    saved = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if not isinstance(saved, dict):
+        raise CheckpointError(
+            f"{opts['out']} holds no deconvviz training run to resume; drop --resume to start one"
+        )
+    given = {
+        k: v
+        for k, v in values.items()
+        if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE
+    }
+    if "epochs" in given:
+        given["iterations"] = None
+    elif "iterations" in given:
+        given["epochs"] = None
+    explicit_model = {
+        k: v
+        for k, v in model.items()
+        if k != "model" and ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE
+    }
+    if explicit_model:  # train() refuses to resume when these differ from the checkpoint
+        given["model"] = {**saved.get("model", {}), **explicit_model}
+    return TrainConfig.from_dict({**saved, **given})
+
+
+def _report(result: TrainResult, out: Path) -> str:
+    cfg = result.config
+    what = cfg.model["model"]
+    if what == "rnn":
+        what = f"{cfg.model['cell']}-{cfg.model['hidden']}"
+    head = f"{what} {cfg.optimizer} lr={cfg.lr:g}"
+    if result.status == "diverged":
+        return (
+            f"{head}: diverged (NaN/inf loss) at iteration {result.diverged_at}, last test "
+            f"accuracy {result.last_test_acc:.3f}; run saved in {out}"
+        )
+    return (
+        f"{head}: test accuracy {result.final_test_acc:.4f} after {result.iterations} iterations "
+        f"({result.wall_seconds:.0f} s); run saved in {out}"
+    )
+
+
+def _run(
+    ctx: click.Context, model: dict[str, Any], dataset: str | None, opts: dict[str, Any]
+) -> None:
+    evolution = EvolutionHook(opts)
+    config = _config(ctx, model, dataset, opts)
+    callbacks = evolution.callbacks(config, opts["data_dir"], opts["download"])
+    try:
+        result = train_from_data(
+            config,
+            opts["data_dir"],
+            opts["out"],
+            progress=opts["progress"],
+            resume=opts["out"] if opts["resume"] else None,
+            overwrite=opts["overwrite"],
+            download=opts["download"],
+            callbacks=callbacks,
+        )
+    finally:  # also after Ctrl-C: what was recorded so far
+        evolution_png = evolution.write(opts["out"])
+    extra = f"; feature evolution in {evolution_png}" if evolution_png is not None else ""
+    click.echo(_report(result, opts["out"]) + extra)
+
+
+@click.group("train")
+def train() -> None:
+    """Train an example target: LeNet5 on CIFAR-10, RNN/LSTM/GRU on MNIST."""
+
+
+@train.command("lenet5")
+@_common_train_options(batch_size=50, iterations=2000, lr=1e-3)
+@click.option(
+    "--dataset",
+    type=click.Choice(["auto", "cifar10-course", "cifar10"]),
+    default="auto",
+    show_default=True,
+    help="cifar10-course (1x28x28 class folders) or cifar10 (npz / batches).",
+)
+@click.option(
+    "--in-channels",
+    type=int,
+    default=None,
+    help="Model input channels (default: the dataset's; 1 turns colour to grey).",
+)
+@click.option(
+    "--image-size",
+    type=int,
+    default=None,
+    help="Model input size (default: the dataset's; others are resized).",
+)
+@click.pass_context
+def train_lenet5(
+    ctx: click.Context, dataset: str, in_channels: int | None, image_size: int | None, **opts: Any
+) -> None:
+    """Train the course's LeNet5 (defaults: adam 1e-3, batch 50, 2000 iterations).
+
+    The report's setup: --dataset cifar10-course --per-class 500.
+    """
+    from deconvviz.data import load_dataset
+
+    name: str | None = None if dataset == "auto" else dataset
+    if not opts["resume"] and (in_channels is None or image_size is None):
+        probe = load_dataset(opts["data_dir"], dataset, "test", download=opts["download"])
+        name = probe.name
+        channels, size, _ = probe.image_shape
+        in_channels = channels if in_channels is None else in_channels
+        image_size = size if image_size is None else image_size
+    model = {
+        "model": "lenet5",
+        "in_channels": in_channels or 1,
+        "image_size": image_size or 28,
+        "init": opts.pop("init"),
+    }
+    _run(ctx, model, name, opts)
+
+
+@train.command("rnn")
+@_common_train_options(batch_size=128, iterations=390, lr=1e-3)
+@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="rnn", show_default=True)
+@click.option("--hidden", type=int, default=128, show_default=True, help="Hidden size.")
+@click.pass_context
+def train_rnn(ctx: click.Context, cell: str, hidden: int, **opts: Any) -> None:
+    """Train an RNN/LSTM/GRU on MNIST rows (defaults: adam 1e-3, batch 128, 390 steps)."""
+    model = {"model": "rnn", "cell": cell, "hidden": hidden, "init": opts.pop("init")}
+    _run(ctx, model, "mnist", opts)
+
+
+def _parse_grid(values: tuple[str, ...]) -> list[tuple[str, float]]:
+    grid = []
+    for value in values:
+        opt, sep, lr = value.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            grid.append((opt.strip(), float(lr)))
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"{value!r} is not OPTIMIZER:LR (e.g. adam:1e-3)", param_hint="--config"
+            ) from exc
+    return grid
+
+
+def _sweep_report(result: Any) -> str:
+    done = sum(1 for r in result.rows if r.get("status") == "ok")
+    diverged = sum(1 for r in result.rows if r.get("status") == "diverged")
+    return (
+        f"{result.kind} sweep: {len(result.rows)} configurations ({done} ok, {diverged} diverged; "
+        f"{len(result.trained)} trained now); table in {result.results_md}"
+    )
+
+
+@click.group("sweep")
+def sweep() -> None:
+    """Run the origin report's grids (resumable: finished configurations are kept)."""
+
+
+@sweep.command("lenet5")
+@click.option("--data-dir", required=True, type=_DIR)
+@click.option("--out", required=True, type=_DIR, help="Sweep directory.")
+@click.option(
+    "--config",
+    "configs",
+    multiple=True,
+    metavar="OPTIMIZER:LR",
+    help="A configuration, repeatable (default: adam:1e-2 adam:1e-3 adam:1e-4 sgd:1e-2 sgd:1e-3).",
+)
+@click.option(
+    "--dataset",
+    type=click.Choice(["cifar10-course", "cifar10"]),
+    default="cifar10-course",
+    show_default=True,
+)
+@click.option("--per-class", type=int, default=500, show_default=True)
+@click.option("--batch-size", type=int, default=50, show_default=True)
+@click.option("--iterations", type=int, default=2000, show_default=True)
+@click.option("--eval-every", type=int, default=100, show_default=True)
+@click.option("--momentum", type=float, default=0.0, show_default=True)
+@click.option(
+    "--loss", type=click.Choice(["stable", "course"]), default="stable", show_default=True
+)
+@click.option(
+    "--init", type=click.Choice(["course", "pytorch"]), default="course", show_default=True
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def sweep_lenet5_cmd(data_dir: Path, out: Path, configs: tuple[str, ...], **opts: Any) -> None:
+    """LeNet5: optimisers x learning rates on the course's CIFAR-10 variant."""
+    from deconvviz.sweep import LENET5_GRID, sweep_lenet5
+
+    grid = _parse_grid(configs) if configs else list(LENET5_GRID)
+    click.echo(_sweep_report(sweep_lenet5(data_dir, out, grid=grid, **opts)))
+
+
+@sweep.command("rnn")
+@click.option("--data-dir", required=True, type=_DIR)
+@click.option("--out", required=True, type=_DIR, help="Sweep directory.")
+@click.option(
+    "--cell",
+    "cells",
+    multiple=True,
+    type=click.Choice(["rnn", "lstm", "gru"]),
+    help="Repeatable (default: rnn lstm gru).",
+)
+@click.option("--hidden", "hiddens", multiple=True, type=int, help="Repeatable (default: 64 256).")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--iterations", type=int, default=390, show_default=True)
+@click.option("--eval-every", type=int, default=100, show_default=True)
+@click.option(
+    "--loss", type=click.Choice(["stable", "course"]), default="stable", show_default=True
+)
+@click.option(
+    "--init", type=click.Choice(["course", "pytorch"]), default="course", show_default=True
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def sweep_rnn_cmd(
+    data_dir: Path, out: Path, cells: tuple[str, ...], hiddens: tuple[int, ...], **opts: Any
+) -> None:
+    """RNN/LSTM/GRU x hidden sizes on MNIST."""
+    from deconvviz.sweep import RNN_CELLS, RNN_HIDDENS, sweep_rnn
+
+    result = sweep_rnn(
+        data_dir, out, cells=cells or RNN_CELLS, hiddens=hiddens or RNN_HIDDENS, **opts
+    )
+    click.echo(_sweep_report(result))
