@@ -169,88 +169,77 @@ def chain_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
 
 
+def _seed_like(h: Tensor, seeds: list[tuple[int, int, int, int]]) -> Tensor:
+    """Seed tensor for a batch whose item s is seed s: that activation's value, zeros elsewhere."""
+    g = torch.zeros_like(h)
+    s = torch.arange(len(seeds))
+    ch = torch.tensor([c for _, c, _, _ in seeds])
+    if h.dim() == 4:
+        r = torch.tensor([r for _, _, r, _ in seeds])
+        c = torch.tensor([c for _, _, _, c in seeds])
+        g[s, ch, r, c] = h[s, ch, r, c].detach()
+    else:
+        g[s, ch] = h[s, ch].detach()
+    return g
+
+
 @torch.no_grad()
-def chain_oracle(
-    model: nn.Module,
-    x: Tensor,
-    layer: str,
-    seeds: list[tuple[int, int, int, int]],
-    rule: str = "deconvnet",
-) -> Tensor:
+def chain_oracle(model: nn.Module, x: Tensor, layer: str, seeds: list[tuple[int, int, int, int]],
+                 rule: str = "deconvnet") -> Tensor:
     """Explicit layer-by-layer reverse path for chain models. seeds: (image, channel, row, col);
-    row/col ignored for vector outputs. Returns [S, C, H, W]."""
+    row/col ignored for vector outputs. Each seed is one item of a batch. Returns [S, C, H, W]."""
     mods = chain_modules(model)
     names = [n for n, _ in mods]
     stop = names.index(layer)
-    outs = []
-    for img, ch, r, c in seeds:
-        h = x[img : img + 1]
-        record = []
-        for _name, m in mods[: stop + 1]:
-            inp = h
-            if isinstance(m, nn.MaxPool2d):
-                h, idx = F.max_pool2d(
-                    h,
-                    m.kernel_size,
-                    m.stride,
-                    m.padding,
-                    m.dilation,
-                    m.ceil_mode,
-                    return_indices=True,
-                )
-                record.append((m, inp, idx))
-            else:
-                h = m(h)
-                record.append((m, inp, None))
-        g = torch.zeros_like(h)
-        if h.dim() == 4:
-            g[0, ch, r, c] = h[0, ch, r, c]
+    h = x[torch.tensor([img for img, _, _, _ in seeds])]
+    record = []
+    for _name, m in mods[: stop + 1]:
+        inp = h
+        if isinstance(m, nn.MaxPool2d):
+            h, idx = F.max_pool2d(h, m.kernel_size, m.stride, m.padding, m.dilation,
+                                  m.ceil_mode, return_indices=True)
+            record.append((m, inp, idx))
         else:
-            g[0, ch] = h[0, ch]
-        for m, inp, idx in reversed(record):
-            if isinstance(m, nn.ReLU):
-                if rule == "deconvnet":
-                    g = g.clamp(min=0)
-                elif rule == "gradient":
-                    g = g * (inp > 0)
-                else:
-                    g = g.clamp(min=0) * (inp > 0)
-            elif isinstance(m, nn.Conv2d):
-                natural = [
-                    (g.shape[-2 + d] - 1) * m.stride[d]
-                    - 2 * m.padding[d]
-                    + m.dilation[d] * (m.kernel_size[d] - 1)
-                    + 1
-                    for d in (0, 1)
-                ]
-                op = tuple(inp.shape[-2 + d] - natural[d] for d in (0, 1))
-                g = F.conv_transpose2d(
-                    g, m.weight, None, m.stride, m.padding, op, m.groups, m.dilation
-                )
-            elif isinstance(m, nn.MaxPool2d):
-                n, c = g.shape[:2]
-                flat = torch.zeros(n, c, inp.shape[-2] * inp.shape[-1], dtype=g.dtype)
-                flat.scatter_add_(2, idx.flatten(2), g.flatten(2))  # shared switches add up
-                g = flat.view_as(inp)
-            elif isinstance(m, nn.AvgPool2d):
-                k = m.kernel_size
-                g = g.repeat_interleave(k, 2).repeat_interleave(k, 3) / (k * k)
-                full = torch.zeros_like(inp)
-                full[..., : g.shape[-2], : g.shape[-1]] = g
-                g = full
-            elif isinstance(m, nn.BatchNorm2d):
-                scale = m.weight / torch.sqrt(m.running_var + m.eps)
-                g = g * scale.view(1, -1, 1, 1)
-            elif isinstance(m, nn.Linear):
-                g = g @ m.weight
-            elif isinstance(m, nn.Flatten):
-                g = g.view_as(inp)
-            elif isinstance(m, nn.Dropout):
-                pass
+            h = m(h)
+            record.append((m, inp, None))
+    g = _seed_like(h, seeds)
+    for m, inp, idx in reversed(record):
+        if isinstance(m, nn.ReLU):
+            if rule == "deconvnet":
+                g = g.clamp(min=0)
+            elif rule == "gradient":
+                g = g * (inp > 0)
             else:
-                raise AssertionError(f"oracle has no step for {type(m).__name__}")
-        outs.append(g[0])
-    return torch.stack(outs)
+                g = g.clamp(min=0) * (inp > 0)
+        elif isinstance(m, nn.Conv2d):
+            natural = [(g.shape[-2 + d] - 1) * m.stride[d] - 2 * m.padding[d]
+                       + m.dilation[d] * (m.kernel_size[d] - 1) + 1 for d in (0, 1)]
+            op = tuple(inp.shape[-2 + d] - natural[d] for d in (0, 1))
+            g = F.conv_transpose2d(g, m.weight, None, m.stride, m.padding, op, m.groups,
+                                   m.dilation)
+        elif isinstance(m, nn.MaxPool2d):
+            n, c = g.shape[:2]
+            flat = torch.zeros(n, c, inp.shape[-2] * inp.shape[-1], dtype=g.dtype)
+            flat.scatter_add_(2, idx.flatten(2), g.flatten(2))  # shared switches add up
+            g = flat.view_as(inp)
+        elif isinstance(m, nn.AvgPool2d):
+            k = m.kernel_size
+            g = g.repeat_interleave(k, 2).repeat_interleave(k, 3) / (k * k)
+            full = torch.zeros_like(inp)
+            full[..., : g.shape[-2], : g.shape[-1]] = g
+            g = full
+        elif isinstance(m, nn.BatchNorm2d):
+            scale = m.weight / torch.sqrt(m.running_var + m.eps)
+            g = g * scale.view(1, -1, 1, 1)
+        elif isinstance(m, nn.Linear):
+            g = g @ m.weight
+        elif isinstance(m, nn.Flatten):
+            g = g.view_as(inp)
+        elif isinstance(m, nn.Dropout):
+            pass
+        else:
+            raise AssertionError(f"oracle has no step for {type(m).__name__}")
+    return g
 
 
 def _resnet_forward(model: torchvision.models.ResNet, x: Tensor, layer: str, rule: str) -> Tensor:
@@ -306,18 +295,10 @@ def graph_oracle(
 ) -> Tensor:
     """Autograd with the ReLU backward replaced, on a functional rewrite of the model."""
     fwd = _resnet_forward if isinstance(model, torchvision.models.ResNet) else _functional_forward
-    outs = []
-    for img, ch, r, c in seeds:
-        xi = x[img : img + 1].clone().requires_grad_(True)
-        h = fwd(model, xi, layer, rule)  # type: ignore[arg-type]
-        seed = torch.zeros_like(h)
-        if h.dim() == 4:
-            seed[0, ch, r, c] = h[0, ch, r, c].detach()
-        else:
-            seed[0, ch] = h[0, ch].detach()
-        (g,) = torch.autograd.grad(h, xi, seed)
-        outs.append(g[0])
-    return torch.stack(outs)
+    xi = x[torch.tensor([img for img, _, _, _ in seeds])].clone().requires_grad_(True)
+    h = fwd(model, xi, layer, rule)  # type: ignore[arg-type]
+    (g,) = torch.autograd.grad(h, xi, _seed_like(h, seeds))
+    return g
 
 
 def oracle(

@@ -43,7 +43,7 @@ from deconvviz.errors import (
 from deconvviz.receptive import ReceptiveField, RFTracker
 from deconvviz.rules import ReluRule, describe_rule, get_rule
 
-__all__ = ["Deconvnet", "DeconvvizWarning", "attach", "layer_output"]
+__all__ = ["Deconvnet", "DeconvvizWarning", "attach", "exact_cuda", "layer_output"]
 
 DEFAULT_MAX_MEMORY = 512 * 2**20
 
@@ -487,7 +487,7 @@ class Deconvnet:
                 handles.append(module.register_forward_hook(post))
             self.model.eval()
             grad_ctx = torch.enable_grad() if grad else torch.no_grad()
-            with grad_ctx, _exact_cuda(x, names), mode:
+            with grad_ctx, exact_cuda(x, names), mode:
                 if tracker is not None:
                     tracker.watch(x)
                 with contextlib.suppress(_StopForward):
@@ -721,8 +721,7 @@ class Deconvnet:
         for idx, grads, boxes in self._project_seeds(
             x, info, layer, img, chan, rows, cols, expected
         ):
-            for j, (s, (y0, x0, y1, x1)) in enumerate(zip(idx.tolist(), boxes, strict=True)):
-                out[s, :, y0:y1, x0:x1] = grads[j]
+            scatter_windows(out, idx, grads, boxes)
         out = out.view(n, k, *x.shape[1:])
         return out[:, 0] if single else out
 
@@ -756,12 +755,7 @@ class Deconvnet:
             for start in range(0, len(members), chunk):
                 idx = torch.tensor(members[start : start + chunk])
                 sub = [boxes[i] for i in idx.tolist()]
-                crops = torch.stack(
-                    [
-                        x[img[i], :, y0:y1, x0:x1]
-                        for i, (y0, x0, y1, x1) in zip(idx.tolist(), sub, strict=True)
-                    ]
-                )
+                crops = gather_windows(x, img[idx], sub)
                 jr = info.rf.jump[0] if info.rf is not None else 1
                 jc = info.rf.jump[1] if info.rf is not None else 1
                 prow = rows[idx] - torch.tensor([b[0] for b in sub]) // jr
@@ -846,14 +840,43 @@ class Deconvnet:
         seed[index] = values
         if not out.requires_grad:
             return torch.zeros_like(inp), values
-        with torch.enable_grad():
+        with torch.enable_grad(), exact_cuda(xin, self._names):
             (g,) = torch.autograd.grad(out, xin, seed, allow_unused=True)
         return (torch.zeros_like(inp) if g is None else g.detach()), values
 
 
+def _window_index(
+    boxes: Sequence[tuple[int, int, int, int]], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Row and column indices ``[S, h, 1]`` and ``[S, 1, w]`` of equally sized boxes."""
+    y0, x0, y1, x1 = (torch.tensor(v, device=device) for v in zip(*boxes, strict=True))
+    h, w = int(y1[0] - y0[0]), int(x1[0] - x0[0])
+    rows = y0[:, None] + torch.arange(h, device=device)
+    cols = x0[:, None] + torch.arange(w, device=device)
+    return rows[:, :, None], cols[:, None, :]
+
+
+def gather_windows(x: Tensor, img: Tensor, boxes: Sequence[tuple[int, int, int, int]]) -> Tensor:
+    """``[S, C, h, w]`` crops ``x[img[s], :, y0:y1, x0:x1]`` of equally sized boxes, in one op."""
+    rows, cols = _window_index(boxes, x.device)
+    picked = x.permute(0, 2, 3, 1)[img.to(x.device)[:, None, None], rows, cols]  # [S, h, w, C]
+    return picked.permute(0, 3, 1, 2).contiguous()
+
+
+def scatter_windows(
+    out: Tensor, idx: Tensor, values: Tensor, boxes: Sequence[tuple[int, int, int, int]]
+) -> None:
+    """``out[idx[s], :, y0:y1, x0:x1] = values[s]`` for equally sized boxes, in one op."""
+    rows, cols = _window_index(boxes, out.device)
+    view = out.permute(0, 2, 3, 1)  # a view: writing into it writes into out
+    view[idx.to(out.device)[:, None, None], rows, cols] = values.permute(0, 2, 3, 1)
+
+
 @contextlib.contextmanager
-def _exact_cuda(x: Tensor, modules: Any) -> Iterator[None]:
-    """On CUDA: full-precision float32 (no TF32, which changes projections by several percent),
+def exact_cuda(x: Tensor, modules: Any) -> Iterator[None]:
+    """Context for passes whose numbers must not depend on the device.
+
+    On CUDA: full-precision float32 (no TF32, which changes projections by several percent),
     and cuDNN off where RNNs must run backward in eval mode (captum#328). Restored after."""
     if not x.is_cuda:
         yield
