@@ -7,12 +7,20 @@ Example:
 """
 
 from deconvviz._version import __version__
+from deconvviz.compare import Comparison, compare_methods, project_class
 from deconvviz.engine import Deconvnet, DeconvvizWarning, attach, layer_output
 from deconvviz.errors import DeconvvizError
 from deconvviz.filters import RenormaliseHook, dead_filters, filter_rms, renormalise_
 from deconvviz.occlusion import OcclusionResult, occlusion
 from deconvviz.receptive import ReceptiveField, receptive_field
+from deconvviz.reconstruct import (
+    ImageProjections,
+    LayerReconstructions,
+    reconstruct_dataset,
+    reconstruct_images,
+)
 from deconvviz.render.filters import filter_grid
+from deconvviz.report import Report, write_report
 from deconvviz.stats import (
     HiddenStateStats,
     LayerStats,
@@ -23,6 +31,15 @@ from deconvviz.stats import (
 from deconvviz.topk import TopActivations, TopProjections, project_top, top_activations
 
 __all__ = [
+    "Comparison",
+    "ImageProjections",
+    "LayerReconstructions",
+    "Report",
+    "compare_methods",
+    "project_class",
+    "reconstruct_dataset",
+    "reconstruct_images",
+    "write_report",
     "HiddenStateStats",
     "LayerStats",
     "OcclusionResult",

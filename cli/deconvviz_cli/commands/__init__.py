@@ -9,6 +9,7 @@ import click
 
 from deconvviz_cli.commands import analyse as _analyse
 from deconvviz_cli.commands import analyses as _analyses
+from deconvviz_cli.commands import reconstruct as _reconstruct
 from deconvviz_cli.commands import train as _train
 
 COMMANDS: list[click.Command] = []
@@ -20,3 +21,4 @@ COMMANDS += [
     _analyses.sanity_cmd,
     _analyses.sensitivity_cmd,
 ]
+COMMANDS += _reconstruct.COMMANDS

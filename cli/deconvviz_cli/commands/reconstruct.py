@@ -1,0 +1,456 @@
+"""Commands ``reconstruct``, ``compare``, ``report`` and ``demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from deconvviz.checkpoint import Run, load_run
+from deconvviz.report import SECTIONS
+
+RULES = ("deconvnet", "gradient", "guided")
+
+_checkpoint = click.option(
+    "--checkpoint",
+    "-c",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Run directory made by 'deconvviz train' (or a checkpoint .pt file).",
+)
+_model = click.option(
+    "--model",
+    "model_factory",
+    metavar="MODULE:FACTORY",
+    default=None,
+    help="Build a user model with this function ('package.module:factory' or "
+    "'file.py:factory'); the checkpoint may then be a bare state dict (loaded with "
+    "weights_only=True).",
+)
+_data_dir = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder holding the dataset (e.g. ../shared/data). Not needed for runs trained on "
+    "the shipped CIFAR-10 sample (deconvviz demo).",
+)
+_dataset = click.option(
+    "--dataset",
+    default=None,
+    help="Dataset under --data-dir (cifar10-course, cifar10, mnist); default: the run's.",
+)
+_split = click.option(
+    "--split",
+    type=click.Choice(["test", "train"]),
+    default="test",
+    show_default=True,
+    help="Which split of the dataset to use.",
+)
+_layer = click.option(
+    "--layer",
+    "layers",
+    multiple=True,
+    metavar="NAME",
+    help="Layer to project, as named_modules() spells it (repeatable); default: every Conv2d.",
+)
+_rule = click.option(
+    "--rule",
+    type=click.Choice(RULES),
+    default="deconvnet",
+    show_default=True,
+    help="ReLU step of the reverse path: deconvnet (Zeiler & Fergus), gradient (saliency) or "
+    "guided (guided backprop).",
+)
+_out = click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Output folder (created; existing files are replaced atomically).",
+)
+_progress = click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Show progress bars."
+)
+
+
+def _load(checkpoint: Path, model_factory: str | None) -> Run:
+
+    return load_run(checkpoint, model_factory=model_factory)
+
+
+@click.command(
+    "reconstruct", short_help="Project feature maps back to pixels (the paper's Fig. 2)."
+)
+@_checkpoint
+@_model
+@_data_dir
+@_dataset
+@_split
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="PATH",
+    help="Project these images (PNG/JPEG; repeatable) instead of scanning a dataset.",
+)
+@_layer
+@click.option(
+    "--channel",
+    "channels",
+    multiple=True,
+    type=click.IntRange(min=0),
+    metavar="C",
+    help="Only these feature maps (repeatable); default: all.",
+)
+@click.option(
+    "--top",
+    "k",
+    type=click.IntRange(min=1),
+    default=9,
+    show_default=True,
+    help="Dataset mode: top activations per feature map.",
+)
+@_rule
+@click.option(
+    "--max-images",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Dataset mode: scan only the first N images.",
+)
+@click.option(
+    "--compare/--no-compare",
+    default=False,
+    show_default=True,
+    help="Image mode: also write compare.png, our deconvnet beside captum's saliency, guided "
+    "backprop, integrated gradients and occlusion for each image's predicted class.",
+)
+@_out
+@_progress
+def reconstruct_cmd(
+    checkpoint: Path,
+    model_factory: str | None,
+    data_dir: Path | None,
+    dataset: str | None,
+    split: str,
+    images: tuple[Path, ...],
+    layers: tuple[str, ...],
+    channels: tuple[int, ...],
+    k: int,
+    rule: str,
+    max_images: int | None,
+    compare: bool,
+    out: Path,
+    progress: bool,
+) -> None:
+    """Project feature maps back to pixels (the paper's Fig. 2).
+
+    Dataset mode (default): for every chosen layer, each feature map's top-k activations over
+    the dataset, projected, beside the image patches that caused them. Image mode (--image):
+    for each image, the strongest activation of each feature map, projected.
+
+    \b
+    Examples:
+      deconvviz reconstruct -c runs/lenet5 --data-dir ../shared/data --out out/rec
+      deconvviz reconstruct -c runs/lenet5 --image cat.png --layer conv2 --out out/cat
+    """
+    from deconvviz import reconstruct as rec
+
+    run = _load(checkpoint, model_factory)
+    chans = list(channels) or None
+    if images:
+        if compare and len(images) > 8:
+            raise click.UsageError("--compare draws at most 8 images; give fewer --image")
+        want_c, want_size = rec.expected_input(run.model, run.config)
+        x = rec.load_images(images, want_c, want_size)
+        results = rec.reconstruct_images(
+            run.model, x, list(layers) or None, chans, rule, progress=progress
+        )
+        names = [p.stem for p in images]
+        pngs = rec.write_image_reconstructions(results, out, names)
+        if compare:
+            from deconvviz._io import save_figure
+            from deconvviz.compare import compare_methods
+            from deconvviz.render.reconstruct import comparison_figure
+
+            comp = compare_methods(run.model, x, progress=progress)
+            classes = _class_names(run.config)
+            pngs.append(save_figure(out / "compare.png", comparison_figure(comp, classes)))
+        size = "x".join(str(s) for s in x.shape[-2:])
+        click.echo(
+            f"wrote {len(pngs)} figures to {out} ({len(images)} images as {x.shape[1]}x{size}, "
+            f"layers {', '.join(results)}, rule {rule})"
+        )
+        return
+    from torch.utils.data import Subset
+
+    data = rec.dataset_for_model(run.model, run.config, data_dir, dataset, split)
+    if max_images is not None and len(data) > max_images:
+        data = Subset(data, range(max_images))
+    found = rec.reconstruct_dataset(
+        run.model, data, list(layers) or None, k, rule, channels=chans, progress=progress
+    )
+    pngs = rec.write_dataset_reconstructions(found, out)
+    click.echo(
+        f"wrote {len(pngs)} figures to {out} (top-{k} of {len(data)} images, "
+        f"layers {', '.join(found)}, rule {rule})"
+    )
+
+
+def _class_names(config: dict[str, Any]) -> list[str] | None:
+    name = config.get("dataset") if config else None
+    if name in ("cifar10", "cifar10-course", "cifar10-sample"):
+        from deconvviz.data import CIFAR10_CLASSES
+
+        return list(CIFAR10_CLASSES)
+    if name == "mnist":
+        return [str(d) for d in range(10)]
+    return None
+
+
+@click.command("compare", short_help="Our deconvnet beside captum's attribution methods.")
+@_checkpoint
+@_model
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="PATH",
+    help="Images to explain (PNG/JPEG; repeatable, at most 8).",
+)
+@click.option(
+    "--target",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Class to explain; default: each image's predicted class.",
+)
+@click.option(
+    "--baseline",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Input value integrated gradients starts from and occlusion fills with.",
+)
+@click.option(
+    "--occlusion-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Occluder side in pixels.",
+)
+@_out
+@_progress
+def compare_cmd(
+    checkpoint: Path,
+    model_factory: str | None,
+    images: tuple[Path, ...],
+    target: int | None,
+    baseline: float,
+    occlusion_size: int,
+    out: Path,
+    progress: bool,
+) -> None:
+    """Our deconvnet beside captum's attribution methods, for the same images and class.
+
+    Writes compare.png (one row per image: input, deconvnet, saliency, guided backprop,
+    integrated gradients, occlusion) and compare.json (target classes and probabilities).
+    """
+    from deconvviz._io import save_figure, write_json
+    from deconvviz.compare import compare_methods
+    from deconvviz.reconstruct import expected_input, load_images
+    from deconvviz.render.reconstruct import comparison_figure
+
+    if len(images) > 8:
+        raise click.UsageError("compare draws at most 8 images; give fewer --image")
+    run = _load(checkpoint, model_factory)
+    want_c, want_size = expected_input(run.model, run.config)
+    x = load_images(images, want_c, want_size)
+    comp = compare_methods(
+        run.model, x, target, baseline=baseline, occlusion_size=occlusion_size, progress=progress
+    )
+    classes = _class_names(run.config)
+    path = save_figure(out / "compare.png", comparison_figure(comp, classes))
+    write_json(
+        out / "compare.json",
+        {
+            "images": [str(p) for p in images],
+            "methods": list(comp.methods),
+            "target": comp.target.tolist(),
+            "probability": comp.probability.tolist(),
+        },
+    )
+    click.echo(f"wrote {path} ({len(images)} images, {len(comp.methods)} methods)")
+
+
+@click.command("report", short_help="Write a static HTML report of a trained model.")
+@_checkpoint
+@_model
+@_data_dir
+@_dataset
+@_split
+@_layer
+@click.option(
+    "--top",
+    "k",
+    type=click.IntRange(min=1),
+    default=9,
+    show_default=True,
+    help="Top activations per feature map in the reconstructions.",
+)
+@_rule
+@click.option(
+    "--images",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Images (the dataset's first) that get occlusion maps and the method comparison.",
+)
+@click.option(
+    "--max-images",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Scan at most this many images for statistics and reconstructions.",
+)
+@click.option(
+    "--section",
+    "sections",
+    multiple=True,
+    type=click.Choice([key for key, _ in SECTIONS]),
+    help="Only these sections (repeatable); default: all.",
+)
+@_out
+@_progress
+def report_cmd(
+    checkpoint: Path,
+    model_factory: str | None,
+    data_dir: Path | None,
+    dataset: str | None,
+    split: str,
+    layers: tuple[str, ...],
+    k: int,
+    rule: str,
+    images: int,
+    max_images: int,
+    sections: tuple[str, ...],
+    out: Path,
+    progress: bool,
+) -> None:
+    """Write a static HTML report (index.html) of a trained model.
+
+    It links every figure: training curves, first-layer filters, activation statistics,
+    per-layer reconstructions, occlusion maps, the method comparison and the analyses, with a
+    manifest.json of versions, config and seed. Open OUT/index.html in a browser.
+    """
+    from deconvviz.report import report_from_run
+
+    report = report_from_run(
+        checkpoint,
+        data_dir,
+        out,
+        model_factory=model_factory,
+        dataset=dataset,
+        split=split,
+        layers=list(layers) or None,
+        k=k,
+        rule=rule,
+        images=images,
+        max_images=max_images,
+        sections=list(sections) or None,
+        progress=progress,
+    )
+    skipped = f", skipped: {', '.join(s for s, _ in report.skipped)}" if report.skipped else ""
+    click.echo(f"wrote {report.index} ({len(report.figures)} figures{skipped})")
+
+
+@click.command("demo", short_help="Train LeNet5 briefly on CIFAR-10 and write the whole report.")
+@_out
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Use the full CIFAR-10 found here (cifar10.npz or cifar-10-batches-py); default: the "
+    "500-image CIFAR-10 sample shipped with deconvviz (works offline).",
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Training iterations.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Training batch size.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1... or auto.")
+@click.option(
+    "--images",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Images that get occlusion maps and the method comparison.",
+)
+@click.option(
+    "--top",
+    "k",
+    type=click.IntRange(min=1),
+    default=9,
+    show_default=True,
+    help="Top activations per feature map in the reconstructions.",
+)
+@click.option(
+    "--max-images",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Images scanned for statistics and reconstructions.",
+)
+@_progress
+def demo_cmd(
+    out: Path,
+    data_dir: Path | None,
+    iterations: int,
+    batch_size: int,
+    seed: int,
+    device: str,
+    images: int,
+    k: int,
+    max_images: int,
+    progress: bool,
+) -> None:
+    """Train LeNet5 on CIFAR-10 briefly and write the whole report (a minute or two on a CPU).
+
+    \b
+    Example:
+      deconvviz demo --out demo      # then open demo/index.html
+    """
+    from deconvviz.demo import run_demo
+
+    result = run_demo(
+        out,
+        data_dir=data_dir,
+        iterations=iterations,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        images=images,
+        k=k,
+        max_images=max_images,
+        progress=progress,
+    )
+    click.echo(
+        f"wrote {result.report.index} (LeNet5 trained {iterations} iterations on "
+        f"{'the shipped CIFAR-10 sample' if result.data == 'sample' else result.data}, "
+        f"test accuracy {result.final_test_acc:.3f}, {len(result.report.figures)} figures)"
+    )
+
+
+COMMANDS: list[click.Command] = [reconstruct_cmd, compare_cmd, report_cmd, demo_cmd]

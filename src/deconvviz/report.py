@@ -1,0 +1,681 @@
+"""A static HTML report of a trained model: every figure deconvviz makes, on one page.
+
+:func:`write_report` computes each section, renders it and writes it under ``out_dir``
+(atomically, with :mod:`deconvviz._io`), then writes ``index.html`` linking every figure and
+``manifest.json`` recording the versions, the run's config and seed, the dataset and every
+figure. Sections:
+
+1. training curves (from the run's metrics history);
+2. first-layer filters (and their RMS against the paper's 0.1 radius);
+3. activation statistics (histograms; the origin report's ``h_conv*_stats`` lines), or
+   hidden-state statistics for recurrent models;
+4. per-layer reconstructions (the paper's Fig. 2);
+5. occlusion sensitivity (the paper's Fig. 7);
+6. our deconvnet beside captum's attribution methods;
+7. the paper's analyses (:func:`deconvviz.analyses.report_figures`), when available.
+
+A section that does not apply to the model (no convolution layer, no training history...) is
+listed as skipped, with the reason, instead of failing the report.
+
+Example::
+
+    from deconvviz.report import report_from_run
+
+    report = report_from_run("runs/lenet5", "../shared/data", "out/report")
+    report.index            # out/report/index.html
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import html
+import importlib
+import importlib.metadata
+import math
+import os
+import platform
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+
+from deconvviz._io import save_figure, save_image, write_json, write_text
+from deconvviz._version import __version__
+from deconvviz.errors import DeconvvizError, InputError, LayerError, unknown_name
+from deconvviz.rules import RULES
+
+__all__ = ["Report", "ReportFigure", "report_from_run", "versions", "write_report"]
+
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("training", "Training curves"),
+    ("filters", "First-layer filters"),
+    ("stats", "Activation statistics"),
+    ("reconstructions", "Per-layer reconstructions"),
+    ("occlusion", "Occlusion sensitivity"),
+    ("compare", "Deconvnet and other attribution methods"),
+    ("analyses", "Analyses"),
+)
+_FIG_DIR = "figures"
+
+
+@dataclass(frozen=True)
+class ReportFigure:
+    """One figure of the report.
+
+    Attributes:
+        section: the section key (``"training"``, ``"filters"``, ...).
+        title: the caption.
+        path: the PNG, relative to the report folder.
+    """
+
+    section: str
+    title: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :func:`write_report` wrote.
+
+    Attributes:
+        out_dir: the report folder.
+        index: ``index.html``.
+        manifest: ``manifest.json``.
+        figures: every figure, in page order.
+        skipped: ``(section, reason)`` for the sections that do not apply.
+    """
+
+    out_dir: Path
+    index: Path
+    manifest: Path
+    figures: tuple[ReportFigure, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class _Section:
+    key: str
+    title: str
+    figures: list[ReportFigure] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)  # extra HTML blocks (tables, text)
+    skipped: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # for the manifest
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, the platform and the packages a report depends on."""
+    out = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "deconvviz": __version__,
+    }
+    # the running module's own version string where it has one (torch's names its CUDA build)
+    modules = {
+        "torch": "torch",
+        "torchvision": "torchvision",
+        "captum": "captum",
+        "numpy": "numpy",
+        "matplotlib": "matplotlib",
+        "pillow": "PIL",
+        "tqdm": "tqdm",
+    }
+    for pkg, module in modules.items():
+        try:
+            out[pkg] = str(importlib.import_module(module).__version__)
+        except (ImportError, AttributeError):
+            out[pkg] = "not installed"
+    try:
+        out["click"] = importlib.metadata.version("click")
+    except importlib.metadata.PackageNotFoundError:
+        out["click"] = "not installed"
+    return out
+
+
+def _first_image(dataset: Sequence[Any]) -> Tensor:
+    item = dataset[0]
+    if isinstance(item, (tuple, list)):
+        item = item[0]
+    if not isinstance(item, Tensor):
+        raise InputError(f"dataset items must be images or (image, label) pairs, got {type(item)}")
+    return item
+
+
+def _batch(dataset: Sequence[Any], n: int) -> tuple[Tensor, Tensor | None]:
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    if isinstance(items[0], (tuple, list)):
+        x = torch.stack([it[0] for it in items])
+        y = torch.tensor([int(it[1]) for it in items])
+        return x, y
+    return torch.stack(items), None
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters(), None)
+    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+
+
+def write_report(
+    out_dir: str | os.PathLike[str],
+    model: nn.Module,
+    dataset: Sequence[Any],
+    *,
+    config: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    run_path: str | os.PathLike[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
+    k: int = 9,
+    rule: str = "deconvnet",
+    images: int = 4,
+    occlusion_size: int | None = None,
+    occlusion_stride: int | None = None,
+    max_images: int | None = 2000,
+    sections: Sequence[str] | None = None,
+    title: str | None = None,
+    progress: bool = True,
+) -> Report:
+    """Compute, render and write the whole report into ``out_dir``.
+
+    Args:
+        out_dir: the report folder (created; existing files are replaced atomically).
+        model: the trained model.
+        dataset: the images to analyse (``(image, label)`` items, e.g. the test set).
+        config: the run's training config (recorded in the manifest; its ``seed`` too).
+        metrics: the run's metrics; their ``history`` gives the training curves.
+        run_path: the checkpoint the model came from (recorded).
+        class_names: class names (default: ``dataset.classes`` when it has them).
+        layers: layers to reconstruct (default: every ``Conv2d``).
+        k: top activations per feature map in the reconstructions.
+        rule: ``"deconvnet"``, ``"gradient"`` or ``"guided"``.
+        images: how many images (the dataset's first) get occlusion maps and the comparison.
+        occlusion_size: occluder side in pixels (default: a quarter of the image side).
+        occlusion_stride: occluder step (default: a sixteenth of the side, at least 1).
+        max_images: scan at most this many images (the dataset's first) for statistics and
+            reconstructions (``None``: all).
+        sections: only these sections (keys of :data:`SECTIONS`; default all).
+        title: page title.
+        progress: show progress bars.
+
+    Returns:
+        A :class:`Report`.
+    """
+    keys = [key for key, _ in SECTIONS]
+    wanted = keys if sections is None else list(sections)
+    for s in wanted:
+        if s not in keys:
+            raise InputError(unknown_name("report section", str(s), keys))
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if len(dataset) == 0:
+        raise InputError("the dataset is empty; the report needs images to analyse")
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise InputError(f"images must be a positive integer, got {images!r}")
+    if max_images is not None and (isinstance(max_images, bool) or max_images < 1):
+        raise InputError(f"max_images must be a positive integer or None, got {max_images!r}")
+    # user errors fail now, not as a skipped section after minutes of work
+    if rule not in RULES:
+        raise InputError(unknown_name("rule", str(rule), sorted(RULES)))
+    known = [n for n, _ in model.named_modules() if n]
+    for layer in layers or ():
+        if layer not in known:
+            raise LayerError(unknown_name("layer", str(layer), known))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(class_names) if class_names is not None else getattr(dataset, "classes", None)
+    scan: Sequence[Any] = dataset
+    if max_images is not None and len(dataset) > max_images:
+        scan = Subset(dataset, range(max_images))  # type: ignore[arg-type,assignment]
+    ctx = _Context(
+        out,
+        model,
+        dataset,
+        scan,
+        names,
+        metrics or {},
+        layers,
+        k,
+        rule,
+        images,
+        occlusion_size,
+        occlusion_stride,
+        progress,
+    )
+    builders: dict[str, Callable[[_Context, _Section], None]] = {
+        "training": _training,
+        "filters": _filters,
+        "stats": _stats,
+        "reconstructions": _reconstructions,
+        "occlusion": _occlusion,
+        "compare": _compare,
+        "analyses": _analyses,
+    }
+    done: list[_Section] = []
+    for key, heading in SECTIONS:
+        if key not in wanted:
+            continue
+        section = _Section(key, heading)
+        try:
+            builders[key](ctx, section)
+        except DeconvvizError as exc:
+            section.skipped = str(exc)
+            section.figures.clear()
+            section.html.clear()
+        if not section.figures and not section.html and section.skipped is None:
+            section.skipped = "nothing to show"
+        done.append(section)
+
+    figures = tuple(f for s in done for f in s.figures)
+    skipped = tuple((s.key, s.skipped) for s in done if s.skipped is not None)
+    cfg = dict(config) if config else {}
+    manifest = {
+        "deconvviz": __version__,
+        "versions": versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "run": None if run_path is None else str(run_path),
+        "config": cfg,
+        "seed": cfg.get("seed"),
+        "metrics": {k_: v for k_, v in (metrics or {}).items() if k_ != "history"},
+        "model": {
+            "class": type(model).__name__,
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "config": getattr(model, "config", None),
+        },
+        "dataset": _describe_dataset(dataset, scan),
+        "options": {
+            "layers": list(layers) if layers else None,
+            "k": k,
+            "rule": rule,
+            "images": images,
+            "occlusion_size": occlusion_size,
+            "occlusion_stride": occlusion_stride,
+            "max_images": max_images,
+        },
+        "sections": [
+            {"key": s.key, "title": s.title, "skipped": s.skipped, **s.data} for s in done
+        ],
+        "figures": [{"section": f.section, "title": f.title, "path": f.path} for f in figures],
+    }
+    manifest_path = write_json(out / "manifest.json", _json_safe(manifest))
+    page = _html_page(title or f"deconvviz report: {type(model).__name__}", done, manifest)
+    index = write_text(out / "index.html", page)
+    return Report(out, index, manifest_path, figures, skipped)
+
+
+def report_from_run(
+    run_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None,
+    out_dir: str | os.PathLike[str],
+    *,
+    model_factory: str | Callable[[], nn.Module] | None = None,
+    dataset: str | None = None,
+    split: str = "test",
+    **options: Any,
+) -> Report:
+    """Load a run (or a user model's state dict) and its data, and :func:`write_report`.
+
+    Args:
+        run_dir: a run directory made by ``deconvviz train`` (or a checkpoint file).
+        data_dir: where the dataset is (see :func:`deconvviz.data.load_dataset`); ``None``
+            for a run trained on the shipped CIFAR-10 sample (``deconvviz demo``).
+        out_dir: the report folder.
+        model_factory: ``"package.module:function"`` building a user model (its checkpoint
+            may then be a bare state dict, loaded with ``weights_only=True``).
+        dataset: dataset name for :func:`deconvviz.data.load_dataset` (default: the one that
+            goes with the run's config, or the only one found under ``data_dir``).
+        split: ``"test"`` or ``"train"``.
+        **options: passed on to :func:`write_report`.
+
+    Returns:
+        A :class:`Report`.
+    """
+    from deconvviz.checkpoint import load_run
+    from deconvviz.reconstruct import dataset_for_model
+
+    run = load_run(run_dir, model_factory=model_factory)
+    ds = dataset_for_model(run.model, run.config, data_dir, dataset, split)
+    return write_report(
+        out_dir, run.model, ds, config=run.config, metrics=run.metrics, run_path=run.path, **options
+    )
+
+
+def _describe_dataset(dataset: Any, scan: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"size": len(dataset), "scanned": len(scan)}
+    for attr in ("name", "split", "source", "classes"):
+        value = getattr(dataset, attr, None)
+        if value is not None:
+            out[attr] = str(value) if attr == "source" else value
+    with contextlib.suppress(InputError, IndexError):
+        out["image_shape"] = list(_first_image(dataset).shape)
+    return out
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, Tensor):
+        return _json_safe(obj.tolist())
+    return obj
+
+
+# ------------------------------------------------------------------------------ sections
+
+
+@dataclass
+class _Context:
+    out: Path
+    model: nn.Module
+    dataset: Sequence[Any]
+    scan: Sequence[Any]
+    class_names: Sequence[str] | None
+    metrics: Mapping[str, Any]
+    layers: Sequence[str] | None
+    k: int
+    rule: str
+    images: int
+    occlusion_size: int | None
+    occlusion_stride: int | None
+    progress: bool
+
+    def path(self, *parts: str) -> Path:
+        return self.out.joinpath(_FIG_DIR, *parts)
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.out).as_posix()
+
+    def add_figure(self, section: _Section, title: str, fig: Any, *parts: str) -> None:
+        path = self.path(*parts)
+        save_figure(path, fig, dpi=100)
+        section.figures.append(ReportFigure(section.key, title, self.rel(path)))
+
+    def add_image(self, section: _Section, title: str, image: Any, *parts: str) -> None:
+        path = self.path(*parts)
+        save_image(path, image)
+        section.figures.append(ReportFigure(section.key, title, self.rel(path)))
+
+
+def _training(ctx: _Context, section: _Section) -> None:
+    history = ctx.metrics.get("history") if ctx.metrics else None
+    if not isinstance(history, Mapping) or not history.get("train_loss"):
+        section.skipped = "the run has no training history (metrics.json without 'history')"
+        return
+    from deconvviz.render.training import curves_figure
+
+    acc = ctx.metrics.get("final_test_acc")
+    title = "train loss and test accuracy"
+    if isinstance(acc, (int, float)) and math.isfinite(acc):
+        title += f" (final test accuracy {acc:.3f})"
+    ctx.add_figure(section, title, curves_figure(history, title=title), "training_curves.png")
+    rows = [
+        (k, v)
+        for k, v in ctx.metrics.items()
+        if k != "history" and isinstance(v, (int, float, str, type(None)))
+    ]
+    if rows:
+        section.html.append(_table(["metric", "value"], [[k, _fmt(v)] for k, v in rows]))
+
+
+def _filters(ctx: _Context, section: _Section) -> None:
+    from deconvviz.filters import conv_layers
+    from deconvviz.render.filters import filter_grid, rms_figure
+
+    convs = [(n, m) for n, m in conv_layers(ctx.model).items() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        section.skipped = f"{type(ctx.model).__name__} has no Conv2d layer"
+        return
+    name, conv = convs[0]
+    ctx.add_image(
+        section,
+        f"{name}: {conv.out_channels} filters "
+        f"{conv.kernel_size[0]}x{conv.kernel_size[1]} (grey = 0)",
+        filter_grid(conv, scale=6),
+        f"filters_{_safe(name)}.png",
+    )
+    ctx.add_figure(
+        section,
+        f"{name}: RMS of each filter (radius 0.1 dashed)",
+        rms_figure(conv, radius=0.1, title=f"{name} filter RMS"),
+        f"filters_{_safe(name)}_rms.png",
+    )
+
+
+def _stats(ctx: _Context, section: _Section) -> None:
+    from deconvviz.stats import activation_stats, hidden_state_stats, report_lines
+
+    loader: DataLoader[Any] = DataLoader(ctx.scan, batch_size=256, shuffle=False)  # type: ignore[arg-type]
+    if callable(getattr(ctx.model, "hidden_states", None)) and not any(
+        isinstance(m, nn.Conv2d) for m in ctx.model.modules()
+    ):
+        from deconvviz.render.stats import hidden_state_figure
+
+        section.title = "Hidden-state statistics"
+        hs = hidden_state_stats(ctx.model, loader, progress=ctx.progress)
+        ctx.add_figure(
+            section,
+            "hidden state per time step: mean +- std, saturated fraction",
+            hidden_state_figure(hs),
+            "hidden_state_stats.png",
+        )
+        section.data["overall"] = {"mean": hs.overall_mean, "var": hs.overall_var}
+        return
+    from deconvviz.render.stats import histogram_figure
+
+    stats = activation_stats(ctx.model, loader, progress=ctx.progress)
+    lines = report_lines(stats)
+    section.html.append("<pre>" + html.escape("\n".join(lines)) + "</pre>")
+    rows = []
+    for s in stats.values():
+        rows.append(
+            [
+                s.report_name,
+                s.count,
+                _fmt(s.mean),
+                _fmt(s.var),
+                _fmt(s.min),
+                _fmt(s.max),
+                f"{100 * s.zero_fraction:.1f}%",
+                f"{len(s.dead_channels)} / {len(s.channel_zero_fraction)}",
+            ]
+        )
+        ctx.add_figure(
+            section,
+            f"{s.report_name}: histogram of every activation",
+            histogram_figure(s),
+            f"stats_{_safe(s.name)}.png",
+        )
+    section.html.insert(
+        0,
+        _table(["layer", "elements", "mean", "var", "min", "max", "zeros", "dead channels"], rows),
+    )
+    write_json(ctx.path("activation_stats.json"), {n: s.to_dict() for n, s in stats.items()})
+    section.data["lines"] = lines
+
+
+def _reconstructions(ctx: _Context, section: _Section) -> None:
+    from deconvviz.reconstruct import reconstruct_dataset, write_dataset_reconstructions
+
+    results = reconstruct_dataset(
+        ctx.model, ctx.scan, ctx.layers, k=ctx.k, rule=ctx.rule, progress=ctx.progress
+    )
+    for layer, rec in results.items():
+        pngs = write_dataset_reconstructions({layer: rec}, ctx.path("reconstructions"))
+        for page, path in enumerate(pngs):
+            more = f" (page {page + 1}/{len(pngs)})" if len(pngs) > 1 else ""
+            section.figures.append(
+                ReportFigure(
+                    section.key,
+                    f"{layer}{more}: top-{rec.k} activations of each feature map over "
+                    f"{len(ctx.scan)} images, {rec.rule} projections (left) and image "
+                    "patches (right)",
+                    ctx.rel(path),
+                )
+            )
+    section.data["layers"] = list(results)
+
+
+def _occlusion(ctx: _Context, section: _Section) -> None:
+    from deconvviz.occlusion import occlusion
+    from deconvviz.reconstruct import conv_layer_names
+    from deconvviz.render.occlusion import occlusion_figure
+
+    x, y = _batch(ctx.dataset, ctx.images)
+    device, dtype = _device_dtype(ctx.model)
+    x = x.to(device, dtype)
+    h, w = x.shape[-2:]
+    size = ctx.occlusion_size or max(1, min(h, w) // 4)
+    stride = ctx.occlusion_stride or max(1, min(h, w) // 16)
+    convs = conv_layer_names(ctx.model)
+    layer = convs[-1] if convs else None
+    res = occlusion(
+        ctx.model, x, target=y, size=size, stride=stride, layer=layer, progress=ctx.progress
+    )
+    for i in range(x.shape[0]):
+        ctx.add_figure(
+            section,
+            f"image {i}: occluder {size}x{size}, stride {stride}"
+            + (f", strongest feature map of {layer}" if layer else ""),
+            occlusion_figure(res, x.cpu(), i, ctx.class_names),
+            f"occlusion_{i}.png",
+        )
+
+
+def _compare(ctx: _Context, section: _Section) -> None:
+    from deconvviz.compare import compare_methods
+    from deconvviz.render.reconstruct import comparison_figure
+
+    x, y = _batch(ctx.dataset, ctx.images)
+    comp = compare_methods(ctx.model, x, target=y, progress=ctx.progress)
+    ctx.add_figure(
+        section,
+        "our deconvnet beside captum's saliency, guided backprop, "
+        "integrated gradients and occlusion, for each image's true class",
+        comparison_figure(comp, ctx.class_names),
+        "compare.png",
+    )
+
+
+def _analyses(ctx: _Context, section: _Section) -> None:
+    try:
+        from deconvviz import analyses
+    except ImportError:
+        section.skipped = "deconvviz.analyses is not available in this version"
+        return
+    report_figures = getattr(analyses, "report_figures", None)
+    if report_figures is None:
+        section.skipped = "deconvviz.analyses has no report_figures() in this version"
+        return
+    folder = ctx.path("analyses")
+    for title, path in report_figures(ctx.model, ctx.dataset, folder, progress=ctx.progress):
+        p = Path(path)
+        if not p.is_absolute():
+            p = folder / p
+        rel = Path(os.path.relpath(p.resolve(), ctx.out.resolve())).as_posix()
+        section.figures.append(ReportFigure(section.key, str(title), rel))
+
+
+# ------------------------------------------------------------------------------ HTML
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222;
+       padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
+nav ul { columns: 2; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #ddd; image-rendering: auto; }
+figcaption { font-size: .9em; color: #555; }
+table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
+td, th { border: 1px solid #ccc; padding: .2em .6em; text-align: left; }
+.skipped { color: #888; font-style: italic; }
+pre { background: #f6f6f6; padding: .6em; overflow-x: auto; }
+"""
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else "n/a"
+    return str(v)
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _safe(name: str) -> str:
+    from deconvviz.reconstruct import safe_name
+
+    return safe_name(name)
+
+
+def _html_page(title: str, sections: Sequence[_Section], manifest: Mapping[str, Any]) -> str:
+    e = html.escape
+    ver = manifest["versions"]
+    cfg = manifest.get("config") or {}
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{e(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{e(title)}</h1>",
+        "<p>Made by deconvviz "
+        f"{e(ver['deconvviz'])} (torch {e(ver['torch'])}, captum {e(ver['captum'])}) on "
+        f"{e(manifest['created'])}. Versions, config, seed and every figure are listed in "
+        '<a href="manifest.json">manifest.json</a>.</p>',
+    ]
+    facts = [
+        ["model", manifest["model"]["class"]],
+        ["parameters", f"{manifest['model']['parameters']:,}"],
+    ]
+    if manifest.get("run"):
+        facts.append(["checkpoint", manifest["run"]])
+    ds = manifest["dataset"]
+    facts.append(
+        [
+            "dataset",
+            " ".join(str(ds[k]) for k in ("name", "split") if k in ds)
+            + f" ({ds['size']} images, {ds['scanned']} scanned)",
+        ]
+    )
+    if cfg:
+        facts.append(["seed", cfg.get("seed")])
+        facts.append(["config", ", ".join(f"{k}={v}" for k, v in cfg.items())])
+    parts.append(_table(["", ""], facts))
+    parts.append("<nav><ul>")
+    for s in sections:
+        note = " (skipped)" if s.skipped else f" ({len(s.figures)} figures)"
+        parts.append(f'<li><a href="#{e(s.key)}">{e(s.title)}</a>{e(note)}</li>')
+    parts.append("</ul></nav>")
+    for s in sections:
+        parts.append(f'<section id="{e(s.key)}">')
+        parts.append(f"<h2>{e(s.title)}</h2>")
+        if s.skipped:
+            parts.append(f'<p class="skipped">Skipped: {e(s.skipped)}</p>')
+        parts.extend(s.html)
+        for f in s.figures:
+            src = e(f.path, quote=True)
+            parts.append(
+                f'<figure><a href="{src}"><img src="{src}" alt="{e(f.title, quote=True)}" '
+                f'loading="eager"></a><figcaption>{e(f.title)}</figcaption></figure>'
+            )
+        parts.append("</section>")
+    parts += ["</body>", "</html>", ""]
+    return "\n".join(parts)

@@ -1,0 +1,232 @@
+"""The HTML report: every section's figures are written and linked, the manifest records the
+run, and the page renders in a real browser (headless Chromium) with every image loaded."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+import deconvviz
+from deconvviz.data import ImageDataset
+from deconvviz.errors import InputError, LayerError
+from deconvviz.report import SECTIONS, write_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None and Path("/usr/bin/chromium").exists():
+    CHROMIUM = "/usr/bin/chromium"
+
+
+class TinyCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(6 * 4 * 4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for m in self.children():
+            x = m(x)
+        return x
+
+
+class TinyRNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(16, 8, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def hidden_states(self, x: Tensor) -> Tensor:
+        return self.rnn(x[:, 0])[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.hidden_states(x)[:, -1])
+
+
+def _dataset(channels: int = 3, n: int = 10) -> ImageDataset:
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 256, (n, channels, 16, 16), generator=gen, dtype=torch.uint8)
+    return ImageDataset(
+        data, torch.arange(n) % 3, ["cat", "dog <b>", "ship"], name="tiny", split="test"
+    )
+
+
+HISTORY = {"train_loss": [[1, 1.1], [2, 1.0], [3, 0.9]], "test_acc": [[0, 0.3], [3, 0.4]]}
+
+
+class _Images(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.srcs: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "img" and a.get("src"):
+            self.srcs.append(a["src"])  # type: ignore[arg-type]
+        if tag == "a" and a.get("href") and not a["href"].startswith("#"):  # type: ignore[union-attr]
+            self.links.append(a["href"])  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    out = tmp_path_factory.mktemp("report")
+    rep = write_report(
+        out,
+        model,
+        _dataset(),
+        config={"model": {"model": "tiny"}, "seed": 7, "lr": 0.001},
+        metrics={"history": HISTORY, "final_test_acc": 0.4, "status": "ok"},
+        k=2,
+        images=2,
+        occlusion_size=4,
+        occlusion_stride=4,
+        progress=False,
+    )
+    return rep
+
+
+def test_report_writes_and_links_every_section(report):
+    page = report.index.read_text()
+    parser = _Images()
+    parser.feed(page)
+    assert report.skipped == ()
+    sections = {f.section for f in report.figures}
+    expected = {key for key, _ in SECTIONS}
+    if not hasattr(deconvviz, "analyses") and "analyses" not in sections:
+        expected.discard("analyses")
+    assert expected <= sections
+    # every figure is an <img> on the page, and every <img> is a real PNG in the folder
+    assert sorted(parser.srcs) == sorted(f.path for f in report.figures)
+    for src in parser.srcs:
+        assert not src.startswith(("/", "http")), src  # relative: the folder can be moved
+        with Image.open(report.out_dir / src) as im:
+            assert im.format == "PNG" and im.width > 20 and im.height > 20
+    for href in parser.links:
+        assert (report.out_dir / href).is_file(), href
+    recs = [f for f in report.figures if f.section == "reconstructions"]
+    assert [Path(f.path).name for f in recs] == ["conv1.png", "conv2.png"]
+    assert (report.out_dir / "figures" / "reconstructions" / "conv2.json").is_file()
+    stats = json.loads((report.out_dir / "figures" / "activation_stats.json").read_text())
+    assert list(stats) == ["relu1", "relu2"]
+    assert "h_conv1_stats: mean = " in page
+    assert "dog &lt;b&gt;" in page or "dog <b>" not in page  # text is escaped
+    assert not list(report.out_dir.rglob(".*.tmp"))
+
+
+def test_manifest_records_versions_config_seed_and_figures(report):
+    manifest = json.loads(report.manifest.read_text())
+    assert manifest["seed"] == 7 and manifest["config"]["lr"] == 0.001
+    assert manifest["deconvviz"] == deconvviz.__version__
+    assert manifest["versions"]["torch"] == torch.__version__
+    for pkg in ("captum", "numpy", "matplotlib", "python"):
+        assert manifest["versions"][pkg]
+    assert manifest["dataset"]["size"] == 10 and manifest["dataset"]["name"] == "tiny"
+    assert manifest["metrics"] == {"final_test_acc": 0.4, "status": "ok"}
+    assert [f["path"] for f in manifest["figures"]] == [f.path for f in report.figures]
+    stats = next(s for s in manifest["sections"] if s["key"] == "stats")
+    assert stats["lines"][0].startswith("h_conv1_stats: mean = ")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    # A copy of the page beside the original (same relative paths) with a script that records,
+    # after the load event, whether every image loaded.
+    script = """<script>
+window.addEventListener("load", function () {
+  var r = Array.from(document.images).map(function (i) {
+    return [i.getAttribute("src"), i.complete && i.naturalWidth > 0]; });
+  var pre = document.createElement("pre");
+  pre.id = "deconvviz-check"; pre.textContent = JSON.stringify(r);
+  document.body.appendChild(pre);
+});
+</script>"""
+    page = report.index.read_text()
+    check = report.out_dir / "_check.html"
+    check.write_text(page.replace("</body>", script + "</body>"))
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        check.as_uri(),
+    ]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        check.unlink()
+    dom = done.stdout
+    start = dom.find('<pre id="deconvviz-check">')
+    assert start >= 0, f"no result from chromium (rc {done.returncode}): {done.stderr[-500:]}"
+    result = json.loads(html.unescape(dom[start + 26 : dom.index("</pre>", start)]))
+    assert len(result) == len(report.figures)
+    assert [src for src, ok in result if not ok] == []
+
+
+def test_sections_that_do_not_apply_are_skipped_with_a_reason(tmp_path):
+    torch.manual_seed(0)
+    rep = write_report(
+        tmp_path,
+        TinyRNN().eval(),
+        _dataset(channels=1),
+        k=2,
+        images=1,
+        sections=["training", "filters", "stats", "reconstructions"],
+        progress=False,
+    )
+    skipped = dict(rep.skipped)
+    assert "no training history" in skipped["training"]
+    assert "no Conv2d layer" in skipped["filters"]
+    assert "Conv2d" in skipped["reconstructions"]
+    assert [f.section for f in rep.figures] == ["stats"]  # hidden-state statistics
+    page = rep.index.read_text()
+    assert "Skipped: the run has no training history" in page
+    assert "Hidden-state statistics" in page
+
+
+def test_report_errors(tmp_path):
+    model = TinyCNN()
+    with pytest.raises(InputError, match="did you mean 'filters'"):
+        write_report(tmp_path, model, _dataset(), sections=["filter"], progress=False)
+    with pytest.raises(InputError, match="empty"):
+        write_report(tmp_path, model, [], progress=False)
+    with pytest.raises(InputError, match="did you mean 'guided'"):
+        write_report(tmp_path, model, _dataset(), rule="guide", progress=False)
+    with pytest.raises(LayerError, match="did you mean 'conv2'"):
+        write_report(tmp_path, model, _dataset(), layers=["conv3"], progress=False)
+    assert not (tmp_path / "index.html").exists()
+
+
+def test_report_replaces_existing_files_atomically(tmp_path):
+    (tmp_path / "index.html").write_text("old")
+    rep = write_report(
+        tmp_path, TinyCNN().eval(), _dataset(n=4), sections=["filters"], progress=False
+    )
+    assert rep.index.read_text().startswith("<!DOCTYPE html>")
+    np.testing.assert_array_equal(
+        sorted(p.name for p in tmp_path.glob("figures/*")),
+        ["filters_conv1.png", "filters_conv1_rms.png"],
+    )
