@@ -39,6 +39,7 @@ __all__ = [
     "CIFAR10_CLASSES",
     "DATASETS",
     "ImageDataset",
+    "MNIST_CLASSES",
     "dataset_for_config",
     "find_datasets",
     "load_dataset",

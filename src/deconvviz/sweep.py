@@ -287,7 +287,9 @@ def _run_sweep(
 
 
 def _environment() -> str:
-    return f"torch {torch.__version__.split('+')[0]}, {torch.get_num_threads()} CPU threads"
+    threads = torch.get_num_threads()
+    plural = "s" if threads != 1 else ""
+    return f"torch {torch.__version__.split('+')[0]}, {threads} CPU thread{plural}"
 
 
 def sweep_lenet5(

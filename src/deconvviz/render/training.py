@@ -95,6 +95,7 @@ def curves_figure(history: Any, title: str | None = None) -> Figure:
     """
     fig, ax_loss, ax_acc = _figure(title)
     _plot(ax_loss, ax_acc, history, None, "C0")
+    _log_loss_axis(ax_loss, [history])
     return fig
 
 
@@ -113,5 +114,16 @@ def sweep_curves_figure(histories: Mapping[str, Any], title: str | None = None) 
     fig, ax_loss, ax_acc = _figure(title)
     for k, (label, history) in enumerate(histories.items()):
         _plot(ax_loss, ax_acc, history, label, f"C{k % 10}")
-    ax_acc.legend(fontsize="small", loc="lower right")
+    _log_loss_axis(ax_loss, histories.values())
+    ax_acc.legend(fontsize="small", loc="best")
     return fig
+
+
+def _log_loss_axis(ax_loss: Any, histories: Any) -> None:
+    """Log scale when the losses are positive and span a wide range (the course's init starts
+    near 100 and ends near 1: a linear axis shows nothing but the first steps)."""
+    values = np.concatenate([_series(h, "train_loss")[1] for h in histories] or [np.empty(0)])
+    values = values[np.isfinite(values)]
+    if len(values) and values.min() > 0 and values.max() / values.min() > 20:
+        ax_loss.set_yscale("log")
+        ax_loss.set_ylabel("train loss (batch, log scale)")
