@@ -73,3 +73,35 @@ def test_rule_registry():
     with pytest.raises(DeconvvizError, match="already registered"):
         register_rule("deconvnet", lambda g, m: g, "twin")
     assert set(RULES) >= {"deconvnet", "gradient", "guided"}
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "dilation", "groups"), [(1, 2, 1, 1), (2, 1, 1, 1), (3, 0, 2, 2)]
+)
+def test_placed_filters_equal_the_transposed_conv_of_a_one_hot_seed(
+    stride, padding, dilation, groups
+):
+    from deconvviz.engine import place_filters
+
+    torch.manual_seed(stride)
+    conv = torch.nn.Conv2d(4, 6, 3, stride, padding, dilation, groups).double()
+    size = (13, 11)
+    out = conv(torch.zeros(1, 4, *size, dtype=torch.float64))
+    h, w = out.shape[-2:]
+    seeds = [(0, 0, 0), (5, h - 1, w - 1), (3, h // 2, 1), (2, 0, w - 1)]
+    chan, row, col = (torch.tensor(v) for v in zip(*seeds, strict=True))
+    value = torch.tensor([1.5, -2.0, 0.25, 3.0], dtype=torch.float64)
+    placed = place_filters(conv, (1, 4, *size), chan, row, col, value)
+    for s, (c, r, q) in enumerate(seeds):
+        one_hot = torch.zeros(1, 6, h, w, dtype=torch.float64)
+        one_hot[0, c, r, q] = value[s]
+        ref = transposed_conv2d(
+            one_hot,
+            conv.weight.detach(),
+            size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+        )
+        torch.testing.assert_close(placed[s : s + 1], ref, rtol=0, atol=1e-14)

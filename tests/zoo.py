@@ -113,16 +113,34 @@ def _resnet18() -> nn.Module:
 
 
 CASES = [
-    Case("sequential", seq_net, (2, 3, 28, 28), ("1", "4", "5", "8", "12"), True),
-    Case("lenet5", CourseLeNet5, (2, 1, 28, 28), ("relu1", "pool1", "relu2", "fc1", "fc2"), True),
+    Case("sequential", seq_net, (2, 3, 28, 28), ("0", "1", "4", "5", "6", "8", "12"), True),
+    Case(
+        "lenet5",
+        CourseLeNet5,
+        (2, 1, 28, 28),
+        ("conv1", "relu1", "pool1", "conv2", "relu2", "fc1", "fc2"),
+        True,
+    ),
     Case("functional", FunctionalNet, (2, 3, 16, 16), ("conv2", "conv3", "fc"), False),
-    Case("alexnet", _alexnet, (2, 3, 71, 71), ("features.1", "features.4", "features.11"), True),
-    Case("vgg11_bn", _vgg11_bn, (2, 3, 32, 32), ("features.6", "features.13", "features.20"), True),
+    Case(
+        "alexnet",
+        _alexnet,
+        (2, 3, 71, 71),
+        ("features.1", "features.3", "features.4", "features.11"),
+        True,
+    ),
+    Case(
+        "vgg11_bn",
+        _vgg11_bn,
+        (2, 3, 32, 32),
+        ("features.6", "features.8", "features.13", "features.20"),
+        True,
+    ),
     Case(
         "resnet18",
         _resnet18,
         (2, 3, 40, 40),
-        ("relu", "layer1.1", "layer2.0", "layer3.1.bn2"),
+        ("conv1", "relu", "layer1.1", "layer2.0.conv2", "layer2.0", "layer3.1.bn2"),
         False,
     ),
 ]
@@ -184,8 +202,13 @@ def _seed_like(h: Tensor, seeds: list[tuple[int, int, int, int]]) -> Tensor:
 
 
 @torch.no_grad()
-def chain_oracle(model: nn.Module, x: Tensor, layer: str, seeds: list[tuple[int, int, int, int]],
-                 rule: str = "deconvnet") -> Tensor:
+def chain_oracle(
+    model: nn.Module,
+    x: Tensor,
+    layer: str,
+    seeds: list[tuple[int, int, int, int]],
+    rule: str = "deconvnet",
+) -> Tensor:
     """Explicit layer-by-layer reverse path for chain models. seeds: (image, channel, row, col);
     row/col ignored for vector outputs. Each seed is one item of a batch. Returns [S, C, H, W]."""
     mods = chain_modules(model)
@@ -196,8 +219,9 @@ def chain_oracle(model: nn.Module, x: Tensor, layer: str, seeds: list[tuple[int,
     for _name, m in mods[: stop + 1]:
         inp = h
         if isinstance(m, nn.MaxPool2d):
-            h, idx = F.max_pool2d(h, m.kernel_size, m.stride, m.padding, m.dilation,
-                                  m.ceil_mode, return_indices=True)
+            h, idx = F.max_pool2d(
+                h, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True
+            )
             record.append((m, inp, idx))
         else:
             h = m(h)
@@ -212,11 +236,15 @@ def chain_oracle(model: nn.Module, x: Tensor, layer: str, seeds: list[tuple[int,
             else:
                 g = g.clamp(min=0) * (inp > 0)
         elif isinstance(m, nn.Conv2d):
-            natural = [(g.shape[-2 + d] - 1) * m.stride[d] - 2 * m.padding[d]
-                       + m.dilation[d] * (m.kernel_size[d] - 1) + 1 for d in (0, 1)]
+            natural = [
+                (g.shape[-2 + d] - 1) * m.stride[d]
+                - 2 * m.padding[d]
+                + m.dilation[d] * (m.kernel_size[d] - 1)
+                + 1
+                for d in (0, 1)
+            ]
             op = tuple(inp.shape[-2 + d] - natural[d] for d in (0, 1))
-            g = F.conv_transpose2d(g, m.weight, None, m.stride, m.padding, op, m.groups,
-                                   m.dilation)
+            g = F.conv_transpose2d(g, m.weight, None, m.stride, m.padding, op, m.groups, m.dilation)
         elif isinstance(m, nn.MaxPool2d):
             n, c = g.shape[:2]
             flat = torch.zeros(n, c, inp.shape[-2] * inp.shape[-1], dtype=g.dtype)

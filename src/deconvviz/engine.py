@@ -41,7 +41,7 @@ from deconvviz.errors import (
     unknown_name,
 )
 from deconvviz.receptive import ReceptiveField, RFTracker
-from deconvviz.rules import ReluRule, describe_rule, get_rule
+from deconvviz.rules import ReluRule, describe_rule, get_rule, uses_mask
 
 __all__ = ["Deconvnet", "DeconvvizWarning", "attach", "exact_cuda", "layer_output"]
 
@@ -203,13 +203,14 @@ class _RuleReLU(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, rule: ReluRule) -> Tensor:  # type: ignore[override]
         out = torch.relu(x)
         ctx.rule = rule
-        ctx.save_for_backward(out)
+        if uses_mask(rule):
+            ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        (out,) = ctx.saved_tensors
-        return ctx.rule(grad, out > 0), None
+        mask = ctx.saved_tensors[0] > 0 if ctx.saved_tensors else None
+        return ctx.rule(grad, mask), None
 
 
 class _RuleReLUInPlace(torch.autograd.Function):
@@ -220,13 +221,14 @@ class _RuleReLUInPlace(torch.autograd.Function):
         x.relu_()
         ctx.mark_dirty(x)
         ctx.rule = rule
-        ctx.save_for_backward(x)
+        if uses_mask(rule):
+            ctx.save_for_backward(x)
         return x
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        (out,) = ctx.saved_tensors
-        return ctx.rule(grad, out > 0), None
+        mask = ctx.saved_tensors[0] > 0 if ctx.saved_tensors else None
+        return ctx.rule(grad, mask), None
 
 
 @dataclass
@@ -441,6 +443,7 @@ class Deconvnet:
         stop: bool,
         track: bool = False,
         clone_target: bool = False,
+        target_input: bool = False,
     ) -> _PassOut:
         """One forward pass with temporary hooks; returns the target's output and what it saw."""
         res = _PassOut()
@@ -456,6 +459,9 @@ class Deconvnet:
             res.counts[name] += 1
             if res.counts[name] == 1:
                 res.order.append(name)
+            if target_input and name == target:
+                res.target = args[0]  # the target's input; the target itself never runs
+                raise _StopForward
 
         def post(module: nn.Module, args: Any, out: Any) -> None:
             name = names[module]
@@ -697,6 +703,7 @@ class Deconvnet:
                     "positions; drop position="
                 )
             rows = cols = torch.zeros(n * k, dtype=torch.long)
+            expected = self._values(x, layer)[img.to(x.device), chan.to(x.device)]
         elif position is not None:
             try:
                 r, c = (int(p) for p in position)
@@ -710,6 +717,7 @@ class Deconvnet:
                 )
             rows = torch.full((n * k,), r, dtype=torch.long)
             cols = torch.full((n * k,), c, dtype=torch.long)
+            expected = self._values(x, layer)[img.to(x.device), chan.to(x.device), r, c]
         else:
             acts = self._values(x, layer)[:, chans]  # [N, K, h, w]
             flat = acts.flatten(2)
@@ -761,8 +769,9 @@ class Deconvnet:
                 prow = rows[idx] - torch.tensor([b[0] for b in sub]) // jr
                 pcol = cols[idx] - torch.tensor([b[1] for b in sub]) // jc
                 cropped = (bh, bw) != (h, w)
+                given = None if expected is None else expected[idx.to(expected.device)]
                 try:
-                    grads, values = self._backward(crops, layer, chan[idx], prow, pcol)
+                    grads, values = self._backward(crops, layer, chan[idx], prow, pcol, given)
                 except (KeyboardInterrupt, LayerError):
                     raise
                 except Exception:
@@ -822,10 +831,35 @@ class Deconvnet:
         return [(a[0], b[0], a[1], b[1]) for a, b in zip(sides[0], sides[1], strict=True)]
 
     def _backward(
-        self, inp: Tensor, layer: str, chan: Tensor, prow: Tensor, pcol: Tensor
+        self,
+        inp: Tensor,
+        layer: str,
+        chan: Tensor,
+        prow: Tensor,
+        pcol: Tensor,
+        values: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Forward ``inp`` to ``layer``, seed one activation per item with its value, walk back."""
+        """Forward ``inp`` to ``layer``, seed one activation per item with its value, walk back.
+
+        When ``layer`` is a plain convolution and the seeds' values are known, the forward pass
+        stops at the convolution's *input*: the reverse step of a one-activation seed through a
+        convolution is just that filter, scaled by the value, placed at the activation's position
+        (the transposed filters applied to a one-hot), so the convolution itself need not run.
+        """
         xin = inp.detach().clone().requires_grad_(True)
+        module = self._modules[layer]
+        if values is not None and _plain_conv(module):
+            res = self._run(xin, layer, grad=True, stop=True, target_input=True)
+            tin = res.target
+            assert tin is not None
+            seed_in = place_filters(module, tin.shape, chan, prow, pcol, values)  # type: ignore[arg-type]
+            if tin is xin:
+                return seed_in.detach(), values
+            if not tin.requires_grad:
+                return torch.zeros_like(inp), values
+            with torch.enable_grad(), exact_cuda(xin, self._names):
+                (g,) = torch.autograd.grad(tin, xin, seed_in, allow_unused=True)
+            return (torch.zeros_like(inp) if g is None else g.detach()), values
         res = self._run(xin, layer, grad=True, stop=True)
         out = res.target
         assert out is not None
@@ -843,6 +877,58 @@ class Deconvnet:
         with torch.enable_grad(), exact_cuda(xin, self._names):
             (g,) = torch.autograd.grad(out, xin, seed, allow_unused=True)
         return (torch.zeros_like(inp) if g is None else g.detach()), values
+
+
+def _plain_conv(module: nn.Module) -> bool:
+    """A Conv2d whose forward is PyTorch's own, with zero padding given as numbers."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and type(module).forward is nn.Conv2d.forward
+        and type(module)._conv_forward is nn.Conv2d._conv_forward
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
+
+
+def place_filters(
+    conv: nn.Conv2d,
+    input_shape: Sequence[int],
+    channel: Tensor,
+    row: Tensor,
+    col: Tensor,
+    value: Tensor,
+) -> Tensor:
+    """The transposed filters of ``conv`` applied to one-activation seeds, without a convolution.
+
+    Seed ``s`` is ``value[s]`` at ``(channel[s], row[s], col[s])`` of the convolution's output;
+    the result ``[S, in_channels, H, W]`` is filter ``channel[s]`` scaled by the value and placed
+    where that output looked (stride, padding, dilation and groups honoured). Equal to
+    ``transposed_conv2d`` of the one-hot seeds (tested).
+    """
+    weight = conv.weight.detach()
+    s_count = len(channel)
+    cin, h, w = int(input_shape[1]), int(input_shape[-2]), int(input_shape[-1])
+    groups = conv.groups
+    cin_g = cin // groups
+    kh, kw = weight.shape[-2:]
+    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation  # type: ignore[misc]
+    dev = weight.device
+    channel, row, col = channel.to(dev), row.to(dev), col.to(dev)
+    filt = weight[channel] * value.to(dev, weight.dtype).view(-1, 1, 1, 1)  # [S, cin_g, kh, kw]
+    rows = (row * sh)[:, None] + torch.arange(kh, device=dev) * dh  # padded coordinates
+    cols = (col * sw)[:, None] + torch.arange(kw, device=dev) * dw
+    # every output position's window lies inside the padded input, so this canvas holds it
+    canvas = weight.new_zeros((s_count, h + 2 * ph, w + 2 * pw, cin_g))
+    canvas[torch.arange(s_count, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]] = (
+        filt.permute(0, 2, 3, 1)
+    )
+    inner = canvas[:, ph : ph + h, pw : pw + w].permute(0, 3, 1, 2)  # [S, cin_g, h, w]
+    if groups == 1:
+        return inner.contiguous()
+    out = weight.new_zeros((s_count, groups, cin_g, h, w))
+    group = channel // (conv.out_channels // groups)
+    out[torch.arange(s_count, device=dev), group] = inner
+    return out.view(s_count, cin, h, w)
 
 
 def _window_index(

@@ -47,8 +47,9 @@ __all__ = [
 ]
 
 #: A ReLU backward rule: ``rule(grad_output, forward_mask) -> grad_input`` where
-#: ``forward_mask`` is ``x > 0`` for the ReLU's forward input ``x``.
-ReluRule = Callable[[Tensor, Tensor], Tensor]
+#: ``forward_mask`` is ``x > 0`` for the ReLU's forward input ``x`` (``None`` for rules
+#: registered with ``uses_mask=False``, which need not keep the forward pass's output).
+ReluRule = Callable[[Tensor, Tensor | None], Tensor]
 
 
 def rectify(signal: Tensor) -> Tensor:
@@ -164,32 +165,45 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 # --------------------------------------------------------------------------- ReLU rules
 
 
-def _deconvnet(grad: Tensor, mask: Tensor) -> Tensor:
+def _deconvnet(grad: Tensor, mask: Tensor | None) -> Tensor:
     return torch.relu(grad)
 
 
-def _gradient(grad: Tensor, mask: Tensor) -> Tensor:
+def _gradient(grad: Tensor, mask: Tensor | None) -> Tensor:
+    assert mask is not None
     return grad * mask
 
 
-def _guided(grad: Tensor, mask: Tensor) -> Tensor:
+def _guided(grad: Tensor, mask: Tensor | None) -> Tensor:
+    assert mask is not None
     return torch.relu(grad) * mask
 
 
 RULES: dict[str, ReluRule] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+_MASKLESS: set[int] = set()
 
 
-def register_rule(name: str, rule: ReluRule, description: str) -> None:
+def register_rule(name: str, rule: ReluRule, description: str, *, uses_mask: bool = True) -> None:
     """Register a ReLU backward rule under ``name`` (duplicate names are refused).
 
+    ``uses_mask=False`` declares that the rule ignores the forward mask; the engine then does
+    not keep the ReLU's output for the backward pass and passes ``None``.
+
     Example:
-        >>> register_rule("abs-deconvnet", lambda g, m: g.abs(), "|g|")  # doctest: +SKIP
+        >>> register_rule("abs", lambda g, m: g.abs(), "abs(g)", uses_mask=False)  # doctest: +SKIP
     """
     if name in RULES:
         raise DeconvvizError(f"a rule named {name!r} is already registered; pick another name")
     RULES[name] = rule
     _DESCRIPTIONS[name] = description
+    if not uses_mask:
+        _MASKLESS.add(id(rule))
+
+
+def uses_mask(rule: ReluRule) -> bool:
+    """Whether ``rule`` needs the forward mask ``x > 0``."""
+    return id(rule) not in _MASKLESS
 
 
 def get_rule(name: str) -> ReluRule:
@@ -206,6 +220,6 @@ def describe_rule(name: str) -> str:
     return _DESCRIPTIONS[name]
 
 
-register_rule("deconvnet", _deconvnet, "rectify: relu(signal) (Zeiler & Fergus)")
+register_rule("deconvnet", _deconvnet, "rectify: relu(signal) (Zeiler & Fergus)", uses_mask=False)
 register_rule("gradient", _gradient, "gradient: signal * (forward input > 0)")
 register_rule("guided", _guided, "guided backprop: relu(signal) * (forward input > 0)")

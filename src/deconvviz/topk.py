@@ -276,8 +276,9 @@ def project_top(
                 img = torch.tensor([where[int(top.indices[chans[ci], j])] for ci, j in block])
                 chan = torch.tensor([chans[ci] for ci, _ in block])
                 pos = torch.stack([top.positions[chans[ci], j] for ci, j in block])
+                vals = torch.stack([top.values[chans[ci], j] for ci, j in block]).to(device, dtype)
                 for idx, grads, boxes in dn._project_seeds(
-                    images, info, top.layer, img, chan, pos[:, 0], pos[:, 1]
+                    images, info, top.layer, img, chan, pos[:, 0], pos[:, 1], vals
                 ):
                     for g, s, (y0, x0, y1, x1) in zip(grads, idx.tolist(), boxes, strict=True):
                         ci, j = block[s]
