@@ -814,9 +814,10 @@ class Deconvnet:
         sides = []
         for dim, total in ((0, h), (1, w)):
             jump, start, end = rf.jump[dim], rf.start[dim], rf.end[dim]
-            # receptive field + alignment slack, rounded to the stride so that crops cut by the
-            # image's end have the same size as the others (fewer, larger batches)
-            span = -(-(end - start + jump) // jump) * jump
+            # the receptive field, plus the offset of its start from the stride grid (crops must
+            # start on the grid so that pooling windows and padded borders stay those of the
+            # full image; every receptive field starts at the same offset from it)
+            span = end - start + 1 + start % jump
             if span >= 0.75 * total:
                 return [full] * len(rows)
             pos = (rows if dim == 0 else cols).tolist()
