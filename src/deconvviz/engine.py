@@ -200,7 +200,7 @@ class _RuleReLU(torch.autograd.Function):
     """ReLU forward; backward by the attached rule."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, rule: ReluRule) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, rule: ReluRule) -> Tensor:
         out = torch.relu(x)
         ctx.rule = rule
         if uses_mask(rule):
@@ -208,7 +208,7 @@ class _RuleReLU(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         mask = ctx.saved_tensors[0] > 0 if ctx.saved_tensors else None
         return ctx.rule(grad, mask), None
 
@@ -217,7 +217,7 @@ class _RuleReLUInPlace(torch.autograd.Function):
     """In-place ReLU forward (``relu_`` / ``nn.ReLU(inplace=True)``); backward by the rule."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, rule: ReluRule) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, rule: ReluRule) -> Tensor:
         x.relu_()
         ctx.mark_dirty(x)
         ctx.rule = rule
@@ -226,7 +226,7 @@ class _RuleReLUInPlace(torch.autograd.Function):
         return x
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         mask = ctx.saved_tensors[0] > 0 if ctx.saved_tensors else None
         return ctx.rule(grad, mask), None
 
@@ -423,8 +423,8 @@ class Deconvnet:
             calls = Counter((e.module, e.func, e.supported) for e in probe.events)
             if calls:
                 lines.append("  activation calls seen in the forward pass:")
-                for (module, func, ok), n in calls.items():
-                    where = f"in {module!r}" if module else "in the model's forward"
+                for (where_called, func, ok), n in calls.items():
+                    where = f"in {where_called!r}" if where_called else "in the model's forward"
                     step = relu_step if ok else "NO deconvnet rule: its plain gradient is used"
                     lines.append(f"    {func} x{n} {where} -> {step}")
         return "\n".join(lines)
@@ -912,7 +912,9 @@ def place_filters(
     groups = conv.groups
     cin_g = cin // groups
     kh, kw = weight.shape[-2:]
-    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation  # type: ignore[misc]
+    sh, sw = (int(v) for v in conv.stride)
+    ph, pw = (int(v) for v in conv.padding)  # a number pair: _plain_conv refused "same"
+    dh, dw = (int(v) for v in conv.dilation)
     dev = weight.device
     channel, row, col = channel.to(dev), row.to(dev), col.to(dev)
     filt = weight[channel] * value.to(dev, weight.dtype).view(-1, 1, 1, 1)  # [S, cin_g, kh, kw]

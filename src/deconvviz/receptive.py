@@ -226,8 +226,9 @@ class RFTracker:
                     if pad_arg == "valid":
                         padding = (0, 0)
                     else:  # 'same': PyTorch pads (total // 2) before
-                        padding = tuple(
-                            d * (k - 1) // 2 for d, k in zip(dilation, kernel, strict=True)
+                        padding = (
+                            dilation[0] * (kernel[0] - 1) // 2,
+                            dilation[1] * (kernel[1] - 1) // 2,
                         )
                 else:
                     padding = _as_pair(pad_arg, 0)

@@ -135,7 +135,8 @@ def top_activations(
 
     device, dtype = _model_device_dtype(model)
     best_v: Tensor | None = None
-    best_i = best_p = None
+    best_i: Tensor | None = None
+    best_p: Tensor | None = None
     seen = 0
     rf: ReceptiveField | None = None
     size: tuple[int, int] | None = None
@@ -184,16 +185,16 @@ def top_activations(
             best_i = cand_i.gather(1, sel)
             best_p = cand_p.gather(1, sel.unsqueeze(-1).expand(-1, -1, 2))
             seen += b
-    if best_v is None or size is None:
+    if best_v is None or best_i is None or best_p is None or size is None:
         raise InputError("the loader yielded no images; check the dataset is not empty")
     c, kk = best_v.shape
     if kk < k:  # fewer images than k
         pad = k - kk
         best_v = torch.cat([best_v, best_v.new_full((c, pad), float("-inf"))], dim=1)
-        best_i = torch.cat([best_i, best_i.new_full((c, pad), -1)], dim=1)  # type: ignore[list-item]
-        best_p = torch.cat([best_p, best_p.new_zeros((c, pad, 2))], dim=1)  # type: ignore[list-item]
-    boxes = _boxes(rf, best_p.cpu(), size)  # type: ignore[union-attr]
-    return TopActivations(layer, best_v.cpu(), best_i.cpu(), best_p.cpu(), boxes, size, rf)  # type: ignore[union-attr]
+        best_i = torch.cat([best_i, best_i.new_full((c, pad), -1)], dim=1)
+        best_p = torch.cat([best_p, best_p.new_zeros((c, pad, 2))], dim=1)
+    boxes = _boxes(rf, best_p.cpu(), size)
+    return TopActivations(layer, best_v.cpu(), best_i.cpu(), best_p.cpu(), boxes, size, rf)
 
 
 def _boxes(
