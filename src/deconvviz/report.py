@@ -661,7 +661,8 @@ def _html_page(title: str, sections: Sequence[_Section], manifest: Mapping[str, 
     parts.append(_table(["", ""], facts))
     parts.append("<nav><ul>")
     for s in sections:
-        note = " (skipped)" if s.skipped else f" ({len(s.figures)} figures)"
+        count = len(s.figures)
+        note = " (skipped)" if s.skipped else f" ({count} figure{'' if count == 1 else 's'})"
         parts.append(f'<li><a href="#{e(s.key)}">{e(s.title)}</a>{e(note)}</li>')
     parts.append("</ul></nav>")
     for s in sections:
