@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.engine import attach, exact_cuda
+from deconvviz.engine import attach, eval_mode, exact_cuda
 from deconvviz.errors import InputError, unknown_name
 
 __all__ = ["METHODS", "Comparison", "compare_methods", "project_class"]
@@ -159,14 +159,8 @@ def _check_images(images: Any) -> Tensor:
 
 
 def _logits(model: nn.Module, x: Tensor) -> Tensor:
-    training = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = model(x)
-    finally:
-        for m, flag in training:
-            m.training = flag
+    with eval_mode(model), torch.no_grad():
+        out = model(x)
     if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise InputError(
@@ -237,10 +231,8 @@ def compare_methods(
     tgt = _targets(target, logits)
     rows = torch.arange(n, device=logits.device)
     probability = torch.softmax(logits.double(), dim=1)[rows, tgt.to(logits.device)]
-    training = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        maps = []
+    maps = []
+    with eval_mode(model):
         for method in tqdm(methods, desc="attributions", unit="method", disable=not progress):
             maps.append(
                 _attribute(
@@ -257,9 +249,6 @@ def compare_methods(
                 .to(dtype)  # captum's occlusion accumulates in float32
                 .cpu()
             )
-    finally:
-        for module, flag in training:
-            module.training = flag
     return Comparison(
         images=x.cpu(),
         target=tgt.cpu(),

@@ -43,7 +43,7 @@ from deconvviz.errors import (
 from deconvviz.receptive import ReceptiveField, RFTracker
 from deconvviz.rules import ReluRule, describe_rule, get_rule, uses_mask
 
-__all__ = ["Deconvnet", "DeconvvizWarning", "attach", "exact_cuda", "layer_output"]
+__all__ = ["Deconvnet", "DeconvvizWarning", "attach", "eval_mode", "exact_cuda", "layer_output"]
 
 DEFAULT_MAX_MEMORY = 512 * 2**20
 
@@ -486,14 +486,12 @@ class Deconvnet:
                     raise _StopForward
 
         handles = []
-        saved_training = [(m, m.training) for m in self.model.modules()]
         try:
             for module in names:
                 handles.append(module.register_forward_pre_hook(pre))
                 handles.append(module.register_forward_hook(post))
-            self.model.eval()
             grad_ctx = torch.enable_grad() if grad else torch.no_grad()
-            with grad_ctx, exact_cuda(x, names), mode:
+            with eval_mode(self.model), grad_ctx, exact_cuda(x, names), mode:
                 if tracker is not None:
                     tracker.watch(x)
                 with contextlib.suppress(_StopForward):
@@ -501,8 +499,6 @@ class Deconvnet:
         finally:
             for h in handles:
                 h.remove()
-            for m, flag in saved_training:
-                m.training = flag
         for name, n in res.counts.items():
             if name in res.infos:
                 res.infos[name].calls = n
@@ -959,6 +955,23 @@ def scatter_windows(
     rows, cols = _window_index(boxes, out.device)
     view = out.permute(0, 2, 3, 1)  # a view: writing into it writes into out
     view[idx.to(out.device)[:, None, None], rows, cols] = values.permute(0, 2, 3, 1)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode; every module's ``training`` flag is restored afterwards.
+
+    Example:
+        >>> with eval_mode(model), torch.no_grad():   # doctest: +SKIP
+        ...     logits = model(x)
+    """
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
 
 
 @contextlib.contextmanager

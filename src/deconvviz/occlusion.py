@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from deconvviz.engine import eval_mode
 from deconvviz.errors import DeconvvizError, InputError, LayerError, unknown_name
 
 __all__ = ["OcclusionResult", "occlusion", "occluder_starts"]
@@ -200,17 +201,6 @@ def _check_logits(out: Any, n: int) -> Tensor:
             f"{got}; wrap the model so that it returns the logits tensor"
         )
     return out
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _first_tensor(out: Any) -> Tensor:
@@ -467,7 +457,7 @@ def occlusion(
     hp, wp = len(ys), len(xs)
 
     tgt = _given_targets(target, n, device)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         channel = activation = base_feature = None
         if layer is not None:
             import deconvviz

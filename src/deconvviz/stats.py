@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakTensorKeyDictionary
 from tqdm.auto import tqdm
 
+from deconvviz.engine import eval_mode
 from deconvviz.errors import InputError, LayerError, unknown_name
 
 __all__ = [
@@ -426,17 +427,6 @@ def _to_model(x: Tensor, model: nn.Module) -> Tensor:
     return x
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 def _length(loader: Iterable[Any]) -> int | None:
     try:
         return len(loader)  # type: ignore[arg-type]
@@ -509,7 +499,7 @@ def activation_stats(
     watcher = _Watcher(model, layers)
     watcher.sink = sink
     batches = 0
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for batch in tqdm(
             loader,
             total=_length(loader),
@@ -602,7 +592,7 @@ def hidden_state_stats(
     mean: Tensor | None = None
     m2: Tensor | None = None
     sat: Tensor | None = None
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for batch in tqdm(
             loader,
             total=_length(loader),

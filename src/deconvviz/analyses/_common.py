@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from deconvviz.engine import eval_mode
 from deconvviz.errors import InputError, LayerError, unknown_name
 
 
@@ -60,18 +60,6 @@ def check_labels(labels: Any, n: int) -> Tensor:
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise InputError(f"labels must be integers (class indices), got {t.dtype}")
     return t.to(torch.int64).cpu()
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode; every module's ``training`` flag is restored after."""
-    saved = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
 
 
 def module_names(model: nn.Module) -> dict[str, nn.Module]:
