@@ -113,3 +113,28 @@ def test_project_top_equals_single_projections_and_patches(lenet_data):
                     proj.reconstructions[ci, j], canvas, rtol=1e-6, atol=1e-12
                 )
                 torch.testing.assert_close(proj.patches[ci, j], patch)
+
+
+def test_receptive_field_is_given_up_where_positions_are_rearranged():
+    """Indexing that touches the spatial dimensions (a flip here) is not local: no crops."""
+
+    class Flipping(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(1, 2, 3, padding=1)
+            self.conv2 = torch.nn.Conv2d(2, 2, 3, padding=1)
+
+        def forward(self, x):
+            h = self.conv1(x)[:, :, :, torch.arange(x.shape[-1] - 1, -1, -1)]  # mirrored columns
+            return self.conv2(torch.relu(h[:, 0:2]))  # a channel slice is fine
+
+    torch.manual_seed(0)
+    model = Flipping().double()
+    assert deconvviz.receptive_field(model, "conv1", (1, 16, 16)).size == (3, 3)
+    assert deconvviz.receptive_field(model, "conv2", (1, 16, 16)) is None
+    x = torch.rand(2, 1, 16, 16, dtype=torch.float64)
+    with deconvviz.attach(model) as fast, deconvviz.attach(model, crop=False) as dense:
+        torch.testing.assert_close(
+            fast.project(x, "conv2", [0, 1], position=(3, 2)),
+            dense.project(x, "conv2", [0, 1], position=(3, 2)),
+        )

@@ -252,6 +252,8 @@ class RFTracker:
             )
         if name not in _LOCAL:
             return UNKNOWN
+        if name == "__getitem__" and not _keeps_positions(args[1] if len(args) > 1 else None):
+            return UNKNOWN
         hw = tuple(out0.shape[-2:])
         spatial = [m for t, m in derived if t.dim() == 4 and tuple(t.shape[-2:]) == hw]
         if len(spatial) != len(derived) or not spatial:
@@ -278,6 +280,13 @@ class RFTracker:
             max(m[4] for m in spatial),
             max(m[5] for m in spatial),
         )
+
+
+def _keeps_positions(index: Any) -> bool:
+    """Whether ``x[index]`` on an ``[N, C, H, W]`` tensor leaves the spatial dimensions alone
+    (it selects along the batch or channel dimension only, with ints or slices)."""
+    items = index if isinstance(index, tuple) else (index,)
+    return len(items) <= 2 and all(isinstance(i, (int, slice)) for i in items)
 
 
 def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any) -> Any:
