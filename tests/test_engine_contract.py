@@ -227,10 +227,34 @@ def test_model_and_rule_errors():
         deconvviz.attach(seq_net(), rule="deconv")
 
 
-def test_shared_module_called_twice_is_refused():
-    model, x = build(CASES[5])  # resnet18: one nn.ReLU per block, called twice
-    with deconvviz.attach(model) as dn, pytest.raises(LayerError, match="called 2 times"):
-        dn.project(x, "layer1.0.relu", 0)
+def test_shared_module_is_projected_per_call():
+    """ResNet calls one nn.ReLU module twice per block: each call is a layer of its own."""
+    case = CASES[5]
+    model, x = build(case)
+    with deconvviz.attach(model) as dn:
+        with pytest.raises(
+            LayerError, match=r"called 2 times.*'layer1.0.relu:0' ... 'layer1.0.relu:1'"
+        ):
+            dn.project(x, "layer1.0.relu", 0)
+        assert {"layer1.0.relu:0", "layer1.0.relu:1"} <= set(dn.layers)
+        assert "layer1.0.relu" not in dn.layers
+        with pytest.raises(LayerError, match="its calls are 'layer1.0.relu:0'"):
+            dn.project(x, "layer1.0.relu:2", 0)
+        first = dn.project(x, "layer1.0.relu:0", [3, 9])
+        second = dn.project(x, "layer1.0.relu:1", [3, 9])
+        block = dn.project(x, "layer1.0", [3, 9])
+        acts = dn.layer_output(x, "layer1.0.relu:0")
+    torch.testing.assert_close(second, block)  # the block's output is its ReLU's second call
+    assert acts.shape == (2, 64, 10, 10) and (acts >= 0).all()
+    out = acts[:, [3, 9]].flatten(2)
+    best = out.argmax(2)
+    seeds = [
+        (n, c, int(best[n, i]) // 10, int(best[n, i]) % 10)
+        for n in range(2)
+        for i, c in enumerate([3, 9])
+    ]
+    ref = oracle(case, model, x, "layer1.0.relu:0", seeds).view_as(first)
+    torch.testing.assert_close(first, ref, rtol=1e-6, atol=1e-12)
 
 
 def test_layers_are_listed_in_forward_order():

@@ -287,11 +287,11 @@ def _resnet_forward(model: torchvision.models.ResNet, x: Tensor, layer: str, rul
             p = f"{lname}.{bi}"
             identity = h
             out = mark(f"{p}.bn1", block.bn1(mark(f"{p}.conv1", block.conv1(h))))
-            out = relu(out)
+            out = mark(f"{p}.relu:0", relu(out))
             out = mark(f"{p}.bn2", block.bn2(mark(f"{p}.conv2", block.conv2(out))))
             if block.downsample is not None:
                 identity = mark(f"{p}.downsample", block.downsample(h))
-            h = mark(p, relu(out + identity))
+            h = mark(f"{p}.relu:1", mark(p, relu(out + identity)))
             if layer in caught:
                 return caught[layer]
         mark(lname, h)

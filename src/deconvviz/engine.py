@@ -319,7 +319,8 @@ class Deconvnet:
         model: the model (never modified).
         rule: ``"deconvnet"``, ``"gradient"`` or ``"guided"``.
         layers: projectable layer names, as ``named_modules()`` spells them, in forward order once a
-            projection has run (definition order before).
+            projection has run (definition order before); a module called several times per
+            forward pass is listed once per call, as ``"name:0"``, ``"name:1"``...
 
     Example:
         >>> with deconvviz.attach(model) as dn:                       # doctest: +SKIP
@@ -359,6 +360,7 @@ class Deconvnet:
         self.layers: list[str] = [
             n for n, m in self._modules.items() if not isinstance(m, (nn.ModuleList, nn.ModuleDict))
         ]
+        self._layer_names = list(self.layers)
         if not self.layers:
             raise InputError(
                 f"the model ({type(model).__name__}) has no submodules, so there is no layer to "
@@ -452,6 +454,8 @@ class Deconvnet:
         mode = _Mode(self._rule_fn if grad else None, stack, tracker)
         names = self._names
         size = tuple(x.shape[-2:])
+        tname, tcall = _split_layer(target) if target is not None else (None, None)
+        want = tcall or 0
 
         def pre(module: nn.Module, args: Any) -> None:
             name = names[module]
@@ -459,7 +463,7 @@ class Deconvnet:
             res.counts[name] += 1
             if res.counts[name] == 1:
                 res.order.append(name)
-            if target_input and name == target:
+            if target_input and name == tname and res.counts[name] - 1 == want:
                 res.target = args[0]  # the target's input; the target itself never runs
                 raise _StopForward
 
@@ -467,15 +471,18 @@ class Deconvnet:
             name = names[module]
             if stack and stack[-1] == name:
                 stack.pop()
-            if track and res.counts[name] == 1:
+            call = res.counts[name] - 1
+            if track:
                 info = _LayerInfo(events_before=len(mode.events))
                 if isinstance(out, Tensor):
                     info.out_shape = tuple(out.shape[1:])
                     assert tracker is not None
                     info.rf = tracker.field(out, size)  # type: ignore[arg-type]
                     info.bytes_per_sample = tracker.bytes_per_sample
-                res.infos[name] = info
-            if name == target and res.target is None:
+                res.infos[f"{name}:{call}"] = info
+                if call == 0:
+                    res.infos[name] = info
+            if name == tname and call == want and res.target is None:
                 if not isinstance(out, Tensor):
                     raise LayerError(
                         f"layer {name!r} returns {type(out).__name__}, not a tensor; project at "
@@ -500,8 +507,9 @@ class Deconvnet:
             for h in handles:
                 h.remove()
         for name, n in res.counts.items():
-            if name in res.infos:
-                res.infos[name].calls = n
+            for key in (name, *(f"{name}:{k}" for k in range(n))):
+                if key in res.infos:
+                    res.infos[key].calls = n
         res.events = mode.events
         return res
 
@@ -519,8 +527,13 @@ class Deconvnet:
             raise InputError(self._forward_failed(x, exc)) from exc
         probe = _Probe(res.infos, res.order, res.events, tuple(x.shape[1:]))
         self._probes[key] = probe
-        called = [n for n in res.order if n in set(self.layers)]
-        self.layers = called + [n for n in self.layers if n not in res.infos]
+        known = set(self._layer_names)
+        called: list[str] = []
+        for n in res.order:
+            if n in known:
+                calls = res.counts[n]
+                called += [n] if calls == 1 else [f"{n}:{k}" for k in range(calls)]
+        self.layers = called + [n for n in self._layer_names if n not in res.infos]
         return probe
 
     def _forward_failed(self, x: Tensor, exc: Exception) -> str:
@@ -564,20 +577,28 @@ class Deconvnet:
     def _layer(self, probe: _Probe, layer: str) -> _LayerInfo:
         if not isinstance(layer, str):
             raise LayerError(f"layer must be a name as named_modules() spells it, got {layer!r}")
-        if layer not in self._modules:
+        name, call = _split_layer(layer)
+        if name not in self._modules:
             raise LayerError(unknown_name("layer", layer, self.layers))
-        info = probe.layers.get(layer)
+        info = probe.layers.get(name)
         if info is None:
             raise LayerError(
-                f"layer {layer!r} is not called by the model's forward pass, so it has no "
+                f"layer {name!r} is not called by the model's forward pass, so it has no "
                 "activations; pick one of the layers that run: " + ", ".join(probe.order[:12])
             )
-        if info.calls > 1:
+        if call is None and info.calls > 1:
             raise LayerError(
                 f"layer {layer!r} is called {info.calls} times per forward pass (a shared module), "
-                "so its activations are ambiguous; project at the enclosing block or at the layer "
-                "before one of its calls"
+                f"so its activations are ambiguous; name one call: '{name}:0' ... "
+                f"'{name}:{info.calls - 1}', in the order they run"
             )
+        if call is not None:
+            if call >= info.calls:
+                raise LayerError(
+                    f"layer {name!r} is called {info.calls} time(s) per forward pass; its calls "
+                    f"are '{name}:0' ... '{name}:{info.calls - 1}'"
+                )
+            info = probe.layers[f"{name}:{call}"]
         if info.out_shape is None:
             raise LayerError(
                 f"layer {layer!r} does not return a tensor; pick one of its submodules"
@@ -668,7 +689,9 @@ class Deconvnet:
 
         Args:
             x: input images ``[N, C, H, W]`` on the model's device and dtype.
-            layer: layer name as ``named_modules()`` spells it (see :attr:`layers`).
+            layer: layer name as ``named_modules()`` spells it (see :attr:`layers`); a module
+                the forward pass calls several times (ResNet's ``layer1.0.relu``) is named per
+                call: ``"layer1.0.relu:0"``, ``"layer1.0.relu:1"``.
             channel: a channel (feature map) index, or a list of them.
             position: ``(row, col)`` of the activation in the feature map; by default the
                 strongest activation of each channel in each image. Not used for ``[N, C]``
@@ -844,7 +867,7 @@ class Deconvnet:
         (the transposed filters applied to a one-hot), so the convolution itself need not run.
         """
         xin = inp.detach().clone().requires_grad_(True)
-        module = self._modules[layer]
+        module = self._modules[_split_layer(layer)[0]]
         if values is not None and _plain_conv(module):
             res = self._run(xin, layer, grad=True, stop=True, target_input=True)
             tin = res.target
@@ -874,6 +897,14 @@ class Deconvnet:
         with torch.enable_grad(), exact_cuda(xin, self._names):
             (g,) = torch.autograd.grad(out, xin, seed, allow_unused=True)
         return (torch.zeros_like(inp) if g is None else g.detach()), values
+
+
+def _split_layer(layer: str) -> tuple[str, int | None]:
+    """``"layer1.0.relu:1"`` -> ``("layer1.0.relu", 1)``; a plain name -> ``(name, None)``."""
+    name, sep, call = layer.rpartition(":")
+    if sep and call.isdigit():
+        return name, int(call)
+    return layer, None
 
 
 def _plain_conv(module: nn.Module) -> bool:
