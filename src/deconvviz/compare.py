@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.engine import attach, eval_mode, exact_cuda
+from deconvviz.engine import attach, eval_mode, exact_cuda, model_device_dtype
 from deconvviz.errors import InputError, unknown_name
 
 __all__ = ["METHODS", "Comparison", "compare_methods", "project_class"]
@@ -84,13 +84,6 @@ class Comparison:
         return self.attributions[self.methods.index(method)]
 
 
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters(), None)
-    if p is None:
-        return torch.device("cpu"), torch.float32
-    return p.device, p.dtype
-
-
 class _UnitSeed(nn.Module):
     """Identity in gradient, 1 in value: seeds a projection of the class scores with 1."""
 
@@ -133,7 +126,7 @@ def project_class(
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    device, dtype = _device_dtype(model)
+    device, dtype = model_device_dtype(model)
     x = _check_images(images).to(device=device, dtype=dtype)
     logits = _logits(model, x)
     tgt = _targets(target, logits).to(device)
@@ -219,7 +212,7 @@ def compare_methods(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{label} must be a positive integer, got {value!r}")
-    device, dtype = _device_dtype(model)
+    device, dtype = model_device_dtype(model)
     x = _check_images(images).to(device=device, dtype=dtype)
     n, c, h, w = x.shape
     if occlusion_size > min(h, w) and "occlusion" in methods:

@@ -664,9 +664,7 @@ class Deconvnet:
         """Receptive field of ``layer`` for inputs of shape ``input_shape`` (``None`` when the
         layer's output is not a spatial map that can be followed back, e.g. after flatten)."""
         self._check_attached()
-        param = next(self.model.parameters(), None)
-        dtype = param.dtype if param is not None else torch.float32
-        device = param.device if param is not None else torch.device("cpu")
+        device, dtype = model_device_dtype(self.model)
         shape = tuple(int(s) for s in input_shape)
         if len(shape) == 3:
             shape = (1, *shape)
@@ -897,6 +895,31 @@ class Deconvnet:
         with torch.enable_grad(), exact_cuda(xin, self._names):
             (g,) = torch.autograd.grad(out, xin, seed, allow_unused=True)
         return (torch.zeros_like(inp) if g is None else g.detach()), values
+
+
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of the model's first floating parameter (CPU, float32 without any)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def batch_images(batch: Any) -> Tensor:
+    """The image tensor of a loader batch or dataset item: a tensor, an ``(images, labels, ...)``
+    sequence, or a dict with key ``image``, ``images``, ``x`` or ``input``."""
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    if isinstance(batch, dict):
+        for key in ("image", "images", "x", "input"):
+            if isinstance(batch.get(key), Tensor):
+                return batch[key]
+    raise InputError(
+        f"got a {type(batch).__name__} where images were expected: batches and dataset items "
+        "must be image tensors or (images, labels) pairs"
+    )
 
 
 def _split_layer(layer: str) -> tuple[str, int | None]:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from deconvviz._io import save_figure, save_torch, write_json
-from deconvviz.engine import attach
+from deconvviz.engine import attach, model_device_dtype
 from deconvviz.errors import DataError, InputError, LayerError, unknown_name
 from deconvviz.receptive import ReceptiveField
 from deconvviz.rules import RULES
@@ -192,13 +192,6 @@ def _check_rule(rule: str) -> None:
         raise InputError(unknown_name("rule", str(rule), sorted(RULES)))
 
 
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters(), None)
-    if p is None:
-        return torch.device("cpu"), torch.float32
-    return p.device, p.dtype
-
-
 def _first_image(dataset: Sequence[Any]) -> Tensor:
     if len(dataset) == 0:
         raise DataError("the dataset is empty; give one with at least one image")
@@ -333,7 +326,7 @@ def reconstruct_images(
         images = images.unsqueeze(0)
     _check_rule(rule)
     names = _check_layers(model, layers)
-    device, dtype = _device_dtype(model)
+    device, dtype = model_device_dtype(model)
     if not images.is_floating_point():
         raise InputError(
             f"images must be floating point in the model's input space, got {images.dtype}; "

@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Subset
 
 from deconvviz._io import save_figure, save_image, write_json, write_text
 from deconvviz._version import __version__
+from deconvviz.engine import model_device_dtype
 from deconvviz.errors import DeconvvizError, InputError, LayerError, unknown_name
 from deconvviz.rules import RULES
 
@@ -153,11 +154,6 @@ def _batch(dataset: Sequence[Any], n: int) -> tuple[Tensor, Tensor | None]:
         y = torch.tensor([int(it[1]) for it in items])
         return x, y
     return torch.stack(items), None
-
-
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters(), None)
-    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
 
 
 def write_report(
@@ -530,7 +526,7 @@ def _occlusion(ctx: _Context, section: _Section) -> None:
     from deconvviz.render.occlusion import occlusion_figure
 
     x, y = _batch(ctx.dataset, ctx.images)
-    device, dtype = _device_dtype(ctx.model)
+    device, dtype = model_device_dtype(ctx.model)
     x = x.to(device, dtype)
     h, w = x.shape[-2:]
     size = ctx.occlusion_size or max(1, min(h, w) // 4)

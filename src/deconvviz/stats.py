@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakTensorKeyDictionary
 from tqdm.auto import tqdm
 
-from deconvviz.engine import eval_mode
+from deconvviz.engine import batch_images, eval_mode
 from deconvviz.errors import InputError, LayerError, unknown_name
 
 __all__ = [
@@ -403,21 +403,6 @@ def _first_tensor(name: str, out: Any) -> Tensor:
     raise LayerError(f"layer {name!r} outputs a {type(out).__name__}, not a tensor")
 
 
-def _batch_images(batch: Any) -> Tensor:
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, tuple | list) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    if isinstance(batch, dict):
-        for key in ("image", "images", "x", "input"):
-            if isinstance(batch.get(key), Tensor):
-                return batch[key]
-    raise InputError(
-        f"the loader yielded a {type(batch).__name__}; it must yield image tensors or "
-        "(images, labels) pairs"
-    )
-
-
 def _to_model(x: Tensor, model: nn.Module) -> Tensor:
     """Move a batch to the model's device and floating dtype (the dtype of its parameters)."""
     for p in model.parameters():
@@ -507,7 +492,7 @@ def activation_stats(
             unit="batch",
             disable=not progress,
         ):
-            x = _to_model(_batch_images(batch), model)
+            x = _to_model(batch_images(batch), model)
             watcher.events = 0
             try:
                 with watcher.watching():
@@ -600,7 +585,7 @@ def hidden_state_stats(
             unit="batch",
             disable=not progress,
         ):
-            x = _to_model(_batch_images(batch), model)
+            x = _to_model(batch_images(batch), model)
             h = _first_tensor("hidden_states", model.hidden_states(x))  # type: ignore[operator]
             if h.dim() != 3:
                 raise InputError(

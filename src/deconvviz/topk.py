@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler
 
-from deconvviz.engine import Deconvnet
+from deconvviz.engine import Deconvnet, batch_images, model_device_dtype
 from deconvviz.errors import InputError
 from deconvviz.receptive import ReceptiveField
 
@@ -77,26 +77,6 @@ class TopProjections:
     rule: str
 
 
-def _images(batch: Any) -> Tensor:
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    if isinstance(batch, dict) and isinstance(batch.get("image"), Tensor):
-        return batch["image"]
-    raise InputError(
-        "each batch must be an image tensor [N, C, H, W] or an (images, labels) pair, got "
-        f"{type(batch).__name__}"
-    )
-
-
-def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters(), None)
-    if p is None:
-        return torch.device("cpu"), torch.float32
-    return p.device, p.dtype
-
-
 def top_activations(
     model: nn.Module,
     loader: Iterable[Any],
@@ -133,7 +113,7 @@ def top_activations(
         )
     from tqdm.auto import tqdm
 
-    device, dtype = _model_device_dtype(model)
+    device, dtype = model_device_dtype(model)
     best_v: Tensor | None = None
     best_i: Tensor | None = None
     best_p: Tensor | None = None
@@ -151,7 +131,7 @@ def top_activations(
             leave=False,
         )
         for batch in bar:
-            xb = _images(batch)
+            xb = batch_images(batch)
             xb = dn._check_input(xb.to(device=device, dtype=dtype))
             probe = dn._probe(xb)
             info = dn._layer(probe, layer)
@@ -240,7 +220,7 @@ def project_top(
     """
     from tqdm.auto import tqdm
 
-    device, dtype = _model_device_dtype(model)
+    device, dtype = model_device_dtype(model)
     chans = list(range(top.channels)) if channels is None else [int(c) for c in channels]
     bad = [c for c in chans if not 0 <= c < top.channels]
     if bad:
@@ -266,7 +246,7 @@ def project_top(
             for start in range(0, len(seeds), batch_size):
                 block = seeds[start : start + batch_size]
                 wanted = sorted({int(top.indices[chans[ci], j]) for ci, j in block})
-                images = torch.stack([_images_item(dataset[i]) for i in wanted]).to(device, dtype)
+                images = torch.stack([batch_images(dataset[i]) for i in wanted]).to(device, dtype)
                 images = dn._check_input(images)
                 if recs is None:
                     cin = images.shape[1]
@@ -304,13 +284,3 @@ def project_top(
     if recs is None or patches is None:
         raise InputError("top has no activations to project (the dataset was empty)")
     return TopProjections(top, recs.cpu(), patches.cpu(), rule)
-
-
-def _images_item(item: Any) -> Tensor:
-    if isinstance(item, Tensor):
-        return item
-    if isinstance(item, (list, tuple)) and item and isinstance(item[0], Tensor):
-        return item[0]
-    raise InputError(
-        f"dataset items must be image tensors or (image, label) pairs, got {type(item).__name__}"
-    )

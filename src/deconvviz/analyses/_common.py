@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from deconvviz.engine import eval_mode
+from deconvviz.engine import model_device_dtype as _model_device_dtype
 from deconvviz.errors import InputError, LayerError, unknown_name
 
 
@@ -17,10 +18,7 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Device and floating dtype of the model's first parameter (CPU/float32 without any)."""
     if not isinstance(model, nn.Module):
         raise InputError(f"expected a torch.nn.Module, got {type(model).__name__}; pass the model")
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.device, p.dtype
-    return torch.device("cpu"), torch.float32
+    return _model_device_dtype(model)
 
 
 def check_images(model: nn.Module, images: Any, what: str = "images") -> Tensor:
