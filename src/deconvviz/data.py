@@ -621,7 +621,7 @@ def dataset_for_config(
         return load_dataset(
             data_dir, dataset or "mnist", split, per_class=per_class, progress=progress
         )
-    if kind != "lenet5":
+    if kind not in ("lenet5", "zfnet-cifar"):
         raise InputError(
             f"no default dataset for model {kind!r}; load one with deconvviz.data.load_dataset"
         )

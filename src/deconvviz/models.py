@@ -25,6 +25,7 @@ from deconvviz.errors import DeconvvizError, InputError, unknown_name
 
 __all__ = [
     "LeNet5",
+    "ZFNetCifar",
     "RNNClassifier",
     "MODELS",
     "build_model",
@@ -244,6 +245,114 @@ class RNNClassifier(nn.Module):
         return self.fc(self.hidden_states(x)[:, -1])
 
 
+class ZFNetCifar(nn.Module):
+    """A Zeiler & Fergus-style network for 32x32 colour images (the shipped demo model).
+
+    Five convolution layers with ReLU and *overlapping* 3x3/2 max pooling (as in the paper),
+    BatchNorm after every convolution (an affine map in eval mode, which the deconvnet walks back
+    exactly), and a small fully connected head. No residual connections. Submodules, called in
+    this order::
+
+        conv1 (5x5, w)   bn1 relu1 pool1 (3x3/2)     32 -> 16
+        conv2 (3x3, 2w)  bn2 relu2 pool2 (3x3/2)     16 -> 8
+        conv3 (3x3, 4w)  bn3 relu3
+        conv4 (3x3, 4w)  bn4 relu4
+        conv5 (3x3, 4w)  bn5 relu5 pool5 (3x3/2)      8 -> 4
+        flatten fc6 (hidden) relu6 dropout fc7 (num_classes)
+
+    Args:
+        width: channels of conv1 (``w`` above; later layers have 2w and 4w).
+        hidden: units of the fully connected layer ``fc6``.
+        in_channels: input channels (3 for CIFAR-10).
+        image_size: input height and width (a multiple of 8).
+        num_classes: output classes.
+        dropout: dropout probability before ``fc7``.
+
+    Inputs are pixels in ``[0, 1]`` (no mean/std normalisation: ``bn1`` takes care of scale).
+
+    Example::
+
+        net = ZFNetCifar()
+        logits = net(torch.rand(8, 3, 32, 32))   # [8, 10]
+    """
+
+    def __init__(
+        self,
+        width: int = 64,
+        hidden: int = 256,
+        in_channels: int = 3,
+        image_size: int = 32,
+        num_classes: int = 10,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        for kind, value in (
+            ("width", width),
+            ("hidden", hidden),
+            ("in_channels", in_channels),
+            ("image_size", image_size),
+            ("num_classes", num_classes),
+        ):
+            _check_positive_int(kind, value)
+        if image_size % 8:
+            raise InputError(
+                f"image_size must be a multiple of 8 (three 3x3/2 poolings), got {image_size}"
+            )
+        if not (isinstance(dropout, int | float) and 0 <= dropout < 1):
+            raise InputError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.in_channels, self.image_size = in_channels, image_size
+        self.config: dict[str, Any] = {
+            "model": "zfnet-cifar",
+            "width": width,
+            "hidden": hidden,
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "num_classes": num_classes,
+            "dropout": dropout,
+        }
+        chans = (in_channels, width, 2 * width, 4 * width, 4 * width, 4 * width)
+        for i in range(1, 6):
+            k = 5 if i == 1 else 3
+            self.add_module(f"conv{i}", nn.Conv2d(chans[i - 1], chans[i], k, padding=k // 2))
+            self.add_module(f"bn{i}", nn.BatchNorm2d(chans[i]))
+            self.add_module(f"relu{i}", nn.ReLU(inplace=True))
+            if i in (1, 2, 5):
+                self.add_module(f"pool{i}", nn.MaxPool2d(3, stride=2, padding=1))
+        side = image_size // 8
+        self.flatten = nn.Flatten()
+        self.fc6 = nn.Linear(chans[5] * side * side, hidden)
+        self.relu6 = nn.ReLU(inplace=True)
+        self.dropout = nn.Dropout(dropout)
+        self.fc7 = nn.Linear(hidden, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv stack's output ``[N, 4w, S/8, S/8]`` (runs on crops of any size)."""
+        for i in range(1, 6):
+            x = getattr(self, f"relu{i}")(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
+            if i in (1, 2, 5):
+                x = getattr(self, f"pool{i}")(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``[N, num_classes]`` for images ``[N, in_channels, S, S]``."""
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else None
+        if shape is None or len(shape) != 4 or shape[1] != self.in_channels:
+            self._bad_input(shape if shape is not None else type(x).__name__)
+        x = self.features(x)
+        # The size is checked where it matters (fc6), so the conv layers also run on crops.
+        side = self.image_size // 8
+        if tuple(x.shape[-2:]) != (side, side):
+            self._bad_input(shape)
+        return self.fc7(self.dropout(self.relu6(self.fc6(self.flatten(x)))))
+
+    def _bad_input(self, got: object) -> None:
+        s, c = self.image_size, self.in_channels
+        raise InputError(
+            f"ZFNetCifar expects images [N, {c}, {s}, {s}], got {got}; batch single images "
+            "with x.unsqueeze(0), or resize them to the model's image_size"
+        )
+
+
 ModelFactory = Callable[..., nn.Module]
 
 MODELS: dict[str, ModelFactory] = {}
@@ -269,6 +378,7 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
 register_model("lenet5")(LeNet5)
 register_model("rnn")(RNNClassifier)
+register_model("zfnet-cifar")(ZFNetCifar)
 
 
 def _split_config(config: Any) -> tuple[str, dict[str, Any]]:

@@ -44,6 +44,7 @@ from torch import nn
 
 from deconvviz.checkpoint import CHECKPOINT_NAME, FORMAT, read_checkpoint, save_run
 from deconvviz.errors import CheckpointError, InputError, unknown_name
+from deconvviz.filters import renormalise_
 from deconvviz.models import build_model, full_config
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "course_loss",
+    "crop_flip",
     "evaluate",
     "train",
     "train_from_data",
@@ -59,12 +61,30 @@ __all__ = [
 
 OPTIMIZERS = ("adam", "sgd")
 LOSSES = ("stable", "course")
+SCHEDULES = ("constant", "onecycle")
+AUGMENTS = ("none", "crop-flip")
+PRECISIONS = ("fp32", "bf16")
 DEFAULT_ITERATIONS = 2000
 
 Callback = Callable[[int, nn.Module], Any]
 
 # Options that must match when resuming (anything else may change, e.g. more iterations).
-_RESUME_FIXED = ("model", "optimizer", "lr", "momentum", "batch_size", "seed", "loss")
+_RESUME_FIXED = (
+    "model",
+    "optimizer",
+    "lr",
+    "momentum",
+    "batch_size",
+    "seed",
+    "loss",
+    "weight_decay",
+    "nesterov",
+    "schedule",
+    "label_smoothing",
+    "augment",
+    "precision",
+    "renormalise",
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +110,18 @@ class TrainConfig:
             ``-sum(y * log(softmax))``, which turns NaN when a probability underflows to 0).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... or ``"auto"`` (CUDA when available).
         eval_batch_size: batch size for evaluation.
+        weight_decay: L2 weight decay (coupled, as in ``torch.optim.SGD``/``Adam``).
+        nesterov: Nesterov momentum (SGD with ``momentum > 0`` only).
+        schedule: ``"constant"`` learning rate, or ``"onecycle"``: linear warm-up from
+            ``lr/10`` to ``lr`` over the first 15% of the steps, then linear decay to 0.
+        label_smoothing: label smoothing of the ``"stable"`` cross-entropy loss.
+        augment: ``"none"`` or ``"crop-flip"``: random 32-of-40 crops of reflect-padded images
+            (4 pixels each side) and random horizontal flips, drawn per image and per step.
+        precision: ``"fp32"``, or ``"bf16"``: forward and backward under bfloat16 autocast
+            (uses the CPU's AMX/AVX-512 bf16 units or the GPU's tensor cores); weights and
+            optimizer state stay float32.
+        renormalise: the paper's filter renormalisation: after every step, conv filters whose
+            RMS exceeds this radius are scaled back to it (``None``: off; the paper used 0.1).
     """
 
     model: dict[str, Any] = field(default_factory=lambda: {"model": "lenet5"})
@@ -106,6 +138,13 @@ class TrainConfig:
     loss: str = "stable"
     device: str = "cpu"
     eval_batch_size: int = 1000
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    schedule: str = "constant"
+    label_smoothing: float = 0.0
+    augment: str = "none"
+    precision: str = "fp32"
+    renormalise: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, dict) or "model" not in self.model:
@@ -136,6 +175,37 @@ class TrainConfig:
             _positive_int("iterations", self.iterations)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
+        self._check_recipe()
+
+    def _check_recipe(self) -> None:
+        for name, value, choices in (
+            ("schedule", self.schedule, SCHEDULES),
+            ("augment", self.augment, AUGMENTS),
+            ("precision", self.precision, PRECISIONS),
+        ):
+            if value not in choices:
+                raise InputError(unknown_name(name, str(value), choices))
+        if not (isinstance(self.weight_decay, int | float) and self.weight_decay >= 0):
+            raise InputError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.label_smoothing, int | float) and 0 <= self.label_smoothing < 1):
+            raise InputError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.label_smoothing and self.loss != "stable":
+            raise InputError("label smoothing needs the stable loss; drop --loss course")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise InputError("nesterov needs --optimizer sgd with --momentum > 0")
+        if self.renormalise is not None and not (
+            isinstance(self.renormalise, int | float) and self.renormalise > 0
+        ):
+            raise InputError(f"renormalise must be a positive radius, got {self.renormalise!r}")
+
+    def lr_at(self, iteration: int, total: int) -> float:
+        """The learning rate of step ``iteration`` (1-based) of ``total`` under the schedule."""
+        if self.schedule == "constant":
+            return self.lr
+        warm = max(1, round(0.15 * total))
+        if iteration <= warm:
+            return self.lr * (0.1 + 0.9 * iteration / warm)
+        return self.lr * max(0.0, (total - iteration) / max(1, total - warm))
 
     def total_iterations(self, train_size: int) -> int:
         """Optimizer steps for a training set of ``train_size`` images."""
@@ -168,6 +238,14 @@ class TrainConfig:
         if "iterations" in changes and changes["iterations"] is not None:
             changes.setdefault("epochs", None)
         return dataclasses.replace(self, **changes)
+
+
+# Runs written before an option existed trained with its default.
+_FIELD_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(TrainConfig)
+    if f.default is not dataclasses.MISSING
+}
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -317,8 +395,37 @@ def _resolve_device(name: str) -> torch.device:
 
 def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr)
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+
+
+def crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Random ``H x W`` crops of ``x`` reflect-padded by ``pad``, each flipped with p=0.5.
+
+    One crop offset and one coin per image, drawn from torch's global generator (so a seeded
+    run is reproducible and resumes exactly).
+    """
+    n, _, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    oy = torch.randint(0, 2 * pad + 1, (n,))
+    ox = torch.randint(0, 2 * pad + 1, (n,))
+    flip = torch.rand(n) < 0.5
+    rows = oy[:, None] + torch.arange(h)
+    cols = ox[:, None] + torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    b = torch.arange(n)[:, None, None]
+    idx = (b, rows[:, :, None].to(x.device), cols[:, None, :].to(x.device))
+    return xp.permute(0, 2, 3, 1)[idx].permute(0, 3, 1, 2).contiguous()
+
+
+def _autocast(precision: str, device: torch.device) -> Any:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _check_labels(dataset: Any, num_classes: int, which: str) -> None:
@@ -437,7 +544,11 @@ def train(
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     total = config.total_iterations(n_train)
     callbacks = list(callbacks)
-    loss_fn = F.cross_entropy if config.loss == "stable" else course_loss
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = course_loss
+    if config.loss == "stable":
+
+        def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
 
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(config.seed)
@@ -492,7 +603,8 @@ def train(
             )
 
         def eval_point(iteration: int) -> None:
-            acc = evaluate(model, test_set, config.eval_batch_size, device)
+            with _autocast(config.precision, device):
+                acc = evaluate(model, test_set, config.eval_batch_size, device)
             test_acc.append((iteration, acc))
             model.train()
             snapshot(iteration, finished=False, last_test_acc=acc)
@@ -514,7 +626,12 @@ def train(
             for it in range(start + 1, total + 1):
                 x, y = _batch(train_set, sampler.next())
                 x, y = x.to(device), y.to(device)
-                loss = loss_fn(model(x), y)
+                if config.augment == "crop-flip":
+                    x = crop_flip(x)
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr_at(it, total)
+                with _autocast(config.precision, device):
+                    loss = loss_fn(model(x), y)
                 value = float(loss.item())
                 if not math.isfinite(value):
                     status, diverged_at = "diverged", it
@@ -523,6 +640,8 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if config.renormalise is not None:
+                    renormalise_(model, radius=config.renormalise)
                 train_loss.append((it, value))
                 bar.update(1)
                 if it % config.eval_every == 0 or it == total:
@@ -589,7 +708,8 @@ def _restore(
     diffs = [
         f"{k}: checkpoint {saved.get(k)!r}, now {getattr(config, k)!r}"
         for k in _RESUME_FIXED
-        if saved.get(k) != (config.model if k == "model" else getattr(config, k))
+        if saved.get(k, _FIELD_DEFAULTS.get(k))
+        != (config.model if k == "model" else getattr(config, k))
     ]
     if diffs:
         raise CheckpointError(
