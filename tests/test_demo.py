@@ -49,12 +49,13 @@ def test_sample_matches_the_exact_part_of_the_shared_cifar10():
     np.testing.assert_array_equal(ds.targets.numpy(), y)
 
 
-def test_demo_end_to_end(tmp_path):
+def test_demo_train_end_to_end(tmp_path):
     out = tmp_path / "demo"
     res = CliRunner().invoke(
         cli,
         [
             "demo",
+            "--train",
             "--out",
             str(out),
             "--iterations",
@@ -95,10 +96,30 @@ def test_demo_end_to_end(tmp_path):
     assert rec["k"] == 2 and len(rec["indices"]) == 64 and max(map(max, rec["indices"])) < 40
 
 
+def test_demo_shows_the_shipped_model_without_training(tmp_path):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--images", "1", "--top", "3", "--max-images", "60"]
+    res = CliRunner().invoke(cli, [*args, "--no-progress"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "the shipped ZF-style network on the shipped CIFAR-10 sample" in res.stdout
+    assert not (out / "run").exists()  # nothing was trained
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["config"]["model"] == "zfnet-cifar"
+    assert manifest["config"]["model"]["model"] == "zfnet-cifar"  # the shipped recipe
+    keys = {s["key"]: s for s in manifest["sections"]}
+    assert keys["reconstructions"]["layers"] == ["relu1", "relu2", "relu3", "relu4", "relu5"]
+    assert keys["training"]["skipped"] is None  # the shipped run's own curves
+    sel = keys["evidence"]["selectivity"]
+    assert sel["layers"] == keys["reconstructions"]["layers"] and sel["k"] == 3
+    assert keys["evidence"]["filter_structure"]["layer"] == "conv1"
+    for fig in manifest["figures"]:
+        assert (out / fig["path"]).is_file()
+
+
 @pytest.mark.slow
-def test_demo_with_defaults(tmp_path):
+def test_demo_train_with_defaults(tmp_path):
     res = CliRunner().invoke(
-        cli, ["demo", "--out", str(tmp_path), "--no-progress"], catch_exceptions=False
+        cli, ["demo", "--train", "--out", str(tmp_path), "--no-progress"], catch_exceptions=False
     )
     assert res.exit_code == 0, res.output
     run = load_run(tmp_path / "run")
@@ -114,6 +135,7 @@ def test_demo_on_the_full_cifar10(tmp_path):
         cli,
         [
             "demo",
+            "--train",
             "--out",
             str(tmp_path),
             "--data-dir",

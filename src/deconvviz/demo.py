@@ -1,14 +1,20 @@
-"""The one-command demo: train LeNet5 briefly on CIFAR-10 and write the whole report.
+"""The one-command demo: the whole report of a network that has learned, in under a minute.
 
-Offline by default: it trains on a small **real** CIFAR-10 sample shipped inside the package
-(the first 500 official test images, exact pixels; :func:`load_sample`), 400 for training and
-100 for testing. With ``data_dir`` it uses the full CIFAR-10 found there instead.
+By default it needs no training and no data: it loads the Zeiler & Fergus-style network shipped
+with deconvviz (:func:`deconvviz.pretrained.load_pretrained`, trained on the full CIFAR-10 by
+``deconvviz train zfnet-cifar``) and analyses a small **real** CIFAR-10 sample shipped inside the
+package (the first 500 official test images, exact pixels; :func:`load_sample`). With
+``data_dir`` it analyses CIFAR-10's test split found there instead.
+
+``train=True`` keeps the origin report's setup: LeNet5 trained from scratch for a few hundred
+iterations (on 400 sample images, or the full CIFAR-10 with ``data_dir``) -- a model that has
+learned little, which is what its pictures show.
 
 Example::
 
     from deconvviz.demo import run_demo
 
-    result = run_demo("out/demo")          # about a minute or two on a laptop CPU
+    result = run_demo("out/demo")          # under a minute on a laptop CPU
     result.report.index                    # out/demo/index.html
 """
 
@@ -25,7 +31,7 @@ import torch
 
 from deconvviz.errors import DataError, InputError, unknown_name
 
-__all__ = ["SAMPLE_SPLIT", "DemoResult", "load_sample", "run_demo", "sample_path"]
+__all__ = ["SAMPLE_SPLIT", "ZF_LAYERS", "DemoResult", "load_sample", "run_demo", "sample_path"]
 
 SAMPLE_FILE = "cifar10_sample.npz"
 SAMPLE_SPLIT = 400
@@ -38,17 +44,21 @@ class DemoResult:
 
     Attributes:
         out_dir: the demo folder (``index.html``, ``manifest.json``, ``figures/``, ``run/``).
-        run_dir: the training run directory (``checkpoint.pt``, ``metrics.json``...).
+        run_dir: the training run directory (``checkpoint.pt``, ``metrics.json``...), or
+            ``None`` for the shipped model.
         report: the written :class:`deconvviz.report.Report`.
-        final_test_acc: test accuracy after training.
+        final_test_acc: the model's test accuracy (for the shipped model: on the full
+            CIFAR-10 test set, from its model card).
         data: ``"sample"`` (the shipped sample) or the data folder used.
+        model: ``"zfnet-cifar"`` (shipped) or ``"lenet5"`` (trained now).
     """
 
     out_dir: Path
-    run_dir: Path
+    run_dir: Path | None
     report: Any
     final_test_acc: float
     data: str
+    model: str = "zfnet-cifar"
 
 
 def sample_path() -> Path:
@@ -97,41 +107,111 @@ def load_sample(split: str | None = None) -> Any:
     )
 
 
+ZF_LAYERS = ("relu1", "relu2", "relu3", "relu4", "relu5")
+"""The shipped model's rectified feature maps, one per conv layer (what the paper projects)."""
+
+
 def run_demo(
     out_dir: str | os.PathLike[str],
     *,
     data_dir: str | os.PathLike[str] | None = None,
+    train: bool = False,
     iterations: int = 300,
     batch_size: int = 50,
     lr: float = 1e-3,
     seed: int = 0,
     images: int = 4,
     k: int = 9,
-    max_images: int = 1000,
+    max_images: int = 500,
     device: str = "cpu",
     progress: bool = True,
 ) -> DemoResult:
-    """Train LeNet5 (3x32x32 CIFAR-10 input) briefly and write the whole report.
+    """Write the whole report of the shipped network (or, with ``train``, of LeNet5 trained now).
 
     Args:
-        out_dir: where everything goes: ``run/`` (the trained model), ``index.html``,
-            ``manifest.json`` and ``figures/``.
-        data_dir: a folder holding CIFAR-10 (``cifar10.npz`` or ``cifar-10-batches-py``); train
-            on its full train split, test on the first 100 test images per class. Default:
-            the shipped sample (train on 400 images, test on 100).
-        iterations: training iterations (Adam).
-        batch_size: training batch size.
-        lr: Adam's learning rate.
-        seed: seeds the initialisation and the batch order.
+        out_dir: where everything goes: ``index.html``, ``manifest.json``, ``figures/`` (and
+            ``run/``, the trained model, with ``train``).
+        data_dir: a folder holding CIFAR-10 (``cifar10.npz`` or ``cifar-10-batches-py``):
+            analyse its test split (the first ``max_images``, 100 per class in stored order);
+            with ``train``, also train on its full train split. Default: the shipped sample.
+        train: train LeNet5 from scratch (the origin report's setup) instead of loading the
+            shipped network.
+        iterations: training iterations (Adam), with ``train``.
+        batch_size: training batch size, with ``train``.
+        lr: Adam's learning rate, with ``train``.
+        seed: seeds the initialisation and the batch order, with ``train``.
         images: images that get occlusion maps and the method comparison.
         k: top activations per feature map in the reconstructions.
-        max_images: images scanned for statistics and reconstructions.
+        max_images: images scanned for statistics, reconstructions and selectivity.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         progress: show progress bars.
 
     Returns:
         A :class:`DemoResult`.
     """
+    if train:
+        return _train_demo(
+            out_dir,
+            data_dir=data_dir,
+            iterations=iterations,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            images=images,
+            k=k,
+            max_images=max_images,
+            device=device,
+            progress=progress,
+        )
+    from deconvviz.pretrained import load_pretrained, pretrained_path
+    from deconvviz.report import write_report
+    from deconvviz.train import _resolve_device
+
+    out = Path(out_dir)
+    model, info = load_pretrained("zfnet-cifar")
+    model = model.to(_resolve_device(device))
+    if data_dir is None:
+        report_set, data = load_sample(), "sample"
+    else:
+        from deconvviz.data import load_dataset
+
+        per_class = max(1, -(-max_images // 10))
+        report_set = load_dataset(data_dir, "cifar10", "test", per_class=per_class)
+        data = str(data_dir)
+    acc = float(info.get("test_accuracy", float("nan")))
+    metrics = dict(info.get("metrics") or {})
+    metrics["final_test_acc"] = acc
+    report = write_report(
+        out,
+        model,
+        report_set,
+        config=info.get("config"),
+        metrics=metrics,
+        run_path=pretrained_path("zfnet-cifar"),
+        layers=ZF_LAYERS,
+        images=images,
+        k=k,
+        max_images=max_images,
+        title=f"deconvviz demo: a Zeiler & Fergus-style network on CIFAR-10 ({data})",
+        progress=progress,
+    )
+    return DemoResult(out, None, report, acc, data, "zfnet-cifar")
+
+
+def _train_demo(
+    out_dir: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None,
+    iterations: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    images: int,
+    k: int,
+    max_images: int,
+    device: str,
+    progress: bool,
+) -> DemoResult:
     from deconvviz.report import write_report
     from deconvviz.train import TrainConfig, train
 
@@ -172,7 +252,7 @@ def run_demo(
         images=images,
         k=k,
         max_images=max_images,
-        title=f"deconvviz demo: LeNet5 on CIFAR-10 ({data})",
+        title=f"deconvviz demo: LeNet5 trained now on CIFAR-10 ({data})",
         progress=progress,
     )
-    return DemoResult(out, run_dir, report, float(result.final_test_acc), data)
+    return DemoResult(out, run_dir, report, float(result.final_test_acc), data, "lenet5")

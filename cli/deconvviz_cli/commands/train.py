@@ -19,7 +19,7 @@ __all__ = ["sweep", "train"]
 _DIR = click.Path(file_okay=True, dir_okay=True, path_type=Path)
 
 
-def _recipe_options(**defaults: Any) -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
+def _recipe_options(**defaults: Any) -> list[Any]:
     """Options for a modern recipe (weight decay, schedule, augmentation, bf16...)."""
     d = {
         "weight_decay": 0.0,
