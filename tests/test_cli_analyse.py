@@ -18,6 +18,7 @@ from deconvviz.data import dataset_for_config
 from deconvviz.filters import filter_rms
 from deconvviz.models import LeNet5, RNNClassifier
 from deconvviz.occlusion import occlusion
+from deconvviz.reconstruct import load_images
 from deconvviz.render.filters import filter_grid
 from deconvviz.stats import activation_stats, hidden_state_stats, report_lines
 from deconvviz_cli.main import cli
@@ -96,9 +97,9 @@ def test_occlude_writes_the_figure_and_the_same_result_as_the_library(lenet_run,
     with Image.open(out / "occlusion.png") as im:
         assert im.size[0] > 4 * im.size[1]  # a row of panels
     saved = torch.load(out / "occlusion.pt", weights_only=True)
-    # the same computation through the library: the image made greyscale 28x28 in [0, 1]
-    grey = Image.open(tmp_path / "cat.png").convert("L").resize((28, 28), Image.Resampling.BILINEAR)
-    x = torch.from_numpy(np.asarray(grey).copy()).float().div(255).view(1, 1, 28, 28)
+    # the same computation through the library: the one image loader every command uses
+    # (greyscale, centre crop to square, bicubic resize to 28x28, [0, 1])
+    x = load_images([tmp_path / "cat.png"], 1, 28)
     model = load_run(lenet_run).model
     want = occlusion(model, x, size=8, stride=4, layer="conv2", progress=False)
     torch.testing.assert_close(saved["prob"], want.prob)

@@ -313,6 +313,7 @@ def report_from_run(
     model_factory: str | Callable[[], nn.Module] | None = None,
     dataset: str | None = None,
     split: str = "test",
+    loaded: Any = None,
     **options: Any,
 ) -> Report:
     """Load a run (or a user model's state dict) and its data, and :func:`write_report`.
@@ -327,6 +328,8 @@ def report_from_run(
         dataset: dataset name for :func:`deconvviz.data.load_dataset` (default: the one that
             goes with the run's config, or the only one found under ``data_dir``).
         split: ``"test"`` or ``"train"``.
+        loaded: an already loaded model (:func:`deconvviz.loading.load_model`), used instead
+            of loading ``run_dir`` (any checkpoint layout, normalisation, image size).
         **options: passed on to :func:`write_report`.
 
     Returns:
@@ -335,7 +338,7 @@ def report_from_run(
     from deconvviz.checkpoint import load_run
     from deconvviz.reconstruct import dataset_for_model
 
-    run = load_run(run_dir, model_factory=model_factory)
+    run = loaded if loaded is not None else load_run(run_dir, model_factory=model_factory)
     ds = dataset_for_model(run.model, run.config, data_dir, dataset, split)
     return write_report(
         out_dir, run.model, ds, config=run.config, metrics=run.metrics, run_path=run.path, **options

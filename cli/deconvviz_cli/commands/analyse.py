@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import torch
 from torch import nn
 
 from deconvviz._io import save_figure, save_image, save_torch, write_json, write_text
 from deconvviz.errors import InputError, LayerError, unknown_name
+from deconvviz_cli.model_options import ModelSpec, model_options
 
 _RUN_HELP = "Run directory made by `deconvviz train` (or its checkpoint.pt)."
 
@@ -21,10 +21,8 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "model"
 
 
-def _load(checkpoint: Path, device: str) -> Any:
-    from deconvviz.checkpoint import load_run
-
-    return load_run(checkpoint, map_location=device)
+def _load(checkpoint: Path, device: str, model_spec: ModelSpec) -> Any:
+    return model_spec.load(checkpoint, device)
 
 
 def _class_names(model: nn.Module) -> list[str] | None:
@@ -51,32 +49,9 @@ def _input_shape(model: nn.Module) -> tuple[int, int | None]:
     return (conv.in_channels if conv is not None else 3), None
 
 
-def _read_image(path: Path, model: nn.Module) -> torch.Tensor:
-    """The image file as the model's input ``[1, C, S, S]`` in [0, 1] (converted and resized)."""
-    from PIL import Image, UnidentifiedImageError
-
-    channels, side = _input_shape(model)
-    try:
-        with Image.open(path) as opened:
-            im = opened.convert("L" if channels == 1 else "RGB")
-        if side is not None and im.size != (side, side):
-            im = im.resize((side, side), Image.Resampling.BILINEAR)
-        data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        w, h = im.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(
-            f"cannot read {path} as an image ({exc}); pass a PNG, JPEG or other picture file"
-        ) from exc
-    if channels not in (1, 3):
-        raise InputError(
-            f"the model takes {channels}-channel input, which cannot come from an image file"
-        )
-    x = data.view(h, w, channels).permute(2, 0, 1).float().div(255).unsqueeze(0)
-    return x
-
-
 @click.command("occlude", short_help="Occlusion sensitivity maps of one image.")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help=_RUN_HELP)
+@model_options
 @click.option(
     "--image",
     required=True,
@@ -122,6 +97,7 @@ def _read_image(path: Path, model: nn.Module) -> torch.Tensor:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def occlude(
     checkpoint: Path,
+    model_spec: ModelSpec,
     image: Path,
     size: int,
     stride: int,
@@ -137,10 +113,17 @@ def occlude(
     Writes occlusion.png (the maps over the image) and occlusion.pt (the result tensors).
     """
     from deconvviz.occlusion import occlusion
+    from deconvviz.reconstruct import expected_input, load_images
     from deconvviz.render.occlusion import occlusion_figure
 
-    run = _load(checkpoint, device)
-    x = _read_image(image, run.model).to(device)
+    run = _load(checkpoint, device, model_spec)
+    channels: int | None
+    side: int | None
+    if isinstance(getattr(run.model, "config", None), dict):
+        channels, side = _input_shape(run.model)
+    else:
+        channels, side = expected_input(run.model, run.config)
+    x = load_images([image], channels, side).to(device)
     fill_value: str | float = fill
     if fill not in ("grey", "gray", "mean"):
         try:
@@ -174,6 +157,7 @@ def occlude(
 
 @click.command("filters", short_help="Filter grids, RMS and dead filters.")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help=_RUN_HELP)
+@model_options
 @click.option("--layer", default=None, help="Conv layer to draw (default: every conv layer).")
 @click.option(
     "--out",
@@ -203,7 +187,13 @@ def occlude(
     help="RMS at or below which a filter counts as dead.",
 )
 def filters(
-    checkpoint: Path, layer: str | None, out: Path, radius: float, scale: int, tol: float
+    checkpoint: Path,
+    model_spec: ModelSpec,
+    layer: str | None,
+    out: Path,
+    radius: float,
+    scale: int,
+    tol: float,
 ) -> None:
     """Filter grids, per-filter RMS and dead filters of the conv layers.
 
@@ -212,7 +202,7 @@ def filters(
     from deconvviz.filters import conv_layers, dead_filters, filter_rms
     from deconvviz.render.filters import filter_grid, rms_figure
 
-    run = _load(checkpoint, "cpu")
+    run = _load(checkpoint, "cpu", model_spec)
     convs = {k: m for k, m in conv_layers(run.model).items() if isinstance(m, nn.Conv2d)}
     if layer is not None:
         if layer not in convs:
@@ -244,6 +234,7 @@ def filters(
 
 @click.command("stats", short_help="Activation statistics over a dataset split.")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help=_RUN_HELP)
+@model_options
 @click.option(
     "--data-dir",
     required=True,
@@ -268,6 +259,7 @@ def filters(
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def stats(
     checkpoint: Path,
+    model_spec: ModelSpec,
     data_dir: Path,
     out: Path,
     layers: tuple[str, ...],
@@ -283,7 +275,7 @@ def stats(
     """
     from torch.utils.data import DataLoader
 
-    from deconvviz.data import dataset_for_config
+    from deconvviz.reconstruct import dataset_for_model
     from deconvviz.render.stats import (
         hidden_state_figure,
         hidden_state_table,
@@ -292,9 +284,9 @@ def stats(
     )
     from deconvviz.stats import activation_stats, hidden_state_stats, report_lines
 
-    run = _load(checkpoint, device)
+    run = _load(checkpoint, device, model_spec)
     config = run.config or getattr(run.model, "config", {})
-    dataset = dataset_for_config(config, data_dir, split=split)
+    dataset = dataset_for_model(run.model, config, data_dir, None, split)
     loader = DataLoader(dataset, batch_size=batch_size)
     title = f"# Statistics of {run.path} on {dataset.name} ({split}, {len(dataset)} images)\n\n"
     if callable(getattr(run.model, "hidden_states", None)) and not layers:

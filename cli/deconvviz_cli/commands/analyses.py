@@ -17,6 +17,7 @@ import torch
 
 from deconvviz._io import save_figure, write_json, write_text
 from deconvviz.errors import InputError
+from deconvviz_cli.model_options import model_options
 
 __all__ = [
     "correspondence_cmd",
@@ -67,7 +68,7 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for option in reversed(options):
         f = option(f)
-    return f
+    return model_options(f)
 
 
 def _load(
@@ -75,15 +76,15 @@ def _load(
 ) -> tuple[Any, torch.Tensor, torch.Tensor, list[int]]:
     """The run, and ``(images, labels, dataset indices)`` from its dataset."""
     from deconvviz.analyses import pick_images
-    from deconvviz.checkpoint import load_run
-    from deconvviz.data import dataset_for_config, load_dataset
+    from deconvviz.data import dataset_for_config
+    from deconvviz.reconstruct import dataset_for_model
 
-    run = load_run(opts["checkpoint"], map_location=opts["device"])
+    run = opts["model_spec"].load(opts["checkpoint"], opts["device"])
     config = run.config or getattr(run.model, "config", None) or {}
-    if config:
+    if "model" in config:
         ds = dataset_for_config(config, opts["data_dir"], opts["split"])
     else:
-        ds = load_dataset(opts["data_dir"], "auto", opts["split"])
+        ds = dataset_for_model(run.model, config, opts["data_dir"], None, opts["split"])
     if opts["indices"]:
         bad = [i for i in opts["indices"] if i >= len(ds)]
         if bad:

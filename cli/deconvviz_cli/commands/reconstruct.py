@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from deconvviz.checkpoint import Run, load_run
 from deconvviz.report import SECTIONS
+from deconvviz_cli.model_options import ModelSpec, model_options
 
 RULES = ("deconvnet", "gradient", "guided")
 
@@ -18,15 +18,6 @@ _checkpoint = click.option(
     required=True,
     type=click.Path(path_type=Path),
     help="Run directory made by 'deconvviz train' (or a checkpoint .pt file).",
-)
-_model = click.option(
-    "--model",
-    "model_factory",
-    metavar="MODULE:FACTORY",
-    default=None,
-    help="Build a user model with this function ('package.module:factory' or "
-    "'file.py:factory'); the checkpoint may then be a bare state dict (loaded with "
-    "weights_only=True).",
 )
 _data_dir = click.option(
     "--data-dir",
@@ -74,16 +65,15 @@ _progress = click.option(
 )
 
 
-def _load(checkpoint: Path, model_factory: str | None) -> Run:
-
-    return load_run(checkpoint, model_factory=model_factory)
+def _load(checkpoint: Path, model_spec: ModelSpec) -> Any:
+    return model_spec.load(checkpoint)
 
 
 @click.command(
     "reconstruct", short_help="Project feature maps back to pixels (the paper's Fig. 2)."
 )
 @_checkpoint
-@_model
+@model_options
 @_data_dir
 @_dataset
 @_split
@@ -130,7 +120,7 @@ def _load(checkpoint: Path, model_factory: str | None) -> Run:
 @_progress
 def reconstruct_cmd(
     checkpoint: Path,
-    model_factory: str | None,
+    model_spec: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
     split: str,
@@ -157,7 +147,7 @@ def reconstruct_cmd(
     """
     from deconvviz import reconstruct as rec
 
-    run = _load(checkpoint, model_factory)
+    run = _load(checkpoint, model_spec)
     chans = list(channels) or None
     if images:
         if compare and len(images) > 8:
@@ -211,7 +201,7 @@ def _class_names(config: dict[str, Any]) -> list[str] | None:
 
 @click.command("compare", short_help="Our deconvnet beside captum's attribution methods.")
 @_checkpoint
-@_model
+@model_options
 @click.option(
     "--image",
     "images",
@@ -245,7 +235,7 @@ def _class_names(config: dict[str, Any]) -> list[str] | None:
 @_progress
 def compare_cmd(
     checkpoint: Path,
-    model_factory: str | None,
+    model_spec: ModelSpec,
     images: tuple[Path, ...],
     target: int | None,
     baseline: float,
@@ -265,7 +255,7 @@ def compare_cmd(
 
     if len(images) > 8:
         raise click.UsageError("compare draws at most 8 images; give fewer --image")
-    run = _load(checkpoint, model_factory)
+    run = _load(checkpoint, model_spec)
     want_c, want_size = expected_input(run.model, run.config)
     x = load_images(images, want_c, want_size)
     comp = compare_methods(
@@ -287,7 +277,7 @@ def compare_cmd(
 
 @click.command("report", short_help="Write a static HTML report of a trained model.")
 @_checkpoint
-@_model
+@model_options
 @_data_dir
 @_dataset
 @_split
@@ -326,7 +316,7 @@ def compare_cmd(
 @_progress
 def report_cmd(
     checkpoint: Path,
-    model_factory: str | None,
+    model_spec: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
     split: str,
@@ -351,7 +341,7 @@ def report_cmd(
         checkpoint,
         data_dir,
         out,
-        model_factory=model_factory,
+        loaded=_load(checkpoint, model_spec),
         dataset=dataset,
         split=split,
         layers=list(layers) or None,

@@ -1,0 +1,109 @@
+"""``--model``, ``--model-arg``, ``--trust-checkpoint``, ``--normalize``, ``--image-size``: how
+every command that loads a model gets it (through :func:`deconvviz.loading.load_model`).
+
+A command decorated with :func:`model_options` receives one ``model_spec`` argument (a
+:class:`ModelSpec`) and calls ``model_spec.load(checkpoint, device)``; the one-line layout
+message goes to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from deconvviz.loading import LoadedModel, load_model
+
+__all__ = ["ModelSpec", "model_options"]
+
+_NAMES = ("model", "model_args", "trust_checkpoint", "normalize", "image_size")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the model options said."""
+
+    model: str | None = None
+    model_args: tuple[str, ...] = ()
+    trust_checkpoint: bool = False
+    normalize: str | None = None
+    image_size: int | None = None
+
+    def load(self, checkpoint: Path | None, device: str = "cpu", quiet: bool = False) -> Any:
+        """The loaded model (:class:`deconvviz.loading.LoadedModel`); says its layout on
+        stderr when the user named a model, a normalisation or a trusted checkpoint (a run made
+        by ``deconvviz train`` loads silently)."""
+        loaded: LoadedModel = load_model(
+            model=self.model,
+            checkpoint=checkpoint,
+            model_args=list(self.model_args),
+            trust_checkpoint=self.trust_checkpoint,
+            normalize=self.normalize,
+            image_size=self.image_size,
+            map_location=device,
+        )
+        if not quiet and (self.model or self.normalize or self.trust_checkpoint):
+            click.echo(loaded.message, err=True)
+        return loaded
+
+
+_OPTIONS = [
+    click.option(
+        "--model",
+        "model",
+        metavar="SPEC",
+        default=None,
+        help="The model: 'torchvision.models:resnet18', 'package.module:factory', "
+        "'path/to/file.py:factory', 'timm:NAME' (needs the timm extra) or a bare name "
+        "(resnet18, lenet5). Not needed for a run made by 'deconvviz train'.",
+    ),
+    click.option(
+        "--model-arg",
+        "model_args",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Constructor argument of --model (repeatable), e.g. num_classes=10.",
+    ),
+    click.option(
+        "--trust-checkpoint",
+        is_flag=True,
+        default=False,
+        help="Allow a checkpoint that holds pickled Python objects (a whole nn.Module); "
+        "unpickling runs code from the file, so only for files you trust.",
+    ),
+    click.option(
+        "--normalize",
+        default=None,
+        metavar="NAME|MEAN,STD,...",
+        help="Input normalisation the model was trained with: imagenet, cifar10, mnist, none or "
+        "MEAN,STD pairs per channel. Images stay pixels in [0, 1]; the model normalises them. "
+        "Default: the run's own, else none.",
+    ),
+    click.option(
+        "--image-size",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="S",
+        help="Input side the model takes: images are centre-cropped to square and resized "
+        "to SxS (bicubic; datasets: bilinear, antialiased). Default: the run's own, else "
+        "as stored.",
+    ),
+]
+
+
+def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the model options; the command gets ``model_spec: ModelSpec`` instead."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in _NAMES if name in kwargs}
+        values["model_args"] = tuple(values.get("model_args") or ())
+        return f(*args, model_spec=ModelSpec(**values), **kwargs)
+
+    for option in reversed(_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
