@@ -219,6 +219,7 @@ def reconstruct_dataset(
     channels: Sequence[int] | None = None,
     batch_size: int = 256,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> dict[str, LayerReconstructions]:
     """The paper's Fig. 2 for every chosen layer: top-``k`` activations per feature map, projected.
 
@@ -237,6 +238,8 @@ def reconstruct_dataset(
         channels: only these feature maps (default: all of each layer).
         batch_size: images per forward pass while scanning.
         progress: show progress bars.
+        num_workers: DataLoader worker processes reading the images (for folders read from
+            disk, e.g. :class:`deconvviz.datasets.FolderDataset`).
 
     Returns:
         ``{layer: LayerReconstructions}`` in the order given; ``reconstructions`` and
@@ -263,6 +266,7 @@ def reconstruct_dataset(
         dataset,  # type: ignore[arg-type]
         batch_size=batch_size,
         shuffle=False,
+        num_workers=num_workers,
     )
     results: dict[str, LayerReconstructions] = {}
     for layer in tqdm(names, desc="reconstructing", unit="layer", disable=not progress):
@@ -511,6 +515,7 @@ def dataset_for_model(
     data_dir: str | os.PathLike[str] | None,
     dataset: str | None = None,
     split: str = "test",
+    max_images: int | None = None,
 ) -> Any:
     """The dataset that goes with a model: by its run config, else by name, converted to fit it.
 
@@ -524,8 +529,13 @@ def dataset_for_model(
         model: the loaded model.
         config: the run's config (may be empty for a user model).
         data_dir: where the data is (``None``: only for runs trained on the shipped sample).
-        dataset: a dataset name to force (``"auto"``, ``"cifar10"``, ...).
+        dataset: a dataset name to force (``"auto"``, ``"cifar10"``, ...; ``"imagefolder"``
+            or ``"images"`` for a folder of images).
         split: ``"train"`` or ``"test"``.
+        max_images: for image folders, list only the first N files (deterministic order).
+
+    An ``ImageFolder`` tree or a flat folder of images under ``data_dir`` (see
+    :mod:`deconvviz.datasets`) is used when no deconvviz dataset layout is found there.
     """
     from deconvviz.data import dataset_for_config, load_dataset
 
@@ -545,6 +555,16 @@ def dataset_for_model(
     if dataset is None and isinstance(model_cfg, Mapping):
         return dataset_for_config(dict(config), data_dir, split)
     channels, size = expected_input(model, config)
+    if dataset in (None, "auto", "imagefolder", "images"):
+        from deconvviz.data import find_datasets
+        from deconvviz.datasets import find_image_folder
+
+        if dataset in ("imagefolder", "images") or not find_datasets(data_dir):
+            folder = find_image_folder(
+                data_dir, split, channels=channels, image_size=size, max_images=max_images
+            )
+            if folder is not None:
+                return folder
     return load_dataset(
         data_dir,
         dataset or "auto",

@@ -255,6 +255,16 @@ def filters(
 )
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--max-images", type=click.IntRange(min=1), default=None, help="Use only the first N images."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="DataLoader worker processes reading images (for big image folders).",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def stats(
@@ -265,6 +275,8 @@ def stats(
     layers: tuple[str, ...],
     split: str,
     batch_size: int,
+    max_images: int | None,
+    workers: int,
     device: str,
     progress: bool,
 ) -> None:
@@ -273,7 +285,7 @@ def stats(
     Prints the report's lines (h_conv1_stats: mean = ...; var = ...) and writes stats.md,
     stats.json and the histograms.
     """
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
 
     from deconvviz.reconstruct import dataset_for_model
     from deconvviz.render.stats import (
@@ -286,8 +298,11 @@ def stats(
 
     run = _load(checkpoint, device, model_spec)
     config = run.config or getattr(run.model, "config", {})
-    dataset = dataset_for_model(run.model, config, data_dir, None, split)
-    loader = DataLoader(dataset, batch_size=batch_size)
+    dataset = dataset_for_model(run.model, config, data_dir, None, split, max_images)
+    if max_images is not None and len(dataset) > max_images:
+        dataset = Subset(dataset, range(max_images))
+        dataset.name = dataset.dataset.name  # type: ignore[attr-defined]
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     title = f"# Statistics of {run.path} on {dataset.name} ({split}, {len(dataset)} images)\n\n"
     if callable(getattr(run.model, "hidden_states", None)) and not layers:
         hs = hidden_state_stats(run.model, loader, progress=progress)

@@ -110,6 +110,13 @@ def _load(checkpoint: Path, model_spec: ModelSpec) -> Any:
     help="Dataset mode: scan only the first N images.",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Dataset mode: DataLoader worker processes reading images (for big image folders).",
+)
+@click.option(
     "--compare/--no-compare",
     default=False,
     show_default=True,
@@ -130,6 +137,7 @@ def reconstruct_cmd(
     k: int,
     rule: str,
     max_images: int | None,
+    workers: int,
     compare: bool,
     out: Path,
     progress: bool,
@@ -175,11 +183,18 @@ def reconstruct_cmd(
         return
     from torch.utils.data import Subset
 
-    data = rec.dataset_for_model(run.model, run.config, data_dir, dataset, split)
+    data = rec.dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)
     if max_images is not None and len(data) > max_images:
         data = Subset(data, range(max_images))
     found = rec.reconstruct_dataset(
-        run.model, data, list(layers) or None, k, rule, channels=chans, progress=progress
+        run.model,
+        data,
+        list(layers) or None,
+        k,
+        rule,
+        channels=chans,
+        progress=progress,
+        num_workers=workers,
     )
     pngs = rec.write_dataset_reconstructions(found, out)
     click.echo(

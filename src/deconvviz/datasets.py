@@ -1,0 +1,225 @@
+"""Image folders as people have them: torchvision ``ImageFolder`` trees and flat folders.
+
+* :class:`FolderDataset` reads images lazily (one file per item), so an ImageNet-sized folder
+  streams through a ``DataLoader`` with ``num_workers`` workers instead of being held in memory.
+* An ``ImageFolder`` tree is ``ROOT/<class>/*.{jpg,jpeg,png,webp,bmp,gif,tif,tiff}`` (or the same
+  under ``ROOT/<split>/``, with ``val`` standing in for ``test``); labels are the class folders in
+  sorted order, as torchvision numbers them.
+* A flat folder is ``ROOT/*.png`` etc. with no labels (every label is ``-1``).
+* Order is deterministic: files sorted by their path relative to the root.
+* Resize policy (the same as :func:`deconvviz.reconstruct.load_images`): each image is centre-
+  cropped to a square and resized (bicubic) to ``image_size``; without ``image_size`` every image
+  gets the first image's size that way.
+* Files that are not readable images are skipped when the folder is listed (their headers are
+  checked); the count and the first few names are kept in ``skipped`` and said in one warning.
+
+Example::
+
+    from deconvviz.datasets import find_image_folder
+
+    ds = find_image_folder("~/data/imagenet", "test", image_size=224, max_images=5000)
+    ds.classes[:3], len(ds), ds.skipped
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from deconvviz.errors import DataError, InputError
+
+__all__ = ["IMAGE_SUFFIXES", "FolderDataset", "SkippedFilesWarning", "find_image_folder"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+_SPLIT_NAMES = {"train": ("train", "Train", "TRAIN"), "test": ("test", "Test", "val", "Val")}
+
+
+class SkippedFilesWarning(UserWarning):
+    """Some files in an image folder could not be read and were left out."""
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(
+        d
+        for d in folder.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and any(_walk_images(d, first=True))
+    )
+
+
+def _walk_images(folder: Path, first: bool = False) -> list[Path]:
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                out.append(Path(dirpath) / name)
+                if first:
+                    return out
+    return out
+
+
+def _readable(path: Path) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return False
+
+
+class FolderDataset(Dataset):
+    """Images read lazily from files; items ``(float32 [C, S, S] in [0, 1], label)``.
+
+    Attributes:
+        files: the image files, in order.
+        targets: labels (``-1`` for a flat folder).
+        classes: class names (``[]`` for a flat folder).
+        name: ``"imagefolder"`` or ``"images"``.
+        split, source: the split asked for and the folder read.
+        skipped: files left out because they are not readable images.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        targets: Sequence[int],
+        classes: Sequence[str],
+        *,
+        channels: int | None = None,
+        image_size: int | None = None,
+        name: str = "imagefolder",
+        split: str = "test",
+        source: Path | None = None,
+        skipped: Sequence[Path] = (),
+    ) -> None:
+        if not files:
+            raise DataError(f"no readable images under {source}; check the folder")
+        self.files = list(files)
+        self.targets = torch.tensor(list(targets), dtype=torch.int64)
+        self.classes = list(classes)
+        self.name, self.split, self.source = name, split, source
+        self.skipped = list(skipped)
+        self.channels = channels
+        if image_size is None:
+            first = self._read(self.files[0], None)
+            image_size = int(first.shape[-1]) if first.shape[-1] == first.shape[-2] else None
+            if image_size is None:
+                image_size = int(min(first.shape[-2:]))
+        self.image_size = int(image_size)
+
+    def _read(self, path: Path, size: int | None) -> torch.Tensor:
+        from PIL import Image
+
+        from deconvviz.reconstruct import _fit
+
+        try:
+            with Image.open(path) as im:
+                im.load()
+                grey = im.mode in ("L", "1", "LA", "I", "I;16", "F")
+                mode = {1: "L", 3: "RGB"}.get(self.channels or 0, "L" if grey else "RGB")
+                img = im.convert(mode)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(
+                f"cannot read {path} ({exc}); remove or replace the file and run again"
+            ) from exc
+        if size is not None:
+            img = _fit(img, (size, size))
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self._read(self.files[index], self.image_size), int(self.targets[index])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every item."""
+        c = self.channels or int(self[0][0].shape[0])
+        return c, self.image_size, self.image_size
+
+    def __repr__(self) -> str:
+        return (
+            f"FolderDataset(name={self.name!r}, n={len(self)}, classes={len(self.classes)}, "
+            f"size={self.image_size}, skipped={len(self.skipped)}, source={str(self.source)!r})"
+        )
+
+
+def find_image_folder(
+    data_dir: str | os.PathLike[str],
+    split: str = "test",
+    *,
+    channels: int | None = None,
+    image_size: int | None = None,
+    max_images: int | None = None,
+) -> FolderDataset | None:
+    """An ``ImageFolder`` tree or a flat folder of images at ``data_dir``, or ``None``.
+
+    Looks for ``data_dir/<split>/<class>/*`` (``val`` for ``test``), then ``data_dir/<class>/*``,
+    then ``data_dir/*`` (no labels). ``max_images`` keeps the first N files (in order) before
+    their headers are checked, so a slice of a huge folder is quick.
+
+    Raises:
+        InputError: a bad ``max_images``.
+    """
+    if max_images is not None and max_images < 1:
+        raise InputError(f"max_images must be a positive integer, got {max_images!r}")
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        return None
+    base = next((root / s for s in _SPLIT_NAMES.get(split, ()) if (root / s).is_dir()), root)
+    classes_dirs = _class_dirs(base)
+    if classes_dirs and not _images_in(base):
+        classes = [d.name for d in classes_dirs]
+        files: list[Path] = []
+        labels: list[int] = []
+        for label, d in enumerate(classes_dirs):
+            found = _walk_images(d)
+            files += found
+            labels += [label] * len(found)
+        name = "imagefolder"
+    else:
+        files = _images_in(base)
+        if not files:
+            return None
+        labels = [-1] * len(files)
+        classes = []
+        name = "images"
+    if max_images is not None:
+        files, labels = files[:max_images], labels[:max_images]
+    ok = [_readable(f) for f in files]
+    skipped = [f for f, good in zip(files, ok, strict=True) if not good]
+    if skipped:
+        shown = ", ".join(str(p.relative_to(root)) for p in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        warnings.warn(
+            f"skipped {len(skipped)} of {len(files)} files under {root} that are not readable "
+            f"images: {shown}{more}",
+            SkippedFilesWarning,
+            stacklevel=2,
+        )
+    keep = [i for i, good in enumerate(ok) if good]
+    return FolderDataset(
+        [files[i] for i in keep],
+        [labels[i] for i in keep],
+        classes,
+        channels=channels,
+        image_size=image_size,
+        name=name,
+        split=split,
+        source=base,
+        skipped=skipped,
+    )
