@@ -167,7 +167,9 @@ class Normalized(nn.Module):
 
     def forward(self, x: Tensor) -> Any:
         c = x.shape[1] if x.dim() >= 2 else 0
-        mean, std = self.mean.to(x), self.std.to(x)
+        # device=/dtype= (not .to(x)), so the receptive-field tracker sees constants
+        mean = self.mean.to(device=x.device, dtype=x.dtype)
+        std = self.std.to(device=x.device, dtype=x.dtype)
         if mean.numel() not in (1, c):
             raise InputError(
                 f"--normalize gives {mean.numel()} channel(s) but the input has {c}; give one "
@@ -502,6 +504,23 @@ def load_model(
                 (run.iteration),
             )
             message = f"{path.name}: a deconvviz run ({config.get('model', {}).get('model', '?')})"
+        elif (
+            model is None
+            and isinstance(obj, Mapping)
+            and isinstance(obj.get("model"), Mapping)
+            and _is_state_dict(obj.get("state_dict"))
+        ):
+            from deconvviz.models import build_model
+
+            # deconvviz's exported weights (the shipped zfnet-cifar): the model's config beside
+            # the weights
+            net = build_model(dict(obj["model"]))
+            net.load_state_dict(obj["state_dict"])
+            cfg = obj.get("config")
+            config = dict(cfg) if isinstance(cfg, Mapping) else {"model": dict(obj["model"])}
+            config.setdefault("model", dict(obj["model"]))
+            metrics = dict(obj.get("metrics") or {})
+            message = f"{path.name}: deconvviz exported weights ({obj['model'].get('model', '?')})"
         elif isinstance(obj, nn.Module) and model is None:
             net = obj
             message = f"{path.name}: a whole pickled {type(obj).__name__} (trusted)"

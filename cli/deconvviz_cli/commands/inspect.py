@@ -1,0 +1,69 @@
+"""``deconvviz inspect``: what can be projected in a model, one row per layer call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from deconvviz_cli.model_options import ModelSpec, model_options
+
+
+@click.command("inspect", short_help="Every layer: shape, receptive field, reverse step.")
+@click.option(
+    "--checkpoint",
+    "-c",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run directory made by 'deconvviz train', or a weights file for --model (optional: "
+    "without it the model keeps its random weights, which does not change the table).",
+)
+@model_options
+@click.option(
+    "--channels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Input channels (default: the first conv layer's).",
+)
+@click.option(
+    "--rule",
+    type=click.Choice(["deconvnet", "gradient", "guided"]),
+    default="deconvnet",
+    show_default=True,
+    help="ReLU step the table describes.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the table as JSON here.",
+)
+def inspect_cmd(
+    checkpoint: Path | None,
+    model_spec: ModelSpec,
+    channels: int | None,
+    rule: str,
+    json_path: Path | None,
+) -> None:
+    """A table of every layer of a model: name (one row per call of a shared module, as
+    'layer1.0.relu:1'), type, output shape for --image-size inputs, receptive field size and
+    stride in input pixels, the reverse step it gets, and any activation with no deconvnet rule.
+
+    \b
+    Examples:
+      deconvviz inspect --model torchvision.models:resnet18 --image-size 224
+      deconvviz inspect -c runs/lenet5
+      deconvviz inspect --model their_resnet.py:resnet20 -c resnet20.th --image-size 32
+    """
+    from deconvviz._io import write_json
+    from deconvviz.reconstruct import expected_input
+    from deconvviz.summary import layer_table
+
+    loaded = model_spec.load(checkpoint, quiet=True)
+    want_c, want_size = expected_input(loaded.model, loaded.config)
+    size = model_spec.image_size or want_size or 224
+    table = layer_table(loaded.model, (channels or want_c or 3, size, size), rule)
+    click.echo(str(table))
+    if json_path is not None:
+        write_json(json_path, table.to_dict())
