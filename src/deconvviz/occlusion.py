@@ -102,6 +102,12 @@ class OcclusionResult:
         b = self.boxes.double()
         return torch.stack([(b[..., 0] + b[..., 2] - 1) / 2, (b[..., 1] + b[..., 3] - 1) / 2], -1)
 
+    def _repr_png_(self) -> bytes:
+        """The occlusion probability maps, for Jupyter."""
+        from deconvviz._display import occlusion_png
+
+        return occlusion_png(self)
+
 
 def occluder_starts(length: int, size: int, stride: int) -> Tensor:
     """First pixel of each occluder position along one axis.

@@ -83,6 +83,13 @@ class ImageProjections:
     positions: Tensor
     reconstructions: Tensor
 
+    def _repr_png_(self) -> bytes:
+        """The first image's projections, for Jupyter."""
+        from deconvviz._display import figure_png
+        from deconvviz.render.reconstruct import image_projections_figure
+
+        return figure_png(image_projections_figure(self, 0, max_channels=16))
+
 
 @dataclass(frozen=True)
 class LayerReconstructions:
@@ -150,6 +157,14 @@ class LayerReconstructions:
             input_size=top.input_size,
             receptive_field=top.receptive_field,
         )
+
+    def _repr_png_(self) -> bytes:
+        """The top-k grid (up to 8 feature maps), for Jupyter."""
+        from deconvviz._display import figure_png
+        from deconvviz.render.reconstruct import top_projections_figure
+
+        n = int(self.channels.numel())
+        return figure_png(top_projections_figure(self, list(range(min(n, 8)))))
 
 
 # ------------------------------------------------------------------------------ helpers

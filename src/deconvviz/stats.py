@@ -125,6 +125,13 @@ class LayerStats:
             "overflow": self.overflow,
         }
 
+    def _repr_png_(self) -> bytes:
+        """The activation histogram, for Jupyter."""
+        from deconvviz._display import figure_png
+        from deconvviz.render.stats import histogram_figure
+
+        return figure_png(histogram_figure(self))
+
 
 @dataclass(frozen=True)
 class HiddenStateStats:
@@ -170,6 +177,13 @@ class HiddenStateStats:
             "overall_mean": self.overall_mean,
             "overall_var": self.overall_var,
         }
+
+    def _repr_png_(self) -> bytes:
+        """The hidden-state statistics, for Jupyter."""
+        from deconvviz._display import figure_png
+        from deconvviz.render.stats import hidden_state_figure
+
+        return figure_png(hidden_state_figure(self))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,39 @@
+"""Notebook display of result objects: ``_repr_png_`` methods call these.
+
+The result classes stay plain data; their ``_repr_png_`` imports the matching figure function
+from :mod:`deconvviz.render` only when Jupyter asks for a picture, and returns PNG bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+
+def figure_png(fig: Any, dpi: int = 90) -> bytes:
+    """PNG bytes of a matplotlib figure, which is closed afterwards."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def occlusion_png(result: Any) -> bytes:
+    """The probability map of every image of an occlusion result (no image is stored in it)."""
+    import matplotlib.pyplot as plt
+
+    n = int(result.prob.shape[0])
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.6), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        im = ax.imshow(result.prob[i].detach().cpu().numpy(), cmap="jet", vmin=0.0, vmax=1.0)
+        ax.set_title(
+            f"p(class {int(result.target[i])}): {float(result.base_prob[i]):.2f} unoccluded",
+            fontsize=8,
+        )
+        ax.set_axis_off()
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    return figure_png(fig)
