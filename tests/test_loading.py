@@ -276,3 +276,13 @@ def test_every_command_runs_on_a_model_file_and_a_module_prefixed_checkpoint(mod
     )
     assert res.exit_code == 1
     assert res.stderr.startswith("Error: the weights in") and res.stderr.count("\n") == 1
+
+
+def test_your_model_page_python_blocks_run():
+    import re
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "your-model.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
+    assert blocks
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"your-model.md[block {i}]", "exec"), {})  # noqa: S102
