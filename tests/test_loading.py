@@ -223,59 +223,98 @@ def test_normalized_keeps_names_and_projects_exactly():
     assert not net.training
 
 
+COMMANDS = ("reconstruct", "occlude", "stats", "report")
+
+
+def _run_commands(tmp_path: Path, model_file: Path, ckpt: Path, *opts: str) -> list[str]:
+    """reconstruct, occlude, stats and report on one checkpoint; their stderr lines."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    if not data.exists():
+        write_cifar_npz(data / "cifar10.npz", n_train=8, n_test=12, size=16)
+        Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "img.png")
+    common = ["--checkpoint", str(ckpt), "--model", f"{model_file}:build"]
+    common += ["--model-arg", "num_classes=10", "--image-size", "16", *opts]
+    extras = {
+        "reconstruct": ["--data-dir", str(data), "--layer", "conv2", "--top", "2"],
+        "occlude": ["--image", str(tmp_path / "img.png"), "--size", "4", "--stride", "4"],
+        "stats": ["--data-dir", str(data)],
+        "report": ["--data-dir", str(data), "--section", "stats", "--section", "reconstructions"],
+    }
+    said = []
+    for name in COMMANDS:
+        out = tmp_path / ckpt.stem / name
+        res = CliRunner().invoke(
+            cli, [name, *common, *extras[name], "--out", str(out), "--no-progress"]
+        )
+        assert res.exit_code == 0, (name, res.output, res.stderr)
+        assert any(out.rglob("*.png")), name
+        said.append(res.stderr.strip())
+    stats = json.loads((tmp_path / ckpt.stem / "stats" / "stats.json").read_text())
+    assert stats["layers"] and all(s["count"] > 0 for s in stats["layers"].values())
+    assert (tmp_path / ckpt.stem / "report" / "index.html").is_file()
+    return said
+
+
 def test_every_command_runs_on_a_model_file_and_a_module_prefixed_checkpoint(model_file, tmp_path):
     """The issue's case: the author's model file, a {"state_dict": {"module.": ...}} dict, a
     normalised model, through reconstruct, occlude, stats and report, no user code."""
-    from PIL import Image
+    from deconvviz.reconstruct import load_images
 
-    net = _net(model_file)
+    net = _net(model_file).eval()
     ckpt = tmp_path / "net.th"
-    torch.save(
-        {"best_prec1": 91.7, "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}},
-        ckpt,
-    )
-    data = tmp_path / "data"
-    write_cifar_npz(data / "cifar10.npz", n_train=8, n_test=12, size=16)
-    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "img.png")
-    common = [
-        "--checkpoint",
-        str(ckpt),
-        "--model",
-        f"{model_file}:build",
-        "--model-arg",
-        "num_classes=10",
-        "--normalize",
-        "cifar10",
-        "--image-size",
-        "16",
-    ]
-    runner = CliRunner()
-    for name, extra in [
-        ("reconstruct", ["--data-dir", str(data), "--layer", "conv2", "--top", "2"]),
-        ("occlude", ["--image", str(tmp_path / "img.png"), "--size", "4", "--stride", "4"]),
-        ("stats", ["--data-dir", str(data)]),
-        (
-            "report",
-            ["--data-dir", str(data), "--section", "stats", "--section", "reconstructions"],
-        ),
-    ]:
-        out = tmp_path / name
-        res = runner.invoke(cli, [name, *common, *extra, "--out", str(out), "--no-progress"])
-        assert res.exit_code == 0, (name, res.output, res.stderr)
-        assert "stripped 'module.' (DataParallel/DDP)" in res.stderr
-        assert "inputs normalised with mean (0.4914" in res.stderr
-        assert any(out.rglob("*.png")), name
-    stats = json.loads((tmp_path / "stats" / "stats.json").read_text())
-    assert stats["layers"] and all(s["count"] > 0 for s in stats["layers"].values())
-    assert (tmp_path / "report" / "index.html").is_file()
+    prefixed = {f"module.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"best_prec1": 91.7, "state_dict": prefixed}, ckpt)
+    said = _run_commands(tmp_path, model_file, ckpt, "--normalize", "cifar10")
+    for line in said:
+        assert line.startswith("net.th: a dict with the weights under 'state_dict'")
+        assert "stripped 'module.' (DataParallel/DDP)" in line
+        assert "inputs normalised with mean (0.4914, 0.4822, 0.4465)" in line
+    # the model saw normalised pixels: the occlusion's unoccluded probability, independently
+    x = load_images([tmp_path / "img.png"], 3, 16)
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        p = net((x - mean) / std).softmax(1)
+    saved = torch.load(tmp_path / "net" / "occlude" / "occlusion.pt", weights_only=True)
+    t = int(saved["target"][0])
+    assert t == int(p.argmax())
+    torch.testing.assert_close(saved["base_prob"][0], p[0, t], rtol=1e-5, atol=1e-6)
     # the same command with the wrong architecture says what is wrong, in one line
-    res = runner.invoke(
+    res = CliRunner().invoke(
         cli,
-        ["stats", *common[:2], "--model", "torchvision.models:resnet18", "--data-dir", str(data)]
-        + ["--out", str(tmp_path / "bad")],
+        ["stats", "--checkpoint", str(ckpt), "--model", "torchvision.models:resnet18"]
+        + ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "bad")],
     )
     assert res.exit_code == 1
     assert res.stderr.startswith("Error: the weights in") and res.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", [*LAYOUT_WORDS, "pickled"])
+def test_every_command_runs_on_every_layout(model_file, tmp_path, layout):
+    net = _net(model_file)
+    ckpt = tmp_path / f"{layout}.pt"
+    opts: list[str] = []
+    if layout == "pickled":  # a whole model, saved the way its author imports it
+        import importlib
+        import sys
+
+        sys.path.insert(0, str(model_file.parent))
+        try:
+            module = importlib.import_module(model_file.stem)
+            torch.save(module.build(), ckpt)
+        finally:
+            sys.path.remove(str(model_file.parent))
+            sys.modules.pop(model_file.stem, None)
+        opts = ["--trust-checkpoint"]
+        want = "a whole pickled model (trusted unpickling)"
+    else:
+        torch.save(_layouts(net.state_dict())[layout], ckpt)
+        want = LAYOUT_WORDS[layout][0]
+    for line in _run_commands(tmp_path, model_file, ckpt, *opts):
+        assert want in line
 
 
 def test_your_model_page_python_blocks_run():

@@ -295,8 +295,15 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
-def _read(path: Path, trust: bool, map_location: Any) -> tuple[Any, bool]:
-    """The loaded object, and whether it needed the unsafe (trusted) load."""
+def _read(
+    path: Path, trust: bool, map_location: Any, spec: Any = None
+) -> tuple[Any, bool]:
+    """The loaded object, and whether it needed the unsafe (trusted) load.
+
+    For a trusted pickle whose classes live in a model file (``--model file.py:factory``), the
+    file's folder is on ``sys.path`` while unpickling, so ``import file`` works as it did when
+    the model was saved.
+    """
     from deconvviz.checkpoint import read_checkpoint
 
     try:
@@ -313,7 +320,17 @@ def _read(path: Path, trust: bool, map_location: Any) -> tuple[Any, bool]:
                 "torch.save(model.state_dict(), path) and load that"
             ) from exc
     try:
-        return torch.load(path, map_location=map_location, weights_only=False), True
+        import sys
+
+        folder = None
+        if isinstance(spec, str) and ":" in spec and spec.rpartition(":")[0].endswith(".py"):
+            folder = str(Path(spec.rpartition(":")[0]).expanduser().resolve().parent)
+            sys.path.insert(0, folder)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False), True
+        finally:
+            if folder is not None and folder in sys.path:
+                sys.path.remove(folder)
     except Exception as exc:
         raise CheckpointError(
             f"{path} could not be unpickled even with --trust-checkpoint ({type(exc).__name__}: "
@@ -494,7 +511,7 @@ def load_model(
         message = f"--model {spec}: random weights (no checkpoint given)"
     else:
         path = checkpoint_path(checkpoint)
-        obj, trusted = _read(path, trust_checkpoint, map_location)
+        obj, trusted = _read(path, trust_checkpoint, map_location, model)
         if isinstance(obj, Mapping) and obj.get("format") == FORMAT and model is None:
             run = load_run(path, map_location=map_location)
             net, config, metrics, iteration = (
