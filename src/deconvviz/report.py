@@ -563,6 +563,7 @@ def _evidence(ctx: _Context, section: _Section) -> None:
     section.html.append(_table(["layer", "live units", f"class selectivity of top-{sel.k}"], rows))
     data: dict[str, Any] = {"selectivity": sel.to_dict()}
     convs = [m for m in conv_layers(ctx.model).values() if isinstance(m, nn.Conv2d)]
+    fs = None
     if convs and min(convs[0].kernel_size) >= 2:
         fs = filter_structure(convs[0])
         first = next(n for n, m in conv_layers(ctx.model).items() if m is convs[0])
@@ -574,6 +575,14 @@ def _evidence(ctx: _Context, section: _Section) -> None:
             "gradients) score near 1, noise near 0.</p>"
         )
         data["filter_structure"] = {"layer": first, **fs.to_dict()}
+    from deconvviz.render.evidence import evidence_figure
+
+    ctx.add_figure(
+        section,
+        "class selectivity of the top images per layer, and first-layer filter structure",
+        evidence_figure(sel, fs),
+        "evidence.png",
+    )
     write_json(ctx.path("evidence.json"), _json_safe(data))
     section.data.update(data)
 
