@@ -615,7 +615,8 @@ def write_dataset_reconstructions(
 
     Per layer: ``<layer>.png`` (the Fig. 2 grid; ``<layer>_p2.png``... when it has more than
     ``channels_per_page`` feature maps) and ``<layer>.json`` (values, dataset indices,
-    positions and receptive-field boxes of every top activation); with ``save_tensors``, also
+    positions and receptive-field boxes of every top activation, the dead feature maps and the
+    number of images scanned); with ``save_tensors``, also
     ``<layer>.pt`` holding the reconstructions and patches.
 
     Returns:
@@ -655,6 +656,8 @@ def write_dataset_reconstructions(
                 "start": list(rf.start),
             },
             "figures": [p.name for p in written],
+            "images": rec.images,
+            "dead": rec.dead,
             "channels": rec.channels.tolist(),
             "values": _finite(rec.values),
             "indices": rec.indices.tolist(),

@@ -167,7 +167,7 @@ def occlusion_figure(
             ax.set_yticks([])
             base = float(result.base_prob[index])
             ax.set_title(
-                f"{tag}input: {name(target)} (p={base:.2f})\noccluder {sh}x{sw}, "
+                f"{tag}input, p({name(target)}) = {base:.2f}\noccluder {sh}x{sw}, "
                 f"stride {result.stride[0]}",
                 fontsize=8,
             )
@@ -176,9 +176,9 @@ def occlusion_figure(
             where = f"{result.layer} map {int(result.channel[index])}"
             if result.feature_rectified is not None:
                 values = result.feature_rectified[index]
-                top = max(float(values.max()), 1e-12)
+                peak = max(float(values.max()), 1e-12)
                 mesh = draw_map(
-                    ax, result, values, image, alpha=alpha, cmap="magma", vmin=0.0, vmax=top
+                    ax, result, values, image, alpha=alpha, cmap="magma", vmin=0.0, vmax=peak
                 )
                 fig.colorbar(mesh, ax=ax, shrink=0.8, label="sum of ReLU(activation)")
                 ax.set_title(
@@ -187,9 +187,9 @@ def occlusion_figure(
                 )
             else:  # a result made without the rectified sums: show the raw, signed ones
                 values = result.feature[index]
-                top = max(float(values.abs().max()), 1e-12)
+                peak = max(float(values.abs().max()), 1e-12)
                 mesh = draw_map(
-                    ax, result, values, image, alpha=alpha, cmap="RdBu_r", vmin=-top, vmax=top
+                    ax, result, values, image, alpha=alpha, cmap="RdBu_r", vmin=-peak, vmax=peak
                 )
                 fig.colorbar(mesh, ax=ax, shrink=0.8, label="sum of activation (pre-ReLU)")
                 ax.set_title(f"{tag}total activation (pre-ReLU, can be < 0)\n{where}", fontsize=8)
@@ -198,9 +198,9 @@ def occlusion_figure(
             raw = result.projection[index].detach().cpu().double()
             where = f"{result.layer} map {int(result.channel[index])}"
             if raw.shape[0] == 1:
-                top = max(float(raw.abs().max()), 1e-12)
+                peak = max(float(raw.abs().max()), 1e-12)
                 im = ax.imshow(
-                    raw[0].numpy(), cmap="gray", vmin=-top, vmax=top, interpolation="nearest"
+                    raw[0].numpy(), cmap="gray", vmin=-peak, vmax=peak, interpolation="nearest"
                 )
                 fig.colorbar(im, ax=ax, shrink=0.8, label="projection (grey = 0)")
                 ax.set_title(f"{tag}deconvnet projection\n{where}", fontsize=8)
