@@ -6,6 +6,7 @@
 * every colour map that encodes values (a 2-D image or mesh in a map other than ``gray``, or any
   ``gray`` image with a colour bar of its own) has a colour bar with a label; categorical maps
   (``ListedColormap``) come with a legend instead;
+* no axes title runs under another axes (a colour bar, the next panel);
 * every text drawn (titles, labels, legends, annotations) and everything else drawn (the
   figure's tight bounding box, tick labels included) lies inside the canvas.
 """
@@ -89,6 +90,23 @@ def check_figure(fig: Figure, *, colorbars: bool = True) -> None:
         and tight.x1 <= box.x1 + 1
         and tight.y1 <= box.y1 + 1
     ), f"something drawn at {tight} runs off the figure {box}"
+    # an axes title is not hidden under another axes (a colour bar, the next panel)
+    for ax in fig.axes:
+        for title in (ax.title, ax._left_title, ax._right_title):  # type: ignore[attr-defined]
+            if not title.get_text():
+                continue
+            ext = title.get_window_extent(renderer)
+            for other in fig.axes:
+                if other is ax or not other.get_visible():
+                    continue
+                if not other.axison and not other.images and not other.collections:
+                    continue  # an unused, hidden cell of a grid
+                ob = other.get_window_extent(renderer)
+                overlap = min(ext.x1, ob.x1) - max(ext.x0, ob.x0)
+                overlap_y = min(ext.y1, ob.y1) - max(ext.y0, ob.y0)
+                assert overlap <= 1 or overlap_y <= 1, (
+                    f"title {title.get_text()!r} runs under another axes at {ob}"
+                )
     for t in texts(fig):
         ext = t.get_window_extent(renderer)
         assert (

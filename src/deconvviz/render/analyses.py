@@ -298,8 +298,7 @@ def sensitivity_figure(
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(
-            f"Spearman ρ between channels\n(mean off-diagonal "
-            f"{_fmt(float(result.mean_similarity[r]))})",
+            f"ρ between channels\nmean off-diagonal {_fmt(float(result.mean_similarity[r]))}",
             fontsize=8,
         )
     if im is not None:
