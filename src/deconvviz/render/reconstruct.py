@@ -2,10 +2,10 @@
 
 * :func:`fig2_block` -- one feature map's top-``k`` projections beside the image patches that
   caused them, as one PIL image (the paper's Fig. 2 cell);
-* :func:`top_projections_figure` -- those cells for many feature maps of a layer, each labelled
-  with its channel and strongest activation value;
+* :func:`top_projections_figure` -- those cells for many feature maps of a layer, each titled
+  ``ch <channel>: max act <value>``; dead maps (never above 0) drawn as hatched cells and listed;
 * :func:`image_projections_figure` -- an input image beside the projections of its strongest
-  feature maps, labelled with channel and activation value;
+  feature maps, titled the same way;
 * :func:`comparison_figure` -- our deconvnet beside captum's attribution methods, per image.
 
 Every reconstruction is contrast-stretched around grey on its own
