@@ -288,9 +288,11 @@ def test_figures_label_channel_and_value(tmp_path):
     rec = reconstruct_dataset(model, data, ["conv2"], k=2, channels=[4, 0], progress=False)
     fig = top_projections_figure(rec["conv2"])
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == [
-        f"ch {c} · {float(rec['conv2'].values[i, 0]):.3g}" for i, c in enumerate([4, 0])
-    ]
+    want = []
+    for i, c in enumerate([4, 0]):
+        v = float(rec["conv2"].values[i, 0])
+        want.append(f"ch {c}: max act {v:.3g}" if v > 0 else f"ch {c}: dead")
+    assert [t.split("\n")[0] for t in titles] == want
     assert "conv2" in fig._suptitle.get_text()
     x = torch.stack([d[0] for d in data])
     res = reconstruct_images(model, x, ["conv1"], progress=False)["conv1"]
@@ -298,7 +300,12 @@ def test_figures_label_channel_and_value(tmp_path):
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     order = torch.argsort(res.values[1], descending=True)[:3].tolist()
     assert titles[0] == "input"
-    assert titles[1:] == [f"ch {c}\n{float(res.values[1, c]):.3g}" for c in order]
+    assert titles[1:] == [
+        f"ch {c}: max act {float(res.values[1, c]):.3g}"
+        if float(res.values[1, c]) > 0
+        else f"ch {c}: inactive"
+        for c in order
+    ]
 
 
 def test_writers_write_pngs_and_json(tmp_path):

@@ -230,3 +230,77 @@ def test_report_replaces_existing_files_atomically(tmp_path):
         sorted(p.name for p in tmp_path.glob("figures/*")),
         ["filters_conv1.png", "filters_conv1_rms.png"],
     )
+
+
+class _Tables(html.parser.HTMLParser):
+    """Every <table>: its caption, header cells and rows of cell texts (th and td)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[dict] = []
+        self._cell: list[str] | None = None
+        self._where = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.tables.append({"caption": "", "head": [], "rows": []})
+        elif tag in ("thead", "tbody", "caption"):
+            self._where = tag
+        elif tag == "tr" and self._where == "tbody":
+            self.tables[-1]["rows"].append([])
+        elif tag in ("th", "td"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("th", "td") and self._cell is not None:
+            text = "".join(self._cell)
+            table = self.tables[-1]
+            (table["head"] if self._where == "thead" else table["rows"][-1]).append(text)
+            self._cell = None
+        elif tag == "caption":
+            self._where = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        elif self._where == "caption":
+            self.tables[-1]["caption"] += data
+
+
+def test_summary_and_config_are_readable_tables(report):
+    parser = _Tables()
+    parser.feed(report.index.read_text())
+    summary, config = parser.tables[0], parser.tables[1]
+    # the summary is a key-value table: no (empty) header row, a name in every first cell
+    assert summary["caption"] == "Summary" and summary["head"] == []
+    assert [row[0] for row in summary["rows"]] == [
+        "model",
+        "parameters",
+        "dataset",
+        "seed",
+    ]
+    assert all(len(row) == 2 and row[0] and row[1] for row in summary["rows"])
+    # the config: one row per setting, nested dicts flattened, no Python dict or k=v string
+    assert config["caption"] == "Training configuration"
+    assert config["head"] == ["setting", "value"]
+    assert config["rows"] == [["model.model", "tiny"], ["seed", "7"], ["lr", "0.001"]]
+    for table in parser.tables:
+        assert all(h.strip() for h in table["head"])
+        for row in table["rows"]:
+            assert not any("{" in c or "=" in c for c in row), row
+
+
+def test_reconstruction_section_lists_dead_feature_maps(report):
+    manifest = json.loads(report.manifest.read_text())
+    section = next(s for s in manifest["sections"] if s["key"] == "reconstructions")
+    assert set(section["dead"]) == {"conv1", "conv2"}
+    parser = _Tables()
+    parser.feed(report.index.read_text())
+    (dead,) = [t for t in parser.tables if t["caption"].startswith("Dead feature maps")]
+    assert dead["head"] == ["layer", "dead feature maps", "channels never > 0"]
+    for row in dead["rows"]:
+        listed = section["dead"][row[0]]
+        assert row[2] == (", ".join(str(c) for c in listed) or "none")
+    recs = [f for f in report.figures if f.section == "reconstructions"]
+    for f, row in zip(recs, dead["rows"], strict=True):
+        assert f.title.endswith(f"dead feature maps (never > 0): {row[2]}")

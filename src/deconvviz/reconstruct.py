@@ -105,6 +105,13 @@ class LayerReconstructions:
         patches: ``[C', k, Cin, h, w]`` the input pixels of the same boxes.
         input_size: ``(H, W)`` of the images.
         receptive_field: the layer's :class:`deconvviz.ReceptiveField`, or ``None``.
+        images: how many images were scanned for the top activations (``None``: not known).
+
+    A feature map is *dead* when its strongest activation over the scanned images is not above
+    0 (a ReLU after it never lets anything through): :attr:`dead` lists them, and the figures
+    draw them as dead instead of projecting their zeros. Entries of a live map that are not
+    above 0 (it fired on fewer than ``k`` images) are not real top activations either:
+    :attr:`fired` is False there.
     """
 
     layer: str
@@ -118,17 +125,44 @@ class LayerReconstructions:
     patches: Tensor
     input_size: tuple[int, int]
     receptive_field: ReceptiveField | None
+    images: int | None = None
 
     @property
     def k(self) -> int:
         """Activations per feature map."""
         return int(self.values.shape[1])
 
+    @property
+    def fired(self) -> Tensor:
+        """``[C', k]`` True where the entry is a real activation: an image was there and the
+        value is above 0 (finite)."""
+        v = self.values
+        return (self.indices >= 0) & torch.isfinite(v) & (v > 0)
+
+    @property
+    def dead(self) -> list[int]:
+        """Channels (of the layer, as in :attr:`channels`) whose activation never rose above 0
+        on the scanned images.
+
+        Example::
+
+            rec = reconstruct_dataset(net, test_set, ["conv2"], progress=False)["conv2"]
+            rec.dead                       # e.g. [3, 17]: never > 0 on rec.images images
+        """
+        alive = self.fired.any(dim=1)
+        return [
+            int(c) for c, a in zip(self.channels.tolist(), alive.tolist(), strict=True) if not a
+        ]
+
     @classmethod
     def from_projections(
-        cls, proj: TopProjections, channels: Sequence[int] | None = None
+        cls,
+        proj: TopProjections,
+        channels: Sequence[int] | None = None,
+        images: int | None = None,
     ) -> LayerReconstructions:
-        """From :func:`deconvviz.project_top`'s result (``channels``: those it projected)."""
+        """From :func:`deconvviz.project_top`'s result (``channels``: those it projected;
+        ``images``: how many images were scanned)."""
         top = proj.top
         chans = list(range(top.channels)) if channels is None else [int(c) for c in channels]
         idx = torch.tensor(chans, dtype=torch.long)
@@ -149,6 +183,7 @@ class LayerReconstructions:
             patches=proj.patches,
             input_size=top.input_size,
             receptive_field=top.receptive_field,
+            images=None if images is None else int(images),
         )
 
 
@@ -285,7 +320,7 @@ def reconstruct_dataset(
             batch_size=batch_size,
             progress=progress,
         )
-        results[layer] = LayerReconstructions.from_projections(proj, chans)
+        results[layer] = LayerReconstructions.from_projections(proj, chans, images=len(dataset))
     return results
 
 
@@ -580,7 +615,8 @@ def write_dataset_reconstructions(
 
     Per layer: ``<layer>.png`` (the Fig. 2 grid; ``<layer>_p2.png``... when it has more than
     ``channels_per_page`` feature maps) and ``<layer>.json`` (values, dataset indices,
-    positions and receptive-field boxes of every top activation); with ``save_tensors``, also
+    positions and receptive-field boxes of every top activation, the dead feature maps and the
+    number of images scanned); with ``save_tensors``, also
     ``<layer>.pt`` holding the reconstructions and patches.
 
     Returns:
@@ -620,6 +656,8 @@ def write_dataset_reconstructions(
                 "start": list(rf.start),
             },
             "figures": [p.name for p in written],
+            "images": rec.images,
+            "dead": rec.dead,
             "channels": rec.channels.tolist(),
             "values": _finite(rec.values),
             "indices": rec.indices.tolist(),

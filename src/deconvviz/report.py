@@ -507,8 +507,12 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
     results = reconstruct_dataset(
         ctx.model, ctx.scan, ctx.layers, k=ctx.k, rule=ctx.rule, progress=ctx.progress
     )
+    dead_rows = []
     for layer, rec in results.items():
         pngs = write_dataset_reconstructions({layer: rec}, ctx.path("reconstructions"))
+        dead = rec.dead
+        dead_text = ", ".join(str(c) for c in dead) or "none"
+        dead_rows.append([layer, f"{len(dead)} / {len(rec.channels)}", dead_text])
         for page, path in enumerate(pngs):
             more = f" (page {page + 1}/{len(pngs)})" if len(pngs) > 1 else ""
             section.figures.append(
@@ -516,11 +520,19 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
                     section.key,
                     f"{layer}{more}: top-{rec.k} activations of each feature map over "
                     f"{len(ctx.scan)} images, {rec.rule} projections (left) and image "
-                    "patches (right)",
+                    f"patches (right); dead feature maps (never > 0): {dead_text}",
                     ctx.rel(path),
                 )
             )
+    section.html.append(
+        _table(
+            ["layer", "dead feature maps", "channels never > 0"],
+            dead_rows,
+            caption=f"Dead feature maps: never above 0 on the {len(ctx.scan)} scanned images",
+        )
+    )
     section.data["layers"] = list(results)
+    section.data["dead"] = {layer: rec.dead for layer, rec in results.items()}
     ctx.reconstructions.update(results)
 
 
@@ -658,7 +670,9 @@ figure { margin: 1em 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #ddd; image-rendering: auto; }
 figcaption { font-size: .9em; color: #555; }
 table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
+caption { text-align: left; font-weight: bold; padding: .2em 0; }
 td, th { border: 1px solid #ccc; padding: .2em .6em; text-align: left; }
+tbody th { background: #f6f6f6; font-weight: normal; }
 .skipped { color: #888; font-style: italic; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; }
 """
@@ -670,12 +684,39 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+def _table(
+    head: Sequence[str] | None, rows: Sequence[Sequence[Any]], *, caption: str | None = None
+) -> str:
+    """An HTML table; ``head=None`` for a key-value table (its first column is a row header,
+    no empty header row)."""
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    thead = ""
+    if head is not None:
+        th = "".join(f'<th scope="col">{html.escape(str(h))}</th>' for h in head)
+        thead = f"<thead><tr>{th}</tr></thead>"
+    body = []
+    for row in rows:
+        cells = [html.escape(str(c)) for c in row]
+        if head is None and cells:
+            first = f'<th scope="row">{cells[0]}</th>'
+            body.append("<tr>" + first + "".join(f"<td>{c}</td>" for c in cells[1:]) + "</tr>")
+        else:
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<table>{cap}{thead}<tbody>{''.join(body)}</tbody></table>"
+
+
+def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"model": {"width": 8}, "lr": 0.1}`` -> ``[("model.width", 8), ("lr", 0.1)]``."""
+    out: list[tuple[str, Any]] = []
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.extend(_flatten(value, name + "."))
+        elif isinstance(value, (list, tuple)):
+            out.append((name, ", ".join(_fmt(v) for v in value) or "(none)"))
+        else:
+            out.append((name, "(none)" if value is None else _fmt(value)))
+    return out
 
 
 def _safe(name: str) -> str:
@@ -720,8 +761,9 @@ def _html_page(title: str, sections: Sequence[_Section], manifest: Mapping[str, 
     )
     if cfg:
         facts.append(["seed", cfg.get("seed")])
-        facts.append(["config", ", ".join(f"{k}={v}" for k, v in cfg.items())])
-    parts.append(_table(["", ""], facts))
+    parts.append(_table(None, facts, caption="Summary"))
+    if cfg:
+        parts.append(_table(["setting", "value"], _flatten(cfg), caption="Training configuration"))
     parts.append("<nav><ul>")
     for s in sections:
         count = len(s.figures)
