@@ -46,7 +46,7 @@ from deconvviz.engine import Deconvnet, batch_images, eval_mode, exact_cuda, mod
 from deconvviz.errors import CheckpointError, InputError, LayerError
 from deconvviz.receptive import ReceptiveField
 
-__all__ = ["Scan", "scan", "select_top"]
+__all__ = ["Scan", "project_layer", "scan", "select_top"]
 
 _MISSING = torch.iinfo(torch.int64).max  # image index of an empty slot: sorts after every image
 _STATE_VERSION = 1
@@ -581,3 +581,66 @@ def scan(
 def _comm_device(dist: Any, device: torch.device) -> torch.device:
     """Where collective tensors must live: CUDA for NCCL, else CPU."""
     return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def project_layer(
+    model: nn.Module,
+    dataset: Any,
+    top: Any,
+    rule: str = "deconvnet",
+    *,
+    batch_size: int = 256,
+    progress: bool = True,
+    distributed: bool | None = None,
+) -> Any:
+    """Project every top activation of one scanned layer, sharded over processes.
+
+    Each rank projects the channels ``c`` with ``c % world == rank`` (with
+    :func:`deconvviz.project_top`) and rank 0 gathers them.
+
+    Args:
+        model: the network the scan ran on.
+        dataset: the dataset it read (``dataset[i]`` is an image or ``(image, label)``).
+        top: a :class:`deconvviz.TopActivations` (``scan_result[layer]``).
+        rule: ``"deconvnet"``, ``"gradient"`` or ``"guided"``.
+        batch_size: seeds per batch.
+        progress: show a progress bar (rank 0).
+        distributed: shard over the process group; ``None``: when one is initialised.
+
+    Returns:
+        A :class:`deconvviz.TopProjections` of all channels on rank 0; ``None`` on other ranks.
+    """
+    from deconvviz.topk import TopProjections, project_top
+
+    rank, world, dist = _world()
+    if distributed is False or dist is None:
+        rank, world, dist = 0, 1, None
+    mine = list(range(rank, top.channels, world))
+    part = None
+    if mine:
+        part = project_top(
+            model,
+            dataset,
+            top,
+            rule,
+            channels=mine,
+            batch_size=batch_size,
+            progress=progress and rank == 0,
+        )
+    if dist is None:
+        assert part is not None
+        return part
+    payload = None if part is None else (mine, part.reconstructions, part.patches)
+    got: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(payload, got, dst=0)
+    if rank != 0:
+        return None
+    assert got is not None
+    first = next(p for p in got if p is not None)
+    recs = first[1].new_zeros((top.channels, *first[1].shape[1:]))
+    patches = first[2].new_zeros((top.channels, *first[2].shape[1:]))
+    for p in got:
+        if p is not None:
+            idx = torch.tensor(p[0], dtype=torch.long)
+            recs[idx], patches[idx] = p[1], p[2]
+    return TopProjections(top, recs, patches, rule)
