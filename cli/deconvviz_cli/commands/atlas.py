@@ -135,7 +135,7 @@ def atlas_cmd(
     \b
     Examples:
       deconvviz atlas -c runs/lenet5 --data-dir ../shared/data --out atlas/
-      torchrun --nproc_per_node=4 -m deconvviz_cli atlas -c runs/r20 --data-dir data --out atlas/
+      torchrun --nproc_per_node=4 -m deconvviz_cli atlas -c runs/demo -o atlas/
     """
     import torch
 
