@@ -14,37 +14,38 @@ CPU here: some backward ops have no batching rule and vmap falls back to a loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from deconvviz.engine import Deconvnet, _LayerInfo
 
 Boxes = list[tuple[int, int, int, int]]
 
 
 def project_shared(
-    dn: Deconvnet,
+    dn: Any,
     x: Tensor,
-    info: _LayerInfo,
+    info: Any,
     layer: str,
     img: Tensor,
     chan: Tensor,
     rows: Tensor | None,
     cols: Tensor | None,
     members: list[int],
+    exact: Callable[..., Any],
 ) -> Iterator[tuple[Tensor, Tensor, Boxes, Tensor, Tensor, Tensor]]:
     """Project seeds ``members`` (of ``img``/``chan``/``rows``/``cols``) on whole images.
 
     ``rows``/``cols`` ``None``: each seed is its channel's strongest activation in its image
     (first maximum), found in the same forward pass.
 
+    ``dn`` is the :class:`deconvviz.Deconvnet` (its ``_run`` records the pass), ``info`` the
+    layer's geometry, ``exact`` the engine's ``exact_cuda`` context (passed in, so that this
+    module imports nothing of the engine).
+
     Yields ``(seed indices, gradients [S, C, H, W], boxes, values, rows, cols)``.
     """
-    from deconvviz.engine import exact_cuda
 
     h, w = int(x.shape[-2]), int(x.shape[-1])
     by_img: dict[int, list[int]] = {}
@@ -85,7 +86,7 @@ def project_shared(
             if not out.requires_grad:
                 grads = x.new_zeros((len(ns), *x.shape[1:]))
             else:
-                with torch.enable_grad(), exact_cuda(xin, dn._names):
+                with torch.enable_grad(), exact(xin, dn._names):
                     (g,) = torch.autograd.grad(
                         out, xin, seed, retain_graph=slot < slots - 1, allow_unused=True
                     )

@@ -804,7 +804,7 @@ class Deconvnet:
         out = x.new_zeros((n_seeds, *x.shape[1:]))
         if full:
             for idx, grads, boxes, *_ in project_shared(
-                self, x, info, layer, img, chan, rows, cols, list(range(n_seeds))
+                self, x, info, layer, img, chan, rows, cols, list(range(n_seeds)), exact_cuda
             ):
                 scatter_windows(out, idx, grads, boxes)
             return out
@@ -850,7 +850,7 @@ class Deconvnet:
                 from deconvviz.batched import project_shared
 
                 for idx, grads, sub, *_ in project_shared(
-                    self, x, info, layer, img, chan, rows, cols, members
+                    self, x, info, layer, img, chan, rows, cols, members, exact_cuda
                 ):
                     yield idx, grads, sub
                 continue
