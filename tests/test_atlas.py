@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -259,3 +262,29 @@ def test_browser_walks_index_layer_unit_and_back(site, tmp_path):
         # images the browser did load (the lazy ones in view) are real pictures
         assert all(shown != 0 for _, _, shown in entry["images"]), entry["page"]
     assert len(log[1]["images"]) == 2 * 4 and len(log[2]["images"]) == 2 * 4
+
+
+TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun is not installed")
+def test_torchrun_two_processes_write_the_same_site(site, tmp_path):
+    root, out, _ = site
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    free = port.getsockname()[1]
+    port.close()
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(repo / "src"), str(repo / "cli")])
+    two = tmp_path / "two"
+    cmd = [TORCHRUN, "--nproc_per_node=2", f"--master_port={free}", "-m", "deconvviz_cli"]
+    cmd += ["atlas", "-c", str(root / "tiny.pt"), "--model", f"{root / 'tiny.py'}:make"]
+    cmd += ["--data-dir", str(root / "data"), "--dataset", "cifar10", "-k", "4"]
+    cmd += ["--batch-size", "5", "--out", str(two), "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (two / "atlas.json").read_bytes() == (out / "atlas.json").read_bytes()
+    for png in sorted((out / "img").rglob("*.png")):
+        assert (two / png.relative_to(out)).read_bytes() == png.read_bytes(), png
