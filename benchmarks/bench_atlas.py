@@ -262,7 +262,7 @@ def _projections(args: Any) -> list[tuple[str, float, float]]:
             r, q = top.positions[c, j].tolist()
             deconv.attribute(x_all[i : i + 1].clone().requires_grad_(True), (c, r, q))
 
-    t_captum = _time(captum_seeds, 1) * len(seeds) / len(some)
+    t_captum = _time(captum_seeds, args.repeats) * len(seeds) / len(some)
     rows.append((f"{layer}: all {len(seeds)} top-{args.k} seeds (crops)", t_ours, t_captum))
 
     # 2. a deep layer (receptive field = the whole image): every channel x 4 images
@@ -285,7 +285,7 @@ def _projections(args: Any) -> list[tuple[str, float, float]]:
                 xi, neuron_selector=lambda out, c=c: out[:, c].flatten(1).max(1).values
             )
 
-    t_captum = _time(captum_channels, 1) * channels / len(some_c)
+    t_captum = _time(captum_channels, args.repeats) * channels / len(some_c)
     what = f"{layer}: {channels} ch x 4 img (whole image)"
     rows.append((what + ", project", t_proj, t_captum))
     rows.append((what + ", project_seeds", t_seeds, t_captum))
@@ -302,6 +302,7 @@ def main() -> None:
     parser.add_argument("--shallow-layer", default="layer1.0.conv1")
     parser.add_argument("--deep-layer", default="layer3.2.conv2")
     parser.add_argument("--captum-seeds", type=int, default=32)
+    parser.add_argument("--projections-only", action="store_true", help="skip the scan table")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -313,6 +314,9 @@ def main() -> None:
         f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}; ResNet20, 19 Conv2d layers, top-{args.k} "
         f"over {args.images} images, batch {args.batch_size}, median of {args.repeats}"
     )
+    if args.projections_only:
+        _print_projections(args)
+        return
     try:
         import crp  # noqa: F401
     except ImportError:
@@ -347,6 +351,10 @@ def main() -> None:
             f"zennit-crp / scan = {speed:.1f}x (goal >= 4x): {'meets' if speed >= 4 else 'MISSES'}"
         )
 
+    _print_projections(args)
+
+
+def _print_projections(args: Any) -> None:
     rows = _projections(args)
     if rows:
         print(f"\n{'projections':<58}{'deconvviz':>10}{'captum loop':>13}{'speed-up':>10}")
