@@ -91,6 +91,8 @@ def test_scan_does_not_depend_on_batch_size_or_input_kind(dtype):
     _same(ref, scan(model, DataLoader(data, batch_size=5), "conv", k=5, progress=False), exact)
     batches = (b for b in DataLoader(data, batch_size=9))
     _same(ref, scan(model, batches, "conv", k=5, progress=False), exact)
+    as_list = list(data.tensors[0].split(9))  # a list is read as a list of batches
+    _same(ref, scan(model, as_list, "conv", k=5, progress=False), exact)
 
 
 def test_top_activations_is_the_one_layer_case_and_matches_brute_force():

@@ -159,9 +159,10 @@ class _Running:
 
 
 def _is_dataset(data: Any) -> bool:
-    return isinstance(data, Dataset) or (
-        hasattr(data, "__len__") and hasattr(data, "__getitem__") and not isinstance(data, Tensor)
-    )
+    """A dataset of items (not a list or tuple, which are read as lists of batches)."""
+    if isinstance(data, (list, tuple, Tensor)):
+        return False
+    return isinstance(data, Dataset) or (hasattr(data, "__len__") and hasattr(data, "__getitem__"))
 
 
 def _shard(n: int, rank: int, world: int, batch: int) -> range:
@@ -332,7 +333,8 @@ def scan(
     Args:
         model: the network (run in eval mode; its flags are restored).
         data: a Dataset (items are images or ``(image, label)``), an unshuffled DataLoader, or
-            any iterable of batches in dataset order (no resume or sharding then).
+            any iterable of batches in dataset order, a list of batches included (no resume or
+            sharding then).
         layers: ``"conv"`` (every ``Conv2d``), a layer name or a list of names
             (``named_modules()`` spelling; ``"name:1"`` for the second call of a shared module).
         k: activations kept per channel, from distinct images.
