@@ -21,6 +21,7 @@ from deconvviz.reconstruct import (
 )
 from deconvviz.render.filters import filter_grid
 from deconvviz.report import Report, write_report
+from deconvviz.scan import Scan, scan
 from deconvviz.stats import (
     HiddenStateStats,
     LayerStats,
@@ -56,6 +57,7 @@ __all__ = [
     "DeconvvizError",
     "DeconvvizWarning",
     "ReceptiveField",
+    "Scan",
     "TopActivations",
     "TopProjections",
     "__version__",
@@ -63,5 +65,6 @@ __all__ = [
     "layer_output",
     "project_top",
     "receptive_field",
+    "scan",
     "top_activations",
 ]

@@ -3,8 +3,9 @@
 :func:`top_activations` streams a DataLoader once, stopping each forward pass at the layer, and
 keeps per channel the ``k`` strongest activations from **distinct** images (each image
 contributes its strongest activation of that map), in ``O(channels x k)`` memory on the model's
-device. :func:`project_top` then projects all of them in batches and crops the image patches
-(receptive fields) that caused them.
+device. It is the one-layer case of :func:`deconvviz.scan.scan` (ties go to the lowest image
+index, then the lowest position). :func:`project_top` then projects all of them in batches and
+crops the image patches (receptive fields) that caused them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, RandomSampler
 
 from deconvviz.engine import Deconvnet, batch_images, model_device_dtype
 from deconvviz.errors import InputError
@@ -104,77 +104,9 @@ def top_activations(
         >>> top.values.shape                                              # doctest: +SKIP
         torch.Size([64, 9])
     """
-    if not isinstance(k, int) or k < 1:
-        raise InputError(f"k must be a positive integer, got {k!r}")
-    if isinstance(loader, DataLoader) and isinstance(loader.sampler, RandomSampler):
-        raise InputError(
-            "the DataLoader shuffles, so image indices would not refer to dataset positions; "
-            "build it with shuffle=False"
-        )
-    from tqdm.auto import tqdm
+    from deconvviz.scan import scan
 
-    device, dtype = model_device_dtype(model)
-    best_v: Tensor | None = None
-    best_i: Tensor | None = None
-    best_p: Tensor | None = None
-    seen = 0
-    rf: ReceptiveField | None = None
-    size: tuple[int, int] | None = None
-    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    with Deconvnet(model, warn=False) as dn:
-        bar = tqdm(
-            loader,
-            total=total,
-            desc=f"top-{k} of {layer}",
-            disable=not progress,
-            unit="batch",
-            leave=False,
-        )
-        for batch in bar:
-            xb = batch_images(batch)
-            xb = dn._check_input(xb.to(device=device, dtype=dtype))
-            probe = dn._probe(xb)
-            info = dn._layer(probe, layer)
-            if size is None:
-                size, rf = (int(xb.shape[-2]), int(xb.shape[-1])), info.rf
-            elif size != tuple(xb.shape[-2:]):
-                raise InputError(
-                    f"images change size within the dataset ({size} then {tuple(xb.shape[-2:])}); "
-                    "resize them to one size"
-                )
-            acts = dn._values(xb, layer)
-            b = acts.shape[0]
-            if acts.dim() == 4:
-                flat = acts.flatten(2)  # [B, C, h*w]
-                val, where = flat.max(dim=2)  # [B, C]
-                w = acts.shape[-1]
-                pos = torch.stack([where // w, where % w], dim=-1)  # [B, C, 2]
-            else:
-                val = acts
-                pos = torch.zeros((*acts.shape, 2), dtype=torch.long, device=acts.device)
-            idx = torch.arange(seen, seen + b, device=acts.device).unsqueeze(1).expand_as(val)
-            cand_v = val.t()
-            cand_i = idx.t()
-            cand_p = pos.transpose(0, 1)
-            if best_v is not None:
-                cand_v = torch.cat([best_v, cand_v], dim=1)
-                cand_i = torch.cat([best_i, cand_i], dim=1)  # type: ignore[list-item]
-                cand_p = torch.cat([best_p, cand_p], dim=1)  # type: ignore[list-item]
-            kk = min(k, cand_v.shape[1])
-            best_v, sel = cand_v.topk(kk, dim=1)
-            best_i = cand_i.gather(1, sel)
-            best_p = cand_p.gather(1, sel.unsqueeze(-1).expand(-1, -1, 2))
-            seen += b
-    if best_v is None or best_i is None or best_p is None or size is None:
-        raise InputError("the loader yielded no images; check the dataset is not empty")
-    c, kk = best_v.shape
-    if kk < k:  # fewer images than k
-        pad = k - kk
-        best_v = torch.cat([best_v, best_v.new_full((c, pad), float("-inf"))], dim=1)
-        best_i = torch.cat([best_i, best_i.new_full((c, pad), -1)], dim=1)
-        best_p = torch.cat([best_p, best_p.new_zeros((c, pad, 2))], dim=1)
-    boxes = _boxes(rf, best_p.cpu(), size)
-    return TopActivations(layer, best_v.cpu(), best_i.cpu(), best_p.cpu(), boxes, size, rf)
+    return scan(model, loader, [layer], k, progress=progress, distributed=False)[layer]
 
 
 def _boxes(

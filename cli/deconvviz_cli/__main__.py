@@ -1,0 +1,3 @@
+from deconvviz_cli.main import cli
+
+cli(prog_name="deconvviz")
