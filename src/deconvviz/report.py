@@ -36,6 +36,7 @@ import math
 import os
 import platform
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -387,8 +388,10 @@ class _Context:
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(_FIG_DIR, *parts)
 
-    def rel(self, path: Path) -> str:
-        return path.relative_to(self.out).as_posix()
+    def rel(self, path: str | os.PathLike[str]) -> str:
+        """``path`` (as written: absolute, or relative to the working directory) relative to
+        the report folder, in POSIX spelling: the form every link of the report takes."""
+        return _relative_to(path, self.out)
 
     def add_figure(self, section: _Section, title: str, fig: Any, *parts: str) -> None:
         path = self.path(*parts)
@@ -572,12 +575,10 @@ def _analyses(ctx: _Context, section: _Section) -> None:
         section.skipped = "deconvviz.analyses has no report_figures() in this version"
         return
     folder = ctx.path("analyses")
+    # report_figures returns the paths it wrote (folder / name): usable as they are, never to be
+    # joined to the folder again
     for title, path in report_figures(ctx.model, ctx.dataset, folder, progress=ctx.progress):
-        p = Path(path)
-        if not p.is_absolute():
-            p = folder / p
-        rel = Path(os.path.relpath(p.resolve(), ctx.out.resolve())).as_posix()
-        section.figures.append(ReportFigure(section.key, str(title), rel))
+        section.figures.append(ReportFigure(section.key, str(title), ctx.rel(path)))
 
 
 # ------------------------------------------------------------------------------ HTML
@@ -595,6 +596,20 @@ td, th { border: 1px solid #ccc; padding: .2em .6em; text-align: left; }
 .skipped { color: #888; font-style: italic; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; }
 """
+
+
+def _relative_to(path: str | os.PathLike[str], folder: Path) -> str:
+    """``path`` relative to ``folder`` (both as given: absolute or relative to the working
+    directory), POSIX spelling; refuses a path outside ``folder``."""
+    rel = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(folder))).as_posix()
+    if rel == ".." or rel.startswith("../"):
+        raise ValueError(f"{path} is not inside the report folder {folder}")  # a bug, not input
+    return rel
+
+
+def _url(rel: str) -> str:
+    """A relative file path as a URL reference for the page (spaces, '#', '%'... quoted)."""
+    return urllib.parse.quote(rel, safe="/")
 
 
 def _fmt(v: Any) -> str:
@@ -668,7 +683,7 @@ def _html_page(title: str, sections: Sequence[_Section], manifest: Mapping[str, 
             parts.append(f'<p class="skipped">Skipped: {e(s.skipped)}</p>')
         parts.extend(s.html)
         for f in s.figures:
-            src = e(f.path, quote=True)
+            src = e(_url(f.path), quote=True)
             parts.append(
                 f'<figure><a href="{src}"><img src="{src}" alt="{e(f.title, quote=True)}" '
                 f'loading="eager"></a><figcaption>{e(f.title)}</figcaption></figure>'
