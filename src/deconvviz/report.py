@@ -514,7 +514,7 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
             section.figures.append(
                 ReportFigure(
                     section.key,
-                    f"{layer}{more}: top-{rec.k} activations of each feature map over "
+                    f"{layer}{more}: top-{rec.found} activations of each feature map over "
                     f"{len(ctx.scan)} images, {rec.rule} projections (left) and image "
                     "patches (right)",
                     ctx.rel(path),

@@ -160,6 +160,7 @@ def top_projections_figure(
 
     Returns:
         A matplotlib figure; each cell is titled ``ch <channel> · <strongest activation>``.
+        Padding entries (index ``-1``: the dataset had fewer than ``k`` images) are left out.
     """
     n = rec.reconstructions.shape[0]
     rows_sel = list(range(n)) if channels is None else [int(c) for c in channels]
@@ -168,10 +169,21 @@ def top_projections_figure(
     bad = [r for r in rows_sel if not 0 <= r < n]
     if bad:
         raise InputError(f"row {bad[0]} is out of range: the result holds {n} feature maps")
-    blocks = [
-        fig2_block(rec.reconstructions[r], rec.patches[r], outside=outside_mask(rec, r))
-        for r in rows_sel
-    ]
+    blocks = []
+    for r in rows_sel:
+        # only the real entries: padding (fewer images than k, index -1) is never drawn as a tile
+        real = rec.indices[r] >= 0
+        if not bool(real.any()):
+            raise InputError(f"feature map row {r} has no top activation to draw (no images)")
+        outside = outside_mask(rec, r)
+        blocks.append(
+            fig2_block(
+                rec.reconstructions[r][real],
+                rec.patches[r][real],
+                nrow=max(1, math.ceil(math.sqrt(int(real.sum())))),
+                outside=None if outside is None else outside[real],
+            )
+        )
     ncols = max(1, min(int(ncols), len(blocks)))
     nrows = math.ceil(len(blocks) / ncols)
     bw, bh = blocks[0].size
@@ -190,9 +202,11 @@ def top_projections_figure(
     if title is None:
         rf = rec.receptive_field
         size = f", receptive field {rf.size[0]}x{rf.size[1]} px" if rf is not None else ""
+        found = int((rec.indices[rows_sel] >= 0).sum(dim=1).max())
+        few = f" (top-{rec.k} asked; only {found} images)" if found < rec.k else ""
         title = (
-            f"{rec.layer}: top-{rec.k} activations per feature map ({rec.rule} projections "
-            f"left, image patches right{size})"
+            f"{rec.layer}: top-{found} activations per feature map{few} ({rec.rule} "
+            f"projections left, image patches right{size})"
         )
     if page is not None:
         title += f" [page {page[0]}/{page[1]}]"
