@@ -289,8 +289,8 @@ def _attribute(
     except RuntimeError as exc:  # e.g. backward hooks on in-place ReLUs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
-            f"captum's {method} failed on this model ({first}); leave it out with "
-            f"methods=... (deconvviz's own deconvnet works on it)"
+            f"captum's {method} failed on this model ({first}); deconvviz's own deconvnet works "
+            f"on it: use deconvviz reconstruct --image (methods= without {method!r} in Python)"
         ) from exc
 
 

@@ -73,13 +73,13 @@ _HOW_TO_GET = {
     ),
     "cifar10": (
         "put cifar10.npz (arrays x_train, y_train, x_test, y_test) or torchvision's "
-        "cifar-10-batches-py folder there, or pass download=True (--download) to fetch it "
-        "with torchvision"
+        "cifar-10-batches-py folder there, or pass --download (download=True in Python) to "
+        "fetch it with torchvision"
     ),
     "mnist": (
         "put the four MNIST idx files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
-        "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) in DIR/MNIST/raw, e.g. with "
-        "torchvision.datasets.MNIST(DIR, download=True) on a machine with network access"
+        "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) in DIR/MNIST/raw, or pass "
+        "--download (download=True in Python) on a machine with network access"
     ),
 }
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from deconvviz._io import save_figure, save_torch, write_json
-from deconvviz.engine import attach, model_device_dtype
+from deconvviz.engine import _split_layer, attach, model_device_dtype
 from deconvviz.errors import DataError, InputError, LayerError, unknown_name
 from deconvviz.receptive import ReceptiveField
 from deconvviz.rules import RULES
@@ -193,13 +193,14 @@ def _check_layers(model: nn.Module, layers: Sequence[str] | str | None) -> list[
         if not found:
             raise LayerError(
                 f"{type(model).__name__} has no Conv2d layers to reconstruct by default; "
-                "name the layers to project (layers=[...], --layer NAME)"
+                "name the layers to project: --layer NAME (layers=[...] in Python)"
             )
         return found
     names = [n for n, _ in model.named_modules() if n]
     out: list[str] = []
     for layer in layers:
-        if layer not in names:
+        # 'name:N' (the N-th call of a module called several times) is the engine's to check
+        if not isinstance(layer, str) or _split_layer(layer)[0] not in names:
             raise LayerError(unknown_name("layer", str(layer), names))
         if layer not in out:
             out.append(layer)

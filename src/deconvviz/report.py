@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Subset
 
 from deconvviz._io import save_figure, save_image, write_json, write_text
 from deconvviz._version import __version__
-from deconvviz.engine import model_device_dtype
+from deconvviz.engine import _split_layer, model_device_dtype
 from deconvviz.errors import DeconvvizError, InputError, LayerError, unknown_name
 from deconvviz.rules import RULES
 
@@ -220,7 +220,8 @@ def write_report(
         raise InputError(unknown_name("rule", str(rule), sorted(RULES)))
     known = [n for n, _ in model.named_modules() if n]
     for layer in layers or ():
-        if layer not in known:
+        # 'name:N' (the N-th call of a module called several times) is the engine's to check
+        if not isinstance(layer, str) or _split_layer(layer)[0] not in known:
             raise LayerError(unknown_name("layer", str(layer), known))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -312,6 +313,7 @@ def report_from_run(
     model_factory: str | Callable[[], nn.Module] | None = None,
     dataset: str | None = None,
     split: str = "test",
+    map_location: str = "cpu",
     **options: Any,
 ) -> Report:
     """Load a run (or a user model's state dict) and its data, and :func:`write_report`.
@@ -326,6 +328,7 @@ def report_from_run(
         dataset: dataset name for :func:`deconvviz.data.load_dataset` (default: the one that
             goes with the run's config, or the only one found under ``data_dir``).
         split: ``"test"`` or ``"train"``.
+        map_location: the device the model runs on (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
         **options: passed on to :func:`write_report`.
 
     Returns:
@@ -334,7 +337,7 @@ def report_from_run(
     from deconvviz.checkpoint import load_run
     from deconvviz.reconstruct import dataset_for_model
 
-    run = load_run(run_dir, model_factory=model_factory)
+    run = load_run(run_dir, model_factory=model_factory, map_location=map_location)
     ds = dataset_for_model(run.model, run.config, data_dir, dataset, split)
     return write_report(
         out_dir, run.model, ds, config=run.config, metrics=run.metrics, run_path=run.path, **options
