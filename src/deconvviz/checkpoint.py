@@ -196,6 +196,7 @@ def read_checkpoint(run_dir_or_file: str | os.PathLike[str], map_location: Any =
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(". ")[0].rstrip(".")  # torch's own advice runs on for lines
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({first}); it is corrupt or "
             "truncated: train again, or resume from an intact copy"

@@ -565,8 +565,8 @@ def dataset_for_model(
         dataset = "cifar10"
     if data_dir is None:
         raise DataError(
-            "no data folder given; pass --data-dir (data_dir=) pointing at the dataset "
-            "(e.g. ../shared/data)"
+            "no data folder given; pass --data-dir DIR (data_dir= in Python) pointing at the "
+            "dataset (e.g. ../shared/data)"
         )
     if dataset is None and isinstance(model_cfg, Mapping):
         return dataset_for_config(dict(config), data_dir, split)

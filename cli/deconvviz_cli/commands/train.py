@@ -215,7 +215,7 @@ def train() -> None:
     """Train an example target: LeNet5 on CIFAR-10, RNN/LSTM/GRU on MNIST."""
 
 
-@train.command("lenet5")
+@train.command("lenet5", short_help="Train the course's LeNet5 on CIFAR-10.")
 @_common_train_options(batch_size=50, iterations=2000, lr=1e-3, fetches="CIFAR-10")
 @click.option(
     "--dataset",
@@ -262,7 +262,7 @@ def train_lenet5(
     _run(ctx, model, name, opts)
 
 
-@train.command("rnn")
+@train.command("rnn", short_help="Train an RNN, LSTM or GRU on MNIST rows.")
 @_common_train_options(batch_size=128, iterations=390, lr=1e-3, fetches="MNIST")
 @click.option(
     "--cell",
@@ -347,7 +347,7 @@ def sweep() -> None:
     """Run the origin report's grids (resumable: finished configurations are kept)."""
 
 
-@sweep.command("lenet5")
+@sweep.command("lenet5", short_help="LeNet5: optimisers x learning rates.")
 @data_dir_option(required=True, help=_DATA_HELP)
 @out_option("Sweep directory (one run folder per configuration, and results.md).")
 @click.option(
@@ -390,7 +390,7 @@ def sweep_lenet5_cmd(data_dir: Path, out: Path, configs: tuple[str, ...], **opts
     click.echo(_sweep_report(sweep_lenet5(data_dir, out, grid=grid, **opts)))
 
 
-@sweep.command("rnn")
+@sweep.command("rnn", short_help="RNN/LSTM/GRU x hidden sizes on MNIST.")
 @data_dir_option(required=True, help=_DATA_HELP)
 @out_option("Sweep directory (one run folder per configuration, and results.md).")
 @click.option(
