@@ -114,6 +114,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("stats data-dir missing", ["stats", "-c", "{run}", "--data-dir", "{root}/nope"], 1, "nope"),
     ("train data-dir missing", ["train", "lenet5", "--data-dir", "{root}/nope"], 1, "nope"),
     ("no data-dir", ["reconstruct", "-c", "{run}"], 1, "--data-dir"),
+    ("stats without data-dir", ["stats", "-c", "{run}"], 1, "--data-dir"),
+    ("invariance without data-dir", ["invariance", "-c", "{run}"], 1, "--data-dir"),
     # --- checkpoint / model
     ("checkpoint corrupt", [*REC[:1], "-c", "{root}/corrupt.pt", *REC[3:]], 1, "corrupt"),
     (
@@ -328,3 +330,21 @@ def test_the_installed_command_runs_as_a_module_with_one_line_errors(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and word in lines[0], done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_on_the_shipped_sample_needs_no_data_dir(tmp_path):
+    # the same --data-dir on every command: optional wherever the run's data ships with deconvviz
+    torch.manual_seed(0)
+    run = tmp_path / "demo run"
+    model = {"model": "lenet5", "in_channels": 3, "image_size": 32, "num_classes": 10}
+    config = {"model": model, "dataset": "cifar10-sample"}
+    save_run(run, LeNet5(in_channels=3, image_size=32), config, {})
+    out = tmp_path / "out"
+    for argv in (
+        ["stats", "-c", str(run), "--out", str(out / "s"), "--layer", "conv1"],
+        ["invariance", "-c", str(run), "--out", str(out / "i"), "--images", "2", "--values", "0,2"],
+    ):
+        res = CliRunner().invoke(cli, [*argv, "--no-progress"])
+        assert res.exit_code == 0, res.output
+    assert "cifar10-sample (test, 100 images)" in (out / "s" / "stats.md").read_text()
+    assert (out / "i" / "invariance_translate.png").is_file()

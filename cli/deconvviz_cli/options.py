@@ -118,7 +118,9 @@ def data_dir_option(*, required: bool, help: str | None = None) -> Callable[[F],
         default=None,
         type=click.Path(path_type=Path),
         metavar="DIR",
-        help=help or "Folder holding the run's dataset, or a root such as ../shared/data.",
+        help=help
+        or "Folder holding the run's dataset, or a root such as ../shared/data. Not needed for "
+        "runs trained on the shipped CIFAR-10 sample (deconvviz demo).",
     )
 
 

@@ -246,7 +246,7 @@ def filters(
 @click.command("stats", short_help="Activation statistics over a dataset split.")
 @checkpoint_option
 @model_option
-@data_dir_option(required=True)
+@data_dir_option(required=False)
 @out_option()
 @layer_option(multiple=True, help="Layer to measure (default: each conv layer's ReLU output)")
 @click.option(
@@ -268,7 +268,7 @@ def filters(
 def stats(
     checkpoint: Path,
     model_factory: str | None,
-    data_dir: Path,
+    data_dir: Path | None,
     out: Path,
     layers: tuple[str, ...],
     split: str,
@@ -283,7 +283,7 @@ def stats(
     """
     from torch.utils.data import DataLoader
 
-    from deconvviz.data import dataset_for_config
+    from deconvviz.reconstruct import dataset_for_model
     from deconvviz.render.stats import (
         hidden_state_figure,
         hidden_state_table,
@@ -293,8 +293,7 @@ def stats(
     from deconvviz.stats import activation_stats, hidden_state_stats, report_lines
 
     run = load(checkpoint, model_factory, device)
-    config = run.config or getattr(run.model, "config", {})
-    dataset = dataset_for_config(config, data_dir, split=split)
+    dataset = dataset_for_model(run.model, run.config, data_dir, None, split)
     loader = DataLoader(dataset, batch_size=batch_size)
     title = f"# Statistics of {run.path} on {dataset.name} ({split}, {len(dataset)} images)\n\n"
     if callable(getattr(run.model, "hidden_states", None)) and not layers:

@@ -42,7 +42,7 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         checkpoint_option,
         model_option,
-        data_dir_option(required=True),
+        data_dir_option(required=False),
         click.option(
             "--split",
             type=click.Choice(["test", "train"]),
@@ -86,14 +86,10 @@ def _load(
 ) -> tuple[Any, torch.Tensor, torch.Tensor, list[int]]:
     """The run, and ``(images, labels, dataset indices)`` from its dataset."""
     from deconvviz.analyses import pick_images
-    from deconvviz.data import dataset_for_config, load_dataset
+    from deconvviz.reconstruct import dataset_for_model
 
     run = load(opts["checkpoint"], opts["model_factory"], opts["device"])
-    config = run.config or getattr(run.model, "config", None) or {}
-    if config:
-        ds = dataset_for_config(config, opts["data_dir"], opts["split"])
-    else:
-        ds = load_dataset(opts["data_dir"], "auto", opts["split"])
+    ds = dataset_for_model(run.model, run.config, opts["data_dir"], None, opts["split"])
     if opts["indices"]:
         bad = [i for i in opts["indices"] if i >= len(ds)]
         if bad:

@@ -21,11 +21,7 @@ from deconvviz_cli.options import (
 
 RULES = ("deconvnet", "gradient", "guided")
 
-_data_dir = data_dir_option(
-    required=False,
-    help="Folder holding the dataset (e.g. ../shared/data). Not needed for runs trained on "
-    "the shipped CIFAR-10 sample (deconvviz demo).",
-)
+_data_dir = data_dir_option(required=False)
 _dataset = click.option(
     "--dataset",
     default=None,
