@@ -348,3 +348,22 @@ def test_a_run_on_the_shipped_sample_needs_no_data_dir(tmp_path):
         assert res.exit_code == 0, res.output
     assert "cifar10-sample (test, 100 images)" in (out / "s" / "stats.md").read_text()
     assert (out / "i" / "invariance_translate.png").is_file()
+
+
+def test_a_missing_device_is_not_called_a_corrupt_checkpoint(files):
+    from deconvviz.checkpoint import load_run
+    from deconvviz.devices import available_devices, resolve_device
+    from deconvviz.errors import InputError
+
+    have = available_devices()
+    assert have[0] == "cpu" and all(d.startswith(("cuda:", "mps")) for d in have[1:])
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (cuda:0 on a CPU box)
+    with pytest.raises(InputError, match=f"'{missing}' is not available.*cpu") as info:
+        load_run(files["run"], map_location=missing)
+    assert "corrupt" not in str(info.value)
+    with pytest.raises(InputError, match="not a device name"):
+        resolve_device("gpu")
+    with pytest.raises(InputError, match="not a device name"):
+        resolve_device("auto", auto=False)

@@ -90,23 +90,24 @@ def device_option(*, auto: bool = False) -> Callable[[F], F]:
     )
 
 
-def layer_option(
-    *, multiple: bool, help: str, metavar: str = "NAME", flag: str = "--layer"
-) -> Callable[[F], F]:
-    """``--layer NAME`` as ``named_modules()`` spells it (``name:N`` for the N-th call of a
-    module the forward pass calls several times); repeatable where ``multiple``.
+def layer_option(*, multiple: bool, help: str, per_call: bool = False) -> Callable[[F], F]:
+    """``--layer NAME`` as ``named_modules()`` spells it; repeatable where ``multiple``.
 
-    The parameter is ``layers`` (a tuple) when ``multiple``, else ``layer``.
+    Args:
+        multiple: repeatable; the parameter is then ``layers`` (a tuple), else ``layer``.
+        help: what the layer is for (the spelling is added).
+        per_call: the command projects through the engine, which also takes ``NAME:N``, the
+            N-th call of a module the forward pass calls several times (a ResNet block's ReLU).
     """
-    extra = " (repeatable)" if multiple else ""
+    extra = "; repeatable" if multiple else ""
+    spelling = "; NAME:N for the N-th call of a shared module" if per_call else ""
     return click.option(
-        flag,
+        "--layer",
         "layers" if multiple else "layer",
         multiple=multiple,
         default=None,
-        metavar=metavar,
-        help=f"{help}{extra}; named_modules() spelling, NAME:N for the N-th call of a shared "
-        "module.",
+        metavar="NAME",
+        help=f"{help}, as named_modules() spells it{spelling}{extra}.",
     )
 
 

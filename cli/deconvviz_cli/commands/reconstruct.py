@@ -34,7 +34,7 @@ _split = click.option(
     show_default=True,
     help="Which split of the dataset to use.",
 )
-_layer = layer_option(multiple=True, help="Layer to project (default: every Conv2d)")
+_layer = layer_option(multiple=True, help="Layer to project (default: every Conv2d)", per_call=True)
 _rule = click.option(
     "--rule",
     type=click.Choice(RULES),
