@@ -529,8 +529,9 @@ def _fallback_or_fail(model: nn.Module, layers: list[str] | None) -> None:
     if not conv_names(model):
         raise LayerError(
             f"{type(model).__name__} has no convolution layers to measure by default; name "
-            "the layers: --layer NAME (layers=[...] in Python), or give a recurrent model a "
-            "hidden_states() method for its hidden-state statistics"
+            "the layers: --layer NAME (layers=[...] in Python); a recurrent model's hidden "
+            "states are measured by hidden_state_stats() (by deconvviz stats when the model "
+            "has a hidden_states() method)"
         )
 
 
