@@ -73,8 +73,13 @@ def test_top_activations_match_brute_force(lenet_data, batch_size):
 def test_top_activations_of_a_linear_layer_and_small_datasets(lenet_data):
     model, data = lenet_data
     loader = DataLoader(data, batch_size=8)
-    top = deconvviz.top_activations(model, loader, "fc2", k=30, progress=False)
+    with pytest.warns(deconvviz.FewImagesWarning) as caught:
+        top = deconvviz.top_activations(model, loader, "fc2", k=30, progress=False)
+    assert len(caught) == 1  # once, not once per batch
+    message = str(caught[0].message)
+    assert "top-30" in message and "only 23 images" in message and "--top 23" in message
     assert top.values.shape == (10, 30)
+    assert top.valid.sum(dim=1).tolist() == [23] * 10
     assert (top.indices[:, 23:] == -1).all() and torch.isinf(top.values[:, 23:]).all()
     assert tuple(top.boxes[0, 0].tolist()) == (0, 0, 28, 28)
     with pytest.raises(InputError, match="shuffle=False"):

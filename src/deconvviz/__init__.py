@@ -29,7 +29,13 @@ from deconvviz.stats import (
     hidden_state_stats,
     report_lines,
 )
-from deconvviz.topk import TopActivations, TopProjections, project_top, top_activations
+from deconvviz.topk import (
+    FewImagesWarning,
+    TopActivations,
+    TopProjections,
+    project_top,
+    top_activations,
+)
 
 __all__ = [
     "Comparison",
@@ -56,6 +62,7 @@ __all__ = [
     "Deconvnet",
     "DeconvvizError",
     "DeconvvizWarning",
+    "FewImagesWarning",
     "ReceptiveField",
     "Scan",
     "TopActivations",

@@ -352,7 +352,8 @@ def _scan(
                     k = logits.shape[1]
                     if int(tgt.max()) >= k:
                         raise InputError(
-                            f"target class out of range: the model has {k} classes (0..{k - 1})"
+                            f"target class {int(tgt.max())} is out of range: the model has {k} "
+                            f"classes; give one of 0..{k - 1} (--target)"
                         )
                     prob = torch.empty(total, dtype=logits.dtype, device=device)
                     top_prob = torch.empty(total, dtype=logits.dtype, device=device)

@@ -36,6 +36,7 @@ import math
 import os
 import platform
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ from torch.utils.data import DataLoader, Subset
 
 from deconvviz._io import save_figure, save_image, write_json, write_text
 from deconvviz._version import __version__
-from deconvviz.engine import model_device_dtype
+from deconvviz.engine import _split_layer, model_device_dtype
 from deconvviz.errors import DeconvvizError, InputError, LayerError, unknown_name
 from deconvviz.rules import RULES
 
@@ -220,7 +221,8 @@ def write_report(
         raise InputError(unknown_name("rule", str(rule), sorted(RULES)))
     known = [n for n, _ in model.named_modules() if n]
     for layer in layers or ():
-        if layer not in known:
+        # 'name:N' (the N-th call of a module called several times) is the engine's to check
+        if not isinstance(layer, str) or _split_layer(layer)[0] not in known:
             raise LayerError(unknown_name("layer", str(layer), known))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -313,6 +315,7 @@ def report_from_run(
     model_factory: str | Callable[[], nn.Module] | None = None,
     dataset: str | None = None,
     split: str = "test",
+    map_location: str = "cpu",
     **options: Any,
 ) -> Report:
     """Load a run (or a user model's state dict) and its data, and :func:`write_report`.
@@ -327,6 +330,7 @@ def report_from_run(
         dataset: dataset name for :func:`deconvviz.data.load_dataset` (default: the one that
             goes with the run's config, or the only one found under ``data_dir``).
         split: ``"test"`` or ``"train"``.
+        map_location: the device the model runs on (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
         **options: passed on to :func:`write_report`.
 
     Returns:
@@ -335,7 +339,7 @@ def report_from_run(
     from deconvviz.checkpoint import load_run
     from deconvviz.reconstruct import dataset_for_model
 
-    run = load_run(run_dir, model_factory=model_factory)
+    run = load_run(run_dir, model_factory=model_factory, map_location=map_location)
     ds = dataset_for_model(run.model, run.config, data_dir, dataset, split)
     return write_report(
         out_dir, run.model, ds, config=run.config, metrics=run.metrics, run_path=run.path, **options
@@ -390,8 +394,10 @@ class _Context:
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(_FIG_DIR, *parts)
 
-    def rel(self, path: Path) -> str:
-        return path.relative_to(self.out).as_posix()
+    def rel(self, path: str | os.PathLike[str]) -> str:
+        """``path`` (as written: absolute, or relative to the working directory) relative to
+        the report folder, in POSIX spelling: the form every link of the report takes."""
+        return _relative_to(path, self.out)
 
     def add_figure(self, section: _Section, title: str, fig: Any, *parts: str) -> None:
         path = self.path(*parts)
@@ -518,7 +524,7 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
             section.figures.append(
                 ReportFigure(
                     section.key,
-                    f"{layer}{more}: top-{rec.k} activations of each feature map over "
+                    f"{layer}{more}: top-{rec.found} activations of each feature map over "
                     f"{len(ctx.scan)} images, {rec.rule} projections (left) and image "
                     f"patches (right); dead feature maps (never > 0): {dead_text}",
                     ctx.rel(path),
@@ -651,12 +657,10 @@ def _analyses(ctx: _Context, section: _Section) -> None:
         section.skipped = "deconvviz.analyses has no report_figures() in this version"
         return
     folder = ctx.path("analyses")
+    # report_figures returns the paths it wrote (folder / name): usable as they are, never to be
+    # joined to the folder again
     for title, path in report_figures(ctx.model, ctx.dataset, folder, progress=ctx.progress):
-        p = Path(path)
-        if not p.is_absolute():
-            p = folder / p
-        rel = Path(os.path.relpath(p.resolve(), ctx.out.resolve())).as_posix()
-        section.figures.append(ReportFigure(section.key, str(title), rel))
+        section.figures.append(ReportFigure(section.key, str(title), ctx.rel(path)))
 
 
 # ------------------------------------------------------------------------------ HTML
@@ -676,6 +680,20 @@ tbody th { background: #f6f6f6; font-weight: normal; }
 .skipped { color: #888; font-style: italic; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; }
 """
+
+
+def _relative_to(path: str | os.PathLike[str], folder: Path) -> str:
+    """``path`` relative to ``folder`` (both as given: absolute or relative to the working
+    directory), POSIX spelling; refuses a path outside ``folder``."""
+    rel = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(folder))).as_posix()
+    if rel == ".." or rel.startswith("../"):
+        raise ValueError(f"{path} is not inside the report folder {folder}")  # a bug, not input
+    return rel
+
+
+def _url(rel: str) -> str:
+    """A relative file path as a URL reference for the page (spaces, '#', '%'... quoted)."""
+    return urllib.parse.quote(rel, safe="/")
 
 
 def _fmt(v: Any) -> str:
@@ -777,7 +795,7 @@ def _html_page(title: str, sections: Sequence[_Section], manifest: Mapping[str, 
             parts.append(f'<p class="skipped">Skipped: {e(s.skipped)}</p>')
         parts.extend(s.html)
         for f in s.figures:
-            src = e(f.path, quote=True)
+            src = e(_url(f.path), quote=True)
             parts.append(
                 f'<figure><a href="{src}"><img src="{src}" alt="{e(f.title, quote=True)}" '
                 f'loading="eager"></a><figcaption>{e(f.title)}</figcaption></figure>'

@@ -10,6 +10,7 @@ crops the image patches (receptive fields) that caused them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,29 @@ from deconvviz.engine import Deconvnet, batch_images, model_device_dtype
 from deconvviz.errors import InputError
 from deconvviz.receptive import ReceptiveField
 
-__all__ = ["TopActivations", "TopProjections", "top_activations", "project_top"]
+__all__ = [
+    "FewImagesWarning",
+    "TopActivations",
+    "TopProjections",
+    "few_images_message",
+    "top_activations",
+    "project_top",
+]
+
+
+class FewImagesWarning(UserWarning):
+    """The dataset holds fewer images than the ``k`` top activations asked for: the missing
+    entries are padding (image index ``-1``, value ``-inf``), never drawn as real ones."""
+
+
+def few_images_message(k: int, n: int) -> str:
+    """The one-line warning for top-``k`` asked over ``n < k`` images."""
+    return (
+        f"top-{k} activations asked for, but the data holds only {n} image"
+        f"{'' if n == 1 else 's'}: each feature map gets {n} real entries and {k - n} padding "
+        f"entries (image index -1), which are not drawn; ask for at most {n} (--top {n}, "
+        f"k={n} in Python) or give more images"
+    )
 
 
 @dataclass(frozen=True)
@@ -32,7 +55,8 @@ class TopActivations:
         layer: the layer's name.
         values: ``[C, k]`` activation values, strongest first (``-inf`` where the dataset had
             fewer than ``k`` images).
-        indices: ``[C, k]`` dataset indices of the images (``-1`` where missing).
+        indices: ``[C, k]`` dataset indices of the images (``-1`` where missing: padding, see
+            :attr:`valid`).
         positions: ``[C, k, 2]`` ``(row, col)`` in the feature map (``0, 0`` for ``[N, C]``
             layers).
         boxes: ``[C, k, 4]`` receptive field ``(y0, x0, y1, x1)`` in input pixels, half-open,
@@ -56,6 +80,11 @@ class TopActivations:
     @property
     def channels(self) -> int:
         return int(self.values.shape[0])
+
+    @property
+    def valid(self) -> Tensor:
+        """``[C, k]`` True for real entries, False for padding (fewer images than ``k``)."""
+        return self.indices >= 0
 
 
 @dataclass(frozen=True)
@@ -92,7 +121,9 @@ def top_activations(
         loader: a DataLoader (or any iterable of batches) **in dataset order** (no shuffling):
             image indices count batches in the order they come.
         layer: layer name (``named_modules()`` spelling).
-        k: activations kept per channel, from distinct images.
+        k: activations kept per channel, from distinct images. Over fewer than ``k`` images the
+            rest is padding (index ``-1``, value ``-inf``) and a :class:`FewImagesWarning` says
+            so, once.
         progress: show a progress bar.
 
     Returns:
@@ -106,7 +137,11 @@ def top_activations(
     """
     from deconvviz.scan import scan
 
-    return scan(model, loader, [layer], k, progress=progress, distributed=False)[layer]
+    top = scan(model, loader, [layer], k, progress=progress, distributed=False)[layer]
+    real = int((top.indices >= 0).sum(dim=1).max()) if top.indices.numel() else 0
+    if real < k:  # fewer images than k: the rest is padding (index -1)
+        warnings.warn(few_images_message(k, real), FewImagesWarning, stacklevel=2)
+    return top
 
 
 def _boxes(

@@ -13,18 +13,20 @@ from torch import nn
 
 from deconvviz._io import save_figure, save_image, save_torch, write_json, write_text
 from deconvviz.errors import InputError, LayerError, unknown_name
-
-_RUN_HELP = "Run directory made by `deconvviz train` (or its checkpoint.pt)."
+from deconvviz_cli.options import (
+    checkpoint_option,
+    data_dir_option,
+    device_option,
+    layer_option,
+    load,
+    model_option,
+    out_option,
+    progress_option,
+)
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "model"
-
-
-def _load(checkpoint: Path, device: str) -> Any:
-    from deconvviz.checkpoint import load_run
-
-    return load_run(checkpoint, map_location=device)
 
 
 def _class_names(model: nn.Module) -> list[str] | None:
@@ -76,7 +78,8 @@ def _read_image(path: Path, model: nn.Module) -> torch.Tensor:
 
 
 @click.command("occlude", short_help="Occlusion sensitivity maps of one image.")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help=_RUN_HELP)
+@checkpoint_option
+@model_option
 @click.option(
     "--image",
     required=True,
@@ -97,9 +100,7 @@ def _read_image(path: Path, model: nn.Module) -> torch.Tensor:
     show_default=True,
     help="Step between occluder positions.",
 )
-@click.option(
-    "--layer", default=None, help="Layer whose strongest feature map to follow (e.g. conv2)."
-)
+@layer_option(multiple=False, help="Layer whose strongest feature map to follow (e.g. conv2)")
 @click.option(
     "--target",
     type=click.IntRange(min=0),
@@ -112,16 +113,12 @@ def _read_image(path: Path, model: nn.Module) -> torch.Tensor:
     show_default=True,
     help="Occluder colour: 'grey' (0.5), 'mean' (the image's mean) or a number.",
 )
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output directory.",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@out_option()
+@device_option()
+@progress_option
 def occlude(
     checkpoint: Path,
+    model_factory: str | None,
     image: Path,
     size: int,
     stride: int,
@@ -139,7 +136,7 @@ def occlude(
     from deconvviz.occlusion import occlusion
     from deconvviz.render.occlusion import occlusion_figure
 
-    run = _load(checkpoint, device)
+    run = load(checkpoint, model_factory, device)
     x = _read_image(image, run.model).to(device)
     fill_value: str | float = fill
     if fill not in ("grey", "gray", "mean"):
@@ -173,14 +170,10 @@ def occlude(
 
 
 @click.command("filters", short_help="Filter grids, RMS and dead filters.")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help=_RUN_HELP)
-@click.option("--layer", default=None, help="Conv layer to draw (default: every conv layer).")
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output directory.",
-)
+@checkpoint_option
+@model_option
+@layer_option(multiple=True, help="Conv layer to draw (default: every conv layer)")
+@out_option()
 @click.option(
     "--radius",
     type=click.FloatRange(min=0, min_open=True),
@@ -203,7 +196,13 @@ def occlude(
     help="RMS at or below which a filter counts as dead.",
 )
 def filters(
-    checkpoint: Path, layer: str | None, out: Path, radius: float, scale: int, tol: float
+    checkpoint: Path,
+    model_factory: str | None,
+    layers: tuple[str, ...],
+    out: Path,
+    radius: float,
+    scale: int,
+    tol: float,
 ) -> None:
     """Filter grids, per-filter RMS and dead filters of the conv layers.
 
@@ -212,18 +211,20 @@ def filters(
     from deconvviz.filters import conv_layers, dead_filters, filter_rms
     from deconvviz.render.filters import filter_grid, rms_figure
 
-    run = _load(checkpoint, "cpu")
+    run = load(checkpoint, model_factory)
     convs = {k: m for k, m in conv_layers(run.model).items() if isinstance(m, nn.Conv2d)}
-    if layer is not None:
-        if layer not in convs:
-            modules = dict(run.model.named_modules())
+    if layers:
+        modules = dict(run.model.named_modules())
+        for layer in layers:
+            if layer in convs:
+                continue
             if layer in modules:
                 raise LayerError(
                     f"layer {layer!r} is a {type(modules[layer]).__name__}, not a Conv2d; "
                     f"pick one of {sorted(convs)}"
                 )
             raise LayerError(unknown_name("conv layer", layer, convs))
-        convs = {layer: convs[layer]}
+        convs = {layer: convs[layer] for layer in dict.fromkeys(layers)}
     if not convs:
         raise LayerError("the model has no Conv2d layers to draw")
     summary: dict[str, Any] = {}
@@ -243,32 +244,31 @@ def filters(
 
 
 @click.command("stats", short_help="Activation statistics over a dataset split.")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help=_RUN_HELP)
+@checkpoint_option
+@model_option
+@data_dir_option(required=False)
+@out_option()
+@layer_option(multiple=True, help="Layer to measure (default: each conv layer's ReLU output)")
 @click.option(
-    "--data-dir",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Folder holding the run's dataset (e.g. ../shared/data).",
+    "--split",
+    type=click.Choice(["test", "train"]),
+    default="test",
+    show_default=True,
+    help="Which split of the dataset to measure.",
 )
 @click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output directory.",
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Images per forward pass.",
 )
-@click.option(
-    "--layer",
-    "layers",
-    multiple=True,
-    help="Layer to measure (repeatable; default: each conv layer's ReLU output).",
-)
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@device_option()
+@progress_option
 def stats(
     checkpoint: Path,
-    data_dir: Path,
+    model_factory: str | None,
+    data_dir: Path | None,
     out: Path,
     layers: tuple[str, ...],
     split: str,
@@ -283,7 +283,7 @@ def stats(
     """
     from torch.utils.data import DataLoader
 
-    from deconvviz.data import dataset_for_config
+    from deconvviz.reconstruct import dataset_for_model
     from deconvviz.render.stats import (
         hidden_state_figure,
         hidden_state_table,
@@ -292,9 +292,8 @@ def stats(
     )
     from deconvviz.stats import activation_stats, hidden_state_stats, report_lines
 
-    run = _load(checkpoint, device)
-    config = run.config or getattr(run.model, "config", {})
-    dataset = dataset_for_config(config, data_dir, split=split)
+    run = load(checkpoint, model_factory, device)
+    dataset = dataset_for_model(run.model, run.config, data_dir, None, split)
     loader = DataLoader(dataset, batch_size=batch_size)
     title = f"# Statistics of {run.path} on {dataset.name} ({split}, {len(dataset)} images)\n\n"
     if callable(getattr(run.model, "hidden_states", None)) and not layers:

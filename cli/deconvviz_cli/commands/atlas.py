@@ -8,16 +8,16 @@ from typing import Any
 
 import click
 
-from deconvviz_cli.commands.reconstruct import (
-    RULES,
-    _checkpoint,
-    _data_dir,
-    _dataset,
-    _load,
-    _model,
-    _out,
-    _progress,
-    _split,
+from deconvviz_cli.commands.reconstruct import RULES, _dataset, _split
+from deconvviz_cli.options import (
+    checkpoint_option,
+    data_dir_option,
+    device_option,
+    layer_option,
+    load,
+    model_option,
+    out_option,
+    progress_option,
 )
 
 
@@ -42,18 +42,12 @@ def _init_distributed(device: str) -> tuple[str, bool]:
 
 
 @click.command("atlas", short_help="Every unit of every layer over a dataset, as a static site.")
-@_checkpoint
-@_model
-@_data_dir
+@checkpoint_option
+@model_option
+@data_dir_option(required=False)
 @_dataset
 @_split
-@click.option(
-    "--layer",
-    "layers",
-    multiple=True,
-    metavar="NAME",
-    help="Layer to scan, as named_modules() spells it (repeatable); default: every Conv2d.",
-)
+@layer_option(multiple=True, help="Layer to scan (default: every Conv2d)")
 @click.option(
     "-k",
     "--top",
@@ -83,13 +77,7 @@ def _init_distributed(device: str) -> tuple[str, bool]:
     show_default=True,
     help="Images per forward pass while scanning.",
 )
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="Where to run: cpu, cuda, cuda:1, ... or auto (CUDA when available). Under torchrun "
-    "on GPUs each process takes cuda:LOCAL_RANK.",
-)
+@device_option(auto=True)
 @click.option(
     "--resume/--no-resume",
     default=False,
@@ -104,8 +92,8 @@ def _init_distributed(device: str) -> tuple[str, bool]:
     show_default=True,
     help="Write the scan state every N batches (and on Ctrl-C).",
 )
-@_out
-@_progress
+@out_option("Site folder: index.html, a page per layer and per unit, images.")
+@progress_option
 @click.pass_context
 def atlas_cmd(
     ctx: click.Context,
@@ -156,7 +144,7 @@ def atlas_cmd(
         dev = torch.device(device)
     except RuntimeError:
         raise InputError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
-    run = _load(checkpoint, model_factory)
+    run = load(checkpoint, model_factory)
     model = run.model.to(dev)
     data = rec.dataset_for_model(run.model, run.config, data_dir, dataset, split)
     result = scan(

@@ -7,34 +7,21 @@ from typing import Any
 
 import click
 
-from deconvviz.checkpoint import Run, load_run
 from deconvviz.report import SECTIONS
+from deconvviz_cli.options import (
+    checkpoint_option,
+    data_dir_option,
+    device_option,
+    layer_option,
+    load,
+    model_option,
+    out_option,
+    progress_option,
+)
 
 RULES = ("deconvnet", "gradient", "guided")
 
-_checkpoint = click.option(
-    "--checkpoint",
-    "-c",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Run directory made by 'deconvviz train' (or a checkpoint .pt file).",
-)
-_model = click.option(
-    "--model",
-    "model_factory",
-    metavar="MODULE:FACTORY",
-    default=None,
-    help="Build a user model with this function ('package.module:factory' or "
-    "'file.py:factory'); the checkpoint may then be a bare state dict (loaded with "
-    "weights_only=True).",
-)
-_data_dir = click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Folder holding the dataset (e.g. ../shared/data). Not needed for runs trained on "
-    "the shipped CIFAR-10 sample (deconvviz demo).",
-)
+_data_dir = data_dir_option(required=False)
 _dataset = click.option(
     "--dataset",
     default=None,
@@ -47,13 +34,7 @@ _split = click.option(
     show_default=True,
     help="Which split of the dataset to use.",
 )
-_layer = click.option(
-    "--layer",
-    "layers",
-    multiple=True,
-    metavar="NAME",
-    help="Layer to project, as named_modules() spells it (repeatable); default: every Conv2d.",
-)
+_layer = layer_option(multiple=True, help="Layer to project (default: every Conv2d)", per_call=True)
 _rule = click.option(
     "--rule",
     type=click.Choice(RULES),
@@ -62,28 +43,13 @@ _rule = click.option(
     help="ReLU step of the reverse path: deconvnet (Zeiler & Fergus), gradient (saliency) or "
     "guided (guided backprop).",
 )
-_out = click.option(
-    "--out",
-    "-o",
-    required=True,
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Output folder (created; existing files are replaced atomically).",
-)
-_progress = click.option(
-    "--progress/--no-progress", default=True, show_default=True, help="Show progress bars."
-)
-
-
-def _load(checkpoint: Path, model_factory: str | None) -> Run:
-
-    return load_run(checkpoint, model_factory=model_factory)
 
 
 @click.command(
     "reconstruct", short_help="Project feature maps back to pixels (the paper's Fig. 2)."
 )
-@_checkpoint
-@_model
+@checkpoint_option
+@model_option
 @_data_dir
 @_dataset
 @_split
@@ -126,8 +92,9 @@ def _load(checkpoint: Path, model_factory: str | None) -> Run:
     help="Image mode: also write compare.png, our deconvnet beside captum's saliency, guided "
     "backprop, integrated gradients and occlusion for each image's predicted class.",
 )
-@_out
-@_progress
+@out_option()
+@device_option()
+@progress_option
 def reconstruct_cmd(
     checkpoint: Path,
     model_factory: str | None,
@@ -142,6 +109,7 @@ def reconstruct_cmd(
     max_images: int | None,
     compare: bool,
     out: Path,
+    device: str,
     progress: bool,
 ) -> None:
     """Project feature maps back to pixels (the paper's Fig. 2).
@@ -157,7 +125,7 @@ def reconstruct_cmd(
     """
     from deconvviz import reconstruct as rec
 
-    run = _load(checkpoint, model_factory)
+    run = load(checkpoint, model_factory, device)
     chans = list(channels) or None
     if images:
         if compare and len(images) > 8:
@@ -210,8 +178,8 @@ def _class_names(config: dict[str, Any]) -> list[str] | None:
 
 
 @click.command("compare", short_help="Our deconvnet beside captum's attribution methods.")
-@_checkpoint
-@_model
+@checkpoint_option
+@model_option
 @click.option(
     "--image",
     "images",
@@ -241,8 +209,9 @@ def _class_names(config: dict[str, Any]) -> list[str] | None:
     show_default=True,
     help="Occluder side in pixels.",
 )
-@_out
-@_progress
+@out_option()
+@device_option()
+@progress_option
 def compare_cmd(
     checkpoint: Path,
     model_factory: str | None,
@@ -251,6 +220,7 @@ def compare_cmd(
     baseline: float,
     occlusion_size: int,
     out: Path,
+    device: str,
     progress: bool,
 ) -> None:
     """Our deconvnet beside captum's attribution methods, for the same images and class.
@@ -265,7 +235,7 @@ def compare_cmd(
 
     if len(images) > 8:
         raise click.UsageError("compare draws at most 8 images; give fewer --image")
-    run = _load(checkpoint, model_factory)
+    run = load(checkpoint, model_factory, device)
     want_c, want_size = expected_input(run.model, run.config)
     x = load_images(images, want_c, want_size)
     comp = compare_methods(
@@ -286,8 +256,8 @@ def compare_cmd(
 
 
 @click.command("report", short_help="Write a static HTML report of a trained model.")
-@_checkpoint
-@_model
+@checkpoint_option
+@model_option
 @_data_dir
 @_dataset
 @_split
@@ -322,8 +292,9 @@ def compare_cmd(
     type=click.Choice([key for key, _ in SECTIONS]),
     help="Only these sections (repeatable); default: all.",
 )
-@_out
-@_progress
+@out_option()
+@device_option()
+@progress_option
 def report_cmd(
     checkpoint: Path,
     model_factory: str | None,
@@ -337,6 +308,7 @@ def report_cmd(
     max_images: int,
     sections: tuple[str, ...],
     out: Path,
+    device: str,
     progress: bool,
 ) -> None:
     """Write a static HTML report (index.html) of a trained model.
@@ -360,6 +332,7 @@ def report_cmd(
         images=images,
         max_images=max_images,
         sections=list(sections) or None,
+        map_location=device,
         progress=progress,
     )
     skipped = f", skipped: {', '.join(s for s, _ in report.skipped)}" if report.skipped else ""
@@ -369,11 +342,9 @@ def report_cmd(
 @click.command(
     "demo", short_help="The whole report of the shipped ZF-style CIFAR-10 network (no training)."
 )
-@_out
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
+@out_option("Output folder: index.html, manifest.json, figures/ (and run/, with --train).")
+@data_dir_option(
+    required=False,
     help="Use the CIFAR-10 found here (cifar10.npz or cifar-10-batches-py): its test split "
     "(and, with --train, its full train split); default: the 500-image CIFAR-10 sample "
     "shipped with deconvviz (works offline).",
@@ -400,7 +371,7 @@ def report_cmd(
     help="Training batch size (with --train).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (with --train).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1... or auto.")
+@device_option(auto=True)
 @click.option(
     "--images",
     type=click.IntRange(min=1),
@@ -423,7 +394,7 @@ def report_cmd(
     show_default=True,
     help="Images scanned for statistics, reconstructions and class selectivity.",
 )
-@_progress
+@progress_option
 def demo_cmd(
     out: Path,
     data_dir: Path | None,

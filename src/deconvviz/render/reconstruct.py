@@ -215,6 +215,7 @@ def top_projections_figure(
     Returns:
         A matplotlib figure; each live cell is titled ``ch <channel>: max act <value>``
         (the map's strongest activation over the images), each dead one ``ch <channel>: dead``.
+        Padding entries (index ``-1``: the dataset had fewer than ``k`` images) are left out.
     """
     n = rec.reconstructions.shape[0]
     rows_sel = list(range(n)) if channels is None else [int(c) for c in channels]
@@ -249,8 +250,10 @@ def top_projections_figure(
     if title is None:
         rf = rec.receptive_field
         size = f", receptive field {rf.size[0]}x{rf.size[1]} px" if rf is not None else ""
+        found = int((rec.indices[rows_sel] >= 0).sum(dim=1).max())
+        few = f" (top-{rec.k} asked; only {found} images)" if found < rec.k else ""
         title = (
-            f"{rec.layer}: top-{rec.k} activations per feature map over {scanned} "
+            f"{rec.layer}: top-{found} activations per feature map{few} over {scanned} "
             f"({rec.rule} projections left, each scaled to its own max |value|, grey = 0; "
             f"image patches right{size}); max act = the map's strongest activation"
         )
