@@ -31,6 +31,8 @@ from deconvviz.render.analyses import (
     sensitivity_figure,
     sensitivity_table,
 )
+from deconvviz.render.images import dead_tile
+from figcheck import check_figure
 
 
 class Net(nn.Module):
@@ -70,6 +72,7 @@ def _strict_json(path) -> dict:
 def test_invariance_figure(model, x) -> None:
     res = invariance(model, x, [0, 1, 2], "translate", [-1, 0, 1], progress=False)
     fig = invariance_figure(res)
+    check_figure(fig)
     assert isinstance(fig, Figure) and len(fig.axes) == len(res.layers) + 1
     assert len(fig.axes[-1].lines) == 3 + 1  # one per image and the mean
     rel = invariance_figure(res, relative=True)
@@ -87,6 +90,7 @@ def test_correspondence_figure_and_table(model, x) -> None:
         progress=False,
     )
     fig = correspondence_figure(res)
+    check_figure(fig)
     assert len(fig.axes) == 2
     table = correspondence_table(res)
     lines = table.strip().splitlines()
@@ -97,6 +101,7 @@ def test_correspondence_figure_and_table(model, x) -> None:
 def test_randomisation_figure_and_table(model, x) -> None:
     res = randomisation_test(model, x[:2], rules=["deconvnet", "gradient"], progress=False)
     fig = randomisation_figure(res, image=1)
+    check_figure(fig)
     assert len(fig.axes) == 2 * len(res.steps) + 2
     table = randomisation_table(res)
     assert "| deconvnet | 1.000 / 1.000 |" in table
@@ -108,7 +113,11 @@ def test_randomisation_figure_and_table(model, x) -> None:
 def test_sensitivity_figure_and_table(model, x) -> None:
     res = sensitivity_check(model, x[:1], rules=["deconvnet", "gradient"], progress=False)
     fig = sensitivity_figure(res)
+    check_figure(fig)
     assert len(fig.axes) == 2 * (len(res.channels) + 1) + 1  # projections, matrices, colorbar
+    assert fig.axes[0].get_title() == f"ch {res.channels[0]}"
+    (matrix,) = fig.axes[len(res.channels)].images
+    assert matrix.get_cmap().name == "coolwarm" and matrix.get_clim() == (-1.0, 1.0)
     table = sensitivity_table(res)
     assert f"{float(res.mean_similarity[1]):.3f}" in table
 
@@ -118,9 +127,31 @@ def test_evolution_figure(model, x) -> None:
     evo.record(0, model)
     evo.record(10, model)
     fig = evolution_figure(evo.result())
+    check_figure(fig)
     assert len(fig.axes) == 2 * 2
-    assert fig.axes[1].get_title() == "10"
+    assert fig.axes[1].get_title() == "iter 10"
     assert len(evolution_figure(evo.result(), patches=True).axes) == 4
+
+
+def test_evolution_figure_marks_a_map_that_never_fired(model, x) -> None:
+    dead = Net()
+    dead.load_state_dict(model.state_dict())
+    dead.eval()
+    with torch.no_grad():  # conv1's map 2 is -1 everywhere at iteration 10
+        dead.conv1.weight[2] = 0.0
+        dead.conv1.bias[2] = -1.0
+    evo = FeatureEvolution(x, "conv1", channels=[0, 2])
+    evo.record(0, model)
+    evo.record(10, dead)
+    res = evo.result()
+    assert float(res.values[0, 1]) > 0 and float(res.values[1, 1]) <= 0
+    fig = evolution_figure(res)
+    check_figure(fig)
+    axes = fig.axes  # row-major: [ch 0 @ 0, ch 0 @ 10, ch 2 @ 0, ch 2 @ 10]
+    arr = axes[3].images[0].get_array()
+    assert arr.shape == tuple(res.projections.shape[-2:])
+    assert (arr == dead_tile(*arr.shape)).all() and "not > 0" in axes[3].texts[0].get_text()
+    assert not axes[2].texts  # iteration 0: the map fired, its projection is shown
 
 
 def test_renderers_refuse_other_objects() -> None:

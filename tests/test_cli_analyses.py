@@ -187,9 +187,18 @@ def test_correspondence_command_with_a_box_and_a_boxes_file(run, data, tmp_path)
     assert info["parts"] == ["left", "right"] and info["dataset_indices"] == [1, 2]
 
 
-def test_correspondence_without_a_part_is_a_one_line_error(run, data, tmp_path) -> None:
-    res = invoke("correspondence", "--checkpoint", run, "--data-dir", data, "--out", tmp_path)
-    assert res.exit_code == 1 and "--box" in res.output
+def test_correspondence_defaults_to_a_centred_part_and_bad_boxes_are_one_line(
+    run, data, tmp_path
+) -> None:
+    # without --box, the part is a centred square a quarter of the image side (as --help says)
+    res = invoke("correspondence", "--checkpoint", run, "--data-dir", data, "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "c" / "correspondence.json").read_text())
+    assert info["parts"] == ["centre"]
+    boxes = np.asarray(info["boxes"]).reshape(-1, 4)
+    assert (boxes == [3, 3, 5, 5]).all()  # 8x8 images: side 2, centred
+    help_text = invoke("correspondence", "--help").output
+    assert "centred square" in help_text and "--box" in help_text
     res = invoke(
         "correspondence",
         "--checkpoint",

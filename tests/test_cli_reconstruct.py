@@ -288,8 +288,10 @@ def test_compare_command(files, tmp_path):
     assert 0 < info["probability"][0] < 1
 
 
-def test_report_command(files, tmp_path):
-    # every section is covered by test_report.py; here the options reach the library
+def test_report_command(files, tmp_path, monkeypatch):
+    # every section is covered by test_report.py; here the options reach the library, and a
+    # relative --out gives a whole report
+    monkeypatch.chdir(tmp_path)
     res = _run(
         "report",
         "-c",
@@ -309,10 +311,11 @@ def test_report_command(files, tmp_path):
         "--section",
         "compare",
         "--out",
-        tmp_path,
+        "out/r",
     )
     assert res.exit_code == 0, res.output
-    assert res.stdout.strip() == f"wrote {tmp_path / 'index.html'} (4 figures)"
+    assert res.stdout.strip() == f"wrote {Path('out/r/index.html')} (4 figures)"
+    tmp_path = tmp_path / "out" / "r"
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["seed"] == 3 and manifest["run"].endswith("checkpoint.pt")
     assert manifest["dataset"]["scanned"] == 6 and manifest["dataset"]["name"] == "cifar10"

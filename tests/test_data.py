@@ -193,6 +193,27 @@ def test_download_only_when_asked_and_failures_are_data_errors(
         load_dataset(empty, "cifar10", download=True)
 
 
+def test_mnist_download_only_when_asked(
+    tmp_path: Path, mnist_idx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # train rnn --download fetches MNIST, as its help says
+    import torchvision
+
+    calls = []
+
+    class FakeMNIST:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            calls.append(download)
+            mnist_idx(Path(root) / "MNIST" / "raw")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    with pytest.raises(DataError, match="--download"):
+        load_dataset(tmp_path, "mnist")
+    assert calls == []
+    ds = load_dataset(tmp_path, "mnist", "test", download=True)
+    assert calls == [True] and ds.name == "mnist" and len(ds) > 0
+
+
 # ------------------------------------------------------------------------------ MNIST
 
 
@@ -247,7 +268,7 @@ def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path: Path) -> 
         load_dataset(tmp_path, "mnist")
     msg = str(info.value)
     assert str(tmp_path / "MNIST" / "raw") in msg and "train-images-idx3-ubyte" in msg
-    assert "torchvision.datasets.MNIST" in msg
+    assert "--download (download=True in Python)" in msg
     with pytest.raises(DataError, match=r"Train/<label>/\*\.png.*cicconet"):
         load_dataset(tmp_path, "cifar10-course")
     with pytest.raises(DataError, match="no dataset found"):

@@ -49,8 +49,10 @@ def test_sample_matches_the_exact_part_of_the_shared_cifar10():
     np.testing.assert_array_equal(ds.targets.numpy(), y)
 
 
-def test_demo_train_end_to_end(tmp_path):
-    out = tmp_path / "demo"
+def test_demo_train_end_to_end(tmp_path, monkeypatch):
+    # a relative --out with a space, as a user types it: every link must still resolve
+    monkeypatch.chdir(tmp_path)
+    out = Path("my demo")
     res = CliRunner().invoke(
         cli,
         [
@@ -91,6 +93,8 @@ def test_demo_train_end_to_end(tmp_path):
     page = (out / "index.html").read_text()
     for fig in manifest["figures"]:
         assert (out / fig["path"]).is_file() and f'src="{fig["path"]}"' in page
+        assert (out / fig["path"]).resolve().is_relative_to((tmp_path / out).resolve())
+    assert {f["section"] for f in manifest["figures"]} >= {"analyses", "reconstructions"}
     # the reconstructions were made by the trained model, over the sample
     rec = json.loads((out / "figures" / "reconstructions" / "conv2.json").read_text())
     assert rec["k"] == 2 and len(rec["indices"]) == 64 and max(map(max, rec["indices"])) < 40

@@ -35,6 +35,7 @@ from deconvviz.render.reconstruct import (
     outside_mask,
     top_projections_figure,
 )
+from deconvviz.topk import FewImagesWarning
 from zoo import chain_oracle
 
 
@@ -138,15 +139,57 @@ def test_reconstruct_dataset_matches_brute_force_and_oracle(cls):
 def test_channel_subset_keeps_channel_numbers_and_k_larger_than_dataset():
     model = _model()
     data = _data(n=2)
-    res = reconstruct_dataset(model, data, "conv1", k=4, channels=[3, 1], progress=False)
+    with pytest.warns(FewImagesWarning, match="only 2 images"):
+        res = reconstruct_dataset(model, data, "conv1", k=4, channels=[3, 1], progress=False)
     rec = res["conv1"]
     assert rec.channels.tolist() == [3, 1]
-    full = reconstruct_dataset(model, data, "conv1", k=4, progress=False)["conv1"]
+    with pytest.warns(FewImagesWarning):
+        full = reconstruct_dataset(model, data, "conv1", k=4, progress=False)["conv1"]
     torch.testing.assert_close(rec.values, full.values[[3, 1]])
     torch.testing.assert_close(rec.reconstructions, full.reconstructions[[3, 1]])
     # two images for k=4: the missing entries say so and stay zero
     assert rec.indices[:, 2:].eq(-1).all() and torch.isinf(rec.values[:, 2:]).all()
     assert rec.reconstructions[:, 2:].abs().max() == 0
+
+
+def _pixels(fig) -> np.ndarray:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=60)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_fewer_images_than_k_warns_once_and_padding_is_never_drawn_or_written(tmp_path):
+    model = _model()
+    data = _data(n=3)
+    with pytest.warns(FewImagesWarning) as caught:
+        padded = reconstruct_dataset(model, data, ["conv1", "conv2"], k=9, progress=False)
+    assert len(caught) == 1  # once for the call, not once per layer
+    message = str(caught[0].message)
+    assert "top-9" in message and "only 3 images" in message and "--top 3" in message
+    assert "\n" not in message
+    exact = reconstruct_dataset(model, data, ["conv1", "conv2"], k=3, progress=False)
+    for layer in ("conv1", "conv2"):
+        rec, ref = padded[layer], exact[layer]
+        assert rec.k == 9 and rec.found == 3 and rec.valid.sum(dim=1).eq(3).all()
+        # the figure of the padded result is the figure of top-3, tile for tile
+        title = "same title"
+        np.testing.assert_array_equal(
+            _pixels(top_projections_figure(rec, title=title)),
+            _pixels(top_projections_figure(ref, title=title)),
+        )
+        assert "top-3 activations" in top_projections_figure(rec)._suptitle.get_text()
+    write_dataset_reconstructions(padded, tmp_path / "padded")
+    write_dataset_reconstructions(exact, tmp_path / "exact")
+    got = json.loads((tmp_path / "padded" / "conv2.json").read_text())
+    want = json.loads((tmp_path / "exact" / "conv2.json").read_text())
+    assert got["k"] == 3 and got["k_asked"] == 9
+    assert -1 not in sum(got["indices"], [])
+    for key in ("indices", "values", "positions", "boxes"):
+        assert got[key] == want[key]
 
 
 def test_default_layers_are_the_conv_layers_in_order():
@@ -165,7 +208,7 @@ def test_reconstruct_dataset_errors_name_the_fix():
     with pytest.raises(InputError, match="k"):
         reconstruct_dataset(model, _data(n=2), ["conv1"], k=0, progress=False)
     with pytest.raises(InputError, match="out of range.*5 channels"):
-        reconstruct_dataset(model, _data(n=2), ["conv2"], channels=[5], progress=False)
+        reconstruct_dataset(model, _data(n=2), ["conv2"], channels=[5], k=2, progress=False)
     with pytest.raises(LayerError, match="no Conv2d"):
         reconstruct_dataset(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), [torch.zeros(1, 2, 2)])
 
@@ -288,9 +331,11 @@ def test_figures_label_channel_and_value(tmp_path):
     rec = reconstruct_dataset(model, data, ["conv2"], k=2, channels=[4, 0], progress=False)
     fig = top_projections_figure(rec["conv2"])
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == [
-        f"ch {c} · {float(rec['conv2'].values[i, 0]):.3g}" for i, c in enumerate([4, 0])
-    ]
+    want = []
+    for i, c in enumerate([4, 0]):
+        v = float(rec["conv2"].values[i, 0])
+        want.append(f"ch {c}: max act {v:.3g}" if v > 0 else f"ch {c}: dead")
+    assert [t.split("\n")[0] for t in titles] == want
     assert "conv2" in fig._suptitle.get_text()
     x = torch.stack([d[0] for d in data])
     res = reconstruct_images(model, x, ["conv1"], progress=False)["conv1"]
@@ -298,7 +343,12 @@ def test_figures_label_channel_and_value(tmp_path):
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     order = torch.argsort(res.values[1], descending=True)[:3].tolist()
     assert titles[0] == "input"
-    assert titles[1:] == [f"ch {c}\n{float(res.values[1, c]):.3g}" for c in order]
+    assert titles[1:] == [
+        f"ch {c}: max act {float(res.values[1, c]):.3g}"
+        if float(res.values[1, c]) > 0
+        else f"ch {c}: inactive"
+        for c in order
+    ]
 
 
 def test_writers_write_pngs_and_json(tmp_path):
@@ -336,7 +386,8 @@ def test_writers_write_pngs_and_json(tmp_path):
 def test_patch_pixels_outside_the_image_are_marked():
     model = _model()
     data = _data(n=6)
-    rec = reconstruct_dataset(model, data, ["conv2"], k=8, progress=False)["conv2"]
+    with pytest.warns(FewImagesWarning):
+        rec = reconstruct_dataset(model, data, ["conv2"], k=8, progress=False)["conv2"]
     x = torch.stack([d[0] for d in data])
     seen_outside = False
     for r in range(5):

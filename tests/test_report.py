@@ -3,10 +3,13 @@ run, and the page renders in a real browser (headless Chromium) with every image
 
 from __future__ import annotations
 
+import dataclasses
 import html.parser
 import json
+import os
 import shutil
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -83,22 +86,106 @@ class _Images(html.parser.HTMLParser):
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    """The whole report, written (as ``deconvviz report --out "my report/out"`` would) to a
+    *relative* folder whose name has a space; the paths returned are made absolute."""
     torch.manual_seed(0)
     model = TinyCNN().eval()
-    out = tmp_path_factory.mktemp("report")
+    base = tmp_path_factory.mktemp("report")
+    cwd = os.getcwd()
+    os.chdir(base)
+    try:
+        rep = write_report(
+            Path("my report") / "out",
+            model,
+            _dataset(),
+            config={"model": {"model": "tiny"}, "seed": 7, "lr": 0.001},
+            metrics={"history": HISTORY, "final_test_acc": 0.4, "status": "ok"},
+            k=2,
+            images=2,
+            occlusion_size=4,
+            occlusion_stride=4,
+            progress=False,
+        )
+    finally:
+        os.chdir(cwd)
+    assert not rep.out_dir.is_absolute()
+    return dataclasses.replace(
+        rep, out_dir=base / rep.out_dir, index=base / rep.index, manifest=base / rep.manifest
+    )
+
+
+def _referenced(folder: Path) -> list[str]:
+    """Every file index.html (img src, a href) and manifest.json (figures) refer to, as paths
+    relative to the report folder (URL references unquoted)."""
+    parser = _Images()
+    parser.feed((folder / "index.html").read_text())
+    refs = [urllib.parse.unquote(u) for u in parser.srcs + parser.links]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return refs + [f["path"] for f in manifest["figures"]]
+
+
+def _assert_whole(folder: Path) -> int:
+    """Every referenced file exists inside ``folder``; returns how many there are."""
+    root = folder.resolve()
+    refs = _referenced(folder)
+    for ref in refs:
+        assert not ref.startswith(("/", "http:", "https:", "file:")), ref
+        target = (root / ref).resolve()
+        assert target.is_relative_to(root), f"{ref} points outside the report folder"
+        assert target.is_file(), f"{ref} is referenced but not in the report folder"
+    return len(refs)
+
+
+@pytest.mark.parametrize(
+    "spelling", ["relative", "absolute", "dotdot", "spaces", "relative-dotdot-spaces"]
+)
+def test_every_reference_is_a_file_inside_the_report_for_any_out(tmp_path, monkeypatch, spelling):
+    # relative --out used to give analyses links like figures/analyses/<out>/figures/analyses/...
+    import deconvviz.analyses
+
+    def quick_report_figures(model, dataset, out_dir, progress=True):
+        # what the real one does (the module fixture runs it), minus the minutes of analyses:
+        # write into out_dir and return the paths as written
+        from deconvviz._io import save_image
+
+        png = save_image(Path(out_dir) / "invariance_translate.png", Image.new("L", (30, 30)))
+        return [("Invariance", png)]
+
+    monkeypatch.setattr(deconvviz.analyses, "report_figures", quick_report_figures)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    out = {
+        "relative": "rep",
+        "absolute": str(tmp_path / "rep"),
+        "dotdot": "sub/../rep",
+        "spaces": str(tmp_path / "my rep #1"),
+        "relative-dotdot-spaces": "sub/../my rep/out 2",
+    }[spelling]
+    torch.manual_seed(0)
     rep = write_report(
         out,
-        model,
-        _dataset(),
-        config={"model": {"model": "tiny"}, "seed": 7, "lr": 0.001},
-        metrics={"history": HISTORY, "final_test_acc": 0.4, "status": "ok"},
+        TinyCNN().eval(),
+        _dataset(n=4),
         k=2,
-        images=2,
-        occlusion_size=4,
-        occlusion_stride=4,
+        images=1,
+        sections=["filters", "reconstructions", "analyses"],
         progress=False,
     )
-    return rep
+    assert rep.skipped == ()
+    folder = tmp_path / out
+    assert rep.index.resolve() == (folder / "index.html").resolve()
+    sections = {f.section for f in rep.figures}
+    assert sections == {"filters", "reconstructions", "analyses"}
+    assert _assert_whole(folder) >= 2 * len(rep.figures) + 1  # img + link each, manifest.json
+    for f in rep.figures:
+        assert not f.path.startswith(("/", "..")) and "analyses/" + str(out) not in f.path
+
+
+def test_links_are_url_quoted():
+    from deconvviz.report import _url
+
+    assert _url("figures/a b#1%.png") == "figures/a%20b%231%25.png"
+    assert urllib.parse.unquote(_url("figures/a b#1%.png")) == "figures/a b#1%.png"
 
 
 def test_report_writes_and_links_every_section(report):
@@ -112,8 +199,10 @@ def test_report_writes_and_links_every_section(report):
         expected.discard("analyses")
     assert expected <= sections
     # every figure is an <img> on the page, and every <img> is a real PNG in the folder
-    assert sorted(parser.srcs) == sorted(f.path for f in report.figures)
-    for src in parser.srcs:
+    srcs = [urllib.parse.unquote(src) for src in parser.srcs]
+    assert sorted(srcs) == sorted(f.path for f in report.figures)
+    _assert_whole(report.out_dir)
+    for src in srcs:
         assert not src.startswith(("/", "http")), src  # relative: the folder can be moved
         with Image.open(report.out_dir / src) as im:
             assert im.format == "PNG" and im.width > 20 and im.height > 20
@@ -147,10 +236,14 @@ def test_manifest_records_versions_config_seed_and_figures(report):
 def test_report_renders_in_headless_chromium(report, tmp_path):
     # A copy of the page beside the original (same relative paths) with a script that records,
     # after the load event, whether every image loaded.
+    # The report was written with a relative --out holding a space (the fixture).
+    assert " " in str(report.out_dir)
     script = """<script>
 window.addEventListener("load", function () {
   var r = Array.from(document.images).map(function (i) {
-    return [i.getAttribute("src"), i.complete && i.naturalWidth > 0]; });
+    return [i.src, i.complete && i.naturalWidth > 0]; });
+  Array.from(document.querySelectorAll("a[href]")).forEach(function (a) {
+    if (a.getAttribute("href").charAt(0) !== "#") { r.push([a.href, true]); } });
   var pre = document.createElement("pre");
   pre.id = "deconvviz-check"; pre.textContent = JSON.stringify(r);
   document.body.appendChild(pre);
@@ -182,8 +275,11 @@ window.addEventListener("load", function () {
     start = dom.find('<pre id="deconvviz-check">')
     assert start >= 0, f"no result from chromium (rc {done.returncode}): {done.stderr[-500:]}"
     result = json.loads(html.unescape(dom[start + 26 : dom.index("</pre>", start)]))
-    assert len(result) == len(report.figures)
-    assert [src for src, ok in result if not ok] == []
+    # every figure once as <img> and once as <a>, plus the link to manifest.json
+    assert len(result) == 2 * len(report.figures) + 1
+    assert [src for src, ok in result if not ok] == []  # naturalWidth == 0: a broken picture
+    inside = report.out_dir.resolve().as_uri() + "/"
+    assert [url for url, _ in result if not url.startswith(inside)] == []
 
 
 def test_sections_that_do_not_apply_are_skipped_with_a_reason(tmp_path):
@@ -230,3 +326,77 @@ def test_report_replaces_existing_files_atomically(tmp_path):
         sorted(p.name for p in tmp_path.glob("figures/*")),
         ["filters_conv1.png", "filters_conv1_rms.png"],
     )
+
+
+class _Tables(html.parser.HTMLParser):
+    """Every <table>: its caption, header cells and rows of cell texts (th and td)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[dict] = []
+        self._cell: list[str] | None = None
+        self._where = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.tables.append({"caption": "", "head": [], "rows": []})
+        elif tag in ("thead", "tbody", "caption"):
+            self._where = tag
+        elif tag == "tr" and self._where == "tbody":
+            self.tables[-1]["rows"].append([])
+        elif tag in ("th", "td"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("th", "td") and self._cell is not None:
+            text = "".join(self._cell)
+            table = self.tables[-1]
+            (table["head"] if self._where == "thead" else table["rows"][-1]).append(text)
+            self._cell = None
+        elif tag == "caption":
+            self._where = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        elif self._where == "caption":
+            self.tables[-1]["caption"] += data
+
+
+def test_summary_and_config_are_readable_tables(report):
+    parser = _Tables()
+    parser.feed(report.index.read_text())
+    summary, config = parser.tables[0], parser.tables[1]
+    # the summary is a key-value table: no (empty) header row, a name in every first cell
+    assert summary["caption"] == "Summary" and summary["head"] == []
+    assert [row[0] for row in summary["rows"]] == [
+        "model",
+        "parameters",
+        "dataset",
+        "seed",
+    ]
+    assert all(len(row) == 2 and row[0] and row[1] for row in summary["rows"])
+    # the config: one row per setting, nested dicts flattened, no Python dict or k=v string
+    assert config["caption"] == "Training configuration"
+    assert config["head"] == ["setting", "value"]
+    assert config["rows"] == [["model.model", "tiny"], ["seed", "7"], ["lr", "0.001"]]
+    for table in parser.tables:
+        assert all(h.strip() for h in table["head"])
+        for row in table["rows"]:
+            assert not any("{" in c or "=" in c for c in row), row
+
+
+def test_reconstruction_section_lists_dead_feature_maps(report):
+    manifest = json.loads(report.manifest.read_text())
+    section = next(s for s in manifest["sections"] if s["key"] == "reconstructions")
+    assert set(section["dead"]) == {"conv1", "conv2"}
+    parser = _Tables()
+    parser.feed(report.index.read_text())
+    (dead,) = [t for t in parser.tables if t["caption"].startswith("Dead feature maps")]
+    assert dead["head"] == ["layer", "dead feature maps", "channels never > 0"]
+    for row in dead["rows"]:
+        listed = section["dead"][row[0]]
+        assert row[2] == (", ".join(str(c) for c in listed) or "none")
+    recs = [f for f in report.figures if f.section == "reconstructions"]
+    for f, row in zip(recs, dead["rows"], strict=True):
+        assert f.title.endswith(f"dead feature maps (never > 0): {row[2]}")

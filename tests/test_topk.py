@@ -73,8 +73,13 @@ def test_top_activations_match_brute_force(lenet_data, batch_size):
 def test_top_activations_of_a_linear_layer_and_small_datasets(lenet_data):
     model, data = lenet_data
     loader = DataLoader(data, batch_size=8)
-    top = deconvviz.top_activations(model, loader, "fc2", k=30, progress=False)
+    with pytest.warns(deconvviz.FewImagesWarning) as caught:
+        top = deconvviz.top_activations(model, loader, "fc2", k=30, progress=False)
+    assert len(caught) == 1  # once, not once per batch
+    message = str(caught[0].message)
+    assert "top-30" in message and "only 23 images" in message and "--top 23" in message
     assert top.values.shape == (10, 30)
+    assert top.valid.sum(dim=1).tolist() == [23] * 10
     assert (top.indices[:, 23:] == -1).all() and torch.isinf(top.values[:, 23:]).all()
     assert tuple(top.boxes[0, 0].tolist()) == (0, 0, 28, 28)
     with pytest.raises(InputError, match="shuffle=False"):
@@ -108,7 +113,9 @@ def test_project_top_equals_single_projections_and_patches(lenet_data):
                 canvas[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = full[:, cy0:cy1, cx0:cx1]
                 patch[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = images[i, :, cy0:cy1, cx0:cx1]
                 # nothing of the projection lies outside the receptive field
-                assert full.abs().sum() == pytest.approx(canvas.abs().sum(), rel=1e-12)
+                assert float(full.abs().sum()) == pytest.approx(
+                    float(canvas.abs().sum()), rel=1e-12
+                )
                 torch.testing.assert_close(
                     proj.reconstructions[ci, j], canvas, rtol=1e-6, atol=1e-12
                 )

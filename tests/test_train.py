@@ -327,7 +327,7 @@ def test_bare_state_dicts_need_a_model_factory(
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     torch.save(net.state_dict(), tmp_path / "weights.pt")
-    with pytest.raises(CheckpointError, match="model_factory='package.module:function'"):
+    with pytest.raises(CheckpointError, match="--model MODULE:FACTORY .*model_factory= in Python"):
         load_run(tmp_path / "weights.pt")
 
     def factory() -> nn.Module:

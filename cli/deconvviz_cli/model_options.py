@@ -33,6 +33,9 @@ class ModelSpec:
     normalize: str | None = None
     image_size: int | None = None
 
+    def __str__(self) -> str:
+        return self.model or ""
+
     def load(self, checkpoint: Path | None, device: str = "cpu", quiet: bool = False) -> Any:
         """The loaded model (:class:`deconvviz.loading.LoadedModel`); says its layout on
         stderr when the user named a model, a normalisation or a trusted checkpoint (a run made
@@ -95,14 +98,15 @@ _OPTIONS = [
 ]
 
 
-def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the model options; the command gets ``model_spec: ModelSpec`` instead."""
+def model_options(f: Callable[..., Any], into: str = "model_spec") -> Callable[..., Any]:
+    """Add the model options; the command gets one ``ModelSpec`` argument named ``into``."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         values = {name: kwargs.pop(name) for name in _NAMES if name in kwargs}
         values["model_args"] = tuple(values.get("model_args") or ())
-        return f(*args, model_spec=ModelSpec(**values), **kwargs)
+        kwargs[into] = ModelSpec(**values)
+        return f(*args, **kwargs)
 
     for option in reversed(_OPTIONS):
         wrapper = option(wrapper)

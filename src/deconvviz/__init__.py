@@ -21,6 +21,7 @@ from deconvviz.reconstruct import (
 )
 from deconvviz.render.filters import filter_grid
 from deconvviz.report import Report, write_report
+from deconvviz.scan import Scan, scan
 from deconvviz.stats import (
     HiddenStateStats,
     LayerStats,
@@ -28,7 +29,13 @@ from deconvviz.stats import (
     hidden_state_stats,
     report_lines,
 )
-from deconvviz.topk import TopActivations, TopProjections, project_top, top_activations
+from deconvviz.topk import (
+    FewImagesWarning,
+    TopActivations,
+    TopProjections,
+    project_top,
+    top_activations,
+)
 
 __all__ = [
     "Comparison",
@@ -55,7 +62,9 @@ __all__ = [
     "Deconvnet",
     "DeconvvizError",
     "DeconvvizWarning",
+    "FewImagesWarning",
     "ReceptiveField",
+    "Scan",
     "TopActivations",
     "TopProjections",
     "__version__",
@@ -63,5 +72,6 @@ __all__ = [
     "layer_output",
     "project_top",
     "receptive_field",
+    "scan",
     "top_activations",
 ]

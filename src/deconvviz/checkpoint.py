@@ -196,6 +196,7 @@ def read_checkpoint(run_dir_or_file: str | os.PathLike[str], map_location: Any =
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(". ")[0].rstrip(".")  # torch's own advice runs on for lines
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({first}); it is corrupt or "
             "truncated: train again, or resume from an intact copy"
@@ -254,10 +255,11 @@ def _is_state_dict(obj: Any) -> bool:
 
 
 def _device(map_location: Any) -> torch.device | None:
-    if isinstance(map_location, torch.device):
-        return map_location
-    if isinstance(map_location, str):
-        return torch.device(map_location)
+    """The device ``map_location`` names, checked to exist here (not a corrupt-file error)."""
+    if isinstance(map_location, (str, torch.device)):
+        from deconvviz.devices import resolve_device
+
+        return resolve_device(map_location, auto=False)
     return None
 
 
@@ -286,6 +288,7 @@ def load_run(
             model.
     """
     path = checkpoint_path(run_dir_or_file)
+    device = _device(map_location)  # a device this machine lacks is not a corrupt checkpoint
     obj = read_checkpoint(path, map_location=map_location)
     config: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
@@ -334,7 +337,8 @@ def load_run(
         if not isinstance(model_cfg, Mapping):
             raise CheckpointError(
                 f"{path} has weights but no model config to rebuild the model from; pass "
-                "model_factory='package.module:function' (--model-factory) that builds it"
+                "--model MODULE:FACTORY naming a function that builds it (model_factory= in "
+                "Python)"
             )
         from deconvviz.models import build_model
 
@@ -342,8 +346,8 @@ def load_run(
             model = build_model(dict(model_cfg))
         except DeconvvizError as exc:
             raise CheckpointError(
-                f"{path}: cannot rebuild the model from its config ({exc}); pass model_factory "
-                "to build it yourself"
+                f"{path}: cannot rebuild the model from its config ({exc}); pass --model "
+                "MODULE:FACTORY to build it yourself (model_factory= in Python)"
             ) from exc
     try:
         model.load_state_dict(state)
@@ -355,7 +359,6 @@ def load_run(
             f"the weights in {path} do not fit the model ({detail}); the model factory must build "
             "the same architecture the weights were saved from"
         ) from exc
-    device = _device(map_location)
     if device is not None:
         model.to(device)
     model.eval()

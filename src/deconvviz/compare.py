@@ -266,7 +266,11 @@ def _targets(target: int | Sequence[int] | Tensor | None, logits: Tensor) -> Ten
     if t.numel() != n:
         raise InputError(f"got {t.numel()} targets for {n} images; give one, or one per image")
     if int(t.min()) < 0 or int(t.max()) >= k:
-        raise InputError(f"target class out of range: the model has {k} classes (0..{k - 1})")
+        bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+        raise InputError(
+            f"target class {bad} is out of range: the model has {k} classes; give one of "
+            f"0..{k - 1} (--target)"
+        )
     return t
 
 
@@ -289,8 +293,8 @@ def _attribute(
     except RuntimeError as exc:  # e.g. backward hooks on in-place ReLUs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
-            f"captum's {method} failed on this model ({first}); leave it out with "
-            f"methods=... (deconvviz's own deconvnet works on it)"
+            f"captum's {method} failed on this model ({first}); deconvviz's own deconvnet works "
+            f"on it: use deconvviz reconstruct --image (methods= without {method!r} in Python)"
         ) from exc
 
 

@@ -6,7 +6,8 @@ whose items are ``(image float32 [C, H, W] in [0, 1], label int)``. Formats it u
 - ``cifar10-course``: class folders ``Train/<label>/*.png`` and ``Test/<label>/*.png`` (the
   course's 28x28 greyscale CIFAR-10 variant; any class-folder dataset works the same way);
 - ``cifar10``: ``cifar10.npz`` with ``x_train, y_train, x_test, y_test`` (uint8, NHWC), or
-  torchvision's ``cifar-10-batches-py`` (``download=True`` fetches it where the network allows);
+  torchvision's ``cifar-10-batches-py`` (``download=True`` fetches it, and MNIST, where the
+  network allows);
 - ``mnist``: the idx files (gzipped or not) in ``MNIST/raw``, ``raw`` or the directory itself.
 
 ``data_dir`` may be the folder of one dataset or a root holding several (like ``shared/data``);
@@ -73,13 +74,13 @@ _HOW_TO_GET = {
     ),
     "cifar10": (
         "put cifar10.npz (arrays x_train, y_train, x_test, y_test) or torchvision's "
-        "cifar-10-batches-py folder there, or pass download=True (--download) to fetch it "
-        "with torchvision"
+        "cifar-10-batches-py folder there, or pass --download (download=True in Python) to "
+        "fetch it with torchvision"
     ),
     "mnist": (
         "put the four MNIST idx files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
-        "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) in DIR/MNIST/raw, e.g. with "
-        "torchvision.datasets.MNIST(DIR, download=True) on a machine with network access"
+        "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) in DIR/MNIST/raw, or pass "
+        "--download (download=True in Python) on a machine with network access"
     ),
 }
 
@@ -439,6 +440,18 @@ def _download_cifar10(data_dir: Path) -> Path:
     return data_dir / "cifar-10-batches-py"
 
 
+def _download_mnist(data_dir: Path) -> None:
+    import torchvision
+
+    try:  # fetches all four idx files into data_dir/MNIST/raw
+        torchvision.datasets.MNIST(str(data_dir), train=False, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise DataError(
+            f"downloading MNIST into {data_dir} failed ({type(exc).__name__}: {exc}); "
+            "download it on a machine with network access and copy MNIST/raw there"
+        ) from exc
+
+
 # --------------------------------------------------------------------------------- transforms
 
 
@@ -495,8 +508,8 @@ def load_dataset(
         grayscale: ``True`` converts colour to one channel (ITU-R 601-2 luma), ``False`` makes
             greyscale images 3-channel, ``None`` keeps them as stored.
         image_size: resize to ``image_size`` x ``image_size`` (bilinear, antialiased).
-        download: for CIFAR-10 only: fetch ``cifar-10-batches-py`` into ``data_dir`` with
-            torchvision if it is not there (needs network access).
+        download: for CIFAR-10 and MNIST: fetch ``cifar-10-batches-py`` (or ``MNIST/raw``)
+            into ``data_dir`` with torchvision if it is not there (needs network access).
         progress: show a progress bar while reading image files.
 
     Returns:
@@ -531,18 +544,21 @@ def load_dataset(
                 f"no dataset found under {root}: looked for class folders Train/<label>/*.png + "
                 "Test/<label>/*.png, cifar10.npz, cifar-10-batches-py and MNIST idx files "
                 "(MNIST/raw, raw, or the folder itself); pass --data-dir pointing at one of "
-                "these, or download=True for CIFAR-10"
+                "these, or --download to fetch CIFAR-10 (download=True in Python)"
             )
         elif len(found) > 1:
             raise DataError(
                 f"{root} holds several datasets ({', '.join(sorted(found))}); "
-                "pick one with name=... (--dataset)"
+                "pick one with --dataset NAME (name= in Python)"
             )
         else:
             name = next(iter(found))
     hit = _locate(root, name)
     if hit is None and name == "cifar10" and download:
         hit = ("batches", _download_cifar10(root))
+    elif hit is None and name == "mnist" and download:
+        _download_mnist(root)
+        hit = _locate(root, name)
     if hit is None:
         how = _HOW_TO_GET[name].replace("DIR", str(root))
         raise DataError(

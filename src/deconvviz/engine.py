@@ -750,6 +750,77 @@ class Deconvnet:
         out = out.view(n, k, *x.shape[1:])
         return out[:, 0] if single else out
 
+    def project_seeds(
+        self,
+        x: Tensor,
+        layer: str,
+        image: Sequence[int] | Tensor,
+        channel: Sequence[int] | Tensor,
+        position: Sequence[tuple[int, int]] | Tensor | None = None,
+    ) -> Tensor:
+        """Project many single-activation seeds of ``layer`` at once.
+
+        Seed ``s`` is channel ``channel[s]`` of image ``x[image[s]]``, at ``position[s]`` (by
+        default its strongest activation in that image). Seeds run on receptive-field crops where
+        those are smaller than the image; otherwise each image runs forward once and all of its
+        seeds share that pass (:mod:`deconvviz.batched`), and the strongest activations are found
+        in that same pass.
+
+        Returns:
+            ``[S, C, H, W]`` projections, one per seed.
+
+        Example:
+            >>> rec = dn.project_seeds(x, "layer3.5", [0, 0, 1], [4, 9, 4])  # doctest: +SKIP
+        """
+        from deconvviz.batched import project_shared
+
+        x = self._check_input(x)
+        info = self._layer(self._probe(x), layer)
+        assert info.out_shape is not None
+        img = torch.as_tensor(image, dtype=torch.long).flatten().cpu()
+        chan = torch.as_tensor(channel, dtype=torch.long).flatten().cpu()
+        if len(img) != len(chan) or len(img) == 0:
+            raise InputError(
+                f"image and channel must be equally long, non-empty lists (got {len(img)} and "
+                f"{len(chan)})"
+            )
+        if int(img.min()) < 0 or int(img.max()) >= x.shape[0]:
+            raise InputError(f"image indices must lie in 0..{x.shape[0] - 1} (x has {x.shape[0]})")
+        self._channels(chan.tolist(), info.out_shape[0])
+        n_seeds, (h, w) = len(img), (int(x.shape[-2]), int(x.shape[-1]))
+        spatial = len(info.out_shape) == 3
+        rows: Tensor | None = None
+        cols: Tensor | None = None
+        if position is not None:
+            if not spatial:
+                raise InputError(f"layer {layer!r} outputs vectors, which have no positions")
+            pos = torch.as_tensor(position, dtype=torch.long).reshape(n_seeds, 2).cpu()
+            rows, cols = pos[:, 0], pos[:, 1]
+            fh, fw = info.out_shape[1:]
+            if not (((rows >= 0) & (rows < fh) & (cols >= 0) & (cols < fw)).all()):
+                raise InputError(f"positions must lie in the {fh}x{fw} feature map of {layer!r}")
+        zero = torch.zeros(1, dtype=torch.long)
+        full = not spatial or self._crop_boxes(info, zero, zero, (h, w))[0] == (0, 0, h, w)
+        out = x.new_zeros((n_seeds, *x.shape[1:]))
+        if full:
+            for idx, grads, boxes, *_ in project_shared(
+                self, x, info, layer, img, chan, rows, cols, list(range(n_seeds)), exact_cuda
+            ):
+                scatter_windows(out, idx, grads, boxes)
+            return out
+        expected = None
+        if rows is None or cols is None:
+            acts = self._values(x, layer)[img.to(x.device), chan.to(x.device)]  # [S, h, w]
+            flat = acts.flatten(1)
+            best = flat.argmax(dim=1)
+            rows, cols = (best // acts.shape[-1]).cpu(), (best % acts.shape[-1]).cpu()
+            expected = flat.gather(1, best.unsqueeze(1)).flatten()
+        for idx, grads, boxes in self._project_seeds(
+            x, info, layer, img, chan, rows, cols, expected
+        ):
+            scatter_windows(out, idx, grads, boxes)
+        return out
+
     # ------------------------------------------------------------------ the batched reverse pass
 
     def _project_seeds(
@@ -775,6 +846,14 @@ class Deconvnet:
         for s, (y0, x0, y1, x1) in enumerate(boxes):
             groups.setdefault((y1 - y0, x1 - x0), []).append(s)
         for (bh, bw), members in groups.items():
+            if (bh, bw) == (h, w):  # crops cannot help: share each image's forward
+                from deconvviz.batched import project_shared
+
+                for idx, grads, sub, *_ in project_shared(
+                    self, x, info, layer, img, chan, rows, cols, members, exact_cuda
+                ):
+                    yield idx, grads, sub
+                continue
             cost = per_sample * bh * bw / (h * w)
             chunk = max(1, min(len(members), int(self.max_memory // max(cost, 1))))
             for start in range(0, len(members), chunk):

@@ -295,9 +295,7 @@ def _is_state_dict(obj: Any) -> bool:
     )
 
 
-def _read(
-    path: Path, trust: bool, map_location: Any, spec: Any = None
-) -> tuple[Any, bool]:
+def _read(path: Path, trust: bool, map_location: Any, spec: Any = None) -> tuple[Any, bool]:
     """The loaded object, and whether it needed the unsafe (trusted) load.
 
     For a trusted pickle whose classes live in a model file (``--model file.py:factory``), the

@@ -2,8 +2,10 @@
 
 A square is slid over each image; at every position the occluded image goes through the model
 and we record the probability of the true (or given) class, the most probable class and,
-optionally, the total activation of one feature map of a chosen layer. Occluded images are
-built on the fly and evaluated in batches sized to a memory budget, mixing positions of
+optionally, the total activation of one feature map of a chosen layer (summed both as the layer
+outputs it and rectified, ``max(a, 0)``, which is what the paper plots: for a conv layer whose
+ReLU is a separate module the raw sum is of pre-ReLU values and can be negative). Occluded
+images are built on the fly and evaluated in batches sized to a memory budget, mixing positions of
 several images in one batch, so the cost is close to one batched forward over all of them.
 
 Inputs are in the model's own input space: ``fill="grey"`` is the value 0.5, which is grey for
@@ -58,8 +60,13 @@ class OcclusionResult:
         channel: ``[N]`` the feature map (channel) that is strongest on each unoccluded image,
             i.e. that holds the image's largest single activation of ``layer``.
         feature: ``[N, Hp, Wp]`` total activation (sum over the map) of that channel with the
-            occluder at each position.
+            occluder at each position, as the layer outputs it (for a conv layer followed by a
+            separate ReLU: pre-ReLU, can be negative).
         base_feature: ``[N]`` its total activation on the unoccluded image.
+        feature_rectified: ``[N, Hp, Wp]`` the same sum of the rectified map,
+            ``sum(max(a, 0))``: the activity a following ReLU passes on, what the paper's
+            Fig. 7(b) shows (equal to ``feature`` for a layer whose outputs are >= 0).
+        base_feature_rectified: ``[N]`` that rectified total on the unoccluded image.
         activation: the channel's activation map on the unoccluded image (``[N, h, w]`` for a
             conv layer, ``[N]`` for a layer with one value per channel).
         projection: ``[N, C, H, W]`` deconvnet projection of the channel's strongest activation
@@ -82,6 +89,8 @@ class OcclusionResult:
     base_feature: Tensor | None = None
     activation: Tensor | None = None
     projection: Tensor | None = None
+    feature_rectified: Tensor | None = None
+    base_feature_rectified: Tensor | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -217,10 +226,13 @@ def _first_tensor(out: Any) -> Tensor:
     raise InputError(f"layer output is a {type(out).__name__}, not a tensor")
 
 
-def _channel_totals(out: Tensor, channels: Tensor) -> Tensor:
-    """Sum over everything but batch of ``out[b, channels[b]]``."""
+def _channel_totals(out: Tensor, channels: Tensor, rectified: bool = False) -> Tensor:
+    """Sum over everything but batch of ``out[b, channels[b]]`` (of ``max(out, 0)`` when
+    ``rectified``)."""
     rows = torch.arange(out.shape[0], device=out.device)
     picked = out[rows, channels.to(out.device)]
+    if rectified:
+        picked = picked.clamp(min=0)
     return picked.reshape(out.shape[0], -1).sum(dim=1) if picked.dim() > 1 else picked
 
 
@@ -298,7 +310,7 @@ def _scan(
     out: dict[str, Any] = {}
     prob = top_prob = None
     top_class = torch.empty(total, dtype=torch.long, device=device)
-    feature = torch.empty(total, dtype=x.dtype, device=device) if module is not None else None
+    feature = torch.empty((2, total), dtype=x.dtype, device=device) if module is not None else None
     bs = batch_size if batch_size is not None else _auto_batch_size(model, x, total, memory_budget)
     captured: list[Tensor] = []
     current: dict[str, Tensor] = {}
@@ -307,7 +319,15 @@ def _scan(
 
         def hook(_m: nn.Module, _i: Any, o: Any) -> None:
             # Reduce right away: a later in-place op (ReLU(inplace=True)) may change `o`.
-            captured.append(_channel_totals(_first_tensor(o), current["channels"]))
+            t = _first_tensor(o)
+            captured.append(
+                torch.stack(
+                    [
+                        _channel_totals(t, current["channels"]),
+                        _channel_totals(t, current["channels"], rectified=True),
+                    ]
+                )
+            )
 
         handle = module.register_forward_hook(hook)
     start = 0
@@ -338,7 +358,8 @@ def _scan(
                     k = logits.shape[1]
                     if int(tgt.max()) >= k:
                         raise InputError(
-                            f"target class out of range: the model has {k} classes (0..{k - 1})"
+                            f"target class {int(tgt.max())} is out of range: the model has {k} "
+                            f"classes; give one of 0..{k - 1} (--target)"
                         )
                     prob = torch.empty(total, dtype=logits.dtype, device=device)
                     top_prob = torch.empty(total, dtype=logits.dtype, device=device)
@@ -356,7 +377,7 @@ def _scan(
                             f"layer {layer!r} ran {len(captured)} times in one forward pass; "
                             "occlusion needs a layer that runs once"
                         )
-                    feature[sl] = captured[0]
+                    feature[:, sl] = captured[0]
                 start += len(idx)
                 bar.update(len(idx))
     finally:
@@ -371,7 +392,8 @@ def _scan(
     out["prob"] = prob[~is_clean].cpu()
     out["top_prob"] = top_prob[~is_clean].cpu()
     out["top_class"] = top_class[~is_clean].cpu()
-    out["feature"] = feature[~is_clean].cpu() if feature is not None else None
+    out["feature"] = feature[0, ~is_clean].cpu() if feature is not None else None
+    out["feature_rectified"] = feature[1, ~is_clean].cpu() if feature is not None else None
     return out
 
 
@@ -404,7 +426,8 @@ def occlusion(
         fill: ``"grey"`` (0.5), ``"mean"`` (each image's mean per channel), a number, or one
             number per channel, all in the model's input space.
         layer: optional layer name (``named_modules()`` spelling); adds the total activation of
-            the image's strongest feature map of that layer, and its deconvnet projection.
+            the image's strongest feature map of that layer (raw and rectified), and its
+            deconvnet projection.
         batch_size: occluded images per forward pass; None picks it from ``memory_budget``.
         progress: show a progress bar.
         project: with ``layer``, also compute the deconvnet projection (needs a layer the
@@ -464,7 +487,7 @@ def occlusion(
 
     tgt = _given_targets(target, n, device)
     with eval_mode(model), torch.no_grad():
-        channel = activation = base_feature = None
+        channel = activation = base_feature = base_rectified = None
         if layer is not None:
             import deconvviz
 
@@ -477,6 +500,7 @@ def occlusion(
             channel = acts.reshape(n, acts.shape[1], -1).amax(dim=2).argmax(dim=1)
             activation = acts[torch.arange(n, device=acts.device), channel].cpu()
             base_feature = _channel_totals(acts, channel).cpu()
+            base_rectified = _channel_totals(acts, channel, rectified=True).cpu()
         res = _scan(
             model,
             x,
@@ -500,6 +524,7 @@ def occlusion(
     shape = (n, hp, wp)
     positions = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
     feature = res["feature"]
+    rectified = res["feature_rectified"]
     return OcclusionResult(
         prob=res["prob"].view(shape),
         top_class=res["top_class"].view(shape),
@@ -517,6 +542,8 @@ def occlusion(
         base_feature=base_feature,
         activation=activation,
         projection=projection,
+        feature_rectified=rectified.view(shape) if rectified is not None else None,
+        base_feature_rectified=base_rectified,
     )
 
 

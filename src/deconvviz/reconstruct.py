@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,17 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from deconvviz._io import save_figure, save_torch, write_json
-from deconvviz.engine import attach, model_device_dtype
+from deconvviz.engine import _split_layer, attach, model_device_dtype
 from deconvviz.errors import DataError, InputError, LayerError, unknown_name
 from deconvviz.receptive import ReceptiveField
 from deconvviz.rules import RULES
-from deconvviz.topk import TopProjections, project_top, top_activations
+from deconvviz.topk import (
+    FewImagesWarning,
+    TopProjections,
+    few_images_message,
+    project_top,
+    top_activations,
+)
 
 __all__ = [
     "ImageProjections",
@@ -103,7 +110,8 @@ class LayerReconstructions:
         channels: ``[C']`` the feature maps (channel indices of the layer).
         values: ``[C', k]`` activation values, strongest first (``-inf`` where the dataset had
             fewer than ``k`` images).
-        indices: ``[C', k]`` dataset indices of the images (``-1`` where missing).
+        indices: ``[C', k]`` dataset indices of the images (``-1`` where missing: padding, see
+            :attr:`valid`; figures and JSON leave it out).
         positions: ``[C', k, 2]`` ``(row, col)`` of each activation in the feature map.
         boxes: ``[C', k, 4]`` its receptive field ``(y0, x0, y1, x1)`` in input pixels
             (half-open, clipped to the image).
@@ -112,6 +120,13 @@ class LayerReconstructions:
         patches: ``[C', k, Cin, h, w]`` the input pixels of the same boxes.
         input_size: ``(H, W)`` of the images.
         receptive_field: the layer's :class:`deconvviz.ReceptiveField`, or ``None``.
+        images: how many images were scanned for the top activations (``None``: not known).
+
+    A feature map is *dead* when its strongest activation over the scanned images is not above
+    0 (a ReLU after it never lets anything through): :attr:`dead` lists them, and the figures
+    draw them as dead instead of projecting their zeros. Entries of a live map that are not
+    above 0 (it fired on fewer than ``k`` images) are not real top activations either:
+    :attr:`fired` is False there.
     """
 
     layer: str
@@ -125,17 +140,55 @@ class LayerReconstructions:
     patches: Tensor
     input_size: tuple[int, int]
     receptive_field: ReceptiveField | None
+    images: int | None = None
 
     @property
     def k(self) -> int:
-        """Activations per feature map."""
+        """Activations per feature map (padding included; see :attr:`found`)."""
         return int(self.values.shape[1])
+
+    @property
+    def fired(self) -> Tensor:
+        """``[C', k]`` True where the entry is a real activation: an image was there and the
+        value is above 0 (finite)."""
+        v = self.values
+        return (self.indices >= 0) & torch.isfinite(v) & (v > 0)
+
+    @property
+    def dead(self) -> list[int]:
+        """Channels (of the layer, as in :attr:`channels`) whose activation never rose above 0
+        on the scanned images.
+
+        Example::
+
+            rec = reconstruct_dataset(net, test_set, ["conv2"], progress=False)["conv2"]
+            rec.dead                       # e.g. [3, 17]: never > 0 on rec.images images
+        """
+        alive = self.fired.any(dim=1)
+        return [
+            int(c) for c, a in zip(self.channels.tolist(), alive.tolist(), strict=True) if not a
+        ]
+
+    @property
+    def valid(self) -> Tensor:
+        """``[C', k]`` True for real entries, False for padding (fewer images than ``k``)."""
+        return self.indices >= 0
+
+    @property
+    def found(self) -> int:
+        """Real (not padding) activations of the fullest feature map: ``k``, or the number of
+        images when the dataset had fewer than ``k``."""
+        return int(self.valid.sum(dim=1).max()) if self.indices.numel() else 0
 
     @classmethod
     def from_projections(
-        cls, proj: TopProjections, channels: Sequence[int] | None = None
+        cls,
+        proj: TopProjections,
+        channels: Sequence[int] | None = None,
+        images: int | None = None,
     ) -> LayerReconstructions:
-        """From :func:`deconvviz.project_top`'s result (``channels``: those it projected)."""
+        """From :func:`deconvviz.project_top`'s result (``channels``: those it projected;
+        ``images``: how many images were scanned)."""
         top = proj.top
         chans = list(range(top.channels)) if channels is None else [int(c) for c in channels]
         idx = torch.tensor(chans, dtype=torch.long)
@@ -156,6 +209,7 @@ class LayerReconstructions:
             patches=proj.patches,
             input_size=top.input_size,
             receptive_field=top.receptive_field,
+            images=None if images is None else int(images),
         )
 
     def _repr_png_(self) -> bytes:
@@ -189,13 +243,14 @@ def _check_layers(model: nn.Module, layers: Sequence[str] | str | None) -> list[
         if not found:
             raise LayerError(
                 f"{type(model).__name__} has no Conv2d layers to reconstruct by default; "
-                "name the layers to project (layers=[...], --layer NAME)"
+                "name the layers to project: --layer NAME (layers=[...] in Python)"
             )
         return found
     names = [n for n, _ in model.named_modules() if n]
     out: list[str] = []
     for layer in layers:
-        if layer not in names:
+        # 'name:N' (the N-th call of a module called several times) is the engine's to check
+        if not isinstance(layer, str) or _split_layer(layer)[0] not in names:
             raise LayerError(unknown_name("layer", str(layer), names))
         if layer not in out:
             out.append(layer)
@@ -248,7 +303,9 @@ def reconstruct_dataset(
         dataset: items ``(image [C, H, W], label)`` or images, all of one size, in the model's
             input space (e.g. :func:`deconvviz.data.load_dataset`).
         layers: layer names (``named_modules()`` spelling); default: every ``Conv2d`` layer.
-        k: activations per feature map.
+        k: activations per feature map. Over fewer than ``k`` images the rest is padding
+            (index ``-1``; see :attr:`LayerReconstructions.valid`), never drawn, and a
+            :class:`deconvviz.FewImagesWarning` says so once.
         rule: ``"deconvnet"`` (Zeiler & Fergus), ``"gradient"`` or ``"guided"``.
         channels: only these feature maps (default: all of each layer).
         batch_size: images per forward pass while scanning.
@@ -283,9 +340,13 @@ def reconstruct_dataset(
         shuffle=False,
         num_workers=num_workers,
     )
+    if len(dataset) < k:  # once here, not once per layer
+        warnings.warn(few_images_message(k, len(dataset)), FewImagesWarning, stacklevel=2)
     results: dict[str, LayerReconstructions] = {}
     for layer in tqdm(names, desc="reconstructing", unit="layer", disable=not progress):
-        top = top_activations(model, loader, layer, k=k, progress=progress)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FewImagesWarning)
+            top = top_activations(model, loader, layer, k=k, progress=progress)
         chans = list(range(top.channels)) if channels is None else [int(c) for c in channels]
         bad = [c for c in chans if not 0 <= c < top.channels]
         if bad:
@@ -304,7 +365,7 @@ def reconstruct_dataset(
             batch_size=batch_size,
             progress=progress,
         )
-        results[layer] = LayerReconstructions.from_projections(proj, chans)
+        results[layer] = LayerReconstructions.from_projections(proj, chans, images=len(dataset))
     return results
 
 
@@ -564,8 +625,8 @@ def dataset_for_model(
         dataset = "cifar10"
     if data_dir is None:
         raise DataError(
-            "no data folder given; pass --data-dir (data_dir=) pointing at the dataset "
-            "(e.g. ../shared/data)"
+            "no data folder given; pass --data-dir DIR (data_dir= in Python) pointing at the "
+            "dataset (e.g. ../shared/data)"
         )
     if dataset is None and isinstance(model_cfg, Mapping):
         return dataset_for_config(dict(config), data_dir, split)
@@ -615,8 +676,10 @@ def write_dataset_reconstructions(
 
     Per layer: ``<layer>.png`` (the Fig. 2 grid; ``<layer>_p2.png``... when it has more than
     ``channels_per_page`` feature maps) and ``<layer>.json`` (values, dataset indices,
-    positions and receptive-field boxes of every top activation); with ``save_tensors``, also
-    ``<layer>.pt`` holding the reconstructions and patches.
+    positions and receptive-field boxes of every top activation, the dead feature maps and the
+    number of images scanned; padding entries, when the dataset had fewer than ``k`` images, are
+    left out and ``k`` counts the real ones); with ``save_tensors``, also ``<layer>.pt`` holding
+    the reconstructions and patches.
 
     Returns:
         The written PNG paths, in order.
@@ -642,10 +705,12 @@ def write_dataset_reconstructions(
             written.append(path)
         pngs += written
         rf = rec.receptive_field
+        keep = rec.valid  # padding (fewer images than k) is left out
         summary = {
             "layer": layer,
             "rule": rec.rule,
-            "k": rec.k,
+            "k": rec.found,
+            "k_asked": rec.k,
             "input_size": list(rec.input_size),
             "receptive_field": None
             if rf is None
@@ -655,11 +720,13 @@ def write_dataset_reconstructions(
                 "start": list(rf.start),
             },
             "figures": [p.name for p in written],
+            "images": rec.images,
+            "dead": rec.dead,
             "channels": rec.channels.tolist(),
-            "values": _finite(rec.values),
-            "indices": rec.indices.tolist(),
-            "positions": rec.positions.tolist(),
-            "boxes": rec.boxes.tolist(),
+            "values": [_finite(v[m]) for v, m in zip(rec.values, keep, strict=True)],
+            "indices": [i[m].tolist() for i, m in zip(rec.indices, keep, strict=True)],
+            "positions": [p[m].tolist() for p, m in zip(rec.positions, keep, strict=True)],
+            "boxes": [b[m].tolist() for b, m in zip(rec.boxes, keep, strict=True)],
         }
         write_json(out / f"{stem}.json", summary)
         if save_tensors:

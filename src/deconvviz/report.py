@@ -36,6 +36,7 @@ import math
 import os
 import platform
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ from torch.utils.data import DataLoader, Subset
 
 from deconvviz._io import save_figure, save_image, write_json, write_text
 from deconvviz._version import __version__
-from deconvviz.engine import model_device_dtype
+from deconvviz.engine import _split_layer, model_device_dtype
 from deconvviz.errors import DeconvvizError, InputError, LayerError, unknown_name
 from deconvviz.rules import RULES
 
@@ -220,7 +221,8 @@ def write_report(
         raise InputError(unknown_name("rule", str(rule), sorted(RULES)))
     known = [n for n, _ in model.named_modules() if n]
     for layer in layers or ():
-        if layer not in known:
+        # 'name:N' (the N-th call of a module called several times) is the engine's to check
+        if not isinstance(layer, str) or _split_layer(layer)[0] not in known:
             raise LayerError(unknown_name("layer", str(layer), known))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -313,6 +315,7 @@ def report_from_run(
     model_factory: str | Callable[[], nn.Module] | None = None,
     dataset: str | None = None,
     split: str = "test",
+    map_location: str = "cpu",
     loaded: Any = None,
     **options: Any,
 ) -> Report:
@@ -328,6 +331,7 @@ def report_from_run(
         dataset: dataset name for :func:`deconvviz.data.load_dataset` (default: the one that
             goes with the run's config, or the only one found under ``data_dir``).
         split: ``"test"`` or ``"train"``.
+        map_location: the device the model runs on (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
         loaded: an already loaded model (:func:`deconvviz.loading.load_model`), used instead
             of loading ``run_dir`` (any checkpoint layout, normalisation, image size).
         **options: passed on to :func:`write_report`.
@@ -338,7 +342,11 @@ def report_from_run(
     from deconvviz.checkpoint import load_run
     from deconvviz.reconstruct import dataset_for_model
 
-    run = loaded if loaded is not None else load_run(run_dir, model_factory=model_factory)
+    run = (
+        loaded
+        if loaded is not None
+        else load_run(run_dir, model_factory=model_factory, map_location=map_location)
+    )
     ds = dataset_for_model(run.model, run.config, data_dir, dataset, split)
     return write_report(
         out_dir, run.model, ds, config=run.config, metrics=run.metrics, run_path=run.path, **options
@@ -393,8 +401,10 @@ class _Context:
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(_FIG_DIR, *parts)
 
-    def rel(self, path: Path) -> str:
-        return path.relative_to(self.out).as_posix()
+    def rel(self, path: str | os.PathLike[str]) -> str:
+        """``path`` (as written: absolute, or relative to the working directory) relative to
+        the report folder, in POSIX spelling: the form every link of the report takes."""
+        return _relative_to(path, self.out)
 
     def add_figure(self, section: _Section, title: str, fig: Any, *parts: str) -> None:
         path = self.path(*parts)
@@ -510,20 +520,32 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
     results = reconstruct_dataset(
         ctx.model, ctx.scan, ctx.layers, k=ctx.k, rule=ctx.rule, progress=ctx.progress
     )
+    dead_rows = []
     for layer, rec in results.items():
         pngs = write_dataset_reconstructions({layer: rec}, ctx.path("reconstructions"))
+        dead = rec.dead
+        dead_text = ", ".join(str(c) for c in dead) or "none"
+        dead_rows.append([layer, f"{len(dead)} / {len(rec.channels)}", dead_text])
         for page, path in enumerate(pngs):
             more = f" (page {page + 1}/{len(pngs)})" if len(pngs) > 1 else ""
             section.figures.append(
                 ReportFigure(
                     section.key,
-                    f"{layer}{more}: top-{rec.k} activations of each feature map over "
+                    f"{layer}{more}: top-{rec.found} activations of each feature map over "
                     f"{len(ctx.scan)} images, {rec.rule} projections (left) and image "
-                    "patches (right)",
+                    f"patches (right); dead feature maps (never > 0): {dead_text}",
                     ctx.rel(path),
                 )
             )
+    section.html.append(
+        _table(
+            ["layer", "dead feature maps", "channels never > 0"],
+            dead_rows,
+            caption=f"Dead feature maps: never above 0 on the {len(ctx.scan)} scanned images",
+        )
+    )
     section.data["layers"] = list(results)
+    section.data["dead"] = {layer: rec.dead for layer, rec in results.items()}
     ctx.reconstructions.update(results)
 
 
@@ -566,6 +588,7 @@ def _evidence(ctx: _Context, section: _Section) -> None:
     section.html.append(_table(["layer", "live units", f"class selectivity of top-{sel.k}"], rows))
     data: dict[str, Any] = {"selectivity": sel.to_dict()}
     convs = [m for m in conv_layers(ctx.model).values() if isinstance(m, nn.Conv2d)]
+    fs = None
     if convs and min(convs[0].kernel_size) >= 2:
         fs = filter_structure(convs[0])
         first = next(n for n, m in conv_layers(ctx.model).items() if m is convs[0])
@@ -577,6 +600,14 @@ def _evidence(ctx: _Context, section: _Section) -> None:
             "gradients) score near 1, noise near 0.</p>"
         )
         data["filter_structure"] = {"layer": first, **fs.to_dict()}
+    from deconvviz.render.evidence import evidence_figure
+
+    ctx.add_figure(
+        section,
+        "class selectivity of the top images per layer, and first-layer filter structure",
+        evidence_figure(sel, fs),
+        "evidence.png",
+    )
     write_json(ctx.path("evidence.json"), _json_safe(data))
     section.data.update(data)
 
@@ -633,12 +664,10 @@ def _analyses(ctx: _Context, section: _Section) -> None:
         section.skipped = "deconvviz.analyses has no report_figures() in this version"
         return
     folder = ctx.path("analyses")
+    # report_figures returns the paths it wrote (folder / name): usable as they are, never to be
+    # joined to the folder again
     for title, path in report_figures(ctx.model, ctx.dataset, folder, progress=ctx.progress):
-        p = Path(path)
-        if not p.is_absolute():
-            p = folder / p
-        rel = Path(os.path.relpath(p.resolve(), ctx.out.resolve())).as_posix()
-        section.figures.append(ReportFigure(section.key, str(title), rel))
+        section.figures.append(ReportFigure(section.key, str(title), ctx.rel(path)))
 
 
 # ------------------------------------------------------------------------------ HTML
@@ -652,10 +681,26 @@ figure { margin: 1em 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #ddd; image-rendering: auto; }
 figcaption { font-size: .9em; color: #555; }
 table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
+caption { text-align: left; font-weight: bold; padding: .2em 0; }
 td, th { border: 1px solid #ccc; padding: .2em .6em; text-align: left; }
+tbody th { background: #f6f6f6; font-weight: normal; }
 .skipped { color: #888; font-style: italic; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; }
 """
+
+
+def _relative_to(path: str | os.PathLike[str], folder: Path) -> str:
+    """``path`` relative to ``folder`` (both as given: absolute or relative to the working
+    directory), POSIX spelling; refuses a path outside ``folder``."""
+    rel = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(folder))).as_posix()
+    if rel == ".." or rel.startswith("../"):
+        raise ValueError(f"{path} is not inside the report folder {folder}")  # a bug, not input
+    return rel
+
+
+def _url(rel: str) -> str:
+    """A relative file path as a URL reference for the page (spaces, '#', '%'... quoted)."""
+    return urllib.parse.quote(rel, safe="/")
 
 
 def _fmt(v: Any) -> str:
@@ -664,12 +709,39 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+def _table(
+    head: Sequence[str] | None, rows: Sequence[Sequence[Any]], *, caption: str | None = None
+) -> str:
+    """An HTML table; ``head=None`` for a key-value table (its first column is a row header,
+    no empty header row)."""
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    thead = ""
+    if head is not None:
+        th = "".join(f'<th scope="col">{html.escape(str(h))}</th>' for h in head)
+        thead = f"<thead><tr>{th}</tr></thead>"
+    body = []
+    for row in rows:
+        cells = [html.escape(str(c)) for c in row]
+        if head is None and cells:
+            first = f'<th scope="row">{cells[0]}</th>'
+            body.append("<tr>" + first + "".join(f"<td>{c}</td>" for c in cells[1:]) + "</tr>")
+        else:
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<table>{cap}{thead}<tbody>{''.join(body)}</tbody></table>"
+
+
+def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"model": {"width": 8}, "lr": 0.1}`` -> ``[("model.width", 8), ("lr", 0.1)]``."""
+    out: list[tuple[str, Any]] = []
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.extend(_flatten(value, name + "."))
+        elif isinstance(value, (list, tuple)):
+            out.append((name, ", ".join(_fmt(v) for v in value) or "(none)"))
+        else:
+            out.append((name, "(none)" if value is None else _fmt(value)))
+    return out
 
 
 def _safe(name: str) -> str:
@@ -714,8 +786,9 @@ def _html_page(title: str, sections: Sequence[_Section], manifest: Mapping[str, 
     )
     if cfg:
         facts.append(["seed", cfg.get("seed")])
-        facts.append(["config", ", ".join(f"{k}={v}" for k, v in cfg.items())])
-    parts.append(_table(["", ""], facts))
+    parts.append(_table(None, facts, caption="Summary"))
+    if cfg:
+        parts.append(_table(["setting", "value"], _flatten(cfg), caption="Training configuration"))
     parts.append("<nav><ul>")
     for s in sections:
         count = len(s.figures)
@@ -729,7 +802,7 @@ def _html_page(title: str, sections: Sequence[_Section], manifest: Mapping[str, 
             parts.append(f'<p class="skipped">Skipped: {e(s.skipped)}</p>')
         parts.extend(s.html)
         for f in s.figures:
-            src = e(f.path, quote=True)
+            src = e(_url(f.path), quote=True)
             parts.append(
                 f'<figure><a href="{src}"><img src="{src}" alt="{e(f.title, quote=True)}" '
                 f'loading="eager"></a><figcaption>{e(f.title)}</figcaption></figure>'

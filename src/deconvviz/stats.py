@@ -542,8 +542,10 @@ def _fallback_or_fail(model: nn.Module, layers: list[str] | None) -> None:
         raise LayerError(f"layers {layers} did not run in the model's forward pass")
     if not conv_names(model):
         raise LayerError(
-            f"{type(model).__name__} has no convolution layers to measure by default; pass "
-            "layers=[...] (module names), or use hidden_state_stats() for a recurrent model"
+            f"{type(model).__name__} has no convolution layers to measure by default; name "
+            "the layers: --layer NAME (layers=[...] in Python); a recurrent model's hidden "
+            "states are measured by hidden_state_stats() (by deconvviz stats when the model "
+            "has a hidden_states() method)"
         )
 
 

@@ -3,25 +3,48 @@
 :func:`top_activations` streams a DataLoader once, stopping each forward pass at the layer, and
 keeps per channel the ``k`` strongest activations from **distinct** images (each image
 contributes its strongest activation of that map), in ``O(channels x k)`` memory on the model's
-device. :func:`project_top` then projects all of them in batches and crops the image patches
-(receptive fields) that caused them.
+device. It is the one-layer case of :func:`deconvviz.scan.scan` (ties go to the lowest image
+index, then the lowest position). :func:`project_top` then projects all of them in batches and
+crops the image patches (receptive fields) that caused them.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, RandomSampler
 
 from deconvviz.engine import Deconvnet, batch_images, model_device_dtype
 from deconvviz.errors import InputError
 from deconvviz.receptive import ReceptiveField
 
-__all__ = ["TopActivations", "TopProjections", "top_activations", "project_top"]
+__all__ = [
+    "FewImagesWarning",
+    "TopActivations",
+    "TopProjections",
+    "few_images_message",
+    "top_activations",
+    "project_top",
+]
+
+
+class FewImagesWarning(UserWarning):
+    """The dataset holds fewer images than the ``k`` top activations asked for: the missing
+    entries are padding (image index ``-1``, value ``-inf``), never drawn as real ones."""
+
+
+def few_images_message(k: int, n: int) -> str:
+    """The one-line warning for top-``k`` asked over ``n < k`` images."""
+    return (
+        f"top-{k} activations asked for, but the data holds only {n} image"
+        f"{'' if n == 1 else 's'}: each feature map gets {n} real entries and {k - n} padding "
+        f"entries (image index -1), which are not drawn; ask for at most {n} (--top {n}, "
+        f"k={n} in Python) or give more images"
+    )
 
 
 @dataclass(frozen=True)
@@ -32,7 +55,8 @@ class TopActivations:
         layer: the layer's name.
         values: ``[C, k]`` activation values, strongest first (``-inf`` where the dataset had
             fewer than ``k`` images).
-        indices: ``[C, k]`` dataset indices of the images (``-1`` where missing).
+        indices: ``[C, k]`` dataset indices of the images (``-1`` where missing: padding, see
+            :attr:`valid`).
         positions: ``[C, k, 2]`` ``(row, col)`` in the feature map (``0, 0`` for ``[N, C]``
             layers).
         boxes: ``[C, k, 4]`` receptive field ``(y0, x0, y1, x1)`` in input pixels, half-open,
@@ -56,6 +80,11 @@ class TopActivations:
     @property
     def channels(self) -> int:
         return int(self.values.shape[0])
+
+    @property
+    def valid(self) -> Tensor:
+        """``[C, k]`` True for real entries, False for padding (fewer images than ``k``)."""
+        return self.indices >= 0
 
 
 @dataclass(frozen=True)
@@ -92,7 +121,9 @@ def top_activations(
         loader: a DataLoader (or any iterable of batches) **in dataset order** (no shuffling):
             image indices count batches in the order they come.
         layer: layer name (``named_modules()`` spelling).
-        k: activations kept per channel, from distinct images.
+        k: activations kept per channel, from distinct images. Over fewer than ``k`` images the
+            rest is padding (index ``-1``, value ``-inf``) and a :class:`FewImagesWarning` says
+            so, once.
         progress: show a progress bar.
 
     Returns:
@@ -104,77 +135,13 @@ def top_activations(
         >>> top.values.shape                                              # doctest: +SKIP
         torch.Size([64, 9])
     """
-    if not isinstance(k, int) or k < 1:
-        raise InputError(f"k must be a positive integer, got {k!r}")
-    if isinstance(loader, DataLoader) and isinstance(loader.sampler, RandomSampler):
-        raise InputError(
-            "the DataLoader shuffles, so image indices would not refer to dataset positions; "
-            "build it with shuffle=False"
-        )
-    from tqdm.auto import tqdm
+    from deconvviz.scan import scan
 
-    device, dtype = model_device_dtype(model)
-    best_v: Tensor | None = None
-    best_i: Tensor | None = None
-    best_p: Tensor | None = None
-    seen = 0
-    rf: ReceptiveField | None = None
-    size: tuple[int, int] | None = None
-    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    with Deconvnet(model, warn=False) as dn:
-        bar = tqdm(
-            loader,
-            total=total,
-            desc=f"top-{k} of {layer}",
-            disable=not progress,
-            unit="batch",
-            leave=False,
-        )
-        for batch in bar:
-            xb = batch_images(batch)
-            xb = dn._check_input(xb.to(device=device, dtype=dtype))
-            probe = dn._probe(xb)
-            info = dn._layer(probe, layer)
-            if size is None:
-                size, rf = (int(xb.shape[-2]), int(xb.shape[-1])), info.rf
-            elif size != tuple(xb.shape[-2:]):
-                raise InputError(
-                    f"images change size within the dataset ({size} then {tuple(xb.shape[-2:])}); "
-                    "resize them to one size"
-                )
-            acts = dn._values(xb, layer)
-            b = acts.shape[0]
-            if acts.dim() == 4:
-                flat = acts.flatten(2)  # [B, C, h*w]
-                val, where = flat.max(dim=2)  # [B, C]
-                w = acts.shape[-1]
-                pos = torch.stack([where // w, where % w], dim=-1)  # [B, C, 2]
-            else:
-                val = acts
-                pos = torch.zeros((*acts.shape, 2), dtype=torch.long, device=acts.device)
-            idx = torch.arange(seen, seen + b, device=acts.device).unsqueeze(1).expand_as(val)
-            cand_v = val.t()
-            cand_i = idx.t()
-            cand_p = pos.transpose(0, 1)
-            if best_v is not None:
-                cand_v = torch.cat([best_v, cand_v], dim=1)
-                cand_i = torch.cat([best_i, cand_i], dim=1)  # type: ignore[list-item]
-                cand_p = torch.cat([best_p, cand_p], dim=1)  # type: ignore[list-item]
-            kk = min(k, cand_v.shape[1])
-            best_v, sel = cand_v.topk(kk, dim=1)
-            best_i = cand_i.gather(1, sel)
-            best_p = cand_p.gather(1, sel.unsqueeze(-1).expand(-1, -1, 2))
-            seen += b
-    if best_v is None or best_i is None or best_p is None or size is None:
-        raise InputError("the loader yielded no images; check the dataset is not empty")
-    c, kk = best_v.shape
-    if kk < k:  # fewer images than k
-        pad = k - kk
-        best_v = torch.cat([best_v, best_v.new_full((c, pad), float("-inf"))], dim=1)
-        best_i = torch.cat([best_i, best_i.new_full((c, pad), -1)], dim=1)
-        best_p = torch.cat([best_p, best_p.new_zeros((c, pad, 2))], dim=1)
-    boxes = _boxes(rf, best_p.cpu(), size)
-    return TopActivations(layer, best_v.cpu(), best_i.cpu(), best_p.cpu(), boxes, size, rf)
+    top = scan(model, loader, [layer], k, progress=progress, distributed=False)[layer]
+    real = int((top.indices >= 0).sum(dim=1).max()) if top.indices.numel() else 0
+    if real < k:  # fewer images than k: the rest is padding (index -1)
+        warnings.warn(few_images_message(k, real), FewImagesWarning, stacklevel=2)
+    return top
 
 
 def _boxes(

@@ -9,6 +9,7 @@ import click
 
 from deconvviz_cli.commands import analyse as _analyse
 from deconvviz_cli.commands import analyses as _analyses
+from deconvviz_cli.commands import atlas as _atlas
 from deconvviz_cli.commands import inspect as _inspect
 from deconvviz_cli.commands import reconstruct as _reconstruct
 from deconvviz_cli.commands import train as _train
@@ -23,4 +24,5 @@ COMMANDS += [
     _analyses.sensitivity_cmd,
 ]
 COMMANDS += _reconstruct.COMMANDS
+COMMANDS += _atlas.COMMANDS
 COMMANDS += [_inspect.inspect_cmd]

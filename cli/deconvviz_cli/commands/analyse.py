@@ -12,17 +12,21 @@ from torch import nn
 
 from deconvviz._io import save_figure, save_image, save_torch, write_json, write_text
 from deconvviz.errors import InputError, LayerError, unknown_name
-from deconvviz_cli.model_options import ModelSpec, model_options
-
-_RUN_HELP = "Run directory made by `deconvviz train` (or its checkpoint.pt)."
+from deconvviz_cli.model_options import ModelSpec
+from deconvviz_cli.options import (
+    checkpoint_option,
+    data_dir_option,
+    device_option,
+    layer_option,
+    load,
+    model_option,
+    out_option,
+    progress_option,
+)
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "model"
-
-
-def _load(checkpoint: Path, device: str, model_spec: ModelSpec) -> Any:
-    return model_spec.load(checkpoint, device)
 
 
 def _class_names(model: nn.Module) -> list[str] | None:
@@ -50,8 +54,8 @@ def _input_shape(model: nn.Module) -> tuple[int, int | None]:
 
 
 @click.command("occlude", short_help="Occlusion sensitivity maps of one image.")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help=_RUN_HELP)
-@model_options
+@checkpoint_option
+@model_option
 @click.option(
     "--image",
     required=True,
@@ -72,9 +76,7 @@ def _input_shape(model: nn.Module) -> tuple[int, int | None]:
     show_default=True,
     help="Step between occluder positions.",
 )
-@click.option(
-    "--layer", default=None, help="Layer whose strongest feature map to follow (e.g. conv2)."
-)
+@layer_option(multiple=False, help="Layer whose strongest feature map to follow (e.g. conv2)")
 @click.option(
     "--target",
     type=click.IntRange(min=0),
@@ -87,17 +89,12 @@ def _input_shape(model: nn.Module) -> tuple[int, int | None]:
     show_default=True,
     help="Occluder colour: 'grey' (0.5), 'mean' (the image's mean) or a number.",
 )
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output directory.",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@out_option()
+@device_option()
+@progress_option
 def occlude(
     checkpoint: Path,
-    model_spec: ModelSpec,
+    model_factory: ModelSpec,
     image: Path,
     size: int,
     stride: int,
@@ -116,7 +113,7 @@ def occlude(
     from deconvviz.reconstruct import expected_input, load_images
     from deconvviz.render.occlusion import occlusion_figure
 
-    run = _load(checkpoint, device, model_spec)
+    run = load(checkpoint, model_factory, device)
     channels: int | None
     side: int | None
     if isinstance(getattr(run.model, "config", None), dict):
@@ -156,15 +153,10 @@ def occlude(
 
 
 @click.command("filters", short_help="Filter grids, RMS and dead filters.")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help=_RUN_HELP)
-@model_options
-@click.option("--layer", default=None, help="Conv layer to draw (default: every conv layer).")
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output directory.",
-)
+@checkpoint_option
+@model_option
+@layer_option(multiple=True, help="Conv layer to draw (default: every conv layer)")
+@out_option()
 @click.option(
     "--radius",
     type=click.FloatRange(min=0, min_open=True),
@@ -188,8 +180,8 @@ def occlude(
 )
 def filters(
     checkpoint: Path,
-    model_spec: ModelSpec,
-    layer: str | None,
+    model_factory: ModelSpec,
+    layers: tuple[str, ...],
     out: Path,
     radius: float,
     scale: int,
@@ -202,18 +194,20 @@ def filters(
     from deconvviz.filters import conv_layers, dead_filters, filter_rms
     from deconvviz.render.filters import filter_grid, rms_figure
 
-    run = _load(checkpoint, "cpu", model_spec)
+    run = load(checkpoint, model_factory)
     convs = {k: m for k, m in conv_layers(run.model).items() if isinstance(m, nn.Conv2d)}
-    if layer is not None:
-        if layer not in convs:
-            modules = dict(run.model.named_modules())
+    if layers:
+        modules = dict(run.model.named_modules())
+        for layer in layers:
+            if layer in convs:
+                continue
             if layer in modules:
                 raise LayerError(
                     f"layer {layer!r} is a {type(modules[layer]).__name__}, not a Conv2d; "
                     f"pick one of {sorted(convs)}"
                 )
             raise LayerError(unknown_name("conv layer", layer, convs))
-        convs = {layer: convs[layer]}
+        convs = {layer: convs[layer] for layer in dict.fromkeys(layers)}
     if not convs:
         raise LayerError("the model has no Conv2d layers to draw")
     summary: dict[str, Any] = {}
@@ -233,28 +227,25 @@ def filters(
 
 
 @click.command("stats", short_help="Activation statistics over a dataset split.")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help=_RUN_HELP)
-@model_options
+@checkpoint_option
+@model_option
+@data_dir_option(required=False)
+@out_option()
+@layer_option(multiple=True, help="Layer to measure (default: each conv layer's ReLU output)")
 @click.option(
-    "--data-dir",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Folder holding the run's dataset (e.g. ../shared/data).",
+    "--split",
+    type=click.Choice(["test", "train"]),
+    default="test",
+    show_default=True,
+    help="Which split of the dataset to measure.",
 )
 @click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output directory.",
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Images per forward pass.",
 )
-@click.option(
-    "--layer",
-    "layers",
-    multiple=True,
-    help="Layer to measure (repeatable; default: each conv layer's ReLU output).",
-)
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option(
     "--max-images", type=click.IntRange(min=1), default=None, help="Use only the first N images."
 )
@@ -265,12 +256,12 @@ def filters(
     show_default=True,
     help="DataLoader worker processes reading images (for big image folders).",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@device_option()
+@progress_option
 def stats(
     checkpoint: Path,
-    model_spec: ModelSpec,
-    data_dir: Path,
+    model_factory: ModelSpec,
+    data_dir: Path | None,
     out: Path,
     layers: tuple[str, ...],
     split: str,
@@ -296,9 +287,8 @@ def stats(
     )
     from deconvviz.stats import activation_stats, hidden_state_stats, report_lines
 
-    run = _load(checkpoint, device, model_spec)
-    config = run.config or getattr(run.model, "config", {})
-    dataset = dataset_for_model(run.model, config, data_dir, None, split, max_images)
+    run = load(checkpoint, model_factory, device)
+    dataset = dataset_for_model(run.model, run.config, data_dir, None, split, max_images)
     if max_images is not None and len(dataset) > max_images:
         dataset = Subset(dataset, range(max_images))
         dataset.name = dataset.dataset.name  # type: ignore[attr-defined]

@@ -17,7 +17,16 @@ import torch
 
 from deconvviz._io import save_figure, write_json, write_text
 from deconvviz.errors import InputError
-from deconvviz_cli.model_options import model_options
+from deconvviz_cli.options import (
+    checkpoint_option,
+    data_dir_option,
+    device_option,
+    layer_option,
+    load,
+    model_option,
+    out_option,
+    progress_option,
+)
 
 __all__ = [
     "correspondence_cmd",
@@ -28,20 +37,12 @@ __all__ = [
     "sensitivity_cmd",
 ]
 
-_RUN_HELP = "Run directory made by `deconvviz train` (or its checkpoint.pt)."
-
 
 def _common(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option(
-            "--checkpoint", required=True, type=click.Path(path_type=Path), help=_RUN_HELP
-        ),
-        click.option(
-            "--data-dir",
-            required=True,
-            type=click.Path(path_type=Path),
-            help="Folder holding the run's dataset, or a root such as ../shared/data.",
-        ),
+        checkpoint_option,
+        model_option,
+        data_dir_option(required=False),
         click.option(
             "--split",
             type=click.Choice(["test", "train"]),
@@ -57,18 +58,27 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Dataset index of an image (repeatable; default: --images images "
             "spread evenly over the split).",
         ),
-        click.option(
-            "--out",
-            required=True,
-            type=click.Path(file_okay=False, path_type=Path),
-            help="Output directory.",
-        ),
-        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
-        click.option("--progress/--no-progress", default=True, show_default=True),
+        out_option(),
+        device_option(),
+        progress_option,
     ]
     for option in reversed(options):
         f = option(f)
-    return model_options(f)
+    return f
+
+
+def _layers_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--layer NAME`` (repeatable), and the older ``--layers A,B`` spelling (hidden)."""
+    f = click.option(
+        "--layers",
+        "layers_csv",
+        default=None,
+        hidden=True,
+        help="Comma-separated layers (older spelling of a repeated --layer).",
+    )(f)
+    return layer_option(
+        multiple=True, help="Layer to compare (default: the first and the last hidden layer)"
+    )(f)
 
 
 def _load(
@@ -76,15 +86,10 @@ def _load(
 ) -> tuple[Any, torch.Tensor, torch.Tensor, list[int]]:
     """The run, and ``(images, labels, dataset indices)`` from its dataset."""
     from deconvviz.analyses import pick_images
-    from deconvviz.data import dataset_for_config
     from deconvviz.reconstruct import dataset_for_model
 
-    run = opts["model_spec"].load(opts["checkpoint"], opts["device"])
-    config = run.config or getattr(run.model, "config", None) or {}
-    if "model" in config:
-        ds = dataset_for_config(config, opts["data_dir"], opts["split"])
-    else:
-        ds = dataset_for_model(run.model, config, opts["data_dir"], None, opts["split"])
+    run = load(opts["checkpoint"], opts["model_factory"], opts["device"])
+    ds = dataset_for_model(run.model, run.config, opts["data_dir"], None, opts["split"])
     if opts["indices"]:
         bad = [i for i in opts["indices"] if i >= len(ds)]
         if bad:
@@ -103,12 +108,24 @@ def _load(
     return run, x, y, idx
 
 
-def _layers(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
+def _layers(layers: tuple[str, ...] = (), csv: str | None = None) -> list[str] | None:
+    """The layers of ``--layer NAME`` (repeated) and ``--layers A,B``; ``None`` for neither."""
+    names = list(layers or ())
+    if csv is not None:
+        more = [v.strip() for v in csv.split(",") if v.strip()]
+        if not more:
+            raise InputError(f"--layers {csv!r} names no layer; give --layer NAME (repeatable)")
+        names += more
+    return names or None
+
+
+def _rules(value: str) -> list[str]:
     names = [v.strip() for v in value.split(",") if v.strip()]
     if not names:
-        raise InputError(f"--layers {value!r} names no layer; give names separated by commas")
+        raise InputError(
+            f"--rules {value!r} names no rule; give rules separated by commas "
+            "(deconvnet,gradient,guided)"
+        )
     return names
 
 
@@ -143,7 +160,9 @@ def _images_option(default: int) -> Callable[[Callable[..., Any]], Callable[...,
 # ---------------------------------------------------------------------------- invariance
 
 
-@click.command("invariance")
+@click.command(
+    "invariance", short_help="Feature distance and class probability under transformations."
+)
 @_common
 @_images_option(8)
 @click.option(
@@ -159,11 +178,7 @@ def _images_option(default: int) -> Callable[[Callable[..., Any]], Callable[...,
     help="Comma-separated values to sweep (pixels, scale factors or degrees); "
     "default: a range suited to the transform.",
 )
-@click.option(
-    "--layers",
-    default=None,
-    help="Comma-separated layers (default: the first and the last hidden layer).",
-)
+@_layers_options
 @click.option(
     "--fill",
     type=float,
@@ -172,7 +187,12 @@ def _images_option(default: int) -> Callable[[Callable[..., Any]], Callable[...,
     help="Input value for pixels moved in from outside the image.",
 )
 def invariance_cmd(
-    transform: str, values: str | None, layers: str | None, fill: float, **opts: Any
+    transform: str,
+    values: str | None,
+    layers: tuple[str, ...],
+    layers_csv: str | None,
+    fill: float,
+    **opts: Any,
 ) -> None:
     """Feature distance and true-class probability under a transformation (paper's Fig. 5).
 
@@ -196,7 +216,7 @@ def invariance_cmd(
         y,
         transform,
         values=vals,
-        layers=_layers(layers),
+        layers=_layers(layers, layers_csv),
         fill=fill,
         progress=opts["progress"],
     )
@@ -242,10 +262,7 @@ def _read_boxes(
         indices = spec.get("indices")
         return [spec["parts"][k] for k in names], names, indices
     if not box:
-        raise InputError(
-            "give the occluded part: --box Y0,X0,Y1,X1 (one for all images, or one "
-            "per image) or --boxes FILE.json"
-        )
+        return None, None, None  # the default: a centred square (see correspondence_cmd)
     parsed = []
     for b in box:
         vals = _ints(b, "--box")
@@ -255,7 +272,9 @@ def _read_boxes(
     return parsed, [part or "part"], None
 
 
-@click.command("correspondence")
+@click.command(
+    "correspondence", short_help="Do occluded parts change features consistently? (Table 1)"
+)
 @_common
 @_images_option(5)
 @click.option(
@@ -263,9 +282,10 @@ def _read_boxes(
     multiple=True,
     metavar="Y0,X0,Y1,X1",
     help="The occluded part: one box for every image, or one per image (repeat, in "
-    "--index order). Half-open input-pixel corners.",
+    "--index order). Half-open input-pixel corners. Default (no --box, no --boxes): a "
+    "centred square a quarter of the image side, named 'centre'.",
 )
-@click.option("--part", default=None, help="Name of the part given with --box.")
+@click.option("--part", default=None, help="Name of the part given with --box (default: part).")
 @click.option(
     "--boxes",
     "boxes_file",
@@ -274,11 +294,7 @@ def _read_boxes(
     help='JSON {"indices": [i, ...], "parts": {"left eye": [[y0,x0,y1,x1], ...], ...}} '
     "with one box per image and part.",
 )
-@click.option(
-    "--layers",
-    default=None,
-    help="Comma-separated layers (default: the first and the last hidden layer).",
-)
+@_layers_options
 @click.option(
     "--random",
     "n_random",
@@ -287,7 +303,9 @@ def _read_boxes(
     show_default=True,
     help="Random occlusions of the same size per part.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the random occlusions."
+)
 @click.option(
     "--fill", type=float, default=0.0, show_default=True, help="Value of the occluded pixels."
 )
@@ -295,7 +313,8 @@ def correspondence_cmd(
     box: tuple[str, ...],
     part: str | None,
     boxes_file: Path | None,
-    layers: str | None,
+    layers: tuple[str, ...],
+    layers_csv: str | None,
     n_random: int,
     seed: int,
     fill: float,
@@ -313,11 +332,16 @@ def correspondence_cmd(
     if spec_indices and not opts["indices"]:
         opts["indices"] = tuple(int(i) for i in spec_indices)
     run, x, _, idx = _load(opts, 5)
+    if boxes is None:
+        h, w = x.shape[-2:]
+        side = max(2, min(h, w) // 4)
+        y0, x0 = (h - side) // 2, (w - side) // 2
+        boxes, names = [[y0, x0, y0 + side, x0 + side]], [part or "centre"]
     res = correspondence(
         run.model,
         x,
         boxes,
-        _layers(layers),
+        _layers(layers, layers_csv),
         n_random=n_random,
         seed=seed,
         parts=names,
@@ -338,13 +362,11 @@ def correspondence_cmd(
 # ---------------------------------------------------------------------------- sanity checks
 
 
-@click.command("sanity")
+@click.command("sanity", short_help="Model-randomisation sanity check of the projections.")
 @_common
 @_images_option(4)
-@click.option(
-    "--layer",
-    default=None,
-    help="Layer to project (default: the output layer, the predicted class).",
+@layer_option(
+    multiple=False, help="Layer to project (default: the output layer, the predicted class)"
 )
 @click.option(
     "--channel",
@@ -367,7 +389,9 @@ def correspondence_cmd(
     help="Randomise cumulatively from the top, or one layer at a time.",
 )
 @click.option("--signed", is_flag=True, help="Compare signed maps instead of absolute ones.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the weight randomisation."
+)
 def sanity_cmd(
     layer: str | None,
     channel: int | None,
@@ -390,7 +414,7 @@ def sanity_cmd(
         x,
         layer,
         channel,
-        _layers(rules) or (),
+        _rules(rules),
         mode=mode,
         absolute=not signed,
         seed=seed,
@@ -407,20 +431,24 @@ def sanity_cmd(
     )
 
 
-@click.command("sensitivity")
+@click.command("sensitivity", short_help="Do projections of different classes differ?")
 @_common
 @_images_option(2)
-@click.option(
-    "--layer",
-    default=None,
-    help="Layer to project (default: the output layer, so channels are classes).",
+@layer_option(
+    multiple=False, help="Layer to project (default: the output layer, so channels are classes)"
 )
 @click.option(
     "--channels",
     default=None,
     help="Comma-separated channels/classes (default: up to --max-channels).",
 )
-@click.option("--max-channels", type=click.IntRange(min=2), default=10, show_default=True)
+@click.option(
+    "--max-channels",
+    type=click.IntRange(min=2),
+    default=10,
+    show_default=True,
+    help="Channels/classes compared when --channels is not given.",
+)
 @click.option(
     "--rules",
     default="deconvnet,gradient,guided",
@@ -450,7 +478,7 @@ def sensitivity_cmd(
         x,
         layer,
         _ints(channels, "--channels"),
-        _layers(rules) or (),
+        _rules(rules),
         max_channels=max_channels,
         absolute=not signed,
         progress=opts["progress"],

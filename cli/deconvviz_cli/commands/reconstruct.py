@@ -8,24 +8,21 @@ from typing import Any
 import click
 
 from deconvviz.report import SECTIONS
-from deconvviz_cli.model_options import ModelSpec, model_options
+from deconvviz_cli.model_options import ModelSpec
+from deconvviz_cli.options import (
+    checkpoint_option,
+    data_dir_option,
+    device_option,
+    layer_option,
+    load,
+    model_option,
+    out_option,
+    progress_option,
+)
 
 RULES = ("deconvnet", "gradient", "guided")
 
-_checkpoint = click.option(
-    "--checkpoint",
-    "-c",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Run directory made by 'deconvviz train' (or a checkpoint .pt file).",
-)
-_data_dir = click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Folder holding the dataset (e.g. ../shared/data). Not needed for runs trained on "
-    "the shipped CIFAR-10 sample (deconvviz demo).",
-)
+_data_dir = data_dir_option(required=False)
 _dataset = click.option(
     "--dataset",
     default=None,
@@ -38,13 +35,7 @@ _split = click.option(
     show_default=True,
     help="Which split of the dataset to use.",
 )
-_layer = click.option(
-    "--layer",
-    "layers",
-    multiple=True,
-    metavar="NAME",
-    help="Layer to project, as named_modules() spells it (repeatable); default: every Conv2d.",
-)
+_layer = layer_option(multiple=True, help="Layer to project (default: every Conv2d)", per_call=True)
 _rule = click.option(
     "--rule",
     type=click.Choice(RULES),
@@ -53,27 +44,13 @@ _rule = click.option(
     help="ReLU step of the reverse path: deconvnet (Zeiler & Fergus), gradient (saliency) or "
     "guided (guided backprop).",
 )
-_out = click.option(
-    "--out",
-    "-o",
-    required=True,
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Output folder (created; existing files are replaced atomically).",
-)
-_progress = click.option(
-    "--progress/--no-progress", default=True, show_default=True, help="Show progress bars."
-)
-
-
-def _load(checkpoint: Path, model_spec: ModelSpec) -> Any:
-    return model_spec.load(checkpoint)
 
 
 @click.command(
     "reconstruct", short_help="Project feature maps back to pixels (the paper's Fig. 2)."
 )
-@_checkpoint
-@model_options
+@checkpoint_option
+@model_option
 @_data_dir
 @_dataset
 @_split
@@ -123,11 +100,12 @@ def _load(checkpoint: Path, model_spec: ModelSpec) -> Any:
     help="Image mode: also write compare.png, our deconvnet beside captum's saliency, guided "
     "backprop, integrated gradients and occlusion for each image's predicted class.",
 )
-@_out
-@_progress
+@out_option()
+@device_option()
+@progress_option
 def reconstruct_cmd(
     checkpoint: Path,
-    model_spec: ModelSpec,
+    model_factory: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
     split: str,
@@ -140,6 +118,7 @@ def reconstruct_cmd(
     workers: int,
     compare: bool,
     out: Path,
+    device: str,
     progress: bool,
 ) -> None:
     """Project feature maps back to pixels (the paper's Fig. 2).
@@ -155,7 +134,7 @@ def reconstruct_cmd(
     """
     from deconvviz import reconstruct as rec
 
-    run = _load(checkpoint, model_spec)
+    run = load(checkpoint, model_factory, device)
     chans = list(channels) or None
     if images:
         if compare and len(images) > 8:
@@ -215,8 +194,8 @@ def _class_names(config: dict[str, Any]) -> list[str] | None:
 
 
 @click.command("compare", short_help="Our deconvnet beside captum's attribution methods.")
-@_checkpoint
-@model_options
+@checkpoint_option
+@model_option
 @click.option(
     "--image",
     "images",
@@ -246,16 +225,18 @@ def _class_names(config: dict[str, Any]) -> list[str] | None:
     show_default=True,
     help="Occluder side in pixels.",
 )
-@_out
-@_progress
+@out_option()
+@device_option()
+@progress_option
 def compare_cmd(
     checkpoint: Path,
-    model_spec: ModelSpec,
+    model_factory: ModelSpec,
     images: tuple[Path, ...],
     target: int | None,
     baseline: float,
     occlusion_size: int,
     out: Path,
+    device: str,
     progress: bool,
 ) -> None:
     """Our deconvnet beside captum's attribution methods, for the same images and class.
@@ -270,7 +251,7 @@ def compare_cmd(
 
     if len(images) > 8:
         raise click.UsageError("compare draws at most 8 images; give fewer --image")
-    run = _load(checkpoint, model_spec)
+    run = load(checkpoint, model_factory, device)
     want_c, want_size = expected_input(run.model, run.config)
     x = load_images(images, want_c, want_size)
     comp = compare_methods(
@@ -291,8 +272,8 @@ def compare_cmd(
 
 
 @click.command("report", short_help="Write a static HTML report of a trained model.")
-@_checkpoint
-@model_options
+@checkpoint_option
+@model_option
 @_data_dir
 @_dataset
 @_split
@@ -327,11 +308,12 @@ def compare_cmd(
     type=click.Choice([key for key, _ in SECTIONS]),
     help="Only these sections (repeatable); default: all.",
 )
-@_out
-@_progress
+@out_option()
+@device_option()
+@progress_option
 def report_cmd(
     checkpoint: Path,
-    model_spec: ModelSpec,
+    model_factory: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
     split: str,
@@ -342,6 +324,7 @@ def report_cmd(
     max_images: int,
     sections: tuple[str, ...],
     out: Path,
+    device: str,
     progress: bool,
 ) -> None:
     """Write a static HTML report (index.html) of a trained model.
@@ -356,7 +339,7 @@ def report_cmd(
         checkpoint,
         data_dir,
         out,
-        loaded=_load(checkpoint, model_spec),
+        loaded=load(checkpoint, model_factory, device),
         dataset=dataset,
         split=split,
         layers=list(layers) or None,
@@ -365,6 +348,7 @@ def report_cmd(
         images=images,
         max_images=max_images,
         sections=list(sections) or None,
+        map_location=device,
         progress=progress,
     )
     skipped = f", skipped: {', '.join(s for s, _ in report.skipped)}" if report.skipped else ""
@@ -374,11 +358,9 @@ def report_cmd(
 @click.command(
     "demo", short_help="The whole report of the shipped ZF-style CIFAR-10 network (no training)."
 )
-@_out
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
+@out_option("Output folder: index.html, manifest.json, figures/ (and run/, with --train).")
+@data_dir_option(
+    required=False,
     help="Use the CIFAR-10 found here (cifar10.npz or cifar-10-batches-py): its test split "
     "(and, with --train, its full train split); default: the 500-image CIFAR-10 sample "
     "shipped with deconvviz (works offline).",
@@ -405,7 +387,7 @@ def report_cmd(
     help="Training batch size (with --train).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (with --train).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1... or auto.")
+@device_option(auto=True)
 @click.option(
     "--images",
     type=click.IntRange(min=1),
@@ -428,7 +410,7 @@ def report_cmd(
     show_default=True,
     help="Images scanned for statistics, reconstructions and class selectivity.",
 )
-@_progress
+@progress_option
 def demo_cmd(
     out: Path,
     data_dir: Path | None,

@@ -13,10 +13,11 @@ from deconvviz.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from deconvviz.errors import CheckpointError, InputError
 from deconvviz.train import TrainConfig, TrainResult, train_from_data
 from deconvviz_cli.commands.analyses import EvolutionHook, evolution_options
+from deconvviz_cli.options import data_dir_option, device_option, out_option, progress_option
 
 __all__ = ["sweep", "train"]
 
-_DIR = click.Path(file_okay=True, dir_okay=True, path_type=Path)
+_DATA_HELP = "Folder holding the dataset, or a root such as ../shared/data."
 
 
 def _recipe_options(**defaults: Any) -> list[Any]:
@@ -89,60 +90,62 @@ def _common_train_options(
     batch_size: int,
     iterations: int,
     lr: float,
+    fetches: str,
     momentum: float = 0.0,
     optimizer: str = "adam",
     **recipe: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     options = [
-        click.option(
-            "--data-dir",
-            required=True,
-            type=_DIR,
-            help="Folder holding the dataset, or a root such as ../shared/data.",
-        ),
-        click.option(
-            "--out",
-            "out",
-            required=True,
-            type=_DIR,
-            help="Run directory for checkpoint.pt, config.json, metrics.json, curves.png.",
-        ),
+        data_dir_option(required=True, help=_DATA_HELP),
+        out_option("Run directory for checkpoint.pt, config.json, metrics.json, curves.png."),
         click.option(
             "--optimizer",
             type=click.Choice(["adam", "sgd"]),
             default=optimizer,
             show_default=True,
-            help="Optimizer.",
+            help="Optimiser.",
         ),
         click.option("--lr", type=float, default=lr, show_default=True, help="Learning rate."),
         click.option(
             "--momentum", type=float, default=momentum, show_default=True, help="SGD momentum."
         ),
-        click.option("--batch-size", type=int, default=batch_size, show_default=True),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=batch_size,
+            show_default=True,
+            help="Training batch size.",
+        ),
         click.option(
             "--iterations",
-            type=int,
+            type=click.IntRange(min=1),
             default=iterations,
             show_default=True,
             help="Optimizer steps (ignored with --epochs).",
         ),
         click.option(
             "--epochs",
-            type=float,
+            type=click.FloatRange(min=0, min_open=True),
             default=None,
             help="Passes over the training set, instead of --iterations.",
         ),
         click.option(
             "--eval-every",
-            type=int,
+            type=click.IntRange(min=1),
             default=100,
             show_default=True,
             help="Evaluate on the whole test set every N iterations.",
         ),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option(
+            "--seed",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Seeds the initialisation and the batch order.",
+        ),
         click.option(
             "--per-class",
-            type=int,
+            type=click.IntRange(min=1),
             default=None,
             help="Train on the first N images of every class (default: all).",
         ),
@@ -160,9 +163,7 @@ def _common_train_options(
             show_default=True,
             help="Weight initialisation.",
         ),
-        click.option(
-            "--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto."
-        ),
+        device_option(auto=True),
         click.option(
             "--resume",
             is_flag=True,
@@ -173,9 +174,9 @@ def _common_train_options(
         click.option(
             "--download",
             is_flag=True,
-            help="Fetch CIFAR-10 with torchvision if it is missing (needs network).",
+            help=f"Fetch {fetches} with torchvision if it is missing (needs network).",
         ),
-        click.option("--progress/--no-progress", default=True, show_default=True),
+        progress_option,
         *_recipe_options(**recipe),
     ]
 
@@ -289,13 +290,13 @@ def _run(
     click.echo(_report(result, opts["out"]) + extra)
 
 
-@click.group("train")
+@click.group("train", short_help="Train LeNet5 on CIFAR-10 or an RNN on MNIST.")
 def train() -> None:
     """Train an example target: LeNet5 on CIFAR-10, RNN/LSTM/GRU on MNIST."""
 
 
-@train.command("lenet5")
-@_common_train_options(batch_size=50, iterations=2000, lr=1e-3)
+@train.command("lenet5", short_help="Train the course's LeNet5 on CIFAR-10.")
+@_common_train_options(batch_size=50, iterations=2000, lr=1e-3, fetches="CIFAR-10")
 @click.option(
     "--dataset",
     type=click.Choice(["auto", "cifar10-course", "cifar10"]),
@@ -305,13 +306,13 @@ def train() -> None:
 )
 @click.option(
     "--in-channels",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Model input channels (default: the dataset's; 1 turns colour to grey).",
 )
 @click.option(
     "--image-size",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Model input size (default: the dataset's; others are resized).",
 )
@@ -341,10 +342,13 @@ def train_lenet5(
     _run(ctx, model, name, opts)
 
 
-@train.command("zfnet-cifar")
+@train.command(
+    "zfnet-cifar", short_help="Train the ZF-style 5-conv net on CIFAR-10 (the demo's model)."
+)
 @_common_train_options(
     batch_size=256,
     iterations=2000,
+    fetches="CIFAR-10",
     lr=0.1,
     momentum=0.9,
     optimizer="sgd",
@@ -355,13 +359,17 @@ def train_lenet5(
     augment="crop-flip",
     precision="bf16",
 )
-@click.option("--width", type=int, default=64, show_default=True, help="conv1 channels (w).")
-@click.option("--hidden", type=int, default=256, show_default=True, help="fc6 units.")
+@click.option(
+    "--width", type=click.IntRange(min=1), default=64, show_default=True, help="conv1 channels (w)."
+)
+@click.option(
+    "--hidden", type=click.IntRange(min=1), default=256, show_default=True, help="fc6 units."
+)
 @click.pass_context
 def train_zfnet(ctx: click.Context, width: int, hidden: int, **opts: Any) -> None:
     """Train the Zeiler & Fergus-style 5-conv net on the full CIFAR-10 (the demo's model).
 
-    The shipped model's recipe: --epochs 18 with the defaults (sgd, nesterov momentum 0.9,
+    The shipped model's recipe: --epochs 20 with the defaults (sgd, nesterov momentum 0.9,
     lr 0.1 one-cycle, weight decay 5e-4, label smoothing 0.1, crop-flip, bf16).
     """
     opts.pop("init")
@@ -369,10 +377,18 @@ def train_zfnet(ctx: click.Context, width: int, hidden: int, **opts: Any) -> Non
     _run(ctx, model, "cifar10", opts)
 
 
-@train.command("rnn")
-@_common_train_options(batch_size=128, iterations=390, lr=1e-3)
-@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="rnn", show_default=True)
-@click.option("--hidden", type=int, default=128, show_default=True, help="Hidden size.")
+@train.command("rnn", short_help="Train an RNN, LSTM or GRU on MNIST rows.")
+@_common_train_options(batch_size=128, iterations=390, lr=1e-3, fetches="MNIST")
+@click.option(
+    "--cell",
+    type=click.Choice(["rnn", "lstm", "gru"]),
+    default="rnn",
+    show_default=True,
+    help="Recurrent cell.",
+)
+@click.option(
+    "--hidden", type=click.IntRange(min=1), default=128, show_default=True, help="Hidden size."
+)
 @click.pass_context
 def train_rnn(ctx: click.Context, cell: str, hidden: int, **opts: Any) -> None:
     """Train an RNN/LSTM/GRU on MNIST rows (defaults: adam 1e-3, batch 128, 390 steps)."""
@@ -404,14 +420,51 @@ def _sweep_report(result: Any) -> str:
     )
 
 
-@click.group("sweep")
+_BATCH = "Training batch size."
+_ITERS = "Optimizer steps per configuration."
+_EVAL = "Evaluate on the whole test set every N iterations."
+
+
+def _sweep_common(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options both sweeps share: --loss, --init, --seed, --device, --progress."""
+    options = [
+        click.option(
+            "--loss",
+            type=click.Choice(["stable", "course"]),
+            default="stable",
+            show_default=True,
+            help="'course' is the course's naive -sum(y*log(softmax)), which can NaN.",
+        ),
+        click.option(
+            "--init",
+            type=click.Choice(["course", "pytorch"]),
+            default="course",
+            show_default=True,
+            help="Weight initialisation.",
+        ),
+        click.option(
+            "--seed",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Seeds the initialisation and the batch order.",
+        ),
+        device_option(auto=True),
+        progress_option,
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@click.group("sweep", short_help="Run the origin report's training grids (resumable).")
 def sweep() -> None:
     """Run the origin report's grids (resumable: finished configurations are kept)."""
 
 
-@sweep.command("lenet5")
-@click.option("--data-dir", required=True, type=_DIR)
-@click.option("--out", required=True, type=_DIR, help="Sweep directory.")
+@sweep.command("lenet5", short_help="LeNet5: optimisers x learning rates.")
+@data_dir_option(required=True, help=_DATA_HELP)
+@out_option("Sweep directory (one run folder per configuration, and results.md).")
 @click.option(
     "--config",
     "configs",
@@ -424,21 +477,26 @@ def sweep() -> None:
     type=click.Choice(["cifar10-course", "cifar10"]),
     default="cifar10-course",
     show_default=True,
-)
-@click.option("--per-class", type=int, default=500, show_default=True)
-@click.option("--batch-size", type=int, default=50, show_default=True)
-@click.option("--iterations", type=int, default=2000, show_default=True)
-@click.option("--eval-every", type=int, default=100, show_default=True)
-@click.option("--momentum", type=float, default=0.0, show_default=True)
-@click.option(
-    "--loss", type=click.Choice(["stable", "course"]), default="stable", show_default=True
+    help="cifar10-course (1x28x28 class folders) or cifar10 (npz / batches).",
 )
 @click.option(
-    "--init", type=click.Choice(["course", "pytorch"]), default="course", show_default=True
+    "--per-class",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Train on the first N images of every class.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=50, show_default=True, help=_BATCH
+)
+@click.option(
+    "--iterations", type=click.IntRange(min=1), default=2000, show_default=True, help=_ITERS
+)
+@click.option(
+    "--eval-every", type=click.IntRange(min=1), default=100, show_default=True, help=_EVAL
+)
+@click.option("--momentum", type=float, default=0.0, show_default=True, help="SGD momentum.")
+@_sweep_common
 def sweep_lenet5_cmd(data_dir: Path, out: Path, configs: tuple[str, ...], **opts: Any) -> None:
     """LeNet5: optimisers x learning rates on the course's CIFAR-10 variant."""
     from deconvviz.sweep import LENET5_GRID, sweep_lenet5
@@ -447,31 +505,41 @@ def sweep_lenet5_cmd(data_dir: Path, out: Path, configs: tuple[str, ...], **opts
     click.echo(_sweep_report(sweep_lenet5(data_dir, out, grid=grid, **opts)))
 
 
-@sweep.command("rnn")
-@click.option("--data-dir", required=True, type=_DIR)
-@click.option("--out", required=True, type=_DIR, help="Sweep directory.")
+@sweep.command("rnn", short_help="RNN/LSTM/GRU x hidden sizes on MNIST.")
+@data_dir_option(required=True, help=_DATA_HELP)
+@out_option("Sweep directory (one run folder per configuration, and results.md).")
 @click.option(
     "--cell",
     "cells",
     multiple=True,
     type=click.Choice(["rnn", "lstm", "gru"]),
-    help="Repeatable (default: rnn lstm gru).",
-)
-@click.option("--hidden", "hiddens", multiple=True, type=int, help="Repeatable (default: 64 256).")
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--iterations", type=int, default=390, show_default=True)
-@click.option("--eval-every", type=int, default=100, show_default=True)
-@click.option(
-    "--loss", type=click.Choice(["stable", "course"]), default="stable", show_default=True
+    help="Recurrent cell, repeatable (default: rnn lstm gru).",
 )
 @click.option(
-    "--init", type=click.Choice(["course", "pytorch"]), default="course", show_default=True
+    "--hidden",
+    "hiddens",
+    multiple=True,
+    type=click.IntRange(min=1),
+    help="Hidden size, repeatable (default: 64 256).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["adam", "sgd"]),
+    default="adam",
+    show_default=True,
+    help="Optimiser.",
+)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help=_BATCH
+)
+@click.option(
+    "--iterations", type=click.IntRange(min=1), default=390, show_default=True, help=_ITERS
+)
+@click.option(
+    "--eval-every", type=click.IntRange(min=1), default=100, show_default=True, help=_EVAL
+)
+@_sweep_common
 def sweep_rnn_cmd(
     data_dir: Path, out: Path, cells: tuple[str, ...], hiddens: tuple[int, ...], **opts: Any
 ) -> None:

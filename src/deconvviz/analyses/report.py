@@ -52,7 +52,9 @@ def report_figures(
         progress: show a progress bar.
 
     Returns:
-        ``(title, png path)`` pairs in report order.
+        ``(title, png path)`` pairs in report order; each path is the file as written
+        (``out_dir / name``: relative to the working directory when ``out_dir`` is), so use it
+        as it is and do not join it to ``out_dir`` again.
     """
     from tqdm.auto import tqdm
 

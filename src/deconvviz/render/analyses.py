@@ -29,7 +29,8 @@ from deconvviz.analyses import (
     SensitivityResult,
 )
 from deconvviz.errors import InputError
-from deconvviz.render.images import to_display
+from deconvviz.render.images import DPI, display_scale, to_display, wrap_text
+from deconvviz.render.reconstruct import draw_dead
 
 __all__ = [
     "correspondence_figure",
@@ -59,6 +60,17 @@ def _show(ax: Any, img: torch.Tensor) -> None:
         ax.imshow(arr[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     else:
         ax.imshow(arr[:3].permute(1, 2, 0).numpy(), interpolation="nearest")
+
+
+def _tile_inches(images: torch.Tensor, least: float) -> float:
+    """Side in inches of a cell that shows ``[..., H, W]`` images at a readable size."""
+    side = max(int(images.shape[-1]), int(images.shape[-2]))
+    return max(least, side * display_scale(side, min_px=96) / DPI + 0.15)
+
+
+def _suptitle(fig: Figure, text: str, fontsize: float = 11) -> None:
+    width = float(fig.get_figwidth())
+    fig.suptitle(wrap_text(text, width - 0.3, fontsize), fontsize=fontsize)
 
 
 def _fmt(v: float) -> str:
@@ -103,7 +115,7 @@ def invariance_figure(
     ax.set_xlabel(result.unit)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.suptitle(title or f"invariance to {result.transform}")
+    _suptitle(fig, title or f"invariance to {result.transform}")
     return fig
 
 
@@ -145,7 +157,7 @@ def correspondence_figure(result: CorrespondenceResult, title: str | None = None
         ax.set_title(result.parts[p])
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title or "correspondence (lower = more consistent)")
+    _suptitle(fig, title or "correspondence (lower = more consistent)")
     return fig
 
 
@@ -181,8 +193,13 @@ def randomisation_figure(result: SanityResult, image: int = 0, title: str | None
     n_rules, n_steps, n = result.spearman.shape
     if not 0 <= image < n:
         raise InputError(f"image {image} is out of range (the result has {n} images)")
-    fig = Figure(figsize=(max(7.0, 1.3 * n_steps + 1.0), 1.4 * n_rules + 3.2), layout="constrained")
-    subs: Any = fig.subfigures(2, 1, height_ratios=[1.4 * n_rules, 3.0])
+    cell = _tile_inches(result.projections, 1.3)
+    fig = Figure(
+        figsize=(max(7.0, cell * n_steps + 1.0), (cell + 0.1) * n_rules + 3.4),
+        dpi=DPI,
+        layout="constrained",
+    )
+    subs: Any = fig.subfigures(2, 1, height_ratios=[(cell + 0.1) * n_rules, 3.0])
     sub_top, sub_bottom = subs[0], subs[1]
     grid = sub_top.subplots(n_rules, n_steps, squeeze=False)
     recs = to_display(result.projections[:, :, image])
@@ -220,7 +237,12 @@ def randomisation_figure(result: SanityResult, image: int = 0, title: str | None
         ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title or f"model randomisation ({result.mode}), projections of {result.layer!r}")
+    _suptitle(
+        fig,
+        title
+        or f"model randomisation ({result.mode}), projections of {result.layer!r} "
+        "(each scaled to its own max |value|, grey = 0)",
+    )
     return fig
 
 
@@ -255,7 +277,10 @@ def sensitivity_figure(
     n_rules, n, k = result.spearman.shape[:3]
     if not 0 <= image < n:
         raise InputError(f"image {image} is out of range (the result has {n} images)")
-    fig = Figure(figsize=(1.2 * k + 3.2, 1.5 * n_rules + 0.6), layout="constrained")
+    cell = _tile_inches(result.projections, 1.2)
+    fig = Figure(
+        figsize=(cell * k + 3.6, (cell + 0.3) * n_rules + 0.9), dpi=DPI, layout="constrained"
+    )
     axes = fig.subplots(
         n_rules, k + 1, squeeze=False, gridspec_kw={"width_ratios": [1.0] * k + [2.2]}
     )
@@ -266,16 +291,24 @@ def sensitivity_figure(
         for j, c in enumerate(result.channels):
             _show(axes[r, j], recs[r, j])
             if r == 0:
-                axes[r, j].set_title(str(c), fontsize=8)
+                axes[r, j].set_title(f"ch {c}", fontsize=8)
         axes[r, 0].set_ylabel(rule, fontsize=9)
         ax = axes[r, k]
         im = ax.imshow(mean[r], vmin=-1.0, vmax=1.0, cmap="coolwarm")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"mean ρ off-diagonal {_fmt(float(result.mean_similarity[r]))}", fontsize=8)
+        ax.set_title(
+            f"ρ between channels\nmean off-diagonal {_fmt(float(result.mean_similarity[r]))}",
+            fontsize=8,
+        )
     if im is not None:
         fig.colorbar(im, ax=axes[:, k].tolist(), shrink=0.8, label="Spearman ρ")
-    fig.suptitle(title or f"projections of different units of {result.layer!r} on one image")
+    _suptitle(
+        fig,
+        title
+        or f"projections of different units of {result.layer!r} on one image "
+        "(each scaled to its own max |value|, grey = 0)",
+    )
     return fig
 
 
@@ -309,20 +342,31 @@ def evolution_figure(
     _check(result, EvolutionResult, "evolution_figure")
     t, k = result.values.shape
     data = result.patches if patches else result.projections
-    fig = Figure(figsize=(max(3.5, 0.9 * t + 1.0), 0.9 * k + 1.0), layout="constrained")
+    cell = _tile_inches(data, 1.1)
+    fig = Figure(
+        figsize=(max(4.0, cell * t + 0.6), (cell + 0.1) * k + 1.2), dpi=DPI, layout="constrained"
+    )
     axes = fig.subplots(k, t, squeeze=False)
     for j in range(t):
         cells = data[j].clamp(0, 1) if patches else to_display(data[j])
         for i in range(k):
             ax = axes[i, j]
-            _show(ax, cells[i])
+            v = float(result.values[j, i])
+            if math.isfinite(v) and v > 0:
+                _show(ax, cells[i])
+            else:  # the map did not fire on any pooled image at this iteration
+                h, w = (int(n) for n in cells[i].shape[-2:])
+                draw_dead(ax, h, w, "dead:\nnot > 0", fontsize=6)
             if i == 0:
-                ax.set_title(str(int(result.iterations[j])), fontsize=7)
+                ax.set_title(f"iter {int(result.iterations[j])}", fontsize=7)
             if j == 0:
                 ax.set_ylabel(f"ch {result.channels[i]}", fontsize=7)
-    fig.suptitle(
+    what = "image patches" if patches else f"{result.rule} projections, grey = 0"
+    _suptitle(
+        fig,
         title
-        or f"feature evolution of {result.layer!r} ({result.rule})\ncolumns: training iterations",
+        or f"feature evolution of {result.layer!r} ({what})\nrows: feature maps, columns: "
+        "training iterations; hatched: the map never > 0 on the images at that iteration",
         fontsize=9,
     )
     return fig

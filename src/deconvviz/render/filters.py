@@ -112,8 +112,8 @@ def rms_figure(
     if radius is not None:
         ax.axhline(radius, color="k", linestyle="--", linewidth=1, label=f"radius {radius:g}")
         ax.legend(fontsize=7)
-    ax.set_xlabel("filter")
-    ax.set_ylabel("RMS")
+    ax.set_xlabel("filter index")
+    ax.set_ylabel("RMS of the filter's weights")
     ax.set_xlim(-0.6, len(rms) - 0.4)
     if title:
         ax.set_title(title, fontsize=9)

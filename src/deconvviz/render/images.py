@@ -7,6 +7,7 @@ Nothing here writes files; pass what these return to :mod:`deconvviz._io` (``sav
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from typing import overload
 
@@ -17,9 +18,61 @@ from PIL import Image
 
 from deconvviz.errors import InputError
 
-__all__ = ["to_display", "to_image", "make_grid"]
+__all__ = [
+    "DPI",
+    "MIN_TILE_PX",
+    "dead_tile",
+    "display_scale",
+    "make_grid",
+    "to_display",
+    "to_image",
+    "wrap_text",
+]
 
 _TOL = 1e-6
+DPI = 100
+"""Dots per inch every figure here is laid out for (the report saves at this resolution)."""
+MIN_TILE_PX = 48
+"""Smallest side, in screen pixels, a projection or patch tile is drawn at."""
+
+
+def display_scale(side: int, min_px: int = MIN_TILE_PX, min_factor: int = 3) -> int:
+    """Integer nearest-neighbour enlargement that makes a ``side``-pixel tile readable.
+
+    At least ``min_factor`` screen pixels per image pixel and at least ``min_px`` pixels per
+    tile: a 32x32 image is drawn at 96 px, a 5x5 patch at 50 px.
+
+    Example:
+        >>> display_scale(32), display_scale(5), display_scale(200)
+        (3, 10, 3)
+    """
+    side = max(1, int(side))
+    return max(int(min_factor), math.ceil(int(min_px) / side))
+
+
+def wrap_text(text: str, width_in: float, fontsize: float) -> str:
+    """``text`` wrapped (at spaces) to fit ``width_in`` inches at ``fontsize`` points.
+
+    The width of a character is taken as 0.6 of the font size, a safe bound for the default
+    sans-serif font, so that wrapped titles never run off the figure.
+    """
+    chars = max(12, int(width_in * 72 / (0.6 * float(fontsize))))
+    return "\n".join(
+        textwrap.fill(line, chars, break_long_words=False, break_on_hyphens=False) or line
+        for line in str(text).split("\n")
+    )
+
+
+def dead_tile(height: int, width: int) -> np.ndarray:
+    """The marker drawn for a dead feature map: light grey with darker diagonal hatching.
+
+    Returns:
+        ``uint8 [height, width]``: 215 on the background, 160 on stripes 3 pixels wide every
+        12 pixels (``(row + col) % 12 < 3``). Tests compare drawn cells with this array.
+    """
+    rows = np.arange(int(height))[:, None]
+    cols = np.arange(int(width))[None, :]
+    return np.where((rows + cols) % 12 < 3, 160, 215).astype(np.uint8)
 
 
 def to_display(t: torch.Tensor) -> torch.Tensor:
@@ -224,7 +277,12 @@ def make_grid(
 
 
 def _labelled_figure(tiles: list[torch.Tensor], labels: list[str], ncol: int, rows: int) -> Figure:
-    fig = Figure(figsize=(1.6 * ncol, 1.75 * rows), layout="constrained")
+    side = max(max(t.shape[1], t.shape[2]) for t in tiles)
+    tile_in = max(1.6, side * display_scale(side) / DPI + 0.2)
+    lines = max(str(label).count("\n") + 1 for label in labels)
+    fig = Figure(
+        figsize=(tile_in * ncol, (tile_in + 0.16 * lines) * rows), dpi=DPI, layout="constrained"
+    )
     axes = np.atleast_1d(fig.subplots(rows, ncol, squeeze=False)).ravel()
     for ax in axes:
         ax.set_axis_off()

@@ -65,11 +65,15 @@ def draw_map(
     image: Tensor | None = None,
     *,
     alpha: float = 0.65,
-    cmap: str = "jet",
+    cmap: str = "viridis",
     vmin: float | None = None,
     vmax: float | None = None,
 ) -> QuadMesh:
-    """Draw one ``[Hp, Wp]`` map on ``ax``, over ``image`` when given; returns the mappable."""
+    """Draw one ``[Hp, Wp]`` map on ``ax``, over ``image`` when given; returns the mappable.
+
+    ``cmap`` should be perceptually uniform: ``"viridis"``/``"magma"`` for magnitudes, a
+    diverging map such as ``"RdBu_r"`` with ``vmin = -vmax`` for signed values.
+    """
     rows, cols = map_edges(result)
     if image is not None:
         arr = display_image(image)
@@ -105,11 +109,13 @@ def occlusion_figure(
 ) -> Figure:
     """One row of the paper's Fig. 7 for image ``index``.
 
-    Panels: (a) the input with one occluder drawn to scale; (b) the total activation of the
-    strongest feature map of ``result.layer`` per occluder position (when a layer was given);
-    (c) that map's deconvnet projection on the unoccluded image (when computed); (d) the
-    probability of the target class per occluder position; (e) the most probable class per
-    position. Maps are drawn over the image.
+    Panels: (a) the input with one occluder drawn to scale; (b) the total rectified activation
+    (``sum(max(a, 0))`` over the map, :attr:`OcclusionResult.feature_rectified`) of the
+    strongest feature map of ``result.layer`` per occluder position (when a layer was given),
+    as the paper plots it; (c) that map's deconvnet projection on the unoccluded image (when
+    computed); (d) the probability of the target class per occluder position; (e) the most
+    probable class per position. Maps are drawn over the image in perceptually uniform colour
+    maps (magma, viridis), each with a colour bar saying what it encodes.
 
     Args:
         result: what :func:`deconvviz.occlusion` returned for ``x``.
@@ -143,7 +149,7 @@ def occlusion_figure(
     if result.projection is not None:
         panels.append("projection")
     panels += ["prob", "top"]
-    fig = Figure(figsize=(3.1 * len(panels), 3.4), layout="constrained")
+    fig = Figure(figsize=(3.3 * len(panels) + 0.6, 3.6), dpi=100, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     letters = "abcde"
     for k, (ax, panel) in enumerate(zip(axes, panels, strict=True)):
@@ -161,38 +167,57 @@ def occlusion_figure(
             ax.set_yticks([])
             base = float(result.base_prob[index])
             ax.set_title(
-                f"{tag}input: {name(target)} (p={base:.2f})\noccluder {sh}x{sw}, "
+                f"{tag}input, p({name(target)}) = {base:.2f}\noccluder {sh}x{sw}, "
                 f"stride {result.stride[0]}",
                 fontsize=8,
             )
         elif panel == "feature":
             assert result.feature is not None and result.channel is not None
-            mesh = draw_map(ax, result, result.feature[index], image, alpha=alpha)
-            fig.colorbar(mesh, ax=ax, shrink=0.8)
-            ax.set_title(
-                f"{tag}total activation\n{result.layer} map {int(result.channel[index])}",
-                fontsize=8,
-            )
+            where = f"{result.layer} map {int(result.channel[index])}"
+            if result.feature_rectified is not None:
+                values = result.feature_rectified[index]
+                peak = max(float(values.max()), 1e-12)
+                mesh = draw_map(
+                    ax, result, values, image, alpha=alpha, cmap="magma", vmin=0.0, vmax=peak
+                )
+                fig.colorbar(mesh, ax=ax, shrink=0.8, label="sum of ReLU(activation)")
+                ax.set_title(
+                    f"{tag}total rectified activation\n{where}, per occluder position",
+                    fontsize=8,
+                )
+            else:  # a result made without the rectified sums: show the raw, signed ones
+                values = result.feature[index]
+                peak = max(float(values.abs().max()), 1e-12)
+                mesh = draw_map(
+                    ax, result, values, image, alpha=alpha, cmap="RdBu_r", vmin=-peak, vmax=peak
+                )
+                fig.colorbar(mesh, ax=ax, shrink=0.8, label="sum of activation (pre-ReLU)")
+                ax.set_title(f"{tag}total activation (pre-ReLU, can be < 0)\n{where}", fontsize=8)
         elif panel == "projection":
             assert result.projection is not None and result.channel is not None
-            proj = to_display(result.projection[index])
-            arr = proj.permute(1, 2, 0).numpy()
-            ax.imshow(
-                arr[:, :, 0] if arr.shape[2] == 1 else arr,
-                cmap="gray" if arr.shape[2] == 1 else None,
-                vmin=0,
-                vmax=1,
-                interpolation="nearest",
-            )
+            raw = result.projection[index].detach().cpu().double()
+            where = f"{result.layer} map {int(result.channel[index])}"
+            if raw.shape[0] == 1:
+                peak = max(float(raw.abs().max()), 1e-12)
+                im = ax.imshow(
+                    raw[0].numpy(), cmap="gray", vmin=-peak, vmax=peak, interpolation="nearest"
+                )
+                fig.colorbar(im, ax=ax, shrink=0.8, label="projection (grey = 0)")
+                ax.set_title(f"{tag}deconvnet projection\n{where}", fontsize=8)
+            else:
+                arr = to_display(raw).permute(1, 2, 0).numpy()
+                ax.imshow(arr, interpolation="nearest")
+                ax.set_title(
+                    f"{tag}deconvnet projection\n{where}\n(grey = 0, scaled to max |value|)",
+                    fontsize=8,
+                )
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(
-                f"{tag}deconvnet projection\n{result.layer} map {int(result.channel[index])}",
-                fontsize=8,
-            )
         elif panel == "prob":
-            mesh = draw_map(ax, result, result.prob[index], image, alpha=alpha, vmin=0.0, vmax=1.0)
-            fig.colorbar(mesh, ax=ax, shrink=0.8)
+            mesh = draw_map(
+                ax, result, result.prob[index], image, alpha=alpha, cmap="viridis", vmin=0, vmax=1
+            )
+            fig.colorbar(mesh, ax=ax, shrink=0.8, label=f"p({name(target)})")
             ax.set_title(f"{tag}p({name(target)})\nper occluder position", fontsize=8)
         else:
             top = result.top_class[index]

@@ -2,10 +2,10 @@
 
 * :func:`fig2_block` -- one feature map's top-``k`` projections beside the image patches that
   caused them, as one PIL image (the paper's Fig. 2 cell);
-* :func:`top_projections_figure` -- those cells for many feature maps of a layer, each labelled
-  with its channel and strongest activation value;
+* :func:`top_projections_figure` -- those cells for many feature maps of a layer, each titled
+  ``ch <channel>: max act <value>``; dead maps (never above 0) drawn as hatched cells and listed;
 * :func:`image_projections_figure` -- an input image beside the projections of its strongest
-  feature maps, labelled with channel and activation value;
+  feature maps, titled the same way;
 * :func:`comparison_figure` -- our deconvnet beside captum's attribution methods, per image.
 
 Every reconstruction is contrast-stretched around grey on its own
@@ -33,7 +33,7 @@ from PIL import Image
 from torch import Tensor
 
 from deconvviz.errors import InputError
-from deconvviz.render.images import make_grid, to_display
+from deconvviz.render.images import DPI, dead_tile, display_scale, make_grid, to_display, wrap_text
 
 if TYPE_CHECKING:
     from deconvviz.compare import Comparison
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OUTSIDE",
     "comparison_figure",
+    "draw_dead",
     "fig2_block",
     "image_projections_figure",
     "input_display",
@@ -82,6 +83,9 @@ def fig2_block(
     nrow: int | None = None,
     padding: int = 1,
     outside: Tensor | None = None,
+    *,
+    keep: Tensor | None = None,
+    scale: int = 1,
 ) -> Image.Image:
     """One feature map's projections (left) beside the image patches that caused them (right).
 
@@ -92,6 +96,10 @@ def fig2_block(
         padding: pixels between tiles.
         outside: ``[k, h, w]`` True where a patch lies outside its image (drawn light grey,
             :data:`OUTSIDE`, so that it is not mistaken for black pixels).
+        keep: ``[k]`` False for entries that are not real activations (the unit did not fire
+            on that many images, or the dataset was smaller than ``k``): their tiles are left
+            blank (white, like the padding) instead of showing a projection of nothing.
+        scale: integer nearest-neighbour enlargement of every tile (not of the padding).
 
     Returns:
         A PIL image (mode ``"L"`` for one channel, ``"RGB"`` for three).
@@ -109,8 +117,10 @@ def fig2_block(
             f"{tuple(patches.shape) if isinstance(patches, Tensor) else type(patches).__name__}"
         )
     k = reconstructions.shape[0]
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise InputError(f"fig2_block: scale must be a positive integer, got {scale!r}")
     nrow = nrow or max(1, math.ceil(math.sqrt(k)))
-    left = make_grid(to_display(reconstructions.cpu()), nrow=nrow, padding=padding)
+    recs = to_display(reconstructions.cpu())
     shown = input_display(patches)
     if outside is not None:
         if tuple(outside.shape) != (k, *patches.shape[-2:]):
@@ -119,13 +129,21 @@ def fig2_block(
                 f"got {tuple(outside.shape)}"
             )
         shown = torch.where(outside.cpu()[:, None], torch.full_like(shown, OUTSIDE), shown)
-    right = make_grid(shown, nrow=nrow, padding=padding)
+    if keep is not None:
+        if tuple(keep.shape) != (k,):
+            raise InputError(f"keep must be [k] = [{k}], got {tuple(keep.shape)}")
+        blank = ~keep.cpu().bool().view(k, 1, 1, 1)
+        recs = torch.where(blank, torch.ones_like(recs), recs)
+        shown = torch.where(blank, torch.ones_like(shown), shown)
+    left = make_grid(recs, nrow=nrow, padding=padding, scale=scale)
+    right = make_grid(shown, nrow=nrow, padding=padding, scale=scale)
     mode = "RGB" if "RGB" in (left.mode, right.mode) else "L"
     left, right = left.convert(mode), right.convert(mode)
     fill = 255 if mode == "L" else (255, 255, 255)
-    out = Image.new(mode, (left.width + _GAP + right.width, max(left.height, right.height)), fill)
+    gap = _GAP * scale
+    out = Image.new(mode, (left.width + gap + right.width, max(left.height, right.height)), fill)
     out.paste(left, (0, 0))
-    out.paste(right, (left.width + _GAP, 0))
+    out.paste(right, (left.width + gap, 0))
     return out
 
 
@@ -135,10 +153,40 @@ def _show(ax: Any, img: Image.Image | np.ndarray) -> None:
         ax.imshow(arr, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     else:
         ax.imshow(arr, interpolation="nearest")
+    _bare(ax)
+
+
+def _bare(ax: Any) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_visible(False)
+
+
+def _images_text(images: int | None) -> str:
+    if images is None:
+        return "the scanned images"
+    return f"{images} image{'' if images == 1 else 's'}"
+
+
+def draw_dead(ax: Any, height: int, width: int, text: str, fontsize: float = 7) -> None:
+    """Draw the dead-unit marker (:func:`deconvviz.render.images.dead_tile`) with ``text``."""
+    ax.imshow(dead_tile(height, width), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize=fontsize,
+        bbox={"facecolor": "white", "edgecolor": "0.4", "boxstyle": "round,pad=0.3"},
+    )
+    _bare(ax)
+
+
+def _value(v: float) -> str:
+    return f"{v:.3g}" if math.isfinite(v) else "n/a"
 
 
 def top_projections_figure(
@@ -151,6 +199,12 @@ def top_projections_figure(
 ) -> Figure:
     """The paper's Fig. 2 for one layer: per feature map, top-``k`` projections beside patches.
 
+    Tiles are enlarged with nearest-neighbour (:func:`deconvviz.render.images.display_scale`:
+    a 32x32 patch is drawn at 96 px). A feature map that never rose above 0 on the scanned
+    images (:attr:`LayerReconstructions.dead`) is drawn as a hatched grey cell saying so, and
+    the dead maps are listed under the figure; entries of a live map that are not above 0 (it
+    fired on fewer than ``k`` images) are left blank.
+
     Args:
         rec: one layer of :func:`deconvviz.reconstruct.reconstruct_dataset`'s result.
         channels: which rows of ``rec`` to show (positions in ``rec.channels``; default all).
@@ -159,7 +213,9 @@ def top_projections_figure(
         title: figure title (default: layer, rule, k and what the halves show).
 
     Returns:
-        A matplotlib figure; each cell is titled ``ch <channel> · <strongest activation>``.
+        A matplotlib figure; each live cell is titled ``ch <channel>: max act <value>``
+        (the map's strongest activation over the images), each dead one ``ch <channel>: dead``.
+        Padding entries (index ``-1``: the dataset had fewer than ``k`` images) are left out.
     """
     n = rec.reconstructions.shape[0]
     rows_sel = list(range(n)) if channels is None else [int(c) for c in channels]
@@ -168,35 +224,70 @@ def top_projections_figure(
     bad = [r for r in rows_sel if not 0 <= r < n]
     if bad:
         raise InputError(f"row {bad[0]} is out of range: the result holds {n} feature maps")
+    fired = rec.fired
+    h, w = rec.patches.shape[-2:]
+    scale = display_scale(max(int(h), int(w)))
     blocks = [
-        fig2_block(rec.reconstructions[r], rec.patches[r], outside=outside_mask(rec, r))
+        fig2_block(
+            rec.reconstructions[r],
+            rec.patches[r],
+            outside=outside_mask(rec, r),
+            keep=fired[r],
+            scale=scale,
+        )
         for r in rows_sel
     ]
     ncols = max(1, min(int(ncols), len(blocks)))
     nrows = math.ceil(len(blocks) / ncols)
     bw, bh = blocks[0].size
-    cell_w = 2.0
-    cell_h = cell_w * bh / bw + 0.32
-    fig = Figure(figsize=(cell_w * ncols, cell_h * nrows + 0.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    for ax, r, block in zip(axes, rows_sel, blocks, strict=False):
-        ax.set_axis_on()
-        _show(ax, block)
-        v = float(rec.values[r, 0])
-        value = f"{v:.3g}" if math.isfinite(v) else "n/a"
-        ax.set_title(f"ch {int(rec.channels[r])} · {value}", fontsize=8)
+    cell_w = max(2.0, bw / DPI + 0.2)
+    cell_h = bh * (cell_w - 0.2) / bw + 0.45
+    width = cell_w * ncols
+    values = rec.values.double()
+    pre_relu = bool((values[torch.isfinite(values)] < 0).any())
+    scanned = _images_text(rec.images)
+    dead_rows = [r for r in rows_sel if not bool(fired[r].any())]
     if title is None:
         rf = rec.receptive_field
         size = f", receptive field {rf.size[0]}x{rf.size[1]} px" if rf is not None else ""
+        found = int((rec.indices[rows_sel] >= 0).sum(dim=1).max())
+        few = f" (top-{rec.k} asked; only {found} images)" if found < rec.k else ""
         title = (
-            f"{rec.layer}: top-{rec.k} activations per feature map ({rec.rule} projections "
-            f"left, image patches right{size})"
+            f"{rec.layer}: top-{found} activations per feature map{few} over {scanned} "
+            f"({rec.rule} projections left, each scaled to its own max |value|, grey = 0; "
+            f"image patches right{size}); max act = the map's strongest activation"
         )
+        if pre_relu:
+            title += " (pre-ReLU: can be negative)"
     if page is not None:
         title += f" [page {page[0]}/{page[1]}]"
+    title = wrap_text(title, width - 0.3, 10)
+    dead_names = ", ".join(str(int(rec.channels[r])) for r in dead_rows) or "none"
+    footer = wrap_text(f"dead feature maps (never > 0 on {scanned}): {dead_names}", width - 0.3, 9)
+    extra = 0.2 * (title.count("\n") + footer.count("\n") + 2) + 0.3
+    fig = Figure(figsize=(width, cell_h * nrows + extra), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, r in zip(axes, rows_sel, strict=False):
+        ax.set_axis_on()
+        ch = int(rec.channels[r])
+        top = float(values[r, 0])
+        if r in dead_rows:
+            note = f"dead: never > 0\non {scanned}"
+            if math.isfinite(top) and top < 0:
+                note += f"\n(max act {_value(top)}, pre-ReLU)"
+            draw_dead(ax, bh, bw, note)
+            ax.set_title(f"ch {ch}: dead", fontsize=8)
+            continue
+        _show(ax, blocks[rows_sel.index(r)])
+        label = f"ch {ch}: max act {_value(top)}"
+        real = int(fired[r].sum())
+        if real < rec.k:
+            label += f"\nonly {real} of {rec.k} images > 0"
+        ax.set_title(label, fontsize=8)
     fig.suptitle(title, fontsize=10)
+    fig.supxlabel(footer, fontsize=9)
     return fig
 
 
@@ -231,6 +322,11 @@ def image_projections_figure(
 ) -> Figure:
     """One image beside the projections of its strongest feature maps of one layer.
 
+    Tiles are enlarged with nearest-neighbour so that a 32x32 image is drawn at 96 px or more;
+    the title is wrapped to the figure's width. A feature map whose strongest activation on
+    this image is not above 0 did not fire on it: its tile is the hatched dead marker, not a
+    projection of nothing.
+
     Args:
         res: one layer of :func:`deconvviz.reconstruct.reconstruct_images`'s result.
         index: which image.
@@ -240,28 +336,57 @@ def image_projections_figure(
 
     Returns:
         A matplotlib figure: the input first, then projections ordered by activation value
-        (strongest first), each titled ``ch <channel>`` and its activation value.
+        (strongest first), each titled ``ch <channel>: max act <value>`` (the map's strongest
+        activation on this image).
     """
     n = res.images.shape[0]
     if not 0 <= int(index) < n:
         raise InputError(f"image index {index} is out of range (there are {n} images)")
-    values = res.values[index]
+    values = res.values[index].double()
     order = torch.argsort(values, descending=True, stable=True)
     if max_channels is not None:
         order = order[: max(1, int(max_channels))]
-    tiles = [input_display(res.images[index])]
-    labels = ["input"]
-    for o in order.tolist():
-        tiles.append(to_display(res.reconstructions[index, o].cpu()))
-        labels.append(f"ch {int(res.channels[o])}\n{float(values[o]):.3g}")
-    fig = make_grid(tiles, nrow=ncols, labels=labels)
-    head = f"{title}: " if title else ""
     shown = len(order)
-    fig.suptitle(
-        f"{head}{res.layer}, strongest activation of {shown} feature map"
-        f"{'s' if shown != 1 else ''} ({res.rule} projections)",
-        fontsize=10,
+    cells = shown + 1
+    ncols = max(1, min(int(ncols), cells))
+    nrows = math.ceil(cells / ncols)
+    h, w = (int(v) for v in res.images.shape[-2:])
+    scale = display_scale(max(h, w), min_px=96)
+    tile_w = max(1.5, w * scale / DPI + 0.15)
+    tile_h = tile_w * h / w + 0.4
+    width = max(4.5, tile_w * ncols)
+    pre_relu = bool((values[torch.isfinite(values)] < 0).any())
+    head = f"{title}: " if title else ""
+    text = (
+        f"{head}{res.layer}, {res.rule} projections of the strongest activation of {shown} "
+        f"feature map{'s' if shown != 1 else ''} (each scaled to its own max |value|, "
+        "grey = 0); max act = the map's strongest activation on this image"
     )
+    if pre_relu:
+        text += " (pre-ReLU: can be negative)"
+    text = wrap_text(text, width - 0.3, 10)
+    extra = 0.2 * (text.count("\n") + 1) + 0.2
+    fig = Figure(figsize=(width, tile_h * nrows + extra), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    axes[0].set_axis_on()
+    _show(axes[0], _tile(input_display(res.images[index]), scale))
+    axes[0].set_title("input", fontsize=8)
+    for ax, o in zip(axes[1:], order.tolist(), strict=False):
+        ax.set_axis_on()
+        ch = int(res.channels[o])
+        v = float(values[o])
+        if not (math.isfinite(v) and v > 0):
+            note = "not > 0 on\nthis image"
+            if math.isfinite(v) and v < 0:
+                note += f"\n(pre-ReLU {_value(v)})"
+            draw_dead(ax, h * scale, w * scale, note)
+            ax.set_title(f"ch {ch}: inactive", fontsize=8)
+            continue
+        _show(ax, _tile(to_display(res.reconstructions[index, o].cpu()), scale))
+        ax.set_title(f"ch {ch}: max act {_value(v)}", fontsize=8)
+    fig.suptitle(text, fontsize=10)
     return fig
 
 
@@ -285,25 +410,41 @@ def comparison_figure(
     if max_images is not None:
         n = min(n, max(1, int(max_images)))
     cols = 1 + len(comp.methods)
-    fig = Figure(figsize=(1.7 * cols, 1.8 * n + 0.5), layout="constrained")
+    h, w = (int(v) for v in comp.images.shape[-2:])
+    scale = display_scale(max(h, w), min_px=96)
+    tile = max(1.7, w * scale / DPI + 0.2)
+    fig = Figure(
+        figsize=(tile * cols + 0.4, (tile * h / w + 0.1) * n + 0.7), dpi=DPI, layout="constrained"
+    )
     axes = np.atleast_2d(fig.subplots(n, cols, squeeze=False))
     for i in range(n):
         t = int(comp.target[i])
         name = class_names[t] if class_names is not None and 0 <= t < len(class_names) else str(t)
-        _show(axes[i, 0], _tile(input_display(comp.images[i])))
-        axes[i, 0].set_ylabel(f"{name}\np={float(comp.probability[i]):.2f}", fontsize=8)
+        _show(axes[i, 0], _tile(input_display(comp.images[i]), scale))
+        axes[i, 0].set_ylabel(
+            f"target {name}\np(target) = {float(comp.probability[i]):.2f}", fontsize=8
+        )
         for m, method in enumerate(comp.methods):
-            _show(axes[i, m + 1], _tile(to_display(comp.attributions[m, i].cpu())))
+            _show(axes[i, m + 1], _tile(to_display(comp.attributions[m, i].cpu()), scale))
             if i == 0:
                 axes[i, m + 1].set_title(method.replace("_", " "), fontsize=8)
         if i == 0:
             axes[i, 0].set_title("input", fontsize=8)
-    fig.suptitle("attributions for the target class (grey = 0)", fontsize=10)
+    fig.suptitle(
+        wrap_text(
+            "attributions for the target class (each map scaled to its own max |value|, grey = 0)",
+            tile * cols,
+            10,
+        ),
+        fontsize=10,
+    )
     return fig
 
 
-def _tile(t: Tensor) -> np.ndarray:
+def _tile(t: Tensor, scale: int = 1) -> np.ndarray:
     arr = (t.detach().cpu().double().clamp(0, 1) * 255).round().to(torch.uint8)
+    if scale > 1:
+        arr = arr.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
     if arr.dim() == 3 and arr.shape[0] == 1:
         return arr[0].numpy()
     if arr.dim() == 3:

@@ -6,6 +6,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from deconvviz.errors import InputError
+from deconvviz.render.images import wrap_text
 from deconvviz.stats import HiddenStateStats, LayerStats
 
 __all__ = ["histogram_figure", "stats_table", "hidden_state_figure", "hidden_state_table"]
@@ -54,13 +55,18 @@ def histogram_figure(stats: LayerStats, log: bool = True) -> Figure:
     if log and counts.max() > 0:
         ax.set_yscale("log")
     ax.axvline(stats.mean, color="tab:red", linewidth=1, label=f"mean {stats.mean:.3g}")
-    ax.set_xlabel("activation")
-    ax.set_ylabel("count")
+    ax.set_xlabel("activation value")
+    ax.set_ylabel("count (log scale)" if log and counts.max() > 0 else "count")
     extra = ""
     if stats.underflow or stats.overflow:
         extra = f"; outside range: {stats.underflow} below, {stats.overflow} above"
     ax.set_title(
-        f"{stats.report_name}: var {stats.var:.3g}, zeros {100 * stats.zero_fraction:.1f}%{extra}",
+        wrap_text(
+            f"{stats.report_name}: var {stats.var:.3g}, zeros "
+            f"{100 * stats.zero_fraction:.1f}%{extra}",
+            4.6,
+            8,
+        ),
         fontsize=8,
     )
     ax.legend(fontsize=7)

@@ -1,0 +1,192 @@
+"""Command ``atlas``: every unit of every layer over a dataset, as a static site."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from deconvviz_cli.commands.reconstruct import RULES, _dataset, _split
+from deconvviz_cli.options import (
+    checkpoint_option,
+    data_dir_option,
+    device_option,
+    layer_option,
+    load,
+    model_option,
+    out_option,
+    progress_option,
+)
+
+
+def _init_distributed(device: str) -> tuple[str, bool]:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): gloo on CPU, NCCL on GPUs.
+    Returns the device this process uses and whether it created the group."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return device, False
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if dist.is_initialized():
+        return device, False
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return device, True
+
+
+@click.command("atlas", short_help="Every unit of every layer over a dataset, as a static site.")
+@checkpoint_option
+@model_option
+@data_dir_option(required=False)
+@_dataset
+@_split
+@layer_option(multiple=True, help="Layer to scan (default: every Conv2d)")
+@click.option(
+    "-k",
+    "--top",
+    "k",
+    type=click.IntRange(min=1),
+    default=9,
+    show_default=True,
+    help="Top activations kept per unit (from distinct images).",
+)
+@click.option(
+    "--rule",
+    type=click.Choice(RULES),
+    default="deconvnet",
+    show_default=True,
+    help="ReLU step of the projections' reverse path.",
+)
+@click.option(
+    "--max-images",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Scan only the first N images.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Images per forward pass while scanning.",
+)
+@device_option(auto=True)
+@click.option(
+    "--resume/--no-resume",
+    default=False,
+    show_default=True,
+    help="Continue an interrupted scan from OUT/scan-state.pt (refused if the model or data "
+    "changed).",
+)
+@click.option(
+    "--save-every",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Write the scan state every N batches (and on Ctrl-C).",
+)
+@out_option("Site folder: index.html, a page per layer and per unit, images.")
+@progress_option
+@click.pass_context
+def atlas_cmd(
+    ctx: click.Context,
+    checkpoint: Path,
+    model_factory: str | None,
+    data_dir: Path | None,
+    dataset: str | None,
+    split: str,
+    layers: tuple[str, ...],
+    k: int,
+    rule: str,
+    max_images: int | None,
+    batch_size: int,
+    device: str,
+    resume: bool,
+    save_every: int,
+    out: Path,
+    progress: bool,
+) -> None:
+    """Scan a dataset once for the top-k activations of every unit of every chosen layer,
+    project them all, and write a static site: an index of layers, a page per layer (a grid of
+    its units) and a page per unit (its top-k patches and projections). Open OUT/index.html in
+    a browser (file:// works) or serve OUT with any static server.
+
+    Under torchrun every process scans and projects its own share, and rank 0 writes the site:
+
+    \b
+    Examples:
+      deconvviz atlas -c runs/lenet5 --data-dir ../shared/data --out atlas/
+      torchrun --nproc_per_node=4 -m deconvviz_cli atlas -c runs/demo -o atlas/
+    """
+    import torch
+
+    from deconvviz import reconstruct as rec
+    from deconvviz.atlas import write_atlas
+    from deconvviz.errors import InputError
+    from deconvviz.scan import project_layer, scan
+
+    device, created = _init_distributed(device)
+    if created:
+        import torch.distributed as dist
+
+        ctx.call_on_close(dist.destroy_process_group)
+    rank = _rank()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    run = load(checkpoint, model_factory)
+    model = run.model.to(dev)
+    data = rec.dataset_for_model(run.model, run.config, data_dir, dataset, split)
+    result = scan(
+        model,
+        data,
+        list(layers) or "conv",
+        k,
+        batch_size=batch_size,
+        max_images=max_images,
+        progress=progress,
+        state=out / "scan-state.pt",
+        save_every=save_every,
+        resume=resume,
+    )
+
+    def projections() -> Any:
+        for layer in result.layers:
+            proj = project_layer(model, data, result[layer], rule, progress=progress)
+            if proj is not None:
+                yield proj
+
+    if rank != 0:
+        for _ in projections():  # take part in every layer's projections; rank 0 writes
+            pass
+        return
+    about = {
+        "model": str(checkpoint) + (f" ({model_factory})" if str(model_factory) else ""),
+        "dataset": f"{dataset or run.config.get('dataset', 'from the run')} ({split})",
+        "rule": rule,
+    }
+    site = write_atlas(out, result, projections(), about=about)
+    units = sum(result[layer].channels for layer in result.layers)
+    click.echo(
+        f"wrote the atlas of {len(result.layers)} layers, {units} units (top-{k} of "
+        f"{result.images} images) to {site.index}"
+    )
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+COMMANDS = [atlas_cmd]

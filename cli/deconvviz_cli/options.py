@@ -1,0 +1,199 @@
+"""One definition of each option that several commands share, so that it looks the same on all.
+
+``-c/--checkpoint``, ``--model``, ``--device``, ``--layer``, ``--data-dir``, ``--out`` and
+``--progress/--no-progress`` are defined here once; every command module uses these
+decorators instead of its own ``click.option(...)``. Options a single command has stay in
+that command's module.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+__all__ = [
+    "checkpoint_option",
+    "data_dir_option",
+    "device_option",
+    "layer_option",
+    "load",
+    "model_option",
+    "out_option",
+    "progress_option",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+RUN_HELP = "Run directory made by 'deconvviz train' (or a checkpoint .pt file)."
+
+
+def checkpoint_option(f: F) -> F:
+    """``-c/--checkpoint PATH``: the run to load (required)."""
+    return click.option(
+        "--checkpoint",
+        "-c",
+        required=True,
+        type=click.Path(path_type=Path),
+        metavar="PATH",
+        help=RUN_HELP,
+    )(f)
+
+
+def model_option(f: F) -> F:
+    """``--model``, ``--model-arg``, ``--trust-checkpoint``, ``--normalize``, ``--image-size``:
+    how to build and feed the model (see :mod:`deconvviz_cli.model_options`).
+
+    The command receives them as one ``model_factory`` argument, a
+    :class:`deconvviz_cli.model_options.ModelSpec` that :func:`load` takes.
+    """
+    from deconvviz_cli.model_options import model_options
+
+    return model_options(f, into="model_factory")  # type: ignore[return-value]
+
+
+def _check_device(auto: bool) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None or ctx.resilient_parsing:
+            return value
+        from deconvviz.devices import resolve_device
+        from deconvviz.errors import InputError
+
+        try:
+            resolve_device(value, auto=auto)
+        except InputError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        return value
+
+    return callback
+
+
+def device_option(*, auto: bool = False) -> Callable[[F], F]:
+    """``--device NAME``: where the model runs; checked against the devices this machine has.
+
+    Args:
+        auto: also accept ``auto`` (a GPU where there is one), for commands that train.
+    """
+    more = " or auto (a GPU where there is one)" if auto else ""
+    return click.option(
+        "--device",
+        default="cpu",
+        show_default=True,
+        metavar="NAME",
+        callback=_check_device(auto),
+        help=f"Where the model runs: cpu, cuda, cuda:N{more}.",
+    )
+
+
+def layer_option(*, multiple: bool, help: str, per_call: bool = False) -> Callable[[F], F]:
+    """``--layer NAME`` as ``named_modules()`` spells it; repeatable where ``multiple``.
+
+    Args:
+        multiple: repeatable; the parameter is then ``layers`` (a tuple), else ``layer``.
+        help: what the layer is for (the spelling is added).
+        per_call: the command projects through the engine, which also takes ``NAME:N``, the
+            N-th call of a module the forward pass calls several times (a ResNet block's ReLU).
+    """
+    extra = "; repeatable" if multiple else ""
+    spelling = "; NAME:N for the N-th call of a shared module" if per_call else ""
+    return click.option(
+        "--layer",
+        "layers" if multiple else "layer",
+        multiple=multiple,
+        default=None,
+        metavar="NAME",
+        help=f"{help}, as named_modules() spells it{spelling}{extra}.",
+    )
+
+
+def data_dir_option(*, required: bool, help: str | None = None) -> Callable[[F], F]:
+    """``--data-dir DIR``: the folder holding the dataset."""
+    return click.option(
+        "--data-dir",
+        required=required,
+        default=None,
+        type=click.Path(path_type=Path),
+        metavar="DIR",
+        help=help
+        or "Folder holding the run's dataset, or a root such as ../shared/data. Not needed for "
+        "runs trained on the shipped CIFAR-10 sample (deconvviz demo).",
+    )
+
+
+def _check_out(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Make sure ``--out`` can be written before any work is done: create it (and remove the
+    folders made here again when the command ends without writing anything into them)."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    path = Path(value)
+    created: list[Path] = []  # deepest first
+    probe = Path(os.path.abspath(path))
+    while not probe.exists() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
+    if not probe.is_dir():
+        raise click.BadParameter(
+            f"{value} cannot be a folder: {probe} is a file; pass a folder path", ctx, param
+        )
+
+    def remove_empty() -> None:
+        for folder in created:
+            try:
+                folder.rmdir()  # only when empty: nothing written there
+            except OSError:
+                break
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".deconvviz-write-check.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        remove_empty()
+        why = exc.strerror or type(exc).__name__
+        raise click.BadParameter(
+            f"cannot write to {value} ({why}); pass a folder you can write to", ctx, param
+        ) from None
+    ctx.call_on_close(remove_empty)
+    return value
+
+
+def out_option(
+    help: str = "Output folder (created; existing files are replaced atomically).",
+) -> Callable[[F], F]:
+    """``-o/--out DIR``: where the command writes (required; checked to be writable)."""
+    return click.option(
+        "--out",
+        "-o",
+        required=True,
+        type=click.Path(path_type=Path, file_okay=False),
+        metavar="DIR",
+        callback=_check_out,
+        help=help,
+    )
+
+
+def progress_option(f: F) -> F:
+    """``--progress/--no-progress``: progress bars on stderr."""
+    return click.option(
+        "--progress/--no-progress",
+        default=True,
+        show_default=True,
+        help="Show progress bars (on stderr).",
+    )(f)
+
+
+def load(checkpoint: Path | None, model_factory: Any = None, device: str = "cpu") -> Any:
+    """The model of ``-c/--checkpoint`` built and fed as the model options say
+    (:func:`deconvviz.loading.load_model`; a :class:`deconvviz.loading.LoadedModel`, which has
+    a run's ``model``, ``config``, ``metrics`` and ``path``). Says the checkpoint layout found on
+    stderr when the user named a model."""
+    from deconvviz_cli.model_options import ModelSpec
+
+    if not isinstance(model_factory, ModelSpec):
+        model_factory = ModelSpec(model=model_factory)
+    return model_factory.load(checkpoint, device)

@@ -1,0 +1,332 @@
+"""The atlas: a static site of every unit of every scanned layer (the paper's Fig. 2, at scale).
+
+:func:`write_atlas` takes a :class:`deconvviz.scan.Scan` and, per layer, the
+:class:`deconvviz.TopProjections` of its top activations, and writes::
+
+    out/index.html                      layers: type, shape, channels, dead units, receptive field
+    out/layers/<layer>.html             a grid of the layer's units: top-1 patch and projection
+    out/units/<layer>/<c>.html          one unit: its top-k patches and projections, values, links
+    out/img/<layer>/<c>.png             the unit's tiles in one strip (row 0: image patches, row 1:
+                                        projections; column j: its j-th activation), upscaled
+    out/atlas.json                      everything above as data
+
+Every link is relative, so the site works from ``file://`` and behind any static server; images
+load lazily (``loading="lazy"``, with their size given), so a layer of 2,048 units opens fast.
+One strip per unit (pages show its tiles with CSS ``object-position``) keeps the file count, and
+the time spent writing files atomically, low.
+Files are written atomically. This module writes; it computes nothing but the display scaling.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from deconvviz._io import write_bytes, write_json, write_text
+from deconvviz.errors import InputError
+
+__all__ = ["AtlasSite", "write_atlas", "tile_scale"]
+
+MIN_TILE = 96  # smallest displayed side of a tile, in pixels
+
+
+@dataclass(frozen=True)
+class AtlasSite:
+    """What :func:`write_atlas` wrote.
+
+    Attributes:
+        index: the site's ``index.html``.
+        pages: every HTML page written.
+        images: every PNG tile written.
+    """
+
+    index: Path
+    pages: list[Path]
+    images: list[Path]
+
+
+def tile_scale(h: int, w: int, target: int = MIN_TILE) -> int:
+    """Integer nearest-neighbour factor that brings a ``h x w`` tile to at least ``target``."""
+    return max(1, math.ceil(target / max(1, max(h, w))))
+
+
+def _png(t: Tensor, scale: int) -> bytes:
+    from PIL import Image
+
+    from deconvviz.render.images import to_image
+
+    img = to_image(t)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _safe(layer: str) -> str:
+    from deconvviz.reconstruct import safe_name
+
+    return safe_name(layer)
+
+
+def _fmt(v: float) -> str:
+    return "none" if not math.isfinite(v) else f"{v:.4g}"
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.2em;color:#222;background:#fafafa}
+a{color:#0b57d0}nav{margin:.4em 0 1em}nav a{margin-right:1em}
+table{border-collapse:collapse}
+td,th{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left}
+.grid{display:flex;flex-wrap:wrap;gap:8px}
+.unit{background:#fff;border:1px solid #ccc;padding:4px;text-align:center;font-size:12px}
+.unit img,.top img{image-rendering:pixelated;display:inline-block;background:#888;
+object-fit:none}
+.dead{opacity:.45;border-style:dashed}.tag{color:#b3261e;font-weight:600}
+.top{display:flex;flex-wrap:wrap;gap:14px}.top figure{margin:0;background:#fff;padding:6px;
+border:1px solid #ccc}.top figcaption{font-size:12px;line-height:1.35}
+.note{color:#555;font-size:13px;max-width:60em}
+"""
+
+
+def _page(title: str, body: str, css_path: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title>"
+        f'<link rel="stylesheet" href="{css_path}"></head>\n<body>\n{body}\n</body></html>\n'
+    )
+
+
+def _img(src: str, size: tuple[int, int], alt: str, row: int, col: int) -> str:
+    """Tile ``(row, col)`` of a strip of ``size`` tiles (CSS ``object-fit: none`` crops it)."""
+    h, w = size
+    style = f"object-position:-{col * w}px -{row * h}px"
+    return (
+        f'<img src="{src}" width="{w}" height="{h}" loading="lazy" decoding="async" '
+        f'style="{style}" alt="{html.escape(alt)}">'
+    )
+
+
+def write_atlas(
+    out_dir: str | os.PathLike[str],
+    scan: Any,
+    projections: Iterable[Any],
+    *,
+    title: str = "deconvviz atlas",
+    about: Mapping[str, Any] | None = None,
+) -> AtlasSite:
+    """Write the atlas site for ``scan`` and its projections.
+
+    Args:
+        out_dir: the site's folder (created; existing files are replaced atomically).
+        scan: a :class:`deconvviz.scan.Scan`.
+        projections: per scanned layer, in any order, a :class:`deconvviz.TopProjections` of
+            all its channels (e.g. a generator, so that one layer at a time is held).
+        title: the index page's title.
+        about: extra facts shown on the index (model, dataset, rule...) and saved in
+            ``atlas.json``.
+
+    Returns:
+        An :class:`AtlasSite`.
+    """
+    from deconvviz.reconstruct import LayerReconstructions
+    from deconvviz.render.images import to_display
+    from deconvviz.render.reconstruct import input_display, outside_mask
+
+    out = Path(out_dir)
+    layers = list(scan.layers)
+    if not layers:
+        raise InputError("the scan has no layers; scan at least one")
+    pages: list[Path] = []
+    images: list[Path] = []
+    write_text(out / "style.css", _CSS.lstrip())
+    summary: dict[str, Any] = {
+        "title": title,
+        "about": dict(about or {}),
+        "images_scanned": scan.images,
+        "k": scan.k,
+        "layers": [],
+    }
+    done: set[str] = set()
+    for proj in projections:
+        top = proj.top
+        layer = top.layer
+        if layer not in layers:
+            raise InputError(f"projections of {layer!r}, which the scan does not hold")
+        if proj.reconstructions.shape[0] != top.channels:
+            raise InputError(
+                f"projections of {layer!r} hold {proj.reconstructions.shape[0]} channels of "
+                f"{top.channels}; project every channel for the atlas"
+            )
+        done.add(layer)
+        rec = LayerReconstructions.from_projections(proj)
+        li = layers.index(layer)
+        safe = _safe(layer)
+        c_count, k = top.channels, top.k
+        th, tw = proj.reconstructions.shape[-2:]
+        big = tile_scale(th, tw)
+        big_size = (th * big, tw * big)
+        dead = [c for c in range(c_count) if not float(top.values[c, 0]) > 0]
+        rf = top.receptive_field
+        rf_text = "whole image" if rf is None else f"{rf.size[0]}x{rf.size[1]} px"
+        what = (
+            f"value = the unit's activation (output of <code>{html.escape(layer)}</code>) at its "
+            f"strongest position in the image; top-{k} over {scan.images} images, one per image"
+        )
+        # one strip per unit: row 0 the image patches, row 1 the projections
+        recs_disp = to_display(proj.reconstructions.double())
+        units_meta = []
+        for c in range(c_count):
+            mask = outside_mask(rec, c)
+            strip = torch.full((proj.patches.shape[2], 2 * th, k * tw), 1.0, dtype=torch.float64)
+            for j in range(k):
+                if int(top.indices[c, j]) < 0:
+                    continue
+                patch = input_display(proj.patches[c, j])
+                if mask is not None:
+                    patch = torch.where(mask[j].unsqueeze(0), torch.full_like(patch, 0.85), patch)
+                strip[:, :th, j * tw : (j + 1) * tw] = patch
+                strip[:, th:, j * tw : (j + 1) * tw] = recs_disp[c, j]
+            path = out / "img" / safe / f"{c}.png"
+            write_bytes(path, _png(strip, big))
+            images.append(path)
+            units_meta.append(
+                {
+                    "channel": c,
+                    "dead": c in dead,
+                    "values": [None if not math.isfinite(v) else v for v in top.values[c].tolist()],
+                    "indices": top.indices[c].tolist(),
+                    "positions": top.positions[c].tolist(),
+                    "boxes": top.boxes[c].tolist(),
+                }
+            )
+        # the layer page
+        cells = []
+        for c in range(c_count):
+            has = int(top.indices[c, 0]) >= 0
+            label = f"unit {c}<br>max {_fmt(float(top.values[c, 0]))}"
+            if c in dead:
+                label += '<br><span class="tag">dead</span>'
+            src = f"../img/{safe}/{c}.png"
+            imgs = (
+                _img(src, big_size, f"unit {c}: top image patch", 0, 0)
+                + " "
+                + _img(src, big_size, f"unit {c}: its projection", 1, 0)
+                if has
+                else ""
+            )
+            cls = "unit dead" if c in dead else "unit"
+            cells.append(
+                f'<a class="{cls}" href="../units/{safe}/{c}.html" id="u{c}">{imgs}<br>{label}</a>'
+            )
+        nav = ['<a href="../index.html">index</a>']
+        if li > 0:
+            nav.append(
+                f'<a href="{_safe(layers[li - 1])}.html">&larr; {html.escape(layers[li - 1])}</a>'
+            )
+        if li + 1 < len(layers):
+            nav.append(
+                f'<a href="{_safe(layers[li + 1])}.html">{html.escape(layers[li + 1])} &rarr;</a>'
+            )
+        body = (
+            f"<h1>{html.escape(layer)}</h1><nav>{''.join(nav)}</nav>"
+            f'<p class="note">{c_count} units, {len(dead)} dead (never above 0 over the '
+            f"scanned images), receptive field {rf_text}. Each cell: the image patch of the "
+            f"unit's strongest activation (left) and its {html.escape(proj.rule)} projection "
+            f"(right, grey = 0). {what}.</p>"
+            f'<div class="grid">{"".join(cells)}</div>'
+        )
+        path = out / "layers" / f"{safe}.html"
+        write_text(path, _page(f"{layer} - {title}", body, "../style.css"))
+        pages.append(path)
+        # unit pages
+        for c in range(c_count):
+            figs = []
+            for j in range(k):
+                i = int(top.indices[c, j])
+                if i < 0:
+                    continue
+                r, col = top.positions[c, j].tolist()
+                y0, x0, y1, x1 = top.boxes[c, j].tolist()
+                figs.append(
+                    "<figure>"
+                    + _img(f"../../img/{safe}/{c}.png", big_size, f"top {j + 1}: patch", 0, j)
+                    + " "
+                    + _img(f"../../img/{safe}/{c}.png", big_size, f"top {j + 1}: projection", 1, j)
+                    + f"<figcaption>#{j + 1}: value {_fmt(float(top.values[c, j]))}<br>"
+                    f"image {i}, position ({r}, {col})<br>box y {y0}:{y1}, x {x0}:{x1}"
+                    "</figcaption></figure>"
+                )
+            nav = [
+                '<a href="../../index.html">index</a>',
+                f'<a href="../../layers/{safe}.html#u{c}">layer {html.escape(layer)}</a>',
+            ]
+            if c > 0:
+                nav.append(f'<a href="{c - 1}.html">&larr; unit {c - 1}</a>')
+            if c + 1 < c_count:
+                nav.append(f'<a href="{c + 1}.html">unit {c + 1} &rarr;</a>')
+            state = ' <span class="tag">dead</span>' if c in dead else ""
+            body = (
+                f"<h1>{html.escape(layer)}, unit {c}{state}</h1><nav>{''.join(nav)}</nav>"
+                f'<p class="note">Top {k} activations from distinct images: each pair is the '
+                f"image patch (receptive field; light grey = outside the image) and its "
+                f"{html.escape(proj.rule)} projection (grey = 0, shown {big}x, nearest "
+                f"neighbour). {what}.</p>"
+                f'<div class="top">{"".join(figs) or "<p>no activations</p>"}</div>'
+            )
+            path = out / "units" / safe / f"{c}.html"
+            write_text(path, _page(f"{layer} unit {c} - {title}", body, "../../style.css"))
+            pages.append(path)
+        summary["layers"].append(
+            {
+                "layer": layer,
+                "page": f"layers/{safe}.html",
+                "channels": c_count,
+                "dead": dead,
+                "rule": proj.rule,
+                "input_size": list(top.input_size),
+                "receptive_field": None
+                if rf is None
+                else {"size": list(rf.size), "jump": list(rf.jump), "start": list(rf.start)},
+                "units": units_meta,
+            }
+        )
+    missing = [name for name in layers if name not in done]
+    if missing:
+        raise InputError(f"no projections given for layers {', '.join(missing)}")
+    summary["layers"].sort(key=lambda d: layers.index(d["layer"]))
+    rows = []
+    for d in summary["layers"]:
+        rf = d["receptive_field"]
+        rf_text = "whole image" if rf is None else f"{rf['size'][0]}x{rf['size'][1]} px"
+        rows.append(
+            f'<tr><td><a href="{d["page"]}">{html.escape(d["layer"])}</a></td>'
+            f"<td>{d['channels']}</td><td>{len(d['dead'])}</td><td>{rf_text}</td></tr>"
+        )
+    facts = "".join(
+        f"<li>{html.escape(str(key))}: {html.escape(str(v))}</li>"
+        for key, v in summary["about"].items()
+    )
+    body = (
+        f"<h1>{html.escape(title)}</h1>"
+        f'<p class="note">Top-{scan.k} activations of every unit over {scan.images} images, '
+        "each projected back to pixels. A unit is dead when its strongest activation over the "
+        "scanned images is not above 0.</p>"
+        f"<ul>{facts}</ul>"
+        "<table><tr><th>layer</th><th>units</th><th>dead</th><th>receptive field</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+    index = write_text(out / "index.html", _page(title, body, "style.css"))
+    pages.insert(0, index)
+    write_json(out / "atlas.json", summary)
+    return AtlasSite(index, pages, images)

@@ -1,0 +1,648 @@
+"""One pass over a dataset for the top-k activations of every unit of every chosen layer.
+
+:func:`scan` runs each batch through the model **once**, with forward hooks on the chosen layers
+(the pass stops after the last of them), reduces each image's feature map to its strongest
+activation per channel, and keeps per layer and channel a running top-``k`` from distinct images:
+``O(layers x channels x k)`` memory, on the model's device.
+
+Exactness. Each image contributes one candidate per channel: its maximum, at the *lowest* flat
+position among equal maxima (``torch.max``'s documented choice). Candidates are ordered by
+(value descending, image index ascending) with a stable sort, so ties between images are broken
+by the lowest dataset index. The selection therefore never depends on the batch size, on where a
+scan was interrupted and resumed, or on how the dataset was sharded across processes: the
+shards' top-``k`` lists, concatenated and re-selected with the same order, *are* the global
+top-``k``. NaN activations count as ``-inf``. One caveat belongs to the forward pass, not the
+selection: float kernels (float32 convolutions on CPU, matrix products) may round an image's
+activations differently in a batch of another size, in the last bits. Processes therefore shard
+the data in whole batches and resumed scans restart at a batch boundary, so that every image is
+computed in the same batch as in one uninterrupted process: results are then equal bit for bit
+(tested); with another ``batch_size`` they can differ only in those last bits.
+
+Resumable. With ``state=PATH`` the scan state (the top-``k`` tensors, the number of images done
+and a digest of the model, the layers, ``k`` and the data) is written atomically every
+``save_every`` batches, on Ctrl-C and at the end; ``resume=True`` continues from it and refuses a
+state made for another model or dataset.
+
+Distributed. Inside a ``torch.distributed`` process group (``torchrun``), each rank scans a
+contiguous block of the dataset and the ranks' states are all-gathered and re-selected, so every
+rank returns the same result as one process would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
+
+from deconvviz.engine import Deconvnet, batch_images, eval_mode, exact_cuda, model_device_dtype
+from deconvviz.errors import CheckpointError, InputError, LayerError
+from deconvviz.receptive import ReceptiveField
+
+__all__ = ["Scan", "project_layer", "scan", "select_top"]
+
+_MISSING = torch.iinfo(torch.int64).max  # image index of an empty slot: sorts after every image
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The result of :func:`scan`: per layer, a :class:`deconvviz.TopActivations`.
+
+    Attributes:
+        tops: ``{layer: TopActivations}`` in the order the layers were given.
+        images: number of images scanned (over all processes).
+        k: activations kept per channel.
+    """
+
+    tops: dict[str, Any]
+    images: int
+    k: int
+
+    def __getitem__(self, layer: str) -> Any:
+        try:
+            return self.tops[layer]
+        except KeyError:
+            raise LayerError(
+                f"layer {layer!r} was not scanned; scanned: {', '.join(self.tops)}"
+            ) from None
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.tops)
+
+
+# ---------------------------------------------------------------------- exact selection
+
+
+def select_top(values: Tensor, index: Tensor, pos: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` best candidates per row by (value desc, image index asc), exactly.
+
+    Args:
+        values: ``[C, M]`` candidate values (NaN counts as ``-inf``).
+        index: ``[C, M]`` image indices (distinct per row; ``_MISSING`` for empty slots).
+        pos: ``[C, M]`` flat positions in the feature map.
+        k: how many to keep (rows with fewer candidates are padded with empty slots).
+
+    Returns:
+        ``([C, k], [C, k], [C, k])`` values, indices and positions, best first.
+    """
+    values = torch.nan_to_num(values, nan=-math.inf)
+    if values.shape[1] < k:
+        pad = k - values.shape[1]
+        values = torch.cat([values, values.new_full((values.shape[0], pad), -math.inf)], 1)
+        index = torch.cat([index, index.new_full((index.shape[0], pad), _MISSING)], 1)
+        pos = torch.cat([pos, pos.new_zeros((pos.shape[0], pad))], 1)
+    # Two stable sorts: by image index, then by value (descending). Equal values keep the image
+    # order, so ties go to the lowest image index, whatever order the candidates came in.
+    order = index.argsort(dim=1, stable=True)
+    values, index, pos = values.gather(1, order), index.gather(1, order), pos.gather(1, order)
+    order = values.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return values.gather(1, order), index.gather(1, order), pos.gather(1, order)
+
+
+class _Running:
+    """A layer's running top-``k`` per channel (on the model's device)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.values: Tensor | None = None
+        self.index: Tensor | None = None
+        self.pos: Tensor | None = None
+        self.width = 1  # feature-map width, to turn flat positions into (row, col)
+
+    def add(self, out: Tensor, images: Tensor) -> None:
+        """Merge a batch's layer output ``[B, C, H, W]`` or ``[B, C]`` (images: ``[B]``)."""
+        out = out.detach()
+        if out.dim() == 4:
+            val, where = out.flatten(2).max(dim=2)  # [B, C]; first maximum on ties
+        elif out.dim() == 2:
+            val, where = out, torch.zeros(out.shape, dtype=torch.long, device=out.device)
+        else:
+            raise LayerError(
+                f"a scanned layer output has shape {tuple(out.shape)}; only [N, C, H, W] feature "
+                "maps and [N, C] vectors can be scanned"
+            )
+        idx = images.to(out.device).unsqueeze(0).expand(val.shape[1], -1)
+        assert self.values is not None and self.index is not None and self.pos is not None
+        self.values, self.index, self.pos = select_top(
+            torch.cat([self.values, val.t()], 1),
+            torch.cat([self.index, idx], 1),
+            torch.cat([self.pos, where.t()], 1),
+            self.k,
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "values": None if self.values is None else self.values.cpu(),
+            "index": None if self.index is None else self.index.cpu(),
+            "pos": None if self.pos is None else self.pos.cpu(),
+            "width": self.width,
+        }
+
+    def load(self, st: Mapping[str, Any], device: torch.device) -> None:
+        self.width = int(st["width"])
+        if st["values"] is not None:
+            self.values = st["values"].to(device)
+            self.index = st["index"].to(device)
+            self.pos = st["pos"].to(device)
+
+
+# ---------------------------------------------------------------------- data
+
+
+def _is_dataset(data: Any) -> bool:
+    """A dataset of items (not a list or tuple, which are read as lists of batches)."""
+    if isinstance(data, (list, tuple, Tensor)):
+        return False
+    return isinstance(data, Dataset) or (hasattr(data, "__len__") and hasattr(data, "__getitem__"))
+
+
+def _shard(n: int, rank: int, world: int, batch: int) -> range:
+    """Rank ``rank``'s contiguous block of ``range(n)``, in whole batches: every image is then
+    computed in the same batch as in a one-process scan (float kernels may round differently
+    for other batch compositions; this keeps the values bit for bit equal)."""
+    batches = -(-n // batch)
+    lo, hi = batches * rank // world, batches * (rank + 1) // world
+    return range(min(n, lo * batch), min(n, hi * batch))
+
+
+def _batches(
+    data: Any,
+    batch_size: int,
+    indices: range | None,
+    start: int,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(images, dataset indices)`` batches; ``indices``: the images to read (all when None),
+    from position ``start`` of that list."""
+    if isinstance(data, DataLoader):
+        if isinstance(data.sampler, RandomSampler):
+            raise InputError(
+                "the DataLoader shuffles, so image indices would not refer to dataset positions; "
+                "build it with shuffle=False"
+            )
+        if indices is None and start == 0:
+            seen = 0
+            for batch in data:
+                xb = batch_images(batch)
+                yield xb, torch.arange(seen, seen + xb.shape[0])
+                seen += xb.shape[0]
+            return
+        if not isinstance(data.sampler, SequentialSampler):
+            raise InputError(
+                "resuming or sharding a scan needs a DataLoader with a sequential sampler; pass "
+                "the dataset itself instead"
+            )
+        bs = data.batch_size or batch_size
+        dataset = data.dataset
+        loader_kw: dict[str, Any] = {
+            "num_workers": data.num_workers,
+            "collate_fn": data.collate_fn,
+            "pin_memory": data.pin_memory,
+        }
+    elif _is_dataset(data):
+        bs, dataset, loader_kw = batch_size, data, {}
+    else:
+        if indices is not None:
+            raise InputError(
+                "sharding a scan over processes needs a Dataset or a DataLoader, not a plain "
+                "iterable of batches"
+            )
+        seen = 0
+        for batch in data:
+            xb = batch_images(batch)
+            b = xb.shape[0]
+            if seen + b > start:
+                lo = max(0, start - seen)
+                yield xb[lo:], torch.arange(seen + lo, seen + b)
+            seen += b
+        return
+    todo = list(indices if indices is not None else range(len(dataset)))[start:]  # type: ignore[arg-type]
+    loader: DataLoader[Any] = DataLoader(
+        Subset(dataset, todo), batch_size=bs, shuffle=False, **loader_kw
+    )
+    done = 0
+    for batch in loader:
+        xb = batch_images(batch)
+        b = xb.shape[0]
+        yield xb, torch.tensor(todo[done : done + b], dtype=torch.long)
+        done += b
+
+
+def _batch_size(data: Any, default: int) -> int:
+    if isinstance(data, DataLoader):
+        return data.batch_size or default
+    return default
+
+
+def _length(data: Any) -> int | None:
+    if isinstance(data, DataLoader):
+        try:
+            return len(data.dataset)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+    if _is_dataset(data):
+        return len(data)
+    return None
+
+
+# ---------------------------------------------------------------------- layers
+
+
+def _choose_layers(model: nn.Module, layers: str | Sequence[str] | None) -> list[str]:
+    if layers is None or layers == "conv":
+        names = [n for n, m in model.named_modules() if n and isinstance(m, nn.Conv2d)]
+        if not names:
+            raise LayerError(
+                f"{type(model).__name__} has no Conv2d layers to scan by default; name the "
+                "layers (layers=[...], --layer NAME)"
+            )
+        return names
+    if isinstance(layers, str):
+        layers = [layers]
+    out: list[str] = []
+    for layer in layers:
+        if layer not in out:
+            out.append(layer)
+    if not out:
+        raise LayerError("layers is empty; name at least one layer, or use 'conv'")
+    return out
+
+
+def _digest(
+    model: nn.Module,
+    layers: Sequence[str],
+    k: int,
+    data: Any,
+    n: int | None,
+    rank: int,
+    world: int,
+) -> str:
+    """A digest of what a scan state depends on: weights, layers, k, data size and order."""
+    h = hashlib.sha256()
+    h.update(repr((list(layers), k, n, rank, world, _STATE_VERSION)).encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(repr((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    if n and _is_dataset(dataset):
+        for i in (0, n - 1):
+            h.update(batch_images(dataset[i]).detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------- the scan
+
+
+class _Stop(Exception):
+    pass
+
+
+def _world() -> tuple[int, int, Any]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), dist
+    return 0, 1, None
+
+
+def scan(
+    model: nn.Module,
+    data: Any,
+    layers: str | Sequence[str] | None = "conv",
+    k: int = 9,
+    *,
+    batch_size: int = 256,
+    max_images: int | None = None,
+    progress: bool = True,
+    state: str | os.PathLike[str] | None = None,
+    save_every: int = 50,
+    resume: bool = False,
+    distributed: bool | None = None,
+) -> Scan:
+    """Top-``k`` activations of every channel of every chosen layer, in one pass over the data.
+
+    Args:
+        model: the network (run in eval mode; its flags are restored).
+        data: a Dataset (items are images or ``(image, label)``), an unshuffled DataLoader, or
+            any iterable of batches in dataset order, a list of batches included (no resume or
+            sharding then).
+        layers: ``"conv"`` (every ``Conv2d``), a layer name or a list of names
+            (``named_modules()`` spelling; ``"name:1"`` for the second call of a shared module).
+        k: activations kept per channel, from distinct images.
+        batch_size: images per forward pass (for a Dataset; a DataLoader keeps its own).
+        max_images: scan only the first ``N`` images of a Dataset or DataLoader.
+        progress: show a progress bar (images/s and ETA; rank 0 only).
+        state: file for the resumable scan state (one per rank: ``PATH.rank{r}of{w}`` when
+            distributed).
+        save_every: write the state every this many batches (and on Ctrl-C, and at the end).
+        resume: continue from ``state`` when it exists (refused when it was made for another
+            model, layers, ``k`` or dataset).
+        distributed: shard over the ``torch.distributed`` process group; ``None``: when one is
+            initialised with more than one process.
+
+    Returns:
+        A :class:`Scan`; ``result[layer]`` is a :class:`deconvviz.TopActivations` (values
+        ``-inf`` and indices ``-1`` where there were fewer than ``k`` images). Every rank gets
+        the same result.
+
+    Example:
+        >>> res = deconvviz.scan(model, test_set, "conv", k=9)   # doctest: +SKIP
+        >>> res["layer1.0.conv1"].indices.shape                  # doctest: +SKIP
+        torch.Size([16, 9])
+    """
+    from tqdm.auto import tqdm
+
+    from deconvviz.topk import TopActivations, _boxes
+
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+        raise InputError(f"max_images must be a positive integer, got {max_images!r}")
+    if save_every < 1:
+        raise InputError(f"save_every must be a positive integer, got {save_every!r}")
+    names = _choose_layers(model, layers)
+    rank, world, dist = _world()
+    if distributed is None:
+        distributed = world > 1
+    if not distributed:
+        rank, world, dist = 0, 1, None
+    total = _length(data)
+    if total is not None and max_images is not None:
+        total = min(total, max_images)
+    if distributed and total is None:
+        raise InputError(
+            "a distributed scan needs a Dataset or a DataLoader (to shard it), not a plain "
+            "iterable of batches"
+        )
+    if total == 0:
+        raise InputError("the dataset is empty; give one with at least one image")
+    shard: range | None = None
+    if distributed or max_images is not None or resume:
+        if total is None:
+            if max_images is not None:
+                raise InputError("max_images needs a Dataset or a DataLoader (with a length)")
+            raise InputError("resume needs a Dataset or a DataLoader, not a plain iterable")
+        shard = _shard(total, rank, world, _batch_size(data, batch_size))
+    if isinstance(data, DataLoader) and isinstance(data.sampler, RandomSampler):
+        raise InputError(
+            "the DataLoader shuffles, so image indices would not refer to dataset positions; "
+            "build it with shuffle=False"
+        )
+
+    device, dtype = model_device_dtype(model)
+    running = {name: _Running(k) for name in names}
+    state_path: Path | None = None
+    digest = ""
+    done = 0  # images of this rank's shard already scanned
+    if state is not None:
+        state_path = Path(state)
+        if world > 1:
+            state_path = state_path.with_name(f"{state_path.name}.rank{rank}of{world}")
+        digest = _digest(model, names, k, data, total, rank, world)
+        if resume and state_path.exists():
+            try:
+                saved = torch.load(state_path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise CheckpointError(
+                    f"cannot read the scan state {state_path} ({exc}); delete it to start over"
+                ) from exc
+            if saved.get("digest") != digest:
+                raise CheckpointError(
+                    f"the scan state {state_path} was made for another model, layers, k or "
+                    "dataset; delete it or drop --resume to start over"
+                )
+            done = int(saved["done"])
+            for name in names:
+                running[name].load(saved["layers"][name], device)
+
+    def save() -> None:
+        if state_path is None:
+            return
+        from deconvviz._io import save_torch
+
+        save_torch(
+            state_path,
+            {
+                "version": _STATE_VERSION,
+                "digest": digest,
+                "done": done,
+                "layers": {name: running[name].state() for name in names},
+            },
+        )
+
+    # Geometry (receptive fields, output shapes) from one traced probe pass.
+    size: tuple[int, int] | None = None
+    rfs: dict[str, ReceptiveField | None] = {}
+    wanted: dict[str, dict[int, str]] = {}  # module name -> {call: layer}
+    modules = dict(model.named_modules())
+    handles: list[Any] = []
+    calls: dict[str, int] = {}
+    current: dict[str, Any] = {}
+
+    def hook_for(mod_name: str) -> Any:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            call = calls.get(mod_name, 0)
+            calls[mod_name] = call + 1
+            layer = wanted[mod_name].get(call)
+            if layer is None:
+                return
+            running[layer].add(out, current["images"])
+            current["left"] -= 1
+            if current["left"] == 0:
+                raise _Stop
+
+        return hook
+
+    def setup(dn: Deconvnet, xb: Tensor) -> tuple[int, int]:
+        """Learn every layer's geometry from one traced probe pass; start empty states."""
+        probe = dn._probe(xb)
+        for layer in names:
+            info = dn._layer(probe, layer)
+            assert info.out_shape is not None
+            rfs[layer] = info.rf
+            r = running[layer]
+            r.width = int(info.out_shape[-1]) if len(info.out_shape) == 3 else 1
+            if r.values is None:
+                c = int(info.out_shape[0])
+                r.values = xb.new_full((c, k), -math.inf)
+                r.index = torch.full((c, k), _MISSING, dtype=torch.long, device=xb.device)
+                r.pos = torch.zeros((c, k), dtype=torch.long, device=xb.device)
+            mod, _, call = layer.rpartition(":")
+            if not (mod and call.isdigit()):
+                mod, call = layer, "0"
+            wanted.setdefault(mod, {})[int(call)] = layer
+        return int(xb.shape[-2]), int(xb.shape[-1])
+
+    shard_len = len(shard) if shard is not None else total
+    bar = tqdm(
+        total=shard_len,
+        initial=done,
+        desc=f"scanning {len(names)} layer{'s' * (len(names) > 1)}",
+        disable=not progress or rank != 0,
+        unit="img",
+        leave=False,
+    )
+    batches_since_save = 0
+    try:
+        with Deconvnet(model, warn=False) as dn, eval_mode(model):
+            for xb, idx in _batches(data, batch_size, shard, done):
+                xb = dn._check_input(xb.to(device=device, dtype=dtype))
+                if size is None:
+                    size = setup(dn, xb)
+                    for mod in wanted:
+                        handles.append(modules[mod].register_forward_hook(hook_for(mod)))
+                elif size != tuple(xb.shape[-2:]):
+                    raise InputError(
+                        f"images change size within the dataset ({size} then "
+                        f"{tuple(xb.shape[-2:])}); resize them to one size"
+                    )
+                calls.clear()
+                current["images"] = idx
+                current["left"] = len(names)
+                try:
+                    with torch.no_grad(), exact_cuda(xb, modules.values()):
+                        model(xb)
+                except _Stop:
+                    pass
+                if current["left"] != 0:
+                    raise LayerError(
+                        "the forward pass did not reach every scanned layer; scan layers the "
+                        "model's forward calls"
+                    )
+                done += xb.shape[0]
+                bar.update(xb.shape[0])
+                batches_since_save += 1
+                if batches_since_save >= save_every:
+                    save()
+                    batches_since_save = 0
+            if size is None:
+                # nothing left to scan here (a finished state, or an empty shard): geometry only
+                dataset = data.dataset if isinstance(data, DataLoader) else data
+                if total is None or not _is_dataset(dataset):
+                    raise InputError("the loader yielded no images; check the dataset is not empty")
+                first = batch_images(dataset[0]).unsqueeze(0)
+                size = setup(dn, dn._check_input(first.to(device=device, dtype=dtype)))
+    except KeyboardInterrupt:
+        save()
+        raise
+    finally:
+        for h in handles:
+            h.remove()
+        bar.close()
+    save()
+
+    images = done
+    merged: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+    if dist is not None:
+        comm = _comm_device(dist, device)
+        count = torch.tensor([done], dtype=torch.long, device=comm)
+        dist.all_reduce(count)
+        images = int(count.item())
+        for layer in names:
+            r = running[layer]
+            parts = []
+            for t in (r.values, r.index, r.pos):
+                assert t is not None
+                t = t.contiguous().to(comm)
+                got = [torch.empty_like(t) for _ in range(world)]
+                dist.all_gather(got, t)
+                parts.append(torch.cat(got, dim=1).to(device))
+            merged[layer] = select_top(parts[0], parts[1], parts[2], k)
+    tops: dict[str, Any] = {}
+    for layer in names:
+        r = running[layer]
+        if dist is not None:
+            values, index, pos = merged[layer]
+        else:
+            assert r.values is not None and r.index is not None and r.pos is not None
+            values, index, pos = r.values, r.index, r.pos
+        values, index, pos = values.cpu(), index.cpu(), pos.cpu()
+        missing = index == _MISSING
+        index = index.masked_fill(missing, -1)
+        values = values.masked_fill(missing, -math.inf)
+        pos = pos.masked_fill(missing, 0)
+        positions = torch.stack([pos // r.width, pos % r.width], dim=-1)
+        boxes = _boxes(rfs[layer], positions, size)
+        tops[layer] = TopActivations(layer, values, index, positions, boxes, size, rfs[layer])
+    return Scan(tops, images, k)
+
+
+def _comm_device(dist: Any, device: torch.device) -> torch.device:
+    """Where collective tensors must live: CUDA for NCCL, else CPU."""
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def project_layer(
+    model: nn.Module,
+    dataset: Any,
+    top: Any,
+    rule: str = "deconvnet",
+    *,
+    batch_size: int = 256,
+    progress: bool = True,
+    distributed: bool | None = None,
+) -> Any:
+    """Project every top activation of one scanned layer, sharded over processes.
+
+    Each rank projects the channels ``c`` with ``c % world == rank`` (with
+    :func:`deconvviz.project_top`) and rank 0 gathers them.
+
+    Args:
+        model: the network the scan ran on.
+        dataset: the dataset it read (``dataset[i]`` is an image or ``(image, label)``).
+        top: a :class:`deconvviz.TopActivations` (``scan_result[layer]``).
+        rule: ``"deconvnet"``, ``"gradient"`` or ``"guided"``.
+        batch_size: seeds per batch.
+        progress: show a progress bar (rank 0).
+        distributed: shard over the process group; ``None``: when one is initialised.
+
+    Returns:
+        A :class:`deconvviz.TopProjections` of all channels on rank 0; ``None`` on other ranks.
+    """
+    from deconvviz.topk import TopProjections, project_top
+
+    rank, world, dist = _world()
+    if distributed is False or dist is None:
+        rank, world, dist = 0, 1, None
+    mine = list(range(rank, top.channels, world))
+    part = None
+    if mine:
+        part = project_top(
+            model,
+            dataset,
+            top,
+            rule,
+            channels=mine,
+            batch_size=batch_size,
+            progress=progress and rank == 0,
+        )
+    if dist is None:
+        assert part is not None
+        return part
+    payload = None if part is None else (mine, part.reconstructions, part.patches)
+    got: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(payload, got, dst=0)
+    if rank != 0:
+        return None
+    assert got is not None
+    first = next(p for p in got if p is not None)
+    recs = first[1].new_zeros((top.channels, *first[1].shape[1:]))
+    patches = first[2].new_zeros((top.channels, *first[2].shape[1:]))
+    for p in got:
+        if p is not None:
+            idx = torch.tensor(p[0], dtype=torch.long)
+            recs[idx], patches[idx] = p[1], p[2]
+    return TopProjections(top, recs, patches, rule)
