@@ -3,14 +3,14 @@ every command that loads a model gets it (through :func:`deconvviz.loading.load_
 
 A command decorated with :func:`model_options` receives one ``model_spec`` argument (a
 :class:`ModelSpec`) and calls ``model_spec.load(checkpoint, device)``; the one-line layout
-message goes to stderr.
+message goes to stderr when the command has succeeded (an error stays the only line).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ class ModelSpec:
     trust_checkpoint: bool = False
     normalize: str | None = None
     image_size: int | None = None
+    #: layout lines kept back until the command succeeds (an error stays one line)
+    held: list[str] | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return self.model or ""
@@ -50,7 +52,10 @@ class ModelSpec:
             map_location=device,
         )
         if not quiet and (self.model or self.normalize or self.trust_checkpoint):
-            click.echo(loaded.message, err=True)
+            if self.held is not None:
+                self.held.append(loaded.message)
+            else:
+                click.echo(loaded.message, err=True)
         return loaded
 
 
@@ -105,8 +110,12 @@ def model_options(f: Callable[..., Any], into: str = "model_spec") -> Callable[.
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         values = {name: kwargs.pop(name) for name in _NAMES if name in kwargs}
         values["model_args"] = tuple(values.get("model_args") or ())
-        kwargs[into] = ModelSpec(**values)
-        return f(*args, **kwargs)
+        held: list[str] = []
+        kwargs[into] = ModelSpec(**values, held=held)
+        result = f(*args, **kwargs)
+        for line in held:  # said once the command has succeeded: errors stay one line
+            click.echo(line, err=True)
+        return result
 
     for option in reversed(_OPTIONS):
         wrapper = option(wrapper)
