@@ -60,7 +60,7 @@ def test_command_lists_show_whole_summaries(width):
 
 SHARED = {
     "--checkpoint": ("-c", "PATH"),
-    "--model": (None, "MODULE:FACTORY"),
+    "--model": (None, "SPEC"),
     "--device": (None, "NAME"),
     "--out": ("-o", "DIR"),
     "--data-dir": (None, "DIR"),
@@ -84,7 +84,8 @@ def test_shared_options_look_the_same_on_every_command(flag):
 def test_progress_and_device_are_on_every_command_that_runs_a_model():
     for path, command in LEAVES:
         opts = _options(command)
-        if "--checkpoint" in opts and path != "deconvviz filters":  # filters runs no model
+        # filters runs no model; inspect runs one forward pass of zeros on the CPU
+        if "--checkpoint" in opts and path not in ("deconvviz filters", "deconvviz inspect"):
             assert "--device" in opts and "--model" in opts, path
             assert "--progress" in opts, path
         if "--progress" in opts:

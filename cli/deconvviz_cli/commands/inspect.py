@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from deconvviz_cli.model_options import ModelSpec, model_options
+from deconvviz_cli.options import RUN_HELP
 
 
 @click.command("inspect", short_help="Every layer: shape, receptive field, reverse step.")
@@ -15,8 +16,8 @@ from deconvviz_cli.model_options import ModelSpec, model_options
     "-c",
     type=click.Path(path_type=Path),
     default=None,
-    help="Run directory made by 'deconvviz train', or a weights file for --model (optional: "
-    "without it the model keeps its random weights, which does not change the table).",
+    metavar="PATH",
+    help=RUN_HELP,
 )
 @model_options
 @click.option(
@@ -49,6 +50,9 @@ def inspect_cmd(
     """A table of every layer of a model: name (one row per call of a shared module, as
     'layer1.0.relu:1'), type, output shape for --image-size inputs, receptive field size and
     stride in input pixels, the reverse step it gets, and any activation with no deconvnet rule.
+
+    -c is optional here: without it the model keeps its random weights, which does not change
+    the table.
 
     \b
     Examples:
