@@ -62,6 +62,7 @@ _UPPER_CLAMPS = {"clamp_max", "clamp_max_"}
 _MAXIMA = {"maximum", "max"}  # binary forms only: max(x, other)
 _MINIMA = {"minimum", "min", "fmax", "fmin"}  # binary forms only
 _THRESHOLDS = {"threshold", "threshold_", "_threshold"}
+_RELU_LIKE = _CLAMPS | _UPPER_CLAMPS | _MAXIMA | _MINIMA | _THRESHOLDS
 _NO_RULE_FUNCS = {
     "tanh",
     "tanh_",
@@ -294,7 +295,7 @@ def _relu_form(func: Any, name: str, args: tuple, kwargs: dict) -> tuple[str, An
             kwargs.get("inplace", args[1] if func is F.relu and len(args) > 1 else False)
         )
         return ("relu", args[0], inplace)
-    if not args or not isinstance(args[0], Tensor):
+    if name not in _RELU_LIKE or not args or not isinstance(args[0], Tensor):
         return None
     x = args[0]
     inplace = name.endswith("_") or bool(kwargs.get("inplace", False))
