@@ -6,7 +6,8 @@ How it works (see ``docs/method.md``):
   ``W^T``, BatchNorm scaling, average-pool spreading, residual adds, concatenations) is exactly the
   autograd backward of the forward op. Only the ReLU step differs. So the engine runs the
   model's own forward under a :class:`torch.overrides.TorchFunctionMode` that replaces every ReLU
-  *call* -- ``nn.ReLU`` (in-place or not), ``F.relu``, ``torch.relu``, ``x.relu()``, ``relu_`` --
+  *call* -- ``nn.ReLU`` (in-place or not), ``F.relu``, ``torch.relu``, ``x.relu()``, ``relu_``,
+  and ReLUs spelt ``clamp(x, min=0)``, ``torch.maximum(x, zeros)`` or ``F.threshold(x, 0, 0)`` --
   with an autograd function whose backward is the chosen rule, then asks autograd for the
   gradient of the seeded layer output with respect to the input. Functional ReLUs, reused ReLU
   modules and skip connections are all covered because the rule acts on each call.
@@ -14,7 +15,10 @@ How it works (see ``docs/method.md``):
   that activation's receptive field. When the receptive field can be followed (see
   :mod:`deconvviz.receptive`), each seed runs on a crop of the input that holds its receptive
   field, aligned to the layer's stride; this gives exactly the same result as the full image
-  (tested) and is what makes projecting every channel of a layer fast.
+  (tested) and is what makes projecting every channel of a layer fast. Downstream of any op
+  whose effect depends on the absolute position the receptive field is not followed and full
+  images are used; every crop is also checked: the seed's value computed on the crop must equal
+  the full image's, or the engine warns and uses full images for that layer.
 * Nothing is attached to the model between calls: hooks live only during a pass and are removed
   in ``finally``; ``training`` flags are restored; parameters never get ``.grad``.
 """
