@@ -13,6 +13,7 @@ from torch import nn
 
 from deconvviz._io import save_figure, save_image, save_torch, write_json, write_text
 from deconvviz.errors import InputError, LayerError, unknown_name
+from deconvviz_cli._datasets import dataset_note
 
 _RUN_HELP = "Run directory made by `deconvviz train` (or its checkpoint.pt)."
 
@@ -251,6 +252,11 @@ def filters(
     help="Folder holding the run's dataset (e.g. ../shared/data).",
 )
 @click.option(
+    "--dataset",
+    default=None,
+    help="Dataset under --data-dir (cifar10-course, cifar10, mnist); default: the run's.",
+)
+@click.option(
     "--out",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
@@ -269,6 +275,7 @@ def filters(
 def stats(
     checkpoint: Path,
     data_dir: Path,
+    dataset: str | None,
     out: Path,
     layers: tuple[str, ...],
     split: str,
@@ -294,9 +301,12 @@ def stats(
 
     run = _load(checkpoint, device)
     config = run.config or getattr(run.model, "config", {})
-    dataset = dataset_for_config(config, data_dir, split=split)
-    loader = DataLoader(dataset, batch_size=batch_size)
-    title = f"# Statistics of {run.path} on {dataset.name} ({split}, {len(dataset)} images)\n\n"
+    if dataset is not None:
+        config = {**config, "dataset": dataset}
+    data = dataset_for_config(config, data_dir, split=split)
+    dataset_note(data_dir, data.name, dataset)
+    loader = DataLoader(data, batch_size=batch_size)
+    title = f"# Statistics of {run.path} on {data.name} ({split}, {len(data)} images)\n\n"
     if callable(getattr(run.model, "hidden_states", None)) and not layers:
         hs = hidden_state_stats(run.model, loader, progress=progress)
         write_text(out / "stats.md", title + hidden_state_table(hs))

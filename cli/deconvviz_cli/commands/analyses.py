@@ -17,6 +17,7 @@ import torch
 
 from deconvviz._io import save_figure, write_json, write_text
 from deconvviz.errors import InputError
+from deconvviz_cli._datasets import dataset_note
 
 __all__ = [
     "correspondence_cmd",
@@ -40,6 +41,11 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
             required=True,
             type=click.Path(path_type=Path),
             help="Folder holding the run's dataset, or a root such as ../shared/data.",
+        ),
+        click.option(
+            "--dataset",
+            default=None,
+            help="Dataset under --data-dir (cifar10-course, cifar10, mnist); default: the run's.",
         ),
         click.option(
             "--split",
@@ -81,9 +87,12 @@ def _load(
     run = load_run(opts["checkpoint"], map_location=opts["device"])
     config = run.config or getattr(run.model, "config", None) or {}
     if config:
+        if opts["dataset"] is not None:
+            config = {**config, "dataset": opts["dataset"]}
         ds = dataset_for_config(config, opts["data_dir"], opts["split"])
     else:
-        ds = load_dataset(opts["data_dir"], "auto", opts["split"])
+        ds = load_dataset(opts["data_dir"], opts["dataset"] or "auto", opts["split"])
+    dataset_note(opts["data_dir"], ds.name, opts["dataset"])
     if opts["indices"]:
         bad = [i for i in opts["indices"] if i >= len(ds)]
         if bad:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import click
 
 from deconvviz.checkpoint import Run, load_run
 from deconvviz.report import SECTIONS
+from deconvviz_cli._datasets import dataset_note
 
 RULES = ("deconvnet", "gradient", "guided")
 
@@ -186,6 +188,7 @@ def reconstruct_cmd(
     from torch.utils.data import Subset
 
     data = rec.dataset_for_model(run.model, run.config, data_dir, dataset, split)
+    dataset_note(data_dir, getattr(data, "name", None), dataset)
     if max_images is not None and len(data) > max_images:
         data = Subset(data, range(max_images))
     found = rec.reconstruct_dataset(
@@ -362,6 +365,8 @@ def report_cmd(
         sections=list(sections) or None,
         progress=progress,
     )
+    used = json.loads(report.manifest.read_text()).get("dataset") or {}
+    dataset_note(data_dir, used.get("name") if isinstance(used, dict) else None, dataset)
     skipped = f", skipped: {', '.join(s for s, _ in report.skipped)}" if report.skipped else ""
     click.echo(f"wrote {report.index} ({len(report.figures)} figures{skipped})")
 

@@ -12,6 +12,7 @@ from click.core import ParameterSource
 from deconvviz.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from deconvviz.errors import CheckpointError, InputError
 from deconvviz.train import TrainConfig, TrainResult, train_from_data
+from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.commands.analyses import EvolutionHook, evolution_options
 
 __all__ = ["sweep", "train"]
@@ -206,6 +207,22 @@ def _run(
     click.echo(_report(result, opts["out"]) + extra)
 
 
+_rnn_dataset = click.option(
+    "--dataset",
+    type=click.Choice(["mnist"]),
+    default="mnist",
+    show_default=True,
+    help="The RNNs read MNIST's rows (picked from a --data-dir that holds several datasets).",
+)
+
+
+def _given(ctx: click.Context, param: str) -> Any:
+    """The parameter's value where the user gave it on the command line, else None."""
+    if ctx.get_parameter_source(param) is ParameterSource.COMMANDLINE:
+        return ctx.params.get(param)
+    return None
+
+
 @click.group("train")
 def train() -> None:
     """Train an example target: LeNet5 on CIFAR-10, RNN/LSTM/GRU on MNIST."""
@@ -218,7 +235,9 @@ def train() -> None:
     type=click.Choice(["auto", "cifar10-course", "cifar10"]),
     default="auto",
     show_default=True,
-    help="cifar10-course (1x28x28 class folders) or cifar10 (npz / batches).",
+    help="cifar10-course (1x28x28 class folders) or cifar10 (npz / batches); auto: the one "
+    "dataset under --data-dir, or from a folder holding several the one that fits the model "
+    "(cifar10-course for 1x28x28).",
 )
 @click.option(
     "--in-channels",
@@ -240,8 +259,11 @@ def train_lenet5(
 
     The report's setup: --dataset cifar10-course --per-class 500.
     """
-    from deconvviz.data import load_dataset
+    from deconvviz.data import choose_dataset, load_dataset
 
+    if dataset == "auto" and not opts["resume"]:  # a folder holding several: LeNet5's own
+        dataset = choose_dataset(opts["data_dir"], "lenet5", in_channels, image_size)
+        dataset_note(opts["data_dir"], dataset)
     name: str | None = None if dataset == "auto" else dataset
     if not opts["resume"] and (in_channels is None or image_size is None):
         probe = load_dataset(opts["data_dir"], dataset, "test", download=opts["download"])
@@ -262,11 +284,14 @@ def train_lenet5(
 @_common_train_options(batch_size=128, iterations=390, lr=1e-3)
 @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="rnn", show_default=True)
 @click.option("--hidden", type=int, default=128, show_default=True, help="Hidden size.")
+@_rnn_dataset
 @click.pass_context
-def train_rnn(ctx: click.Context, cell: str, hidden: int, **opts: Any) -> None:
+def train_rnn(ctx: click.Context, cell: str, hidden: int, dataset: str, **opts: Any) -> None:
     """Train an RNN/LSTM/GRU on MNIST rows (defaults: adam 1e-3, batch 128, 390 steps)."""
     model = {"model": "rnn", "cell": cell, "hidden": hidden, "init": opts.pop("init")}
-    _run(ctx, model, "mnist", opts)
+    if not opts["resume"]:
+        dataset_note(opts["data_dir"], dataset, _given(ctx, "dataset"))
+    _run(ctx, model, dataset, opts)
 
 
 def _parse_grid(values: tuple[str, ...]) -> list[tuple[str, float]]:
@@ -313,6 +338,7 @@ def sweep() -> None:
     type=click.Choice(["cifar10-course", "cifar10"]),
     default="cifar10-course",
     show_default=True,
+    help="Dataset under --data-dir: cifar10-course (the report's setup) or cifar10.",
 )
 @click.option("--per-class", type=int, default=500, show_default=True)
 @click.option("--batch-size", type=int, default=50, show_default=True)
@@ -328,10 +354,14 @@ def sweep() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def sweep_lenet5_cmd(data_dir: Path, out: Path, configs: tuple[str, ...], **opts: Any) -> None:
+@click.pass_context
+def sweep_lenet5_cmd(
+    ctx: click.Context, data_dir: Path, out: Path, configs: tuple[str, ...], **opts: Any
+) -> None:
     """LeNet5: optimisers x learning rates on the course's CIFAR-10 variant."""
     from deconvviz.sweep import LENET5_GRID, sweep_lenet5
 
+    dataset_note(data_dir, opts["dataset"], _given(ctx, "dataset"))
     grid = _parse_grid(configs) if configs else list(LENET5_GRID)
     click.echo(_sweep_report(sweep_lenet5(data_dir, out, grid=grid, **opts)))
 
@@ -361,11 +391,21 @@ def sweep_lenet5_cmd(data_dir: Path, out: Path, configs: tuple[str, ...], **opts
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@_rnn_dataset
+@click.pass_context
 def sweep_rnn_cmd(
-    data_dir: Path, out: Path, cells: tuple[str, ...], hiddens: tuple[int, ...], **opts: Any
+    ctx: click.Context,
+    data_dir: Path,
+    out: Path,
+    cells: tuple[str, ...],
+    hiddens: tuple[int, ...],
+    dataset: str,
+    **opts: Any,
 ) -> None:
     """RNN/LSTM/GRU x hidden sizes on MNIST."""
     from deconvviz.sweep import RNN_CELLS, RNN_HIDDENS, sweep_rnn
+
+    dataset_note(data_dir, dataset, _given(ctx, "dataset"))
 
     result = sweep_rnn(
         data_dir, out, cells=cells or RNN_CELLS, hiddens=hiddens or RNN_HIDDENS, **opts
