@@ -579,7 +579,8 @@ def dataset_for_model(
     trained on the shipped CIFAR-10 sample (``deconvviz demo``) gets that sample back when no
     ``data_dir`` is given (or the full CIFAR-10 under ``data_dir``). For a user model (no
     config) the dataset under ``data_dir`` is converted to the model's input channels and size
-    where :func:`expected_input` can tell them.
+    where :func:`expected_input` can tell them; where ``data_dir`` holds several datasets, the
+    one whose images have that shape is read (:func:`deconvviz.data.choose_dataset`).
 
     Args:
         model: the loaded model.
@@ -588,7 +589,7 @@ def dataset_for_model(
         dataset: a dataset name to force (``"auto"``, ``"cifar10"``, ...).
         split: ``"train"`` or ``"test"``.
     """
-    from deconvviz.data import dataset_for_config, load_dataset
+    from deconvviz.data import choose_dataset, dataset_for_config, load_dataset
 
     model_cfg = config.get("model") if config else None
     trained_on = config.get("dataset") if config else None
@@ -606,9 +607,11 @@ def dataset_for_model(
     if dataset is None and isinstance(model_cfg, Mapping):
         return dataset_for_config(dict(config), data_dir, split)
     channels, size = expected_input(model, config)
+    if dataset is None:  # a folder holding several: the one whose images fit the model
+        dataset = choose_dataset(data_dir, None, channels, size)
     return load_dataset(
         data_dir,
-        dataset or "auto",
+        dataset,
         split,
         grayscale=None if channels is None else channels == 1,
         image_size=size,

@@ -13,6 +13,7 @@ from torch import nn
 
 from deconvviz._io import save_figure, save_image, save_torch, write_json, write_text
 from deconvviz.errors import InputError, LayerError, unknown_name
+from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.options import (
     checkpoint_option,
     data_dir_option,
@@ -263,12 +264,18 @@ def filters(
     show_default=True,
     help="Images per forward pass.",
 )
+@click.option(
+    "--dataset",
+    default=None,
+    help="Dataset under --data-dir (cifar10-course, cifar10, mnist); default: the run's.",
+)
 @device_option()
 @progress_option
 def stats(
     checkpoint: Path,
     model_factory: str | None,
     data_dir: Path | None,
+    dataset: str | None,
     out: Path,
     layers: tuple[str, ...],
     split: str,
@@ -293,9 +300,10 @@ def stats(
     from deconvviz.stats import activation_stats, hidden_state_stats, report_lines
 
     run = load(checkpoint, model_factory, device)
-    dataset = dataset_for_model(run.model, run.config, data_dir, None, split)
-    loader = DataLoader(dataset, batch_size=batch_size)
-    title = f"# Statistics of {run.path} on {dataset.name} ({split}, {len(dataset)} images)\n\n"
+    data = dataset_for_model(run.model, run.config, data_dir, dataset, split)
+    dataset_note(data_dir, data.name, dataset)
+    loader = DataLoader(data, batch_size=batch_size)
+    title = f"# Statistics of {run.path} on {data.name} ({split}, {len(data)} images)\n\n"
     if callable(getattr(run.model, "hidden_states", None)) and not layers:
         hs = hidden_state_stats(run.model, loader, progress=progress)
         write_text(out / "stats.md", title + hidden_state_table(hs))
