@@ -389,8 +389,16 @@ def train_lenet5(
 @click.option(
     "--hidden", type=click.IntRange(min=1), default=256, show_default=True, help="fc6 units."
 )
+@click.option(
+    "--dataset",
+    type=click.Choice(["cifar10"]),
+    default="cifar10",
+    show_default=True,
+    help="The full CIFAR-10 (npz or cifar-10-batches-py; picked from a --data-dir that holds "
+    "several datasets).",
+)
 @click.pass_context
-def train_zfnet(ctx: click.Context, width: int, hidden: int, **opts: Any) -> None:
+def train_zfnet(ctx: click.Context, width: int, hidden: int, dataset: str, **opts: Any) -> None:
     """Train the Zeiler & Fergus-style 5-conv net on the full CIFAR-10 (the demo's model).
 
     The shipped model's recipe: --epochs 20 with the defaults (sgd, nesterov momentum 0.9,
@@ -399,8 +407,8 @@ def train_zfnet(ctx: click.Context, width: int, hidden: int, **opts: Any) -> Non
     opts.pop("init")
     model = {"model": "zfnet-cifar", "width": width, "hidden": hidden}
     if not opts["resume"]:
-        dataset_note(opts["data_dir"], "cifar10")
-    _run(ctx, model, "cifar10", opts)
+        dataset_note(opts["data_dir"], dataset, _given(ctx, "dataset"))
+    _run(ctx, model, dataset, opts)
 
 
 @train.command("rnn", short_help="Train an RNN, LSTM or GRU on MNIST rows.")
