@@ -355,3 +355,181 @@ def layer_value(case: Case, model: nn.Module, x: Tensor, layer: str) -> Tensor:
             _resnet_forward if isinstance(model, torchvision.models.ResNet) else _functional_forward
         )
         return fwd(model, x, layer, "deconvnet")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ position-dependent models
+#
+# Each op below acts on conv1's output [N, C, H, W] with an effect that depends on the absolute
+# position (rows 0..1, a column mask, a ramp, coordinate channels...). A receptive-field crop
+# would see that effect at the crop's own rows 0..1 instead of the image's: crops must not be
+# used downstream of them. The last ones are position-free controls (crops are valid there).
+
+
+def _set_rows(x: Tensor) -> Tensor:
+    x[:, :, :2] = 0
+    return x
+
+
+def _zero_view(x: Tensor) -> Tensor:
+    x[:, :, :2].zero_()
+    return x
+
+
+def _narrow_zero(x: Tensor) -> Tensor:
+    x.narrow(2, 0, 2).zero_()
+    return x
+
+
+def _scale_rows(x: Tensor) -> Tensor:
+    x[:, :, :2] *= 0.5
+    return x
+
+
+def _row_mask_in_place(x: Tensor) -> Tensor:
+    mask = (torch.arange(x.shape[2]) >= 2).to(x.dtype).view(1, 1, -1, 1)
+    return x.mul_(mask)
+
+
+def _col_mask(x: Tensor) -> Tensor:
+    return x * (torch.arange(x.shape[3]) >= 2).view(1, 1, 1, -1)
+
+
+def _row_ramp(x: Tensor) -> Tensor:
+    return x + torch.linspace(0, 1, x.shape[2], dtype=x.dtype).view(1, 1, -1, 1)
+
+
+def _coord_channel(x: Tensor) -> Tensor:
+    n, _, h, w = x.shape
+    rows = torch.linspace(-1, 1, h, dtype=x.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
+    return torch.cat([x[:, :-1], rows], 1)
+
+
+def _cat_rows(x: Tensor) -> Tensor:
+    return torch.cat([x[:, :, :2] * 0.5, x[:, :, 2:]], 2)
+
+
+def _shift_pad(x: Tensor) -> Tensor:
+    return F.pad(x, (1, 0, 1, 0))
+
+
+def _index_select(x: Tensor) -> Tensor:
+    keep = torch.arange(x.shape[3] - 1, -1, -1)
+    return x.index_select(3, keep)
+
+
+def _data_write(x: Tensor) -> Tensor:
+    x.data[:, :, :2] = 0  # behind autograd's back
+    return x
+
+
+def _roll(x: Tensor) -> Tensor:
+    return torch.roll(x, 1, 2)
+
+
+def _channel_scale(x: Tensor) -> Tensor:  # control: per-channel constants are position-free
+    scale = torch.linspace(0.5, 1.5, x.shape[1], dtype=x.dtype).view(1, -1, 1, 1)
+    x[:, :1] = x[:, :1] * 2  # a channel write leaves positions alone
+    return x * scale + torch.zeros(1, 1, x.shape[2], 1, dtype=x.dtype)  # a constant profile
+
+
+def _identity(x: Tensor) -> Tensor:  # control
+    return x
+
+
+#: name -> (op, position-dependent?)
+POSITION_OPS: dict[str, tuple[Callable[[Tensor], Tensor], bool]] = {
+    "setitem": (_set_rows, True),
+    "zero_view": (_zero_view, True),
+    "narrow_zero": (_narrow_zero, True),
+    "scale_rows": (_scale_rows, True),
+    "row_mask_in_place": (_row_mask_in_place, True),
+    "col_mask": (_col_mask, True),
+    "row_ramp": (_row_ramp, True),
+    "coord_channel": (_coord_channel, True),
+    "cat_rows": (_cat_rows, True),
+    "shift_pad": (_shift_pad, True),
+    "index_select": (_index_select, True),
+    "data_write": (_data_write, True),
+    "roll": (_roll, True),
+    "channel_scale": (_channel_scale, False),
+    "identity": (_identity, False),
+}
+
+
+class PositionNet(nn.Module):
+    """conv1 -> op -> relu1 -> conv2 -> bn2 -> relu2 -> pool -> conv3 -> relu3, where ``op`` is
+    one of POSITION_OPS. conv1 is upstream of the op (crops stay valid); the rest is downstream."""
+
+    def __init__(self, op: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.op = op
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv3 = nn.Conv2d(6, 6, 3, padding=1)
+        self.relu3 = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.relu1(self.op(self.conv1(x)))
+        h = self.relu2(self.bn2(self.conv2(h)))
+        return self.relu3(self.conv3(self.pool(h)))
+
+
+def position_net(name: str, seed: int = 0, size: int = 40) -> tuple[nn.Module, Tensor]:
+    torch.manual_seed(seed)
+    model = PositionNet(POSITION_OPS[name][0]).double().eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    _randomise_bn(model, gen)
+    x = torch.rand(2, 3, size, size, generator=gen, dtype=torch.float64)
+    return model, x
+
+
+class _OracleAct(nn.Module):
+    def __init__(self, rule: str) -> None:
+        super().__init__()
+        self.rule = rule
+
+    def forward(self, x: Tensor) -> Tensor:
+        return OracleReLU.apply(x, self.rule)
+
+
+class _Stop(Exception):
+    pass
+
+
+def module_oracle(
+    model: nn.Module,
+    x: Tensor,
+    layer: str,
+    seeds: list[tuple[int, int, int, int]],
+    rule: str = "deconvnet",
+) -> Tensor:
+    """Plain autograd on a copy of ``model`` whose nn.ReLU modules (its only activations) are the
+    oracle's ReLU; stops at ``layer``'s output (after any hooks) and seeds it. Dense, full image.
+    """
+    import copy
+
+    twin = copy.deepcopy(model)
+    for name, m in list(twin.named_modules()):
+        if isinstance(m, nn.ReLU):
+            parent = twin.get_submodule(name.rpartition(".")[0]) if "." in name else twin
+            setattr(parent, name.rpartition(".")[2], _OracleAct(rule))
+    caught: list[Tensor] = []
+
+    def stop(module: nn.Module, args: object, out: Tensor) -> None:
+        caught.append(out)
+        raise _Stop
+
+    handle = twin.get_submodule(layer).register_forward_hook(stop)
+    xi = x[torch.tensor([img for img, _, _, _ in seeds])].clone().requires_grad_(True)
+    try:
+        twin(xi)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    (g,) = torch.autograd.grad(caught[0], xi, _seed_like(caught[0], seeds))
+    return g

@@ -41,6 +41,7 @@ __all__ = [
     "DATASETS",
     "ImageDataset",
     "MNIST_CLASSES",
+    "choose_dataset",
     "dataset_for_config",
     "find_datasets",
     "load_dataset",
@@ -242,6 +243,90 @@ def find_datasets(data_dir: str | os.PathLike[str]) -> dict[str, Path]:
         if hit is not None:
             found[name] = hit[1]
     return found
+
+
+def _native_shape(name: str, path: Path) -> tuple[int, int] | None:
+    """``(channels, size)`` of the images of dataset ``name`` found at ``path``, if square."""
+    if name == "cifar10":
+        return 3, 32
+    if name == "mnist":
+        return 1, 28
+    from PIL import Image, UnidentifiedImageError
+
+    split_dir = _split_dir(path, "test")
+    first = None
+    if split_dir is not None:
+        first = next(
+            (
+                f
+                for d in sorted(p for p in split_dir.iterdir() if p.is_dir())
+                for f in sorted(d.iterdir())
+                if f.suffix.lower() in _IMAGE_SUFFIXES
+            ),
+            None,
+        )
+    if first is None:
+        return None
+    try:
+        with Image.open(first) as im:
+            grey = im.mode in ("L", "1", "LA", "I", "I;16", "F")
+            w, h = im.size
+    except (UnidentifiedImageError, OSError):
+        return None
+    return (1 if grey else 3, w) if w == h else None
+
+
+def choose_dataset(
+    data_dir: str | os.PathLike[str],
+    model: str | None = None,
+    channels: int | None = None,
+    size: int | None = None,
+) -> str:
+    """The dataset under ``data_dir`` that goes with a model, for a folder holding several.
+
+    Where ``data_dir`` holds at most one dataset this returns ``"auto"`` (:func:`load_dataset`
+    then finds it, or says what is missing). Where it holds several, the choice follows the
+    model: ``"rnn"`` reads MNIST; ``"lenet5"`` reads the course's CIFAR-10 variant when its input
+    is 1x28x28 (or not given) and CIFAR-10 otherwise; any other model the one dataset whose
+    images have its input ``channels`` (and ``size``, where given).
+
+    Args:
+        data_dir: as for :func:`load_dataset`.
+        model: ``"lenet5"``, ``"rnn"`` or ``None`` (a user model).
+        channels: the model's input channels, where known.
+        size: the model's input size, where known.
+
+    Returns:
+        A dataset name for :func:`load_dataset`, or ``"auto"``.
+
+    Raises:
+        DataError: the folder holds several datasets and nothing above tells which (the message
+            says to choose with ``--dataset NAME``).
+    """
+    root = Path(data_dir).expanduser()
+    found = find_datasets(root) if root.is_dir() else {}
+    if len(found) <= 1:
+        return "auto"
+    pick: str | None = None
+    if model == "rnn" and "mnist" in found:
+        pick = "mnist"
+    elif model == "lenet5":
+        course = channels in (None, 1) and size in (None, 28)
+        order = ("cifar10-course", "cifar10") if course else ("cifar10", "cifar10-course")
+        pick = next((n for n in order if n in found), None)
+    elif model is None and (channels is not None or size is not None):
+        fits = []
+        for name, path in sorted(found.items()):
+            shape = _native_shape(name, path)
+            if shape is not None and channels in (None, shape[0]) and size in (None, shape[1]):
+                fits.append(name)
+        pick = fits[0] if len(fits) == 1 else None
+    if pick is None:
+        raise DataError(
+            f"{root} holds several datasets ({', '.join(sorted(found))}) and the model does not "
+            "tell which it goes with; choose one with --dataset NAME"
+        )
+    return pick
 
 
 # --------------------------------------------------------------------------------- readers
@@ -549,7 +634,7 @@ def load_dataset(
         elif len(found) > 1:
             raise DataError(
                 f"{root} holds several datasets ({', '.join(sorted(found))}); "
-                "pick one with --dataset NAME (name= in Python)"
+                "choose one with --dataset NAME"
             )
         else:
             name = next(iter(found))

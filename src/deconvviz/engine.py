@@ -6,7 +6,8 @@ How it works (see ``docs/method.md``):
   ``W^T``, BatchNorm scaling, average-pool spreading, residual adds, concatenations) is exactly the
   autograd backward of the forward op. Only the ReLU step differs. So the engine runs the
   model's own forward under a :class:`torch.overrides.TorchFunctionMode` that replaces every ReLU
-  *call* -- ``nn.ReLU`` (in-place or not), ``F.relu``, ``torch.relu``, ``x.relu()``, ``relu_`` --
+  *call* -- ``nn.ReLU`` (in-place or not), ``F.relu``, ``torch.relu``, ``x.relu()``, ``relu_``,
+  and ReLUs spelt ``clamp(x, min=0)``, ``torch.maximum(x, zeros)`` or ``F.threshold(x, 0, 0)`` --
   with an autograd function whose backward is the chosen rule, then asks autograd for the
   gradient of the seeded layer output with respect to the input. Functional ReLUs, reused ReLU
   modules and skip connections are all covered because the rule acts on each call.
@@ -14,7 +15,10 @@ How it works (see ``docs/method.md``):
   that activation's receptive field. When the receptive field can be followed (see
   :mod:`deconvviz.receptive`), each seed runs on a crop of the input that holds its receptive
   field, aligned to the layer's stride; this gives exactly the same result as the full image
-  (tested) and is what makes projecting every channel of a layer fast.
+  (tested) and is what makes projecting every channel of a layer fast. Downstream of any op
+  whose effect depends on the absolute position the receptive field is not followed and full
+  images are used; every crop is also checked: the seed's value computed on the crop must equal
+  the full image's, or the engine warns and uses full images for that layer.
 * Nothing is attached to the model between calls: hooks live only during a pass and are removed
   in ``finally``; ``training`` flags are restored; parameters never get ``.grad``.
 """
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +60,13 @@ class DeconvvizWarning(UserWarning):
 
 _RELU_OUT_OF_PLACE = {F.relu, torch.relu, torch.Tensor.relu}
 _RELU_IN_PLACE = {torch.relu_, torch.Tensor.relu_}
+# Calls that are a ReLU when their bound is exactly 0, and an activation without a rule otherwise.
+_CLAMPS = {"clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_"}
+_UPPER_CLAMPS = {"clamp_max", "clamp_max_"}
+_MAXIMA = {"maximum", "max"}  # binary forms only: max(x, other)
+_MINIMA = {"minimum", "min", "fmax", "fmin"}  # binary forms only
+_THRESHOLDS = {"threshold", "threshold_", "_threshold"}
+_RELU_LIKE = _CLAMPS | _UPPER_CLAMPS | _MAXIMA | _MINIMA | _THRESHOLDS
 _NO_RULE_FUNCS = {
     "tanh",
     "tanh_",
@@ -83,8 +94,6 @@ _NO_RULE_FUNCS = {
     "tanhshrink",
     "glu",
     "relu6",
-    "threshold",
-    "threshold_",
     "softmax",
     "log_softmax",
     "layer_norm",
@@ -168,6 +177,22 @@ _STEPS: list[tuple[tuple[type[nn.Module], ...], str]] = [
     ((nn.Unflatten,), "flatten"),
     ((nn.Identity,), "identity"),
     (
+        (nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d),
+        "gather at the switches (transpose of unpooling)",
+    ),
+    ((nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle), "the inverse rearrangement"),
+    (
+        (
+            nn.ReflectionPad1d,
+            nn.ReflectionPad2d,
+            nn.ReflectionPad3d,
+            nn.ReplicationPad1d,
+            nn.ReplicationPad2d,
+            nn.ReplicationPad3d,
+        ),
+        "transpose of padding (reflected/replicated pixels add back)",
+    ),
+    (
         (nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d),
         "crop (transpose of padding)",
     ),
@@ -177,7 +202,20 @@ _STEPS: list[tuple[tuple[type[nn.Module], ...], str]] = [
 ]
 
 
+# torchvision.ops layers that are linear (identity in eval mode): autograd is their exact transpose.
+# Matched by name so that the engine does not import torchvision.
+_TORCHVISION_LINEAR = {
+    "Permute": "the inverse permutation",
+    "StochasticDepth": "identity (eval mode)",
+}
+
+
 def _step_for(module: nn.Module, relu_step: str) -> str:
+    if isinstance(module, nn.Threshold) and module.threshold == 0 and module.value == 0:
+        return relu_step  # Threshold(0, 0) is a ReLU
+    cls = type(module)
+    if cls.__module__.startswith("torchvision.ops") and cls.__name__ in _TORCHVISION_LINEAR:
+        return _TORCHVISION_LINEAR[cls.__name__]
     for types, step in _STEPS:
         if isinstance(module, types):
             return relu_step if step == "<relu>" else step
@@ -238,6 +276,68 @@ class _Event:
     supported: bool
 
 
+def _is_zero(v: Any) -> bool:
+    """A bound that is exactly 0: a number, or a constant tensor of zeros."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return v == 0
+    if isinstance(v, Tensor):
+        return not v.requires_grad and v.numel() > 0 and bool((v == 0).all())
+    return False
+
+
+def _relu_form(func: Any, name: str, args: tuple, kwargs: dict) -> tuple[str, Any, bool] | None:
+    """Whether a call is a ReLU spelt another way.
+
+    Returns ``("relu", x, in_place)`` for ``clamp(x, min=0)``, ``x.clamp_min(0)``,
+    ``torch.maximum(x, zeros)``, ``F.threshold(x, 0, 0)`` and their in-place forms;
+    ``("other", None, False)`` for the same calls with any other bound (no deconvnet rule);
+    ``None`` for everything else."""
+    if func in _RELU_OUT_OF_PLACE or func in _RELU_IN_PLACE:
+        inplace = func in _RELU_IN_PLACE or bool(
+            kwargs.get("inplace", args[1] if func is F.relu and len(args) > 1 else False)
+        )
+        return ("relu", args[0], inplace)
+    if name not in _RELU_LIKE or not args or not isinstance(args[0], Tensor):
+        return None
+    x = args[0]
+    inplace = name.endswith("_") or bool(kwargs.get("inplace", False))
+    if name in _CLAMPS:
+        lo = kwargs.get("min", args[1] if len(args) > 1 else None)
+        hi = kwargs.get("max", args[2] if len(args) > 2 else None)
+        if hi is None and _is_zero(lo):
+            return ("relu", x, inplace)
+        return ("other", None, False)
+    if name in _UPPER_CLAMPS:
+        return ("other", None, False)
+    if name in _THRESHOLDS:
+        th = kwargs.get("threshold", args[1] if len(args) > 1 else None)
+        val = kwargs.get("value", args[2] if len(args) > 2 else None)
+        inplace = inplace or bool(len(args) > 3 and args[3])
+        if _is_zero(th) and _is_zero(val):
+            return ("relu", x, inplace)
+        return ("other", None, False)
+    other = kwargs.get("other", args[1] if len(args) > 1 else None)
+    if not isinstance(other, Tensor):
+        return None  # torch.max(x), torch.max(x, dim): reductions, not activations
+    if name in _MAXIMA:
+        for a, b in ((x, other), (other, x)):
+            if (
+                _is_zero(b)
+                and not _is_zero(a)
+                and torch.broadcast_shapes(a.shape, b.shape) == a.shape
+                and torch.result_type(a, b) == a.dtype
+            ):
+                return ("relu", a, False)
+        if _is_zero(x) and _is_zero(other):
+            return ("relu", x, False)
+        return ("other", None, False)
+    if name in _MINIMA:
+        return ("other", None, False)
+    return None
+
+
 class _Mode(TorchFunctionMode):
     """Sees every torch call of a forward pass: swaps ReLUs, logs activations, follows RFs."""
 
@@ -253,27 +353,45 @@ class _Mode(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if func in _RELU_OUT_OF_PLACE or func in _RELU_IN_PLACE:
-            x = args[0]
-            inplace = func in _RELU_IN_PLACE or bool(
-                kwargs.get("inplace", args[1] if func is F.relu and len(args) > 1 else False)
-            )
-            self._log(name + ("_" if inplace and not name.endswith("_") else ""), True)
+        form = _relu_form(func, name, args, kwargs)
+        if (form is not None and form[0] != "relu") or name in _NO_RULE_FUNCS:
+            if form is None or self._derived(args, kwargs):
+                self._log(name, False)
+            out = func(*args, **kwargs)
+        elif form is not None:
+            _, x, inplace = form
+            if func in _RELU_OUT_OF_PLACE or func in _RELU_IN_PLACE or self._derived(args, kwargs):
+                self._log(name + ("_" if inplace and not name.endswith("_") else ""), True)
             if self.rule is not None and torch.is_grad_enabled() and x.requires_grad:
                 fn = _RuleReLUInPlace if inplace else _RuleReLU
                 out = fn.apply(x, self.rule)
             else:
                 out = func(*args, **kwargs)
         else:
-            if name in _NO_RULE_FUNCS:
-                self._log(name, False)
             out = func(*args, **kwargs)
         if self.tracker is not None:
             self.tracker.update(func, args, kwargs, out)
         return out
 
+    def _derived(self, args: tuple, kwargs: dict) -> bool:
+        """Whether a call reads a tensor that derives from the input (so it is on some path)."""
+        for t in _tensor_args(args, kwargs):
+            if t.requires_grad or (
+                self.tracker is not None and self.tracker.meta.get(t) is not None
+            ):
+                return True
+        return False
+
     def _log(self, func: str, supported: bool) -> None:
         self.events.append(_Event(self.stack[-1] if self.stack else "", func, supported))
+
+
+def _tensor_args(args: tuple, kwargs: dict) -> Iterator[Tensor]:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from (t for t in a if isinstance(t, Tensor))
 
 
 class _StopForward(Exception):
@@ -367,6 +485,11 @@ class Deconvnet:
                 "project; build it from nn.Module layers (nn.Conv2d, nn.ReLU, ...) as attributes"
             )
         self._probes: dict[tuple, _Probe] = {}
+        #: one entry per batch of seeds projected: ``(layer, (crop height, crop width), seeds,
+        #: how)`` with how ``"crop"`` (verified against the full image's values), ``"full"``
+        #: (full-image pass) or ``"fallback"`` (a crop disagreed or failed; redone on full
+        #: images). For tests and debugging; the last 10 000 batches are kept.
+        self.crop_log: deque[tuple[str, tuple[int, int], int, str]] = deque(maxlen=10_000)
         self._warned: set[tuple[str, str]] = set()
         no_rule = [n for n, m in self._modules.items() if _has_no_rule(m)]
         if no_rule and strict:
@@ -447,7 +570,34 @@ class Deconvnet:
         clone_target: bool = False,
         target_input: bool = False,
     ) -> _PassOut:
-        """One forward pass with temporary hooks; returns the target's output and what it saw."""
+        """One forward pass with temporary hooks; returns the target's output and what it saw.
+
+        Runs outside ``torch.inference_mode`` (projections need autograd): an input made inside
+        it is an inference tensor, which is copied to a normal one first."""
+        with torch.inference_mode(False):
+            if x.is_inference():
+                x = x.clone()
+            return self._run_pass(
+                x,
+                target,
+                grad=grad,
+                stop=stop,
+                track=track,
+                clone_target=clone_target,
+                target_input=target_input,
+            )
+
+    def _run_pass(
+        self,
+        x: Tensor,
+        target: str | None,
+        *,
+        grad: bool,
+        stop: bool,
+        track: bool,
+        clone_target: bool,
+        target_input: bool,
+    ) -> _PassOut:
         res = _PassOut()
         stack: list[str] = []
         tracker = RFTracker() if track else None
@@ -807,6 +957,7 @@ class Deconvnet:
                 self, x, info, layer, img, chan, rows, cols, list(range(n_seeds)), exact_cuda
             ):
                 scatter_windows(out, idx, grads, boxes)
+            self.crop_log.append((layer, (h, w), n_seeds, "full"))
             return out
         expected = None
         if rows is None or cols is None:
@@ -853,6 +1004,7 @@ class Deconvnet:
                     self, x, info, layer, img, chan, rows, cols, members, exact_cuda
                 ):
                     yield idx, grads, sub
+                self.crop_log.append((layer, (h, w), len(members), "full"))
                 continue
             cost = per_sample * bh * bw / (h * w)
             chunk = max(1, min(len(members), int(self.max_memory // max(cost, 1))))
@@ -876,13 +1028,15 @@ class Deconvnet:
                     # The model refuses inputs of another size (a shape check in its forward,
                     # say): project on full images instead, for this layer from now on.
                     info.crop_ok = False
-                    grads, _ = self._backward(x[img[idx]], layer, chan[idx], rows[idx], cols[idx])
+                    grads, _ = self._backward(
+                        x[img[idx]], layer, chan[idx], rows[idx], cols[idx], given
+                    )
+                    self.crop_log.append((layer, (h, w), len(idx), "fallback"))
                     yield idx, grads, [(0, 0, h, w)] * len(idx)
                     continue
                 if expected is not None and cropped:
-                    want = expected[idx.to(expected.device)]
-                    tol = 1e-4 * float(want.abs().max().clamp_min(1.0))
-                    if not torch.allclose(values, want, rtol=1e-3, atol=tol):
+                    want = expected[idx.to(expected.device)].to(values.device, values.dtype)
+                    if not _same_values(values, want):
                         warnings.warn(
                             f"receptive-field crops of {layer!r} disagreed with the full image; "
                             "falling back to full-image projections (please report this model)",
@@ -892,10 +1046,12 @@ class Deconvnet:
                         info.crop_ok = False
                         full = [(0, 0, h, w)] * len(idx)
                         grads, _ = self._backward(
-                            x[img[idx]], layer, chan[idx], rows[idx], cols[idx]
+                            x[img[idx]], layer, chan[idx], rows[idx], cols[idx], given
                         )
+                        self.crop_log.append((layer, (h, w), len(idx), "fallback"))
                         yield idx, grads, full
                         continue
+                self.crop_log.append((layer, (bh, bw), len(idx), "crop" if cropped else "full"))
                 yield idx, grads, sub
 
     def _crop_boxes(
@@ -938,42 +1094,68 @@ class Deconvnet:
     ) -> tuple[Tensor, Tensor]:
         """Forward ``inp`` to ``layer``, seed one activation per item with its value, walk back.
 
-        When ``layer`` is a plain convolution and the seeds' values are known, the forward pass
-        stops at the convolution's *input*: the reverse step of a one-activation seed through a
-        convolution is just that filter, scaled by the value, placed at the activation's position
-        (the transposed filters applied to a one-hot), so the convolution itself need not run.
+        Returns the gradients and the seeded activations' values *as computed on* ``inp`` (which
+        the caller compares with the full image's to catch a wrong crop).
+
+        When ``layer`` is a plain convolution (no hooks) and the seeds' values are known, the
+        forward pass stops at the convolution's *input*: the reverse step of a one-activation
+        seed through a convolution is just that filter, scaled by the value, placed at the
+        activation's position (the transposed filters applied to a one-hot), so the convolution
+        itself need not run; its value at the seed is one dot product of that filter with the
+        input window.
         """
-        xin = inp.detach().clone().requires_grad_(True)
-        module = self._modules[_split_layer(layer)[0]]
-        if values is not None and _plain_conv(module):
-            res = self._run(xin, layer, grad=True, stop=True, target_input=True)
-            tin = res.target
-            assert tin is not None
-            seed_in = place_filters(module, tin.shape, chan, prow, pcol, values)  # type: ignore[arg-type]
-            if tin is xin:
-                return seed_in.detach(), values
-            if not tin.requires_grad:
-                return torch.zeros_like(inp), values
+        with torch.inference_mode(False):
+            # tensors made inside torch.inference_mode cannot take part in autograd: copy them
+            chan, prow, pcol = (_normal(t) for t in (chan, prow, pcol))
+            values = None if values is None else _normal(values)
+            xin = inp.detach().clone().requires_grad_(True)
+            module = self._modules[_split_layer(layer)[0]]
+            if values is not None and _plain_conv(module):
+                return self._backward_conv(xin, module, layer, chan, prow, pcol, values)  # type: ignore[arg-type]
+            res = self._run(xin, layer, grad=True, stop=True)
+            out = res.target
+            assert out is not None
+            b = torch.arange(out.shape[0], device=out.device)
+            chan = chan.to(out.device)
+            if out.dim() == 4:
+                index: tuple[Tensor, ...] = (b, chan, prow.to(out.device), pcol.to(out.device))
+            else:
+                index = (b, chan)
+            own = out[index].detach()
+            seed = torch.zeros_like(out)
+            seed[index] = own
+            if not out.requires_grad:
+                return torch.zeros_like(xin).detach(), own
             with torch.enable_grad(), exact_cuda(xin, self._names):
-                (g,) = torch.autograd.grad(tin, xin, seed_in, allow_unused=True)
-            return (torch.zeros_like(inp) if g is None else g.detach()), values
-        res = self._run(xin, layer, grad=True, stop=True)
-        out = res.target
-        assert out is not None
-        b = torch.arange(out.shape[0], device=out.device)
-        chan = chan.to(out.device)
-        if out.dim() == 4:
-            index: tuple[Tensor, ...] = (b, chan, prow.to(out.device), pcol.to(out.device))
-        else:
-            index = (b, chan)
-        values = out[index].detach()
-        seed = torch.zeros_like(out)
-        seed[index] = values
-        if not out.requires_grad:
-            return torch.zeros_like(inp), values
+                (g,) = torch.autograd.grad(out, xin, seed, allow_unused=True)
+            return (torch.zeros_like(xin).detach() if g is None else g.detach()), own
+
+    def _backward_conv(
+        self,
+        xin: Tensor,
+        module: nn.Conv2d,
+        layer: str,
+        chan: Tensor,
+        prow: Tensor,
+        pcol: Tensor,
+        values: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """``_backward`` for a plain convolution: its filters placed at the seeds, no conv run."""
+        res = self._run(xin, layer, grad=True, stop=True, target_input=True)
+        tin = res.target
+        assert tin is not None
+        unit = place_filters(module, tin.shape, chan, prow, pcol, torch.ones_like(values))
+        own = (unit * tin.detach()).sum(dim=(1, 2, 3))
+        if module.bias is not None:
+            own = own + module.bias.detach()[chan.to(own.device)]
+        seed_in = unit * values.to(unit.device, unit.dtype).view(-1, 1, 1, 1)
+        if tin is xin:
+            return seed_in.detach(), own
+        if not tin.requires_grad:
+            return torch.zeros_like(xin).detach(), own
         with torch.enable_grad(), exact_cuda(xin, self._names):
-            (g,) = torch.autograd.grad(out, xin, seed, allow_unused=True)
-        return (torch.zeros_like(inp) if g is None else g.detach()), values
+            (g,) = torch.autograd.grad(tin, xin, seed_in, allow_unused=True)
+        return (torch.zeros_like(xin).detach() if g is None else g.detach()), own
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -1001,6 +1183,27 @@ def batch_images(batch: Any) -> Tensor:
     )
 
 
+def _normal(t: Tensor) -> Tensor:
+    """``t``, or a normal copy of it when it was made inside ``torch.inference_mode``."""
+    return t.clone() if t.is_inference() else t
+
+
+def _same_values(got: Tensor, want: Tensor) -> bool:
+    """Whether activations computed on crops equal the full image's, up to rounding.
+
+    The tolerance is ``sqrt(eps)`` of the dtype (1.5e-8 in float64, 3.5e-4 in float32), relative
+    to each value and to the largest value of the batch: rounding differs between a crop and the
+    full image (another summation order), a wrong crop changes values at the scale of the layer.
+    """
+    if got.shape != want.shape:
+        return False
+    if not got.is_floating_point():
+        return bool(torch.equal(got, want))
+    r = float(torch.finfo(got.dtype).eps) ** 0.5
+    scale = float(torch.maximum(want.abs().max(), got.abs().max()))
+    return bool(torch.allclose(got, want, rtol=r, atol=r * scale))
+
+
 def _split_layer(layer: str) -> tuple[str, int | None]:
     """``"layer1.0.relu:1"`` -> ``("layer1.0.relu", 1)``; a plain name -> ``(name, None)``."""
     name, sep, call = layer.rpartition(":")
@@ -1009,10 +1212,34 @@ def _split_layer(layer: str) -> tuple[str, int | None]:
     return layer, None
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether forward or backward hooks (the module's own or global ones) may change what the
+    module computes."""
+    own = (
+        module._forward_hooks,
+        module._forward_pre_hooks,
+        module._backward_hooks,
+        module._backward_pre_hooks,
+    )
+    glob = torch.nn.modules.module
+    global_ = (
+        getattr(glob, name, None)
+        for name in (
+            "_global_forward_hooks",
+            "_global_forward_pre_hooks",
+            "_global_backward_hooks",
+            "_global_backward_pre_hooks",
+        )
+    )
+    return any(bool(d) for d in own) or any(bool(d) for d in global_)
+
+
 def _plain_conv(module: nn.Module) -> bool:
-    """A Conv2d whose forward is PyTorch's own, with zero padding given as numbers."""
+    """A Conv2d whose forward is PyTorch's own, with zero padding given as numbers, and no hooks
+    that could change its input or output."""
     return (
         isinstance(module, nn.Conv2d)
+        and not _hooked(module)
         and type(module).forward is nn.Conv2d.forward
         and type(module)._conv_forward is nn.Conv2d._conv_forward
         and module.padding_mode == "zeros"

@@ -4,9 +4,14 @@ While the engine runs a forward pass it follows every tensor that derives from t
 keeps, per spatial dimension, an affine map from an output position ``p`` to the interval of
 input pixels that can influence it: ``[p * jump + start, p * jump + end]`` (inclusive). Convolutions
 and pooling compose the map; elementwise ops (ReLU, BatchNorm in eval, residual adds, channel
-concatenations) take the union of their inputs' maps. Any op whose spatial behaviour is not
-known (global pooling, flatten, resizing, a position-dependent constant) makes the map unknown,
-and the engine then falls back to dense, full-image projections.
+concatenations) take the union of their inputs' maps. Any op whose effect may depend on the
+absolute position makes the map unknown, and the engine then falls back to dense, full-image
+projections (exact) for every layer downstream of it: ops it does not know (global pooling,
+flatten, resizing, padding, rolls, ``narrow``, ``index_select``...), indexing that touches H or W
+(reads, writes with ``__setitem__``, in-place ops on such a view, which change the tensor it was
+taken from), constants that vary along H or W (a row mask, a positional ramp, coordinate
+channels, even when they broadcast from ``[H, 1]``) and concatenation along H or W. In-place ops
+carry their verdict to every tensor that shares the mutated storage.
 """
 
 from __future__ import annotations
@@ -145,7 +150,11 @@ _LOCAL = {
     "requires_grad_",
     "detach",
     "__getitem__",
+    "__setitem__",
 }
+# Ops whose 1-d tensor arguments are per-channel parameters, not broadcast along W.
+_PER_CHANNEL = {"batch_norm", "prelu"}
+_CAT = {"cat", "concat"}
 
 
 def _as_pair(v: Any, default: int) -> tuple[int, int]:
@@ -186,19 +195,66 @@ class RFTracker:
 
     def update(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         ins = list(_tensors(args)) + list(_tensors(kwargs))
-        metas = [self.meta.get(t) for t in ins]
-        derived = [(t, m) for t, m in zip(ins, metas, strict=True) if m is not None]
-        if not derived:
+        derived = [(t, m) for t in ins if (m := self.meta.get(t)) is not None]
+        mutated = _mutated(func, args, kwargs)
+        aliases = self._aliases(mutated) if mutated is not None else []
+        if not derived and not aliases:
             return
         outs = list(_tensors(out))
+        if mutated is not None and all(o is not mutated for o in outs):
+            outs = [mutated, *outs]
         if not outs:
             return
         for o in outs:
             if o.dim() > 0:
                 self.bytes_per_sample += o.numel() // max(o.shape[0], 1) * o.element_size()
-        new = self._rule(func, args, kwargs, derived, ins, outs)
+        new = self._rule(func, args, kwargs, derived, ins, outs) if derived else UNKNOWN
         for o in outs:
             self.meta[o] = new if (new is UNKNOWN or o.dim() == 4) else UNKNOWN
+        # An in-place op changes every tensor that shares the storage (the tensor a view was
+        # taken from, ``.data``): they keep a map only if the op was local and they have the
+        # same spatial layout.
+        for a in aliases:
+            assert mutated is not None
+            if a is mutated:
+                continue
+            m = self.meta.get(a)
+            if m is UNKNOWN:
+                continue
+            if (
+                new is UNKNOWN
+                or m is None
+                or a.dim() != 4
+                or mutated.dim() != 4
+                or a.shape[-2:] != mutated.shape[-2:]
+                or (m[0], m[1]) != (new[0], new[1])
+            ):
+                self.meta[a] = UNKNOWN
+            else:
+                self.meta[a] = (
+                    m[0],
+                    m[1],
+                    min(m[2], new[2]),
+                    min(m[3], new[3]),
+                    max(m[4], new[4]),
+                    max(m[5], new[5]),
+                )
+
+    def _aliases(self, t: Tensor) -> list[Tensor]:
+        """Followed tensors (``t`` included when followed) that share ``t``'s storage."""
+        try:
+            ptr = t.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):  # no storage: assume it aliases everything
+            return [k for k, _ in self.meta.items()]
+        found = []
+        for k, _ in self.meta.items():
+            try:
+                same = k.device == t.device and k.untyped_storage().data_ptr() == ptr
+            except (RuntimeError, NotImplementedError):
+                same = True
+            if same and (ptr != 0 or k is t):
+                found.append(k)
+        return found
 
     def _rule(
         self, func: Any, args: tuple, kwargs: dict, derived: list, ins: list, outs: list
@@ -252,21 +308,23 @@ class RFTracker:
             )
         if name not in _LOCAL:
             return UNKNOWN
-        if name == "__getitem__" and not _keeps_positions(args[1] if len(args) > 1 else None):
+        if name in ("__getitem__", "__setitem__") and not _keeps_positions(
+            args[1] if len(args) > 1 else None
+        ):
             return UNKNOWN
+        if name in _CAT:
+            dim = _arg(args, kwargs, 1, "dim", 0)
+            if not isinstance(dim, int) or dim % 4 >= 2:
+                return UNKNOWN  # concatenating along H or W puts pieces at absolute positions
         hw = tuple(out0.shape[-2:])
         spatial = [m for t, m in derived if t.dim() == 4 and tuple(t.shape[-2:]) == hw]
         if len(spatial) != len(derived) or not spatial:
             return UNKNOWN
-        # A constant that varies over positions (a positional embedding, say) breaks the
-        # translation equivariance the crops rely on.
+        # A constant that varies over positions (a positional embedding, a row mask, coordinate
+        # channels, a ramp broadcast from [H, 1]) breaks the translation equivariance the crops
+        # rely on.
         for t in ins:
-            if (
-                self.meta.get(t) is None
-                and t.dim() >= 2
-                and tuple(t.shape[-2:]) == hw
-                and hw != (1, 1)
-            ):
+            if self.meta.get(t) is None and not _position_free(t, name in _PER_CHANNEL):
                 return UNKNOWN
         jumps = {(m[0], m[1]) for m in spatial}
         if len(jumps) != 1:
@@ -282,11 +340,53 @@ class RFTracker:
         )
 
 
+def _mutated(func: Any, args: tuple, kwargs: dict) -> Tensor | None:
+    """The tensor an op writes into in place (``x.mul_(m)``, ``x[i] = v``, ``out=``), if any."""
+    name = getattr(func, "__name__", "")
+    out = kwargs.get("out")
+    if isinstance(out, Tensor):
+        return out
+    first = args[0] if args else None
+    if not isinstance(first, Tensor):
+        return None
+    in_place = (
+        (name.endswith("_") and not name.startswith("__"))
+        or name == "__setitem__"
+        or (name.startswith("__i") and name.endswith("__") and name != "__index__")
+        or bool(kwargs.get("inplace", False))
+    )
+    return first if in_place else None
+
+
+def _position_free(t: Tensor, per_channel: bool) -> bool:
+    """Whether a constant ``t``, broadcast against an ``[N, C, H, W]`` result (aligned from the
+    right), has the same value at every spatial position."""
+    if t.dim() == 0 or (per_channel and t.dim() == 1):
+        return True
+    dims = [d for d in (-1, -2) if t.dim() >= -d and t.shape[d] > 1]
+    if not dims:
+        return True
+    ref = t
+    for d in dims:
+        ref = ref.narrow(d, 0, 1)
+    try:
+        return bool((t == ref).all())  # NaN counts as varying
+    except RuntimeError:
+        return False
+
+
 def _keeps_positions(index: Any) -> bool:
     """Whether ``x[index]`` on an ``[N, C, H, W]`` tensor leaves the spatial dimensions alone
-    (it selects along the batch or channel dimension only, with ints or slices)."""
+    (it selects along the batch or channel dimension only, with ints or slices; H and W are
+    left out or taken whole with ``:`` or a trailing ``...``)."""
     items = index if isinstance(index, tuple) else (index,)
-    return len(items) <= 2 and all(isinstance(i, (int, slice)) for i in items)
+    if items and items[-1] is Ellipsis:
+        items = items[:-1]
+    if len(items) > 4:
+        return False
+    if not all(isinstance(i, (int, slice)) and not isinstance(i, bool) for i in items[:2]):
+        return False
+    return all(i == slice(None) for i in items[2:])
 
 
 def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any) -> Any:

@@ -599,7 +599,8 @@ def dataset_for_model(
     trained on the shipped CIFAR-10 sample (``deconvviz demo``) gets that sample back when no
     ``data_dir`` is given (or the full CIFAR-10 under ``data_dir``). For a user model (no
     config) the dataset under ``data_dir`` is converted to the model's input channels and size
-    where :func:`expected_input` can tell them.
+    where :func:`expected_input` can tell them; where ``data_dir`` holds several datasets, the
+    one whose images have that shape is read (:func:`deconvviz.data.choose_dataset`).
 
     Args:
         model: the loaded model.
@@ -613,7 +614,7 @@ def dataset_for_model(
     An ``ImageFolder`` tree or a flat folder of images under ``data_dir`` (see
     :mod:`deconvviz.datasets`) is used when no deconvviz dataset layout is found there.
     """
-    from deconvviz.data import dataset_for_config, load_dataset
+    from deconvviz.data import choose_dataset, dataset_for_config, load_dataset
 
     model_cfg = config.get("model") if config else None
     trained_on = config.get("dataset") if config else None
@@ -641,9 +642,11 @@ def dataset_for_model(
             )
             if folder is not None:
                 return folder
+    if dataset is None:  # a folder holding several: the one whose images fit the model
+        dataset = choose_dataset(data_dir, None, channels, size)
     return load_dataset(
         data_dir,
-        dataset or "auto",
+        dataset,
         split,
         grayscale=None if channels is None else channels == 1,
         image_size=size,

@@ -12,6 +12,7 @@ from torch import nn
 
 from deconvviz._io import save_figure, save_image, save_torch, write_json, write_text
 from deconvviz.errors import InputError, LayerError, unknown_name
+from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
     checkpoint_option,
@@ -247,6 +248,11 @@ def filters(
     help="Images per forward pass.",
 )
 @click.option(
+    "--dataset",
+    default=None,
+    help="Dataset under --data-dir (cifar10-course, cifar10, mnist); default: the run's.",
+)
+@click.option(
     "--max-images", type=click.IntRange(min=1), default=None, help="Use only the first N images."
 )
 @click.option(
@@ -262,6 +268,7 @@ def stats(
     checkpoint: Path,
     model_factory: ModelSpec,
     data_dir: Path | None,
+    dataset: str | None,
     out: Path,
     layers: tuple[str, ...],
     split: str,
@@ -288,12 +295,13 @@ def stats(
     from deconvviz.stats import activation_stats, hidden_state_stats, report_lines
 
     run = load(checkpoint, model_factory, device)
-    dataset = dataset_for_model(run.model, run.config, data_dir, None, split, max_images)
-    if max_images is not None and len(dataset) > max_images:
-        dataset = Subset(dataset, range(max_images))
-        dataset.name = dataset.dataset.name  # type: ignore[attr-defined]
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    title = f"# Statistics of {run.path} on {dataset.name} ({split}, {len(dataset)} images)\n\n"
+    data = dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)
+    dataset_note(data_dir, data.name, dataset)
+    name = data.name
+    if max_images is not None and len(data) > max_images:
+        data = Subset(data, range(max_images))
+    loader = DataLoader(data, batch_size=batch_size, num_workers=workers)
+    title = f"# Statistics of {run.path} on {name} ({split}, {len(data)} images)\n\n"
     if callable(getattr(run.model, "hidden_states", None)) and not layers:
         hs = hidden_state_stats(run.model, loader, progress=progress)
         write_text(out / "stats.md", title + hidden_state_table(hs))

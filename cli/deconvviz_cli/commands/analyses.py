@@ -17,6 +17,7 @@ import torch
 
 from deconvviz._io import save_figure, write_json, write_text
 from deconvviz.errors import InputError
+from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.options import (
     checkpoint_option,
     data_dir_option,
@@ -43,6 +44,11 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
         checkpoint_option,
         model_option,
         data_dir_option(required=False),
+        click.option(
+            "--dataset",
+            default=None,
+            help="Dataset under --data-dir (cifar10-course, cifar10, mnist); default: the run's.",
+        ),
         click.option(
             "--split",
             type=click.Choice(["test", "train"]),
@@ -89,7 +95,10 @@ def _load(
     from deconvviz.reconstruct import dataset_for_model
 
     run = load(opts["checkpoint"], opts["model_factory"], opts["device"])
-    ds = dataset_for_model(run.model, run.config, opts["data_dir"], None, opts["split"])
+    ds = dataset_for_model(
+        run.model, run.config, opts["data_dir"], opts.get("dataset"), opts["split"]
+    )
+    dataset_note(opts["data_dir"], ds.name, opts.get("dataset"))
     if opts["indices"]:
         bad = [i for i in opts["indices"] if i >= len(ds)]
         if bad:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import click
 
 from deconvviz.report import SECTIONS
+from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
     checkpoint_option,
@@ -163,6 +165,7 @@ def reconstruct_cmd(
     from torch.utils.data import Subset
 
     data = rec.dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)
+    dataset_note(data_dir, getattr(data, "name", None), dataset)
     if max_images is not None and len(data) > max_images:
         data = Subset(data, range(max_images))
     found = rec.reconstruct_dataset(
@@ -351,6 +354,8 @@ def report_cmd(
         map_location=device,
         progress=progress,
     )
+    used = json.loads(report.manifest.read_text()).get("dataset") or {}
+    dataset_note(data_dir, used.get("name") if isinstance(used, dict) else None, dataset)
     skipped = f", skipped: {', '.join(s for s, _ in report.skipped)}" if report.skipped else ""
     click.echo(f"wrote {report.index} ({len(report.figures)} figures{skipped})")
 

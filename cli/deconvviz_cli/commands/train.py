@@ -12,6 +12,7 @@ from click.core import ParameterSource
 from deconvviz.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from deconvviz.errors import CheckpointError, InputError
 from deconvviz.train import TrainConfig, TrainResult, train_from_data
+from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.commands.analyses import EvolutionHook, evolution_options
 from deconvviz_cli.options import data_dir_option, device_option, out_option, progress_option
 
@@ -290,9 +291,27 @@ def _run(
     click.echo(_report(result, opts["out"]) + extra)
 
 
-@click.group("train", short_help="Train LeNet5 on CIFAR-10 or an RNN on MNIST.")
+_rnn_dataset = click.option(
+    "--dataset",
+    type=click.Choice(["mnist"]),
+    default="mnist",
+    show_default=True,
+    help="The RNNs read MNIST's rows (picked from a --data-dir that holds several datasets).",
+)
+
+
+def _given(ctx: click.Context, param: str) -> Any:
+    """The parameter's value where the user gave it on the command line, else None."""
+    if ctx.get_parameter_source(param) is ParameterSource.COMMANDLINE:
+        return ctx.params.get(param)
+    return None
+
+
+@click.group(
+    "train", short_help="Train LeNet5 or the ZF-style net on CIFAR-10, or an RNN on MNIST."
+)
 def train() -> None:
-    """Train an example target: LeNet5 on CIFAR-10, RNN/LSTM/GRU on MNIST."""
+    """Train an example target: LeNet5 or the ZF-style net on CIFAR-10, RNN/LSTM/GRU on MNIST."""
 
 
 @train.command("lenet5", short_help="Train the course's LeNet5 on CIFAR-10.")
@@ -302,7 +321,9 @@ def train() -> None:
     type=click.Choice(["auto", "cifar10-course", "cifar10"]),
     default="auto",
     show_default=True,
-    help="cifar10-course (1x28x28 class folders) or cifar10 (npz / batches).",
+    help="cifar10-course (1x28x28 class folders) or cifar10 (npz / batches); auto: the one "
+    "dataset under --data-dir, or from a folder holding several the one that fits the model "
+    "(cifar10-course for 1x28x28).",
 )
 @click.option(
     "--in-channels",
@@ -324,8 +345,11 @@ def train_lenet5(
 
     The report's setup: --dataset cifar10-course --per-class 500.
     """
-    from deconvviz.data import load_dataset
+    from deconvviz.data import choose_dataset, load_dataset
 
+    if dataset == "auto" and not opts["resume"]:  # a folder holding several: LeNet5's own
+        dataset = choose_dataset(opts["data_dir"], "lenet5", in_channels, image_size)
+        dataset_note(opts["data_dir"], dataset)
     name: str | None = None if dataset == "auto" else dataset
     if not opts["resume"] and (in_channels is None or image_size is None):
         probe = load_dataset(opts["data_dir"], dataset, "test", download=opts["download"])
@@ -365,8 +389,16 @@ def train_lenet5(
 @click.option(
     "--hidden", type=click.IntRange(min=1), default=256, show_default=True, help="fc6 units."
 )
+@click.option(
+    "--dataset",
+    type=click.Choice(["cifar10"]),
+    default="cifar10",
+    show_default=True,
+    help="The full CIFAR-10 (npz or cifar-10-batches-py; picked from a --data-dir that holds "
+    "several datasets).",
+)
 @click.pass_context
-def train_zfnet(ctx: click.Context, width: int, hidden: int, **opts: Any) -> None:
+def train_zfnet(ctx: click.Context, width: int, hidden: int, dataset: str, **opts: Any) -> None:
     """Train the Zeiler & Fergus-style 5-conv net on the full CIFAR-10 (the demo's model).
 
     The shipped model's recipe: --epochs 20 with the defaults (sgd, nesterov momentum 0.9,
@@ -374,7 +406,9 @@ def train_zfnet(ctx: click.Context, width: int, hidden: int, **opts: Any) -> Non
     """
     opts.pop("init")
     model = {"model": "zfnet-cifar", "width": width, "hidden": hidden}
-    _run(ctx, model, "cifar10", opts)
+    if not opts["resume"]:
+        dataset_note(opts["data_dir"], dataset, _given(ctx, "dataset"))
+    _run(ctx, model, dataset, opts)
 
 
 @train.command("rnn", short_help="Train an RNN, LSTM or GRU on MNIST rows.")
@@ -389,11 +423,14 @@ def train_zfnet(ctx: click.Context, width: int, hidden: int, **opts: Any) -> Non
 @click.option(
     "--hidden", type=click.IntRange(min=1), default=128, show_default=True, help="Hidden size."
 )
+@_rnn_dataset
 @click.pass_context
-def train_rnn(ctx: click.Context, cell: str, hidden: int, **opts: Any) -> None:
+def train_rnn(ctx: click.Context, cell: str, hidden: int, dataset: str, **opts: Any) -> None:
     """Train an RNN/LSTM/GRU on MNIST rows (defaults: adam 1e-3, batch 128, 390 steps)."""
     model = {"model": "rnn", "cell": cell, "hidden": hidden, "init": opts.pop("init")}
-    _run(ctx, model, "mnist", opts)
+    if not opts["resume"]:
+        dataset_note(opts["data_dir"], dataset, _given(ctx, "dataset"))
+    _run(ctx, model, dataset, opts)
 
 
 def _parse_grid(values: tuple[str, ...]) -> list[tuple[str, float]]:
@@ -477,7 +514,7 @@ def sweep() -> None:
     type=click.Choice(["cifar10-course", "cifar10"]),
     default="cifar10-course",
     show_default=True,
-    help="cifar10-course (1x28x28 class folders) or cifar10 (npz / batches).",
+    help="Dataset under --data-dir: cifar10-course (the report's setup) or cifar10.",
 )
 @click.option(
     "--per-class",
@@ -497,10 +534,14 @@ def sweep() -> None:
 )
 @click.option("--momentum", type=float, default=0.0, show_default=True, help="SGD momentum.")
 @_sweep_common
-def sweep_lenet5_cmd(data_dir: Path, out: Path, configs: tuple[str, ...], **opts: Any) -> None:
+@click.pass_context
+def sweep_lenet5_cmd(
+    ctx: click.Context, data_dir: Path, out: Path, configs: tuple[str, ...], **opts: Any
+) -> None:
     """LeNet5: optimisers x learning rates on the course's CIFAR-10 variant."""
     from deconvviz.sweep import LENET5_GRID, sweep_lenet5
 
+    dataset_note(data_dir, opts["dataset"], _given(ctx, "dataset"))
     grid = _parse_grid(configs) if configs else list(LENET5_GRID)
     click.echo(_sweep_report(sweep_lenet5(data_dir, out, grid=grid, **opts)))
 
@@ -540,11 +581,21 @@ def sweep_lenet5_cmd(data_dir: Path, out: Path, configs: tuple[str, ...], **opts
     "--eval-every", type=click.IntRange(min=1), default=100, show_default=True, help=_EVAL
 )
 @_sweep_common
+@_rnn_dataset
+@click.pass_context
 def sweep_rnn_cmd(
-    data_dir: Path, out: Path, cells: tuple[str, ...], hiddens: tuple[int, ...], **opts: Any
+    ctx: click.Context,
+    data_dir: Path,
+    out: Path,
+    cells: tuple[str, ...],
+    hiddens: tuple[int, ...],
+    dataset: str,
+    **opts: Any,
 ) -> None:
     """RNN/LSTM/GRU x hidden sizes on MNIST."""
     from deconvviz.sweep import RNN_CELLS, RNN_HIDDENS, sweep_rnn
+
+    dataset_note(data_dir, dataset, _given(ctx, "dataset"))
 
     result = sweep_rnn(
         data_dir, out, cells=cells or RNN_CELLS, hiddens=hiddens or RNN_HIDDENS, **opts

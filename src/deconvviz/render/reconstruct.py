@@ -189,6 +189,21 @@ def _value(v: float) -> str:
     return f"{v:.3g}" if math.isfinite(v) else "n/a"
 
 
+def _first_entries(rec: LayerReconstructions, n: int) -> LayerReconstructions:
+    """``rec`` keeping only its first ``n`` entries per feature map."""
+    import dataclasses
+
+    return dataclasses.replace(
+        rec,
+        values=rec.values[:, :n],
+        indices=rec.indices[:, :n],
+        positions=rec.positions[:, :n],
+        boxes=rec.boxes[:, :n],
+        reconstructions=rec.reconstructions[:, :n],
+        patches=rec.patches[:, :n],
+    )
+
+
 def top_projections_figure(
     rec: LayerReconstructions,
     channels: Sequence[int] | None = None,
@@ -224,6 +239,10 @@ def top_projections_figure(
     bad = [r for r in rows_sel if not 0 <= r < n]
     if bad:
         raise InputError(f"row {bad[0]} is out of range: the result holds {n} feature maps")
+    asked = rec.k
+    found = rec.found
+    if 0 < found < asked:  # fewer images than k: drop the padding columns, draw a top-`found`
+        rec = _first_entries(rec, found)
     fired = rec.fired
     h, w = rec.patches.shape[-2:]
     scale = display_scale(max(int(h), int(w)))
@@ -250,8 +269,7 @@ def top_projections_figure(
     if title is None:
         rf = rec.receptive_field
         size = f", receptive field {rf.size[0]}x{rf.size[1]} px" if rf is not None else ""
-        found = int((rec.indices[rows_sel] >= 0).sum(dim=1).max())
-        few = f" (top-{rec.k} asked; only {found} images)" if found < rec.k else ""
+        few = f" (top-{asked} asked; only {found} images)" if found < asked else ""
         title = (
             f"{rec.layer}: top-{found} activations per feature map{few} over {scanned} "
             f"({rec.rule} projections left, each scaled to its own max |value|, grey = 0; "
