@@ -132,7 +132,10 @@ def test_a_user_model_gets_the_dataset_its_input_fits(root: Path, tmp_path: Path
         "--out", tmp_path / "o", "--no-progress",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert res.stderr.strip() == note("cifar10", root)
+    assert res.stderr.strip().splitlines() == [
+        note("cifar10", root),
+        "weights.pt: a bare state dict, 4 tensors, no prefix stripped",  # the layout found
+    ]
     assert "of 10 images" in res.stdout  # CIFAR-10's test split here
 
 
