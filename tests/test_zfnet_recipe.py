@@ -151,3 +151,29 @@ def test_recipe_trains_resumes_exactly_and_renormalises(quadrant_dataset, tmp_pa
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     saved = load_run(tmp_path / "run")
     assert saved.config["augment"] == "crop-flip" and saved.config["precision"] == "bf16"
+
+
+def test_normalize_is_trained_with_stored_and_applied_on_load(quadrant_dataset, tmp_path) -> None:
+    from deconvviz.loading import Normalized, load_model
+
+    train_set, test_set = quadrant_dataset(8, seed=0), quadrant_dataset(4, seed=1)
+    cfg = TrainConfig(
+        model={"model": "lenet5", "image_size": 8, "num_classes": 4},
+        batch_size=8,
+        iterations=4,
+        eval_every=4,
+        normalize="0.5,0.25",
+    )
+    result = train(cfg, train_set, test_set, out_dir=tmp_path / "run", progress=False)
+    assert isinstance(result.model, Normalized)
+    saved = load_run(tmp_path / "run")
+    assert saved.config["normalize"] == "0.5,0.25"
+    assert set(saved.model.state_dict()) == set(result.model.state_dict())  # the user's keys
+    loaded = load_model(checkpoint=tmp_path / "run")
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        want = saved.model.eval()((x - 0.5) / 0.25)
+        got = loaded.model(x)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(InputError, match="--normalize"):
+        TrainConfig(model=TINY_ZF, normalize="0.5")

@@ -569,7 +569,8 @@ def load_model(
     if norm is not None:
         config["normalize"] = [v for pair in zip(*norm, strict=True) for v in pair]
         net = Normalized(net, *norm)
-        message += f"; inputs normalised with mean {norm[0]}, std {norm[1]}"
+        note = f"inputs normalised with mean {norm[0]}, std {norm[1]}"
+        message = f"{message}; {note}" if message else note
     device = torch.device(map_location) if isinstance(map_location, str) else None
     if device is not None:
         net.to(device)

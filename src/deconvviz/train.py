@@ -84,6 +84,7 @@ _RESUME_FIXED = (
     "augment",
     "precision",
     "renormalise",
+    "normalize",
 )
 
 
@@ -122,6 +123,11 @@ class TrainConfig:
             optimizer state stay float32.
         renormalise: the paper's filter renormalisation: after every step, conv filters whose
             RMS exceeds this radius are scaled back to it (``None``: off; the paper used 0.1).
+        normalize: input normalisation the model is trained with (``"cifar10"``,
+            ``"imagenet"``, ``"mnist"`` or ``"MEAN,STD[,...]"``; see
+            :func:`deconvviz.loading.parse_normalize`): the model is wrapped in
+            :class:`deconvviz.loading.Normalized`, so data and figures stay in pixels. Stored in
+            the run, and applied again whenever a command loads it.
     """
 
     model: dict[str, Any] = field(default_factory=lambda: {"model": "lenet5"})
@@ -145,6 +151,7 @@ class TrainConfig:
     augment: str = "none"
     precision: str = "fp32"
     renormalise: float | None = None
+    normalize: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, dict) or "model" not in self.model:
@@ -193,6 +200,10 @@ class TrainConfig:
             raise InputError("label smoothing needs the stable loss; drop --loss course")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             raise InputError("nesterov needs --optimizer sgd with --momentum > 0")
+        if self.normalize is not None:
+            from deconvviz.loading import parse_normalize
+
+            parse_normalize(self.normalize)  # a clear error now, not after loading the data
         if self.renormalise is not None and not (
             isinstance(self.renormalise, int | float) and self.renormalise > 0
         ):
@@ -546,7 +557,14 @@ def train(
 
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(config.seed)
-        model = build_model(config.model).to(device)
+        model = build_model(config.model)
+        if config.normalize is not None:  # the model sees normalised inputs, we keep pixels
+            from deconvviz.loading import Normalized, parse_normalize
+
+            norm = parse_normalize(config.normalize)
+            if norm is not None:
+                model = Normalized(model, *norm)
+        model = model.to(device)
         optimizer = _make_optimizer(config, model)
         sampler = _Sampler(n_train, config.batch_size, config.seed + 1)
         train_loss: list[tuple[int, float]] = []

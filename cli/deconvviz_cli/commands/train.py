@@ -83,6 +83,14 @@ def _recipe_options(**defaults: Any) -> list[Any]:
             help="The paper's filter renormalisation: after each step, scale conv filters "
             "whose RMS exceeds RADIUS back to it (the paper used 0.1).",
         ),
+        click.option(
+            "--normalize",
+            default=None,
+            metavar="NAME|MEAN,STD,...",
+            help="Train the model on normalised inputs: cifar10, imagenet, mnist or MEAN,STD "
+            "pairs (one per channel). Stored in the run; every command that loads it normalises "
+            "again, while data and figures stay in pixels.",
+        ),
     ]
 
 
@@ -208,6 +216,7 @@ _TRAIN_KEYS = (
     "augment",
     "precision",
     "renormalise",
+    "normalize",
 )
 
 
