@@ -51,11 +51,19 @@ def project_shared(
     by_img: dict[int, list[int]] = {}
     for s in members:
         by_img.setdefault(int(img[s]), []).append(s)
-    images = sorted(by_img)
     per_image = max(info.bytes_per_sample, 1) * 3  # forward, graph, one slot's gradients
-    chunk = max(1, min(len(images), int(dn.max_memory // per_image)))
-    for start in range(0, len(images), chunk):
-        part = images[start : start + chunk]
+    limit = max(1, int(dn.max_memory // per_image))
+    # Every slot's backward runs over the whole chunk, so a chunk holds images with the same
+    # number of seeds: no backward is spent on images that have no seed in that slot.
+    by_count: dict[int, list[int]] = {}
+    for i in sorted(by_img):
+        by_count.setdefault(len(by_img[i]), []).append(i)
+    parts = [
+        group[start : start + limit]
+        for _, group in sorted(by_count.items())
+        for start in range(0, len(group), limit)
+    ]
+    for part in parts:
         xin = x[torch.tensor(part, device=x.device)].detach().clone().requires_grad_(True)
         res = dn._run(xin, layer, grad=True, stop=True)
         out = res.target

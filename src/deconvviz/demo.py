@@ -110,6 +110,10 @@ def load_sample(split: str | None = None) -> Any:
 ZF_LAYERS = ("relu1", "relu2", "relu3", "relu4", "relu5")
 """The shipped model's rectified feature maps, one per conv layer (what the paper projects)."""
 
+DEMO_CHANNELS = 64
+"""Feature maps per layer whose top-9 the demo draws (as the paper's Fig. 2 shows a subset);
+``deconvviz reconstruct`` and ``deconvviz atlas`` draw every one."""
+
 
 def run_demo(
     out_dir: str | os.PathLike[str],
@@ -192,6 +196,7 @@ def run_demo(
         images=images,
         k=k,
         max_images=max_images,
+        max_channels=DEMO_CHANNELS,
         title=f"deconvviz demo: a Zeiler & Fergus-style network on CIFAR-10 ({data})",
         progress=progress,
     )

@@ -287,6 +287,7 @@ def reconstruct_dataset(
     rule: str = "deconvnet",
     *,
     channels: Sequence[int] | None = None,
+    max_channels: int | None = None,
     batch_size: int = 256,
     progress: bool = True,
     num_workers: int = 0,
@@ -308,6 +309,7 @@ def reconstruct_dataset(
             :class:`deconvviz.FewImagesWarning` says so once.
         rule: ``"deconvnet"`` (Zeiler & Fergus), ``"gradient"`` or ``"guided"``.
         channels: only these feature maps (default: all of each layer).
+        max_channels: at most this many of them per layer (the first ones; default: all).
         batch_size: images per forward pass while scanning.
         progress: show progress bars.
         num_workers: DataLoader worker processes reading the images (for folders read from
@@ -348,6 +350,10 @@ def reconstruct_dataset(
             warnings.simplefilter("ignore", FewImagesWarning)
             top = top_activations(model, loader, layer, k=k, progress=progress)
         chans = list(range(top.channels)) if channels is None else [int(c) for c in channels]
+        if max_channels is not None:
+            chans = chans[:max_channels]
+        if max_channels is not None:
+            chans = chans[:max_channels]
         bad = [c for c in chans if not 0 <= c < top.channels]
         if bad:
             raise InputError(

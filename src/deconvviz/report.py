@@ -174,6 +174,7 @@ def write_report(
     occlusion_size: int | None = None,
     occlusion_stride: int | None = None,
     max_images: int | None = 2000,
+    max_channels: int | None = None,
     sections: Sequence[str] | None = None,
     title: str | None = None,
     progress: bool = True,
@@ -196,6 +197,8 @@ def write_report(
         occlusion_stride: occluder step (default: a sixteenth of the side, at least 1).
         max_images: scan at most this many images (the dataset's first) for statistics and
             reconstructions (``None``: all).
+        max_channels: draw the reconstructions of at most this many feature maps per layer
+            (the first ones; ``None``: all). Class selectivity still covers every unit.
         sections: only these sections (keys of :data:`SECTIONS`; default all).
         title: page title.
         progress: show progress bars.
@@ -244,6 +247,7 @@ def write_report(
         occlusion_size,
         occlusion_stride,
         progress,
+        max_channels,
     )
     builders: dict[str, Callable[[_Context, _Section], None]] = {
         "training": _training,
@@ -295,6 +299,7 @@ def write_report(
             "occlusion_size": occlusion_size,
             "occlusion_stride": occlusion_stride,
             "max_images": max_images,
+            "max_channels": max_channels,
         },
         "sections": [
             {"key": s.key, "title": s.title, "skipped": s.skipped, **s.data} for s in done
@@ -396,6 +401,7 @@ class _Context:
     occlusion_size: int | None
     occlusion_stride: int | None
     progress: bool
+    max_channels: int | None = None
     reconstructions: dict[str, Any] = field(default_factory=dict)
 
     def path(self, *parts: str) -> Path:
@@ -518,7 +524,13 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
     from deconvviz.reconstruct import reconstruct_dataset, write_dataset_reconstructions
 
     results = reconstruct_dataset(
-        ctx.model, ctx.scan, ctx.layers, k=ctx.k, rule=ctx.rule, progress=ctx.progress
+        ctx.model,
+        ctx.scan,
+        ctx.layers,
+        k=ctx.k,
+        rule=ctx.rule,
+        max_channels=ctx.max_channels,
+        progress=ctx.progress,
     )
     dead_rows = []
     for layer, rec in results.items():
@@ -531,7 +543,8 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
             section.figures.append(
                 ReportFigure(
                     section.key,
-                    f"{layer}{more}: top-{rec.found} activations of each feature map over "
+                    f"{layer}{more}: top-{rec.found} activations of each of "
+                    f"{_shown(rec, ctx.max_channels)} over "
                     f"{len(ctx.scan)} images, {rec.rule} projections (left) and image "
                     f"patches (right); dead feature maps (never > 0): {dead_text}",
                     ctx.rel(path),
@@ -541,7 +554,8 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
         _table(
             ["layer", "dead feature maps", "channels never > 0"],
             dead_rows,
-            caption=f"Dead feature maps: never above 0 on the {len(ctx.scan)} scanned images",
+            caption=f"Dead feature maps (of those drawn): never above 0 on the {len(ctx.scan)} "
+            "scanned images",
         )
     )
     section.data["layers"] = list(results)
@@ -549,25 +563,21 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
     ctx.reconstructions.update(results)
 
 
+def _shown(rec: Any, max_channels: int | None) -> str:
+    n = len(rec.channels)
+    if max_channels is not None and n == max_channels:
+        return f"the first {n} feature maps (deconvviz reconstruct or atlas draws them all)"
+    return f"its {n} feature maps"
+
+
 def _evidence(ctx: _Context, section: _Section) -> None:
-    from deconvviz.analyses.evidence import (
-        class_selectivity,
-        filter_structure,
-        selectivity_from_top,
-    )
+    from deconvviz.analyses.evidence import class_selectivity, filter_structure
     from deconvviz.filters import conv_layers
     from deconvviz.reconstruct import conv_layer_names
 
-    targets = getattr(ctx.scan, "targets", None)
-    if targets is None and isinstance(ctx.scan, Subset):
-        full = getattr(ctx.scan.dataset, "targets", None)
-        targets = None if full is None else torch.as_tensor(full)[list(ctx.scan.indices)]
-    if ctx.reconstructions and targets is not None:
-        tops = {n: (r.values, r.indices) for n, r in ctx.reconstructions.items()}
-        sel = selectivity_from_top(tops, torch.as_tensor(targets))
-    else:
-        layers = list(ctx.layers) if ctx.layers else conv_layer_names(ctx.model)
-        sel = class_selectivity(ctx.model, ctx.scan, layers, k=ctx.k, progress=ctx.progress)
+    # every unit of every layer (the reconstructions may show only some): one scan
+    layers = list(ctx.reconstructions) or list(ctx.layers or conv_layer_names(ctx.model))
+    sel = class_selectivity(ctx.model, ctx.scan, layers, k=ctx.k, progress=ctx.progress)
     chance = 1.0 / sel.classes if sel.classes else math.nan
     rows = [
         [

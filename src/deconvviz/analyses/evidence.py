@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -200,7 +201,8 @@ def class_selectivity(
     Returns:
         A :class:`SelectivityResult`.
     """
-    from deconvviz.topk import top_activations
+    from deconvviz.scan import scan
+    from deconvviz.topk import FewImagesWarning
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
@@ -212,10 +214,10 @@ def class_selectivity(
             raise LayerError(unknown_name("layer", str(name), known))
     labels = _labels(dataset)
     loader: DataLoader[Any] = DataLoader(dataset, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
-    tops = {}
-    for name in layers:
-        top = top_activations(model, loader, name, k=k, progress=progress)
-        tops[name] = (top.values, top.indices)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FewImagesWarning)  # fewer images than k: fine here
+        found = scan(model, loader, list(layers), k, progress=progress, distributed=False)
+    tops = {name: (found[name].values, found[name].indices) for name in layers}
     return selectivity_from_top(tops, labels)
 
 
