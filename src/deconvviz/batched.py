@@ -64,7 +64,12 @@ def project_shared(
         for start in range(0, len(group), limit)
     ]
     for part in parts:
-        xin = x[torch.tensor(part, device=x.device)].detach().clone().requires_grad_(True)
+        xin = x[torch.tensor(part, device=x.device)].detach().clone()
+        if xin.dim() == 4 and xin.device.type == "cpu":
+            # oneDNN's convolutions (and their backward, run once per slot) are faster on
+            # channels-last tensors; the values are the same up to float rounding order
+            xin = xin.contiguous(memory_format=torch.channels_last)
+        xin.requires_grad_(True)
         res = dn._run(xin, layer, grad=True, stop=True)
         out = res.target
         assert out is not None
