@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
@@ -19,12 +18,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from browser import CHROMIUM, run_check
 from deconvviz.checkpoint import load_run
 from deconvviz.data import load_dataset
 from deconvviz.scan import scan
 from deconvviz_cli.main import cli
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DEAD = 5  # conv2 unit made dead: zero weights, negative bias
 MODEL_PY = """
 from torch import nn
@@ -223,30 +222,7 @@ def test_browser_walks_index_layer_unit_and_back(site, tmp_path):
     _, out, _ = site
     check = out / "_check.html"
     check.write_text(HARNESS)
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--allow-file-access-from-files",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=20000",
-        "--dump-dom",
-        check.as_uri(),
-    ]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    finally:
-        check.unlink()
-    dom = done.stdout
-    start = dom.find('<pre id="deconvviz-check">')
-    assert start >= 0, f"no result from chromium (rc {done.returncode}): {done.stderr[-500:]}"
-    text = html.unescape(dom[start + 26 : dom.index("</pre>", start)])
-    assert text, f"the walk did not finish: {done.stderr[-500:]}"
+    text = run_check(check, tmp_path / "profile", budget_ms=20000)
     log = json.loads(text)
     pages = [Path(unquote(e["page"])).relative_to(out).as_posix() for e in log]
     assert pages == [

@@ -7,8 +7,6 @@ import dataclasses
 import html.parser
 import json
 import os
-import shutil
-import subprocess
 import urllib.parse
 from pathlib import Path
 
@@ -19,13 +17,10 @@ from PIL import Image
 from torch import Tensor, nn
 
 import deconvviz
+from browser import CHROMIUM, run_check
 from deconvviz.data import ImageDataset
 from deconvviz.errors import InputError, LayerError
 from deconvviz.report import SECTIONS, write_report
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None and Path("/usr/bin/chromium").exists():
-    CHROMIUM = "/usr/bin/chromium"
 
 
 class TinyCNN(nn.Module):
@@ -252,29 +247,7 @@ window.addEventListener("load", function () {
     page = report.index.read_text()
     check = report.out_dir / "_check.html"
     check.write_text(page.replace("</body>", script + "</body>"))
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        check.as_uri(),
-    ]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    finally:
-        check.unlink()
-    dom = done.stdout
-    start = dom.find('<pre id="deconvviz-check">')
-    assert start >= 0, f"no result from chromium (rc {done.returncode}): {done.stderr[-500:]}"
-    result = json.loads(html.unescape(dom[start + 26 : dom.index("</pre>", start)]))
+    result = json.loads(run_check(check, tmp_path / "profile", budget_ms=10000))
     # every figure once as <img> and once as <a>, plus the link to manifest.json
     assert len(result) == 2 * len(report.figures) + 1
     assert [src for src, ok in result if not ok] == []  # naturalWidth == 0: a broken picture

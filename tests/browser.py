@@ -1,0 +1,51 @@
+"""Headless Chromium for the browser tests: open a check page, read back what its script wrote.
+
+A check page is an HTML file (beside the pages it inspects, so relative links resolve) whose
+script writes its findings as text into ``<pre id="deconvviz-check">``; :func:`run_check` loads it
+with ``--dump-dom`` and returns that text.
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+import subprocess
+from pathlib import Path
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None and Path("/usr/bin/chromium").exists():
+    CHROMIUM = "/usr/bin/chromium"
+
+MARK = '<pre id="deconvviz-check">'
+
+
+def run_check(check: Path, profile: Path, budget_ms: int) -> str:
+    """Load ``check`` in headless Chromium (``budget_ms`` of virtual time, a fresh profile in
+    ``profile``), delete it afterwards, and return the text its script left in the marker."""
+    assert CHROMIUM is not None, "chromium is not installed"
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--allow-file-access-from-files",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--virtual-time-budget={budget_ms}",
+        "--dump-dom",
+        check.as_uri(),
+    ]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        check.unlink()
+    dom = done.stdout
+    start = dom.find(MARK)
+    assert start >= 0, f"no result from chromium (rc {done.returncode}): {done.stderr[-500:]}"
+    text = html.unescape(dom[start + len(MARK) : dom.index("</pre>", start)])
+    assert text, f"the check page's script did not finish: {done.stderr[-500:]}"
+    return text
