@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -197,26 +198,11 @@ def _common_train_options(
     return decorate
 
 
-_TRAIN_KEYS = (
-    "optimizer",
-    "lr",
-    "momentum",
-    "batch_size",
-    "iterations",
-    "epochs",
-    "eval_every",
-    "seed",
-    "per_class",
-    "loss",
-    "device",
-    "weight_decay",
-    "nesterov",
-    "schedule",
-    "label_smoothing",
-    "augment",
-    "precision",
-    "renormalise",
-    "normalize",
+# Every TrainConfig field is a command-line option, except these three.
+_TRAIN_KEYS = tuple(
+    f.name
+    for f in dataclasses.fields(TrainConfig)
+    if f.name not in ("model", "dataset", "eval_batch_size")
 )
 
 
