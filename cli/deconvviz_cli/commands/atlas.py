@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from deconvviz_cli.commands.reconstruct import RULES, _dataset, _split
+from deconvviz_cli.commands.reconstruct import _dataset, _rule, _split
 from deconvviz_cli.options import (
     checkpoint_option,
     data_dir_option,
@@ -57,13 +57,7 @@ def _init_distributed(device: str) -> tuple[str, bool]:
     show_default=True,
     help="Top activations kept per unit (from distinct images).",
 )
-@click.option(
-    "--rule",
-    type=click.Choice(RULES),
-    default="deconvnet",
-    show_default=True,
-    help="ReLU step of the projections' reverse path.",
-)
+@_rule
 @click.option(
     "--max-images",
     type=click.IntRange(min=1),
