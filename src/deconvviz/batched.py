@@ -105,3 +105,4 @@ def project_shared(
                     )
                 grads = x.new_zeros((len(ns), *x.shape[1:])) if g is None else g.detach()[nt]
             yield sids, grads, [(0, 0, h, w)] * len(ns), values, r.cpu(), c.cpu()
+    dn.crop_log.append((layer, (h, w), len(members), "full"))  # one entry per call

@@ -957,7 +957,6 @@ class Deconvnet:
                 self, x, info, layer, img, chan, rows, cols, list(range(n_seeds)), exact_cuda
             ):
                 scatter_windows(out, idx, grads, boxes)
-            self.crop_log.append((layer, (h, w), n_seeds, "full"))
             return out
         expected = None
         if rows is None or cols is None:
@@ -1004,7 +1003,6 @@ class Deconvnet:
                     self, x, info, layer, img, chan, rows, cols, members, exact_cuda
                 ):
                     yield idx, grads, sub
-                self.crop_log.append((layer, (h, w), len(members), "full"))
                 continue
             cost = per_sample * bh * bw / (h * w)
             chunk = max(1, min(len(members), int(self.max_memory // max(cost, 1))))
