@@ -26,7 +26,7 @@ from deconvviz._io import save_figure, save_torch, write_json
 from deconvviz._util import json_safe, safe_name
 from deconvviz.errors import InputError
 from deconvviz.reconstruct import ImageProjections, LayerReconstructions
-from deconvviz.render.reconstruct import image_projections_figure, top_projections_figure
+from deconvviz.render import reconstruct as render
 
 __all__ = ["write_dataset_reconstructions", "write_image_reconstructions"]
 
@@ -94,7 +94,7 @@ def write_dataset_reconstructions(
         written = []
         for page in range(pages):
             sel = list(range(page * channels_per_page, min(n, (page + 1) * channels_per_page)))
-            fig = top_projections_figure(
+            fig = render.top_projections_figure(
                 rec, sel, ncols=ncols, page=(page + 1, pages) if pages > 1 else None
             )
             path = out / (f"{stem}.png" if page == 0 else f"{stem}_p{page + 1}.png")
@@ -171,7 +171,9 @@ def write_image_reconstructions(
         labels = _unique(labels)
         per_image = []
         for i in range(n):
-            fig = image_projections_figure(res, i, max_channels=max_channels, title=labels[i])
+            fig = render.image_projections_figure(
+                res, i, max_channels=max_channels, title=labels[i]
+            )
             path = out / f"{safe_name(labels[i])}_{safe_name(layer)}.png"
             save_figure(path, fig, dpi=dpi)
             pngs.append(path)
