@@ -17,7 +17,6 @@ from deconvviz.images import fit_image, load_image, load_images
 from deconvviz.models import LeNet5
 from deconvviz_cli.main import cli
 
-
 _SEEN = 7
 """Exit status of the stand-in computations once they have the input."""
 
