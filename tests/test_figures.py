@@ -16,13 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from deconvviz.compare import Comparison
+from deconvviz.export_reconstructions import write_dataset_reconstructions
 from deconvviz.models import LeNet5, RNNClassifier
 from deconvviz.occlusion import occlusion
-from deconvviz.reconstruct import (
-    reconstruct_dataset,
-    reconstruct_images,
-    write_dataset_reconstructions,
-)
+from deconvviz.reconstruct import reconstruct_dataset, reconstruct_images
 from deconvviz.render.filters import rms_figure
 from deconvviz.render.images import dead_tile, display_scale, make_grid
 from deconvviz.render.occlusion import draw_map, occlusion_figure

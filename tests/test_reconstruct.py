@@ -15,6 +15,10 @@ from PIL import Image
 from torch import Tensor, nn
 
 from deconvviz.errors import DataError, InputError, LayerError
+from deconvviz.export_reconstructions import (
+    write_dataset_reconstructions,
+    write_image_reconstructions,
+)
 from deconvviz.reconstruct import (
     LayerReconstructions,
     conv_layer_names,
@@ -23,8 +27,6 @@ from deconvviz.reconstruct import (
     reconstruct_dataset,
     reconstruct_images,
     safe_name,
-    write_dataset_reconstructions,
-    write_image_reconstructions,
 )
 from deconvviz.render.images import to_display
 from deconvviz.render.reconstruct import (

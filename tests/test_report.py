@@ -136,7 +136,7 @@ def _assert_whole(folder: Path) -> int:
 )
 def test_every_reference_is_a_file_inside_the_report_for_any_out(tmp_path, monkeypatch, spelling):
     # relative --out used to give analyses links like figures/analyses/<out>/figures/analyses/...
-    import deconvviz.analyses
+    import deconvviz.analyses_report
 
     def quick_report_figures(model, dataset, out_dir, progress=True):
         # what the real one does (the module fixture runs it), minus the minutes of analyses:
@@ -146,7 +146,7 @@ def test_every_reference_is_a_file_inside_the_report_for_any_out(tmp_path, monke
         png = save_image(Path(out_dir) / "invariance_translate.png", Image.new("L", (30, 30)))
         return [("Invariance", png)]
 
-    monkeypatch.setattr(deconvviz.analyses, "report_figures", quick_report_figures)
+    monkeypatch.setattr(deconvviz.analyses_report, "report_figures", quick_report_figures)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sub").mkdir()
     out = {

@@ -4,7 +4,16 @@ Example:
     >>> import deconvviz
     >>> with deconvviz.attach(model) as dn:                      # doctest: +SKIP
     ...     rec = dn.project(x, layer="conv2", channel=[0, 5])
+
+``import deconvviz`` loads the computing layers only: the names drawn or written by the render
+and export layers (``filter_grid``, ``Report``, ``write_report``) are imported on first use
+(module ``__getattr__``), so importing the package pulls in neither matplotlib nor captum.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from deconvviz._version import __version__
 from deconvviz.compare import Comparison, compare_methods, project_class
@@ -19,8 +28,6 @@ from deconvviz.reconstruct import (
     reconstruct_dataset,
     reconstruct_images,
 )
-from deconvviz.render.filters import filter_grid
-from deconvviz.report import Report, write_report
 from deconvviz.scan import Scan, scan
 from deconvviz.stats import (
     HiddenStateStats,
@@ -36,6 +43,13 @@ from deconvviz.topk import (
     project_top,
     top_activations,
 )
+
+_LAZY = {
+    "filter_grid": "deconvviz.render.filters",
+    "Report": "deconvviz.report",
+    "write_report": "deconvviz.report",
+}
+"""Public names of the render and export layers: name -> defining module, imported on use."""
 
 __all__ = [
     "Comparison",
@@ -75,3 +89,16 @@ __all__ = [
     "scan",
     "top_activations",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'deconvviz' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

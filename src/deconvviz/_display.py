@@ -1,13 +1,32 @@
 """Notebook display of result objects: ``_repr_png_`` methods call these.
 
-The result classes stay plain data; their ``_repr_png_`` imports the matching figure function
-from :mod:`deconvviz.render` only when Jupyter asks for a picture, and returns PNG bytes.
+The result classes stay plain data in the lower layers; their ``_repr_png_`` calls
+:func:`render_png`, which looks the figure function up by name in :data:`FIGURES` and imports
+its :mod:`deconvviz.render` module only when Jupyter asks for a picture. The lookup is by name on
+purpose: the data modules (analyses rank) do not depend on the render layer, which depends on
+them.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 from typing import Any
+
+FIGURES: dict[str, str] = {
+    "ImageProjections": "deconvviz.render.reconstruct:image_projections_figure",
+    "LayerReconstructions": "deconvviz.render.reconstruct:top_projections_figure",
+    "LayerStats": "deconvviz.render.stats:histogram_figure",
+    "HiddenStateStats": "deconvviz.render.stats:hidden_state_figure",
+}
+"""Result class name -> ``"module:function"`` drawing it (the function takes the result first)."""
+
+
+def render_png(result: Any, *args: Any, **kwargs: Any) -> bytes:
+    """PNG bytes of ``result``'s figure (:data:`FIGURES`), drawn with ``args``/``kwargs``."""
+    module, func = FIGURES[type(result).__name__].split(":")
+    draw = getattr(importlib.import_module(module), func)
+    return figure_png(draw(result, *args, **kwargs))
 
 
 def figure_png(fig: Any, dpi: int = 90) -> bytes:

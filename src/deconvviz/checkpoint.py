@@ -23,10 +23,8 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
-import math
 import os
 import pickle
 import re
@@ -41,6 +39,7 @@ import torch
 from torch import nn
 
 from deconvviz._io import save_figure, save_torch, write_json
+from deconvviz._util import json_safe
 from deconvviz.errors import CheckpointError, DeconvvizError
 
 __all__ = [
@@ -80,21 +79,6 @@ class Run:
     metrics: dict[str, Any]
     path: Path
     iteration: int = 0
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with tuples as lists, NaN/inf as ``None`` and dataclasses as dicts."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def checkpoint_path(run_dir_or_file: str | os.PathLike[str]) -> Path:

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.engine import attach, eval_mode, exact_cuda, model_device_dtype
+from deconvviz.checks import model_device_dtype
+from deconvviz.engine import attach, eval_mode, exact_cuda
 from deconvviz.errors import InputError, unknown_name
 
 __all__ = ["METHODS", "Comparison", "compare_methods", "project_class"]

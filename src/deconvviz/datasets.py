@@ -7,7 +7,7 @@
   sorted order, as torchvision numbers them.
 * A flat folder is ``ROOT/*.png`` etc. with no labels (every label is ``-1``).
 * Order is deterministic: files sorted by their path relative to the root.
-* Resize policy (the same as :func:`deconvviz.reconstruct.load_images`): each image is centre-
+* Resize policy (:mod:`deconvviz.images`, the one every command uses): each image is centre-
   cropped to a square and resized (bicubic) to ``image_size``; without ``image_size`` every image
   gets the first image's size that way.
 * Files that are not readable images are skipped when the folder is listed (their headers are
@@ -25,18 +25,33 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
-from deconvviz.errors import DataError, InputError
+from deconvviz.errors import DataError, InputError, unknown_name
+from deconvviz.images import IMAGE_SUFFIXES, load_image
 
-__all__ = ["IMAGE_SUFFIXES", "FolderDataset", "SkippedFilesWarning", "find_image_folder"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SAMPLE_SPLIT",
+    "FolderDataset",
+    "SkippedFilesWarning",
+    "dataset_for_model",
+    "find_image_folder",
+    "load_sample",
+    "sample_path",
+]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+SAMPLE_FILE = "cifar10_sample.npz"
+SAMPLE_SPLIT = 400
+"""Sample images ``[0, SAMPLE_SPLIT)`` are the demo's training split, the rest its test split."""
 _SPLIT_NAMES = {"train": ("train", "Train", "TRAIN"), "test": ("test", "Test", "val", "Val")}
 
 
@@ -120,24 +135,7 @@ class FolderDataset(Dataset):
         self.image_size = int(image_size)
 
     def _read(self, path: Path, size: int | None) -> torch.Tensor:
-        from PIL import Image
-
-        from deconvviz.reconstruct import _fit
-
-        try:
-            with Image.open(path) as im:
-                im.load()
-                grey = im.mode in ("L", "1", "LA", "I", "I;16", "F")
-                mode = {1: "L", 3: "RGB"}.get(self.channels or 0, "L" if grey else "RGB")
-                img = im.convert(mode)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise DataError(
-                f"cannot read {path} ({exc}); remove or replace the file and run again"
-            ) from exc
-        if size is not None:
-            img = _fit(img, (size, size))
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-        return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+        return load_image(path, self.channels, size, fix="remove or replace the file and run again")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -222,4 +220,118 @@ def find_image_folder(
         split=split,
         source=base,
         skipped=skipped,
+    )
+
+
+# ------------------------------------------------------------------------------ samples
+
+
+def sample_path() -> Path:
+    """Path of the CIFAR-10 sample shipped inside the package."""
+    return Path(str(resources.files("deconvviz").joinpath("assets", SAMPLE_FILE)))
+
+
+def load_sample(split: str | None = None) -> Any:
+    """The small real CIFAR-10 sample shipped with deconvviz, as a dataset.
+
+    It holds the first 500 official CIFAR-10 test images (exact pixels, official order) with
+    their labels; ``scripts/make_cifar_sample.py`` made it.
+
+    Args:
+        split: ``None`` (all 500), ``"train"`` (the first 400) or ``"test"`` (the last 100).
+
+    Returns:
+        A :class:`deconvviz.data.ImageDataset` of ``(float32 [3, 32, 32] in [0, 1], label)``
+        items with ``classes`` = the CIFAR-10 class names.
+
+    Example:
+        >>> ds = load_sample("test")
+        >>> len(ds), ds.image_shape, ds.classes[ds[0][1]]
+        (100, (3, 32, 32), 'ship')
+    """
+    from deconvviz.data import ImageDataset
+
+    splits = ("train", "test")
+    if split is not None and split not in splits:
+        raise InputError(unknown_name("split", str(split), splits))
+    path = sample_path()
+    if not path.is_file():
+        raise DataError(
+            f"the CIFAR-10 sample {path} is missing from this installation; reinstall "
+            "deconvviz, or run scripts/make_cifar_sample.py in a source checkout"
+        )
+    with np.load(path, allow_pickle=False) as d:
+        x, y = d["x"], d["y"]
+        names = [str(n) for n in d["label_names"]]
+    sl = {None: slice(None), "train": slice(0, SAMPLE_SPLIT), "test": slice(SAMPLE_SPLIT, None)}
+    part = sl[split]
+    data = torch.from_numpy(np.ascontiguousarray(x[part].transpose(0, 3, 1, 2)))
+    targets = torch.from_numpy(y[part].astype(np.int64))
+    return ImageDataset(
+        data, targets, names, name="cifar10-sample", split=split or "all", source=path
+    )
+
+
+def dataset_for_model(
+    model: nn.Module,
+    config: Mapping[str, Any],
+    data_dir: str | os.PathLike[str] | None,
+    dataset: str | None = None,
+    split: str = "test",
+    max_images: int | None = None,
+) -> Any:
+    """The dataset that goes with a model: by its run config, else by name, converted to fit it.
+
+    A deconvviz run's config names its data (:func:`deconvviz.data.dataset_for_config`); a run
+    trained on the shipped CIFAR-10 sample (``deconvviz demo``) gets that sample back when no
+    ``data_dir`` is given (or the full CIFAR-10 under ``data_dir``). For a user model (no
+    config) the dataset under ``data_dir`` is converted to the model's input channels and size
+    where :func:`expected_input` can tell them; where ``data_dir`` holds several datasets, the
+    one whose images have that shape is read (:func:`deconvviz.data.choose_dataset`).
+
+    Args:
+        model: the loaded model.
+        config: the run's config (may be empty for a user model).
+        data_dir: where the data is (``None``: only for runs trained on the shipped sample).
+        dataset: a dataset name to force (``"auto"``, ``"cifar10"``, ...; ``"imagefolder"``
+            or ``"images"`` for a folder of images).
+        split: ``"train"`` or ``"test"``.
+        max_images: for image folders, list only the first N files (deterministic order).
+
+    An ``ImageFolder`` tree or a flat folder of images under ``data_dir`` (see
+    :mod:`deconvviz.datasets`) is used when no deconvviz dataset layout is found there.
+    """
+    from deconvviz.data import choose_dataset, dataset_for_config, find_datasets, load_dataset
+    from deconvviz.reconstruct import expected_input
+
+    model_cfg = config.get("model") if config else None
+    trained_on = config.get("dataset") if config else None
+    if trained_on == "cifar10-sample" and dataset is None:
+        if data_dir is None:
+            return load_sample(split)
+        dataset = "cifar10"
+    if data_dir is None:
+        raise DataError(
+            "no data folder given; pass --data-dir DIR (data_dir= in Python) pointing at the "
+            "dataset (e.g. ../shared/data)"
+        )
+    if dataset is None and isinstance(model_cfg, Mapping):
+        return dataset_for_config(dict(config), data_dir, split)
+    channels, size = expected_input(model, config)
+    if dataset in ("imagefolder", "images") or (
+        dataset in (None, "auto") and not find_datasets(data_dir)
+    ):
+        folder = find_image_folder(
+            data_dir, split, channels=channels, image_size=size, max_images=max_images
+        )
+        if folder is not None:
+            return folder
+    if dataset is None:  # a folder holding several: the one whose images fit the model
+        dataset = choose_dataset(data_dir, None, channels, size)
+    return load_dataset(
+        data_dir,
+        dataset,
+        split,
+        grayscale=None if channels is None else channels == 1,
+        image_size=size,
     )

@@ -22,20 +22,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from deconvviz.errors import DataError, InputError, unknown_name
+# The shipped sample is example data, read in deconvviz.datasets; re-exported here, where the
+# demo's users have always found it.
+from deconvviz.datasets import SAMPLE_SPLIT, load_sample, sample_path
 
 __all__ = ["SAMPLE_SPLIT", "ZF_LAYERS", "DemoResult", "load_sample", "run_demo", "sample_path"]
-
-SAMPLE_FILE = "cifar10_sample.npz"
-SAMPLE_SPLIT = 400
-"""Sample images ``[0, SAMPLE_SPLIT)`` are the demo's training split, the rest its test split."""
 
 
 @dataclass(frozen=True)
@@ -59,52 +53,6 @@ class DemoResult:
     final_test_acc: float
     data: str
     model: str = "zfnet-cifar"
-
-
-def sample_path() -> Path:
-    """Path of the CIFAR-10 sample shipped inside the package."""
-    return Path(str(resources.files("deconvviz").joinpath("assets", SAMPLE_FILE)))
-
-
-def load_sample(split: str | None = None) -> Any:
-    """The small real CIFAR-10 sample shipped with deconvviz, as a dataset.
-
-    It holds the first 500 official CIFAR-10 test images (exact pixels, official order) with
-    their labels; ``scripts/make_cifar_sample.py`` made it.
-
-    Args:
-        split: ``None`` (all 500), ``"train"`` (the first 400) or ``"test"`` (the last 100).
-
-    Returns:
-        A :class:`deconvviz.data.ImageDataset` of ``(float32 [3, 32, 32] in [0, 1], label)``
-        items with ``classes`` = the CIFAR-10 class names.
-
-    Example:
-        >>> ds = load_sample("test")
-        >>> len(ds), ds.image_shape, ds.classes[ds[0][1]]
-        (100, (3, 32, 32), 'ship')
-    """
-    from deconvviz.data import ImageDataset
-
-    splits = ("train", "test")
-    if split is not None and split not in splits:
-        raise InputError(unknown_name("split", str(split), splits))
-    path = sample_path()
-    if not path.is_file():
-        raise DataError(
-            f"the CIFAR-10 sample {path} is missing from this installation; reinstall "
-            "deconvviz, or run scripts/make_cifar_sample.py in a source checkout"
-        )
-    with np.load(path, allow_pickle=False) as d:
-        x, y = d["x"], d["y"]
-        names = [str(n) for n in d["label_names"]]
-    sl = {None: slice(None), "train": slice(0, SAMPLE_SPLIT), "test": slice(SAMPLE_SPLIT, None)}
-    part = sl[split]
-    data = torch.from_numpy(np.ascontiguousarray(x[part].transpose(0, 3, 1, 2)))
-    targets = torch.from_numpy(y[part].astype(np.int64))
-    return ImageDataset(
-        data, targets, names, name="cifar10-sample", split=split or "all", source=path
-    )
 
 
 ZF_LAYERS = ("relu1", "relu2", "relu3", "relu4", "relu5")

@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from deconvviz._util import DEFAULT_MAX_MEMORY, items_within
+from deconvviz.checks import model_device_dtype
 from deconvviz.errors import (
     DeconvvizError,
     InputError,
@@ -48,8 +50,6 @@ from deconvviz.receptive import ReceptiveField, RFTracker
 from deconvviz.rules import ReluRule, describe_rule, get_rule, uses_mask
 
 __all__ = ["Deconvnet", "DeconvvizWarning", "attach", "eval_mode", "exact_cuda", "layer_output"]
-
-DEFAULT_MAX_MEMORY = 512 * 2**20
 
 
 class DeconvvizWarning(UserWarning):
@@ -1005,7 +1005,7 @@ class Deconvnet:
                     yield idx, grads, sub
                 continue
             cost = per_sample * bh * bw / (h * w)
-            chunk = max(1, min(len(members), int(self.max_memory // max(cost, 1))))
+            chunk = items_within(self.max_memory, cost, cap=len(members))
             for start in range(0, len(members), chunk):
                 idx = torch.tensor(members[start : start + chunk])
                 sub = [boxes[i] for i in idx.tolist()]
@@ -1154,14 +1154,6 @@ class Deconvnet:
         with torch.enable_grad(), exact_cuda(xin, self._names):
             (g,) = torch.autograd.grad(tin, xin, seed_in, allow_unused=True)
         return (torch.zeros_like(xin).detach() if g is None else g.detach()), own
-
-
-def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Device and dtype of the model's first floating parameter (CPU, float32 without any)."""
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.device, p.dtype
-    return torch.device("cpu"), torch.float32
 
 
 def batch_images(batch: Any) -> Tensor:

@@ -26,13 +26,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from deconvviz.engine import eval_mode
-from deconvviz.errors import DeconvvizError, InputError, LayerError, unknown_name
+from deconvviz._util import items_within, pair
+from deconvviz._util import memory_budget as memory_budget_for
+from deconvviz.checks import model_device_dtype
+from deconvviz.engine import attach, eval_mode, layer_output
+from deconvviz.errors import InputError, LayerError, unknown_name
 
 __all__ = ["OcclusionResult", "occlusion", "occluder_starts"]
 
 Fill = str | float | Sequence[float] | Tensor
-_DEFAULT_CPU_BUDGET = 512 * 2**20
 # A job whose rows fit the budget at this many activation bytes per input byte runs as one
 # batch without measuring (generous for small CNNs; VGG/ResNet at 224 px take ~100-300).
 _GUESS_BYTES_PER_INPUT_BYTE = 512
@@ -135,31 +137,6 @@ def occluder_starts(length: int, size: int, stride: int) -> Tensor:
     return torch.arange(count, dtype=torch.long) * stride
 
 
-def _pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        pair = (value, value)
-    elif (
-        isinstance(value, Sequence)
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        pair = (int(value[0]), int(value[1]))
-    else:
-        raise InputError(f"{name} must be an int or a pair of ints (rows, cols), got {value!r}")
-    if min(pair) < 1:
-        raise InputError(f"{name} must be at least 1, got {value!r}")
-    return pair
-
-
-def _model_device_dtype(model: nn.Module, x: Tensor) -> tuple[torch.device, torch.dtype]:
-    for p in model.parameters():
-        return p.device, p.dtype
-    for b in model.buffers():
-        if b.is_floating_point():
-            return b.device, b.dtype
-    return x.device, x.dtype
-
-
 def _fill_values(fill: Fill, x: Tensor) -> Tensor:
     """Per-image, per-channel fill value, ``[N, C, 1, 1]`` (or broadcastable)."""
     n, c = x.shape[:2]
@@ -253,22 +230,13 @@ def _measure_bytes(model: nn.Module, total: list[int]) -> Iterator[None]:
             h.remove()
 
 
-def _budget(x: Tensor, memory_budget: int | None) -> int:
-    if memory_budget is not None:
-        return int(memory_budget)
-    if x.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(x.device)
-        return int(free // 4)
-    return _DEFAULT_CPU_BUDGET
-
-
 def _auto_batch_size(model: nn.Module, x: Tensor, rows: int, memory_budget: int | None) -> int:
     """Rows per forward pass that fit the memory budget.
 
     A job that fits even with a generous guess of the activation size runs as one batch;
     otherwise one image goes through the model to measure its activation bytes.
     """
-    budget = _budget(x, memory_budget)
+    budget = memory_budget_for(x.device, memory_budget)
     image_bytes = x[0].numel() * x.element_size()
     if rows * _GUESS_BYTES_PER_INPUT_BYTE * image_bytes <= budget:
         return rows
@@ -276,7 +244,7 @@ def _auto_batch_size(model: nn.Module, x: Tensor, rows: int, memory_budget: int 
     with _measure_bytes(model, used):
         model(x[:1])
     per_row = max(used[0], 4 * image_bytes) + 2 * image_bytes
-    return max(1, budget // per_row)
+    return items_within(budget, per_row)
 
 
 def _scan(
@@ -461,8 +429,8 @@ def occlusion(
         )
     if not bool(torch.isfinite(x).all()):
         raise InputError("images contain NaN or infinite values")
-    sh, sw = _pair("size", size)
-    th, tw = _pair("stride", stride)
+    sh, sw = pair(size, "size")
+    th, tw = pair(stride, "stride")
     n, _, h, w = x.shape
     if sh > h or sw > w:
         raise InputError(
@@ -479,7 +447,7 @@ def occlusion(
             raise LayerError(unknown_name("layer", str(layer), [k for k in modules if k]))
         module = modules[layer]
 
-    device, dtype = _model_device_dtype(model, x)
+    device, dtype = model_device_dtype(model, like=x)
     x = x.detach().to(device=device, dtype=dtype)
     fillv = _fill_values(fill, x)
     ys, xs = occluder_starts(h, sh, th), occluder_starts(w, sw, tw)
@@ -489,9 +457,7 @@ def occlusion(
     with eval_mode(model), torch.no_grad():
         channel = activation = base_feature = base_rectified = None
         if layer is not None:
-            import deconvviz
-
-            acts = _first_tensor(deconvviz.layer_output(model, x, layer)).detach()
+            acts = _first_tensor(layer_output(model, x, layer)).detach()
             if acts.dim() < 2 or acts.shape[0] != n:
                 raise LayerError(
                     f"layer {layer!r} outputs shape {tuple(acts.shape)}, not one map per image "
@@ -549,14 +515,10 @@ def occlusion(
 
 def _project(model: nn.Module, x: Tensor, layer: str, channel: Tensor) -> Tensor:
     """Deconvnet projection of each image's chosen channel (its strongest activation)."""
-    import deconvviz
-
-    if not hasattr(deconvviz, "attach"):  # pragma: no cover - the engine ships with the library
-        raise DeconvvizError("the deconvnet engine is not available; pass project=False")
     out: Tensor | None = None
     # Full-image passes (crop=False): one projection per image costs little next to the scan,
     # and they work for every model, including ones that refuse inputs of another size.
-    with deconvviz.attach(model, rule="deconvnet", crop=False) as dn:
+    with attach(model, rule="deconvnet", crop=False) as dn:
         for c in torch.unique(channel).tolist():
             idx = (channel == c).nonzero().flatten()
             rec = dn.project(x[idx.to(x.device)], layer=layer, channel=int(c)).detach().cpu()

@@ -8,13 +8,15 @@ Two computations, each returning tensors (no files written):
 * :func:`reconstruct_images` -- for given images, the strongest activation of each feature map
   (or of chosen channels), projected (:class:`ImageProjections` per layer).
 
-:func:`load_images` reads PNG/JPEG files into a batch the model can take, and the ``write_*``
-functions render the results (:mod:`deconvviz.render.reconstruct`) and write them atomically
-with :mod:`deconvviz._io`.
+:func:`load_images` (from :mod:`deconvviz.images`) reads PNG/JPEG files into a batch the model
+can take. Drawing is :mod:`deconvviz.render.reconstruct`'s; writing the figures and JSON is
+:mod:`deconvviz.export_reconstructions`'s; the dataset that goes with a model is
+:func:`deconvviz.datasets.dataset_for_model`.
 
 Example::
 
-    from deconvviz.reconstruct import reconstruct_dataset, write_dataset_reconstructions
+    from deconvviz.export_reconstructions import write_dataset_reconstructions
+    from deconvviz.reconstruct import reconstruct_dataset
 
     results = reconstruct_dataset(model, test_set, layers=["conv1", "conv2"], k=9)
     results["conv2"].reconstructions.shape          # [64, 9, 3, 14, 14]
@@ -23,22 +25,20 @@ Example::
 
 from __future__ import annotations
 
-import math
-import os
-import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from deconvviz._io import save_figure, save_torch, write_json
-from deconvviz.engine import _split_layer, attach, model_device_dtype
+from deconvviz._util import items_within, safe_name
+from deconvviz.checks import model_device_dtype
+from deconvviz.engine import _split_layer, attach
 from deconvviz.errors import DataError, InputError, LayerError, unknown_name
+from deconvviz.images import load_images
 from deconvviz.receptive import ReceptiveField
 from deconvviz.rules import RULES
 from deconvviz.topk import (
@@ -53,17 +53,13 @@ __all__ = [
     "ImageProjections",
     "LayerReconstructions",
     "conv_layer_names",
-    "dataset_for_model",
     "expected_input",
     "load_images",
     "reconstruct_dataset",
     "reconstruct_images",
     "safe_name",
-    "write_dataset_reconstructions",
-    "write_image_reconstructions",
 ]
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _CHANNEL_BUDGET = 256 * 2**20  # bytes of reconstructions held per projection call
 
 
@@ -92,10 +88,9 @@ class ImageProjections:
 
     def _repr_png_(self) -> bytes:
         """The first image's projections, for Jupyter."""
-        from deconvviz._display import figure_png
-        from deconvviz.render.reconstruct import image_projections_figure
+        from deconvviz._display import render_png
 
-        return figure_png(image_projections_figure(self, 0, max_channels=16))
+        return render_png(self, 0, max_channels=16)
 
 
 @dataclass(frozen=True)
@@ -214,20 +209,13 @@ class LayerReconstructions:
 
     def _repr_png_(self) -> bytes:
         """The top-k grid (up to 8 feature maps), for Jupyter."""
-        from deconvviz._display import figure_png
-        from deconvviz.render.reconstruct import top_projections_figure
+        from deconvviz._display import render_png
 
         n = int(self.channels.numel())
-        return figure_png(top_projections_figure(self, list(range(min(n, 8)))))
+        return render_png(self, list(range(min(n, 8))))
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def safe_name(layer: str) -> str:
-    """A file-name-safe spelling of a layer name (``features.3`` stays, ``a/b`` -> ``a_b``)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer).strip("._")
-    return name or "layer"
 
 
 def conv_layer_names(model: nn.Module) -> list[str]:
@@ -352,8 +340,6 @@ def reconstruct_dataset(
         chans = list(range(top.channels)) if channels is None else [int(c) for c in channels]
         if max_channels is not None:
             chans = chans[:max_channels]
-        if max_channels is not None:
-            chans = chans[:max_channels]
         bad = [c for c in chans if not 0 <= c < top.channels]
         if bad:
             raise InputError(
@@ -455,7 +441,7 @@ def reconstruct_images(
                     values = sel
                     positions = torch.zeros((*sel.shape, 2), dtype=torch.long, device=sel.device)
                 per_map = x.numel() * x.element_size()
-                step = max(1, _CHANNEL_BUDGET // max(per_map, 1))
+                step = items_within(_CHANNEL_BUDGET, per_map)
                 parts = []
                 for start in range(0, len(chans), step):
                     block = chans[start : start + step]
@@ -500,326 +486,3 @@ def expected_input(
         if conv is not None:
             channels = int(conv.in_channels)
     return channels, size
-
-
-def load_images(
-    paths: Iterable[str | os.PathLike[str]],
-    channels: int | None = None,
-    size: int | tuple[int, int] | None = None,
-) -> Tensor:
-    """Read PNG/JPEG (any format Pillow reads) into a float batch ``[N, C, H, W]`` in [0, 1].
-
-    Colour images become greyscale (ITU-R 601-2 luma) when ``channels`` is 1; greyscale images
-    are repeated to 3 channels when ``channels`` is 3. With ``size``, each image is cropped to
-    the aspect ratio of ``size`` around its centre and resized (bicubic) to it; without it, all
-    images must already have one size.
-
-    Args:
-        paths: image files.
-        channels: 1 or 3 (the model's input channels), or ``None`` to keep each image's own
-            (grey -> 1, colour -> 3).
-        size: ``S`` or ``(H, W)`` to resize to, or ``None``.
-
-    Returns:
-        ``float32 [N, C, H, W]`` with values in [0, 1].
-
-    Raises:
-        DataError: a file is missing or not an image.
-        InputError: the model's channel count cannot be made from an image (not 1 or 3), or
-            the images have different sizes and no ``size`` is given.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    files = [Path(p).expanduser() for p in paths]
-    if not files:
-        raise InputError("no image files given; pass at least one (--image PATH)")
-    if channels is not None and channels not in (1, 3):
-        raise InputError(
-            f"the model takes {channels}-channel input, which cannot be made from PNG/JPEG images "
-            "(grey or RGB); feed such a model tensors through the Python API instead"
-        )
-    target: tuple[int, int] | None = None
-    if size is not None:
-        target = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        if min(target) < 1:
-            raise InputError(f"size must be positive, got {size!r}")
-    arrays = []
-    import numpy as np
-
-    for path in files:
-        if not path.is_file():
-            raise DataError(f"image {path} does not exist; check the path")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                grey = im.mode in ("L", "1", "LA", "I", "I;16", "F")
-                mode = {1: "L", 3: "RGB"}.get(channels or 0, "L" if grey else "RGB")
-                img = im.convert(mode)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise DataError(
-                f"cannot read {path} as an image ({exc}); give a PNG or JPEG file"
-            ) from exc
-        if target is not None:
-            img = _fit(img, target)
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise InputError(
-            f"the images have different sizes {sorted(s[1:] for s in shapes)}; give a size to "
-            "resize them to (the model's input size)"
-        )
-    return torch.from_numpy(np.stack(arrays))
-
-
-def _fit(img: Any, target: tuple[int, int]) -> Any:
-    from PIL import Image
-
-    th, tw = target
-    w, h = img.size
-    if (h, w) == (th, tw):
-        return img
-    want = tw / th
-    if w / h > want:  # too wide: crop the sides
-        nw = max(1, round(h * want))
-        left = (w - nw) // 2
-        img = img.crop((left, 0, left + nw, h))
-    elif w / h < want:  # too tall
-        nh = max(1, round(w / want))
-        top = (h - nh) // 2
-        img = img.crop((0, top, w, top + nh))
-    return img.resize((tw, th), Image.Resampling.BICUBIC)
-
-
-def dataset_for_model(
-    model: nn.Module,
-    config: Mapping[str, Any],
-    data_dir: str | os.PathLike[str] | None,
-    dataset: str | None = None,
-    split: str = "test",
-    max_images: int | None = None,
-) -> Any:
-    """The dataset that goes with a model: by its run config, else by name, converted to fit it.
-
-    A deconvviz run's config names its data (:func:`deconvviz.data.dataset_for_config`); a run
-    trained on the shipped CIFAR-10 sample (``deconvviz demo``) gets that sample back when no
-    ``data_dir`` is given (or the full CIFAR-10 under ``data_dir``). For a user model (no
-    config) the dataset under ``data_dir`` is converted to the model's input channels and size
-    where :func:`expected_input` can tell them; where ``data_dir`` holds several datasets, the
-    one whose images have that shape is read (:func:`deconvviz.data.choose_dataset`).
-
-    Args:
-        model: the loaded model.
-        config: the run's config (may be empty for a user model).
-        data_dir: where the data is (``None``: only for runs trained on the shipped sample).
-        dataset: a dataset name to force (``"auto"``, ``"cifar10"``, ...; ``"imagefolder"``
-            or ``"images"`` for a folder of images).
-        split: ``"train"`` or ``"test"``.
-        max_images: for image folders, list only the first N files (deterministic order).
-
-    An ``ImageFolder`` tree or a flat folder of images under ``data_dir`` (see
-    :mod:`deconvviz.datasets`) is used when no deconvviz dataset layout is found there.
-    """
-    from deconvviz.data import choose_dataset, dataset_for_config, load_dataset
-
-    model_cfg = config.get("model") if config else None
-    trained_on = config.get("dataset") if config else None
-    if trained_on == "cifar10-sample" and dataset is None:
-        if data_dir is None:
-            from deconvviz.demo import load_sample
-
-            return load_sample(split)
-        dataset = "cifar10"
-    if data_dir is None:
-        raise DataError(
-            "no data folder given; pass --data-dir DIR (data_dir= in Python) pointing at the "
-            "dataset (e.g. ../shared/data)"
-        )
-    if dataset is None and isinstance(model_cfg, Mapping):
-        return dataset_for_config(dict(config), data_dir, split)
-    channels, size = expected_input(model, config)
-    if dataset in (None, "auto", "imagefolder", "images"):
-        from deconvviz.data import find_datasets
-        from deconvviz.datasets import find_image_folder
-
-        if dataset in ("imagefolder", "images") or not find_datasets(data_dir):
-            folder = find_image_folder(
-                data_dir, split, channels=channels, image_size=size, max_images=max_images
-            )
-            if folder is not None:
-                return folder
-    if dataset is None:  # a folder holding several: the one whose images fit the model
-        dataset = choose_dataset(data_dir, None, channels, size)
-    return load_dataset(
-        data_dir,
-        dataset,
-        split,
-        grayscale=None if channels is None else channels == 1,
-        image_size=size,
-    )
-
-
-# ------------------------------------------------------------------------------ writing
-
-
-def _finite(values: Tensor) -> list[Any]:
-    out: list[Any] = []
-    for row in values.tolist():
-        if isinstance(row, list):
-            out.append([v if isinstance(v, int) or math.isfinite(v) else None for v in row])
-        else:
-            out.append(row if isinstance(row, int) or math.isfinite(row) else None)
-    return out
-
-
-def write_dataset_reconstructions(
-    results: Mapping[str, LayerReconstructions],
-    out_dir: str | os.PathLike[str],
-    *,
-    channels_per_page: int = 64,
-    ncols: int = 8,
-    dpi: int = 100,
-    save_tensors: bool = False,
-) -> list[Path]:
-    """Render and write :func:`reconstruct_dataset`'s results, atomically.
-
-    Per layer: ``<layer>.png`` (the Fig. 2 grid; ``<layer>_p2.png``... when it has more than
-    ``channels_per_page`` feature maps) and ``<layer>.json`` (values, dataset indices,
-    positions and receptive-field boxes of every top activation, the dead feature maps and the
-    number of images scanned; padding entries, when the dataset had fewer than ``k`` images, are
-    left out and ``k`` counts the real ones); with ``save_tensors``, also ``<layer>.pt`` holding
-    the reconstructions and patches.
-
-    Returns:
-        The written PNG paths, in order.
-    """
-    from deconvviz.render.reconstruct import top_projections_figure
-
-    if channels_per_page < 1:
-        raise InputError(f"channels_per_page must be positive, got {channels_per_page}")
-    out = Path(out_dir)
-    pngs: list[Path] = []
-    for layer, rec in results.items():
-        stem = safe_name(layer)
-        n = rec.reconstructions.shape[0]
-        pages = max(1, math.ceil(n / channels_per_page))
-        written = []
-        for page in range(pages):
-            sel = list(range(page * channels_per_page, min(n, (page + 1) * channels_per_page)))
-            fig = top_projections_figure(
-                rec, sel, ncols=ncols, page=(page + 1, pages) if pages > 1 else None
-            )
-            path = out / (f"{stem}.png" if page == 0 else f"{stem}_p{page + 1}.png")
-            save_figure(path, fig, dpi=dpi)
-            written.append(path)
-        pngs += written
-        rf = rec.receptive_field
-        keep = rec.valid  # padding (fewer images than k) is left out
-        summary = {
-            "layer": layer,
-            "rule": rec.rule,
-            "k": rec.found,
-            "k_asked": rec.k,
-            "input_size": list(rec.input_size),
-            "receptive_field": None
-            if rf is None
-            else {
-                "size": list(rf.size),
-                "jump": list(rf.jump),
-                "start": list(rf.start),
-            },
-            "figures": [p.name for p in written],
-            "images": rec.images,
-            "dead": rec.dead,
-            "channels": rec.channels.tolist(),
-            "values": [_finite(v[m]) for v, m in zip(rec.values, keep, strict=True)],
-            "indices": [i[m].tolist() for i, m in zip(rec.indices, keep, strict=True)],
-            "positions": [p[m].tolist() for p, m in zip(rec.positions, keep, strict=True)],
-            "boxes": [b[m].tolist() for b, m in zip(rec.boxes, keep, strict=True)],
-        }
-        write_json(out / f"{stem}.json", summary)
-        if save_tensors:
-            save_torch(
-                out / f"{stem}.pt",
-                {
-                    "channels": rec.channels,
-                    "reconstructions": rec.reconstructions,
-                    "patches": rec.patches,
-                    "values": rec.values,
-                    "indices": rec.indices,
-                    "positions": rec.positions,
-                    "boxes": rec.boxes,
-                },
-            )
-    return pngs
-
-
-def _unique(names: list[str]) -> list[str]:
-    """``names`` made distinct as file names: a repeated ``cat`` becomes ``cat_2``, ``cat_3``..."""
-    seen: set[str] = set()
-    out = []
-    for name in names:
-        base = safe_name(name)
-        cand, n = base, 1
-        while cand in seen:
-            n += 1
-            cand = f"{base}_{n}"
-        seen.add(cand)
-        out.append(cand)
-    return out
-
-
-def write_image_reconstructions(
-    results: Mapping[str, ImageProjections],
-    out_dir: str | os.PathLike[str],
-    names: Sequence[str] | None = None,
-    *,
-    max_channels: int | None = 64,
-    dpi: int = 100,
-) -> list[Path]:
-    """Render and write :func:`reconstruct_images`'s results, atomically.
-
-    Per image and layer: ``<image>_<layer>.png`` (the input beside the projections of its
-    ``max_channels`` strongest feature maps, labelled with channel and activation value), and
-    one ``projections.json`` with every value and position.
-
-    Args:
-        results: what :func:`reconstruct_images` returned.
-        out_dir: the folder.
-        names: a name per image (e.g. the file stems; repeated names get ``_2``, ``_3``...);
-            default ``image0``, ``image1``...
-        max_channels: show at most this many feature maps per figure, strongest first
-            (``None``: all).
-        dpi: resolution of the PNGs.
-
-    Returns:
-        The written PNG paths, in order.
-    """
-    from deconvviz.render.reconstruct import image_projections_figure
-
-    out = Path(out_dir)
-    pngs: list[Path] = []
-    summary: dict[str, Any] = {}
-    for layer, res in results.items():
-        n = res.images.shape[0]
-        labels = list(names) if names is not None else [f"image{i}" for i in range(n)]
-        if len(labels) != n:
-            raise InputError(f"got {len(labels)} names for {n} images; give one per image")
-        labels = _unique(labels)
-        per_image = []
-        for i in range(n):
-            fig = image_projections_figure(res, i, max_channels=max_channels, title=labels[i])
-            path = out / f"{safe_name(labels[i])}_{safe_name(layer)}.png"
-            save_figure(path, fig, dpi=dpi)
-            pngs.append(path)
-            per_image.append(
-                {
-                    "image": labels[i],
-                    "figure": path.name,
-                    "values": res.values[i].tolist(),
-                    "positions": res.positions[i].tolist(),
-                }
-            )
-        summary[layer] = {"rule": res.rule, "channels": res.channels.tolist(), "images": per_image}
-    write_json(out / "projections.json", summary)
-    return pngs

@@ -12,7 +12,7 @@ figure. Sections:
 4. per-layer reconstructions (the paper's Fig. 2);
 5. occlusion sensitivity (the paper's Fig. 7);
 6. our deconvnet beside captum's attribution methods;
-7. the paper's analyses (:func:`deconvviz.analyses.report_figures`), when available.
+7. the paper's analyses (:func:`deconvviz.analyses_report.report_figures`).
 
 A section that does not apply to the model (no convolution layer, no training history...) is
 listed as skipped, with the reason, instead of failing the report.
@@ -47,8 +47,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from deconvviz._io import save_figure, save_image, write_json, write_text
+from deconvviz._util import json_safe, safe_name
 from deconvviz._version import __version__
-from deconvviz.engine import _split_layer, model_device_dtype
+from deconvviz.checks import model_device_dtype
+from deconvviz.engine import _split_layer
 from deconvviz.errors import DeconvvizError, InputError, LayerError, unknown_name
 from deconvviz.rules import RULES
 
@@ -306,7 +308,7 @@ def write_report(
         ],
         "figures": [{"section": f.section, "title": f.title, "path": f.path} for f in figures],
     }
-    manifest_path = write_json(out / "manifest.json", _json_safe(manifest))
+    manifest_path = write_json(out / "manifest.json", json_safe(manifest))
     page = _html_page(title or f"deconvviz report: {type(model).__name__}", done, manifest)
     index = write_text(out / "index.html", page)
     return Report(out, index, manifest_path, figures, skipped)
@@ -345,7 +347,7 @@ def report_from_run(
         A :class:`Report`.
     """
     from deconvviz.checkpoint import load_run
-    from deconvviz.reconstruct import dataset_for_model
+    from deconvviz.datasets import dataset_for_model
 
     run = (
         loaded
@@ -367,20 +369,6 @@ def _describe_dataset(dataset: Any, scan: Any) -> dict[str, Any]:
     with contextlib.suppress(InputError, IndexError):
         out["image_shape"] = list(_first_image(dataset).shape)
     return out
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, Tensor):
-        return _json_safe(obj.tolist())
-    return obj
 
 
 # ------------------------------------------------------------------------------ sections
@@ -458,13 +446,13 @@ def _filters(ctx: _Context, section: _Section) -> None:
         f"{name}: {conv.out_channels} filters "
         f"{conv.kernel_size[0]}x{conv.kernel_size[1]} (grey = 0)",
         filter_grid(conv, scale=6),
-        f"filters_{_safe(name)}.png",
+        f"filters_{safe_name(name)}.png",
     )
     ctx.add_figure(
         section,
         f"{name}: RMS of each filter (radius 0.1 dashed)",
         rms_figure(conv, radius=0.1, title=f"{name} filter RMS"),
-        f"filters_{_safe(name)}_rms.png",
+        f"filters_{safe_name(name)}_rms.png",
     )
 
 
@@ -510,7 +498,7 @@ def _stats(ctx: _Context, section: _Section) -> None:
             section,
             f"{s.report_name}: histogram of every activation",
             histogram_figure(s),
-            f"stats_{_safe(s.name)}.png",
+            f"stats_{safe_name(s.name)}.png",
         )
     section.html.insert(
         0,
@@ -521,7 +509,8 @@ def _stats(ctx: _Context, section: _Section) -> None:
 
 
 def _reconstructions(ctx: _Context, section: _Section) -> None:
-    from deconvviz.reconstruct import reconstruct_dataset, write_dataset_reconstructions
+    from deconvviz.export_reconstructions import write_dataset_reconstructions
+    from deconvviz.reconstruct import reconstruct_dataset
 
     results = reconstruct_dataset(
         ctx.model,
@@ -618,7 +607,7 @@ def _evidence(ctx: _Context, section: _Section) -> None:
         evidence_figure(sel, fs),
         "evidence.png",
     )
-    write_json(ctx.path("evidence.json"), _json_safe(data))
+    write_json(ctx.path("evidence.json"), json_safe(data))
     section.data.update(data)
 
 
@@ -664,15 +653,8 @@ def _compare(ctx: _Context, section: _Section) -> None:
 
 
 def _analyses(ctx: _Context, section: _Section) -> None:
-    try:
-        from deconvviz import analyses
-    except ImportError:
-        section.skipped = "deconvviz.analyses is not available in this version"
-        return
-    report_figures = getattr(analyses, "report_figures", None)
-    if report_figures is None:
-        section.skipped = "deconvviz.analyses has no report_figures() in this version"
-        return
+    from deconvviz.analyses_report import report_figures
+
     folder = ctx.path("analyses")
     # report_figures returns the paths it wrote (folder / name): usable as they are, never to be
     # joined to the folder again
@@ -752,12 +734,6 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         else:
             out.append((name, "(none)" if value is None else _fmt(value)))
     return out
-
-
-def _safe(name: str) -> str:
-    from deconvviz.reconstruct import safe_name
-
-    return safe_name(name)
 
 
 def _html_page(title: str, sections: Sequence[_Section], manifest: Mapping[str, Any]) -> str:

@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakTensorKeyDictionary
 from tqdm.auto import tqdm
 
+from deconvviz.checks import to_model
 from deconvviz.engine import batch_images, eval_mode
 from deconvviz.errors import InputError, LayerError, unknown_name
 
@@ -127,10 +128,9 @@ class LayerStats:
 
     def _repr_png_(self) -> bytes:
         """The activation histogram, for Jupyter."""
-        from deconvviz._display import figure_png
-        from deconvviz.render.stats import histogram_figure
+        from deconvviz._display import render_png
 
-        return figure_png(histogram_figure(self))
+        return render_png(self)
 
 
 @dataclass(frozen=True)
@@ -180,10 +180,9 @@ class HiddenStateStats:
 
     def _repr_png_(self) -> bytes:
         """The hidden-state statistics, for Jupyter."""
-        from deconvviz._display import figure_png
-        from deconvviz.render.stats import hidden_state_figure
+        from deconvviz._display import render_png
 
-        return figure_png(hidden_state_figure(self))
+        return render_png(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,11 +418,7 @@ def _first_tensor(name: str, out: Any) -> Tensor:
 
 def _to_model(x: Tensor, model: nn.Module) -> Tensor:
     """Move a batch to the model's device and floating dtype (the dtype of its parameters)."""
-    for p in model.parameters():
-        if x.is_floating_point() and p.is_floating_point():
-            return x.to(device=p.device, dtype=p.dtype)
-        return x.to(p.device)
-    return x
+    return to_model(x, model)
 
 
 def _length(loader: Iterable[Any]) -> int | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import click
 from torch import nn
 
 from deconvviz._io import save_figure, save_image, save_torch, write_json, write_text
+from deconvviz._util import safe_name
 from deconvviz.errors import InputError, LayerError, unknown_name
 from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.model_options import ModelSpec
@@ -27,7 +27,7 @@ from deconvviz_cli.options import (
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "model"
+    return safe_name(name, "model")
 
 
 def _class_names(model: nn.Module) -> list[str] | None:
@@ -110,8 +110,9 @@ def occlude(
 
     Writes occlusion.png (the maps over the image) and occlusion.pt (the result tensors).
     """
+    from deconvviz.images import load_images
     from deconvviz.occlusion import occlusion
-    from deconvviz.reconstruct import expected_input, load_images
+    from deconvviz.reconstruct import expected_input
     from deconvviz.render.occlusion import occlusion_figure
 
     run = load(checkpoint, model_factory, device)
@@ -285,7 +286,7 @@ def stats(
     """
     from torch.utils.data import DataLoader, Subset
 
-    from deconvviz.reconstruct import dataset_for_model
+    from deconvviz.datasets import dataset_for_model
     from deconvviz.render.stats import (
         hidden_state_figure,
         hidden_state_table,

@@ -92,7 +92,7 @@ def _load(
 ) -> tuple[Any, torch.Tensor, torch.Tensor, list[int]]:
     """The run, and ``(images, labels, dataset indices)`` from its dataset."""
     from deconvviz.analyses import pick_images
-    from deconvviz.reconstruct import dataset_for_model
+    from deconvviz.datasets import dataset_for_model
 
     run = load(opts["checkpoint"], opts["model_factory"], opts["device"])
     ds = dataset_for_model(

@@ -121,8 +121,8 @@ def atlas_cmd(
     """
     import torch
 
-    from deconvviz import reconstruct as rec
     from deconvviz.atlas import write_atlas
+    from deconvviz.datasets import dataset_for_model
     from deconvviz.errors import InputError
     from deconvviz.scan import project_layer, scan
 
@@ -140,7 +140,7 @@ def atlas_cmd(
         raise InputError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
     run = load(checkpoint, model_factory)
     model = run.model.to(dev)
-    data = rec.dataset_for_model(run.model, run.config, data_dir, dataset, split)
+    data = dataset_for_model(run.model, run.config, data_dir, dataset, split)
     result = scan(
         model,
         data,

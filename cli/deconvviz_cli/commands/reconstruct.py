@@ -134,7 +134,9 @@ def reconstruct_cmd(
       deconvviz reconstruct -c runs/lenet5 --data-dir ../shared/data --out out/rec
       deconvviz reconstruct -c runs/lenet5 --image cat.png --layer conv2 --out out/cat
     """
+    from deconvviz import export_reconstructions as export
     from deconvviz import reconstruct as rec
+    from deconvviz.datasets import dataset_for_model
 
     run = load(checkpoint, model_factory, device)
     chans = list(channels) or None
@@ -147,7 +149,7 @@ def reconstruct_cmd(
             run.model, x, list(layers) or None, chans, rule, progress=progress
         )
         names = [p.stem for p in images]
-        pngs = rec.write_image_reconstructions(results, out, names)
+        pngs = export.write_image_reconstructions(results, out, names)
         if compare:
             from deconvviz._io import save_figure
             from deconvviz.compare import compare_methods
@@ -164,7 +166,7 @@ def reconstruct_cmd(
         return
     from torch.utils.data import Subset
 
-    data = rec.dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)
+    data = dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)
     dataset_note(data_dir, getattr(data, "name", None), dataset)
     if max_images is not None and len(data) > max_images:
         data = Subset(data, range(max_images))
@@ -178,7 +180,7 @@ def reconstruct_cmd(
         progress=progress,
         num_workers=workers,
     )
-    pngs = rec.write_dataset_reconstructions(found, out)
+    pngs = export.write_dataset_reconstructions(found, out)
     click.echo(
         f"wrote {len(pngs)} figures to {out} (top-{k} of {len(data)} images, "
         f"layers {', '.join(found)}, rule {rule})"

@@ -9,7 +9,7 @@
 * :func:`sensitivity_check` -- Mahendran & Vedaldi 2016: do projections of different units
   differ?
 * :func:`report_figures` -- quick versions of all of them, written as PNG + JSON (for the HTML
-  report).
+  report; defined in the export layer, :mod:`deconvviz.analyses_report`).
 
 Every analysis returns a small frozen result object of tensors with a ``to_dict()`` for JSON;
 :mod:`deconvviz.render.analyses` turns results into figures. See ``docs/analyses.md``.
@@ -17,7 +17,8 @@ Every analysis returns a small frozen result object of tensors with a ``to_dict(
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import Any
 
 from deconvviz.analyses._common import pick_images
 from deconvviz.analyses.correspondence import CorrespondenceResult, correspondence, occlude
@@ -35,9 +36,6 @@ from deconvviz.analyses.sanity import (
     randomisation_test,
     sensitivity_check,
 )
-
-if TYPE_CHECKING:
-    from deconvviz.analyses.report import report_figures
 
 __all__ = [
     "TRANSFORMS",
@@ -64,10 +62,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # report_figures renders and writes files, so it lives a layer above the analyses and is
-    # imported only when asked for (keeping `import deconvviz.analyses` free of matplotlib).
+    # report_figures renders and writes files, so it lives in the export layer
+    # (deconvviz.analyses_report), which imports the analyses; the analyses do not import it:
+    # the public name is looked up by module name only when asked for (keeping
+    # `import deconvviz.analyses` free of matplotlib and of any upward import).
     if name == "report_figures":
-        from deconvviz.analyses.report import report_figures
-
-        return report_figures
+        return importlib.import_module("deconvviz.analyses_report").report_figures
     raise AttributeError(f"module 'deconvviz.analyses' has no attribute {name!r}")

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from deconvviz._util import json_safe
 from deconvviz.errors import InputError, LayerError, unknown_name
 
 __all__ = [
@@ -76,7 +77,7 @@ class SelectivityResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "layers": list(self.layers),
-            "selectivity": {k: _nan_to_none(v) for k, v in self.selectivity.items()},
+            "selectivity": {k: json_safe(float(v)) for k, v in self.selectivity.items()},
             "live_units": {
                 n: int(self.per_unit[n].numel() - len(self.dead[n])) for n in self.layers
             },
@@ -106,14 +107,10 @@ class FilterStructure:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "trained": _nan_to_none(self.trained),
-            "init": _nan_to_none(self.init),
+            "trained": json_safe(float(self.trained)),
+            "init": json_safe(float(self.init)),
             "seeds": self.seeds,
         }
-
-
-def _nan_to_none(v: float) -> float | None:
-    return None if not math.isfinite(v) else float(v)
 
 
 def neighbour_correlation(weight: Tensor) -> Tensor:

@@ -1,7 +1,8 @@
 """Quick versions of every analysis on a few images, written as PNG + JSON (for the report).
 
-This module sits above the analyses and the renderers (it writes files); nothing in the
-analyses imports it.
+The export layer: this module sits above the analyses (:mod:`deconvviz.analyses`) and the
+renderers (:mod:`deconvviz.render.analyses`) because it writes files; nothing in the analyses
+imports it (``deconvviz.analyses.report_figures`` finds it by name, when asked for).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import torch
 from torch import nn
 
 from deconvviz._io import save_figure, write_json
-from deconvviz.analyses._common import check_images, default_layers, eval_mode, pick_images
+from deconvviz._util import json_safe
+from deconvviz.analyses._common import default_layers, pick_images
 from deconvviz.analyses.correspondence import correspondence
 from deconvviz.analyses.invariance import invariance
 from deconvviz.analyses.sanity import randomisation_test, sensitivity_check
-from deconvviz.checkpoint import json_safe
-from deconvviz.engine import DeconvvizWarning
+from deconvviz.checks import check_images
+from deconvviz.engine import DeconvvizWarning, eval_mode
 
 __all__ = ["report_figures", "pick_images"]
 
