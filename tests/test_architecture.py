@@ -1,0 +1,171 @@
+"""The layer map in docs/architecture.md is the code's: imports go one way, and never in a circle.
+
+The test reads the layer table of ``docs/architecture.md``, walks every import statement of every
+module of ``deconvviz`` and ``deconvviz_cli`` -- function-level ones included, since those are
+how cycles hide -- and fails on a module the map does not place, on an import from a lower layer
+into a higher one, and on any cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"deconvviz": ROOT / "src" / "deconvviz", "deconvviz_cli": ROOT / "cli" / "deconvviz_cli"}
+DOC = ROOT / "docs" / "architecture.md"
+
+
+def _modules() -> dict[str, Path]:
+    mods: dict[str, Path] = {}
+    for top, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            parts = path.relative_to(folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            mods[".".join((top, *parts))] = path
+    return mods
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every deconvviz module ``name`` imports, wherever the import statement is."""
+    is_pkg = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = name.split(".") if is_pkg else name.split(".")[:-1]
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return {m for m in found if m in known and m != name}
+
+
+def _layer_table() -> list[tuple[str, int, list[str]]]:
+    """``(layer, rank, module patterns)`` rows of the doc's "Layers" table."""
+    rows = []
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].isdigit():
+            rows.append((cells[1], int(cells[0]), re.findall(r"`([^`]+)`", cells[2])))
+    return rows
+
+
+def _rank_of(module: str, table: list[tuple[str, int, list[str]]]) -> list[tuple[str, int]]:
+    short = module.removeprefix("deconvviz.") if module != "deconvviz" else "deconvviz"
+    return [
+        (layer, rank)
+        for layer, rank, patterns in table
+        for p in patterns
+        if fnmatch.fnmatchcase(short, p) or fnmatch.fnmatchcase(module, p)
+    ]
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    mods = _modules()
+    return {m: _imports(m, p, set(mods)) for m, p in mods.items()}
+
+
+def test_the_doc_has_a_layer_table() -> None:
+    table = _layer_table()
+    assert [layer for layer, _, _ in table][:2] == ["base", "core"], table
+    assert [rank for _, rank, _ in table] == sorted(rank for _, rank, _ in table)
+
+
+def test_every_module_has_exactly_one_layer(graph: dict[str, set[str]]) -> None:
+    table = _layer_table()
+    unplaced = sorted(m for m in graph if not _rank_of(m, table))
+    twice = sorted(m for m in graph if len({r for r in _rank_of(m, table)}) > 1)
+    assert not unplaced, f"modules missing from docs/architecture.md's layer table: {unplaced}"
+    assert not twice, f"modules placed in two layers: {twice}"
+
+
+def test_every_name_in_the_table_is_a_module(graph: dict[str, set[str]]) -> None:
+    for layer, _, patterns in _layer_table():
+        for p in patterns:
+            hits = [
+                m
+                for m in graph
+                if fnmatch.fnmatchcase(m.removeprefix("deconvviz."), p) or fnmatch.fnmatchcase(m, p)
+            ]
+            assert hits, f"docs/architecture.md places {p!r} in {layer!r}, but no module matches"
+
+
+def test_imports_never_go_up(graph: dict[str, set[str]]) -> None:
+    table = _layer_table()
+    upward = []
+    for module, targets in graph.items():
+        (layer, rank), *_ = _rank_of(module, table)
+        for t in sorted(targets):
+            (tlayer, trank), *_ = _rank_of(t, table)
+            if trank > rank:
+                upward.append(f"{module} ({layer}) imports {t} ({tlayer})")
+    assert not upward, "imports from a lower layer into a higher one:\n" + "\n".join(upward)
+
+
+def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
+    # Tarjan's strongly connected components; a package's __init__ importing its own
+    # submodules is how packages re-export, so those edges are not part of a cycle.
+    paths = _modules()
+    edges = {
+        m: {t for t in ts if not (t.startswith(m + ".") and paths[m].name == "__init__.py")}
+        for m, ts in graph.items()
+    }
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_library_never_imports_the_cli(graph: dict[str, set[str]]) -> None:
+    bad = [
+        f"{m} -> {t}"
+        for m, ts in graph.items()
+        if m.startswith("deconvviz.") or m == "deconvviz"
+        for t in ts
+        if t.startswith("deconvviz_cli")
+    ]
+    assert not bad
+
+
+def test_the_walker_sees_function_level_imports(tmp_path: Path) -> None:
+    src = tmp_path / "m.py"
+    src.write_text("def f():\n    from deconvviz.report import write_report\n    import deconvviz.atlas\n")
+    got = _imports("deconvviz.x", src, {"deconvviz.report", "deconvviz.atlas"})
+    assert got == {"deconvviz.report", "deconvviz.atlas"}
