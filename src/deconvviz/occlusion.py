@@ -287,6 +287,15 @@ class _Grid:
     xs: Tensor
     size: tuple[int, int]
 
+    @classmethod
+    def over(
+        cls, x: Tensor, fillv: Tensor, size: tuple[int, int], stride: tuple[int, int]
+    ) -> _Grid:
+        """The occluders of side ``size`` every ``stride`` pixels over images ``x``."""
+        h, w = x.shape[-2:]
+        ys, xs = occluder_starts(h, size[0], stride[0]), occluder_starts(w, size[1], stride[1])
+        return cls(x, fillv, ys, xs, size)
+
     def __post_init__(self) -> None:
         device = self.x.device
         self.ys, self.xs = self.ys.to(device), self.xs.to(device)
@@ -470,37 +479,39 @@ def occlusion(
         >>> tuple(res.prob.shape)  # [N, Hp, Wp] with Hp = ceil((28 - 8) / 2) + 1
         (2, 11, 11)
     """
-    (sh, sw), (th, tw), module = _check_args(model, x, size, stride, batch_size, layer)
-    n, _, h, w = x.shape
-    device, dtype = _model_device_dtype(model, x)
-    x = x.detach().to(device=device, dtype=dtype)
-    grid = _Grid(
-        x, _fill_values(fill, x), occluder_starts(h, sh, th), occluder_starts(w, sw, tw), (sh, sw)
-    )
-    tgt = _given_targets(target, n, device)
-    base: dict[str, Tensor | None] = dict.fromkeys(
-        ("channel", "activation", "base_feature", "base_feature_rectified")
-    )
+    size, stride, module = _check_args(model, x, size, stride, batch_size, layer)
+    x = x.detach().to(*_model_device_dtype(model, x))
+    grid = _Grid.over(x, _fill_values(fill, x), size, stride)
+    tgt = _given_targets(target, x.shape[0], x.device)
     with eval_mode(model), torch.no_grad():
-        if layer is not None:
-            base = _strongest_maps(model, x, layer)
-        if batch_size is None:
-            batch_size = _auto_batch_size(model, x, grid.total, memory_budget)
-        chan = base["channel"].to(device) if base["channel"] is not None else None
-        res = _scan(model, grid, tgt, module, layer, chan, batch_size, progress)
+        base = _strongest_maps(model, x, layer) if layer is not None else _no_maps()
+        rows = batch_size or _auto_batch_size(model, x, grid.total, memory_budget)
+        chan = base["channel"].to(x.device) if base["channel"] is not None else None
+        res = _scan(model, grid, tgt, module, layer, chan, rows, progress)
     if layer is not None and project:
         assert base["channel"] is not None
         base["projection"] = _project(model, x, layer, base["channel"].cpu())
-    shape = (n, len(grid.ys), len(grid.xs))
+    return _result(grid, res, base, stride, layer)
+
+
+def _result(
+    grid: _Grid,
+    res: dict[str, Any],
+    base: dict[str, Any],
+    stride: tuple[int, int],
+    layer: str | None,
+) -> OcclusionResult:
+    """The scanned rows as ``[N, Hp, Wp]`` maps, with the layer's values ``base``."""
+    shape = (int(grid.x.shape[0]), len(grid.ys), len(grid.xs))
     for key in ("prob", "top_class", "top_prob", "feature", "feature_rectified"):
         res[key] = res[key].view(shape) if res[key] is not None else None
     return OcclusionResult(
         **res,
         **base,
         positions=torch.stack(torch.meshgrid(grid.ys.cpu(), grid.xs.cpu(), indexing="ij"), -1),
-        size=(sh, sw),
-        stride=(th, tw),
-        image_size=(h, w),
+        size=grid.size,
+        stride=stride,
+        image_size=(int(grid.x.shape[-2]), int(grid.x.shape[-1])),
         layer=layer,
     )
 
@@ -550,7 +561,12 @@ def _check_args(
     return (sh, sw), (th, tw), modules[layer]
 
 
-def _strongest_maps(model: nn.Module, x: Tensor, layer: str) -> dict[str, Tensor | None]:
+def _no_maps() -> dict[str, Any]:
+    """:func:`_strongest_maps`'s keys, without a layer."""
+    return dict.fromkeys(("channel", "activation", "base_feature", "base_feature_rectified"))
+
+
+def _strongest_maps(model: nn.Module, x: Tensor, layer: str) -> dict[str, Any]:
     """Each unoccluded image's strongest channel of ``layer`` (the one holding its largest
     activation), that channel's map and its totals, raw and rectified (on the CPU)."""
     n = x.shape[0]
