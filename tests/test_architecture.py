@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"deconvviz": ROOT / "src" / "deconvviz", "deconvviz_cli": ROOT / "cli" / "deconvviz_cli"}
+PACKAGES = {
+    "deconvviz": ROOT / "src" / "deconvviz",
+    "deconvviz_cli": ROOT / "cli" / "deconvviz_cli",
+}
 DOC = ROOT / "docs" / "architecture.md"
 
 
@@ -166,6 +169,8 @@ def test_the_library_never_imports_the_cli(graph: dict[str, set[str]]) -> None:
 
 def test_the_walker_sees_function_level_imports(tmp_path: Path) -> None:
     src = tmp_path / "m.py"
-    src.write_text("def f():\n    from deconvviz.report import write_report\n    import deconvviz.atlas\n")
+    src.write_text(
+        "def f():\n    from deconvviz.report import write_report\n    import deconvviz.atlas\n"
+    )
     got = _imports("deconvviz.x", src, {"deconvviz.report", "deconvviz.atlas"})
     assert got == {"deconvviz.report", "deconvviz.atlas"}

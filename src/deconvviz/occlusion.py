@@ -17,8 +17,7 @@ the dataset mean) or ``fill="mean"`` (each image's own mean colour).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +28,9 @@ from tqdm.auto import tqdm
 from deconvviz._util import items_within, pair
 from deconvviz._util import memory_budget as memory_budget_for
 from deconvviz.checks import model_device_dtype
-from deconvviz.engine import attach, eval_mode, layer_output
+from deconvviz.engine import attach, layer_output
 from deconvviz.errors import InputError, LayerError, unknown_name
+from deconvviz.tracer import Tracer, eval_mode
 
 __all__ = ["OcclusionResult", "occlusion", "occluder_starts"]
 
@@ -213,21 +213,21 @@ def _channel_totals(out: Tensor, channels: Tensor, rectified: bool = False) -> T
     return picked.reshape(out.shape[0], -1).sum(dim=1) if picked.dim() > 1 else picked
 
 
-@contextmanager
-def _measure_bytes(model: nn.Module, total: list[int]) -> Iterator[None]:
-    """Add up the bytes of every module output of the forward passes run inside."""
+def _activation_bytes(model: nn.Module, x: Tensor) -> int:
+    """Bytes of every module output (the model's own included) of one forward pass on ``x``."""
+    total = 0
+    tracer = Tracer(model, include_root=True)
 
-    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+    @tracer.on_return
+    def add(name: str, call: int, module: nn.Module, args: Any, out: Any) -> None:
+        nonlocal total
         for t in out if isinstance(out, tuple | list) else (out,):
             if isinstance(t, Tensor):
-                total[0] += t.numel() * t.element_size()
+                total += t.numel() * t.element_size()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    with tracer:
+        tracer.run(x, exact=False)
+    return total
 
 
 def _auto_batch_size(model: nn.Module, x: Tensor, rows: int, memory_budget: int | None) -> int:
@@ -240,129 +240,164 @@ def _auto_batch_size(model: nn.Module, x: Tensor, rows: int, memory_budget: int 
     image_bytes = x[0].numel() * x.element_size()
     if rows * _GUESS_BYTES_PER_INPUT_BYTE * image_bytes <= budget:
         return rows
-    used = [0]
-    with _measure_bytes(model, used):
-        model(x[:1])
-    per_row = max(used[0], 4 * image_bytes) + 2 * image_bytes
+    per_row = max(_activation_bytes(model, x[:1]), 4 * image_bytes) + 2 * image_bytes
     return items_within(budget, per_row)
+
+
+@dataclass
+class _Grid:
+    """Every image, unoccluded and under every occluder position: ``total`` rows, image-major,
+    ``per_image`` rows per image of which the first is the clean image."""
+
+    x: Tensor
+    fillv: Tensor
+    ys: Tensor
+    xs: Tensor
+    size: tuple[int, int]
+
+    @classmethod
+    def over(
+        cls, x: Tensor, fillv: Tensor, size: tuple[int, int], stride: tuple[int, int]
+    ) -> _Grid:
+        """The occluders of side ``size`` every ``stride`` pixels over images ``x``."""
+        h, w = x.shape[-2:]
+        ys, xs = occluder_starts(h, size[0], stride[0]), occluder_starts(w, size[1], stride[1])
+        return cls(x, fillv, ys, xs, size)
+
+    def __post_init__(self) -> None:
+        device = self.x.device
+        self.ys, self.xs = self.ys.to(device), self.xs.to(device)
+        self.per_image = len(self.ys) * len(self.xs) + 1
+        self.total = int(self.x.shape[0]) * self.per_image
+        h, w = self.x.shape[-2:]
+        self.rows, self.cols = torch.arange(h, device=device), torch.arange(w, device=device)
+
+    def batch(self, start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows ``[start, stop)``: ``(images, image index of each row, whether it is clean)``."""
+        x, fillv, wp = self.x, self.fillv, len(self.xs)
+        idx = torch.arange(start, stop, device=x.device)
+        img, pos = idx // self.per_image, idx % self.per_image
+        occ = (pos - 1).clamp(min=0)
+        clean = pos == 0
+        y0 = torch.where(clean, x.shape[-2], self.ys[occ // wp]).unsqueeze(1)  # clean: off image
+        x0 = self.xs[occ % wp].unsqueeze(1)
+        in_rows = (self.rows >= y0) & (self.rows < y0 + self.size[0])
+        in_cols = (self.cols >= x0) & (self.cols < x0 + self.size[1])
+        mask = (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
+        first, last = start // self.per_image, (stop - 1) // self.per_image
+        if first == last:  # one image: broadcast it instead of copying it B times
+            fv = fillv if fillv.shape[0] == 1 else fillv[first : first + 1]
+            return torch.where(mask, fv, x[first : first + 1]), img, clean
+        fv = fillv if fillv.shape[0] == 1 else fillv.index_select(0, img)
+        return torch.where(mask, fv, x.index_select(0, img)), img, clean
+
+
+def _feature_tracer(
+    model: nn.Module, module: nn.Module | None, layer: str | None
+) -> tuple[Tracer, dict[str, Any]]:
+    """A tracer on ``module`` (none without a layer) that reduces each output to the chosen
+    channel's totals, raw and rectified (appended to ``current["totals"]``, ``[2, B]`` each);
+    set ``current["channels"]`` (``[B]``) and an empty ``current["totals"]`` before a pass."""
+    tracer = Tracer(model, {module: layer or ""} if module is not None else {})
+    current: dict[str, Any] = {"totals": []}
+
+    @tracer.on_return
+    def reduce(name: str, call: int, m: nn.Module, args: Any, o: Any) -> None:
+        # Reduce right away: a later in-place op (ReLU(inplace=True)) may change `o`.
+        t, c = _first_tensor(o), current["channels"]
+        current["totals"].append(
+            torch.stack([_channel_totals(t, c), _channel_totals(t, c, rectified=True)])
+        )
+
+    return tracer, current
 
 
 def _scan(
     model: nn.Module,
-    x: Tensor,
+    grid: _Grid,
     target: Tensor | None,
-    fillv: Tensor,
-    starts: tuple[Tensor, Tensor],
-    size: tuple[int, int],
     module: nn.Module | None,
     layer: str | None,
     channel: Tensor | None,
-    batch_size: int | None,
-    memory_budget: int | None,
+    batch_size: int,
     progress: bool,
 ) -> dict[str, Any]:
-    """Evaluate every image unoccluded and under every occluder position, in batches.
+    """Evaluate every row of ``grid`` in batches of ``batch_size`` rows.
 
-    Rows are image-major; row 0 of each image is the clean image, so the predicted class (the
-    default target) is known before that image's occluded rows are read.
+    Row 0 of each image is the clean image, so the predicted class (the default target) is
+    known before that image's occluded rows are read.
     """
-    n, _, h, w = x.shape
-    device = x.device
-    ys, xs = (t.to(device) for t in starts)
-    wp = len(xs)
-    per_image = len(ys) * wp + 1
-    total = n * per_image
-    sh, sw = size
-    rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
-    tgt = target if target is not None else torch.full((n,), -1, device=device)
-    out: dict[str, Any] = {}
+    x, total, device = grid.x, grid.total, grid.x.device
+    tgt = target if target is not None else torch.full((x.shape[0],), -1, device=device)
     prob = top_prob = None
     top_class = torch.empty(total, dtype=torch.long, device=device)
     feature = torch.empty((2, total), dtype=x.dtype, device=device) if module is not None else None
-    bs = batch_size if batch_size is not None else _auto_batch_size(model, x, total, memory_budget)
-    captured: list[Tensor] = []
-    current: dict[str, Tensor] = {}
-    handle = None
-    if module is not None:
-
-        def hook(_m: nn.Module, _i: Any, o: Any) -> None:
-            # Reduce right away: a later in-place op (ReLU(inplace=True)) may change `o`.
-            t = _first_tensor(o)
-            captured.append(
-                torch.stack(
-                    [
-                        _channel_totals(t, current["channels"]),
-                        _channel_totals(t, current["channels"], rectified=True),
-                    ]
-                )
-            )
-
-        handle = module.register_forward_hook(hook)
-    start = 0
-    try:
-        with tqdm(total=total, desc="occlusion", unit="img", disable=not progress) as bar:
-            while start < total:
-                idx = torch.arange(start, min(start + bs, total), device=device)
-                img, pos = idx // per_image, idx % per_image
-                occ = (pos - 1).clamp(min=0)
-                clean = pos == 0
-                y0 = torch.where(clean, h, ys[occ // wp]).unsqueeze(1)  # clean: off the image
-                x0 = xs[occ % wp].unsqueeze(1)
-                in_rows = (rows >= y0) & (rows < y0 + sh)
-                in_cols = (cols >= x0) & (cols < x0 + sw)
-                mask = (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
-                first, last = start // per_image, (start + len(idx) - 1) // per_image
-                if first == last:  # one image: broadcast it instead of copying it B times
-                    fv = fillv if fillv.shape[0] == 1 else fillv[first : first + 1]
-                    batch = torch.where(mask, fv, x[first : first + 1])
-                else:
-                    fv = fillv if fillv.shape[0] == 1 else fillv.index_select(0, img)
-                    batch = torch.where(mask, fv, x.index_select(0, img))
-                if channel is not None:
-                    current["channels"] = channel.index_select(0, img)
-                    captured.clear()
-                logits = _check_logits(model(batch), len(idx))
-                if prob is None:
-                    k = logits.shape[1]
-                    if int(tgt.max()) >= k:
-                        raise InputError(
-                            f"target class {int(tgt.max())} is out of range: the model has {k} "
-                            f"classes; give one of 0..{k - 1} (--target)"
-                        )
-                    prob = torch.empty(total, dtype=logits.dtype, device=device)
-                    top_prob = torch.empty(total, dtype=logits.dtype, device=device)
-                probs = torch.softmax(logits, dim=1)
-                tp, tc = probs.max(dim=1)
-                if target is None and bool(clean.any()):
-                    tgt[img[clean]] = logits[clean].argmax(dim=1)
-                sl = slice(start, start + len(idx))
-                prob[sl] = probs.gather(1, tgt.index_select(0, img).unsqueeze(1))[:, 0]
-                top_prob[sl] = tp  # type: ignore[index]
-                top_class[sl] = tc
-                if feature is not None:
-                    if len(captured) != 1:
-                        raise LayerError(
-                            f"layer {layer!r} ran {len(captured)} times in one forward pass; "
-                            "occlusion needs a layer that runs once"
-                        )
-                    feature[:, sl] = captured[0]
-                start += len(idx)
-                bar.update(len(idx))
-    finally:
-        if handle is not None:
-            handle.remove()
+    tracer, current = _feature_tracer(model, module, layer)
+    with tracer, tqdm(total=total, desc="occlusion", unit="img", disable=not progress) as bar:
+        for start in range(0, total, batch_size):
+            sl = slice(start, min(start + batch_size, total))
+            batch, img, clean = grid.batch(sl.start, sl.stop)
+            if channel is not None:
+                current["channels"] = channel.index_select(0, img)
+                current["totals"] = []
+            logits = _check_logits(tracer.run(batch, exact=False), len(img))
+            if prob is None:
+                _check_target(tgt, logits.shape[1])
+                prob = torch.empty(total, dtype=logits.dtype, device=device)
+                top_prob = torch.empty(total, dtype=logits.dtype, device=device)
+            probs = torch.softmax(logits, dim=1)
+            tp, tc = probs.max(dim=1)
+            if target is None and bool(clean.any()):
+                tgt[img[clean]] = logits[clean].argmax(dim=1)
+            prob[sl] = probs.gather(1, tgt.index_select(0, img).unsqueeze(1))[:, 0]
+            top_prob[sl] = tp  # type: ignore[index]
+            top_class[sl] = tc
+            if feature is not None:
+                feature[:, sl] = _ran_once(current, layer)
+            bar.update(len(img))
     assert prob is not None and top_prob is not None
-    is_clean = torch.zeros(total, dtype=torch.bool, device=device)
-    is_clean[::per_image] = True
-    out["target"] = tgt.cpu()
-    out["base_prob"] = prob[is_clean].cpu()
-    out["base_class"] = top_class[is_clean].cpu()
-    out["prob"] = prob[~is_clean].cpu()
-    out["top_prob"] = top_prob[~is_clean].cpu()
-    out["top_class"] = top_class[~is_clean].cpu()
-    out["feature"] = feature[0, ~is_clean].cpu() if feature is not None else None
-    out["feature_rectified"] = feature[1, ~is_clean].cpu() if feature is not None else None
-    return out
+    return _split_clean(grid, tgt, prob, top_prob, top_class, feature)
+
+
+def _check_target(tgt: Tensor, k: int) -> None:
+    if int(tgt.max()) >= k:
+        raise InputError(
+            f"target class {int(tgt.max())} is out of range: the model has {k} "
+            f"classes; give one of 0..{k - 1} (--target)"
+        )
+
+
+def _ran_once(current: dict[str, Any], layer: str | None) -> Tensor:
+    totals = current["totals"]
+    if len(totals) != 1:
+        raise LayerError(
+            f"layer {layer!r} ran {len(totals)} times in one forward pass; occlusion needs a "
+            "layer that runs once"
+        )
+    return totals[0]
+
+
+def _split_clean(
+    grid: _Grid,
+    tgt: Tensor,
+    prob: Tensor,
+    top_prob: Tensor,
+    top_class: Tensor,
+    feature: Tensor | None,
+) -> dict[str, Any]:
+    """The scanned rows split into the clean images' values and the occluded ones (on the CPU)."""
+    is_clean = torch.zeros(grid.total, dtype=torch.bool, device=prob.device)
+    is_clean[:: grid.per_image] = True
+    return {
+        "target": tgt.cpu(),
+        "base_prob": prob[is_clean].cpu(),
+        "base_class": top_class[is_clean].cpu(),
+        "prob": prob[~is_clean].cpu(),
+        "top_prob": top_prob[~is_clean].cpu(),
+        "top_class": top_class[~is_clean].cpu(),
+        "feature": feature[0, ~is_clean].cpu() if feature is not None else None,
+        "feature_rectified": feature[1, ~is_clean].cpu() if feature is not None else None,
+    }
 
 
 def occlusion(
@@ -412,6 +447,52 @@ def occlusion(
         >>> tuple(res.prob.shape)  # [N, Hp, Wp] with Hp = ceil((28 - 8) / 2) + 1
         (2, 11, 11)
     """
+    size, stride, module = _check_args(model, x, size, stride, batch_size, layer)
+    x = x.detach().to(*model_device_dtype(model, like=x))
+    grid = _Grid.over(x, _fill_values(fill, x), size, stride)
+    tgt = _given_targets(target, x.shape[0], x.device)
+    with eval_mode(model), torch.no_grad():
+        base = _strongest_maps(model, x, layer) if layer is not None else _no_maps()
+        rows = batch_size or _auto_batch_size(model, x, grid.total, memory_budget)
+        chan = base["channel"].to(x.device) if base["channel"] is not None else None
+        res = _scan(model, grid, tgt, module, layer, chan, rows, progress)
+    if layer is not None and project:
+        assert base["channel"] is not None
+        base["projection"] = _project(model, x, layer, base["channel"].cpu())
+    return _result(grid, res, base, stride, layer)
+
+
+def _result(
+    grid: _Grid,
+    res: dict[str, Any],
+    base: dict[str, Any],
+    stride: tuple[int, int],
+    layer: str | None,
+) -> OcclusionResult:
+    """The scanned rows as ``[N, Hp, Wp]`` maps, with the layer's values ``base``."""
+    shape = (int(grid.x.shape[0]), len(grid.ys), len(grid.xs))
+    for key in ("prob", "top_class", "top_prob", "feature", "feature_rectified"):
+        res[key] = res[key].view(shape) if res[key] is not None else None
+    return OcclusionResult(
+        **res,
+        **base,
+        positions=torch.stack(torch.meshgrid(grid.ys.cpu(), grid.xs.cpu(), indexing="ij"), -1),
+        size=grid.size,
+        stride=stride,
+        image_size=(int(grid.x.shape[-2]), int(grid.x.shape[-1])),
+        layer=layer,
+    )
+
+
+def _check_args(
+    model: nn.Module,
+    x: Any,
+    size: int | Sequence[int],
+    stride: int | Sequence[int],
+    batch_size: int | None,
+    layer: str | None,
+) -> tuple[tuple[int, int], tuple[int, int], nn.Module | None]:
+    """:func:`occlusion`'s arguments, checked: ``(size, stride, the layer's module or None)``."""
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, Tensor) or x.dim() != 4:
@@ -431,7 +512,7 @@ def occlusion(
         raise InputError("images contain NaN or infinite values")
     sh, sw = pair(size, "size")
     th, tw = pair(stride, "stride")
-    n, _, h, w = x.shape
+    h, w = x.shape[-2:]
     if sh > h or sw > w:
         raise InputError(
             f"occluder {sh}x{sw} is larger than the images ({h}x{w}); pick a smaller size"
@@ -440,77 +521,36 @@ def occlusion(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise InputError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    module = None
-    if layer is not None:
-        modules = dict(model.named_modules())
-        if layer not in modules or layer == "":
-            raise LayerError(unknown_name("layer", str(layer), [k for k in modules if k]))
-        module = modules[layer]
+    if layer is None:
+        return (sh, sw), (th, tw), None
+    modules = dict(model.named_modules())
+    if layer not in modules or layer == "":
+        raise LayerError(unknown_name("layer", str(layer), [k for k in modules if k]))
+    return (sh, sw), (th, tw), modules[layer]
 
-    device, dtype = model_device_dtype(model, like=x)
-    x = x.detach().to(device=device, dtype=dtype)
-    fillv = _fill_values(fill, x)
-    ys, xs = occluder_starts(h, sh, th), occluder_starts(w, sw, tw)
-    hp, wp = len(ys), len(xs)
 
-    tgt = _given_targets(target, n, device)
-    with eval_mode(model), torch.no_grad():
-        channel = activation = base_feature = base_rectified = None
-        if layer is not None:
-            acts = _first_tensor(layer_output(model, x, layer)).detach()
-            if acts.dim() < 2 or acts.shape[0] != n:
-                raise LayerError(
-                    f"layer {layer!r} outputs shape {tuple(acts.shape)}, not one map per image "
-                    "and channel; pick a conv or linear layer"
-                )
-            channel = acts.reshape(n, acts.shape[1], -1).amax(dim=2).argmax(dim=1)
-            activation = acts[torch.arange(n, device=acts.device), channel].cpu()
-            base_feature = _channel_totals(acts, channel).cpu()
-            base_rectified = _channel_totals(acts, channel, rectified=True).cpu()
-        res = _scan(
-            model,
-            x,
-            tgt,
-            fillv,
-            (ys, xs),
-            (sh, sw),
-            module,
-            layer,
-            channel,
-            batch_size,
-            memory_budget,
-            progress,
+def _no_maps() -> dict[str, Any]:
+    """:func:`_strongest_maps`'s keys, without a layer."""
+    return dict.fromkeys(("channel", "activation", "base_feature", "base_feature_rectified"))
+
+
+def _strongest_maps(model: nn.Module, x: Tensor, layer: str) -> dict[str, Any]:
+    """Each unoccluded image's strongest channel of ``layer`` (the one holding its largest
+    activation), that channel's map and its totals, raw and rectified (on the CPU)."""
+    n = x.shape[0]
+    acts = _first_tensor(layer_output(model, x, layer)).detach()
+    if acts.dim() < 2 or acts.shape[0] != n:
+        raise LayerError(
+            f"layer {layer!r} outputs shape {tuple(acts.shape)}, not one map per image "
+            "and channel; pick a conv or linear layer"
         )
-
-    projection = None
-    if layer is not None and project:
-        assert channel is not None
-        projection = _project(model, x, layer, channel.cpu())
-
-    shape = (n, hp, wp)
-    positions = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
-    feature = res["feature"]
-    rectified = res["feature_rectified"]
-    return OcclusionResult(
-        prob=res["prob"].view(shape),
-        top_class=res["top_class"].view(shape),
-        top_prob=res["top_prob"].view(shape),
-        target=res["target"],
-        base_prob=res["base_prob"],
-        base_class=res["base_class"],
-        positions=positions,
-        size=(sh, sw),
-        stride=(th, tw),
-        image_size=(h, w),
-        layer=layer,
-        channel=channel.cpu() if channel is not None else None,
-        feature=feature.view(shape) if feature is not None else None,
-        base_feature=base_feature,
-        activation=activation,
-        projection=projection,
-        feature_rectified=rectified.view(shape) if rectified is not None else None,
-        base_feature_rectified=base_rectified,
-    )
+    channel = acts.reshape(n, acts.shape[1], -1).amax(dim=2).argmax(dim=1)
+    return {
+        "channel": channel.cpu(),
+        "activation": acts[torch.arange(n, device=acts.device), channel].cpu(),
+        "base_feature": _channel_totals(acts, channel).cpu(),
+        "base_feature_rectified": _channel_totals(acts, channel, rectified=True).cpu(),
+    }
 
 
 def _project(model: nn.Module, x: Tensor, layer: str, channel: Tensor) -> Tensor:

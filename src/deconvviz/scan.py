@@ -33,7 +33,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
-from deconvviz.engine import Deconvnet, batch_images, eval_mode, exact_cuda, model_device_dtype
+from deconvviz.engine import Deconvnet, batch_images, model_device_dtype
 from deconvviz.errors import CheckpointError, InputError, LayerError
 from deconvviz.receptive import ReceptiveField
+from deconvviz.tracer import Tracer, eval_mode, split_call
 
 __all__ = ["Scan", "project_layer", "scan", "select_top"]
 
@@ -302,10 +304,6 @@ def _digest(
 # ---------------------------------------------------------------------- the scan
 
 
-class _Stop(Exception):
-    pass
-
-
 def _world() -> tuple[int, int, Any]:
     import torch.distributed as dist
 
@@ -359,10 +357,23 @@ def scan(
         >>> res["layer1.0.conv1"].indices.shape                  # doctest: +SKIP
         torch.Size([16, 9])
     """
-    from tqdm.auto import tqdm
+    _check_scan_args(model, k, batch_size, max_images, save_every)
+    names = _choose_layers(model, layers)
+    plan = _plan(data, batch_size, max_images, distributed, resume)
+    scanner = _Scanner(model, names, k)
+    saved = _State(
+        state,
+        plan,
+        digest=lambda: _digest(model, names, k, data, plan.total, plan.rank, plan.world),
+    )
+    done = saved.load(scanner) if resume else 0
+    done = _scan_batches(scanner, data, batch_size, plan, saved, done, save_every, progress)
+    return _result(scanner, plan, done)
 
-    from deconvviz.topk import TopActivations, _boxes
 
+def _check_scan_args(
+    model: nn.Module, k: int, batch_size: int, max_images: int | None, save_every: int
+) -> None:
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -373,7 +384,24 @@ def scan(
         raise InputError(f"max_images must be a positive integer, got {max_images!r}")
     if save_every < 1:
         raise InputError(f"save_every must be a positive integer, got {save_every!r}")
-    names = _choose_layers(model, layers)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which images this process scans: ``shard`` (all, read in order, when None) of ``total``
+    (None: unknown, a plain iterable), as rank ``rank`` of ``world`` (``dist``: the
+    ``torch.distributed`` module, or None in one process)."""
+
+    rank: int
+    world: int
+    dist: Any
+    total: int | None
+    shard: range | None
+
+
+def _plan(
+    data: Any, batch_size: int, max_images: int | None, distributed: bool | None, resume: bool
+) -> _Plan:
     rank, world, dist = _world()
     if distributed is None:
         distributed = world > 1
@@ -401,170 +429,185 @@ def scan(
             "the DataLoader shuffles, so image indices would not refer to dataset positions; "
             "build it with shuffle=False"
         )
+    return _Plan(rank, world, dist, total, shard)
 
-    device, dtype = model_device_dtype(model)
-    running = {name: _Running(k) for name in names}
-    state_path: Path | None = None
-    digest = ""
-    done = 0  # images of this rank's shard already scanned
-    if state is not None:
-        state_path = Path(state)
-        if world > 1:
-            state_path = state_path.with_name(f"{state_path.name}.rank{rank}of{world}")
-        digest = _digest(model, names, k, data, total, rank, world)
-        if resume and state_path.exists():
-            try:
-                saved = torch.load(state_path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise CheckpointError(
-                    f"cannot read the scan state {state_path} ({exc}); delete it to start over"
-                ) from exc
-            if saved.get("digest") != digest:
-                raise CheckpointError(
-                    f"the scan state {state_path} was made for another model, layers, k or "
-                    "dataset; delete it or drop --resume to start over"
-                )
-            done = int(saved["done"])
-            for name in names:
-                running[name].load(saved["layers"][name], device)
 
-    def save() -> None:
-        if state_path is None:
+class _State:
+    """The resumable scan state file (none when ``state`` is None)."""
+
+    def __init__(
+        self, state: str | os.PathLike[str] | None, plan: _Plan, digest: Callable[[], str]
+    ) -> None:
+        self.path: Path | None = None
+        self.digest = ""
+        if state is not None:
+            self.path = Path(state)
+            if plan.world > 1:
+                self.path = self.path.with_name(f"{self.path.name}.rank{plan.rank}of{plan.world}")
+            self.digest = digest()
+
+    def load(self, scanner: _Scanner) -> int:
+        """Load a saved state into ``scanner``'s running top-k; returns the images done."""
+        if self.path is None or not self.path.exists():
+            return 0
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(
+                f"cannot read the scan state {self.path} ({exc}); delete it to start over"
+            ) from exc
+        if saved.get("digest") != self.digest:
+            raise CheckpointError(
+                f"the scan state {self.path} was made for another model, layers, k or "
+                "dataset; delete it or drop --resume to start over"
+            )
+        for name, r in scanner.running.items():
+            r.load(saved["layers"][name], scanner.device)
+        return int(saved["done"])
+
+    def save(self, scanner: _Scanner, done: int) -> None:
+        if self.path is None:
             return
         from deconvviz._io import save_torch
 
-        save_torch(
-            state_path,
-            {
-                "version": _STATE_VERSION,
-                "digest": digest,
-                "done": done,
-                "layers": {name: running[name].state() for name in names},
-            },
-        )
+        layers = {name: r.state() for name, r in scanner.running.items()}
+        state = {"version": _STATE_VERSION, "digest": self.digest, "done": done, "layers": layers}
+        save_torch(self.path, state)
 
-    # Geometry (receptive fields, output shapes) from one traced probe pass.
-    size: tuple[int, int] | None = None
-    rfs: dict[str, ReceptiveField | None] = {}
-    wanted: dict[str, dict[int, str]] = {}  # module name -> {call: layer}
-    modules = dict(model.named_modules())
-    handles: list[Any] = []
-    calls: dict[str, int] = {}
-    current: dict[str, Any] = {}
 
-    def hook_for(mod_name: str) -> Any:
-        def hook(module: nn.Module, args: Any, out: Any) -> None:
-            call = calls.get(mod_name, 0)
-            calls[mod_name] = call + 1
-            layer = wanted[mod_name].get(call)
-            if layer is None:
-                return
-            running[layer].add(out, current["images"])
-            current["left"] -= 1
-            if current["left"] == 0:
-                raise _Stop
+class _Scanner:
+    """Every layer's running top-``k``, fed by a :class:`Tracer` on the layers' modules."""
 
-        return hook
+    def __init__(self, model: nn.Module, names: list[str], k: int) -> None:
+        self.model, self.names, self.k = model, names, k
+        self.device, self.dtype = model_device_dtype(model)
+        self.running = {name: _Running(k) for name in names}
+        self.rfs: dict[str, ReceptiveField | None] = {}
+        self.size: tuple[int, int] | None = None
+        self.wanted: dict[str, dict[int, str]] = {}  # module name -> {call: layer}
+        self.tracer: Tracer | None = None
+        self.images = torch.empty(0, dtype=torch.long)
+        self.left = 0
 
-    def setup(dn: Deconvnet, xb: Tensor) -> tuple[int, int]:
-        """Learn every layer's geometry from one traced probe pass; start empty states."""
+    def setup(self, dn: Deconvnet, xb: Tensor) -> Tracer:
+        """Learn every layer's geometry from one traced probe pass and start empty states;
+        returns the tracer (to enter) on the layers' modules."""
         probe = dn._probe(xb)
-        for layer in names:
+        for layer in self.names:
             info = dn._layer(probe, layer)
             assert info.out_shape is not None
-            rfs[layer] = info.rf
-            r = running[layer]
+            self.rfs[layer] = info.rf
+            r = self.running[layer]
             r.width = int(info.out_shape[-1]) if len(info.out_shape) == 3 else 1
             if r.values is None:
                 c = int(info.out_shape[0])
-                r.values = xb.new_full((c, k), -math.inf)
-                r.index = torch.full((c, k), _MISSING, dtype=torch.long, device=xb.device)
-                r.pos = torch.zeros((c, k), dtype=torch.long, device=xb.device)
-            mod, _, call = layer.rpartition(":")
-            if not (mod and call.isdigit()):
-                mod, call = layer, "0"
-            wanted.setdefault(mod, {})[int(call)] = layer
-        return int(xb.shape[-2]), int(xb.shape[-1])
+                r.values = xb.new_full((c, self.k), -math.inf)
+                r.index = torch.full((c, self.k), _MISSING, dtype=torch.long, device=xb.device)
+                r.pos = torch.zeros((c, self.k), dtype=torch.long, device=xb.device)
+            mod, call = split_call(layer)
+            self.wanted.setdefault(mod, {})[call or 0] = layer
+        self.size = int(xb.shape[-2]), int(xb.shape[-1])
+        modules = dict(self.model.named_modules())
+        self.tracer = Tracer(self.model, {modules[mod]: mod for mod in self.wanted})
+        self.tracer.on_return(self._on_return)
+        return self.tracer
 
-    shard_len = len(shard) if shard is not None else total
+    def _on_return(self, name: str, call: int, module: nn.Module, args: Any, out: Any) -> None:
+        layer = self.wanted[name].get(call)
+        if layer is None:
+            return
+        self.running[layer].add(out, self.images)
+        self.left -= 1
+        if self.left == 0:
+            Tracer.stop()
+
+    def add(self, xb: Tensor, idx: Tensor) -> None:
+        """Run one batch (images ``xb``, dataset indices ``idx``) and merge it."""
+        assert self.tracer is not None
+        if self.size != tuple(xb.shape[-2:]):
+            raise InputError(
+                f"images change size within the dataset ({self.size} then "
+                f"{tuple(xb.shape[-2:])}); resize them to one size"
+            )
+        self.images, self.left = idx, len(self.names)
+        self.tracer.run(xb)
+        if self.left != 0:
+            raise LayerError(
+                "the forward pass did not reach every scanned layer; scan layers the "
+                "model's forward calls"
+            )
+
+
+def _scan_batches(
+    scanner: _Scanner,
+    data: Any,
+    batch_size: int,
+    plan: _Plan,
+    saved: _State,
+    done: int,
+    save_every: int,
+    progress: bool,
+) -> int:
+    """Scan this process's images from position ``done`` on (saving the state every
+    ``save_every`` batches, on Ctrl-C and at the end); returns the images done."""
+    from tqdm.auto import tqdm
+
+    n = len(scanner.names)
     bar = tqdm(
-        total=shard_len,
+        total=len(plan.shard) if plan.shard is not None else plan.total,
         initial=done,
-        desc=f"scanning {len(names)} layer{'s' * (len(names) > 1)}",
-        disable=not progress or rank != 0,
+        desc=f"scanning {n} layer{'s' * (n > 1)}",
+        disable=not progress or plan.rank != 0,
         unit="img",
         leave=False,
     )
-    batches_since_save = 0
+    since_save = 0
     try:
-        with Deconvnet(model, warn=False) as dn, eval_mode(model):
-            for xb, idx in _batches(data, batch_size, shard, done):
-                xb = dn._check_input(xb.to(device=device, dtype=dtype))
-                if size is None:
-                    size = setup(dn, xb)
-                    for mod in wanted:
-                        handles.append(modules[mod].register_forward_hook(hook_for(mod)))
-                elif size != tuple(xb.shape[-2:]):
-                    raise InputError(
-                        f"images change size within the dataset ({size} then "
-                        f"{tuple(xb.shape[-2:])}); resize them to one size"
-                    )
-                calls.clear()
-                current["images"] = idx
-                current["left"] = len(names)
-                try:
-                    with torch.no_grad(), exact_cuda(xb, modules.values()):
-                        model(xb)
-                except _Stop:
-                    pass
-                if current["left"] != 0:
-                    raise LayerError(
-                        "the forward pass did not reach every scanned layer; scan layers the "
-                        "model's forward calls"
-                    )
+        with (
+            Deconvnet(scanner.model, warn=False) as dn,
+            eval_mode(scanner.model),
+            ExitStack() as hooks,
+        ):
+            for xb, idx in _batches(data, batch_size, plan.shard, done):
+                xb = dn._check_input(xb.to(scanner.device, scanner.dtype))
+                if scanner.size is None:
+                    hooks.enter_context(scanner.setup(dn, xb))
+                scanner.add(xb, idx)
                 done += xb.shape[0]
                 bar.update(xb.shape[0])
-                batches_since_save += 1
-                if batches_since_save >= save_every:
-                    save()
-                    batches_since_save = 0
-            if size is None:
+                since_save += 1
+                if since_save >= save_every:
+                    saved.save(scanner, done)
+                    since_save = 0
+            if scanner.size is None:
                 # nothing left to scan here (a finished state, or an empty shard): geometry only
                 dataset = data.dataset if isinstance(data, DataLoader) else data
-                if total is None or not _is_dataset(dataset):
+                if plan.total is None or not _is_dataset(dataset):
                     raise InputError("the loader yielded no images; check the dataset is not empty")
                 first = batch_images(dataset[0]).unsqueeze(0)
-                size = setup(dn, dn._check_input(first.to(device=device, dtype=dtype)))
+                scanner.setup(dn, dn._check_input(first.to(scanner.device, scanner.dtype)))
     except KeyboardInterrupt:
-        save()
+        saved.save(scanner, done)
         raise
     finally:
-        for h in handles:
-            h.remove()
         bar.close()
-    save()
+    saved.save(scanner, done)
+    return done
 
-    images = done
-    merged: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
-    if dist is not None:
-        comm = _comm_device(dist, device)
-        count = torch.tensor([done], dtype=torch.long, device=comm)
-        dist.all_reduce(count)
-        images = int(count.item())
-        for layer in names:
-            r = running[layer]
-            parts = []
-            for t in (r.values, r.index, r.pos):
-                assert t is not None
-                t = t.contiguous().to(comm)
-                got = [torch.empty_like(t) for _ in range(world)]
-                dist.all_gather(got, t)
-                parts.append(torch.cat(got, dim=1).to(device))
-            merged[layer] = select_top(parts[0], parts[1], parts[2], k)
+
+def _result(scanner: _Scanner, plan: _Plan, done: int) -> Scan:
+    """The :class:`Scan` of every process's images (gathered from every rank when
+    distributed)."""
+    from deconvviz.topk import TopActivations, _boxes
+
+    images, merged = done, dict[str, tuple[Tensor, Tensor, Tensor]]()
+    if plan.dist is not None:
+        images, merged = _gather(scanner, plan, done)
+    assert scanner.size is not None
     tops: dict[str, Any] = {}
-    for layer in names:
-        r = running[layer]
-        if dist is not None:
+    for layer in scanner.names:
+        r = scanner.running[layer]
+        if layer in merged:
             values, index, pos = merged[layer]
         else:
             assert r.values is not None and r.index is not None and r.pos is not None
@@ -575,9 +618,32 @@ def scan(
         values = values.masked_fill(missing, -math.inf)
         pos = pos.masked_fill(missing, 0)
         positions = torch.stack([pos // r.width, pos % r.width], dim=-1)
-        boxes = _boxes(rfs[layer], positions, size)
-        tops[layer] = TopActivations(layer, values, index, positions, boxes, size, rfs[layer])
-    return Scan(tops, images, k)
+        rf = scanner.rfs[layer]
+        boxes = _boxes(rf, positions, scanner.size)
+        tops[layer] = TopActivations(layer, values, index, positions, boxes, scanner.size, rf)
+    return Scan(tops, images, scanner.k)
+
+
+def _gather(
+    scanner: _Scanner, plan: _Plan, done: int
+) -> tuple[int, dict[str, tuple[Tensor, Tensor, Tensor]]]:
+    """All ranks' image count and every layer's top-k re-selected over all ranks."""
+    dist, device = plan.dist, scanner.device
+    comm = _comm_device(dist, device)
+    count = torch.tensor([done], dtype=torch.long, device=comm)
+    dist.all_reduce(count)
+    merged: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+    for layer in scanner.names:
+        r = scanner.running[layer]
+        parts = []
+        for t in (r.values, r.index, r.pos):
+            assert t is not None
+            t = t.contiguous().to(comm)
+            got = [torch.empty_like(t) for _ in range(plan.world)]
+            dist.all_gather(got, t)
+            parts.append(torch.cat(got, dim=1).to(device))
+        merged[layer] = select_top(parts[0], parts[1], parts[2], scanner.k)
+    return int(count.item()), merged
 
 
 def _comm_device(dist: Any, device: torch.device) -> torch.device:
@@ -612,7 +678,7 @@ def project_layer(
     Returns:
         A :class:`deconvviz.TopProjections` of all channels on rank 0; ``None`` on other ranks.
     """
-    from deconvviz.topk import TopProjections, project_top
+    from deconvviz.topk import project_top
 
     rank, world, dist = _world()
     if distributed is False or dist is None:
@@ -638,6 +704,14 @@ def project_layer(
     if rank != 0:
         return None
     assert got is not None
+    return _assemble(top, got, rule)
+
+
+def _assemble(top: Any, got: list[Any], rule: str) -> Any:
+    """Rank 0's :class:`deconvviz.TopProjections` from every rank's ``(channels,
+    reconstructions, patches)`` (None for a rank without channels)."""
+    from deconvviz.topk import TopProjections
+
     first = next(p for p in got if p is not None)
     recs = first[1].new_zeros((top.channels, *first[1].shape[1:]))
     patches = first[2].new_zeros((top.channels, *first[2].shape[1:]))

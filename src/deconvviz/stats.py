@@ -14,8 +14,8 @@ its convolution outputs instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +27,9 @@ from torch.utils.weak import WeakTensorKeyDictionary
 from tqdm.auto import tqdm
 
 from deconvviz.checks import to_model
-from deconvviz.engine import batch_images, eval_mode
+from deconvviz.engine import batch_images
 from deconvviz.errors import InputError, LayerError, unknown_name
+from deconvviz.tracer import Tracer, eval_mode
 
 __all__ = [
     "LayerStats",
@@ -300,10 +301,6 @@ class _Running:
 # finding and watching layers
 
 
-class _Stop(Exception):
-    """Raised from a hook to end a forward pass once every watched layer has run."""
-
-
 class _ReluWatch(TorchFunctionMode):
     """Sees functional ReLUs (outside ``nn.ReLU`` modules) applied to convolution outputs."""
 
@@ -328,17 +325,44 @@ class _ReluWatch(TorchFunctionMode):
 
 
 class _Watcher:
-    """Hooks that feed layer outputs to accumulators during a forward pass."""
+    """Feeds layer outputs to ``sink`` during forward passes run by :meth:`run`.
 
-    def __init__(self, model: nn.Module, layers: list[str] | None) -> None:
-        self.model = model
+    Its :attr:`tracer` watches the convolutions (which mark their outputs), batch norms (which
+    pass the mark on), and either every ``nn.ReLU`` plus functional ReLUs (``layers`` None) or
+    the explicitly named layers; a pass stops once ``expected_events`` outputs were recorded.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[str] | None,
+        sink: Callable[[str, str | None, Tensor], None] | None = None,
+    ) -> None:
         self.layers = layers
         self.conv_of: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self.relu_depth = 0
         self.seen: list[tuple[str, str | None]] = []
-        self.sink: Callable[[str, str | None, Tensor], None] | None = None
+        self.sink = sink
         self.expected_events: int | None = None
         self.events = 0
+        self.explicit = set(layers or ())
+        watched: dict[nn.Module, str] = {}
+        for name, m in model.named_modules():
+            if isinstance(m, _CONV_TYPES + _NORM_TYPES) or self._relu(m) or name in self.explicit:
+                watched.setdefault(m, name)
+        mode = _ReluWatch(self) if layers is None else None
+        self.tracer = Tracer(model, watched, mode=mode)
+        self.tracer.on_call(self._on_call)
+        self.tracer.on_return(self._on_return)
+
+    def _relu(self, m: nn.Module) -> bool:
+        return self.layers is None and isinstance(m, nn.ReLU)
+
+    def run(self, x: Tensor) -> None:
+        """One eval-mode pass without autograd (inside ``with self.tracer:``)."""
+        self.events = 0
+        self.relu_depth = 0
+        self.tracer.run(x, exact=False)
 
     def record(self, name: str, source: str | None, out: Tensor) -> None:
         if self.layers is not None and name not in self.layers:
@@ -348,64 +372,31 @@ class _Watcher:
             self.sink(name, source, out)
         self.events += 1
         if self.expected_events is not None and self.events >= self.expected_events:
-            raise _Stop
+            self.tracer.stop()
 
-    @contextmanager
-    def watching(self) -> Iterator[None]:
-        handles = []
-        explicit = set(self.layers or ())
-        self.relu_depth = 0
-        with ExitStack() as stack:
-            for name, m in self.model.named_modules():
-                if isinstance(m, _CONV_TYPES):
-                    handles.append(m.register_forward_hook(self._conv_hook(name)))
-                elif isinstance(m, _NORM_TYPES):
-                    handles.append(m.register_forward_hook(self._norm_hook))
-                if isinstance(m, nn.ReLU) and self.layers is None:
-                    handles.append(m.register_forward_pre_hook(self._enter_relu))
-                    handles.append(m.register_forward_hook(self._relu_hook(name)))
-                elif name in explicit:
-                    is_conv = isinstance(m, _CONV_TYPES)
-                    handles.append(m.register_forward_hook(self._explicit_hook(name, is_conv)))
-            for h in handles:
-                stack.callback(h.remove)
-            if self.layers is None:
-                stack.enter_context(_ReluWatch(self))
-            yield
+    def _on_call(self, name: str, call: int, m: nn.Module, args: Any) -> None:
+        if self._relu(m):
+            self.relu_depth += 1
 
-    def _conv_hook(self, name: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+    def _on_return(self, name: str, call: int, m: nn.Module, inp: Any, out: Any) -> None:
+        x = inp[0] if inp and isinstance(inp[0], Tensor) else None
+        if isinstance(m, _CONV_TYPES):
             if isinstance(out, Tensor):
                 self.conv_of[out] = name
-
-        return hook
-
-    def _norm_hook(self, _m: nn.Module, inp: Any, out: Any) -> None:
-        if inp and isinstance(inp[0], Tensor) and isinstance(out, Tensor):
-            conv = self.conv_of.get(inp[0])
+        elif isinstance(m, _NORM_TYPES) and x is not None and isinstance(out, Tensor):
+            conv = self.conv_of.get(x)
             if conv is not None:
                 self.conv_of[out] = conv
-
-    def _enter_relu(self, _m: nn.Module, _i: Any) -> None:
-        self.relu_depth += 1
-
-    def _relu_hook(self, name: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, inp: Any, out: Any) -> None:
+        if self._relu(m):
             self.relu_depth -= 1
-            conv = self.conv_of.get(inp[0]) if inp and isinstance(inp[0], Tensor) else None
+            conv = self.conv_of.get(x) if x is not None else None
             if conv is not None:
                 self.record(name, conv, out)
-
-        return hook
-
-    def _explicit_hook(self, name: str, is_conv: bool) -> Callable[..., None]:
-        def hook(_m: nn.Module, inp: Any, out: Any) -> None:
+        elif name in self.explicit:
             source = None
-            if not is_conv and inp and isinstance(inp[0], Tensor):
-                source = self.conv_of.get(inp[0])
+            if not isinstance(m, _CONV_TYPES) and x is not None:
+                source = self.conv_of.get(x)
             self.record(name, source, _first_tensor(name, out))
-
-        return hook
 
 
 def _first_tensor(name: str, out: Any) -> Tensor:
@@ -468,6 +459,26 @@ def activation_stats(
         >>> report_lines(stats)[0].startswith("h_conv1_stats: mean = ")
         True
     """
+    layers, hist_range = _check_stats_args(model, layers, bins, hist_range)
+    running: dict[str, _Running] = {}
+
+    def sink(name: str, source: str | None, out: Tensor) -> None:
+        if name not in running:
+            running[name] = _Running(name, source, bins, hist_range)
+        running[name].update(out)
+
+    if _stream(model, loader, layers, sink, progress) == 0:
+        raise InputError("the loader yielded no batches; check the dataset and batch size")
+    return {name: acc.result() for name, acc in running.items()}
+
+
+def _check_stats_args(
+    model: nn.Module,
+    layers: list[str] | None,
+    bins: int,
+    hist_range: tuple[float, float] | None,
+) -> tuple[list[str] | None, tuple[float, float] | None]:
+    """:func:`activation_stats`'s arguments, checked: ``(layers, hist_range)``."""
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
@@ -483,48 +494,55 @@ def activation_stats(
         for name in layers:
             if name not in names:
                 raise LayerError(unknown_name("layer", str(name), names))
-    running: dict[str, _Running] = {}
+    return layers, hist_range
 
-    def sink(name: str, source: str | None, out: Tensor) -> None:
-        if name not in running:
-            running[name] = _Running(name, source, bins, hist_range)
-        running[name].update(out)
 
-    watcher = _Watcher(model, layers)
-    watcher.sink = sink
+def _stream(
+    model: nn.Module,
+    loader: Iterable[Any],
+    layers: list[str] | None,
+    sink: Callable[[str, str | None, Tensor], None],
+    progress: bool,
+) -> int:
+    """Run every batch of ``loader`` through ``model``, feeding ``sink``; returns the batch count.
+
+    The first batch decides what is watched (:func:`_first_watcher`); later passes stop once
+    every watched layer has run."""
+    watcher: _Watcher | None = None
     batches = 0
-    with eval_mode(model), torch.no_grad():
-        for batch in tqdm(
-            loader,
-            total=_length(loader),
-            desc="activation stats",
-            unit="batch",
-            disable=not progress,
-        ):
+    bar = tqdm(
+        loader, total=_length(loader), desc="activation stats", unit="batch", disable=not progress
+    )
+    with ExitStack() as stack:
+        for batch in bar:
             x = _to_model(batch_images(batch), model)
-            watcher.events = 0
-            try:
-                with watcher.watching():
-                    model(x)
-            except _Stop:
-                pass
-            if batches == 0:
-                if not running:
-                    _fallback_or_fail(model, layers)
-                    layers = list(conv_names(model))
-                    watcher = _Watcher(model, layers)
-                    watcher.sink = sink
-                    watcher.events = 0
-                    try:
-                        with watcher.watching():
-                            model(x)
-                    except _Stop:
-                        pass
-                watcher.expected_events = watcher.events
+            if watcher is None:
+                watcher = _first_watcher(model, x, layers, sink)
+                stack.enter_context(watcher.tracer)
+            else:
+                watcher.run(x)
             batches += 1
-    if batches == 0:
-        raise InputError("the loader yielded no batches; check the dataset and batch size")
-    return {name: acc.result() for name, acc in running.items()}
+    return batches
+
+
+def _first_watcher(
+    model: nn.Module,
+    x: Tensor,
+    layers: list[str] | None,
+    sink: Callable[[str, str | None, Tensor], None],
+) -> _Watcher:
+    """Run the first batch; returns the watcher for the rest (knowing how many outputs a pass
+    has). Without ReLUs after convolutions the convolution outputs are watched instead."""
+    watcher = _Watcher(model, layers, sink)
+    with watcher.tracer:
+        watcher.run(x)
+    if watcher.events == 0:
+        _fallback_or_fail(model, layers)
+        watcher = _Watcher(model, conv_names(model), sink)
+        with watcher.tracer:
+            watcher.run(x)
+    watcher.expected_events = watcher.events
+    return watcher
 
 
 def conv_names(model: nn.Module) -> list[str]:
@@ -588,30 +606,15 @@ def hidden_state_stats(
     mean: Tensor | None = None
     m2: Tensor | None = None
     sat: Tensor | None = None
+    bar = tqdm(
+        loader, total=_length(loader), desc="hidden-state stats", unit="batch", disable=not progress
+    )
     with eval_mode(model), torch.no_grad():
-        for batch in tqdm(
-            loader,
-            total=_length(loader),
-            desc="hidden-state stats",
-            unit="batch",
-            disable=not progress,
-        ):
+        for batch in bar:
             x = _to_model(batch_images(batch), model)
             h = _first_tensor("hidden_states", model.hidden_states(x))  # type: ignore[operator]
-            if h.dim() != 3:
-                raise InputError(
-                    f"hidden_states returned shape {tuple(h.shape)}; expected [N, T, hidden]"
-                )
-            if mean is not None and h.shape[1] != mean.shape[0]:
-                raise InputError(
-                    f"sequences of different lengths ({mean.shape[0]} and {h.shape[1]} steps); "
-                    "per-step statistics need a fixed length"
-                )
-            h64 = h.detach().double().transpose(0, 1).reshape(h.shape[1], -1)
-            nb = h64.shape[1]
-            mean_b = h64.mean(dim=1)
-            m2_b = ((h64 - mean_b[:, None]) ** 2).sum(dim=1)
-            sat_b = (h64.abs() > threshold).sum(dim=1)
+            mean_b, m2_b, sat_b = _step_moments(h, mean, threshold)
+            nb = h.shape[0] * h.shape[2]  # elements per step: images x hidden units
             n, mean, m2 = _merge(n, mean, m2, nb, mean_b, m2_b)  # type: ignore[arg-type]
             sat = sat_b if sat is None else sat + sat_b
     if mean is None or m2 is None or sat is None or n == 0:
@@ -623,3 +626,22 @@ def hidden_state_stats(
         threshold=float(threshold),
         count=n,
     )
+
+
+def _step_moments(
+    h: Tensor, mean: Tensor | None, threshold: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One batch of hidden states ``[N, T, hidden]``: per step, mean, sum of squared deviations
+    and count of saturated units (``mean``: the running mean so far, to check ``T``)."""
+    if h.dim() != 3:
+        raise InputError(f"hidden_states returned shape {tuple(h.shape)}; expected [N, T, hidden]")
+    if mean is not None and h.shape[1] != mean.shape[0]:
+        raise InputError(
+            f"sequences of different lengths ({mean.shape[0]} and {h.shape[1]} steps); "
+            "per-step statistics need a fixed length"
+        )
+    h64 = h.detach().double().transpose(0, 1).reshape(h.shape[1], -1)
+    mean_b = h64.mean(dim=1)
+    m2_b = ((h64 - mean_b[:, None]) ** 2).sum(dim=1)
+    sat_b = (h64.abs() > threshold).sum(dim=1)
+    return mean_b, m2_b, sat_b

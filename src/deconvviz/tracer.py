@@ -168,6 +168,7 @@ class Tracer:
         eval: bool = True,
         stop_after: str | None = None,
         stop_before: str | None = None,
+        exact: bool = True,
     ) -> Any:
         """One forward pass ``model(x)``; returns its output, or ``None`` when it was stopped.
 
@@ -177,6 +178,8 @@ class Tracer:
             stop_after: a layer (``"name"`` or ``"name:call"``): end the pass once it returned.
             stop_before: a layer: end the pass just before it runs (its input is then in the
                 ``on_call`` listeners' ``args``).
+            exact: on CUDA, run in full float32 (:func:`exact_cuda`); False keeps the user's
+                TF32/cuDNN settings (passes that only measure, where speed matters more).
         """
         if not self._handles and self.names:
             raise RuntimeError("Tracer.run() outside `with tracer:`")
@@ -188,8 +191,8 @@ class Tracer:
             if eval:
                 modes.enter_context(eval_mode(self.model))
             modes.enter_context(torch.enable_grad() if grad else torch.no_grad())
-            if isinstance(x, Tensor):
-                modes.enter_context(exact_cuda(x, self.names))
+            if exact and isinstance(x, Tensor):
+                modes.enter_context(exact_cuda(x, self.model.modules()))
             if self.mode is not None:
                 modes.enter_context(self.mode)
             try:

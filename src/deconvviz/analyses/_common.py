@@ -17,12 +17,9 @@ from deconvviz.checks import (  # noqa: F401  (re-exported: the analyses import 
     model_device_dtype,
     module_names,
 )
-from deconvviz.engine import eval_mode
 from deconvviz.errors import InputError, LayerError
-
-
-class _Stop(Exception):
-    pass
+from deconvviz.tracer import Tracer
+from deconvviz.tracer import eval_mode as eval_mode  # re-exported: analyses_report uses it
 
 
 def forward_trace(
@@ -35,34 +32,29 @@ def forward_trace(
         their parents), each one's output shape without the batch dimension (``None`` when not
         a tensor), and how often each was called.
     """
-    names = {m: n for n, m in module_names(model).items()}
     order: list[str] = []
     shapes: dict[str, tuple[int, ...] | None] = {}
     calls: Counter[str] = Counter()
+    tracer = Tracer(model)
 
-    def post(module: nn.Module, args: Any, out: Any) -> None:
-        name = names[module]
+    @tracer.on_return
+    def post(name: str, call: int, module: nn.Module, args: Any, out: Any) -> None:
         calls[name] += 1
         if calls[name] == 1:
             order.append(name)
             shapes[name] = tuple(out.shape[1:]) if isinstance(out, Tensor) else None
 
-    handles = [m.register_forward_hook(post) for m in names]
-    try:
-        with eval_mode(model), torch.no_grad():
-            try:
-                model(x[:1])
-            except InputError:
-                raise
-            except Exception as exc:
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise InputError(
-                    f"the model's forward pass failed on input of shape {tuple(x.shape)}: {msg}; "
-                    "check the images' channel count and size"
-                ) from exc
-    finally:
-        for h in handles:
-            h.remove()
+    with tracer:
+        try:
+            tracer.run(x[:1], exact=False)
+        except InputError:
+            raise
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(
+                f"the model's forward pass failed on input of shape {tuple(x.shape)}: {msg}; "
+                "check the images' channel count and size"
+            ) from exc
     return order, shapes, calls
 
 
@@ -75,12 +67,12 @@ def capture(
     ``need_output`` is False the forward pass stops after the last wanted layer.
     """
     modules = module_names(model)
-    wanted = {modules[name]: name for name in layers}
+    tracer = Tracer(model, {modules[name]: name for name in layers})
     got: dict[str, Tensor] = {}
 
-    def post(module: nn.Module, args: Any, out: Any) -> None:
-        name = wanted[module]
-        if name in got:
+    @tracer.on_return
+    def post(name: str, call: int, module: nn.Module, args: Any, out: Any) -> None:
+        if call > 0:
             raise LayerError(
                 f"layer {name!r} is called more than once per forward pass (a shared module), so "
                 "its output is ambiguous; pick a layer that runs once"
@@ -91,20 +83,11 @@ def capture(
                 "submodules"
             )
         got[name] = out.detach().clone()
-        if not need_output and len(got) == len(wanted):
-            raise _Stop
+        if not need_output and len(got) == len(tracer.names):
+            tracer.stop()
 
-    handles = [m.register_forward_hook(post) for m in wanted]
-    out: Any = None
-    try:
-        with eval_mode(model), torch.no_grad():
-            try:
-                out = model(x)
-            except _Stop:
-                out = None
-    finally:
-        for h in handles:
-            h.remove()
+    with tracer:
+        out = tracer.run(x, exact=False)
     missing = [n for n in layers if n not in got]
     if missing:
         raise LayerError(
@@ -112,16 +95,21 @@ def capture(
             "that runs"
         )
     if need_output:
-        if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-            out = out[0]
-        if not isinstance(out, Tensor) or out.dim() != 2:
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise InputError(
-                f"the model must return class scores [N, classes], got {shape}; wrap it so that "
-                "its forward returns logits"
-            )
-        return got, out.detach()
+        return got, _logits(out)
     return got, None
+
+
+def _logits(out: Any) -> Tensor:
+    """The model's output as class scores ``[N, classes]`` (the first element of a tuple)."""
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        out = out[0]
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise InputError(
+            f"the model must return class scores [N, classes], got {shape}; wrap it so that "
+            "its forward returns logits"
+        )
+    return out.detach()
 
 
 def parametric_layers(
