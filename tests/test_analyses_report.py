@@ -16,9 +16,9 @@ from deconvviz.analyses import (
     correspondence,
     invariance,
     randomisation_test,
-    report_figures,
     sensitivity_check,
 )
+from deconvviz.analyses_report import report_figures
 from deconvviz.errors import InputError
 from deconvviz.models import LeNet5, RNNClassifier
 from deconvviz.render.analyses import (
@@ -225,3 +225,11 @@ def test_invariance_on_real_images(shared_data) -> None:
     assert res.distance.shape == (2, 10, 3)
     assert res.distance[:, :, 1].abs().max().item() == 0.0
     assert bool((res.distance[:, :, [0, 2]] > 0).all())  # real images change when moved
+
+
+def test_old_report_figures_name_warns_and_still_works() -> None:
+    import deconvviz.analyses as analyses
+
+    with pytest.warns(DeprecationWarning, match="deconvviz.analyses_report"):
+        old = analyses.report_figures
+    assert old is report_figures

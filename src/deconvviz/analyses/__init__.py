@@ -8,8 +8,8 @@
 * :func:`randomisation_test` -- Adebayo et al. 2018's cascading model randomisation.
 * :func:`sensitivity_check` -- Mahendran & Vedaldi 2016: do projections of different units
   differ?
-* :func:`report_figures` -- quick versions of all of them, written as PNG + JSON (for the HTML
-  report; defined in the export layer, :mod:`deconvviz.analyses_report`).
+* ``deconvviz.analyses_report.report_figures`` (export layer) -- quick versions of all of them,
+  written as PNG + JSON for the HTML report.
 
 Every analysis returns a small frozen result object of tensors with a ``to_dict()`` for JSON;
 :mod:`deconvviz.render.analyses` turns results into figures. See ``docs/analyses.md``.
@@ -18,6 +18,7 @@ Every analysis returns a small frozen result object of tensors with a ``to_dict(
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 from deconvviz.analyses._common import pick_images
@@ -52,7 +53,6 @@ __all__ = [
     "pick_images",
     "randomisation_test",
     "rankdata",
-    "report_figures",
     "sensitivity_check",
     "sign_disagreement",
     "spearman",
@@ -62,10 +62,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # report_figures renders and writes files, so it lives in the export layer
-    # (deconvviz.analyses_report), which imports the analyses; the analyses do not import it:
-    # the public name is looked up by module name only when asked for (keeping
-    # `import deconvviz.analyses` free of matplotlib and of any upward import).
+    # report_figures renders and writes files, so it moved to the export layer
+    # (deconvviz.analyses_report); the old name keeps working for a while, with a warning.
     if name == "report_figures":
+        warnings.warn(
+            "deconvviz.analyses.report_figures moved to deconvviz.analyses_report.report_figures "
+            "(it writes files, so it belongs with the writers); import it from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return importlib.import_module("deconvviz.analyses_report").report_figures
     raise AttributeError(f"module 'deconvviz.analyses' has no attribute {name!r}")
