@@ -1,4 +1,5 @@
-"""``deconvviz occlude``, ``filters`` and ``stats``: analyses of a trained run."""
+"""``deconvviz occlude``, ``filters`` and ``stats``: measurements of one trained run (its
+occlusion maps, its filters, its activations). The paper's analyses live in ``analyses``."""
 
 from __future__ import annotations
 
