@@ -9,12 +9,12 @@ from typing import Any
 import click
 
 from deconvviz_cli.commands.reconstruct import _dataset, _rule, _split
+from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
     checkpoint_option,
     data_dir_option,
     device_option,
     layer_option,
-    load,
     model_option,
     out_option,
     progress_option,
@@ -92,7 +92,7 @@ def _init_distributed(device: str) -> tuple[str, bool]:
 def atlas_cmd(
     ctx: click.Context,
     checkpoint: Path,
-    model_factory: str | None,
+    model_factory: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
     split: str,
@@ -138,7 +138,7 @@ def atlas_cmd(
         dev = torch.device(device)
     except RuntimeError:
         raise InputError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
-    run = load(checkpoint, model_factory)
+    run = model_factory.load(checkpoint)
     model = run.model.to(dev)
     data = rec.dataset_for_model(run.model, run.config, data_dir, dataset, split)
     result = scan(

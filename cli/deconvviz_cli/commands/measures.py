@@ -20,7 +20,6 @@ from deconvviz_cli.options import (
     data_dir_option,
     device_option,
     layer_option,
-    load,
     model_option,
     out_option,
     progress_option,
@@ -115,7 +114,7 @@ def occlude(
     from deconvviz.reconstruct import expected_input, load_images
     from deconvviz.render.occlusion import occlusion_figure
 
-    run = load(checkpoint, model_factory, device)
+    run = model_factory.load(checkpoint, device)
     channels: int | None
     side: int | None
     if isinstance(getattr(run.model, "config", None), dict):
@@ -196,7 +195,7 @@ def filters(
     from deconvviz.filters import conv_layers, dead_filters, filter_rms
     from deconvviz.render.filters import filter_grid, rms_figure
 
-    run = load(checkpoint, model_factory)
+    run = model_factory.load(checkpoint)
     convs = {k: m for k, m in conv_layers(run.model).items() if isinstance(m, nn.Conv2d)}
     if layers:
         modules = dict(run.model.named_modules())
@@ -295,7 +294,7 @@ def stats(
     )
     from deconvviz.stats import activation_stats, hidden_state_stats, report_lines
 
-    run = load(checkpoint, model_factory, device)
+    run = model_factory.load(checkpoint, device)
     data = dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)
     dataset_note(data_dir, data.name, dataset)
     name = data.name

@@ -16,7 +16,6 @@ from deconvviz_cli.options import (
     data_dir_option,
     device_option,
     layer_option,
-    load,
     model_option,
     out_option,
     progress_option,
@@ -136,7 +135,7 @@ def reconstruct_cmd(
     """
     from deconvviz import reconstruct as rec
 
-    run = load(checkpoint, model_factory, device)
+    run = model_factory.load(checkpoint, device)
     chans = list(channels) or None
     if images:
         if compare and len(images) > 8:
@@ -254,7 +253,7 @@ def compare_cmd(
 
     if len(images) > 8:
         raise click.UsageError("compare draws at most 8 images; give fewer --image")
-    run = load(checkpoint, model_factory, device)
+    run = model_factory.load(checkpoint, device)
     want_c, want_size = expected_input(run.model, run.config)
     x = load_images(images, want_c, want_size)
     comp = compare_methods(
@@ -342,7 +341,7 @@ def report_cmd(
         checkpoint,
         data_dir,
         out,
-        loaded=load(checkpoint, model_factory, device),
+        loaded=model_factory.load(checkpoint, device),
         dataset=dataset,
         split=split,
         layers=list(layers) or None,

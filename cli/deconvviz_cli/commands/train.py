@@ -1,4 +1,5 @@
-"""``deconvviz train lenet5|rnn`` and ``deconvviz sweep lenet5|rnn``."""
+"""``deconvviz train lenet5|zfnet|rnn`` (with its ``--evolution`` hook) and ``deconvviz sweep
+lenet5|rnn``."""
 
 from __future__ import annotations
 
@@ -14,8 +15,14 @@ from deconvviz.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from deconvviz.errors import CheckpointError, InputError
 from deconvviz.train import TrainConfig, TrainResult, train_from_data
 from deconvviz_cli._datasets import dataset_note
-from deconvviz_cli.commands.analyses import EvolutionHook, evolution_options
-from deconvviz_cli.options import data_dir_option, device_option, out_option, progress_option
+from deconvviz_cli._output import write_result
+from deconvviz_cli.options import (
+    data_dir_option,
+    device_option,
+    int_list,
+    out_option,
+    progress_option,
+)
 
 __all__ = ["sweep", "train"]
 
@@ -193,9 +200,89 @@ def _common_train_options(
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         for option in reversed(options):
             f = option(f)
-        return evolution_options(f)  # --evolution LAYER (deconvviz_cli.commands.analyses)
+        return evolution_options(f)  # --evolution LAYER (below)
 
     return decorate
+
+
+# ---------------------------------------------------------------------------- train --evolution
+
+
+def evolution_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--evolution`` options of ``deconvviz train``."""
+    options = [
+        click.option(
+            "--evolution",
+            default=None,
+            metavar="LAYER",
+            help="Record the feature evolution of LAYER (paper's Fig. 4) at evaluation "
+            "points; writes evolution.png/.json into the run directory.",
+        ),
+        click.option(
+            "--evolution-channels",
+            default=None,
+            metavar="C,C,...",
+            help="Feature maps to follow (default: the first 8).",
+        ),
+        click.option(
+            "--evolution-every",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Record when the iteration is a multiple of N (default: at every "
+            "evaluation point).",
+        ),
+        click.option(
+            "--evolution-pool",
+            type=click.IntRange(min=1),
+            default=256,
+            show_default=True,
+            help="Test images searched for the strongest activation.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+class EvolutionHook:
+    """Builds the :class:`~deconvviz.analyses.FeatureEvolution` callback for ``train`` from the
+    ``--evolution`` options and writes its figure into the run directory afterwards."""
+
+    def __init__(self, opts: dict[str, Any]) -> None:
+        self.layer: str | None = opts.pop("evolution", None)
+        self.channels = int_list(opts.pop("evolution_channels", None), "--evolution-channels")
+        self.every: int | None = opts.pop("evolution_every", None)
+        self.pool: int = opts.pop("evolution_pool", 256)
+        self.callback: Any = None
+
+    def callbacks(self, config: Any, data_dir: Path, download: bool = False) -> list[Any]:
+        """The callbacks to pass to ``train`` (none without ``--evolution``)."""
+        if self.layer is None:
+            return []
+        from deconvviz.analyses import FeatureEvolution, pick_images
+        from deconvviz.data import dataset_for_config
+        from deconvviz.models import build_model
+
+        test_set = dataset_for_config(config.to_dict(), data_dir, "test", download=download)
+        pool, _, _ = pick_images(test_set, self.pool)
+        self.callback = FeatureEvolution(
+            pool, self.layer, self.channels, every=self.every, pool_size=self.pool
+        )
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # fail before training on a wrong layer name
+            self.callback.validate(build_model(config.model))
+        return [self.callback]
+
+    def write(self, run_dir: Path) -> Path | None:
+        """Write ``evolution.png`` and ``evolution.json`` into ``run_dir`` (if anything was
+        recorded)."""
+        if self.callback is None or not self.callback.records:
+            return None
+        from deconvviz.render.analyses import evolution_figure
+
+        result = self.callback.result()
+        return write_result(Path(run_dir), "evolution", evolution_figure(result), result.to_dict())
 
 
 # Every TrainConfig field is a command-line option, except these three.
