@@ -34,6 +34,7 @@ from typing import Any
 from torch import nn
 
 from deconvviz._io import save_figure, save_torch, write_json
+from deconvviz.errors import CheckpointError
 
 # Reading is deconvviz.loading's (one way in for every checkpoint layout); the names stay here too.
 from deconvviz.loading import (
@@ -55,6 +56,7 @@ __all__ = [
     "load_run",
     "read_checkpoint",
     "resolve_factory",
+    "resume_config",
     "save_run",
 ]
 
@@ -178,3 +180,42 @@ def load_run(
         path=loaded.path,
         iteration=loaded.iteration,
     )
+
+
+def resume_config(
+    run_dir: str | os.PathLike[str],
+    given: Mapping[str, Any],
+    model_given: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The training config to resume the run in ``run_dir`` with: its saved config, with the
+    values the user gave explicitly on top.
+
+    Args:
+        run_dir: the run directory holding ``checkpoint.pt``.
+        given: training options the user set (``iterations``, ``epochs``, ``device``, ...);
+            giving one of ``iterations``/``epochs`` clears the other.
+        model_given: model options the user set (``hidden``, ``width``, ...), merged into the
+            saved model entry (training then refuses to resume if they differ from it).
+
+    Raises:
+        CheckpointError: nothing to resume there, or not a deconvviz training run.
+    """
+    if not (Path(run_dir) / CHECKPOINT_NAME).is_file():
+        raise CheckpointError(
+            f"nothing to resume: {run_dir} holds no {CHECKPOINT_NAME}; drop --resume to "
+            "start a new run there"
+        )
+    ckpt = read_checkpoint(run_dir)
+    saved = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if not isinstance(saved, dict):
+        raise CheckpointError(
+            f"{run_dir} holds no deconvviz training run to resume; drop --resume to start one"
+        )
+    over = dict(given)
+    if "epochs" in over:
+        over["iterations"] = None
+    elif "iterations" in over:
+        over["epochs"] = None
+    if model_given:
+        over["model"] = {**saved.get("model", {}), **model_given}
+    return {**saved, **over}

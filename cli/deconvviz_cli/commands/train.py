@@ -11,8 +11,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from deconvviz.checkpoint import CHECKPOINT_NAME, read_checkpoint
-from deconvviz.errors import CheckpointError, InputError
+from deconvviz.checkpoint import resume_config
+from deconvviz.errors import InputError
 from deconvviz.train import TrainConfig, TrainResult, train_from_data
 from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli._output import write_result
@@ -297,40 +297,17 @@ def _config(
     ctx: click.Context, model: dict[str, Any], dataset: str | None, opts: dict[str, Any]
 ) -> TrainConfig:
     values = {k: opts[k] for k in _TRAIN_KEYS}
-    if opts["epochs"] is not None and ctx.get_parameter_source("iterations") is (
-        ParameterSource.COMMANDLINE
-    ):
+    if opts["epochs"] is not None and _given_here(ctx, "iterations"):
         raise InputError("give --iterations or --epochs, not both")
     if not opts["resume"]:
         return TrainConfig(model=model, dataset=dataset, **values)
-    if not (Path(opts["out"]) / CHECKPOINT_NAME).is_file():
-        raise CheckpointError(
-            f"nothing to resume: {opts['out']} holds no {CHECKPOINT_NAME}; drop --resume to "
-            "start a new run there"
-        )
-    ckpt = read_checkpoint(opts["out"])
-    saved = ckpt.get("config") if isinstance(ckpt, dict) else None
-    if not isinstance(saved, dict):
-        raise CheckpointError(
-            f"{opts['out']} holds no deconvviz training run to resume; drop --resume to start one"
-        )
-    given = {
-        k: v
-        for k, v in values.items()
-        if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE
-    }
-    if "epochs" in given:
-        given["iterations"] = None
-    elif "iterations" in given:
-        given["epochs"] = None
-    explicit_model = {
-        k: v
-        for k, v in model.items()
-        if k != "model" and ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE
-    }
-    if explicit_model:  # train() refuses to resume when these differ from the checkpoint
-        given["model"] = {**saved.get("model", {}), **explicit_model}
-    return TrainConfig.from_dict({**saved, **given})
+    given = {k: v for k, v in values.items() if _given_here(ctx, k)}
+    model_given = {k: v for k, v in model.items() if k != "model" and _given_here(ctx, k)}
+    return TrainConfig.from_dict(resume_config(opts["out"], given, model_given))
+
+
+def _given_here(ctx: click.Context, param: str) -> bool:
+    return ctx.get_parameter_source(param) is ParameterSource.COMMANDLINE
 
 
 def _report(result: TrainResult, out: Path) -> str:
