@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any
 
 import click
 from torch import nn
 
 from deconvviz._io import save_figure, save_image, save_torch, write_json, write_text
-from deconvviz.errors import InputError, LayerError, unknown_name
+from deconvviz.errors import InputError
 from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
@@ -192,36 +191,16 @@ def filters(
 
     Writes filters_<layer>.png, rms_<layer>.png and filters.json.
     """
-    from deconvviz.filters import conv_layers, dead_filters, filter_rms
+    from deconvviz.filters import filter_summary
     from deconvviz.render.filters import filter_grid, rms_figure
 
     run = model_factory.load(checkpoint)
-    convs = {k: m for k, m in conv_layers(run.model).items() if isinstance(m, nn.Conv2d)}
-    if layers:
-        modules = dict(run.model.named_modules())
-        for layer in layers:
-            if layer in convs:
-                continue
-            if layer in modules:
-                raise LayerError(
-                    f"layer {layer!r} is a {type(modules[layer]).__name__}, not a Conv2d; "
-                    f"pick one of {sorted(convs)}"
-                )
-            raise LayerError(unknown_name("conv layer", layer, convs))
-        convs = {layer: convs[layer] for layer in dict.fromkeys(layers)}
-    if not convs:
-        raise LayerError("the model has no Conv2d layers to draw")
-    summary: dict[str, Any] = {}
-    for name, conv in convs.items():
+    summary = filter_summary(run.model, list(layers) or None, radius, tol)
+    modules = dict(run.model.named_modules())
+    for name in summary:
+        conv = modules[name]
         save_image(out / f"filters_{_safe(name)}.png", filter_grid(conv, scale=scale))
         save_figure(out / f"rms_{_safe(name)}.png", rms_figure(conv, radius, title=name), dpi=110)
-        rms = filter_rms(conv)
-        summary[name] = {
-            "shape": list(conv.weight.shape),
-            "rms": rms.tolist(),
-            "dead": dead_filters(conv, tol).tolist(),
-            "over_radius": int((rms > radius).sum()),
-        }
     write_json(out / "filters.json", {"radius": radius, "tol": tol, "layers": summary})
     dead = ", ".join(f"{k} {len(v['dead'])}/{len(v['rms'])}" for k, v in summary.items())
     click.echo(f"wrote filter grids of {', '.join(summary)} to {out} (dead filters: {dead})")
