@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import Any
 
 import click
 from torch import nn
@@ -265,13 +266,8 @@ def stats(
     from torch.utils.data import DataLoader, Subset
 
     from deconvviz.reconstruct import dataset_for_model
-    from deconvviz.render.stats import (
-        hidden_state_figure,
-        hidden_state_table,
-        histogram_figure,
-        stats_table,
-    )
-    from deconvviz.stats import activation_stats, hidden_state_stats, report_lines
+    from deconvviz.render.stats import histogram_figure, stats_table
+    from deconvviz.stats import activation_stats, report_lines
 
     run = model_factory.load(checkpoint, device)
     data = dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)
@@ -282,14 +278,7 @@ def stats(
     loader = DataLoader(data, batch_size=batch_size, num_workers=workers)
     title = f"# Statistics of {run.path} on {name} ({split}, {len(data)} images)\n\n"
     if callable(getattr(run.model, "hidden_states", None)) and not layers:
-        hs = hidden_state_stats(run.model, loader, progress=progress)
-        write_text(out / "stats.md", title + hidden_state_table(hs))
-        write_json(out / "stats.json", {"hidden_states": hs.to_dict()})
-        save_figure(out / "hidden_states.png", hidden_state_figure(hs), dpi=110)
-        click.echo(
-            f"wrote hidden-state statistics to {out}: mean = {hs.overall_mean:.4g}; var = "
-            f"{hs.overall_var:.4g}; saturated = {100 * float(hs.saturated_fraction.mean()):.2f}%"
-        )
+        click.echo(_hidden_state_stats(run.model, loader, title, out, progress))
         return
     result = activation_stats(run.model, loader, layers=list(layers) or None, progress=progress)
     lines = report_lines(result)
@@ -304,6 +293,23 @@ def stats(
     for line in lines:
         click.echo(line)
     click.echo(f"wrote stats.md, stats.json and {len(result)} histograms to {out}")
+
+
+def _hidden_state_stats(
+    model: nn.Module, loader: Any, title: str, out: Path, progress: bool
+) -> str:
+    """Hidden-state statistics of a recurrent model into ``out``; the line to print."""
+    from deconvviz.render.stats import hidden_state_figure, hidden_state_table
+    from deconvviz.stats import hidden_state_stats
+
+    hs = hidden_state_stats(model, loader, progress=progress)
+    write_text(out / "stats.md", title + hidden_state_table(hs))
+    write_json(out / "stats.json", {"hidden_states": hs.to_dict()})
+    save_figure(out / "hidden_states.png", hidden_state_figure(hs), dpi=110)
+    return (
+        f"wrote hidden-state statistics to {out}: mean = {hs.overall_mean:.4g}; var = "
+        f"{hs.overall_var:.4g}; saturated = {100 * float(hs.saturated_fraction.mean()):.2f}%"
+    )
 
 
 COMMANDS = [occlude, filters, stats]

@@ -40,6 +40,11 @@ def _recipe_options(**defaults: Any) -> list[Any]:
         "precision": "fp32",
         **defaults,
     }
+    return _regularisation_options(d) + _input_options(d)
+
+
+def _regularisation_options(d: dict[str, Any]) -> list[Any]:
+    """``--weight-decay``, ``--nesterov``, ``--schedule``, ``--label-smoothing``."""
     return [
         click.option(
             "--weight-decay",
@@ -69,6 +74,12 @@ def _recipe_options(**defaults: Any) -> list[Any]:
             show_default=True,
             help="Label smoothing of the cross-entropy loss.",
         ),
+    ]
+
+
+def _input_options(d: dict[str, Any]) -> list[Any]:
+    """``--augment``, ``--precision``, ``--renormalise``, ``--normalize``."""
+    return [
         click.option(
             "--augment",
             type=click.Choice(["none", "crop-flip"]),
@@ -112,9 +123,28 @@ def _common_train_options(
     optimizer: str = "adam",
     **recipe: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Every option the ``train`` commands share, with this command's defaults."""
     options = [
         data_dir_option(required=True, help=_DATA_HELP),
         out_option("Run directory for checkpoint.pt, config.json, metrics.json, curves.png."),
+        *_optimiser_options(optimizer, lr, momentum),
+        *_length_options(batch_size, iterations),
+        *_setup_options(),
+        *_run_options(fetches),
+        *_recipe_options(**recipe),
+    ]
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return evolution_options(f)  # --evolution LAYER (below)
+
+    return decorate
+
+
+def _optimiser_options(optimizer: str, lr: float, momentum: float) -> list[Any]:
+    """``--optimizer``, ``--lr``, ``--momentum``."""
+    return [
         click.option(
             "--optimizer",
             type=click.Choice(["adam", "sgd"]),
@@ -126,6 +156,12 @@ def _common_train_options(
         click.option(
             "--momentum", type=float, default=momentum, show_default=True, help="SGD momentum."
         ),
+    ]
+
+
+def _length_options(batch_size: int, iterations: int) -> list[Any]:
+    """``--batch-size``, ``--iterations``, ``--epochs``, ``--eval-every``."""
+    return [
         click.option(
             "--batch-size",
             type=click.IntRange(min=1),
@@ -153,6 +189,12 @@ def _common_train_options(
             show_default=True,
             help="Evaluate on the whole test set every N iterations.",
         ),
+    ]
+
+
+def _setup_options() -> list[Any]:
+    """``--seed``, ``--per-class``, ``--loss``, ``--init``."""
+    return [
         click.option(
             "--seed",
             type=int,
@@ -180,6 +222,12 @@ def _common_train_options(
             show_default=True,
             help="Weight initialisation.",
         ),
+    ]
+
+
+def _run_options(fetches: str) -> list[Any]:
+    """``--device``, ``--resume``, ``--overwrite``, ``--download``, ``--progress``."""
+    return [
         device_option(auto=True),
         click.option(
             "--resume",
@@ -194,15 +242,7 @@ def _common_train_options(
             help=f"Fetch {fetches} with torchvision if it is missing (needs network).",
         ),
         progress_option,
-        *_recipe_options(**recipe),
     ]
-
-    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(options):
-            f = option(f)
-        return evolution_options(f)  # --evolution LAYER (below)
-
-    return decorate
 
 
 # ---------------------------------------------------------------------------- train --evolution
