@@ -20,8 +20,8 @@ __all__ = [
     "checkpoint_option",
     "data_dir_option",
     "device_option",
+    "int_list",
     "layer_option",
-    "load",
     "model_option",
     "out_option",
     "progress_option",
@@ -49,7 +49,8 @@ def model_option(f: F) -> F:
     how to build and feed the model (see :mod:`deconvviz_cli.model_options`).
 
     The command receives them as one ``model_factory`` argument, a
-    :class:`deconvviz_cli.model_options.ModelSpec` that :func:`load` takes.
+    :class:`deconvviz_cli.model_options.ModelSpec`; ``model_factory.load(checkpoint, device)``
+    is the one way every command loads its model (:func:`deconvviz.loading.load_model`).
     """
     from deconvviz_cli.model_options import model_options
 
@@ -187,13 +188,17 @@ def progress_option(f: F) -> F:
     )(f)
 
 
-def load(checkpoint: Path | None, model_factory: Any = None, device: str = "cpu") -> Any:
-    """The model of ``-c/--checkpoint`` built and fed as the model options say
-    (:func:`deconvviz.loading.load_model`; a :class:`deconvviz.loading.LoadedModel`, which has
-    a run's ``model``, ``config``, ``metrics`` and ``path``). Says the checkpoint layout found on
-    stderr when the user named a model."""
-    from deconvviz_cli.model_options import ModelSpec
+def int_list(value: str | None, what: str) -> list[int] | None:
+    """The integers of a comma-separated option value (``"1,2,3"``); ``None`` for ``None``.
 
-    if not isinstance(model_factory, ModelSpec):
-        model_factory = ModelSpec(model=model_factory)
-    return model_factory.load(checkpoint, device)
+    Raises:
+        InputError: a value is not an integer (the message names the option ``what``).
+    """
+    from deconvviz.errors import InputError
+
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{what} must be integers separated by commas, got {value!r}") from None

@@ -23,24 +23,28 @@ Example::
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-import pickle
-import re
-import sys
-import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from deconvviz._io import save_figure, save_torch, write_json
 from deconvviz._util import json_safe
-from deconvviz.errors import CheckpointError, DeconvvizError
+from deconvviz.errors import CheckpointError
+
+# Reading is deconvviz.loading's (one way in for every checkpoint layout); the names stay here too.
+from deconvviz.loading import (
+    CHECKPOINT_NAME,
+    FORMAT,
+    ModelFactory,
+    checkpoint_path,
+    load_weights,
+    read_checkpoint,
+    resolve_factory,
+)
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -51,14 +55,11 @@ __all__ = [
     "load_run",
     "read_checkpoint",
     "resolve_factory",
+    "resume_config",
     "save_run",
 ]
 
-FORMAT = "deconvviz-run"
 FORMAT_VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
-
-ModelFactory = Callable[[], nn.Module]
 
 
 @dataclass(frozen=True)
@@ -79,29 +80,6 @@ class Run:
     metrics: dict[str, Any]
     path: Path
     iteration: int = 0
-
-
-def checkpoint_path(run_dir_or_file: str | os.PathLike[str]) -> Path:
-    """The checkpoint file of a run directory (or the file itself).
-
-    Raises:
-        CheckpointError: nothing is there.
-    """
-    path = Path(run_dir_or_file).expanduser()
-    if path.is_dir():
-        ckpt = path / CHECKPOINT_NAME
-        if not ckpt.is_file():
-            raise CheckpointError(
-                f"no {CHECKPOINT_NAME} in {path}; train a model there first (deconvviz train "
-                f"lenet5 --out {path}) or pass the path of a checkpoint file"
-            )
-        return ckpt
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist; pass a run directory (made by deconvviz train) "
-            "or a .pt file"
-        )
-    return path
 
 
 def save_run(
@@ -153,100 +131,6 @@ def save_run(
     return path
 
 
-def read_checkpoint(run_dir_or_file: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
-    """``torch.load(..., weights_only=True)`` of a checkpoint, with clear errors.
-
-    Raises:
-        CheckpointError: missing, corrupt, or holding objects that are not plain tensors and
-            values (the message names the file and the fix).
-    """
-    path = checkpoint_path(run_dir_or_file)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = " ".join(str(exc).split())
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if found is None:
-            detail = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
-            why = detail.group(1).strip() if detail else type(exc).__name__
-            raise CheckpointError(
-                f"{path} is not a readable PyTorch checkpoint ({why}); it is corrupt or "
-                "truncated: train again, or resume from an intact copy"
-            ) from exc
-        raise CheckpointError(
-            f"{path} holds objects that cannot be loaded safely with weights_only=True (a "
-            f"pickled {found.group(1)}); save the weights alone with "
-            "torch.save(model.state_dict(), path) and load them with a model factory"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        first = first.split(". ")[0].rstrip(".")  # torch's own advice runs on for lines
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({first}); it is corrupt or "
-            "truncated: train again, or resume from an intact copy"
-        ) from exc
-
-
-def resolve_factory(spec: str | ModelFactory) -> ModelFactory:
-    """A model factory from a callable or ``"package.module:function"`` / ``"file.py:function"``.
-
-    Raises:
-        CheckpointError: the module or function cannot be found.
-    """
-    if callable(spec):
-        return spec
-    if not isinstance(spec, str) or ":" not in spec:
-        raise CheckpointError(
-            f"model factory {spec!r} must be a callable or 'package.module:function' "
-            "(or 'path/to/file.py:function')"
-        )
-    module_name, _, attr = spec.rpartition(":")
-    try:
-        if module_name.endswith(".py"):
-            file = Path(module_name).expanduser()
-            if not file.is_file():
-                raise CheckpointError(f"model factory file {file} does not exist; check the path")
-            mod_spec = importlib.util.spec_from_file_location(
-                f"_deconvviz_factory_{file.stem}", file
-            )
-            if mod_spec is None or mod_spec.loader is None:
-                raise CheckpointError(f"cannot import {file}; is it a Python file?")
-            module = importlib.util.module_from_spec(mod_spec)
-            sys.modules[mod_spec.name] = module
-            mod_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CheckpointError(
-            f"cannot import {module_name!r} for model factory {spec!r} ({exc}); install it or add "
-            "its folder to PYTHONPATH"
-        ) from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise CheckpointError(
-            f"{module_name!r} has no callable {attr!r} (model factory {spec!r}); "
-            "name a function that returns the model"
-        )
-    return factory
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return (
-        isinstance(obj, Mapping)
-        and len(obj) > 0
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    )
-
-
-def _device(map_location: Any) -> torch.device | None:
-    """The device ``map_location`` names, checked to exist here (not a corrupt-file error)."""
-    if isinstance(map_location, (str, torch.device)):
-        from deconvviz.devices import resolve_device
-
-        return resolve_device(map_location, auto=False)
-    return None
-
-
 def load_run(
     run_dir_or_file: str | os.PathLike[str],
     model_factory: str | ModelFactory | None = None,
@@ -271,79 +155,51 @@ def load_run(
         CheckpointError: missing, corrupt or wrong-kind file, or weights that do not fit the
             model.
     """
-    path = checkpoint_path(run_dir_or_file)
-    device = _device(map_location)  # a device this machine lacks is not a corrupt checkpoint
-    obj = read_checkpoint(path, map_location=map_location)
-    config: dict[str, Any] = {}
-    metrics: dict[str, Any] = {}
-    iteration = 0
-    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
-        state = obj.get("state_dict")
-        config = dict(obj.get("config") or {})
-        metrics = dict(obj.get("metrics") or {})
-        iteration = int(obj.get("iteration") or 0)
-    elif _is_state_dict(obj):
-        state = obj
-    elif isinstance(obj, Mapping) and (
-        _is_state_dict(obj.get("state_dict")) or _is_state_dict(obj.get("model_state_dict"))
-    ):
-        state = (
-            obj.get("state_dict")
-            if _is_state_dict(obj.get("state_dict"))
-            else obj.get("model_state_dict")
-        )
-        cfg = obj.get("config")
-        config = dict(cfg) if isinstance(cfg, Mapping) else {}
-    else:
-        raise CheckpointError(
-            f"{path} holds a {type(obj).__name__}, not a model checkpoint; pass a run directory "
-            "made by deconvviz train, or a file saved with torch.save(model.state_dict(), path)"
-        )
-    if state is None or not _is_state_dict(state):
-        raise CheckpointError(f"{path} has no weights (empty state_dict); train or save it again")
-    if model_factory is not None:
-        try:
-            model = resolve_factory(model_factory)()
-        except DeconvvizError:
-            raise
-        except Exception as exc:
-            raise CheckpointError(
-                f"model factory {model_factory!r} failed: {type(exc).__name__}: {exc}; "
-                "it must build the model with no arguments"
-            ) from exc
-        if not isinstance(model, nn.Module):
-            raise CheckpointError(
-                f"model factory {model_factory!r} returned a {type(model).__name__}, not an "
-                "nn.Module; make it return the model"
-            )
-    else:
-        model_cfg = config.get("model")
-        if not isinstance(model_cfg, Mapping):
-            raise CheckpointError(
-                f"{path} has weights but no model config to rebuild the model from; pass "
-                "--model MODULE:FACTORY naming a function that builds it (model_factory= in "
-                "Python)"
-            )
-        from deconvviz.models import build_model
+    loaded = load_weights(run_dir_or_file, model_factory, map_location=map_location)
+    assert loaded.path is not None  # a checkpoint was given
+    return Run(
+        model=loaded.model,
+        config=dict(loaded.config),
+        metrics=dict(loaded.metrics),
+        path=loaded.path,
+        iteration=loaded.iteration,
+    )
 
-        try:
-            model = build_model(dict(model_cfg))
-        except DeconvvizError as exc:
-            raise CheckpointError(
-                f"{path}: cannot rebuild the model from its config ({exc}); pass --model "
-                "MODULE:FACTORY to build it yourself (model_factory= in Python)"
-            ) from exc
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
-        if len(detail) > 400:
-            detail = detail[:400] + "..."
+
+def resume_config(
+    run_dir: str | os.PathLike[str],
+    given: Mapping[str, Any],
+    model_given: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The training config to resume the run in ``run_dir`` with: its saved config, with the
+    values the user gave explicitly on top.
+
+    Args:
+        run_dir: the run directory holding ``checkpoint.pt``.
+        given: training options the user set (``iterations``, ``epochs``, ``device``, ...);
+            giving one of ``iterations``/``epochs`` clears the other.
+        model_given: model options the user set (``hidden``, ``width``, ...), merged into the
+            saved model entry (training then refuses to resume if they differ from it).
+
+    Raises:
+        CheckpointError: nothing to resume there, or not a deconvviz training run.
+    """
+    if not (Path(run_dir) / CHECKPOINT_NAME).is_file():
         raise CheckpointError(
-            f"the weights in {path} do not fit the model ({detail}); the model factory must build "
-            "the same architecture the weights were saved from"
-        ) from exc
-    if device is not None:
-        model.to(device)
-    model.eval()
-    return Run(model=model, config=config, metrics=metrics, path=path, iteration=iteration)
+            f"nothing to resume: {run_dir} holds no {CHECKPOINT_NAME}; drop --resume to "
+            "start a new run there"
+        )
+    ckpt = read_checkpoint(run_dir)
+    saved = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if not isinstance(saved, dict):
+        raise CheckpointError(
+            f"{run_dir} holds no deconvviz training run to resume; drop --resume to start one"
+        )
+    over = dict(given)
+    if "epochs" in over:
+        over["iterations"] = None
+    elif "iterations" in over:
+        over["epochs"] = None
+    if model_given:
+        over["model"] = {**saved.get("model", {}), **model_given}
+    return {**saved, **over}

@@ -21,6 +21,7 @@ __all__ = [
     "filter_weight",
     "filter_rms",
     "dead_filters",
+    "filter_summary",
     "renormalise_",
     "RenormaliseHook",
 ]
@@ -227,3 +228,48 @@ class RenormaliseHook:
 
     def __repr__(self) -> str:
         return f"RenormaliseHook(radius={self.radius}, every={self.every}, layers={self.layers})"
+
+
+def filter_summary(
+    model: nn.Module, layers: list[str] | None = None, radius: float = 0.1, tol: float = 1e-6
+) -> dict[str, dict[str, Any]]:
+    """Per ``Conv2d`` layer: its weight shape, the RMS of each filter, the dead filters (RMS at
+    or below ``tol``) and how many filters exceed the renormalisation ``radius``.
+
+    Args:
+        model: the model.
+        layers: ``Conv2d`` layers by ``named_modules()`` name (default: every one), in order.
+        radius: the renormalisation radius counted against.
+        tol: RMS at or below which a filter counts as dead.
+
+    Returns:
+        ``{layer: {"shape", "rms", "dead", "over_radius"}}`` of plain (JSON-able) values.
+
+    Raises:
+        LayerError: a layer is unknown or not a ``Conv2d``, or the model has none.
+    """
+    convs = {k: m for k, m in conv_layers(model).items() if isinstance(m, nn.Conv2d)}
+    if layers:
+        modules = dict(model.named_modules())
+        for layer in layers:
+            if layer in convs:
+                continue
+            if layer in modules:
+                raise LayerError(
+                    f"layer {layer!r} is a {type(modules[layer]).__name__}, not a Conv2d; "
+                    f"pick one of {sorted(convs)}"
+                )
+            raise LayerError(unknown_name("conv layer", layer, convs))
+        convs = {layer: convs[layer] for layer in dict.fromkeys(layers)}
+    if not convs:
+        raise LayerError("the model has no Conv2d layers to draw")
+    summary: dict[str, dict[str, Any]] = {}
+    for name, conv in convs.items():
+        rms = filter_rms(conv)
+        summary[name] = {
+            "shape": list(conv.weight.shape),
+            "rms": rms.tolist(),
+            "dead": dead_filters(conv, tol).tolist(),
+            "over_radius": int((rms > radius).sum()),
+        }
+    return summary

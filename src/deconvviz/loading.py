@@ -38,8 +38,12 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import os
 import pickle
+import re
+import sys
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,17 +55,31 @@ from torch import Tensor, nn
 from deconvviz.errors import CheckpointError, DeconvvizError, InputError
 
 __all__ = [
+    "CHECKPOINT_NAME",
+    "FORMAT",
     "NORMALIZATIONS",
     "STATE_DICT_KEYS",
     "STRIP_PREFIXES",
     "LoadedModel",
     "Normalized",
     "build_from_spec",
+    "checkpoint_path",
+    "dataset_images",
     "extract_state_dict",
     "load_model",
+    "load_weights",
     "parse_model_args",
     "parse_normalize",
+    "read_checkpoint",
+    "resolve_factory",
 ]
+
+#: ``"format"`` of the checkpoint dict a run saves (:func:`deconvviz.checkpoint.save_run`).
+FORMAT = "deconvviz-run"
+#: The checkpoint file of a run directory.
+CHECKPOINT_NAME = "checkpoint.pt"
+
+ModelFactory = Callable[[], nn.Module]
 
 #: Entries of a checkpoint dict that may hold the state dict, in the order they are tried.
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")
@@ -215,6 +233,49 @@ def parse_model_args(pairs: Sequence[str] | Mapping[str, Any] | None) -> dict[st
     return out
 
 
+def resolve_factory(spec: str | ModelFactory) -> ModelFactory:
+    """A model factory from a callable or ``"package.module:function"`` / ``"file.py:function"``.
+
+    Raises:
+        CheckpointError: the module or function cannot be found.
+    """
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str) or ":" not in spec:
+        raise CheckpointError(
+            f"model factory {spec!r} must be a callable or 'package.module:function' "
+            "(or 'path/to/file.py:function')"
+        )
+    module_name, _, attr = spec.rpartition(":")
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name).expanduser()
+            if not file.is_file():
+                raise CheckpointError(f"model factory file {file} does not exist; check the path")
+            mod_spec = importlib.util.spec_from_file_location(
+                f"_deconvviz_factory_{file.stem}", file
+            )
+            if mod_spec is None or mod_spec.loader is None:
+                raise CheckpointError(f"cannot import {file}; is it a Python file?")
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[mod_spec.name] = module
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CheckpointError(
+            f"cannot import {module_name!r} for model factory {spec!r} ({exc}); install it or add "
+            "its folder to PYTHONPATH"
+        ) from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise CheckpointError(
+            f"{module_name!r} has no callable {attr!r} (model factory {spec!r}); "
+            "name a function that returns the model"
+        )
+    return factory
+
+
 def _call(factory: Callable[..., Any], spec: str, args: Mapping[str, Any]) -> nn.Module:
     try:
         model = factory(**args)
@@ -262,8 +323,6 @@ def build_from_spec(spec: str | Callable[..., nn.Module], model_args: Any = None
         name = spec[len("timm:") :]
         return _call(lambda **kw: timm.create_model(name, pretrained=False, **kw), spec, args)
     if ":" in spec:
-        from deconvviz.checkpoint import resolve_factory
-
         return _call(resolve_factory(spec), spec, args)
     from deconvviz.models import MODELS, build_model
 
@@ -287,6 +346,72 @@ def build_from_spec(spec: str | Callable[..., nn.Module], model_args: Any = None
 # ------------------------------------------------------------------------------ checkpoints
 
 
+def checkpoint_path(run_dir_or_file: str | os.PathLike[str]) -> Path:
+    """The checkpoint file of a run directory (or the file itself).
+
+    Raises:
+        CheckpointError: nothing is there.
+    """
+    path = Path(run_dir_or_file).expanduser()
+    if path.is_dir():
+        ckpt = path / CHECKPOINT_NAME
+        if not ckpt.is_file():
+            raise CheckpointError(
+                f"no {CHECKPOINT_NAME} in {path}; train a model there first (deconvviz train "
+                f"lenet5 --out {path}) or pass the path of a checkpoint file"
+            )
+        return ckpt
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; pass a run directory (made by deconvviz train) "
+            "or a .pt file"
+        )
+    return path
+
+
+def read_checkpoint(run_dir_or_file: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+    """``torch.load(..., weights_only=True)`` of a checkpoint, with clear errors.
+
+    Raises:
+        CheckpointError: missing, corrupt, or holding objects that are not plain tensors and
+            values (the message names the file and the fix).
+    """
+    path = checkpoint_path(run_dir_or_file)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = " ".join(str(exc).split())
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found is None:
+            detail = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+            why = detail.group(1).strip() if detail else type(exc).__name__
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint ({why}); it is corrupt or "
+                "truncated: train again, or resume from an intact copy"
+            ) from exc
+        raise CheckpointError(
+            f"{path} holds objects that cannot be loaded safely with weights_only=True (a "
+            f"pickled {found.group(1)}); save the weights alone with "
+            "torch.save(model.state_dict(), path) and load them with a model factory"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(". ")[0].rstrip(".")  # torch's own advice runs on for lines
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({first}); it is corrupt or "
+            "truncated: train again, or resume from an intact copy"
+        ) from exc
+
+
+def _device(map_location: Any) -> torch.device | None:
+    """The device ``map_location`` names, checked to exist here (not a corrupt-file error)."""
+    if isinstance(map_location, (str, torch.device)):
+        from deconvviz.devices import resolve_device
+
+        return resolve_device(map_location, auto=False)
+    return None
+
+
 def _is_state_dict(obj: Any) -> bool:
     return (
         isinstance(obj, Mapping)
@@ -302,8 +427,6 @@ def _read(path: Path, trust: bool, map_location: Any, spec: Any = None) -> tuple
     file's folder is on ``sys.path`` while unpickling, so ``import file`` works as it did when
     the model was saved.
     """
-    from deconvviz.checkpoint import read_checkpoint
-
     try:
         return read_checkpoint(path, map_location=map_location), False
     except CheckpointError as exc:
@@ -312,14 +435,12 @@ def _read(path: Path, trust: bool, map_location: Any, spec: Any = None) -> tuple
             raise
         if not trust:
             raise CheckpointError(
-                f"{path} holds pickled Python objects (a whole model, not only weights); "
-                "unpickling it would run code from the file, so it is refused: pass "
-                "--trust-checkpoint (trust_checkpoint=True) if you trust its source, or save "
-                "torch.save(model.state_dict(), path) and load that"
+                f"{path} holds pickled Python objects (a whole model, not only weights), which "
+                "torch.load(weights_only=True) refuses: unpickling it would run code from the "
+                "file. Pass --trust-checkpoint (trust_checkpoint=True) if you trust its source, "
+                "or save torch.save(model.state_dict(), path) and load that"
             ) from exc
     try:
-        import sys
-
         folder = None
         if isinstance(spec, str) and ":" in spec and spec.rpartition(":")[0].endswith(".py"):
             folder = str(Path(spec.rpartition(":")[0]).expanduser().resolve().parent)
@@ -362,8 +483,8 @@ def extract_state_dict(obj: Any) -> tuple[dict[str, Tensor], str]:
     if isinstance(obj, nn.Module):
         return dict(obj.state_dict()), "a whole pickled model"
     raise CheckpointError(
-        f"the checkpoint holds a {type(obj).__name__}, not weights; save it with "
-        "torch.save(model.state_dict(), path)"
+        f"the checkpoint holds a {type(obj).__name__}, not a model checkpoint (no weights); "
+        "save it with torch.save(model.state_dict(), path)"
     )
 
 
@@ -398,7 +519,9 @@ def _few(keys: Sequence[str], n: int = 4) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def _fit(model: nn.Module, state: Mapping[str, Tensor], path: Path, spec: str) -> None:
+def _fit(model: nn.Module, state: Mapping[str, Tensor], path: Path, what: str) -> None:
+    """Load ``state`` into ``model``, or say side by side what does not fit (``what`` names
+    the model: ``"--model SPEC"``, or ``"the model"`` where it was rebuilt from a config)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -418,7 +541,7 @@ def _fit(model: nn.Module, state: Mapping[str, Tensor], path: Path, spec: str) -
         )
     if missing and unexpected:
         hints.append(
-            f"--model {spec} names layers differently from the checkpoint: use the model "
+            f"{what} names layers differently from the checkpoint: use the model "
             "definition the checkpoint was saved from"
         )
     elif missing:
@@ -428,8 +551,9 @@ def _fit(model: nn.Module, state: Mapping[str, Tensor], path: Path, spec: str) -
     parts = [f"missing: {_few(missing)}", f"unexpected: {_few(unexpected)}"]
     if shapes:
         parts.append(f"shape (checkpoint vs model): {_few(shapes, 2)}")
+    fit = "fit the model" if what == "the model" else f"fit the model of {what}"
     raise CheckpointError(
-        f"the weights in {path} do not fit --model {spec} ({'; '.join(parts)}); " + "; ".join(hints)
+        f"the weights in {path} do not {fit} ({'; '.join(parts)}); " + "; ".join(hints)
     )
 
 
@@ -488,81 +612,177 @@ def load_model(
         CheckpointError: the model cannot be built, the checkpoint is unreadable or refused, or
             the weights do not fit (first missing and unexpected keys listed side by side).
     """
-    from deconvviz.checkpoint import FORMAT, checkpoint_path, load_run
-
     if image_size is not None and (isinstance(image_size, bool) or image_size < 1):
         raise InputError(f"--image-size must be a positive integer, got {image_size!r}")
-    config: dict[str, Any] = {}
-    metrics: dict[str, Any] = {}
-    iteration = 0
-    path: Path | None = None
-    net: nn.Module | None = model if isinstance(model, nn.Module) else None
-    spec = model if isinstance(model, str) else getattr(model, "__name__", type(model).__name__)
     if checkpoint is None:
-        if model is None:
-            raise CheckpointError(
-                "nothing to load: give a checkpoint (-c run-dir or weights file) or a model "
-                "(--model torchvision.models:resnet18)"
-            )
-        if net is None:
-            net = build_from_spec(model, model_args)
-        message = f"--model {spec}: random weights (no checkpoint given)"
+        loaded = _random_weights(model, model_args)
     else:
-        path = checkpoint_path(checkpoint)
-        obj, trusted = _read(path, trust_checkpoint, map_location, model)
-        if isinstance(obj, Mapping) and obj.get("format") == FORMAT and model is None:
-            run = load_run(path, map_location=map_location)
-            net, config, metrics, iteration = (
-                run.model,
-                dict(run.config),
-                run.metrics,
-                (run.iteration),
-            )
-            message = f"{path.name}: a deconvviz run ({config.get('model', {}).get('model', '?')})"
-        elif (
-            model is None
-            and isinstance(obj, Mapping)
-            and isinstance(obj.get("model"), Mapping)
-            and _is_state_dict(obj.get("state_dict"))
-        ):
-            from deconvviz.models import build_model
+        loaded = load_weights(
+            checkpoint,
+            model,
+            model_args=model_args,
+            trust_checkpoint=trust_checkpoint,
+            map_location=map_location,
+            check_device=False,
+        )
+    return _fed(loaded, normalize, image_size, map_location)
 
-            # deconvviz's exported weights (the shipped zfnet-cifar): the model's config beside
-            # the weights
-            net = build_model(dict(obj["model"]))
-            net.load_state_dict(obj["state_dict"])
-            cfg = obj.get("config")
-            config = dict(cfg) if isinstance(cfg, Mapping) else {"model": dict(obj["model"])}
-            config.setdefault("model", dict(obj["model"]))
-            metrics = dict(obj.get("metrics") or {})
-            message = f"{path.name}: deconvviz exported weights ({obj['model'].get('model', '?')})"
-        elif isinstance(obj, nn.Module) and model is None:
-            net = obj
-            message = f"{path.name}: a whole pickled {type(obj).__name__} (trusted)"
-        else:
-            if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
-                config = dict(obj.get("config") or {})
-                metrics = dict(obj.get("metrics") or {})
-                iteration = int(obj.get("iteration") or 0)
-            state, layout = extract_state_dict(obj)
-            if model is None:
-                raise CheckpointError(
-                    f"{path} holds weights ({layout}) but no model to put them in; name the "
-                    "model with --model (e.g. --model torchvision.models:resnet18 or --model "
-                    "my_model.py:build)"
-                )
-            if net is None:
-                net = build_from_spec(model, model_args)
-            state, stripped = strip_prefixes(state, list(net.state_dict()))
-            _fit(net, state, path, str(spec))
-            what = (
-                ", stripped " + " then ".join(f"{p!r} ({STRIP_PREFIXES[p]})" for p in stripped)
-                if stripped
-                else ", no prefix stripped"
-            )
-            trust = " (trusted unpickling)" if trusted else ""
-            message = f"{path.name}: {layout}{trust}, {len(state)} tensors{what}"
-    assert net is not None
+
+def load_weights(
+    checkpoint: str | os.PathLike[str],
+    model: str | Callable[..., nn.Module] | nn.Module | None = None,
+    *,
+    model_args: Sequence[str] | Mapping[str, Any] | None = None,
+    trust_checkpoint: bool = False,
+    map_location: Any = "cpu",
+    check_device: bool = True,
+) -> LoadedModel:
+    """The model of a checkpoint in any supported layout, as stored (no input normalisation):
+    what :func:`load_model` and :func:`deconvviz.checkpoint.load_run` both load through.
+
+    Args:
+        checkpoint: a run directory or a weights file.
+        model: builds the model (see :func:`load_model`); ``None`` where the checkpoint says
+            how (a deconvviz run, deconvviz exported weights, a trusted whole model).
+        model_args: keyword arguments for the model's constructor.
+        trust_checkpoint: allow unpickling Python objects (runs code from the file).
+        map_location: where the model goes.
+        check_device: refuse a device this machine lacks before reading (an
+            :class:`~deconvviz.errors.InputError`, not a corrupt-checkpoint error).
+
+    Raises:
+        CheckpointError: unreadable, refused or weightless checkpoint; no model to put the
+            weights in; weights that do not fit.
+    """
+    path = checkpoint_path(checkpoint)
+    device = _device(map_location) if check_device else None
+    obj, trusted = _read(path, trust_checkpoint, map_location, model)
+    loaded = _own_model(obj, path) if model is None else None
+    if loaded is None:
+        loaded = _user_model(obj, path, model, model_args, trusted)
+    if device is not None:
+        loaded.model.to(device)
+    loaded.model.eval()
+    return loaded
+
+
+def _random_weights(
+    model: str | Callable[..., nn.Module] | nn.Module | None, model_args: Any
+) -> LoadedModel:
+    """``model`` with its own (random) weights: no checkpoint given."""
+    if model is None:
+        raise CheckpointError(
+            "nothing to load: give a checkpoint (-c run-dir or weights file) or a model "
+            "(--model torchvision.models:resnet18)"
+        )
+    net = model if isinstance(model, nn.Module) else build_from_spec(model, model_args)
+    return LoadedModel(
+        net, message=f"--model {_spec_name(model)}: random weights (no checkpoint given)"
+    )
+
+
+def _spec_name(model: Any) -> str:
+    return model if isinstance(model, str) else getattr(model, "__name__", type(model).__name__)
+
+
+def _run_meta(obj: Any) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """``(config, metrics, iteration)`` stored beside the weights (empty for other files)."""
+    if not isinstance(obj, Mapping):
+        return {}, {}, 0
+    cfg, met = obj.get("config"), obj.get("metrics")
+    config = dict(cfg) if isinstance(cfg, Mapping) else {}
+    metrics = dict(met) if isinstance(met, Mapping) and obj.get("format") == FORMAT else {}
+    return config, metrics, int(obj.get("iteration") or 0) if obj.get("format") == FORMAT else 0
+
+
+def rebuild_model(config: Mapping[str, Any], path: Path) -> nn.Module:
+    """The (untrained) deconvviz model ``config["model"]`` describes.
+
+    Raises:
+        CheckpointError: no model config, or one :func:`deconvviz.models.build_model` refuses.
+    """
+    model_cfg = config.get("model")
+    if not isinstance(model_cfg, Mapping):
+        raise CheckpointError(
+            f"{path} has weights but no model config to rebuild the model from; pass "
+            "--model MODULE:FACTORY naming a function that builds it (model_factory= in "
+            "Python)"
+        )
+    from deconvviz.models import build_model
+
+    try:
+        return build_model(dict(model_cfg))
+    except DeconvvizError as exc:
+        raise CheckpointError(
+            f"{path}: cannot rebuild the model from its config ({exc}); pass --model "
+            "MODULE:FACTORY to build it yourself (model_factory= in Python)"
+        ) from exc
+
+
+def _own_model(obj: Any, path: Path) -> LoadedModel | None:
+    """A checkpoint that says which model it holds: a deconvviz run, deconvviz exported weights
+    (the shipped zfnet-cifar: the model's config beside the weights), a config with a model
+    entry beside the weights, or a trusted whole model; ``None`` for weights alone."""
+    if isinstance(obj, nn.Module):
+        message = f"{path.name}: a whole pickled {type(obj).__name__} (trusted)"
+        return LoadedModel(obj, path=path, message=message)
+    if not isinstance(obj, Mapping):
+        return None
+    config, metrics, iteration = _run_meta(obj)
+    exported = (
+        obj.get("format") != FORMAT
+        and isinstance(obj.get("model"), Mapping)
+        and _is_state_dict(obj.get("state_dict"))
+    )
+    if exported:
+        config.setdefault("model", dict(obj["model"]))
+    if not isinstance(config.get("model"), Mapping):
+        return None
+    state, _ = extract_state_dict({"state_dict": obj["state_dict"]} if exported else obj)
+    net = rebuild_model(config, path)
+    _fit(net, state, path, "the model")
+    name = config["model"].get("model", "?")
+    if obj.get("format") == FORMAT:
+        message = f"{path.name}: a deconvviz run ({name})"
+    elif exported:
+        metrics = dict(obj.get("metrics") or {})
+        message = f"{path.name}: deconvviz exported weights ({name})"
+    else:
+        message = f"{path.name}: weights with the config of a deconvviz model ({name})"
+    return LoadedModel(net, config, metrics, path, iteration, message)
+
+
+def _user_model(obj: Any, path: Path, model: Any, model_args: Any, trusted: bool) -> LoadedModel:
+    """Weights in any layout, put into the model ``model`` builds (prefixes stripped)."""
+    config, metrics, iteration = _run_meta(obj)
+    if not (isinstance(obj, Mapping) and obj.get("format") == FORMAT):
+        config = {}  # a user's own checkpoint: its extra entries are not a deconvviz config
+    state, layout = extract_state_dict(obj)
+    if model is None:
+        raise CheckpointError(
+            f"{path} holds weights ({layout}) but no model to put them in; name the model with "
+            "--model MODULE:FACTORY (e.g. --model torchvision.models:resnet18 or --model "
+            "my_model.py:build; model=/model_factory= in Python)"
+        )
+    net = model if isinstance(model, nn.Module) else build_from_spec(model, model_args)
+    state, stripped = strip_prefixes(state, list(net.state_dict()))
+    _fit(net, state, path, f"--model {_spec_name(model)}")
+    what = (
+        ", stripped " + " then ".join(f"{p!r} ({STRIP_PREFIXES[p]})" for p in stripped)
+        if stripped
+        else ", no prefix stripped"
+    )
+    trust = " (trusted unpickling)" if trusted else ""
+    message = f"{path.name}: {layout}{trust}, {len(state)} tensors{what}"
+    return LoadedModel(net, config, metrics, path, iteration, message)
+
+
+def _fed(
+    loaded: LoadedModel, normalize: Any, image_size: int | None, map_location: Any
+) -> LoadedModel:
+    """``loaded`` fed as the model was trained: normalised inputs, the input side, on the
+    device, in eval mode."""
+    config, net, message = dict(loaded.config), loaded.model, loaded.message
     norm = parse_normalize(normalize if normalize is not None else config.get("normalize"))
     if image_size is not None:
         config["image_size"] = int(image_size)
@@ -575,4 +795,37 @@ def load_model(
     if device is not None:
         net.to(device)
     net.eval()
-    return LoadedModel(net, config, metrics, path, iteration, message)
+    return LoadedModel(net, config, loaded.metrics, loaded.path, loaded.iteration, message)
+
+
+# ------------------------------------------------------------------------------ images
+
+
+def dataset_images(
+    dataset: Any, indices: Sequence[int] = (), n: int = 8, split: str = "test"
+) -> tuple[Tensor, Tensor, list[int]]:
+    """The images a command analyses: ``dataset[i]`` for ``indices``, else ``n`` images spread
+    evenly over the dataset (:func:`deconvviz.analyses.pick_images`).
+
+    Returns:
+        ``(images [N, C, H, W], labels [N], dataset indices)``.
+
+    Raises:
+        InputError: an index past the end (the message names the ``split``), or a dataset
+            without labels.
+    """
+    if indices:
+        bad = [i for i in indices if i >= len(dataset)]
+        if bad:
+            raise InputError(
+                f"--index {bad[0]} is out of range: the {split} split has {len(dataset)} images"
+            )
+        items = [dataset[i] for i in indices]
+        x = torch.stack([it[0] for it in items])
+        return x, torch.tensor([int(it[1]) for it in items]), list(indices)
+    from deconvviz.analyses import pick_images
+
+    x, labels, idx = pick_images(dataset, n)
+    if labels is None:  # pragma: no cover - deconvviz datasets always carry labels
+        raise InputError("the dataset has no labels")
+    return x, labels, idx

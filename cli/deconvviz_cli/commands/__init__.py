@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import click
 
-from deconvviz_cli.commands import analyse as _analyse
 from deconvviz_cli.commands import analyses as _analyses
 from deconvviz_cli.commands import atlas as _atlas
 from deconvviz_cli.commands import inspect as _inspect
+from deconvviz_cli.commands import measures as _measures
 from deconvviz_cli.commands import reconstruct as _reconstruct
 from deconvviz_cli.commands import train as _train
 
 COMMANDS: list[click.Command] = []
 COMMANDS += [_train.train, _train.sweep]
-COMMANDS += [_analyse.occlude, _analyse.filters, _analyse.stats]
+COMMANDS += [_measures.occlude, _measures.filters, _measures.stats]
 COMMANDS += [
     _analyses.invariance_cmd,
     _analyses.correspondence_cmd,

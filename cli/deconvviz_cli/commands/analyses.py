@@ -1,5 +1,5 @@
-"""``deconvviz invariance``, ``correspondence``, ``sanity``, ``sensitivity`` and the
-``train --evolution`` hook: the paper's analyses and the projections' sanity checks.
+"""``deconvviz invariance``, ``correspondence``, ``sanity`` and ``sensitivity``: the paper's
+analyses and the projections' sanity checks (``train --evolution`` is in ``commands.train``).
 
 Each command loads a run, takes a few images of its dataset, calls one library function and
 writes ``<name>.png`` + ``<name>.json`` (plus a markdown table for the tables) into ``--out``.
@@ -7,7 +7,6 @@ writes ``<name>.png`` + ``<name>.json`` (plus a markdown table for the tables) i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,15 @@ from typing import Any
 import click
 import torch
 
-from deconvviz._io import save_figure, write_json, write_text
 from deconvviz.errors import InputError
 from deconvviz_cli._datasets import dataset_note
+from deconvviz_cli._output import write_result
 from deconvviz_cli.options import (
     checkpoint_option,
     data_dir_option,
     device_option,
+    int_list,
     layer_option,
-    load,
     model_option,
     out_option,
     progress_option,
@@ -31,8 +30,6 @@ from deconvviz_cli.options import (
 
 __all__ = [
     "correspondence_cmd",
-    "evolution_options",
-    "EvolutionHook",
     "invariance_cmd",
     "sanity_cmd",
     "sensitivity_cmd",
@@ -91,29 +88,16 @@ def _load(
     opts: dict[str, Any], n_default: int
 ) -> tuple[Any, torch.Tensor, torch.Tensor, list[int]]:
     """The run, and ``(images, labels, dataset indices)`` from its dataset."""
-    from deconvviz.analyses import pick_images
     from deconvviz.datasets import dataset_for_model
+    from deconvviz.loading import dataset_images
 
-    run = load(opts["checkpoint"], opts["model_factory"], opts["device"])
+    run = opts["model_factory"].load(opts["checkpoint"], opts["device"])
     ds = dataset_for_model(
         run.model, run.config, opts["data_dir"], opts.get("dataset"), opts["split"]
     )
     dataset_note(opts["data_dir"], ds.name, opts.get("dataset"))
-    if opts["indices"]:
-        bad = [i for i in opts["indices"] if i >= len(ds)]
-        if bad:
-            raise InputError(
-                f"--index {bad[0]} is out of range: the {opts['split']} split has {len(ds)} images"
-            )
-        items = [ds[i] for i in opts["indices"]]
-        x = torch.stack([it[0] for it in items])
-        y = torch.tensor([int(it[1]) for it in items])
-        idx = list(opts["indices"])
-    else:
-        x, labels, idx = pick_images(ds, n_default if opts["images"] is None else opts["images"])
-        if labels is None:  # pragma: no cover - deconvviz datasets always carry labels
-            raise InputError("the dataset has no labels")
-        y = labels
+    n = n_default if opts["images"] is None else opts["images"]
+    x, y, idx = dataset_images(ds, opts["indices"], n, opts["split"])
     return run, x, y, idx
 
 
@@ -136,25 +120,6 @@ def _rules(value: str) -> list[str]:
             "(deconvnet,gradient,guided)"
         )
     return names
-
-
-def _ints(value: str | None, what: str) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"{what} must be integers separated by commas, got {value!r}") from None
-
-
-def _write(out: Path, stem: str, fig: Any, info: dict[str, Any], table: str | None = None) -> Path:
-    from deconvviz.checkpoint import json_safe
-
-    png = save_figure(out / f"{stem}.png", fig, dpi=120)
-    write_json(out / f"{stem}.json", json_safe(info))
-    if table is not None:
-        write_text(out / f"{stem}.md", table)
-    return png
 
 
 def _images_option(default: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -230,7 +195,7 @@ def invariance_cmd(
         progress=opts["progress"],
     )
     info = {**res.to_dict(), "dataset_indices": idx, "checkpoint": str(opts["checkpoint"])}
-    png = _write(opts["out"], f"invariance_{transform}", invariance_figure(res), info)
+    png = write_result(opts["out"], f"invariance_{transform}", invariance_figure(res), info)
     spread = ", ".join(
         f"{name} {float(curve.min()):.2f}-{float(curve.max()):.2f}"
         for name, curve in zip(res.layers, res.relative.mean(1), strict=True)
@@ -249,32 +214,17 @@ def _read_boxes(
 ) -> tuple[Any, list[str] | None, list[int] | None]:
     """Boxes (``[P, N, 4]`` from a file, ``[N, 4]`` or one ``[1, 4]`` from ``--box``), part names,
     and the file's dataset indices."""
+    from deconvviz.analyses.correspondence import read_boxes
+
     if boxes_file is not None and box:
         raise InputError("give --boxes FILE or --box, not both")
     if boxes_file is not None:
-        try:
-            spec = json.loads(Path(boxes_file).read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(
-                f"cannot read {boxes_file} as JSON ({exc}); see --help for the format"
-            ) from exc
-        if (
-            not isinstance(spec, dict)
-            or not isinstance(spec.get("parts"), dict)
-            or not spec["parts"]
-        ):
-            raise InputError(
-                f'{boxes_file} must hold {{"indices": [i, ...], "parts": {{"name": '
-                "[[y0, x0, y1, x1] per image], ...}}"
-            )
-        names = list(spec["parts"])
-        indices = spec.get("indices")
-        return [spec["parts"][k] for k in names], names, indices
+        return read_boxes(boxes_file)
     if not box:
         return None, None, None  # the default: a centred square (see correspondence_cmd)
     parsed = []
     for b in box:
-        vals = _ints(b, "--box")
+        vals = int_list(b, "--box")
         if vals is None or len(vals) != 4:
             raise InputError(f"--box takes Y0,X0,Y1,X1 (half-open pixel box), got {b!r}")
         parsed.append(vals)
@@ -359,7 +309,7 @@ def correspondence_cmd(
     )
     info = {**res.to_dict(), "dataset_indices": idx, "checkpoint": str(opts["checkpoint"])}
     table = correspondence_table(res)
-    png = _write(opts["out"], "correspondence", correspondence_figure(res), info, table)
+    png = write_result(opts["out"], "correspondence", correspondence_figure(res), info, table)
     cells = "; ".join(
         f"{p} {name}: {float(res.score[i, j]):.3f} vs random {float(res.random_mean[i, j]):.3f}"
         for i, p in enumerate(res.parts)
@@ -430,7 +380,7 @@ def sanity_cmd(
         progress=opts["progress"],
     )
     info = {**res.to_dict(), "dataset_indices": idx, "checkpoint": str(opts["checkpoint"])}
-    png = _write(
+    png = write_result(
         opts["out"], "randomisation", randomisation_figure(res), info, randomisation_table(res)
     )
     summary = res.summary()
@@ -486,93 +436,17 @@ def sensitivity_cmd(
         run.model,
         x,
         layer,
-        _ints(channels, "--channels"),
+        int_list(channels, "--channels"),
         _rules(rules),
         max_channels=max_channels,
         absolute=not signed,
         progress=opts["progress"],
     )
     info = {**res.to_dict(), "dataset_indices": idx, "checkpoint": str(opts["checkpoint"])}
-    png = _write(opts["out"], "sensitivity", sensitivity_figure(res), info, sensitivity_table(res))
+    png = write_result(
+        opts["out"], "sensitivity", sensitivity_figure(res), info, sensitivity_table(res)
+    )
     sims = "; ".join(
         f"{r} {float(v):.2f}" for r, v in zip(res.rules, res.mean_similarity, strict=True)
     )
     click.echo(f"wrote {png}: mean Spearman between projections of different units: {sims}")
-
-
-# ---------------------------------------------------------------------------- train --evolution
-
-
-def evolution_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The ``--evolution`` options of ``deconvviz train``."""
-    options = [
-        click.option(
-            "--evolution",
-            default=None,
-            metavar="LAYER",
-            help="Record the feature evolution of LAYER (paper's Fig. 4) at evaluation "
-            "points; writes evolution.png/.json into the run directory.",
-        ),
-        click.option(
-            "--evolution-channels",
-            default=None,
-            metavar="C,C,...",
-            help="Feature maps to follow (default: the first 8).",
-        ),
-        click.option(
-            "--evolution-every",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Record when the iteration is a multiple of N (default: at every "
-            "evaluation point).",
-        ),
-        click.option(
-            "--evolution-pool",
-            type=click.IntRange(min=1),
-            default=256,
-            show_default=True,
-            help="Test images searched for the strongest activation.",
-        ),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-class EvolutionHook:
-    """Builds the :class:`~deconvviz.analyses.FeatureEvolution` callback for ``train`` from the
-    ``--evolution`` options and writes its figure into the run directory afterwards."""
-
-    def __init__(self, opts: dict[str, Any]) -> None:
-        self.layer: str | None = opts.pop("evolution", None)
-        self.channels = _ints(opts.pop("evolution_channels", None), "--evolution-channels")
-        self.every: int | None = opts.pop("evolution_every", None)
-        self.pool: int = opts.pop("evolution_pool", 256)
-        self.callback: Any = None
-
-    def callbacks(self, config: Any, data_dir: Path, download: bool = False) -> list[Any]:
-        """The callbacks to pass to ``train`` (none without ``--evolution``)."""
-        if self.layer is None:
-            return []
-        from deconvviz.analyses import FeatureEvolution, pick_images
-        from deconvviz.data import dataset_for_config
-        from deconvviz.models import build_model
-
-        test_set = dataset_for_config(config.to_dict(), data_dir, "test", download=download)
-        pool, _, _ = pick_images(test_set, self.pool)
-        self.callback = FeatureEvolution(
-            pool, self.layer, self.channels, every=self.every, pool_size=self.pool
-        )
-        with torch.random.fork_rng(devices=[]):  # fail before training on a wrong layer name
-            self.callback.validate(build_model(config.model))
-        return [self.callback]
-
-    def write(self, run_dir: Path) -> Path | None:
-        """Write ``evolution.png`` and ``evolution.json`` into ``run_dir`` (if anything was
-        recorded)."""
-        if self.callback is None or not self.callback.records:
-            return None
-        from deconvviz.render.analyses import evolution_figure
-
-        result = self.callback.result()
-        return _write(Path(run_dir), "evolution", evolution_figure(result), result.to_dict())

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from deconvviz_cli.commands.reconstruct import _dataset, _rule, _split
+from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
     checkpoint_option,
     data_dir_option,
     device_option,
     layer_option,
-    load,
     model_option,
     out_option,
     progress_option,
@@ -92,7 +93,7 @@ def _init_distributed(device: str) -> tuple[str, bool]:
 def atlas_cmd(
     ctx: click.Context,
     checkpoint: Path,
-    model_factory: str | None,
+    model_factory: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
     split: str,
@@ -119,26 +120,12 @@ def atlas_cmd(
       deconvviz atlas -c runs/lenet5 --data-dir ../shared/data --out atlas/
       torchrun --nproc_per_node=4 -m deconvviz_cli atlas -c runs/demo -o atlas/
     """
-    import torch
-
     from deconvviz.atlas import write_atlas
     from deconvviz.datasets import dataset_for_model
-    from deconvviz.errors import InputError
-    from deconvviz.scan import project_layer, scan
+    from deconvviz.scan import scan
 
-    device, created = _init_distributed(device)
-    if created:
-        import torch.distributed as dist
-
-        ctx.call_on_close(dist.destroy_process_group)
-    rank = _rank()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
-    run = load(checkpoint, model_factory)
+    dev = _device(ctx, device)
+    run = model_factory.load(checkpoint)
     model = run.model.to(dev)
     data = dataset_for_model(run.model, run.config, data_dir, dataset, split)
     result = scan(
@@ -153,28 +140,63 @@ def atlas_cmd(
         save_every=save_every,
         resume=resume,
     )
-
-    def projections() -> Any:
-        for layer in result.layers:
-            proj = project_layer(model, data, result[layer], rule, progress=progress)
-            if proj is not None:
-                yield proj
-
-    if rank != 0:
-        for _ in projections():  # take part in every layer's projections; rank 0 writes
+    projections = _projections(model, data, result, rule, progress)
+    if _rank() != 0:
+        for _ in projections:  # take part in every layer's projections; rank 0 writes
             pass
         return
-    about = {
-        "model": str(checkpoint) + (f" ({model_factory})" if str(model_factory) else ""),
-        "dataset": f"{dataset or run.config.get('dataset', 'from the run')} ({split})",
+    about = _about(str(checkpoint), str(model_factory), dataset, run.config, split, rule)
+    site = write_atlas(out, result, projections, about=about)
+    click.echo(_summary(result, k, site.index))
+
+
+def _about(
+    checkpoint: str, model: str, dataset: str | None, config: dict[str, Any], split: str, rule: str
+) -> dict[str, str]:
+    """What the site's index says it shows."""
+    return {
+        "model": checkpoint + (f" ({model})" if model else ""),
+        "dataset": f"{dataset or config.get('dataset', 'from the run')} ({split})",
         "rule": rule,
     }
-    site = write_atlas(out, result, projections(), about=about)
+
+
+def _summary(result: Any, k: int, index: Path) -> str:
     units = sum(result[layer].channels for layer in result.layers)
-    click.echo(
+    return (
         f"wrote the atlas of {len(result.layers)} layers, {units} units (top-{k} of "
-        f"{result.images} images) to {site.index}"
+        f"{result.images} images) to {index}"
     )
+
+
+def _device(ctx: click.Context, device: str) -> Any:
+    """The torch device of this process (joining torchrun's process group where there is
+    one, left again when the command ends)."""
+    import torch
+
+    from deconvviz.errors import InputError
+
+    device, created = _init_distributed(device)
+    if created:
+        import torch.distributed as dist
+
+        ctx.call_on_close(dist.destroy_process_group)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+
+
+def _projections(model: Any, data: Any, result: Any, rule: str, progress: bool) -> Iterator[Any]:
+    """Each scanned layer's projections, lazily (every rank takes part in each)."""
+    from deconvviz.scan import project_layer
+
+    for layer in result.layers:
+        proj = project_layer(model, data, result[layer], rule, progress=progress)
+        if proj is not None:
+            yield proj
 
 
 def _rank() -> int:

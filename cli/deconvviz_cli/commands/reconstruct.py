@@ -16,7 +16,6 @@ from deconvviz_cli.options import (
     data_dir_option,
     device_option,
     layer_option,
-    load,
     model_option,
     out_option,
     progress_option,
@@ -134,54 +133,83 @@ def reconstruct_cmd(
       deconvviz reconstruct -c runs/lenet5 --data-dir ../shared/data --out out/rec
       deconvviz reconstruct -c runs/lenet5 --image cat.png --layer conv2 --out out/cat
     """
+    if images and compare and len(images) > 8:
+        raise click.UsageError("--compare draws at most 8 images; give fewer --image")
+    run = model_factory.load(checkpoint, device)
+    what = (list(layers) or None, list(channels) or None, rule)
+    if images:
+        click.echo(_images_mode(run, images, what, compare, out, progress))
+        return
+    data = _dataset_split(run, data_dir, dataset, split, max_images)
+    click.echo(_dataset_mode(run, data, what, k, workers, out, progress))
+
+
+def _images_mode(
+    run: Any,
+    images: tuple[Path, ...],
+    what: tuple[Any, Any, str],
+    compare: bool,
+    out: Path,
+    progress: bool,
+) -> str:
+    """Project each image's strongest activations (and --compare); the line to print."""
     from deconvviz import export_reconstructions as export
     from deconvviz import reconstruct as rec
-    from deconvviz.datasets import dataset_for_model
 
-    run = load(checkpoint, model_factory, device)
-    chans = list(channels) or None
-    if images:
-        if compare and len(images) > 8:
-            raise click.UsageError("--compare draws at most 8 images; give fewer --image")
-        want_c, want_size = rec.expected_input(run.model, run.config)
-        x = rec.load_images(images, want_c, want_size)
-        results = rec.reconstruct_images(
-            run.model, x, list(layers) or None, chans, rule, progress=progress
-        )
-        names = [p.stem for p in images]
-        pngs = export.write_image_reconstructions(results, out, names)
-        if compare:
-            from deconvviz._io import save_figure
-            from deconvviz.compare import compare_methods
-            from deconvviz.render.reconstruct import comparison_figure
+    layers, chans, rule = what
+    want_c, want_size = rec.expected_input(run.model, run.config)
+    x = rec.load_images(images, want_c, want_size)
+    results = rec.reconstruct_images(run.model, x, layers, chans, rule, progress=progress)
+    pngs = export.write_image_reconstructions(results, out, [p.stem for p in images])
+    if compare:
+        from deconvviz._io import save_figure
+        from deconvviz.compare import compare_methods
+        from deconvviz.render.reconstruct import comparison_figure
 
-            comp = compare_methods(run.model, x, progress=progress)
-            classes = _class_names(run.config)
-            pngs.append(save_figure(out / "compare.png", comparison_figure(comp, classes)))
-        size = "x".join(str(s) for s in x.shape[-2:])
-        click.echo(
-            f"wrote {len(pngs)} figures to {out} ({len(images)} images as {x.shape[1]}x{size}, "
-            f"layers {', '.join(results)}, rule {rule})"
-        )
-        return
+        comp = compare_methods(run.model, x, progress=progress)
+        classes = _class_names(run.config)
+        pngs.append(save_figure(out / "compare.png", comparison_figure(comp, classes)))
+    size = "x".join(str(s) for s in x.shape[-2:])
+    return (
+        f"wrote {len(pngs)} figures to {out} ({len(images)} images as {x.shape[1]}x{size}, "
+        f"layers {', '.join(results)}, rule {rule})"
+    )
+
+
+def _dataset_split(
+    run: Any, data_dir: Path | None, dataset: str | None, split: str, max_images: int | None
+) -> Any:
+    """The run's dataset split (its first ``max_images``), said on stderr when picked."""
     from torch.utils.data import Subset
+
+    from deconvviz.datasets import dataset_for_model
 
     data = dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)
     dataset_note(data_dir, getattr(data, "name", None), dataset)
     if max_images is not None and len(data) > max_images:
         data = Subset(data, range(max_images))
+    return data
+
+
+def _dataset_mode(
+    run: Any,
+    data: Any,
+    what: tuple[Any, Any, str],
+    k: int,
+    workers: int,
+    out: Path,
+    progress: bool,
+) -> str:
+    """Project each feature map's top-k activations over ``data``; the line to print."""
+    from deconvviz import export_reconstructions as export
+    from deconvviz import reconstruct as rec
+
+    layers, chans, rule = what
     found = rec.reconstruct_dataset(
-        run.model,
-        data,
-        list(layers) or None,
-        k,
-        rule,
-        channels=chans,
-        progress=progress,
-        num_workers=workers,
+        run.model, data, layers, k, rule, channels=chans, progress=progress, num_workers=workers
     )
     pngs = export.write_dataset_reconstructions(found, out)
-    click.echo(
+    return (
         f"wrote {len(pngs)} figures to {out} (top-{k} of {len(data)} images, "
         f"layers {', '.join(found)}, rule {rule})"
     )
@@ -256,7 +284,7 @@ def compare_cmd(
 
     if len(images) > 8:
         raise click.UsageError("compare draws at most 8 images; give fewer --image")
-    run = load(checkpoint, model_factory, device)
+    run = model_factory.load(checkpoint, device)
     want_c, want_size = expected_input(run.model, run.config)
     x = load_images(images, want_c, want_size)
     comp = compare_methods(
@@ -344,7 +372,7 @@ def report_cmd(
         checkpoint,
         data_dir,
         out,
-        loaded=load(checkpoint, model_factory, device),
+        loaded=model_factory.load(checkpoint, device),
         dataset=dataset,
         split=split,
         layers=list(layers) or None,

@@ -1,4 +1,5 @@
-"""``deconvviz train lenet5|rnn`` and ``deconvviz sweep lenet5|rnn``."""
+"""``deconvviz train lenet5|zfnet|rnn`` (with its ``--evolution`` hook) and ``deconvviz sweep
+lenet5|rnn``."""
 
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from deconvviz.checkpoint import CHECKPOINT_NAME, read_checkpoint
-from deconvviz.errors import CheckpointError, InputError
+from deconvviz.checkpoint import resume_config
+from deconvviz.errors import InputError
 from deconvviz.train import TrainConfig, TrainResult, train_from_data
 from deconvviz_cli._datasets import dataset_note
-from deconvviz_cli.commands.analyses import EvolutionHook, evolution_options
-from deconvviz_cli.options import data_dir_option, device_option, out_option, progress_option
+from deconvviz_cli._output import write_result
+from deconvviz_cli.options import (
+    data_dir_option,
+    device_option,
+    int_list,
+    out_option,
+    progress_option,
+)
 
 __all__ = ["sweep", "train"]
 
@@ -33,6 +40,11 @@ def _recipe_options(**defaults: Any) -> list[Any]:
         "precision": "fp32",
         **defaults,
     }
+    return _regularisation_options(d) + _input_options(d)
+
+
+def _regularisation_options(d: dict[str, Any]) -> list[Any]:
+    """``--weight-decay``, ``--nesterov``, ``--schedule``, ``--label-smoothing``."""
     return [
         click.option(
             "--weight-decay",
@@ -62,6 +74,12 @@ def _recipe_options(**defaults: Any) -> list[Any]:
             show_default=True,
             help="Label smoothing of the cross-entropy loss.",
         ),
+    ]
+
+
+def _input_options(d: dict[str, Any]) -> list[Any]:
+    """``--augment``, ``--precision``, ``--renormalise``, ``--normalize``."""
+    return [
         click.option(
             "--augment",
             type=click.Choice(["none", "crop-flip"]),
@@ -105,9 +123,28 @@ def _common_train_options(
     optimizer: str = "adam",
     **recipe: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Every option the ``train`` commands share, with this command's defaults."""
     options = [
         data_dir_option(required=True, help=_DATA_HELP),
         out_option("Run directory for checkpoint.pt, config.json, metrics.json, curves.png."),
+        *_optimiser_options(optimizer, lr, momentum),
+        *_length_options(batch_size, iterations),
+        *_setup_options(),
+        *_run_options(fetches),
+        *_recipe_options(**recipe),
+    ]
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return evolution_options(f)  # --evolution LAYER (below)
+
+    return decorate
+
+
+def _optimiser_options(optimizer: str, lr: float, momentum: float) -> list[Any]:
+    """``--optimizer``, ``--lr``, ``--momentum``."""
+    return [
         click.option(
             "--optimizer",
             type=click.Choice(["adam", "sgd"]),
@@ -119,6 +156,12 @@ def _common_train_options(
         click.option(
             "--momentum", type=float, default=momentum, show_default=True, help="SGD momentum."
         ),
+    ]
+
+
+def _length_options(batch_size: int, iterations: int) -> list[Any]:
+    """``--batch-size``, ``--iterations``, ``--epochs``, ``--eval-every``."""
+    return [
         click.option(
             "--batch-size",
             type=click.IntRange(min=1),
@@ -146,6 +189,12 @@ def _common_train_options(
             show_default=True,
             help="Evaluate on the whole test set every N iterations.",
         ),
+    ]
+
+
+def _setup_options() -> list[Any]:
+    """``--seed``, ``--per-class``, ``--loss``, ``--init``."""
+    return [
         click.option(
             "--seed",
             type=int,
@@ -173,6 +222,12 @@ def _common_train_options(
             show_default=True,
             help="Weight initialisation.",
         ),
+    ]
+
+
+def _run_options(fetches: str) -> list[Any]:
+    """``--device``, ``--resume``, ``--overwrite``, ``--download``, ``--progress``."""
+    return [
         device_option(auto=True),
         click.option(
             "--resume",
@@ -187,15 +242,87 @@ def _common_train_options(
             help=f"Fetch {fetches} with torchvision if it is missing (needs network).",
         ),
         progress_option,
-        *_recipe_options(**recipe),
     ]
 
-    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(options):
-            f = option(f)
-        return evolution_options(f)  # --evolution LAYER (deconvviz_cli.commands.analyses)
 
-    return decorate
+# ---------------------------------------------------------------------------- train --evolution
+
+
+def evolution_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--evolution`` options of ``deconvviz train``."""
+    options = [
+        click.option(
+            "--evolution",
+            default=None,
+            metavar="LAYER",
+            help="Record the feature evolution of LAYER (paper's Fig. 4) at evaluation "
+            "points; writes evolution.png/.json into the run directory.",
+        ),
+        click.option(
+            "--evolution-channels",
+            default=None,
+            metavar="C,C,...",
+            help="Feature maps to follow (default: the first 8).",
+        ),
+        click.option(
+            "--evolution-every",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Record when the iteration is a multiple of N (default: at every "
+            "evaluation point).",
+        ),
+        click.option(
+            "--evolution-pool",
+            type=click.IntRange(min=1),
+            default=256,
+            show_default=True,
+            help="Test images searched for the strongest activation.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+class EvolutionHook:
+    """Builds the :class:`~deconvviz.analyses.FeatureEvolution` callback for ``train`` from the
+    ``--evolution`` options and writes its figure into the run directory afterwards."""
+
+    def __init__(self, opts: dict[str, Any]) -> None:
+        self.layer: str | None = opts.pop("evolution", None)
+        self.channels = int_list(opts.pop("evolution_channels", None), "--evolution-channels")
+        self.every: int | None = opts.pop("evolution_every", None)
+        self.pool: int = opts.pop("evolution_pool", 256)
+        self.callback: Any = None
+
+    def callbacks(self, config: Any, data_dir: Path, download: bool = False) -> list[Any]:
+        """The callbacks to pass to ``train`` (none without ``--evolution``)."""
+        if self.layer is None:
+            return []
+        from deconvviz.analyses import FeatureEvolution, pick_images
+        from deconvviz.data import dataset_for_config
+        from deconvviz.models import build_model
+
+        test_set = dataset_for_config(config.to_dict(), data_dir, "test", download=download)
+        pool, _, _ = pick_images(test_set, self.pool)
+        self.callback = FeatureEvolution(
+            pool, self.layer, self.channels, every=self.every, pool_size=self.pool
+        )
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # fail before training on a wrong layer name
+            self.callback.validate(build_model(config.model))
+        return [self.callback]
+
+    def write(self, run_dir: Path) -> Path | None:
+        """Write ``evolution.png`` and ``evolution.json`` into ``run_dir`` (if anything was
+        recorded)."""
+        if self.callback is None or not self.callback.records:
+            return None
+        from deconvviz.render.analyses import evolution_figure
+
+        result = self.callback.result()
+        return write_result(Path(run_dir), "evolution", evolution_figure(result), result.to_dict())
 
 
 # Every TrainConfig field is a command-line option, except these three.
@@ -210,40 +337,17 @@ def _config(
     ctx: click.Context, model: dict[str, Any], dataset: str | None, opts: dict[str, Any]
 ) -> TrainConfig:
     values = {k: opts[k] for k in _TRAIN_KEYS}
-    if opts["epochs"] is not None and ctx.get_parameter_source("iterations") is (
-        ParameterSource.COMMANDLINE
-    ):
+    if opts["epochs"] is not None and _given_here(ctx, "iterations"):
         raise InputError("give --iterations or --epochs, not both")
     if not opts["resume"]:
         return TrainConfig(model=model, dataset=dataset, **values)
-    if not (Path(opts["out"]) / CHECKPOINT_NAME).is_file():
-        raise CheckpointError(
-            f"nothing to resume: {opts['out']} holds no {CHECKPOINT_NAME}; drop --resume to "
-            "start a new run there"
-        )
-    ckpt = read_checkpoint(opts["out"])
-    saved = ckpt.get("config") if isinstance(ckpt, dict) else None
-    if not isinstance(saved, dict):
-        raise CheckpointError(
-            f"{opts['out']} holds no deconvviz training run to resume; drop --resume to start one"
-        )
-    given = {
-        k: v
-        for k, v in values.items()
-        if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE
-    }
-    if "epochs" in given:
-        given["iterations"] = None
-    elif "iterations" in given:
-        given["epochs"] = None
-    explicit_model = {
-        k: v
-        for k, v in model.items()
-        if k != "model" and ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE
-    }
-    if explicit_model:  # train() refuses to resume when these differ from the checkpoint
-        given["model"] = {**saved.get("model", {}), **explicit_model}
-    return TrainConfig.from_dict({**saved, **given})
+    given = {k: v for k, v in values.items() if _given_here(ctx, k)}
+    model_given = {k: v for k, v in model.items() if k != "model" and _given_here(ctx, k)}
+    return TrainConfig.from_dict(resume_config(opts["out"], given, model_given))
+
+
+def _given_here(ctx: click.Context, param: str) -> bool:
+    return ctx.get_parameter_source(param) is ParameterSource.COMMANDLINE
 
 
 def _report(result: TrainResult, out: Path) -> str:

@@ -12,8 +12,11 @@ random one means the layer establishes a correspondence for that part.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +26,13 @@ from deconvviz.analyses._common import batches, capture, check_images, check_lay
 from deconvviz.analyses.metrics import sign_disagreement
 from deconvviz.errors import InputError
 
-__all__ = ["CorrespondenceResult", "correspondence", "pairwise_sign_change", "occlude"]
+__all__ = [
+    "CorrespondenceResult",
+    "correspondence",
+    "occlude",
+    "pairwise_sign_change",
+    "read_boxes",
+]
 
 
 @dataclass(frozen=True)
@@ -285,3 +294,26 @@ def correspondence(
         fill=fill,
         seed=int(seed),
     )
+
+
+def read_boxes(path: str | os.PathLike[str]) -> tuple[list[Any], list[str], list[int] | None]:
+    """The parts of a boxes file: ``(boxes, part names, dataset indices)``.
+
+    The file is JSON ``{"indices": [i, ...], "parts": {"left eye": [[y0, x0, y1, x1], ...],
+    ...}}``: one box per image for each part (``boxes`` is ``[P][N][4]``, in the order of the
+    part names); ``indices`` (optional) names the dataset images the boxes belong to.
+
+    Raises:
+        InputError: the file cannot be read as JSON or does not hold that layout.
+    """
+    try:
+        spec = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as JSON ({exc}); see --help for the format") from exc
+    if not isinstance(spec, dict) or not isinstance(spec.get("parts"), dict) or not spec["parts"]:
+        raise InputError(
+            f'{path} must hold {{"indices": [i, ...], "parts": {{"name": '
+            "[[y0, x0, y1, x1] per image], ...}}"
+        )
+    names = list(spec["parts"])
+    return [spec["parts"][k] for k in names], names, spec.get("indices")

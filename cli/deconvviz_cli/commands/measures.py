@@ -1,4 +1,5 @@
-"""``deconvviz occlude``, ``filters`` and ``stats``: analyses of a trained run."""
+"""``deconvviz occlude``, ``filters`` and ``stats``: measurements of one trained run (its
+occlusion maps, its filters, its activations). The paper's analyses live in ``analyses``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from deconvviz._io import save_figure, save_image, save_torch, write_json, write_text
 from deconvviz._util import safe_name
-from deconvviz.errors import InputError, LayerError, unknown_name
+from deconvviz.errors import InputError
 from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
@@ -19,7 +20,6 @@ from deconvviz_cli.options import (
     data_dir_option,
     device_option,
     layer_option,
-    load,
     model_option,
     out_option,
     progress_option,
@@ -115,7 +115,7 @@ def occlude(
     from deconvviz.reconstruct import expected_input
     from deconvviz.render.occlusion import occlusion_figure
 
-    run = load(checkpoint, model_factory, device)
+    run = model_factory.load(checkpoint, device)
     channels: int | None
     side: int | None
     if isinstance(getattr(run.model, "config", None), dict):
@@ -193,36 +193,16 @@ def filters(
 
     Writes filters_<layer>.png, rms_<layer>.png and filters.json.
     """
-    from deconvviz.filters import conv_layers, dead_filters, filter_rms
+    from deconvviz.filters import filter_summary
     from deconvviz.render.filters import filter_grid, rms_figure
 
-    run = load(checkpoint, model_factory)
-    convs = {k: m for k, m in conv_layers(run.model).items() if isinstance(m, nn.Conv2d)}
-    if layers:
-        modules = dict(run.model.named_modules())
-        for layer in layers:
-            if layer in convs:
-                continue
-            if layer in modules:
-                raise LayerError(
-                    f"layer {layer!r} is a {type(modules[layer]).__name__}, not a Conv2d; "
-                    f"pick one of {sorted(convs)}"
-                )
-            raise LayerError(unknown_name("conv layer", layer, convs))
-        convs = {layer: convs[layer] for layer in dict.fromkeys(layers)}
-    if not convs:
-        raise LayerError("the model has no Conv2d layers to draw")
-    summary: dict[str, Any] = {}
-    for name, conv in convs.items():
+    run = model_factory.load(checkpoint)
+    summary = filter_summary(run.model, list(layers) or None, radius, tol)
+    modules = dict(run.model.named_modules())
+    for name in summary:
+        conv = modules[name]
         save_image(out / f"filters_{_safe(name)}.png", filter_grid(conv, scale=scale))
         save_figure(out / f"rms_{_safe(name)}.png", rms_figure(conv, radius, title=name), dpi=110)
-        rms = filter_rms(conv)
-        summary[name] = {
-            "shape": list(conv.weight.shape),
-            "rms": rms.tolist(),
-            "dead": dead_filters(conv, tol).tolist(),
-            "over_radius": int((rms > radius).sum()),
-        }
     write_json(out / "filters.json", {"radius": radius, "tol": tol, "layers": summary})
     dead = ", ".join(f"{k} {len(v['dead'])}/{len(v['rms'])}" for k, v in summary.items())
     click.echo(f"wrote filter grids of {', '.join(summary)} to {out} (dead filters: {dead})")
@@ -287,15 +267,10 @@ def stats(
     from torch.utils.data import DataLoader, Subset
 
     from deconvviz.datasets import dataset_for_model
-    from deconvviz.render.stats import (
-        hidden_state_figure,
-        hidden_state_table,
-        histogram_figure,
-        stats_table,
-    )
-    from deconvviz.stats import activation_stats, hidden_state_stats, report_lines
+    from deconvviz.render.stats import histogram_figure, stats_table
+    from deconvviz.stats import activation_stats, report_lines
 
-    run = load(checkpoint, model_factory, device)
+    run = model_factory.load(checkpoint, device)
     data = dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)
     dataset_note(data_dir, data.name, dataset)
     name = data.name
@@ -304,14 +279,7 @@ def stats(
     loader = DataLoader(data, batch_size=batch_size, num_workers=workers)
     title = f"# Statistics of {run.path} on {name} ({split}, {len(data)} images)\n\n"
     if callable(getattr(run.model, "hidden_states", None)) and not layers:
-        hs = hidden_state_stats(run.model, loader, progress=progress)
-        write_text(out / "stats.md", title + hidden_state_table(hs))
-        write_json(out / "stats.json", {"hidden_states": hs.to_dict()})
-        save_figure(out / "hidden_states.png", hidden_state_figure(hs), dpi=110)
-        click.echo(
-            f"wrote hidden-state statistics to {out}: mean = {hs.overall_mean:.4g}; var = "
-            f"{hs.overall_var:.4g}; saturated = {100 * float(hs.saturated_fraction.mean()):.2f}%"
-        )
+        click.echo(_hidden_state_stats(run.model, loader, title, out, progress))
         return
     result = activation_stats(run.model, loader, layers=list(layers) or None, progress=progress)
     lines = report_lines(result)
@@ -326,6 +294,23 @@ def stats(
     for line in lines:
         click.echo(line)
     click.echo(f"wrote stats.md, stats.json and {len(result)} histograms to {out}")
+
+
+def _hidden_state_stats(
+    model: nn.Module, loader: Any, title: str, out: Path, progress: bool
+) -> str:
+    """Hidden-state statistics of a recurrent model into ``out``; the line to print."""
+    from deconvviz.render.stats import hidden_state_figure, hidden_state_table
+    from deconvviz.stats import hidden_state_stats
+
+    hs = hidden_state_stats(model, loader, progress=progress)
+    write_text(out / "stats.md", title + hidden_state_table(hs))
+    write_json(out / "stats.json", {"hidden_states": hs.to_dict()})
+    save_figure(out / "hidden_states.png", hidden_state_figure(hs), dpi=110)
+    return (
+        f"wrote hidden-state statistics to {out}: mean = {hs.overall_mean:.4g}; var = "
+        f"{hs.overall_var:.4g}; saturated = {100 * float(hs.saturated_fraction.mean()):.2f}%"
+    )
 
 
 COMMANDS = [occlude, filters, stats]
