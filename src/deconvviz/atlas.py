@@ -116,6 +116,246 @@ def _img(src: str, size: tuple[int, int], alt: str, row: int, col: int) -> str:
     )
 
 
+@dataclass(frozen=True)
+class _LayerView:
+    """What every page of one layer shows: its name, its units' top-k, and the display sizes."""
+
+    proj: Any
+    layer: str
+    index: int  # position in the scan's layers
+    safe: str  # the layer's file-safe name
+    big: int  # display upscaling factor
+    big_size: tuple[int, int]  # one displayed tile, in pixels
+    dead: list[int]
+    rf_text: str
+    what: str  # what a unit's value means
+
+    @property
+    def top(self) -> Any:
+        return self.proj.top
+
+
+def _check_projections(proj: Any, layers: list[str]) -> None:
+    """Reject projections of a layer the scan does not hold, or of only some of its channels."""
+    top = proj.top
+    layer = top.layer
+    if layer not in layers:
+        raise InputError(f"projections of {layer!r}, which the scan does not hold")
+    if proj.reconstructions.shape[0] != top.channels:
+        raise InputError(
+            f"projections of {layer!r} hold {proj.reconstructions.shape[0]} channels of "
+            f"{top.channels}; project every channel for the atlas"
+        )
+
+
+def _layer_view(proj: Any, layers: list[str], images_scanned: int) -> _LayerView:
+    top = proj.top
+    layer = top.layer
+    th, tw = proj.reconstructions.shape[-2:]
+    big = tile_scale(th, tw)
+    rf = top.receptive_field
+    return _LayerView(
+        proj=proj,
+        layer=layer,
+        index=layers.index(layer),
+        safe=_safe(layer),
+        big=big,
+        big_size=(th * big, tw * big),
+        dead=[c for c in range(top.channels) if not float(top.values[c, 0]) > 0],
+        rf_text="whole image" if rf is None else f"{rf.size[0]}x{rf.size[1]} px",
+        what=(
+            f"value = the unit's activation (output of <code>{html.escape(layer)}</code>) at its "
+            f"strongest position in the image; top-{top.k} over {images_scanned} images, "
+            "one per image"
+        ),
+    )
+
+
+def _write_strips(out: Path, view: _LayerView) -> list[Path]:
+    """Write one strip per unit: row 0 the image patches, row 1 the projections."""
+    from deconvviz.reconstruct import LayerReconstructions
+    from deconvviz.render.images import to_display
+    from deconvviz.render.reconstruct import input_display, outside_mask
+
+    proj, top = view.proj, view.top
+    rec = LayerReconstructions.from_projections(proj)
+    th, tw = proj.reconstructions.shape[-2:]
+    recs_disp = to_display(proj.reconstructions.double())
+    images = []
+    for c in range(top.channels):
+        mask = outside_mask(rec, c)
+        strip = torch.full((proj.patches.shape[2], 2 * th, top.k * tw), 1.0, dtype=torch.float64)
+        for j in range(top.k):
+            if int(top.indices[c, j]) < 0:
+                continue
+            patch = input_display(proj.patches[c, j])
+            if mask is not None:
+                patch = torch.where(mask[j].unsqueeze(0), torch.full_like(patch, 0.85), patch)
+            strip[:, :th, j * tw : (j + 1) * tw] = patch
+            strip[:, th:, j * tw : (j + 1) * tw] = recs_disp[c, j]
+        path = out / "img" / view.safe / f"{c}.png"
+        write_bytes(path, _png(strip, view.big))
+        images.append(path)
+    return images
+
+
+def _unit_meta(view: _LayerView, c: int) -> dict[str, Any]:
+    """Unit ``c``'s top-k as ``atlas.json`` records it."""
+    top = view.top
+    return {
+        "channel": c,
+        "dead": c in view.dead,
+        "values": [None if not math.isfinite(v) else v for v in top.values[c].tolist()],
+        "indices": top.indices[c].tolist(),
+        "positions": top.positions[c].tolist(),
+        "boxes": top.boxes[c].tolist(),
+    }
+
+
+def _layer_cell(view: _LayerView, c: int) -> str:
+    """Unit ``c``'s cell on the layer page: its top patch and projection, linking to its page."""
+    top, safe, dead = view.top, view.safe, c in view.dead
+    label = f"unit {c}<br>max {_fmt(float(top.values[c, 0]))}"
+    if dead:
+        label += '<br><span class="tag">dead</span>'
+    src = f"../img/{safe}/{c}.png"
+    imgs = (
+        _img(src, view.big_size, f"unit {c}: top image patch", 0, 0)
+        + " "
+        + _img(src, view.big_size, f"unit {c}: its projection", 1, 0)
+        if int(top.indices[c, 0]) >= 0
+        else ""
+    )
+    cls = "unit dead" if dead else "unit"
+    return f'<a class="{cls}" href="../units/{safe}/{c}.html" id="u{c}">{imgs}<br>{label}</a>'
+
+
+def _layer_page(view: _LayerView, layers: list[str], title: str) -> str:
+    """The layer's page: a grid of its units, with links to the layers either side."""
+    li, layer = view.index, view.layer
+    cells = [_layer_cell(view, c) for c in range(view.top.channels)]
+    nav = ['<a href="../index.html">index</a>']
+    if li > 0:
+        nav.append(
+            f'<a href="{_safe(layers[li - 1])}.html">&larr; {html.escape(layers[li - 1])}</a>'
+        )
+    if li + 1 < len(layers):
+        nav.append(
+            f'<a href="{_safe(layers[li + 1])}.html">{html.escape(layers[li + 1])} &rarr;</a>'
+        )
+    body = (
+        f"<h1>{html.escape(layer)}</h1><nav>{''.join(nav)}</nav>"
+        f'<p class="note">{view.top.channels} units, {len(view.dead)} dead (never above 0 over '
+        f"the scanned images), receptive field {view.rf_text}. Each cell: the image patch of the "
+        f"unit's strongest activation (left) and its {html.escape(view.proj.rule)} projection "
+        f"(right, grey = 0). {view.what}.</p>"
+        f'<div class="grid">{"".join(cells)}</div>'
+    )
+    return _page(f"{layer} - {title}", body, "../style.css")
+
+
+def _unit_figure(view: _LayerView, c: int, j: int) -> str:
+    """The ``j``-th activation of unit ``c``: its patch, its projection, and where it is."""
+    top = view.top
+    i = int(top.indices[c, j])
+    r, col = top.positions[c, j].tolist()
+    y0, x0, y1, x1 = top.boxes[c, j].tolist()
+    src = f"../../img/{view.safe}/{c}.png"
+    return (
+        "<figure>"
+        + _img(src, view.big_size, f"top {j + 1}: patch", 0, j)
+        + " "
+        + _img(src, view.big_size, f"top {j + 1}: projection", 1, j)
+        + f"<figcaption>#{j + 1}: value {_fmt(float(top.values[c, j]))}<br>"
+        f"image {i}, position ({r}, {col})<br>box y {y0}:{y1}, x {x0}:{x1}"
+        "</figcaption></figure>"
+    )
+
+
+def _unit_page(view: _LayerView, c: int, title: str) -> str:
+    """Unit ``c``'s page: its top-k patches and projections, with links to its neighbours."""
+    top, layer, safe = view.top, view.layer, view.safe
+    figs = [_unit_figure(view, c, j) for j in range(top.k) if int(top.indices[c, j]) >= 0]
+    nav = [
+        '<a href="../../index.html">index</a>',
+        f'<a href="../../layers/{safe}.html#u{c}">layer {html.escape(layer)}</a>',
+    ]
+    if c > 0:
+        nav.append(f'<a href="{c - 1}.html">&larr; unit {c - 1}</a>')
+    if c + 1 < top.channels:
+        nav.append(f'<a href="{c + 1}.html">unit {c + 1} &rarr;</a>')
+    state = ' <span class="tag">dead</span>' if c in view.dead else ""
+    body = (
+        f"<h1>{html.escape(layer)}, unit {c}{state}</h1><nav>{''.join(nav)}</nav>"
+        f'<p class="note">Top {top.k} activations from distinct images: each pair is the '
+        f"image patch (receptive field; light grey = outside the image) and its "
+        f"{html.escape(view.proj.rule)} projection (grey = 0, shown {view.big}x, nearest "
+        f"neighbour). {view.what}.</p>"
+        f'<div class="top">{"".join(figs) or "<p>no activations</p>"}</div>'
+    )
+    return _page(f"{layer} unit {c} - {title}", body, "../../style.css")
+
+
+def _layer_summary(view: _LayerView) -> dict[str, Any]:
+    """The layer's entry in ``atlas.json``."""
+    top = view.top
+    rf = top.receptive_field
+    return {
+        "layer": view.layer,
+        "page": f"layers/{view.safe}.html",
+        "channels": top.channels,
+        "dead": view.dead,
+        "rule": view.proj.rule,
+        "input_size": list(top.input_size),
+        "receptive_field": None
+        if rf is None
+        else {"size": list(rf.size), "jump": list(rf.jump), "start": list(rf.start)},
+        "units": [_unit_meta(view, c) for c in range(top.channels)],
+    }
+
+
+def _write_layer(
+    out: Path, view: _LayerView, layers: list[str], title: str
+) -> tuple[list[Path], list[Path]]:
+    """Write the layer's strips, its page and its units' pages; return ``(pages, images)``."""
+    images = _write_strips(out, view)
+    pages = [out / "layers" / f"{view.safe}.html"]
+    write_text(pages[0], _layer_page(view, layers, title))
+    for c in range(view.top.channels):
+        path = out / "units" / view.safe / f"{c}.html"
+        write_text(path, _unit_page(view, c, title))
+        pages.append(path)
+    return pages, images
+
+
+def _index_page(summary: Mapping[str, Any], title: str) -> str:
+    """The index: the facts in ``about`` and a table of the layers."""
+    rows = []
+    for d in summary["layers"]:
+        rf = d["receptive_field"]
+        rf_text = "whole image" if rf is None else f"{rf['size'][0]}x{rf['size'][1]} px"
+        rows.append(
+            f'<tr><td><a href="{d["page"]}">{html.escape(d["layer"])}</a></td>'
+            f"<td>{d['channels']}</td><td>{len(d['dead'])}</td><td>{rf_text}</td></tr>"
+        )
+    facts = "".join(
+        f"<li>{html.escape(str(key))}: {html.escape(str(v))}</li>"
+        for key, v in summary["about"].items()
+    )
+    body = (
+        f"<h1>{html.escape(title)}</h1>"
+        f'<p class="note">Top-{summary["k"]} activations of every unit over '
+        f"{summary['images_scanned']} images, "
+        "each projected back to pixels. A unit is dead when its strongest activation over the "
+        "scanned images is not above 0.</p>"
+        f"<ul>{facts}</ul>"
+        "<table><tr><th>layer</th><th>units</th><th>dead</th><th>receptive field</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+    return _page(title, body, "style.css")
+
+
 def write_atlas(
     out_dir: str | os.PathLike[str],
     scan: Any,
@@ -138,10 +378,6 @@ def write_atlas(
     Returns:
         An :class:`AtlasSite`.
     """
-    from deconvviz.reconstruct import LayerReconstructions
-    from deconvviz.render.images import to_display
-    from deconvviz.render.reconstruct import input_display, outside_mask
-
     out = Path(out_dir)
     layers = list(scan.layers)
     if not layers:
@@ -158,175 +394,18 @@ def write_atlas(
     }
     done: set[str] = set()
     for proj in projections:
-        top = proj.top
-        layer = top.layer
-        if layer not in layers:
-            raise InputError(f"projections of {layer!r}, which the scan does not hold")
-        if proj.reconstructions.shape[0] != top.channels:
-            raise InputError(
-                f"projections of {layer!r} hold {proj.reconstructions.shape[0]} channels of "
-                f"{top.channels}; project every channel for the atlas"
-            )
-        done.add(layer)
-        rec = LayerReconstructions.from_projections(proj)
-        li = layers.index(layer)
-        safe = _safe(layer)
-        c_count, k = top.channels, top.k
-        th, tw = proj.reconstructions.shape[-2:]
-        big = tile_scale(th, tw)
-        big_size = (th * big, tw * big)
-        dead = [c for c in range(c_count) if not float(top.values[c, 0]) > 0]
-        rf = top.receptive_field
-        rf_text = "whole image" if rf is None else f"{rf.size[0]}x{rf.size[1]} px"
-        what = (
-            f"value = the unit's activation (output of <code>{html.escape(layer)}</code>) at its "
-            f"strongest position in the image; top-{k} over {scan.images} images, one per image"
-        )
-        # one strip per unit: row 0 the image patches, row 1 the projections
-        recs_disp = to_display(proj.reconstructions.double())
-        units_meta = []
-        for c in range(c_count):
-            mask = outside_mask(rec, c)
-            strip = torch.full((proj.patches.shape[2], 2 * th, k * tw), 1.0, dtype=torch.float64)
-            for j in range(k):
-                if int(top.indices[c, j]) < 0:
-                    continue
-                patch = input_display(proj.patches[c, j])
-                if mask is not None:
-                    patch = torch.where(mask[j].unsqueeze(0), torch.full_like(patch, 0.85), patch)
-                strip[:, :th, j * tw : (j + 1) * tw] = patch
-                strip[:, th:, j * tw : (j + 1) * tw] = recs_disp[c, j]
-            path = out / "img" / safe / f"{c}.png"
-            write_bytes(path, _png(strip, big))
-            images.append(path)
-            units_meta.append(
-                {
-                    "channel": c,
-                    "dead": c in dead,
-                    "values": [None if not math.isfinite(v) else v for v in top.values[c].tolist()],
-                    "indices": top.indices[c].tolist(),
-                    "positions": top.positions[c].tolist(),
-                    "boxes": top.boxes[c].tolist(),
-                }
-            )
-        # the layer page
-        cells = []
-        for c in range(c_count):
-            has = int(top.indices[c, 0]) >= 0
-            label = f"unit {c}<br>max {_fmt(float(top.values[c, 0]))}"
-            if c in dead:
-                label += '<br><span class="tag">dead</span>'
-            src = f"../img/{safe}/{c}.png"
-            imgs = (
-                _img(src, big_size, f"unit {c}: top image patch", 0, 0)
-                + " "
-                + _img(src, big_size, f"unit {c}: its projection", 1, 0)
-                if has
-                else ""
-            )
-            cls = "unit dead" if c in dead else "unit"
-            cells.append(
-                f'<a class="{cls}" href="../units/{safe}/{c}.html" id="u{c}">{imgs}<br>{label}</a>'
-            )
-        nav = ['<a href="../index.html">index</a>']
-        if li > 0:
-            nav.append(
-                f'<a href="{_safe(layers[li - 1])}.html">&larr; {html.escape(layers[li - 1])}</a>'
-            )
-        if li + 1 < len(layers):
-            nav.append(
-                f'<a href="{_safe(layers[li + 1])}.html">{html.escape(layers[li + 1])} &rarr;</a>'
-            )
-        body = (
-            f"<h1>{html.escape(layer)}</h1><nav>{''.join(nav)}</nav>"
-            f'<p class="note">{c_count} units, {len(dead)} dead (never above 0 over the '
-            f"scanned images), receptive field {rf_text}. Each cell: the image patch of the "
-            f"unit's strongest activation (left) and its {html.escape(proj.rule)} projection "
-            f"(right, grey = 0). {what}.</p>"
-            f'<div class="grid">{"".join(cells)}</div>'
-        )
-        path = out / "layers" / f"{safe}.html"
-        write_text(path, _page(f"{layer} - {title}", body, "../style.css"))
-        pages.append(path)
-        # unit pages
-        for c in range(c_count):
-            figs = []
-            for j in range(k):
-                i = int(top.indices[c, j])
-                if i < 0:
-                    continue
-                r, col = top.positions[c, j].tolist()
-                y0, x0, y1, x1 = top.boxes[c, j].tolist()
-                figs.append(
-                    "<figure>"
-                    + _img(f"../../img/{safe}/{c}.png", big_size, f"top {j + 1}: patch", 0, j)
-                    + " "
-                    + _img(f"../../img/{safe}/{c}.png", big_size, f"top {j + 1}: projection", 1, j)
-                    + f"<figcaption>#{j + 1}: value {_fmt(float(top.values[c, j]))}<br>"
-                    f"image {i}, position ({r}, {col})<br>box y {y0}:{y1}, x {x0}:{x1}"
-                    "</figcaption></figure>"
-                )
-            nav = [
-                '<a href="../../index.html">index</a>',
-                f'<a href="../../layers/{safe}.html#u{c}">layer {html.escape(layer)}</a>',
-            ]
-            if c > 0:
-                nav.append(f'<a href="{c - 1}.html">&larr; unit {c - 1}</a>')
-            if c + 1 < c_count:
-                nav.append(f'<a href="{c + 1}.html">unit {c + 1} &rarr;</a>')
-            state = ' <span class="tag">dead</span>' if c in dead else ""
-            body = (
-                f"<h1>{html.escape(layer)}, unit {c}{state}</h1><nav>{''.join(nav)}</nav>"
-                f'<p class="note">Top {k} activations from distinct images: each pair is the '
-                f"image patch (receptive field; light grey = outside the image) and its "
-                f"{html.escape(proj.rule)} projection (grey = 0, shown {big}x, nearest "
-                f"neighbour). {what}.</p>"
-                f'<div class="top">{"".join(figs) or "<p>no activations</p>"}</div>'
-            )
-            path = out / "units" / safe / f"{c}.html"
-            write_text(path, _page(f"{layer} unit {c} - {title}", body, "../../style.css"))
-            pages.append(path)
-        summary["layers"].append(
-            {
-                "layer": layer,
-                "page": f"layers/{safe}.html",
-                "channels": c_count,
-                "dead": dead,
-                "rule": proj.rule,
-                "input_size": list(top.input_size),
-                "receptive_field": None
-                if rf is None
-                else {"size": list(rf.size), "jump": list(rf.jump), "start": list(rf.start)},
-                "units": units_meta,
-            }
-        )
+        _check_projections(proj, layers)
+        done.add(proj.top.layer)
+        view = _layer_view(proj, layers, scan.images)
+        layer_pages, layer_images = _write_layer(out, view, layers, title)
+        pages += layer_pages
+        images += layer_images
+        summary["layers"].append(_layer_summary(view))
     missing = [name for name in layers if name not in done]
     if missing:
         raise InputError(f"no projections given for layers {', '.join(missing)}")
     summary["layers"].sort(key=lambda d: layers.index(d["layer"]))
-    rows = []
-    for d in summary["layers"]:
-        rf = d["receptive_field"]
-        rf_text = "whole image" if rf is None else f"{rf['size'][0]}x{rf['size'][1]} px"
-        rows.append(
-            f'<tr><td><a href="{d["page"]}">{html.escape(d["layer"])}</a></td>'
-            f"<td>{d['channels']}</td><td>{len(d['dead'])}</td><td>{rf_text}</td></tr>"
-        )
-    facts = "".join(
-        f"<li>{html.escape(str(key))}: {html.escape(str(v))}</li>"
-        for key, v in summary["about"].items()
-    )
-    body = (
-        f"<h1>{html.escape(title)}</h1>"
-        f'<p class="note">Top-{scan.k} activations of every unit over {scan.images} images, '
-        "each projected back to pixels. A unit is dead when its strongest activation over the "
-        "scanned images is not above 0.</p>"
-        f"<ul>{facts}</ul>"
-        "<table><tr><th>layer</th><th>units</th><th>dead</th><th>receptive field</th></tr>"
-        + "".join(rows)
-        + "</table>"
-    )
-    index = write_text(out / "index.html", _page(title, body, "style.css"))
+    index = write_text(out / "index.html", _index_page(summary, title))
     pages.insert(0, index)
     write_json(out / "atlas.json", summary)
     return AtlasSite(index, pages, images)

@@ -571,6 +571,96 @@ def _resize(x: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
 # --------------------------------------------------------------------------------- public
 
 
+def _check_load_args(name: str, split: str, per_class: int | None, image_size: int | None) -> None:
+    """Reject an unknown dataset name or split, and a bad ``per_class`` or ``image_size``."""
+    if name not in DATASETS:
+        raise InputError(unknown_name("dataset", str(name), DATASETS))
+    if split not in SPLITS:
+        raise InputError(unknown_name("split", str(split), SPLITS))
+    for label, value in (("per_class", per_class), ("image_size", image_size)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise InputError(f"{label} must be a positive integer or None, got {value!r}")
+
+
+def _auto_name(root: Path, download: bool) -> str:
+    """The one dataset under ``root`` (CIFAR-10 to download when there is none and may be)."""
+    found = find_datasets(root)
+    if not found and download:
+        return "cifar10"
+    if not found:
+        raise DataError(
+            f"no dataset found under {root}: looked for class folders Train/<label>/*.png + "
+            "Test/<label>/*.png, cifar10.npz, cifar-10-batches-py and MNIST idx files "
+            "(MNIST/raw, raw, or the folder itself); pass --data-dir pointing at one of "
+            "these, or --download to fetch CIFAR-10 (download=True in Python)"
+        )
+    if len(found) > 1:
+        raise DataError(
+            f"{root} holds several datasets ({', '.join(sorted(found))}); "
+            "choose one with --dataset NAME"
+        )
+    return next(iter(found))
+
+
+def _find_source(root: Path, name: str, download: bool) -> tuple[str, Path]:
+    """``(format, path)`` of dataset ``name`` under ``root``, downloading it if allowed."""
+    hit = _locate(root, name)
+    if hit is None and name == "cifar10" and download:
+        hit = ("batches", _download_cifar10(root))
+    elif hit is None and name == "mnist" and download:
+        _download_mnist(root)
+        hit = _locate(root, name)
+    if hit is None:
+        how = _HOW_TO_GET[name].replace("DIR", str(root))
+        raise DataError(
+            f"no {name} dataset under {root}: looked for {_looked_for(root, name)}; "
+            f"to get it, {how}"
+        )
+    return hit
+
+
+def _read_source(
+    fmt: str, path: Path, name: str, split: str, per_class: int | None, progress: bool
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images ``[N, C, H, W]`` uint8, labels and class names of ``split``, ``per_class`` applied.
+
+    Raises DataError when a label is not one of the classes.
+    """
+    if fmt == "folder":
+        x, y, classes = _read_folder(path, split, per_class, progress)
+        if name == "cifar10-course" and classes == [str(i) for i in range(10)]:
+            classes = list(CIFAR10_CLASSES)
+        per_class = None  # already applied while listing the files
+    elif fmt == "npz":
+        x, y, classes = _read_npz(path, split)
+    elif fmt == "batches":
+        x, y, classes = _read_batches(path, split)
+    else:
+        x, y, classes = _read_mnist(path, split)
+    if len(y) and (y.min() < 0 or y.max() >= max(len(classes), 1)):
+        raise DataError(
+            f"{path}: labels range {int(y.min())}..{int(y.max())} but there are {len(classes)} "
+            "classes; the labels are damaged: restore the dataset"
+        )
+    if per_class is not None:
+        keep = _first_per_class(y, per_class)
+        x, y = x[keep], y[keep]
+    return x, y, classes
+
+
+def _convert(data: torch.Tensor, grayscale: bool | None, image_size: int | None) -> torch.Tensor:
+    """Images made grey or colour as ``grayscale`` asks, and resized to ``image_size``."""
+    if grayscale is True:
+        data = _to_grey(data)
+    elif grayscale is False and data.shape[1] == 1:
+        data = data.expand(-1, 3, -1, -1).contiguous()
+    if image_size is not None and tuple(data.shape[-2:]) != (image_size, image_size):
+        data = _resize(data, image_size)
+    return data
+
+
 def load_dataset(
     data_dir: str | os.PathLike[str],
     name: str = "auto",
@@ -605,15 +695,7 @@ def load_dataset(
             it), ambiguous, or damaged.
         InputError: an unknown ``name``/``split`` or a bad ``per_class``/``image_size``.
     """
-    if name not in DATASETS:
-        raise InputError(unknown_name("dataset", str(name), DATASETS))
-    if split not in SPLITS:
-        raise InputError(unknown_name("split", str(split), SPLITS))
-    for label, value in (("per_class", per_class), ("image_size", image_size)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise InputError(f"{label} must be a positive integer or None, got {value!r}")
+    _check_load_args(name, split, per_class, image_size)
     root = Path(data_dir).expanduser()
     if not root.exists():
         raise DataError(
@@ -621,63 +703,25 @@ def load_dataset(
             "(for the shipped data: --data-dir ../shared/data)"
         )
     if name == "auto":
-        found = find_datasets(root)
-        if not found and download:
-            name = "cifar10"
-        elif not found:
-            raise DataError(
-                f"no dataset found under {root}: looked for class folders Train/<label>/*.png + "
-                "Test/<label>/*.png, cifar10.npz, cifar-10-batches-py and MNIST idx files "
-                "(MNIST/raw, raw, or the folder itself); pass --data-dir pointing at one of "
-                "these, or --download to fetch CIFAR-10 (download=True in Python)"
-            )
-        elif len(found) > 1:
-            raise DataError(
-                f"{root} holds several datasets ({', '.join(sorted(found))}); "
-                "choose one with --dataset NAME"
-            )
-        else:
-            name = next(iter(found))
-    hit = _locate(root, name)
-    if hit is None and name == "cifar10" and download:
-        hit = ("batches", _download_cifar10(root))
-    elif hit is None and name == "mnist" and download:
-        _download_mnist(root)
-        hit = _locate(root, name)
-    if hit is None:
-        how = _HOW_TO_GET[name].replace("DIR", str(root))
-        raise DataError(
-            f"no {name} dataset under {root}: looked for {_looked_for(root, name)}; "
-            f"to get it, {how}"
-        )
-    fmt, path = hit
-    if fmt == "folder":
-        x, y, classes = _read_folder(path, split, per_class, progress)
-        if name == "cifar10-course" and classes == [str(i) for i in range(10)]:
-            classes = list(CIFAR10_CLASSES)
-        per_class = None  # already applied while listing the files
-    elif fmt == "npz":
-        x, y, classes = _read_npz(path, split)
-    elif fmt == "batches":
-        x, y, classes = _read_batches(path, split)
-    else:
-        x, y, classes = _read_mnist(path, split)
-    if len(y) and (y.min() < 0 or y.max() >= max(len(classes), 1)):
-        raise DataError(
-            f"{path}: labels range {int(y.min())}..{int(y.max())} but there are {len(classes)} "
-            "classes; the labels are damaged: restore the dataset"
-        )
-    if per_class is not None:
-        keep = _first_per_class(y, per_class)
-        x, y = x[keep], y[keep]
-    data = torch.from_numpy(np.ascontiguousarray(x))
-    if grayscale is True:
-        data = _to_grey(data)
-    elif grayscale is False and data.shape[1] == 1:
-        data = data.expand(-1, 3, -1, -1).contiguous()
-    if image_size is not None and tuple(data.shape[-2:]) != (image_size, image_size):
-        data = _resize(data, image_size)
+        name = _auto_name(root, download)
+    fmt, path = _find_source(root, name, download)
+    x, y, classes = _read_source(fmt, path, name, split, per_class, progress)
+    data = _convert(torch.from_numpy(np.ascontiguousarray(x)), grayscale, image_size)
     return ImageDataset(data, torch.from_numpy(y), classes, name=name, split=split, source=path)
+
+
+def _split_config(config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(model config, run config)`` of a run's config; a model config has an empty run part."""
+    model_cfg = config.get("model") if isinstance(config, dict) else None
+    run_cfg: dict[str, Any] = config if isinstance(model_cfg, dict) else {}
+    if not isinstance(model_cfg, dict):
+        model_cfg = config
+    if not isinstance(model_cfg, dict) or "model" not in model_cfg:
+        raise InputError(
+            f"cannot tell which dataset goes with config {config!r}: it has no model name; "
+            "pass a run's config (load_run(...).config) or a model's .config"
+        )
+    return model_cfg, run_cfg
 
 
 def dataset_for_config(
@@ -705,15 +749,7 @@ def dataset_for_config(
         converted to greyscale and resized); other LeNet5 shapes: CIFAR-10 converted to the
         model's channels and size; RNN: MNIST.
     """
-    model_cfg = config.get("model") if isinstance(config, dict) else None
-    run_cfg: dict[str, Any] = config if isinstance(model_cfg, dict) else {}
-    if not isinstance(model_cfg, dict):
-        model_cfg = config
-    if not isinstance(model_cfg, dict) or "model" not in model_cfg:
-        raise InputError(
-            f"cannot tell which dataset goes with config {config!r}: it has no model name; "
-            "pass a run's config (load_run(...).config) or a model's .config"
-        )
+    model_cfg, run_cfg = _split_config(config)
     if per_class is None and split == "train":
         per_class = run_cfg.get("per_class")
     dataset = run_cfg.get("dataset")

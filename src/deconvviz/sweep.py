@@ -23,7 +23,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -206,51 +206,71 @@ def _existing(run_dir: Path, config: TrainConfig) -> str:
     return "finished" if metrics.get("finished") else "partial"
 
 
-def _run_sweep(
-    kind: str,
-    title: str,
-    setup: Sequence[str],
-    runs: Sequence[tuple[str, dict[str, Any], TrainConfig]],
-    columns: Sequence[str],
-    key_columns: Sequence[tuple[str, str]],
-    load: Callable[[TrainConfig, str], Any],
-    out_dir: str | os.PathLike[str],
-    progress: bool,
-) -> SweepResult:
-    from deconvviz.render.training import sweep_curves_figure
+_Run = tuple[str, dict[str, Any], TrainConfig]  # (name, its table columns, its config)
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    names = [name for name, _, _ in runs]
-    if len(set(names)) != len(names):
-        raise InputError(f"the sweep lists a configuration twice ({names}); remove the duplicate")
-    states = {name: _existing(out / name, cfg) for name, _, cfg in runs}
-    rows: dict[str, dict[str, Any]] = {}
-    histories: dict[str, History] = {}
+
+@dataclass
+class _Sweep:
+    """One sweep's folder and table layout, and the rows and curves known so far."""
+
+    title: str
+    setup: Sequence[str]
+    names: list[str]
+    columns: Sequence[str]
+    key_columns: Sequence[tuple[str, str]]
+    out: Path
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    histories: dict[str, History] = field(default_factory=dict)
+
+    @property
+    def paths(self) -> tuple[Path, Path, Path]:
+        """``results.md``, ``results.csv`` and ``curves.png``."""
+        return (self.out / "results.md", self.out / "results.csv", self.out / "curves.png")
+
+    def record(self, name: str, base: dict[str, Any], metrics: Mapping[str, Any]) -> None:
+        self.rows[name] = _row_from_metrics(base, metrics, self.out / name)
+
+    def write_tables(self) -> None:
+        ordered = [self.rows[n] for n in self.names if n in self.rows]
+        pending = [n for n in self.names if n not in self.rows]
+        write_text(self.paths[1], _rows_to_csv(ordered, self.columns))
+        write_text(
+            self.paths[0], _markdown(self.title, self.setup, ordered, self.key_columns, pending)
+        )
+
+    def write_curves(self) -> None:
+        from deconvviz.render.training import sweep_curves_figure
+
+        if self.histories:
+            histories = {n: self.histories[n] for n in self.names if n in self.histories}
+            save_figure(self.paths[2], sweep_curves_figure(histories, title=self.title), dpi=110)
+
+
+def _read_finished(sweep: _Sweep, runs: Sequence[_Run], states: Mapping[str, str]) -> None:
+    """Record the rows and curves of the configurations an earlier call finished."""
     for name, base, _cfg in runs:
         if states[name] == "finished":
-            metrics = read_checkpoint(out / name)["metrics"]
-            rows[name] = _row_from_metrics(base, metrics, out / name)
-            histories[name] = History.from_dict(metrics.get("history") or {})
-    paths = (out / "results.md", out / "results.csv", out / "curves.png")
+            metrics = read_checkpoint(sweep.out / name)["metrics"]
+            sweep.record(name, base, metrics)
+            sweep.histories[name] = History.from_dict(metrics.get("history") or {})
 
-    def write_tables() -> None:
-        ordered = [rows[n] for n in names if n in rows]
-        pending = [n for n in names if n not in rows]
-        write_text(paths[1], _rows_to_csv(ordered, columns))
-        write_text(paths[0], _markdown(title, setup, ordered, key_columns, pending))
 
-    def write_curves() -> None:
-        if histories:
-            fig = sweep_curves_figure(
-                {n: histories[n] for n in names if n in histories}, title=title
-            )
-            save_figure(paths[2], fig, dpi=110)
+def _train_pending(
+    sweep: _Sweep,
+    runs: Sequence[_Run],
+    states: Mapping[str, str],
+    load: Callable[[TrainConfig, str], Any],
+    progress: bool,
+) -> list[str]:
+    """Train (or resume) every configuration not yet finished; return their names.
 
+    The data is loaded once for consecutive configurations that share it; the tables are
+    rewritten after every configuration.
+    """
     trained: list[str] = []
     data_cache: dict[tuple[Any, ...], tuple[Any, Any]] = {}
     for k, (name, base, cfg) in enumerate(runs):
-        if name in rows:
+        if name in sweep.rows:
             continue
         key = (cfg.dataset, cfg.per_class, tuple(sorted(cfg.model.items())))
         if key not in data_cache:
@@ -265,23 +285,47 @@ def _run_sweep(
             cfg,
             train_set,
             test_set,
-            out_dir=out / name,
+            out_dir=sweep.out / name,
             progress=progress,
-            resume=out / name if states[name] == "partial" else None,
+            resume=sweep.out / name if states[name] == "partial" else None,
         )
-        rows[name] = _row_from_metrics(base, result.metrics(), out / name)
-        histories[name] = result.history
+        sweep.record(name, base, result.metrics())
+        sweep.histories[name] = result.history
         trained.append(name)
-        write_tables()  # after every configuration; the figure once, at the end
-    write_tables()
-    write_curves()
+        sweep.write_tables()  # after every configuration; the figure once, at the end
+    return trained
+
+
+def _run_sweep(
+    kind: str,
+    title: str,
+    setup: Sequence[str],
+    runs: Sequence[_Run],
+    columns: Sequence[str],
+    key_columns: Sequence[tuple[str, str]],
+    load: Callable[[TrainConfig, str], Any],
+    out_dir: str | os.PathLike[str],
+    progress: bool,
+) -> SweepResult:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [name for name, _, _ in runs]
+    if len(set(names)) != len(names):
+        raise InputError(f"the sweep lists a configuration twice ({names}); remove the duplicate")
+    states = {name: _existing(out / name, cfg) for name, _, cfg in runs}
+    sweep = _Sweep(title, setup, names, columns, key_columns, out)
+    _read_finished(sweep, runs, states)
+    trained = _train_pending(sweep, runs, states, load, progress)
+    sweep.write_tables()
+    sweep.write_curves()
+    md, csv_path, png = sweep.paths
     return SweepResult(
         kind=kind,
-        rows=tuple(rows[n] for n in names),
+        rows=tuple(sweep.rows[n] for n in names),
         out_dir=out,
-        results_md=paths[0],
-        results_csv=paths[1],
-        curves_png=paths[2],
+        results_md=md,
+        results_csv=csv_path,
+        curves_png=png,
         trained=tuple(trained),
     )
 
@@ -290,6 +334,26 @@ def _environment() -> str:
     threads = torch.get_num_threads()
     plural = "s" if threads != 1 else ""
     return f"torch {torch.__version__.split('+')[0]}, {threads} CPU thread{plural}"
+
+
+def _lenet5_run(optimizer: str, lr: float, momentum: float, common: dict[str, Any]) -> _Run:
+    """The ``(optimizer, lr)`` configuration; ``common`` holds the sweep's other options."""
+    cfg = TrainConfig(
+        optimizer=optimizer,
+        lr=float(lr),
+        momentum=momentum if optimizer == "sgd" else 0.0,
+        **common,
+    )
+    name = f"{optimizer}-lr{format_lr(lr)}"
+    base = {
+        "name": name,
+        "optimizer": optimizer,
+        "lr": float(lr),
+        "momentum": cfg.momentum,
+        "loss": common["loss"],
+        "init": common["model"]["init"],
+    }
+    return name, base, cfg
 
 
 def sweep_lenet5(
@@ -343,32 +407,18 @@ def sweep_lenet5(
     probe = load_dataset(data_dir, dataset, "test")
     channels, size, _ = probe.image_shape
     model = {"model": "lenet5", "in_channels": channels, "image_size": size, "init": init}
-    runs = []
-    for optimizer, lr in grid:
-        cfg = TrainConfig(
-            model=model,
-            dataset=dataset,
-            per_class=per_class,
-            optimizer=optimizer,
-            lr=float(lr),
-            momentum=momentum if optimizer == "sgd" else 0.0,
-            batch_size=batch_size,
-            iterations=iterations,
-            eval_every=eval_every,
-            seed=seed,
-            loss=loss,
-            device=device,
-        )
-        name = f"{optimizer}-lr{format_lr(lr)}"
-        base = {
-            "name": name,
-            "optimizer": optimizer,
-            "lr": float(lr),
-            "momentum": cfg.momentum,
-            "loss": loss,
-            "init": init,
-        }
-        runs.append((name, base, cfg))
+    common = dict(
+        model=model,
+        dataset=dataset,
+        per_class=per_class,
+        batch_size=batch_size,
+        iterations=iterations,
+        eval_every=eval_every,
+        seed=seed,
+        loss=loss,
+        device=device,
+    )
+    runs = [_lenet5_run(optimizer, lr, momentum, common) for optimizer, lr in grid]
     n_test = len(probe)
     train_desc = f"{per_class} training images per class" if per_class else "all training images"
     setup = [
@@ -391,6 +441,23 @@ def sweep_lenet5(
         out_dir,
         progress,
     )
+
+
+def _rnn_run(cell: str, hidden: int, init: str, common: dict[str, Any]) -> _Run:
+    """The ``cell`` x ``hidden`` configuration; ``common`` holds the sweep's other options."""
+    cfg = TrainConfig(
+        model={"model": "rnn", "cell": cell, "hidden": int(hidden), "init": init}, **common
+    )
+    name = f"{cell}-{hidden}"
+    base = {
+        "name": name,
+        "cell": cell,
+        "hidden": int(hidden),
+        "optimizer": common["optimizer"],
+        "lr": common["lr"],
+        "init": init,
+    }
+    return name, base, cfg
 
 
 def sweep_rnn(
@@ -438,31 +505,18 @@ def sweep_rnn(
     """
     from deconvviz.data import load_dataset
 
-    runs = []
-    for cell in cells:
-        for hidden in hiddens:
-            cfg = TrainConfig(
-                model={"model": "rnn", "cell": cell, "hidden": int(hidden), "init": init},
-                dataset="mnist",
-                optimizer=optimizer,
-                lr=float(lr),
-                batch_size=batch_size,
-                iterations=iterations,
-                eval_every=eval_every,
-                seed=seed,
-                loss=loss,
-                device=device,
-            )
-            name = f"{cell}-{hidden}"
-            base = {
-                "name": name,
-                "cell": cell,
-                "hidden": int(hidden),
-                "optimizer": optimizer,
-                "lr": float(lr),
-                "init": init,
-            }
-            runs.append((name, base, cfg))
+    common = dict(
+        dataset="mnist",
+        optimizer=optimizer,
+        lr=float(lr),
+        batch_size=batch_size,
+        iterations=iterations,
+        eval_every=eval_every,
+        seed=seed,
+        loss=loss,
+        device=device,
+    )
+    runs = [_rnn_run(cell, hidden, init, common) for cell in cells for hidden in hiddens]
     setup = [
         f"data: `mnist`, rows as 28 time steps; {iterations} steps of batch {batch_size} "
         f"(about {iterations * batch_size:,} samples), tested on the whole test split",

@@ -484,6 +484,263 @@ def _run_callbacks(
         model.train()
 
 
+def _check_train_inputs(
+    config: Any,
+    train_set: Any,
+    test_set: Any,
+    out_dir: str | os.PathLike[str] | None,
+    resume: Any,
+    overwrite: bool,
+) -> Path | None:
+    """Reject a config that is not one, empty or too small data, and a run that would clobber.
+
+    Returns the run directory (``None`` when nothing is to be written).
+    """
+    if not isinstance(config, TrainConfig):
+        raise InputError(f"config must be a TrainConfig, got {type(config).__name__}")
+    n_train, n_test = len(train_set), len(test_set)
+    if n_train == 0 or n_test == 0:
+        raise InputError(
+            f"empty dataset (train {n_train}, test {n_test} images); check --data-dir and "
+            "--per-class"
+        )
+    if config.batch_size > n_train:
+        raise InputError(
+            f"batch_size {config.batch_size} is larger than the training set ({n_train} "
+            "images); lower --batch-size or load more data"
+        )
+    run_dir = Path(out_dir) if out_dir is not None else None
+    if (
+        run_dir is not None
+        and (run_dir / CHECKPOINT_NAME).exists()
+        and resume is None
+        and not overwrite
+    ):
+        raise CheckpointError(
+            f"{run_dir} already holds a run; resume it (--resume), choose another --out, "
+            "or pass overwrite=True (--overwrite) to replace it"
+        )
+    num_classes = int(config.model.get("num_classes", 10))
+    _check_labels(train_set, num_classes, "training")
+    _check_labels(test_set, num_classes, "test")
+    return run_dir
+
+
+def _loss_function(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The course's loss, or the stable one (float32 cross-entropy with label smoothing)."""
+    if config.loss != "stable":
+        return course_loss
+
+    def stable_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
+
+    return stable_loss
+
+
+def _build_run_model(config: TrainConfig, device: torch.device) -> nn.Module:
+    """The config's model on ``device``; it sees normalised inputs when ``config.normalize``."""
+    model = build_model(config.model)
+    if config.normalize is not None:  # the model sees normalised inputs, we keep pixels
+        from deconvviz.loading import Normalized, parse_normalize
+
+        norm = parse_normalize(config.normalize)
+        if norm is not None:
+            model = Normalized(model, *norm)
+    return model.to(device)
+
+
+@dataclass
+class _Run:
+    """One training run's moving parts and history, shared by its loop and its snapshots."""
+
+    config: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    sampler: _Sampler
+    device: torch.device
+    rng_devices: list[int]
+    run_dir: Path | None
+    test_set: Any
+    callbacks: list[Callback]
+    total: int
+    n_train: int
+    n_test: int
+    train_loss: list[tuple[int, float]] = field(default_factory=list)
+    test_acc: list[tuple[int, float]] = field(default_factory=list)
+    wall_before: float = 0.0
+    t0: float = 0.0
+    status: str = "ok"
+    diverged_at: int | None = None
+
+    def history(self) -> History:
+        return History(tuple(self.train_loss), tuple(self.test_acc))
+
+    def snapshot(
+        self,
+        iteration: int,
+        finished: bool,
+        figure: Any = None,
+        wall: float | None = None,
+        **extra: Any,
+    ) -> None:
+        """Save the run so far (model, optimizer, RNG states, metrics) to its directory."""
+        if self.run_dir is None:
+            return
+        ts: dict[str, Any] = {"torch_rng": torch.get_rng_state(), **self.sampler.state()}
+        if self.device.type == "cuda":
+            ts["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if wall is None:
+            wall = self.wall_before + time.perf_counter() - self.t0
+        ts["wall_seconds"] = wall
+        metrics = {
+            "status": self.status,
+            "finished": finished,
+            "iterations": iteration,
+            "total_iterations": self.total,
+            "wall_seconds": wall,
+            "train_size": self.n_train,
+            "test_size": self.n_test,
+            "history": self.history().to_dict(),
+            **extra,
+        }
+        save_run(
+            self.run_dir,
+            self.model,
+            self.config.to_dict(),
+            metrics,
+            iteration=iteration,
+            optimizer_state=self.optimizer.state_dict(),
+            train_state=ts,
+            figure=figure,
+        )
+
+    def eval_point(self, iteration: int) -> None:
+        """Evaluate on the test set, save a snapshot and call the callbacks."""
+        with _autocast(self.config.precision, self.device):
+            acc = evaluate(self.model, self.test_set, self.config.eval_batch_size, self.device)
+        self.test_acc.append((iteration, acc))
+        self.model.train()
+        self.snapshot(iteration, finished=False, last_test_acc=acc)
+        _run_callbacks(self.callbacks, iteration, self.model, self.rng_devices)
+
+
+def _resume(run: _Run, resume: str | os.PathLike[str]) -> int:
+    """Load the checkpoint to continue from into ``run``; return its iteration."""
+    start, run.wall_before = _restore(
+        resume,
+        run.config,
+        run.model,
+        run.optimizer,
+        run.sampler,
+        run.train_loss,
+        run.test_acc,
+        run.device,
+    )
+    return start
+
+
+def _batch_loss(
+    run: _Run,
+    train_set: Any,
+    it: int,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Iteration ``it``'s loss on the sampler's next batch, at the schedule's learning rate."""
+    config = run.config
+    x, y = _batch(train_set, run.sampler.next())
+    x, y = x.to(run.device), y.to(run.device)
+    if config.augment == "crop-flip":
+        x = crop_flip(x)
+    for group in run.optimizer.param_groups:
+        group["lr"] = config.lr_at(it, run.total)
+    with _autocast(config.precision, run.device):
+        return loss_fn(run.model(x), y)
+
+
+def _optimizer_step(run: _Run, loss: torch.Tensor) -> None:
+    """Backpropagate ``loss`` and step (then renormalise the filters, if the config says so)."""
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    if run.config.renormalise is not None:
+        renormalise_(run.model, radius=run.config.renormalise)
+
+
+def _train_loop(
+    run: _Run,
+    train_set: Any,
+    start: int,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    progress: bool,
+) -> None:
+    """Iterations ``start + 1 .. total``, evaluating every ``eval_every``; a NaN/inf loss stops."""
+    from tqdm.auto import tqdm
+
+    run.model.train()
+    bar = tqdm(
+        total=run.total,
+        initial=start,
+        disable=not progress,
+        unit="it",
+        leave=False,
+        desc=f"train {_describe(run.config)}",
+        dynamic_ncols=True,
+    )
+    try:
+        if start == 0 and not run.test_acc:
+            run.eval_point(0)
+        for it in range(start + 1, run.total + 1):
+            loss = _batch_loss(run, train_set, it, loss_fn)
+            value = float(loss.item())
+            if not math.isfinite(value):
+                run.status, run.diverged_at = "diverged", it
+                run.train_loss.append((it, math.nan))
+                break
+            _optimizer_step(run, loss)
+            run.train_loss.append((it, value))
+            bar.update(1)
+            if it % run.config.eval_every == 0 or it == run.total:
+                run.eval_point(it)
+                bar.set_postfix(loss=f"{value:.3f}", acc=f"{run.test_acc[-1][1]:.3f}")
+    finally:
+        bar.close()
+
+
+def _train_result(run: _Run) -> TrainResult:
+    """The finished (or diverged) run's result; the model is left in eval mode."""
+    done = run.diverged_at - 1 if run.diverged_at is not None else run.total
+    last_acc = run.test_acc[-1][1] if run.test_acc else math.nan
+    return TrainResult(
+        model=run.model.eval(),
+        config=run.config,
+        history=run.history(),
+        final_test_acc=last_acc if run.status == "ok" else math.nan,
+        status=run.status,
+        wall_seconds=run.wall_before + time.perf_counter() - run.t0,
+        iterations=done,
+        diverged_at=run.diverged_at,
+        last_test_acc=last_acc,
+        out_dir=run.run_dir,
+    )
+
+
+def _save_final(run: _Run, result: TrainResult) -> None:
+    """The last snapshot: the result's metrics and the curves figure."""
+    if run.run_dir is None:
+        return
+    from deconvviz.render.training import curves_figure
+
+    title = f"{_describe(run.config)}: {result.status}" + (
+        f", test accuracy {result.final_test_acc:.3f}"
+        if result.status == "ok"
+        else f" at iteration {result.diverged_at}"
+    )
+    fig = curves_figure(result.history, title=title)
+    skip = ("history", "iterations", "wall_seconds", "finished")
+    extra = {k: v for k, v in result.metrics().items() if k not in skip}
+    run.snapshot(result.iterations, finished=True, figure=fig, wall=result.wall_seconds, **extra)
+
+
 def train(
     config: TrainConfig,
     train_set: Any,
@@ -516,179 +773,35 @@ def train(
         CheckpointError: ``out_dir`` already holds a run (and neither ``resume`` nor
             ``overwrite``), or the checkpoint to resume does not match ``config``.
     """
-    from tqdm.auto import tqdm
-
-    if not isinstance(config, TrainConfig):
-        raise InputError(f"config must be a TrainConfig, got {type(config).__name__}")
-    n_train, n_test = len(train_set), len(test_set)
-    if n_train == 0 or n_test == 0:
-        raise InputError(
-            f"empty dataset (train {n_train}, test {n_test} images); check --data-dir and "
-            "--per-class"
-        )
-    if config.batch_size > n_train:
-        raise InputError(
-            f"batch_size {config.batch_size} is larger than the training set ({n_train} "
-            "images); lower --batch-size or load more data"
-        )
-    run_dir = Path(out_dir) if out_dir is not None else None
-    if (
-        run_dir is not None
-        and (run_dir / CHECKPOINT_NAME).exists()
-        and resume is None
-        and not overwrite
-    ):
-        raise CheckpointError(
-            f"{run_dir} already holds a run; resume it (--resume), choose another --out, "
-            "or pass overwrite=True (--overwrite) to replace it"
-        )
-    num_classes = int(config.model.get("num_classes", 10))
-    _check_labels(train_set, num_classes, "training")
-    _check_labels(test_set, num_classes, "test")
+    run_dir = _check_train_inputs(config, train_set, test_set, out_dir, resume, overwrite)
+    n_train = len(train_set)
     device = _resolve_device(config.device)
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     total = config.total_iterations(n_train)
     callbacks = list(callbacks)
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = course_loss
-    if config.loss == "stable":
-
-        def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
-
+    loss_fn = _loss_function(config)
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(config.seed)
-        model = build_model(config.model)
-        if config.normalize is not None:  # the model sees normalised inputs, we keep pixels
-            from deconvviz.loading import Normalized, parse_normalize
-
-            norm = parse_normalize(config.normalize)
-            if norm is not None:
-                model = Normalized(model, *norm)
-        model = model.to(device)
-        optimizer = _make_optimizer(config, model)
-        sampler = _Sampler(n_train, config.batch_size, config.seed + 1)
-        train_loss: list[tuple[int, float]] = []
-        test_acc: list[tuple[int, float]] = []
-        start, wall_before = 0, 0.0
-        if resume is not None:
-            start, wall_before = _restore(
-                resume, config, model, optimizer, sampler, train_loss, test_acc, device
-            )
-        status, diverged_at = "ok", None
-        t0 = time.perf_counter()
-
-        def snapshot(
-            iteration: int,
-            finished: bool,
-            figure: Any = None,
-            wall: float | None = None,
-            **extra: Any,
-        ) -> None:
-            if run_dir is None:
-                return
-            ts: dict[str, Any] = {"torch_rng": torch.get_rng_state(), **sampler.state()}
-            if device.type == "cuda":
-                ts["cuda_rng"] = torch.cuda.get_rng_state(device)
-            if wall is None:
-                wall = wall_before + time.perf_counter() - t0
-            ts["wall_seconds"] = wall
-            metrics = {
-                "status": status,
-                "finished": finished,
-                "iterations": iteration,
-                "total_iterations": total,
-                "wall_seconds": wall,
-                "train_size": n_train,
-                "test_size": n_test,
-                "history": History(tuple(train_loss), tuple(test_acc)).to_dict(),
-                **extra,
-            }
-            save_run(
-                run_dir,
-                model,
-                config.to_dict(),
-                metrics,
-                iteration=iteration,
-                optimizer_state=optimizer.state_dict(),
-                train_state=ts,
-                figure=figure,
-            )
-
-        def eval_point(iteration: int) -> None:
-            with _autocast(config.precision, device):
-                acc = evaluate(model, test_set, config.eval_batch_size, device)
-            test_acc.append((iteration, acc))
-            model.train()
-            snapshot(iteration, finished=False, last_test_acc=acc)
-            _run_callbacks(callbacks, iteration, model, rng_devices)
-
-        model.train()
-        bar = tqdm(
-            total=total,
-            initial=start,
-            disable=not progress,
-            unit="it",
-            leave=False,
-            desc=f"train {_describe(config)}",
-            dynamic_ncols=True,
-        )
-        try:
-            if start == 0 and not test_acc:
-                eval_point(0)
-            for it in range(start + 1, total + 1):
-                x, y = _batch(train_set, sampler.next())
-                x, y = x.to(device), y.to(device)
-                if config.augment == "crop-flip":
-                    x = crop_flip(x)
-                for group in optimizer.param_groups:
-                    group["lr"] = config.lr_at(it, total)
-                with _autocast(config.precision, device):
-                    loss = loss_fn(model(x), y)
-                value = float(loss.item())
-                if not math.isfinite(value):
-                    status, diverged_at = "diverged", it
-                    train_loss.append((it, math.nan))
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if config.renormalise is not None:
-                    renormalise_(model, radius=config.renormalise)
-                train_loss.append((it, value))
-                bar.update(1)
-                if it % config.eval_every == 0 or it == total:
-                    eval_point(it)
-                    bar.set_postfix(loss=f"{value:.3f}", acc=f"{test_acc[-1][1]:.3f}")
-        finally:
-            bar.close()
-
-        done = diverged_at - 1 if diverged_at is not None else total
-        last_acc = test_acc[-1][1] if test_acc else math.nan
-        final = last_acc if status == "ok" else math.nan
-        wall = wall_before + time.perf_counter() - t0
-        history = History(tuple(train_loss), tuple(test_acc))
-        result = TrainResult(
-            model=model.eval(),
+        model = _build_run_model(config, device)
+        run = _Run(
             config=config,
-            history=history,
-            final_test_acc=final,
-            status=status,
-            wall_seconds=wall,
-            iterations=done,
-            diverged_at=diverged_at,
-            last_test_acc=last_acc,
-            out_dir=run_dir,
+            model=model,
+            optimizer=_make_optimizer(config, model),
+            sampler=_Sampler(n_train, config.batch_size, config.seed + 1),
+            device=device,
+            rng_devices=rng_devices,
+            run_dir=run_dir,
+            test_set=test_set,
+            callbacks=callbacks,
+            total=total,
+            n_train=n_train,
+            n_test=len(test_set),
         )
-        if run_dir is not None:
-            from deconvviz.render.training import curves_figure
-
-            title = f"{_describe(config)}: {status}" + (
-                f", test accuracy {final:.3f}" if status == "ok" else f" at iteration {diverged_at}"
-            )
-            fig = curves_figure(history, title=title)
-            skip = ("history", "iterations", "wall_seconds", "finished")
-            extra = {k: v for k, v in result.metrics().items() if k not in skip}
-            snapshot(done, finished=True, figure=fig, wall=wall, **extra)
+        start = 0 if resume is None else _resume(run, resume)
+        run.t0 = time.perf_counter()
+        _train_loop(run, train_set, start, loss_fn, progress)
+        result = _train_result(run)
+        _save_final(run, result)
     return result
 
 

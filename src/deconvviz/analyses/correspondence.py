@@ -187,6 +187,82 @@ def _random_boxes(boxes: Tensor, n_random: int, size: tuple[int, int], seed: int
     return torch.stack([y0, x0, y0 + bh, x0 + bw], dim=-1)
 
 
+def _part_names(parts: Sequence[str] | None, n_parts: int) -> tuple[str, ...]:
+    """``parts`` as strings (one per part), or ``"part 0"``, ``"part 1"``, ..."""
+    if parts is None:
+        return tuple(f"part {i}" for i in range(n_parts))
+    part_names = tuple(str(p) for p in parts)
+    if len(part_names) != n_parts:
+        raise InputError(f"got {len(part_names)} part names for {n_parts} parts; give one each")
+    return part_names
+
+
+def _base_features(
+    model: nn.Module, x: Tensor, names: tuple[str, ...], batch_size: int
+) -> dict[str, Tensor]:
+    """Each layer's flattened output ``[N, D]`` on the unoccluded images."""
+    ref: dict[str, list[Tensor]] = {name: [] for name in names}
+    for sl in batches(x.shape[0], batch_size):
+        feats, _ = capture(model, x[sl], names, need_output=False)
+        for name in names:
+            ref[name].append(feats[name].flatten(1))
+    return {name: torch.cat(v) for name, v in ref.items()}
+
+
+def _occlusion_signs(
+    model: nn.Module,
+    x: Tensor,
+    all_boxes: Tensor,
+    base: dict[str, Tensor],
+    fill: float,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, Tensor]:
+    """Per layer, ``[P * (1 + R) * N, D]`` int8 signs of the feature change of each occlusion.
+
+    Every occlusion set (the part, then each random trial) occludes all N images; their
+    images go through the model in batches that mix sets, and only the int8 signs of the
+    feature changes are kept.
+    """
+    from tqdm.auto import tqdm
+
+    n = x.shape[0]
+    flat_boxes = all_boxes.reshape(-1, 4)
+    total = flat_boxes.shape[0]
+    image_of = torch.arange(n).repeat(total // n)
+    signs = {name: torch.zeros(total, b.shape[1], dtype=torch.int8) for name, b in base.items()}
+    bar = tqdm(total=total, desc="correspondence", disable=not progress, unit="image", leave=False)
+    try:
+        for sl in batches(total, batch_size):
+            idx = image_of[sl]
+            moved = occlude(x[idx.to(x.device)], flat_boxes[sl], fill)
+            feats, _ = capture(model, moved, tuple(base), need_output=False)
+            for name in base:
+                eps = base[name][idx.to(x.device)] - feats[name].flatten(1)
+                signs[name][sl] = torch.sign(eps).to(torch.int8).cpu()
+            bar.update(sl.stop - sl.start)
+    finally:
+        bar.close()
+    return signs
+
+
+def _sign_scores(
+    signs: dict[str, Tensor], n_parts: int, n_random: int, n: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per part and layer: the part's score and its spread ``[P, L]``, the random trials'
+    scores ``[P, R, L]``."""
+    score = torch.zeros(n_parts, len(signs), dtype=torch.float64)
+    score_std = torch.zeros_like(score)
+    random_score = torch.zeros(n_parts, n_random, len(signs), dtype=torch.float64)
+    for li, name in enumerate(signs):
+        per_set = signs[name].view(n_parts, n_random + 1, n, -1)
+        for p in range(n_parts):
+            score[p, li], score_std[p, li] = pairwise_sign_change(per_set[p, 0])
+            for r in range(n_random):
+                random_score[p, r, li] = pairwise_sign_change(per_set[p, r + 1])[0]
+    return score, score_std, random_score
+
+
 def correspondence(
     model: nn.Module,
     images: Tensor,
@@ -224,8 +300,6 @@ def correspondence(
         >>> res = correspondence(model, dogs, eyes, ["conv2", "fc1"])         # doctest: +SKIP
         >>> res.score, res.random_mean                                       # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
-
     x = check_images(model, images)
     n = x.shape[0]
     if n < 2:
@@ -235,54 +309,15 @@ def correspondence(
     n_parts = part_boxes.shape[0]
     if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
         raise InputError(f"n_random must be a positive integer, got {n_random!r}")
-    if parts is None:
-        part_names = tuple(f"part {i}" for i in range(n_parts))
-    else:
-        part_names = tuple(str(p) for p in parts)
-        if len(part_names) != n_parts:
-            raise InputError(f"got {len(part_names)} part names for {n_parts} parts; give one each")
+    part_names = _part_names(parts, n_parts)
     names = default_layers(model, x) if layers is None else check_layers(model, layers)
     names = tuple(dict.fromkeys(names))
     fill = float(fill)
     rand_boxes = _random_boxes(part_boxes, n_random, size, seed)
-
-    ref: dict[str, list[Tensor]] = {name: [] for name in names}
-    for sl in batches(n, batch_size):
-        feats, _ = capture(model, x[sl], names, need_output=False)
-        for name in names:
-            ref[name].append(feats[name].flatten(1))
-    base = {name: torch.cat(v) for name, v in ref.items()}
-
-    # Every occlusion set (the part, then each random trial) occludes all N images; their
-    # images go through the model in batches that mix sets, and only the int8 signs of the
-    # feature changes are kept.
+    base = _base_features(model, x, names, batch_size)
     all_boxes = torch.cat([part_boxes.unsqueeze(1), rand_boxes], dim=1)  # [P, 1 + R, N, 4]
-    flat_boxes = all_boxes.reshape(-1, 4)
-    image_of = torch.arange(n).repeat(n_parts * (n_random + 1))
-    total = flat_boxes.shape[0]
-    signs = {name: torch.zeros(total, base[name].shape[1], dtype=torch.int8) for name in names}
-    bar = tqdm(total=total, desc="correspondence", disable=not progress, unit="image", leave=False)
-    try:
-        for sl in batches(total, batch_size):
-            idx = image_of[sl]
-            moved = occlude(x[idx.to(x.device)], flat_boxes[sl], fill)
-            feats, _ = capture(model, moved, names, need_output=False)
-            for name in names:
-                eps = base[name][idx.to(x.device)] - feats[name].flatten(1)
-                signs[name][sl] = torch.sign(eps).to(torch.int8).cpu()
-            bar.update(sl.stop - sl.start)
-    finally:
-        bar.close()
-
-    score = torch.zeros(n_parts, len(names), dtype=torch.float64)
-    score_std = torch.zeros_like(score)
-    random_score = torch.zeros(n_parts, n_random, len(names), dtype=torch.float64)
-    for li, name in enumerate(names):
-        per_set = signs[name].view(n_parts, n_random + 1, n, -1)
-        for p in range(n_parts):
-            score[p, li], score_std[p, li] = pairwise_sign_change(per_set[p, 0])
-            for r in range(n_random):
-                random_score[p, r, li] = pairwise_sign_change(per_set[p, r + 1])[0]
+    signs = _occlusion_signs(model, x, all_boxes, base, fill, batch_size, progress)
+    score, score_std, random_score = _sign_scores(signs, n_parts, n_random, n)
     return CorrespondenceResult(
         layers=names,
         parts=part_names,

@@ -202,6 +202,81 @@ def _as_values(values: Any, transform: str, size: tuple[int, int]) -> Tensor:
     return v
 
 
+def _reference_features(
+    model: nn.Module, x: Tensor, y: Tensor, names: tuple[str, ...], batch_size: int
+) -> dict[str, Tensor]:
+    """Each layer's flattened output ``[N, D]`` on the untransformed images; checks the labels
+    against the model's number of classes."""
+    n = x.shape[0]
+    base: dict[str, list[Tensor]] = {name: [] for name in names}
+    n_classes = None
+    for sl in batches(n, batch_size):
+        feats, logits = capture(model, x[sl], names)
+        assert logits is not None
+        n_classes = logits.shape[1]
+        for name in names:
+            base[name].append(feats[name].flatten(1).double().cpu())
+    ref = {name: torch.cat(base[name]) for name in names}
+    assert n_classes is not None
+    if int(y.min()) < 0 or int(y.max()) >= n_classes:
+        raise InputError(
+            f"labels range {int(y.min())}..{int(y.max())} but the model has {n_classes} classes"
+        )
+    return ref
+
+
+def _sweep_values(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    ref: dict[str, Tensor],
+    transform: str,
+    vals: Tensor,
+    fill: float,
+    batch_size: int,
+    progress: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per transformation value: each layer's distance from ``ref`` ``[L, N, V]``, the true
+    class's probability ``[N, V]`` and the predicted class ``[N, V]``."""
+    from tqdm.auto import tqdm
+
+    names = tuple(ref)
+    n, n_v = x.shape[0], len(vals)
+    dist = torch.zeros(len(names), n, n_v, dtype=torch.float64)
+    prob = torch.zeros(n, n_v, dtype=torch.float64)
+    pred = torch.zeros(n, n_v, dtype=torch.long)
+    bar = tqdm(
+        total=n * n_v,
+        desc=f"invariance ({transform})",
+        disable=not progress,
+        unit="image",
+        leave=False,
+    )
+    try:
+        for vi, value in enumerate(vals.tolist()):
+            for sl in batches(n, batch_size):
+                moved = transform_images(x[sl], transform, value, fill)
+                feats, logits = capture(model, moved, names)
+                assert logits is not None
+                for li, name in enumerate(names):
+                    diff = feats[name].flatten(1).double().cpu() - ref[name][sl]
+                    dist[li, sl, vi] = diff.norm(dim=1)
+                p = torch.softmax(logits.double(), dim=1).cpu()
+                prob[sl, vi] = p.gather(1, y[sl].unsqueeze(1)).squeeze(1)
+                pred[sl, vi] = p.argmax(dim=1)
+                bar.update(sl.stop - sl.start)
+    finally:
+        bar.close()
+    return dist, prob, pred
+
+
+def _relative(dist: Tensor, ref: dict[str, Tensor]) -> Tensor:
+    """``dist`` over the norm of each image's reference output (0 where that norm is 0)."""
+    norms = torch.stack([r.norm(dim=1) for r in ref.values()])  # [L, N]
+    safe = torch.where(norms > 0, norms, torch.ones_like(norms))
+    return torch.where(norms[..., None] > 0, dist / safe[..., None], torch.zeros_like(dist))
+
+
 def invariance(
     model: nn.Module,
     images: Tensor,
@@ -244,61 +319,17 @@ def invariance(
         >>> res.distance.shape                                                 # doctest: +SKIP
         torch.Size([2, 8, 13])
     """
-    from tqdm.auto import tqdm
-
     if transform not in TRANSFORMS:
         raise InputError(unknown_name("transform", str(transform), TRANSFORMS))
     x = check_images(model, images)
-    n = x.shape[0]
-    y = check_labels(labels, n)
+    y = check_labels(labels, x.shape[0])
     vals = _as_values(values, transform, (x.shape[-2], x.shape[-1]))
     names = default_layers(model, x) if layers is None else check_layers(model, layers)
     names = tuple(dict.fromkeys(names))
     fill = float(fill)
-
-    base: dict[str, list[Tensor]] = {name: [] for name in names}
-    n_classes = None
-    for sl in batches(n, batch_size):
-        feats, logits = capture(model, x[sl], names)
-        assert logits is not None
-        n_classes = logits.shape[1]
-        for name in names:
-            base[name].append(feats[name].flatten(1).double().cpu())
-    ref = {name: torch.cat(base[name]) for name in names}
-    assert n_classes is not None
-    if int(y.min()) < 0 or int(y.max()) >= n_classes:
-        raise InputError(
-            f"labels range {int(y.min())}..{int(y.max())} but the model has {n_classes} classes"
-        )
-    n_v = len(vals)
-    dist = torch.zeros(len(names), n, n_v, dtype=torch.float64)
-    prob = torch.zeros(n, n_v, dtype=torch.float64)
-    pred = torch.zeros(n, n_v, dtype=torch.long)
-    bar = tqdm(
-        total=n * n_v,
-        desc=f"invariance ({transform})",
-        disable=not progress,
-        unit="image",
-        leave=False,
-    )
-    try:
-        for vi, value in enumerate(vals.tolist()):
-            for sl in batches(n, batch_size):
-                moved = transform_images(x[sl], transform, value, fill)
-                feats, logits = capture(model, moved, names)
-                assert logits is not None
-                for li, name in enumerate(names):
-                    diff = feats[name].flatten(1).double().cpu() - ref[name][sl]
-                    dist[li, sl, vi] = diff.norm(dim=1)
-                p = torch.softmax(logits.double(), dim=1).cpu()
-                prob[sl, vi] = p.gather(1, y[sl].unsqueeze(1)).squeeze(1)
-                pred[sl, vi] = p.argmax(dim=1)
-                bar.update(sl.stop - sl.start)
-    finally:
-        bar.close()
-    norms = torch.stack([ref[name].norm(dim=1) for name in names])  # [L, N]
-    safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-    relative = torch.where(norms[..., None] > 0, dist / safe[..., None], torch.zeros_like(dist))
+    ref = _reference_features(model, x, y, names, batch_size)
+    dist, prob, pred = _sweep_values(model, x, y, ref, transform, vals, fill, batch_size, progress)
+    relative = _relative(dist, ref)
     return InvarianceResult(
         transform=transform,
         values=vals,

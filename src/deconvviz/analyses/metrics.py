@@ -145,6 +145,13 @@ def ssim(
     if size < 1:
         raise InputError("ssim: images must be at least 1x1")
     kernel = _gaussian_window(size, sigma, x.device).view(1, 1, size, size)
+    c1 = (k1 * data_range) ** 2
+    c2 = (k2 * data_range) ** 2
+    return _ssim_map(x, y, kernel, c1, c2).mean(dim=(1, 2, 3)).reshape(lead)
+
+
+def _ssim_map(x: Tensor, y: Tensor, kernel: Tensor, c1: float, c2: float) -> Tensor:
+    """SSIM at every position where ``kernel`` fits, for ``[B, 1, H, W]`` images."""
 
     def blur(t: Tensor) -> Tensor:
         return torch.nn.functional.conv2d(t, kernel)
@@ -153,11 +160,9 @@ def ssim(
     var_x = blur(x * x) - mu_x**2
     var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
-    c1 = (k1 * data_range) ** 2
-    c2 = (k2 * data_range) ** 2
     num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
     den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    return (num / den).mean(dim=(1, 2, 3)).reshape(lead)
+    return num / den
 
 
 def sign_disagreement(a: Tensor, b: Tensor) -> Tensor:

@@ -246,6 +246,99 @@ def _randomise_(module: nn.Module, generator: torch.Generator) -> None:
             p.copy_(noise.to(device=p.device, dtype=p.dtype))
 
 
+def _layers_to_randomise(
+    model: nn.Module, xs: Tensor, target: str, layers: Sequence[str] | None
+) -> list[str]:
+    """The parametric layers feeding ``target`` to randomise (``layers`` or all), bottom up."""
+    order = parametric_layers(model, xs, upto=target)
+    if layers is None:
+        chosen = order
+    else:
+        chosen = list(check_layers(model, layers))
+        unused = [n for n in chosen if n not in order]
+        if unused:
+            raise LayerError(
+                f"layer {unused[0]!r} has no parameters or does not feed {target!r}; randomise "
+                "layers among: " + ", ".join(order)
+            )
+        chosen = [n for n in order if n in chosen]
+    if not chosen:
+        raise LayerError(
+            f"no layer with parameters feeds {target!r}; there is nothing to randomise"
+        )
+    return chosen
+
+
+def _copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` to randomise (the caller's model is not touched)."""
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:  # a model that cannot be copied
+        raise InputError(
+            f"could not copy the model to randomise it ({type(exc).__name__}: {exc}); make it "
+            "deep-copyable (copy.deepcopy(model))"
+        ) from exc
+
+
+def _randomise_step(
+    modules: dict[str, nn.Module],
+    step: str,
+    mode: str,
+    backup: dict[str, list[Tensor]],
+    generator: torch.Generator,
+) -> None:
+    """Randomise layer ``step``; in ``"independent"`` mode first restore the previous one."""
+    if mode == "independent":
+        for name, saved in backup.items():
+            with torch.no_grad():
+                for p, v in zip(modules[name].parameters(recurse=False), saved, strict=True):
+                    p.copy_(v)
+        backup.clear()
+        backup[step] = [p.detach().clone() for p in modules[step].parameters(recurse=False)]
+    _randomise_(modules[step], generator)
+
+
+def _project_randomised(
+    work: nn.Module,
+    xs: Tensor,
+    target: str,
+    chans: Tensor,
+    rule_names: tuple[str, ...],
+    steps: tuple[str, ...],
+    mode: str,
+    generator: torch.Generator,
+    progress: bool,
+) -> Tensor:
+    """``[R, S, N, C, H, W]``: every rule's projections after each randomisation step."""
+    from tqdm.auto import tqdm
+
+    modules = dict(work.named_modules())
+    recs = xs.new_zeros((len(rule_names), len(steps), *xs.shape)).cpu()
+    bar = tqdm(
+        total=len(steps) * len(rule_names),
+        desc=f"randomising ({mode})",
+        disable=not progress,
+        unit="projection",
+        leave=False,
+    )
+    # one handle per rule for the whole run: the engine reads the weights at each pass, so the
+    # randomised copy is seen as it changes, and the model's geometry is probed once
+    handles = {rule: attach(work, rule=rule) for rule in rule_names}
+    try:
+        backup: dict[str, list[Tensor]] = {}
+        for s, step in enumerate(steps):
+            if step != "trained":
+                _randomise_step(modules, step, mode, backup, generator)
+            for r, rule in enumerate(rule_names):
+                recs[r, s] = _project_per_image(handles[rule], xs, target, chans).cpu()
+                bar.update(1)
+    finally:
+        bar.close()
+        for dn in handles.values():
+            dn.detach()
+    return recs
+
+
 def randomisation_test(
     model: nn.Module,
     x: Tensor,
@@ -290,8 +383,6 @@ def randomisation_test(
         >>> res.summary()["deconvnet"]["spearman"]          # doctest: +SKIP
         [1.0, 0.93, 0.91, 0.88, 0.87]
     """
-    from tqdm.auto import tqdm
-
     if mode not in ("cascade", "independent"):
         raise InputError(unknown_name("mode", str(mode), ("cascade", "independent")))
     rule_names = _check_rules(rules)
@@ -302,67 +393,13 @@ def randomisation_test(
         chans = _strongest_channels(model, xs, target)
     else:
         chans = _check_channels(channel, xs.shape[0], shape[0])
-    order = parametric_layers(model, xs, upto=target)
-    if layers is None:
-        chosen = order
-    else:
-        chosen = list(check_layers(model, layers))
-        unused = [n for n in chosen if n not in order]
-        if unused:
-            raise LayerError(
-                f"layer {unused[0]!r} has no parameters or does not feed {target!r}; randomise "
-                "layers among: " + ", ".join(order)
-            )
-        chosen = [n for n in order if n in chosen]
-    if not chosen:
-        raise LayerError(
-            f"no layer with parameters feeds {target!r}; there is nothing to randomise"
-        )
-    top_down = list(reversed(chosen))
-    steps = ("trained", *top_down)
-    try:
-        work = copy.deepcopy(model)
-    except Exception as exc:  # a model that cannot be copied
-        raise InputError(
-            f"could not copy the model to randomise it ({type(exc).__name__}: {exc}); make it "
-            "deep-copyable (copy.deepcopy(model))"
-        ) from exc
-    modules = dict(work.named_modules())
+    chosen = _layers_to_randomise(model, xs, target, layers)
+    steps = ("trained", *reversed(chosen))
+    work = _copy_model(model)
     generator = torch.Generator().manual_seed(int(seed))
-    recs = xs.new_zeros((len(rule_names), len(steps), *xs.shape)).cpu()
-    bar = tqdm(
-        total=len(steps) * len(rule_names),
-        desc=f"randomising ({mode})",
-        disable=not progress,
-        unit="projection",
-        leave=False,
+    recs = _project_randomised(
+        work, xs, target, chans, rule_names, steps, mode, generator, progress
     )
-    # one handle per rule for the whole run: the engine reads the weights at each pass, so the
-    # randomised copy is seen as it changes, and the model's geometry is probed once
-    handles = {rule: attach(work, rule=rule) for rule in rule_names}
-    try:
-        backup: dict[str, list[Tensor]] = {}
-        for s, step in enumerate(steps):
-            if step != "trained":
-                if mode == "independent":
-                    for name, saved in backup.items():
-                        with torch.no_grad():
-                            for p, v in zip(
-                                modules[name].parameters(recurse=False), saved, strict=True
-                            ):
-                                p.copy_(v)
-                    backup.clear()
-                    backup[step] = [
-                        p.detach().clone() for p in modules[step].parameters(recurse=False)
-                    ]
-                _randomise_(modules[step], generator)
-            for r, rule in enumerate(rule_names):
-                recs[r, s] = _project_per_image(handles[rule], xs, target, chans).cpu()
-                bar.update(1)
-    finally:
-        bar.close()
-        for dn in handles.values():
-            dn.detach()
     ref = recs[:, :1].expand_as(recs)
     rho, sim = compare_maps(recs, ref, absolute)
     return SanityResult(
@@ -435,6 +472,55 @@ class SensitivityResult:
         }
 
 
+def _sensitivity_channels(
+    model: nn.Module,
+    xs: Tensor,
+    target: str,
+    shape: tuple[int, ...],
+    channels: Sequence[int] | None,
+    max_channels: int,
+) -> list[int]:
+    """The channels to compare: ``channels``, else the first classes or the strongest maps."""
+    if channels is None:
+        k = min(max_channels, shape[0])
+        if len(shape) == 1:
+            chans = list(range(k))
+        else:
+            acts = layer_output(model, xs, target)
+            peak = acts.flatten(2).amax(dim=2).mean(dim=0)
+            chans = sorted(peak.topk(k).indices.tolist())
+    else:
+        chans = [int(c) for c in _check_channels(list(channels), len(list(channels)), shape[0])]
+    if len(chans) < 2:
+        raise InputError("give at least two channels to compare")
+    return chans
+
+
+def _project_channels(
+    model: nn.Module,
+    xs: Tensor,
+    target: str,
+    chans: list[int],
+    rule_names: tuple[str, ...],
+    progress: bool,
+) -> Tensor:
+    """``[R, N, K, C, H, W]``: every rule's projections of ``chans`` in every image."""
+    from tqdm.auto import tqdm
+
+    recs = torch.zeros((len(rule_names), xs.shape[0], len(chans), *xs.shape[1:]), dtype=xs.dtype)
+    bar = tqdm(
+        total=len(rule_names), desc="sensitivity", disable=not progress, unit="rule", leave=False
+    )
+    try:
+        for r, rule in enumerate(rule_names):
+            with attach(model, rule=rule) as dn:
+                recs[r] = dn.project(xs, target, chans).cpu()
+            bar.update(1)
+    finally:
+        bar.close()
+    return recs
+
+
 def sensitivity_check(
     model: nn.Module,
     x: Tensor,
@@ -473,38 +559,14 @@ def sensitivity_check(
         >>> dict(zip(res.rules, res.mean_similarity.tolist()))             # doctest: +SKIP
         {'deconvnet': 0.71, 'gradient': 0.12, 'guided': 0.80}
     """
-    from tqdm.auto import tqdm
-
     rule_names = _check_rules(rules)
     xs = check_images(model, x, "x")
     target = output_layer(model, xs) if layer is None else check_layers(model, [layer])[0]
     shape = _layer_shape(model, xs, target)
     if isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 2:
         raise InputError(f"max_channels must be an integer >= 2, got {max_channels!r}")
-    if channels is None:
-        k = min(max_channels, shape[0])
-        if len(shape) == 1:
-            chans = list(range(k))
-        else:
-            acts = layer_output(model, xs, target)
-            peak = acts.flatten(2).amax(dim=2).mean(dim=0)
-            chans = sorted(peak.topk(k).indices.tolist())
-    else:
-        chans = [int(c) for c in _check_channels(list(channels), len(list(channels)), shape[0])]
-    if len(chans) < 2:
-        raise InputError("give at least two channels to compare")
-    k = len(chans)
-    recs = torch.zeros((len(rule_names), xs.shape[0], k, *xs.shape[1:]), dtype=xs.dtype)
-    bar = tqdm(
-        total=len(rule_names), desc="sensitivity", disable=not progress, unit="rule", leave=False
-    )
-    try:
-        for r, rule in enumerate(rule_names):
-            with attach(model, rule=rule) as dn:
-                recs[r] = dn.project(xs, target, chans).cpu()
-            bar.update(1)
-    finally:
-        bar.close()
+    chans = _sensitivity_channels(model, xs, target, shape, channels, max_channels)
+    recs = _project_channels(model, xs, target, chans, rule_names, progress)
     rho, sim = _pairwise(projection_map(recs, absolute), absolute)
     return SensitivityResult(
         layer=target,

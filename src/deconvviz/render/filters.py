@@ -16,6 +16,33 @@ from deconvviz.render.images import make_grid, to_display
 __all__ = ["filter_grid", "rms_figure"]
 
 
+def _layout(
+    in_c: int,
+    per_channel: bool | None,
+    max_filters: int | None,
+    max_channels: int | None,
+    nrow: int | None,
+) -> bool:
+    """Check :func:`filter_grid`'s options; return whether to lay the filters out per channel."""
+    for label, value in (
+        ("max_filters", max_filters),
+        ("max_channels", max_channels),
+        ("nrow", nrow),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise InputError(f"{label} must be a positive integer or None, got {value!r}")
+    if per_channel is None:
+        per_channel = in_c not in (1, 3)
+    if not per_channel and in_c not in (1, 3):
+        raise InputError(
+            f"filters with {in_c} input channels cannot be shown as images; use "
+            "per_channel=True (one tile per input channel)"
+        )
+    return per_channel
+
+
 def filter_grid(
     weight: Tensor | nn.Module,
     *,
@@ -59,23 +86,7 @@ def filter_grid(
         raise InputError(
             f"filter_grid draws Conv2d filters [out, in, kh, kw]; got shape {tuple(w.shape)}"
         )
-    out_c, in_c = w.shape[:2]
-    for label, value in (
-        ("max_filters", max_filters),
-        ("max_channels", max_channels),
-        ("nrow", nrow),
-    ):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise InputError(f"{label} must be a positive integer or None, got {value!r}")
-    if per_channel is None:
-        per_channel = in_c not in (1, 3)
-    if not per_channel and in_c not in (1, 3):
-        raise InputError(
-            f"filters with {in_c} input channels cannot be shown as images; use "
-            "per_channel=True (one tile per input channel)"
-        )
+    per_channel = _layout(int(w.shape[1]), per_channel, max_filters, max_channels, nrow)
     if max_filters is not None:
         w = w[:max_filters]
     disp = to_display(w.double())  # per filter: [in, kh, kw] stretched around grey

@@ -259,12 +259,19 @@ def make_grid(
         if len(labels) != n:
             raise InputError(f"make_grid got {len(labels)} labels for {n} images; give one each")
         return _labelled_figure(tiles, labels, ncol, rows)
+    return _pixel_grid(tiles, ncol, rows, padding, float(pad_value), scale)
+
+
+def _pixel_grid(
+    tiles: list[torch.Tensor], ncol: int, rows: int, padding: int, pad_value: float, scale: int
+) -> Image.Image:
+    """The tiles laid out pixel for pixel, each enlarged ``scale`` times, top-left in its cell."""
     channels = 3 if any(t.shape[0] == 3 for t in tiles) else 1
     th = max(t.shape[1] for t in tiles) * scale
     tw = max(t.shape[2] for t in tiles) * scale
     grid = torch.full(
         (channels, rows * (th + padding) + padding, ncol * (tw + padding) + padding),
-        float(pad_value),
+        pad_value,
         dtype=torch.float64,
     )
     for k, tile in enumerate(tiles):

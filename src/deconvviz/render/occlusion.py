@@ -7,7 +7,7 @@ image whatever the occluder size and stride.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -76,10 +76,7 @@ def draw_map(
     """
     rows, cols = map_edges(result)
     if image is not None:
-        arr = display_image(image)
-        ax.imshow(
-            arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest"
-        )
+        _show_image(ax, image)
     mesh = ax.pcolormesh(
         cols,
         rows,
@@ -97,6 +94,136 @@ def draw_map(
     ax.set_xticks([])
     ax.set_yticks([])
     return mesh
+
+
+def _show_image(ax: Axes, image: Tensor) -> None:
+    """Draw ``image`` on ``ax`` as it is (grey when it has one channel)."""
+    arr = display_image(image)
+    ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+
+
+def _check_figure_inputs(result: OcclusionResult, x: Tensor, index: int) -> None:
+    """Reject images other than the ones ``result`` was computed on, or an index out of range."""
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise InputError("x must be the images [N, C, H, W] the occlusion result was computed on")
+    n = result.prob.shape[0]
+    if x.shape[0] != n or tuple(x.shape[2:]) != tuple(result.image_size):
+        raise InputError(
+            f"x has shape {tuple(x.shape)} but the result is for {n} images of size "
+            f"{result.image_size}; pass the same images"
+        )
+    if not -n <= index < n:
+        raise InputError(f"index {index} out of range for {n} images")
+
+
+def _input_panel(
+    ax: Axes, result: OcclusionResult, image: Tensor, index: int, tag: str, target: str
+) -> None:
+    """(a) the input, with one occluder drawn to scale in its top-left corner."""
+    _show_image(ax, image)
+    (sh, sw) = result.size
+    ax.add_patch(Rectangle((-0.5, -0.5), sw, sh, facecolor="0.5", edgecolor="white", linewidth=1))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    base = float(result.base_prob[index])
+    ax.set_title(
+        f"{tag}input, p({target}) = {base:.2f}\noccluder {sh}x{sw}, stride {result.stride[0]}",
+        fontsize=8,
+    )
+
+
+def _feature_panel(
+    fig: Figure,
+    ax: Axes,
+    result: OcclusionResult,
+    image: Tensor,
+    index: int,
+    tag: str,
+    alpha: float,
+) -> None:
+    """(b) the strongest feature map's total (rectified) activation per occluder position."""
+    assert result.feature is not None and result.channel is not None
+    where = f"{result.layer} map {int(result.channel[index])}"
+    if result.feature_rectified is not None:
+        values = result.feature_rectified[index]
+        peak = max(float(values.max()), 1e-12)
+        mesh = draw_map(ax, result, values, image, alpha=alpha, cmap="magma", vmin=0.0, vmax=peak)
+        fig.colorbar(mesh, ax=ax, shrink=0.8, label="sum of ReLU(activation)")
+        ax.set_title(f"{tag}total rectified activation\n{where}, per occluder position", fontsize=8)
+    else:  # a result made without the rectified sums: show the raw, signed ones
+        values = result.feature[index]
+        peak = max(float(values.abs().max()), 1e-12)
+        mesh = draw_map(
+            ax, result, values, image, alpha=alpha, cmap="RdBu_r", vmin=-peak, vmax=peak
+        )
+        fig.colorbar(mesh, ax=ax, shrink=0.8, label="sum of activation (pre-ReLU)")
+        ax.set_title(f"{tag}total activation (pre-ReLU, can be < 0)\n{where}", fontsize=8)
+
+
+def _projection_panel(fig: Figure, ax: Axes, result: OcclusionResult, index: int, tag: str) -> None:
+    """(c) that feature map's deconvnet projection on the unoccluded image."""
+    assert result.projection is not None and result.channel is not None
+    raw = result.projection[index].detach().cpu().double()
+    where = f"{result.layer} map {int(result.channel[index])}"
+    if raw.shape[0] == 1:
+        peak = max(float(raw.abs().max()), 1e-12)
+        im = ax.imshow(raw[0].numpy(), cmap="gray", vmin=-peak, vmax=peak, interpolation="nearest")
+        fig.colorbar(im, ax=ax, shrink=0.8, label="projection (grey = 0)")
+        ax.set_title(f"{tag}deconvnet projection\n{where}", fontsize=8)
+    else:
+        arr = to_display(raw).permute(1, 2, 0).numpy()
+        ax.imshow(arr, interpolation="nearest")
+        ax.set_title(
+            f"{tag}deconvnet projection\n{where}\n(grey = 0, scaled to max |value|)", fontsize=8
+        )
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _prob_panel(
+    fig: Figure,
+    ax: Axes,
+    result: OcclusionResult,
+    image: Tensor,
+    index: int,
+    tag: str,
+    target: str,
+    alpha: float,
+) -> None:
+    """(d) the probability of the target class per occluder position."""
+    mesh = draw_map(
+        ax, result, result.prob[index], image, alpha=alpha, cmap="viridis", vmin=0, vmax=1
+    )
+    fig.colorbar(mesh, ax=ax, shrink=0.8, label=f"p({target})")
+    ax.set_title(f"{tag}p({target})\nper occluder position", fontsize=8)
+
+
+def _top_class_panel(
+    ax: Axes,
+    result: OcclusionResult,
+    image: Tensor,
+    index: int,
+    tag: str,
+    name: Callable[[int], str],
+    alpha: float,
+) -> None:
+    """(e) the most probable class per occluder position, with a legend of the classes seen."""
+    top = result.top_class[index]
+    present = sorted(set(top.flatten().tolist()))
+    colours = _class_colours(max(present) + 1)
+    cmap = ListedColormap(colours)
+    norm = BoundaryNorm(np.arange(len(colours) + 1) - 0.5, len(colours))
+    rows, cols = map_edges(result)
+    _show_image(ax, image)
+    ax.pcolormesh(cols, rows, top.numpy(), cmap=cmap, norm=norm, alpha=alpha, shading="flat")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_aspect("equal")
+    handles = [Patch(color=colours[c], label=name(c)) for c in present]
+    ax.legend(
+        handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False
+    )
+    ax.set_title(f"{tag}most probable class\nper occluder position", fontsize=8)
 
 
 def occlusion_figure(
@@ -127,22 +254,13 @@ def occlusion_figure(
     Returns:
         A matplotlib figure (not shown; save it with ``deconvviz._io.save_figure``).
     """
-    if not isinstance(x, Tensor) or x.dim() != 4:
-        raise InputError("x must be the images [N, C, H, W] the occlusion result was computed on")
-    n = result.prob.shape[0]
-    if x.shape[0] != n or tuple(x.shape[2:]) != tuple(result.image_size):
-        raise InputError(
-            f"x has shape {tuple(x.shape)} but the result is for {n} images of size "
-            f"{result.image_size}; pass the same images"
-        )
-    if not -n <= index < n:
-        raise InputError(f"index {index} out of range for {n} images")
+    _check_figure_inputs(result, x, index)
     image = x[index].detach().cpu()
-    target = int(result.target[index])
 
     def name(k: int) -> str:
         return class_names[k] if class_names is not None and k < len(class_names) else str(k)
 
+    target = name(int(result.target[index]))
     panels = ["input"]
     if result.feature is not None:
         panels.append("feature")
@@ -151,100 +269,18 @@ def occlusion_figure(
     panels += ["prob", "top"]
     fig = Figure(figsize=(3.3 * len(panels) + 0.6, 3.6), dpi=100, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    letters = "abcde"
-    for k, (ax, panel) in enumerate(zip(axes, panels, strict=True)):
-        tag = f"({letters[k]}) "
+    for ax, panel, letter in zip(axes, panels, "abcde", strict=False):
+        tag = f"({letter}) "
         if panel == "input":
-            arr = display_image(image)
-            ax.imshow(
-                arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest"
-            )
-            (sh, sw) = result.size
-            ax.add_patch(
-                Rectangle((-0.5, -0.5), sw, sh, facecolor="0.5", edgecolor="white", linewidth=1)
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            base = float(result.base_prob[index])
-            ax.set_title(
-                f"{tag}input, p({name(target)}) = {base:.2f}\noccluder {sh}x{sw}, "
-                f"stride {result.stride[0]}",
-                fontsize=8,
-            )
+            _input_panel(ax, result, image, index, tag, target)
         elif panel == "feature":
-            assert result.feature is not None and result.channel is not None
-            where = f"{result.layer} map {int(result.channel[index])}"
-            if result.feature_rectified is not None:
-                values = result.feature_rectified[index]
-                peak = max(float(values.max()), 1e-12)
-                mesh = draw_map(
-                    ax, result, values, image, alpha=alpha, cmap="magma", vmin=0.0, vmax=peak
-                )
-                fig.colorbar(mesh, ax=ax, shrink=0.8, label="sum of ReLU(activation)")
-                ax.set_title(
-                    f"{tag}total rectified activation\n{where}, per occluder position",
-                    fontsize=8,
-                )
-            else:  # a result made without the rectified sums: show the raw, signed ones
-                values = result.feature[index]
-                peak = max(float(values.abs().max()), 1e-12)
-                mesh = draw_map(
-                    ax, result, values, image, alpha=alpha, cmap="RdBu_r", vmin=-peak, vmax=peak
-                )
-                fig.colorbar(mesh, ax=ax, shrink=0.8, label="sum of activation (pre-ReLU)")
-                ax.set_title(f"{tag}total activation (pre-ReLU, can be < 0)\n{where}", fontsize=8)
+            _feature_panel(fig, ax, result, image, index, tag, alpha)
         elif panel == "projection":
-            assert result.projection is not None and result.channel is not None
-            raw = result.projection[index].detach().cpu().double()
-            where = f"{result.layer} map {int(result.channel[index])}"
-            if raw.shape[0] == 1:
-                peak = max(float(raw.abs().max()), 1e-12)
-                im = ax.imshow(
-                    raw[0].numpy(), cmap="gray", vmin=-peak, vmax=peak, interpolation="nearest"
-                )
-                fig.colorbar(im, ax=ax, shrink=0.8, label="projection (grey = 0)")
-                ax.set_title(f"{tag}deconvnet projection\n{where}", fontsize=8)
-            else:
-                arr = to_display(raw).permute(1, 2, 0).numpy()
-                ax.imshow(arr, interpolation="nearest")
-                ax.set_title(
-                    f"{tag}deconvnet projection\n{where}\n(grey = 0, scaled to max |value|)",
-                    fontsize=8,
-                )
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _projection_panel(fig, ax, result, index, tag)
         elif panel == "prob":
-            mesh = draw_map(
-                ax, result, result.prob[index], image, alpha=alpha, cmap="viridis", vmin=0, vmax=1
-            )
-            fig.colorbar(mesh, ax=ax, shrink=0.8, label=f"p({name(target)})")
-            ax.set_title(f"{tag}p({name(target)})\nper occluder position", fontsize=8)
+            _prob_panel(fig, ax, result, image, index, tag, target, alpha)
         else:
-            top = result.top_class[index]
-            present = sorted(set(top.flatten().tolist()))
-            colours = _class_colours(max(present) + 1)
-            cmap = ListedColormap(colours)
-            norm = BoundaryNorm(np.arange(len(colours) + 1) - 0.5, len(colours))
-            rows, cols = map_edges(result)
-            arr = display_image(image)
-            ax.imshow(
-                arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest"
-            )
-            ax.pcolormesh(
-                cols, rows, top.numpy(), cmap=cmap, norm=norm, alpha=alpha, shading="flat"
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_aspect("equal")
-            handles = [Patch(color=colours[c], label=name(c)) for c in present]
-            ax.legend(
-                handles=handles,
-                fontsize=6,
-                loc="upper left",
-                bbox_to_anchor=(1.0, 1.0),
-                frameon=False,
-            )
-            ax.set_title(f"{tag}most probable class\nper occluder position", fontsize=8)
+            _top_class_panel(ax, result, image, index, tag, name, alpha)
     return fig
 
 
