@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from deconvviz._io import save_figure, save_torch, write_json
-from deconvviz.engine import _split_layer, attach, model_device_dtype
+from deconvviz.engine import attach, model_device_dtype
+from deconvviz.engine import split_call as _split_layer
 from deconvviz.errors import DataError, InputError, LayerError, unknown_name
 from deconvviz.receptive import ReceptiveField
 from deconvviz.rules import RULES

@@ -5,38 +5,54 @@ How it works (see ``docs/method.md``):
 * Every linear step of a deconvnet's reverse path (transposed filters, unpooling with switches,
   ``W^T``, BatchNorm scaling, average-pool spreading, residual adds, concatenations) is exactly the
   autograd backward of the forward op. Only the ReLU step differs. So the engine runs the
-  model's own forward under a :class:`torch.overrides.TorchFunctionMode` that replaces every ReLU
-  *call* -- ``nn.ReLU`` (in-place or not), ``F.relu``, ``torch.relu``, ``x.relu()``, ``relu_``,
-  and ReLUs spelt ``clamp(x, min=0)``, ``torch.maximum(x, zeros)`` or ``F.threshold(x, 0, 0)`` --
-  with an autograd function whose backward is the chosen rule, then asks autograd for the
-  gradient of the seeded layer output with respect to the input. Functional ReLUs, reused ReLU
-  modules and skip connections are all covered because the rule acts on each call.
+  model's own forward under a :class:`torch.overrides.TorchFunctionMode`
+  (:class:`~deconvviz.engine.swap.ReluSwap`) that replaces every ReLU *call* -- ``nn.ReLU``
+  (in-place or not), ``F.relu``, ``torch.relu``, ``x.relu()``, ``relu_``, and ReLUs spelt
+  ``clamp(x, min=0)``, ``torch.maximum(x, zeros)`` or ``F.threshold(x, 0, 0)`` -- with an
+  autograd function whose backward is the chosen rule (:mod:`deconvviz.engine.rules`), then asks
+  autograd for the gradient of the seeded layer output with respect to the input. Functional
+  ReLUs, reused ReLU modules and skip connections are all covered because the rule acts on each
+  call.
 * A projection's seed is one activation (its own value), so its reverse path is nonzero only in
   that activation's receptive field. When the receptive field can be followed (see
-  :mod:`deconvviz.receptive`), each seed runs on a crop of the input that holds its receptive
-  field, aligned to the layer's stride; this gives exactly the same result as the full image
-  (tested) and is what makes projecting every channel of a layer fast. Downstream of any op
-  whose effect depends on the absolute position the receptive field is not followed and full
-  images are used; every crop is also checked: the seed's value computed on the crop must equal
-  the full image's, or the engine warns and uses full images for that layer.
-* Nothing is attached to the model between calls: hooks live only during a pass and are removed
-  in ``finally``; ``training`` flags are restored; parameters never get ``.grad``.
+  :mod:`deconvviz.engine.receptive`), each seed runs on a crop of the input that holds its
+  receptive field, aligned to the layer's stride (:mod:`deconvviz.engine.crops`); this gives
+  exactly the same result as the full image (tested) and is what makes projecting every channel
+  of a layer fast. Downstream of any op whose effect depends on the absolute position the
+  receptive field is not followed and full images are used; every crop is also checked: the
+  seed's value computed on the crop must equal the full image's, or the engine warns and uses
+  full images for that layer.
+* Nothing is attached to the model between calls: the hooks of a pass belong to a
+  :class:`~deconvviz.engine.tracer.Tracer`, which removes them when the pass ends, however it
+  ends; ``training`` flags are restored; parameters never get ``.grad``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
+from deconvviz.engine.crops import (
+    Box,
+    crop_boxes,
+    gather_windows,
+    place_filters,
+    plain_conv,
+    project_shared,
+    same_values,
+    scatter_windows,
+)
+from deconvviz.engine.receptive import ReceptiveField, RFTracker
+from deconvviz.engine.rules import Rule, describe_rule, get_rule
+from deconvviz.engine.support import _CONTAINERS, has_no_rule, step_for
+from deconvviz.engine.swap import Event, ReluSwap
+from deconvviz.engine.tracer import Tracer, call_key, exact_cuda, split_call
 from deconvviz.errors import (
     DeconvvizError,
     InputError,
@@ -44,358 +60,27 @@ from deconvviz.errors import (
     UnsupportedLayerError,
     unknown_name,
 )
-from deconvviz.receptive import ReceptiveField, RFTracker
-from deconvviz.rules import ReluRule, describe_rule, get_rule, uses_mask
 
-__all__ = ["Deconvnet", "DeconvvizWarning", "attach", "eval_mode", "exact_cuda", "layer_output"]
+__all__ = [
+    "Deconvnet",
+    "DeconvvizWarning",
+    "LayerGeometry",
+    "attach",
+    "batch_images",
+    "layer_output",
+    "model_device_dtype",
+    "receptive_field",
+]
 
 DEFAULT_MAX_MEMORY = 512 * 2**20
+
+#: ``(seed indices, gradients, boxes)``: the gradient of seed ``s`` is nonzero only inside its
+#: box ``(y0, x0, y1, x1)`` of its image, and is given for that box.
+Windows = tuple[Tensor, Tensor, list[Box]]
 
 
 class DeconvvizWarning(UserWarning):
     """A layer or activation without a deconvnet rule (its plain gradient is used instead)."""
-
-
-# ---------------------------------------------------------------------- what each layer gets
-
-_RELU_OUT_OF_PLACE = {F.relu, torch.relu, torch.Tensor.relu}
-_RELU_IN_PLACE = {torch.relu_, torch.Tensor.relu_}
-# Calls that are a ReLU when their bound is exactly 0, and an activation without a rule otherwise.
-_CLAMPS = {"clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_"}
-_UPPER_CLAMPS = {"clamp_max", "clamp_max_"}
-_MAXIMA = {"maximum", "max"}  # binary forms only: max(x, other)
-_MINIMA = {"minimum", "min", "fmax", "fmin"}  # binary forms only
-_THRESHOLDS = {"threshold", "threshold_", "_threshold"}
-_RELU_LIKE = _CLAMPS | _UPPER_CLAMPS | _MAXIMA | _MINIMA | _THRESHOLDS
-_NO_RULE_FUNCS = {
-    "tanh",
-    "tanh_",
-    "sigmoid",
-    "sigmoid_",
-    "gelu",
-    "silu",
-    "elu",
-    "elu_",
-    "selu",
-    "celu",
-    "leaky_relu",
-    "leaky_relu_",
-    "hardtanh",
-    "hardtanh_",
-    "softplus",
-    "mish",
-    "hardswish",
-    "hardsigmoid",
-    "prelu",
-    "rrelu",
-    "rrelu_",
-    "logsigmoid",
-    "softsign",
-    "tanhshrink",
-    "glu",
-    "relu6",
-    "softmax",
-    "log_softmax",
-    "layer_norm",
-    "group_norm",
-    "instance_norm",
-    "local_response_norm",
-}
-
-_NO_RULE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.GELU,
-    nn.SiLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.RReLU,
-    nn.ReLU6,
-    nn.Hardtanh,
-    nn.Softplus,
-    nn.Mish,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.LogSigmoid,
-    nn.Softsign,
-    nn.Tanhshrink,
-    nn.GLU,
-    nn.Threshold,
-    nn.Softmax,
-    nn.LogSoftmax,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-    nn.RNNBase,
-    nn.MultiheadAttention,
-)
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-
-# type -> reverse step, for the summary (first match wins; ReLU is described by the rule)
-_STEPS: list[tuple[tuple[type[nn.Module], ...], str]] = [
-    ((nn.ReLU,), "<relu>"),
-    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), "transposed filters (own weights, no bias)"),
-    (
-        (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
-        "convolution with the same filters (its transpose)",
-    ),
-    ((nn.Linear,), "W^T (own weights, no bias)"),
-    (
-        (
-            nn.MaxPool1d,
-            nn.MaxPool2d,
-            nn.MaxPool3d,
-            nn.AdaptiveMaxPool1d,
-            nn.AdaptiveMaxPool2d,
-            nn.AdaptiveMaxPool3d,
-        ),
-        "unpool with the forward pass's switches (shared switches add)",
-    ),
-    (
-        (
-            nn.AvgPool1d,
-            nn.AvgPool2d,
-            nn.AvgPool3d,
-            nn.AdaptiveAvgPool1d,
-            nn.AdaptiveAvgPool2d,
-            nn.AdaptiveAvgPool3d,
-        ),
-        "spread evenly over each window (transpose of averaging)",
-    ),
-    (
-        (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
-        "scale by gamma / sqrt(running_var + eps) (eval mode)",
-    ),
-    (
-        (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout),
-        "identity (eval mode)",
-    ),
-    ((nn.Flatten,), "unflatten"),
-    ((nn.Unflatten,), "flatten"),
-    ((nn.Identity,), "identity"),
-    (
-        (nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d),
-        "gather at the switches (transpose of unpooling)",
-    ),
-    ((nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle), "the inverse rearrangement"),
-    (
-        (
-            nn.ReflectionPad1d,
-            nn.ReflectionPad2d,
-            nn.ReflectionPad3d,
-            nn.ReplicationPad1d,
-            nn.ReplicationPad2d,
-            nn.ReplicationPad3d,
-        ),
-        "transpose of padding (reflected/replicated pixels add back)",
-    ),
-    (
-        (nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d),
-        "crop (transpose of padding)",
-    ),
-    ((nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d), "transpose of upsampling"),
-    (_NO_RULE_MODULES, "NO deconvnet rule: its plain gradient is used"),
-    (_CONTAINERS, "its submodules' steps"),
-]
-
-
-# torchvision.ops layers that are linear (identity in eval mode): autograd is their exact transpose.
-# Matched by name so that the engine does not import torchvision.
-_TORCHVISION_LINEAR = {
-    "Permute": "the inverse permutation",
-    "StochasticDepth": "identity (eval mode)",
-}
-
-
-def _step_for(module: nn.Module, relu_step: str) -> str:
-    if isinstance(module, nn.Threshold) and module.threshold == 0 and module.value == 0:
-        return relu_step  # Threshold(0, 0) is a ReLU
-    cls = type(module)
-    if cls.__module__.startswith("torchvision.ops") and cls.__name__ in _TORCHVISION_LINEAR:
-        return _TORCHVISION_LINEAR[cls.__name__]
-    for types, step in _STEPS:
-        if isinstance(module, types):
-            return relu_step if step == "<relu>" else step
-    if not any(True for _ in module.children()):
-        return "NO deconvnet rule known for this layer type: its plain gradient is used"
-    return (
-        "its submodules' steps; residual adds send the signal down every branch, "
-        "concatenations split it"
-    )
-
-
-def _has_no_rule(module: nn.Module) -> bool:
-    return _step_for(module, "").startswith("NO deconvnet rule")
-
-
-# ---------------------------------------------------------------------- the ReLU replacement
-
-
-class _RuleReLU(torch.autograd.Function):
-    """ReLU forward; backward by the attached rule."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, rule: ReluRule) -> Tensor:
-        out = torch.relu(x)
-        ctx.rule = rule
-        if uses_mask(rule):
-            ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        mask = ctx.saved_tensors[0] > 0 if ctx.saved_tensors else None
-        return ctx.rule(grad, mask), None
-
-
-class _RuleReLUInPlace(torch.autograd.Function):
-    """In-place ReLU forward (``relu_`` / ``nn.ReLU(inplace=True)``); backward by the rule."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, rule: ReluRule) -> Tensor:
-        x.relu_()
-        ctx.mark_dirty(x)
-        ctx.rule = rule
-        if uses_mask(rule):
-            ctx.save_for_backward(x)
-        return x
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        mask = ctx.saved_tensors[0] > 0 if ctx.saved_tensors else None
-        return ctx.rule(grad, mask), None
-
-
-@dataclass
-class _Event:
-    module: str  # innermost module running when the call happened ('' = the model itself)
-    func: str
-    supported: bool
-
-
-def _is_zero(v: Any) -> bool:
-    """A bound that is exactly 0: a number, or a constant tensor of zeros."""
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, (int, float)):
-        return v == 0
-    if isinstance(v, Tensor):
-        return not v.requires_grad and v.numel() > 0 and bool((v == 0).all())
-    return False
-
-
-def _relu_form(func: Any, name: str, args: tuple, kwargs: dict) -> tuple[str, Any, bool] | None:
-    """Whether a call is a ReLU spelt another way.
-
-    Returns ``("relu", x, in_place)`` for ``clamp(x, min=0)``, ``x.clamp_min(0)``,
-    ``torch.maximum(x, zeros)``, ``F.threshold(x, 0, 0)`` and their in-place forms;
-    ``("other", None, False)`` for the same calls with any other bound (no deconvnet rule);
-    ``None`` for everything else."""
-    if func in _RELU_OUT_OF_PLACE or func in _RELU_IN_PLACE:
-        inplace = func in _RELU_IN_PLACE or bool(
-            kwargs.get("inplace", args[1] if func is F.relu and len(args) > 1 else False)
-        )
-        return ("relu", args[0], inplace)
-    if name not in _RELU_LIKE or not args or not isinstance(args[0], Tensor):
-        return None
-    x = args[0]
-    inplace = name.endswith("_") or bool(kwargs.get("inplace", False))
-    if name in _CLAMPS:
-        lo = kwargs.get("min", args[1] if len(args) > 1 else None)
-        hi = kwargs.get("max", args[2] if len(args) > 2 else None)
-        if hi is None and _is_zero(lo):
-            return ("relu", x, inplace)
-        return ("other", None, False)
-    if name in _UPPER_CLAMPS:
-        return ("other", None, False)
-    if name in _THRESHOLDS:
-        th = kwargs.get("threshold", args[1] if len(args) > 1 else None)
-        val = kwargs.get("value", args[2] if len(args) > 2 else None)
-        inplace = inplace or bool(len(args) > 3 and args[3])
-        if _is_zero(th) and _is_zero(val):
-            return ("relu", x, inplace)
-        return ("other", None, False)
-    other = kwargs.get("other", args[1] if len(args) > 1 else None)
-    if not isinstance(other, Tensor):
-        return None  # torch.max(x), torch.max(x, dim): reductions, not activations
-    if name in _MAXIMA:
-        for a, b in ((x, other), (other, x)):
-            if (
-                _is_zero(b)
-                and not _is_zero(a)
-                and torch.broadcast_shapes(a.shape, b.shape) == a.shape
-                and torch.result_type(a, b) == a.dtype
-            ):
-                return ("relu", a, False)
-        if _is_zero(x) and _is_zero(other):
-            return ("relu", x, False)
-        return ("other", None, False)
-    if name in _MINIMA:
-        return ("other", None, False)
-    return None
-
-
-class _Mode(TorchFunctionMode):
-    """Sees every torch call of a forward pass: swaps ReLUs, logs activations, follows RFs."""
-
-    def __init__(self, rule: ReluRule | None, stack: list[str], tracker: RFTracker | None):
-        super().__init__()
-        self.rule = rule
-        self.stack = stack
-        self.tracker = tracker
-        self.events: list[_Event] = []
-
-    def __torch_function__(
-        self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        form = _relu_form(func, name, args, kwargs)
-        if (form is not None and form[0] != "relu") or name in _NO_RULE_FUNCS:
-            if form is None or self._derived(args, kwargs):
-                self._log(name, False)
-            out = func(*args, **kwargs)
-        elif form is not None:
-            _, x, inplace = form
-            if func in _RELU_OUT_OF_PLACE or func in _RELU_IN_PLACE or self._derived(args, kwargs):
-                self._log(name + ("_" if inplace and not name.endswith("_") else ""), True)
-            if self.rule is not None and torch.is_grad_enabled() and x.requires_grad:
-                fn = _RuleReLUInPlace if inplace else _RuleReLU
-                out = fn.apply(x, self.rule)
-            else:
-                out = func(*args, **kwargs)
-        else:
-            out = func(*args, **kwargs)
-        if self.tracker is not None:
-            self.tracker.update(func, args, kwargs, out)
-        return out
-
-    def _derived(self, args: tuple, kwargs: dict) -> bool:
-        """Whether a call reads a tensor that derives from the input (so it is on some path)."""
-        for t in _tensor_args(args, kwargs):
-            if t.requires_grad or (
-                self.tracker is not None and self.tracker.meta.get(t) is not None
-            ):
-                return True
-        return False
-
-    def _log(self, func: str, supported: bool) -> None:
-        self.events.append(_Event(self.stack[-1] if self.stack else "", func, supported))
-
-
-def _tensor_args(args: tuple, kwargs: dict) -> Iterator[Tensor]:
-    for a in (*args, *kwargs.values()):
-        if isinstance(a, Tensor):
-            yield a
-        elif isinstance(a, (list, tuple)):
-            yield from (t for t in a if isinstance(t, Tensor))
-
-
-class _StopForward(Exception):
-    pass
 
 
 @dataclass
@@ -414,17 +99,37 @@ class _LayerInfo:
 class _Probe:
     layers: dict[str, _LayerInfo]
     order: list[str]
-    events: list[_Event]
+    events: list[Event]
     input_shape: tuple[int, ...]
 
 
-@dataclass
-class _PassOut:
-    target: Tensor | None = None
-    counts: Counter = field(default_factory=Counter)
-    order: list[str] = field(default_factory=list)
-    events: list[_Event] = field(default_factory=list)
-    infos: dict[str, _LayerInfo] = field(default_factory=dict)
+@dataclass(frozen=True)
+class _Seeds:
+    """A chunk of seeds: their indices in the call's seed list, images, channels, positions."""
+
+    idx: Tensor
+    img: Tensor
+    chan: Tensor
+    rows: Tensor
+    cols: Tensor
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """What the forward pass says about one layer call, for inputs of one shape.
+
+    Attributes:
+        layer: the layer call, as :meth:`Deconvnet.project` takes it.
+        out_shape: output shape without the batch dimension (``(C, h, w)`` or ``(C,)``).
+        receptive_field: the activations' receptive field, or ``None`` where it cannot be
+            followed (after a flatten or a global pooling, say).
+        calls: how many times the forward pass calls the layer's module.
+    """
+
+    layer: str
+    out_shape: tuple[int, ...]
+    receptive_field: ReceptiveField | None
+    calls: int
 
 
 # ---------------------------------------------------------------------- the handle
@@ -435,7 +140,7 @@ class Deconvnet:
 
     Attributes:
         model: the model (never modified).
-        rule: ``"deconvnet"``, ``"gradient"`` or ``"guided"``.
+        rule: ``"deconvnet"``, ``"gradient"`` or ``"guided"`` (or a registered rule's name).
         layers: projectable layer names, as ``named_modules()`` spells them, in forward order once a
             projection has run (definition order before); a module called several times per
             forward pass is listed once per call, as ``"name:0"``, ``"name:1"``...
@@ -462,16 +167,28 @@ class Deconvnet:
             )
         self.model = model
         self.rule = rule
-        self._rule_fn = get_rule(rule)
+        self._rule: Rule = get_rule(rule)
         self.strict = strict
         self.crop = crop
         self.max_memory = int(max_memory)
         self._warn = warn
         self._attached = True
+        self._index_modules()
+        self._probes: dict[tuple, _Probe] = {}
+        #: one entry per batch of seeds projected: ``(layer, (crop height, crop width), seeds,
+        #: how)`` with how ``"crop"`` (verified against the full image's values), ``"full"``
+        #: (full-image pass) or ``"fallback"`` (a crop disagreed or failed; redone on full
+        #: images). For tests and debugging; the last 10 000 batches are kept.
+        self.crop_log: deque[tuple[str, tuple[int, int], int, str]] = deque(maxlen=10_000)
+        self._warned: set[tuple[str, str]] = set()
+        self._check_rules()
+
+    def _index_modules(self) -> None:
+        """Name every submodule (first name wins for a module registered twice)."""
         self._names: dict[nn.Module, str] = {}
         self._modules: dict[str, nn.Module] = {}
-        for name, module in model.named_modules():
-            if module is model:
+        for name, module in self.model.named_modules():
+            if module is self.model:
                 continue
             self._modules[name] = module
             self._names.setdefault(module, name)
@@ -481,30 +198,27 @@ class Deconvnet:
         self._layer_names = list(self.layers)
         if not self.layers:
             raise InputError(
-                f"the model ({type(model).__name__}) has no submodules, so there is no layer to "
-                "project; build it from nn.Module layers (nn.Conv2d, nn.ReLU, ...) as attributes"
+                f"the model ({type(self.model).__name__}) has no submodules, so there is no layer "
+                "to project; build it from nn.Module layers (nn.Conv2d, nn.ReLU, ...) as attributes"
             )
-        self._probes: dict[tuple, _Probe] = {}
-        #: one entry per batch of seeds projected: ``(layer, (crop height, crop width), seeds,
-        #: how)`` with how ``"crop"`` (verified against the full image's values), ``"full"``
-        #: (full-image pass) or ``"fallback"`` (a crop disagreed or failed; redone on full
-        #: images). For tests and debugging; the last 10 000 batches are kept.
-        self.crop_log: deque[tuple[str, tuple[int, int], int, str]] = deque(maxlen=10_000)
-        self._warned: set[tuple[str, str]] = set()
-        no_rule = [n for n, m in self._modules.items() if _has_no_rule(m)]
-        if no_rule and strict:
+
+    def _check_rules(self) -> None:
+        """Refuse (strict) or warn about layers with no deconvnet rule."""
+        no_rule = [n for n, m in self._modules.items() if has_no_rule(m)]
+        if not no_rule:
+            return
+        listed = ", ".join(f"{n!r} ({type(self._modules[n]).__name__})" for n in no_rule)
+        if self.strict:
             raise UnsupportedLayerError(
-                "strict mode: these layers have no deconvnet rule: "
-                + ", ".join(f"{n!r} ({type(self._modules[n]).__name__})" for n in no_rule)
-                + "; replace them by ReLU, or attach with strict=False to use their plain gradient"
+                f"strict mode: these layers have no deconvnet rule: {listed}; replace them by "
+                "ReLU, or attach with strict=False to use their plain gradient"
             )
-        if no_rule and warn:
+        if self._warn:
             warnings.warn(
-                "no deconvnet rule for "
-                + ", ".join(f"{n!r} ({type(self._modules[n]).__name__})" for n in no_rule)
-                + ": their plain gradient is used; attach(..., strict=True) refuses such models",
+                f"no deconvnet rule for {listed}: their plain gradient is used; "
+                "attach(..., strict=True) refuses such models",
                 DeconvvizWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     # ------------------------------------------------------------------ context manager
@@ -541,7 +255,7 @@ class Deconvnet:
                 lines.append(f"  {name:<{width}}  {type(module).__name__}")
                 continue
             lines.append(
-                f"  {name:<{width}}  {type(module).__name__:<18} -> {_step_for(module, relu_step)}"
+                f"  {name:<{width}}  {type(module).__name__:<18} -> {step_for(module, relu_step)}"
             )
         if self._probes:
             probe = next(reversed(self._probes.values()))
@@ -558,110 +272,88 @@ class Deconvnet:
         return self.summary()
 
     # ------------------------------------------------------------------ passes
+    #
+    # Three kinds of forward pass, each one Tracer (which owns the hooks) entering one ReluSwap:
+    #   _trace_geometry: the whole forward, no autograd, following receptive fields;
+    #   _forward_to:     stopped after a layer (autograd with the rule's ReLUs, or values only);
+    #   _input_of:       stopped just before a layer, with autograd (the convolution shortcut).
 
-    def _run(
-        self,
-        x: Tensor,
-        target: str | None,
-        *,
-        grad: bool,
-        stop: bool,
-        track: bool = False,
-        clone_target: bool = False,
-        target_input: bool = False,
-    ) -> _PassOut:
-        """One forward pass with temporary hooks; returns the target's output and what it saw.
+    def _tracer(
+        self, rule: Rule | None, tracker: RFTracker | None = None
+    ) -> tuple[Tracer, ReluSwap]:
+        tracer = Tracer(self.model, self._names)
+        swap = ReluSwap(rule, tracer.stack, tracker)
+        tracer.mode = swap
+        return tracer, swap
 
-        Runs outside ``torch.inference_mode`` (projections need autograd): an input made inside
-        it is an inference tensor, which is copied to a normal one first."""
-        with torch.inference_mode(False):
-            if x.is_inference():
-                x = x.clone()
-            return self._run_pass(
-                x,
-                target,
-                grad=grad,
-                stop=stop,
-                track=track,
-                clone_target=clone_target,
-                target_input=target_input,
-            )
+    def _trace_geometry(self, x: Tensor) -> tuple[_Probe, Counter[str]]:
+        """One whole forward pass of ``x`` that records every layer call's geometry."""
+        tracker = RFTracker()
+        tracer, swap = self._tracer(None, tracker)
+        infos: dict[str, _LayerInfo] = {}
+        size = (int(x.shape[-2]), int(x.shape[-1]))
 
-    def _run_pass(
-        self,
-        x: Tensor,
-        target: str | None,
-        *,
-        grad: bool,
-        stop: bool,
-        track: bool,
-        clone_target: bool,
-        target_input: bool,
-    ) -> _PassOut:
-        res = _PassOut()
-        stack: list[str] = []
-        tracker = RFTracker() if track else None
-        mode = _Mode(self._rule_fn if grad else None, stack, tracker)
-        names = self._names
-        size = tuple(x.shape[-2:])
-        tname, tcall = _split_layer(target) if target is not None else (None, None)
-        want = tcall or 0
+        @tracer.on_return
+        def record(name: str, call: int, module: nn.Module, args: Any, out: Any) -> None:
+            info = _LayerInfo(events_before=len(swap.events))
+            if isinstance(out, Tensor):
+                info.out_shape = tuple(out.shape[1:])
+                info.rf = tracker.field(out, size)
+                info.bytes_per_sample = tracker.bytes_per_sample
+            infos[call_key(name, call)] = info
+            if call == 0:
+                infos[name] = info
 
-        def pre(module: nn.Module, args: Any) -> None:
-            name = names[module]
-            stack.append(name)
-            res.counts[name] += 1
-            if res.counts[name] == 1:
-                res.order.append(name)
-            if target_input and name == tname and res.counts[name] - 1 == want:
-                res.target = args[0]  # the target's input; the target itself never runs
-                raise _StopForward
+        with torch.inference_mode(False), tracer:
+            x = _normal(x)  # an input made inside torch.inference_mode cannot be recorded
+            tracker.watch(x)
+            tracer.run(x, grad=False)
+        for name, n in tracer.counts.items():
+            for key in (name, *(call_key(name, k) for k in range(n))):
+                if key in infos:
+                    infos[key].calls = n
+        probe = _Probe(infos, list(tracer.order), swap.events, tuple(x.shape[1:]))
+        return probe, Counter(tracer.counts)
 
-        def post(module: nn.Module, args: Any, out: Any) -> None:
-            name = names[module]
-            if stack and stack[-1] == name:
-                stack.pop()
-            call = res.counts[name] - 1
-            if track:
-                info = _LayerInfo(events_before=len(mode.events))
-                if isinstance(out, Tensor):
-                    info.out_shape = tuple(out.shape[1:])
-                    assert tracker is not None
-                    info.rf = tracker.field(out, size)  # type: ignore[arg-type]
-                    info.bytes_per_sample = tracker.bytes_per_sample
-                res.infos[f"{name}:{call}"] = info
-                if call == 0:
-                    res.infos[name] = info
-            if name == tname and call == want and res.target is None:
+    def _forward_to(self, x: Tensor, layer: str, *, grad: bool) -> Tensor:
+        """The output of ``layer`` (``"name"`` or ``"name:call"``), the pass stopped there.
+
+        ``grad``: recorded by autograd with the rule's ReLUs (for a backward pass); otherwise a
+        copy of the values, no graph."""
+        tracer, _ = self._tracer(self._rule if grad else None)
+        name, call = split_call(layer)
+        got: list[Tensor] = []
+
+        @tracer.on_return
+        def keep(n: str, c: int, module: nn.Module, args: Any, out: Any) -> None:
+            if n == name and c == (call or 0) and not got:
                 if not isinstance(out, Tensor):
                     raise LayerError(
                         f"layer {name!r} returns {type(out).__name__}, not a tensor; project at "
                         "one of its submodules instead"
                     )
-                res.target = out.clone() if clone_target else out
-                if stop:
-                    raise _StopForward
+                got.append(out if grad else out.clone())
 
-        handles = []
-        try:
-            for module in names:
-                handles.append(module.register_forward_pre_hook(pre))
-                handles.append(module.register_forward_hook(post))
-            grad_ctx = torch.enable_grad() if grad else torch.no_grad()
-            with eval_mode(self.model), grad_ctx, exact_cuda(x, names), mode:
-                if tracker is not None:
-                    tracker.watch(x)
-                with contextlib.suppress(_StopForward):
-                    self.model(x)
-        finally:
-            for h in handles:
-                h.remove()
-        for name, n in res.counts.items():
-            for key in (name, *(f"{name}:{k}" for k in range(n))):
-                if key in res.infos:
-                    res.infos[key].calls = n
-        res.events = mode.events
-        return res
+        with torch.inference_mode(False), tracer:
+            tracer.run(_normal(x), grad=grad, stop_after=layer)
+        assert got, f"layer {layer!r} did not run"
+        return got[0]
+
+    def _input_of(self, x: Tensor, layer: str) -> Tensor:
+        """The input of ``layer`` (recorded by autograd with the rule's ReLUs); it never runs."""
+        tracer, _ = self._tracer(self._rule)
+        name, call = split_call(layer)
+        got: list[Tensor] = []
+
+        @tracer.on_call
+        def keep(n: str, c: int, module: nn.Module, args: Any) -> None:
+            if n == name and c == (call or 0):
+                got.append(args[0])
+
+        with torch.inference_mode(False), tracer:
+            tracer.run(_normal(x), grad=True, stop_before=layer)
+        assert got, f"layer {layer!r} did not run"
+        return got[0]
 
     def _probe(self, x: Tensor) -> _Probe:
         """A full forward pass on one input, learning every layer's geometry (cached per shape)."""
@@ -670,20 +362,19 @@ class Deconvnet:
         if probe is not None:
             return probe
         try:
-            res = self._run(x[:1].detach().clone(), None, grad=False, stop=False, track=True)
+            probe, counts = self._trace_geometry(x[:1].detach().clone())
         except (DeconvvizError, KeyboardInterrupt):
             raise
         except Exception as exc:  # torch's own message, wrapped with the fix
             raise InputError(self._forward_failed(x, exc)) from exc
-        probe = _Probe(res.infos, res.order, res.events, tuple(x.shape[1:]))
         self._probes[key] = probe
         known = set(self._layer_names)
         called: list[str] = []
-        for n in res.order:
+        for n in probe.order:
             if n in known:
-                calls = res.counts[n]
-                called += [n] if calls == 1 else [f"{n}:{k}" for k in range(calls)]
-        self.layers = called + [n for n in self._layer_names if n not in res.infos]
+                calls = counts[n]
+                called += [n] if calls == 1 else [call_key(n, k) for k in range(calls)]
+        self.layers = called + [n for n in self._layer_names if n not in probe.layers]
         return probe
 
     def _forward_failed(self, x: Tensor, exc: Exception) -> str:
@@ -699,7 +390,10 @@ class Deconvnet:
 
     # ------------------------------------------------------------------ validation
 
-    def _check_input(self, x: Any) -> Tensor:
+    def check_input(self, x: Any) -> Tensor:
+        """``x`` if it is a batch the model can take (``[N, C, H, W]``, floating point, on the
+        model's device and dtype); an :class:`~deconvviz.errors.InputError` naming the fix
+        otherwise."""
         self._check_attached()
         if not isinstance(x, Tensor):
             raise InputError(f"x must be a torch.Tensor [N, C, H, W], got {type(x).__name__}")
@@ -724,10 +418,28 @@ class Deconvnet:
                 )
         return x
 
+    _check_input = check_input  # the name scan.py still uses
+
     def _layer(self, probe: _Probe, layer: str) -> _LayerInfo:
+        """The probe's record of ``layer``, once it is known to be projectable."""
         if not isinstance(layer, str):
             raise LayerError(f"layer must be a name as named_modules() spells it, got {layer!r}")
-        name, call = _split_layer(layer)
+        info = self._layer_call(probe, layer)
+        if info.out_shape is None:
+            raise LayerError(
+                f"layer {layer!r} does not return a tensor; pick one of its submodules"
+            )
+        if len(info.out_shape) not in (1, 3):
+            raise LayerError(
+                f"layer {layer!r} outputs shape [N, {', '.join(map(str, info.out_shape))}]; only "
+                "[N, C, H, W] feature maps and [N, C] vectors can be projected"
+            )
+        self._check_path(probe, info, layer)
+        return info
+
+    def _layer_call(self, probe: _Probe, layer: str) -> _LayerInfo:
+        """Resolve ``"name"`` or ``"name:call"`` to one call the forward pass makes."""
+        name, call = split_call(layer)
         if name not in self._modules:
             raise LayerError(unknown_name("layer", layer, self.layers))
         info = probe.layers.get(name)
@@ -742,42 +454,35 @@ class Deconvnet:
                 f"so its activations are ambiguous; name one call: '{name}:0' ... "
                 f"'{name}:{info.calls - 1}', in the order they run"
             )
-        if call is not None:
-            if call >= info.calls:
-                raise LayerError(
-                    f"layer {name!r} is called {info.calls} time(s) per forward pass; its calls "
-                    f"are '{name}:0' ... '{name}:{info.calls - 1}'"
-                )
-            info = probe.layers[f"{name}:{call}"]
-        if info.out_shape is None:
+        if call is None:
+            return info
+        if call >= info.calls:
             raise LayerError(
-                f"layer {layer!r} does not return a tensor; pick one of its submodules"
+                f"layer {name!r} is called {info.calls} time(s) per forward pass; its calls "
+                f"are '{name}:0' ... '{name}:{info.calls - 1}'"
             )
-        if len(info.out_shape) not in (1, 3):
-            raise LayerError(
-                f"layer {layer!r} outputs shape [N, {', '.join(map(str, info.out_shape))}]; only "
-                "[N, C, H, W] feature maps and [N, C] vectors can be projected"
-            )
+        return probe.layers[call_key(name, call)]
+
+    def _check_path(self, probe: _Probe, info: _LayerInfo, layer: str) -> None:
+        """Refuse (strict) or warn once about activations with no rule on the path to a layer."""
         unsupported = [e for e in probe.events[: info.events_before] if not e.supported]
-        if unsupported:
-            where = ", ".join(
-                sorted({f"{e.func} in {e.module or 'forward'!r}" for e in unsupported})
+        if not unsupported:
+            return
+        where = ", ".join(sorted({f"{e.func} in {e.module or 'forward'!r}" for e in unsupported}))
+        if self.strict:
+            raise UnsupportedLayerError(
+                f"strict mode: the path to {layer!r} calls activations with no deconvnet rule "
+                f"({where}); use ReLU, or attach with strict=False to use their plain gradient"
             )
-            if self.strict:
-                raise UnsupportedLayerError(
-                    f"strict mode: the path to {layer!r} calls activations with no deconvnet rule "
-                    f"({where}); use ReLU, or attach with strict=False to use their plain gradient"
-                )
-            key = (layer, where)
-            if self._warn and key not in self._warned:
-                self._warned.add(key)
-                warnings.warn(
-                    f"no deconvnet rule for {where} on the path to {layer!r}: their plain "
-                    "gradient is used; attach(..., strict=True) refuses this",
-                    DeconvvizWarning,
-                    stacklevel=4,
-                )
-        return info
+        key = (layer, where)
+        if self._warn and key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(
+                f"no deconvnet rule for {where} on the path to {layer!r}: their plain "
+                "gradient is used; attach(..., strict=True) refuses this",
+                DeconvvizWarning,
+                stacklevel=5,
+            )
 
     @staticmethod
     def _channels(channel: Any, n_channels: int) -> tuple[list[int], bool]:
@@ -798,17 +503,32 @@ class Deconvnet:
 
     # ------------------------------------------------------------------ public API
 
+    def layer_geometry(self, x: Tensor, layer: str) -> LayerGeometry:
+        """Output shape, receptive field and call count of ``layer`` for inputs shaped like
+        ``x`` (one forward pass per input shape, cached).
+
+        Example:
+            >>> dn.layer_geometry(x, "conv2").out_shape   # doctest: +SKIP
+            (64, 14, 14)
+        """
+        x = self.check_input(x)
+        info = self._layer(self._probe(x), layer)
+        assert info.out_shape is not None
+        return LayerGeometry(layer, info.out_shape, info.rf, info.calls)
+
+    def activation_calls(self, x: Tensor) -> list[Event]:
+        """The activation-function calls of the forward pass on inputs shaped like ``x``, in
+        order: where each happened (innermost module), the function, and whether it has a rule."""
+        return list(self._probe(self.check_input(x)).events)
+
     def layer_output(self, x: Tensor, layer: str) -> Tensor:
         """The output of ``layer`` for input ``x`` (forward stopped there, no autograd graph)."""
-        x = self._check_input(x)
-        probe = self._probe(x)
-        self._layer(probe, layer)
+        x = self.check_input(x)
+        self._layer(self._probe(x), layer)
         return self._values(x, layer)
 
     def _values(self, x: Tensor, layer: str) -> Tensor:
-        res = self._run(x.detach(), layer, grad=False, stop=True, clone_target=True)
-        assert res.target is not None
-        return res.target
+        return self._forward_to(x.detach(), layer, grad=False)
 
     def receptive_field(self, layer: str, input_shape: Sequence[int]) -> ReceptiveField | None:
         """Receptive field of ``layer`` for inputs of shape ``input_shape`` (``None`` when the
@@ -818,8 +538,7 @@ class Deconvnet:
         shape = tuple(int(s) for s in input_shape)
         if len(shape) == 3:
             shape = (1, *shape)
-        x = torch.zeros(shape, dtype=dtype, device=device)
-        x = self._check_input(x)
+        x = self.check_input(torch.zeros(shape, dtype=dtype, device=device))
         return self._layer(self._probe(x), layer).rf
 
     def project(
@@ -853,25 +572,45 @@ class Deconvnet:
             >>> rec.shape                                            # doctest: +SKIP
             torch.Size([8, 2, 1, 28, 28])
         """
-        x = self._check_input(x)
-        probe = self._probe(x)
-        info = self._layer(probe, layer)
+        x = self.check_input(x)
+        info = self._layer(self._probe(x), layer)
         assert info.out_shape is not None
         chans, single = self._channels(channel, info.out_shape[0])
         n, k = x.shape[0], len(chans)
         img = torch.arange(n).repeat_interleave(k)
         chan = torch.tensor(chans).repeat(n)
-        spatial = len(info.out_shape) == 3
-        expected: Tensor | None = None
-        if not spatial:
+        rows, cols, expected = self._positions(x, info, layer, img, chan, chans, position)
+        out = x.new_zeros((n * k, *x.shape[1:]))
+        for idx, grads, boxes in self._project_seeds(
+            x, info, layer, img, chan, rows, cols, expected
+        ):
+            scatter_windows(out, idx, grads, boxes)
+        out = out.view(n, k, *x.shape[1:])
+        return out[:, 0] if single else out
+
+    def _positions(
+        self,
+        x: Tensor,
+        info: _LayerInfo,
+        layer: str,
+        img: Tensor,
+        chan: Tensor,
+        chans: list[int],
+        position: tuple[int, int] | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``project``'s seeds: rows, columns and values (the given position, or the strongest
+        activation of each channel in each image)."""
+        assert info.out_shape is not None
+        count, dev = len(img), x.device
+        if len(info.out_shape) != 3:
             if position is not None:
                 raise InputError(
                     f"layer {layer!r} outputs [N, {info.out_shape[0]}] vectors, which have no "
                     "positions; drop position="
                 )
-            rows = cols = torch.zeros(n * k, dtype=torch.long)
-            expected = self._values(x, layer)[img.to(x.device), chan.to(x.device)]
-        elif position is not None:
+            zeros = torch.zeros(count, dtype=torch.long)
+            return zeros, zeros, self._values(x, layer)[img.to(dev), chan.to(dev)]
+        if position is not None:
             try:
                 r, c = (int(p) for p in position)
             except (TypeError, ValueError):
@@ -882,23 +621,15 @@ class Deconvnet:
                     f"position {(r, c)} is outside the {h}x{w} feature map of {layer!r} "
                     f"(rows 0..{h - 1}, cols 0..{w - 1})"
                 )
-            rows = torch.full((n * k,), r, dtype=torch.long)
-            cols = torch.full((n * k,), c, dtype=torch.long)
-            expected = self._values(x, layer)[img.to(x.device), chan.to(x.device), r, c]
-        else:
-            acts = self._values(x, layer)[:, chans]  # [N, K, h, w]
-            flat = acts.flatten(2)
-            best = flat.argmax(dim=2)  # first maximum on ties
-            w = acts.shape[-1]
-            rows, cols = (best // w).flatten().cpu(), (best % w).flatten().cpu()
-            expected = flat.gather(2, best.unsqueeze(2)).flatten()
-        out = x.new_zeros((n * k, *x.shape[1:]))
-        for idx, grads, boxes in self._project_seeds(
-            x, info, layer, img, chan, rows, cols, expected
-        ):
-            scatter_windows(out, idx, grads, boxes)
-        out = out.view(n, k, *x.shape[1:])
-        return out[:, 0] if single else out
+            rows = torch.full((count,), r, dtype=torch.long)
+            cols = torch.full((count,), c, dtype=torch.long)
+            return rows, cols, self._values(x, layer)[img.to(dev), chan.to(dev), r, c]
+        acts = self._values(x, layer)[:, chans]  # [N, K, h, w]
+        flat = acts.flatten(2)
+        best = flat.argmax(dim=2)  # first maximum on ties
+        w = acts.shape[-1]
+        rows, cols = (best // w).flatten().cpu(), (best % w).flatten().cpu()
+        return rows, cols, flat.gather(2, best.unsqueeze(2)).flatten()
 
     def project_seeds(
         self,
@@ -907,14 +638,19 @@ class Deconvnet:
         image: Sequence[int] | Tensor,
         channel: Sequence[int] | Tensor,
         position: Sequence[tuple[int, int]] | Tensor | None = None,
+        *,
+        values: Sequence[float] | Tensor | None = None,
     ) -> Tensor:
         """Project many single-activation seeds of ``layer`` at once.
 
         Seed ``s`` is channel ``channel[s]`` of image ``x[image[s]]``, at ``position[s]`` (by
         default its strongest activation in that image). Seeds run on receptive-field crops where
         those are smaller than the image; otherwise each image runs forward once and all of its
-        seeds share that pass (:mod:`deconvviz.batched`), and the strongest activations are found
-        in that same pass.
+        seeds share that pass (:func:`deconvviz.engine.crops.project_shared`), and the strongest
+        activations are found in that same pass.
+
+        ``values`` (with ``position``): the seeds' activation values, when known (from a dataset
+        scan, say); each crop's values are then checked against them, as :meth:`project` does.
 
         Returns:
             ``[S, C, H, W]`` projections, one per seed.
@@ -922,10 +658,49 @@ class Deconvnet:
         Example:
             >>> rec = dn.project_seeds(x, "layer3.5", [0, 0, 1], [4, 9, 4])  # doctest: +SKIP
         """
-        from deconvviz.batched import project_shared
+        windows = self.project_windows(x, layer, image, channel, position, values=values)
+        out = x.new_zeros((int(torch.as_tensor(image).numel()), *x.shape[1:]))
+        for idx, grads, boxes in windows:
+            scatter_windows(out, idx, grads, boxes)
+        return out
 
-        x = self._check_input(x)
+    def project_windows(
+        self,
+        x: Tensor,
+        layer: str,
+        image: Sequence[int] | Tensor,
+        channel: Sequence[int] | Tensor,
+        position: Sequence[tuple[int, int]] | Tensor | None = None,
+        *,
+        values: Sequence[float] | Tensor | None = None,
+    ) -> Iterator[Windows]:
+        """:meth:`project_seeds` without assembling full images: yields, batch by batch,
+        ``(seed indices, gradients [S', C, h, w], boxes)``, where the gradient of seed ``s`` is
+        nonzero only inside its box ``(y0, x0, y1, x1)`` of image ``image[s]`` (a receptive-field
+        crop, or the whole image) and is given for that box. The arguments are checked before
+        this returns.
+
+        Example:
+            >>> for idx, grads, boxes in dn.project_windows(x, "conv2", img, chan, pos):
+            ...     ...                                                   # doctest: +SKIP
+        """
+        x = self.check_input(x)
         info = self._layer(self._probe(x), layer)
+        img, chan = self._seed_index(x, info, image, channel)
+        rows, cols = self._seed_positions(info, layer, position, len(img))
+        given = None
+        if values is not None:
+            if rows is None:
+                raise InputError("values= needs position= (the values of the seeds there)")
+            given = torch.as_tensor(values, dtype=x.dtype).flatten()
+            if len(given) != len(img):
+                raise InputError(f"values must hold one value per seed ({len(img)})")
+        return self._windows(x, info, layer, img, chan, rows, cols, given)
+
+    def _seed_index(
+        self, x: Tensor, info: _LayerInfo, image: Any, channel: Any
+    ) -> tuple[Tensor, Tensor]:
+        """The seeds' image and channel indices, checked, as CPU tensors."""
         assert info.out_shape is not None
         img = torch.as_tensor(image, dtype=torch.long).flatten().cpu()
         chan = torch.as_tensor(channel, dtype=torch.long).flatten().cpu()
@@ -937,39 +712,48 @@ class Deconvnet:
         if int(img.min()) < 0 or int(img.max()) >= x.shape[0]:
             raise InputError(f"image indices must lie in 0..{x.shape[0] - 1} (x has {x.shape[0]})")
         self._channels(chan.tolist(), info.out_shape[0])
-        n_seeds, (h, w) = len(img), (int(x.shape[-2]), int(x.shape[-1]))
-        spatial = len(info.out_shape) == 3
-        rows: Tensor | None = None
-        cols: Tensor | None = None
-        if position is not None:
-            if not spatial:
-                raise InputError(f"layer {layer!r} outputs vectors, which have no positions")
-            pos = torch.as_tensor(position, dtype=torch.long).reshape(n_seeds, 2).cpu()
-            rows, cols = pos[:, 0], pos[:, 1]
-            fh, fw = info.out_shape[1:]
-            if not (((rows >= 0) & (rows < fh) & (cols >= 0) & (cols < fw)).all()):
-                raise InputError(f"positions must lie in the {fh}x{fw} feature map of {layer!r}")
-        zero = torch.zeros(1, dtype=torch.long)
-        full = not spatial or self._crop_boxes(info, zero, zero, (h, w))[0] == (0, 0, h, w)
-        out = x.new_zeros((n_seeds, *x.shape[1:]))
-        if full:
-            for idx, grads, boxes, *_ in project_shared(
-                self, x, info, layer, img, chan, rows, cols, list(range(n_seeds)), exact_cuda
-            ):
-                scatter_windows(out, idx, grads, boxes)
-            return out
-        expected = None
+        return img, chan
+
+    @staticmethod
+    def _seed_positions(
+        info: _LayerInfo, layer: str, position: Any, n_seeds: int
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The seeds' rows and columns, checked; ``None`` when not given (the strongest)."""
+        assert info.out_shape is not None
+        if position is None:
+            return None, None
+        if len(info.out_shape) != 3:
+            raise InputError(f"layer {layer!r} outputs vectors, which have no positions")
+        pos = torch.as_tensor(position, dtype=torch.long).reshape(n_seeds, 2).cpu()
+        rows, cols = pos[:, 0], pos[:, 1]
+        fh, fw = info.out_shape[1:]
+        if not (((rows >= 0) & (rows < fh) & (cols >= 0) & (cols < fw)).all()):
+            raise InputError(f"positions must lie in the {fh}x{fw} feature map of {layer!r}")
+        return rows, cols
+
+    def _windows(
+        self,
+        x: Tensor,
+        info: _LayerInfo,
+        layer: str,
+        img: Tensor,
+        chan: Tensor,
+        rows: Tensor | None,
+        cols: Tensor | None,
+        values: Tensor | None,
+    ) -> Iterator[Windows]:
+        """Seeds on whole images (one shared forward per image), or on crops."""
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if self._whole_image(info, (h, w)):
+            yield from self._project_full(x, info, layer, img, chan, rows, cols, range(len(img)))
+            return
         if rows is None or cols is None:
             acts = self._values(x, layer)[img.to(x.device), chan.to(x.device)]  # [S, h, w]
             flat = acts.flatten(1)
             best = flat.argmax(dim=1)
             rows, cols = (best // acts.shape[-1]).cpu(), (best % acts.shape[-1]).cpu()
-            expected = flat.gather(1, best.unsqueeze(1)).flatten()
-        for idx, grads, boxes in self._project_seeds(
-            x, info, layer, img, chan, rows, cols, expected
-        ):
-            scatter_windows(out, idx, grads, boxes)
-        return out
+            values = flat.gather(1, best.unsqueeze(1)).flatten()
+        yield from self._project_seeds(x, info, layer, img, chan, rows, cols, values)
 
     # ------------------------------------------------------------------ the batched reverse pass
 
@@ -983,103 +767,116 @@ class Deconvnet:
         rows: Tensor,
         cols: Tensor,
         expected: Tensor | None = None,
-    ) -> Iterator[tuple[Tensor, Tensor, list[tuple[int, int, int, int]]]]:
+    ) -> Iterator[Windows]:
         """Project seeds ``(img[s], chan[s], rows[s], cols[s])`` of ``layer``, in chunks.
 
-        Yields ``(seed indices, gradients, boxes)``: the gradient of seed ``s`` is nonzero only
-        inside ``boxes[j] = (y0, x0, y1, x1)`` of image ``img[s]`` and is given for that box.
+        Seeds whose crop is the whole image share each image's forward pass; the others run on
+        crops of equal size together, as many as the memory budget allows. ``expected``: the
+        seeds' values on the full images, which each crop's values are checked against.
         """
-        h, w = x.shape[-2:]
+        h, w = int(x.shape[-2]), int(x.shape[-1])
         boxes = self._crop_boxes(info, rows, cols, (h, w))
-        per_sample = max(info.bytes_per_sample, 1) * 4  # forward, graph, gradients
         groups: dict[tuple[int, int], list[int]] = {}
         for s, (y0, x0, y1, x1) in enumerate(boxes):
             groups.setdefault((y1 - y0, x1 - x0), []).append(s)
+        per_sample = max(info.bytes_per_sample, 1) * 4  # forward, graph, gradients
         for (bh, bw), members in groups.items():
             if (bh, bw) == (h, w):  # crops cannot help: share each image's forward
-                from deconvviz.batched import project_shared
-
-                for idx, grads, sub, *_ in project_shared(
-                    self, x, info, layer, img, chan, rows, cols, members, exact_cuda
-                ):
-                    yield idx, grads, sub
+                yield from self._project_full(x, info, layer, img, chan, rows, cols, members)
                 continue
             cost = per_sample * bh * bw / (h * w)
             chunk = max(1, min(len(members), int(self.max_memory // max(cost, 1))))
             for start in range(0, len(members), chunk):
                 idx = torch.tensor(members[start : start + chunk])
-                sub = [boxes[i] for i in idx.tolist()]
-                crops = gather_windows(x, img[idx], sub)
-                jr = info.rf.jump[0] if info.rf is not None else 1
-                jc = info.rf.jump[1] if info.rf is not None else 1
-                prow = rows[idx] - torch.tensor([b[0] for b in sub]) // jr
-                pcol = cols[idx] - torch.tensor([b[1] for b in sub]) // jc
-                cropped = (bh, bw) != (h, w)
+                seeds = _Seeds(idx, img[idx], chan[idx], rows[idx], cols[idx])
                 given = None if expected is None else expected[idx.to(expected.device)]
-                try:
-                    grads, values = self._backward(crops, layer, chan[idx], prow, pcol, given)
-                except (KeyboardInterrupt, LayerError):
-                    raise
-                except Exception:
-                    if not cropped:
-                        raise
-                    # The model refuses inputs of another size (a shape check in its forward,
-                    # say): project on full images instead, for this layer from now on.
-                    info.crop_ok = False
-                    grads, _ = self._backward(
-                        x[img[idx]], layer, chan[idx], rows[idx], cols[idx], given
-                    )
-                    self.crop_log.append((layer, (h, w), len(idx), "fallback"))
-                    yield idx, grads, [(0, 0, h, w)] * len(idx)
-                    continue
-                if expected is not None and cropped:
-                    want = expected[idx.to(expected.device)].to(values.device, values.dtype)
-                    if not _same_values(values, want):
-                        warnings.warn(
-                            f"receptive-field crops of {layer!r} disagreed with the full image; "
-                            "falling back to full-image projections (please report this model)",
-                            DeconvvizWarning,
-                            stacklevel=2,
-                        )
-                        info.crop_ok = False
-                        full = [(0, 0, h, w)] * len(idx)
-                        grads, _ = self._backward(
-                            x[img[idx]], layer, chan[idx], rows[idx], cols[idx], given
-                        )
-                        self.crop_log.append((layer, (h, w), len(idx), "fallback"))
-                        yield idx, grads, full
-                        continue
-                self.crop_log.append((layer, (bh, bw), len(idx), "crop" if cropped else "full"))
-                yield idx, grads, sub
+                sub = [boxes[i] for i in idx.tolist()]
+                yield self._project_crops(x, info, layer, seeds, sub, given)
+
+    def _project_crops(
+        self,
+        x: Tensor,
+        info: _LayerInfo,
+        layer: str,
+        seeds: _Seeds,
+        boxes: list[Box],
+        given: Tensor | None,
+    ) -> Windows:
+        """One chunk of seeds on equally sized crops, each checked against ``given`` values;
+        redone on full images when the model refuses the crops or they disagree."""
+        crops = gather_windows(x, seeds.img, boxes)
+        jr, jc = info.rf.jump if info.rf is not None else (1, 1)
+        prow = seeds.rows - torch.tensor([b[0] for b in boxes]) // jr
+        pcol = seeds.cols - torch.tensor([b[1] for b in boxes]) // jc
+        try:
+            grads, values = self._backward(crops, layer, seeds.chan, prow, pcol, given)
+        except (KeyboardInterrupt, LayerError):
+            raise
+        except Exception:
+            # The model refuses inputs of another size (a shape check in its forward, say)
+            return self._project_fallback(x, info, layer, seeds, given)
+        if given is not None and not same_values(values, given.to(values.device, values.dtype)):
+            warnings.warn(
+                f"receptive-field crops of {layer!r} disagreed with the full image; "
+                "falling back to full-image projections (please report this model)",
+                DeconvvizWarning,
+                stacklevel=4,
+            )
+            return self._project_fallback(x, info, layer, seeds, given)
+        bh, bw = boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1]
+        self.crop_log.append((layer, (bh, bw), len(seeds.idx), "crop"))
+        return seeds.idx, grads, boxes
+
+    def _project_fallback(
+        self, x: Tensor, info: _LayerInfo, layer: str, seeds: _Seeds, given: Tensor | None
+    ) -> Windows:
+        """Seeds whose crops failed, on full images; this layer uses full images from now on."""
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        info.crop_ok = False
+        grads, _ = self._backward(x[seeds.img], layer, seeds.chan, seeds.rows, seeds.cols, given)
+        self.crop_log.append((layer, (h, w), len(seeds.idx), "fallback"))
+        return seeds.idx, grads, [(0, 0, h, w)] * len(seeds.idx)
+
+    def _project_full(
+        self,
+        x: Tensor,
+        info: _LayerInfo,
+        layer: str,
+        img: Tensor,
+        chan: Tensor,
+        rows: Tensor | None,
+        cols: Tensor | None,
+        members: Sequence[int],
+    ) -> Iterator[Windows]:
+        """The one whole-image path: each image forward once, its seeds share that pass."""
+        yield from project_shared(
+            lambda xin: self._forward_to(xin, layer, grad=True),
+            x,
+            img,
+            chan,
+            rows,
+            cols,
+            list(members),
+            bytes_per_sample=info.bytes_per_sample,
+            max_memory=self.max_memory,
+            modules=self._names,
+        )
+        self.crop_log.append((layer, (int(x.shape[-2]), int(x.shape[-1])), len(members), "full"))
+
+    def _whole_image(self, info: _LayerInfo, size: tuple[int, int]) -> bool:
+        """Whether every seed of the layer runs on the whole image (no crop can help)."""
+        assert info.out_shape is not None
+        zero = torch.zeros(1, dtype=torch.long)
+        whole = (0, 0, *size)
+        return len(info.out_shape) != 3 or self._crop_boxes(info, zero, zero, size)[0] == whole
 
     def _crop_boxes(
         self, info: _LayerInfo, rows: Tensor, cols: Tensor, size: tuple[int, int]
-    ) -> list[tuple[int, int, int, int]]:
-        """Per seed, the aligned input crop that holds its whole receptive field."""
-        h, w = size
-        rf = info.rf
-        full = (0, 0, h, w)
-        if not self.crop or rf is None or not info.crop_ok:
-            return [full] * len(rows)
-        sides = []
-        for dim, total in ((0, h), (1, w)):
-            jump, start, end = rf.jump[dim], rf.start[dim], rf.end[dim]
-            # the receptive field, plus the offset of its start from the stride grid (crops must
-            # start on the grid so that pooling windows and padded borders stay those of the
-            # full image; every receptive field starts at the same offset from it)
-            span = end - start + 1 + start % jump
-            if span >= 0.75 * total:
-                return [full] * len(rows)
-            pos = (rows if dim == 0 else cols).tolist()
-            last = max(0, (total - span) // jump * jump)  # aligned origin of the end crops
-            side = []
-            for p in pos:
-                lo = p * jump + start
-                o = max(0, lo // jump * jump)
-                o = min(o, last)
-                side.append((o, min(total, max(o + span, total if o == last else 0))))
-            sides.append(side)
-        return [(a[0], b[0], a[1], b[1]) for a, b in zip(sides[0], sides[1], strict=True)]
+    ) -> list[Box]:
+        """Per seed, the aligned input crop that holds its whole receptive field (the whole
+        image where crops are off, unknown, or failed before for this layer)."""
+        usable = self.crop and info.crop_ok
+        return crop_boxes(info.rf if usable else None, rows, cols, size)
 
     def _backward(
         self,
@@ -1107,12 +904,10 @@ class Deconvnet:
             chan, prow, pcol = (_normal(t) for t in (chan, prow, pcol))
             values = None if values is None else _normal(values)
             xin = inp.detach().clone().requires_grad_(True)
-            module = self._modules[_split_layer(layer)[0]]
-            if values is not None and _plain_conv(module):
+            module = self._modules[split_call(layer)[0]]
+            if values is not None and plain_conv(module):
                 return self._backward_conv(xin, module, layer, chan, prow, pcol, values)  # type: ignore[arg-type]
-            res = self._run(xin, layer, grad=True, stop=True)
-            out = res.target
-            assert out is not None
+            out = self._forward_to(xin, layer, grad=True)
             b = torch.arange(out.shape[0], device=out.device)
             chan = chan.to(out.device)
             if out.dim() == 4:
@@ -1122,11 +917,17 @@ class Deconvnet:
             own = out[index].detach()
             seed = torch.zeros_like(out)
             seed[index] = own
-            if not out.requires_grad:
-                return torch.zeros_like(xin).detach(), own
-            with torch.enable_grad(), exact_cuda(xin, self._names):
-                (g,) = torch.autograd.grad(out, xin, seed, allow_unused=True)
-            return (torch.zeros_like(xin).detach() if g is None else g.detach()), own
+            return self._grad(out, xin, seed), own
+
+    def _grad(self, out: Tensor, xin: Tensor, seed: Tensor) -> Tensor:
+        """The reverse path of ``seed`` from ``out`` back to ``xin`` (zeros where none leads)."""
+        if out is xin:
+            return seed.detach()
+        if not out.requires_grad:
+            return torch.zeros_like(xin).detach()
+        with torch.enable_grad(), exact_cuda(xin, self._names):
+            (g,) = torch.autograd.grad(out, xin, seed, allow_unused=True)
+        return torch.zeros_like(xin).detach() if g is None else g.detach()
 
     def _backward_conv(
         self,
@@ -1139,21 +940,13 @@ class Deconvnet:
         values: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """``_backward`` for a plain convolution: its filters placed at the seeds, no conv run."""
-        res = self._run(xin, layer, grad=True, stop=True, target_input=True)
-        tin = res.target
-        assert tin is not None
+        tin = self._input_of(xin, layer)
         unit = place_filters(module, tin.shape, chan, prow, pcol, torch.ones_like(values))
         own = (unit * tin.detach()).sum(dim=(1, 2, 3))
         if module.bias is not None:
             own = own + module.bias.detach()[chan.to(own.device)]
         seed_in = unit * values.to(unit.device, unit.dtype).view(-1, 1, 1, 1)
-        if tin is xin:
-            return seed_in.detach(), own
-        if not tin.requires_grad:
-            return torch.zeros_like(xin).detach(), own
-        with torch.enable_grad(), exact_cuda(xin, self._names):
-            (g,) = torch.autograd.grad(tin, xin, seed_in, allow_unused=True)
-        return (torch.zeros_like(xin).detach() if g is None else g.detach()), own
+        return self._grad(tin, xin, seed_in), own
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -1184,177 +977,6 @@ def batch_images(batch: Any) -> Tensor:
 def _normal(t: Tensor) -> Tensor:
     """``t``, or a normal copy of it when it was made inside ``torch.inference_mode``."""
     return t.clone() if t.is_inference() else t
-
-
-def _same_values(got: Tensor, want: Tensor) -> bool:
-    """Whether activations computed on crops equal the full image's, up to rounding.
-
-    The tolerance is ``sqrt(eps)`` of the dtype (1.5e-8 in float64, 3.5e-4 in float32), relative
-    to each value and to the largest value of the batch: rounding differs between a crop and the
-    full image (another summation order), a wrong crop changes values at the scale of the layer.
-    """
-    if got.shape != want.shape:
-        return False
-    if not got.is_floating_point():
-        return bool(torch.equal(got, want))
-    r = float(torch.finfo(got.dtype).eps) ** 0.5
-    scale = float(torch.maximum(want.abs().max(), got.abs().max()))
-    return bool(torch.allclose(got, want, rtol=r, atol=r * scale))
-
-
-def _split_layer(layer: str) -> tuple[str, int | None]:
-    """``"layer1.0.relu:1"`` -> ``("layer1.0.relu", 1)``; a plain name -> ``(name, None)``."""
-    name, sep, call = layer.rpartition(":")
-    if sep and call.isdigit():
-        return name, int(call)
-    return layer, None
-
-
-def _hooked(module: nn.Module) -> bool:
-    """Whether forward or backward hooks (the module's own or global ones) may change what the
-    module computes."""
-    own = (
-        module._forward_hooks,
-        module._forward_pre_hooks,
-        module._backward_hooks,
-        module._backward_pre_hooks,
-    )
-    glob = torch.nn.modules.module
-    global_ = (
-        getattr(glob, name, None)
-        for name in (
-            "_global_forward_hooks",
-            "_global_forward_pre_hooks",
-            "_global_backward_hooks",
-            "_global_backward_pre_hooks",
-        )
-    )
-    return any(bool(d) for d in own) or any(bool(d) for d in global_)
-
-
-def _plain_conv(module: nn.Module) -> bool:
-    """A Conv2d whose forward is PyTorch's own, with zero padding given as numbers, and no hooks
-    that could change its input or output."""
-    return (
-        isinstance(module, nn.Conv2d)
-        and not _hooked(module)
-        and type(module).forward is nn.Conv2d.forward
-        and type(module)._conv_forward is nn.Conv2d._conv_forward
-        and module.padding_mode == "zeros"
-        and not isinstance(module.padding, str)
-    )
-
-
-def place_filters(
-    conv: nn.Conv2d,
-    input_shape: Sequence[int],
-    channel: Tensor,
-    row: Tensor,
-    col: Tensor,
-    value: Tensor,
-) -> Tensor:
-    """The transposed filters of ``conv`` applied to one-activation seeds, without a convolution.
-
-    Seed ``s`` is ``value[s]`` at ``(channel[s], row[s], col[s])`` of the convolution's output;
-    the result ``[S, in_channels, H, W]`` is filter ``channel[s]`` scaled by the value and placed
-    where that output looked (stride, padding, dilation and groups honoured). Equal to
-    ``transposed_conv2d`` of the one-hot seeds (tested).
-    """
-    weight = conv.weight.detach()
-    s_count = len(channel)
-    cin, h, w = int(input_shape[1]), int(input_shape[-2]), int(input_shape[-1])
-    groups = conv.groups
-    cin_g = cin // groups
-    kh, kw = weight.shape[-2:]
-    sh, sw = (int(v) for v in conv.stride)
-    ph, pw = (int(v) for v in conv.padding)  # a number pair: _plain_conv refused "same"
-    dh, dw = (int(v) for v in conv.dilation)
-    dev = weight.device
-    channel, row, col = channel.to(dev), row.to(dev), col.to(dev)
-    filt = weight[channel] * value.to(dev, weight.dtype).view(-1, 1, 1, 1)  # [S, cin_g, kh, kw]
-    rows = (row * sh)[:, None] + torch.arange(kh, device=dev) * dh  # padded coordinates
-    cols = (col * sw)[:, None] + torch.arange(kw, device=dev) * dw
-    # every output position's window lies inside the padded input, so this canvas holds it
-    canvas = weight.new_zeros((s_count, h + 2 * ph, w + 2 * pw, cin_g))
-    canvas[torch.arange(s_count, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]] = (
-        filt.permute(0, 2, 3, 1)
-    )
-    inner = canvas[:, ph : ph + h, pw : pw + w].permute(0, 3, 1, 2)  # [S, cin_g, h, w]
-    if groups == 1:
-        return inner.contiguous()
-    out = weight.new_zeros((s_count, groups, cin_g, h, w))
-    group = channel // (conv.out_channels // groups)
-    out[torch.arange(s_count, device=dev), group] = inner
-    return out.view(s_count, cin, h, w)
-
-
-def _window_index(
-    boxes: Sequence[tuple[int, int, int, int]], device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """Row and column indices ``[S, h, 1]`` and ``[S, 1, w]`` of equally sized boxes."""
-    y0, x0, y1, x1 = (torch.tensor(v, device=device) for v in zip(*boxes, strict=True))
-    h, w = int(y1[0] - y0[0]), int(x1[0] - x0[0])
-    rows = y0[:, None] + torch.arange(h, device=device)
-    cols = x0[:, None] + torch.arange(w, device=device)
-    return rows[:, :, None], cols[:, None, :]
-
-
-def gather_windows(x: Tensor, img: Tensor, boxes: Sequence[tuple[int, int, int, int]]) -> Tensor:
-    """``[S, C, h, w]`` crops ``x[img[s], :, y0:y1, x0:x1]`` of equally sized boxes, in one op."""
-    rows, cols = _window_index(boxes, x.device)
-    picked = x.permute(0, 2, 3, 1)[img.to(x.device)[:, None, None], rows, cols]  # [S, h, w, C]
-    return picked.permute(0, 3, 1, 2).contiguous()
-
-
-def scatter_windows(
-    out: Tensor, idx: Tensor, values: Tensor, boxes: Sequence[tuple[int, int, int, int]]
-) -> None:
-    """``out[idx[s], :, y0:y1, x0:x1] = values[s]`` for equally sized boxes, in one op."""
-    rows, cols = _window_index(boxes, out.device)
-    view = out.permute(0, 2, 3, 1)  # a view: writing into it writes into out
-    view[idx.to(out.device)[:, None, None], rows, cols] = values.permute(0, 2, 3, 1)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode; every module's ``training`` flag is restored afterwards.
-
-    Example:
-        >>> with eval_mode(model), torch.no_grad():   # doctest: +SKIP
-        ...     logits = model(x)
-    """
-    saved = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
-
-
-@contextlib.contextmanager
-def exact_cuda(x: Tensor, modules: Any) -> Iterator[None]:
-    """Context for passes whose numbers must not depend on the device.
-
-    On CUDA: full-precision float32 (no TF32, which changes projections by several percent),
-    and cuDNN off where RNNs must run backward in eval mode (captum#328). Restored after."""
-    if not x.is_cuda:
-        yield
-        return
-    cudnn = torch.backends.cudnn
-    rnn = any(isinstance(m, nn.RNNBase) for m in modules)
-    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        with cudnn.flags(
-            enabled=cudnn.enabled and not rnn,
-            benchmark=cudnn.benchmark,
-            deterministic=cudnn.deterministic,
-            allow_tf32=False,
-        ):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
 
 
 def attach(
@@ -1401,3 +1023,20 @@ def layer_output(model: nn.Module, x: Tensor, layer: str) -> Tensor:
     """
     with Deconvnet(model, warn=False) as dn:
         return dn.layer_output(x, layer)
+
+
+def receptive_field(
+    model: nn.Module, layer: str, input_shape: tuple[int, ...]
+) -> ReceptiveField | None:
+    """The receptive field of ``layer``'s activations for inputs of ``input_shape``.
+
+    Returns ``None`` when the layer's output is not a spatial map whose receptive field can be
+    followed (after a flatten or a global pooling, say).
+
+    Example:
+        >>> rf = receptive_field(model, "conv2", (1, 1, 28, 28))  # doctest: +SKIP
+        >>> rf.size, rf.jump                                      # doctest: +SKIP
+        ((14, 14), (2, 2))
+    """
+    with attach(model, warn=False) as dn:
+        return dn.receptive_field(layer, input_shape)

@@ -12,6 +12,9 @@ flatten, resizing, padding, rolls, ``narrow``, ``index_select``...), indexing th
 taken from), constants that vary along H or W (a row mask, a positional ramp, coordinate
 channels, even when they broadcast from ``[H, 1]``) and concatenation along H or W. In-place ops
 carry their verdict to every tensor that shares the mutated storage.
+
+This module imports nothing of the engine; :func:`deconvviz.receptive_field` (a model and a layer
+name in, a field out) lives with :func:`~deconvviz.engine.deconvnet.attach`, which it uses.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
+
+__all__ = ["UNKNOWN", "RFTracker", "ReceptiveField"]
 
 
 @dataclass(frozen=True)
@@ -395,22 +399,3 @@ def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any) -> Any:
     if len(args) > pos:
         return args[pos]
     return default
-
-
-def receptive_field(
-    model: torch.nn.Module, layer: str, input_shape: tuple[int, ...]
-) -> ReceptiveField | None:
-    """The receptive field of ``layer``'s activations for inputs of ``input_shape``.
-
-    Returns ``None`` when the layer's output is not a spatial map whose receptive field can be
-    followed (after a flatten or a global pooling, say).
-
-    Example:
-        >>> rf = receptive_field(model, "conv2", (1, 1, 28, 28))  # doctest: +SKIP
-        >>> rf.size, rf.jump                                      # doctest: +SKIP
-        ((14, 14), (2, 2))
-    """
-    from deconvviz.engine import attach
-
-    with attach(model, warn=False) as dn:
-        return dn.receptive_field(layer, input_shape)

@@ -14,8 +14,8 @@ residual add, concat
 ========================  ===================================================================
 
 Every linear step is exactly the autograd backward of its forward op, so the engine
-(:mod:`deconvviz.engine`) lets autograd do them and replaces only the ReLU backward by one of
-the rules registered here:
+(:mod:`deconvviz.engine.deconvnet`) lets autograd do them and replaces only the ReLU backward by
+one of the rules registered here:
 
 ==============  =================================  ================================
 rule            ReLU backward                      reference
@@ -24,11 +24,17 @@ rule            ReLU backward                      reference
 ``gradient``    ``g * (x > 0)``                    Simonyan et al. 2013 (saliency)
 ``guided``      ``relu(g) * (x > 0)``              Springenberg et al. 2014
 ==============  =================================  ================================
+
+Each rule is a :class:`Rule` object in one registry; a plugin adds its own with
+:func:`register_rule` **at import time** (before the CLI builds its ``--rule`` choices, which
+:func:`rule_names` lists when the command line is parsed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,14 +45,19 @@ from deconvviz.errors import DeconvvizError, InputError, unknown_name
 __all__ = [
     "ReluRule",
     "RULES",
+    "Rule",
+    "RuleReLU",
+    "describe_rule",
     "get_rule",
     "register_rule",
+    "rule_names",
     "rectify",
     "unpool2d",
     "transposed_conv2d",
+    "uses_mask",
 ]
 
-#: A ReLU backward rule: ``rule(grad_output, forward_mask) -> grad_input`` where
+#: A ReLU backward function: ``fn(grad_output, forward_mask) -> grad_input`` where
 #: ``forward_mask`` is ``x > 0`` for the ReLU's forward input ``x`` (``None`` for rules
 #: registered with ``uses_mask=False``, which need not keep the forward pass's output).
 ReluRule = Callable[[Tensor, Tensor | None], Tensor]
@@ -165,6 +176,51 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 # --------------------------------------------------------------------------- ReLU rules
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A ReLU backward rule of the reverse path.
+
+    Attributes:
+        name: how ``attach(model, rule=...)`` and ``--rule`` name it.
+        backward: ``backward(grad_output, forward_mask) -> grad_input``.
+        description: one line saying what the ReLU backward does (``Deconvnet.summary``).
+        needs_mask: whether ``backward`` reads the forward mask ``x > 0``; when not, the engine
+            does not keep the ReLU's output for the backward pass and passes ``None``.
+    """
+
+    name: str
+    backward: ReluRule
+    description: str
+    needs_mask: bool = True
+
+    def __call__(self, grad: Tensor, mask: Tensor | None) -> Tensor:
+        return self.backward(grad, mask)
+
+
+class RuleReLU(torch.autograd.Function):
+    """ReLU forward (in place or not); backward by a :class:`Rule`.
+
+    ``nn.ReLU(inplace=True)`` and ``relu_`` keep their in-place forward; the backward is the
+    same for both."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, rule: Rule, inplace: bool) -> Tensor:
+        if inplace:
+            out = x.relu_()
+            ctx.mark_dirty(x)
+        else:
+            out = torch.relu(x)
+        ctx.rule = rule
+        if rule.needs_mask:
+            ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        mask = ctx.saved_tensors[0] > 0 if ctx.saved_tensors else None
+        return ctx.rule(grad, mask), None, None
+
+
 def _deconvnet(grad: Tensor, mask: Tensor | None) -> Tensor:
     return torch.relu(grad)
 
@@ -179,45 +235,61 @@ def _guided(grad: Tensor, mask: Tensor | None) -> Tensor:
     return torch.relu(grad) * mask
 
 
-RULES: dict[str, ReluRule] = {}
-_DESCRIPTIONS: dict[str, str] = {}
-_MASKLESS: set[int] = set()
+#: The one registry: rule name -> :class:`Rule`.
+RULES: dict[str, Rule] = {}
 
 
-def register_rule(name: str, rule: ReluRule, description: str, *, uses_mask: bool = True) -> None:
-    """Register a ReLU backward rule under ``name`` (duplicate names are refused).
+def register_rule(
+    name: str | Rule,
+    rule: ReluRule | None = None,
+    description: str = "",
+    *,
+    uses_mask: bool = True,
+) -> Rule:
+    """Register a ReLU backward rule (duplicate names are refused); returns its :class:`Rule`.
 
-    ``uses_mask=False`` declares that the rule ignores the forward mask; the engine then does
-    not keep the ReLU's output for the backward pass and passes ``None``.
+    Either ``register_rule(Rule(...))`` or ``register_rule(name, fn, description,
+    uses_mask=...)``. ``uses_mask=False`` declares that ``fn`` ignores the forward mask.
+    Register at import time of your plugin, before ``attach`` or the CLI need the name.
 
     Example:
         >>> register_rule("abs", lambda g, m: g.abs(), "abs(g)", uses_mask=False)  # doctest: +SKIP
     """
-    if name in RULES:
-        raise DeconvvizError(f"a rule named {name!r} is already registered; pick another name")
-    RULES[name] = rule
-    _DESCRIPTIONS[name] = description
-    if not uses_mask:
-        _MASKLESS.add(id(rule))
+    if isinstance(name, Rule):
+        entry = name
+    else:
+        if rule is None:
+            raise InputError("register_rule needs a backward: register_rule(name, fn, description)")
+        entry = Rule(name, rule, description, uses_mask)
+    if entry.name in RULES:
+        raise DeconvvizError(
+            f"a rule named {entry.name!r} is already registered; pick another name"
+        )
+    RULES[entry.name] = entry
+    return entry
 
 
-def uses_mask(rule: ReluRule) -> bool:
-    """Whether ``rule`` needs the forward mask ``x > 0``."""
-    return id(rule) not in _MASKLESS
+def rule_names() -> list[str]:
+    """Names of the registered rules, in registration order."""
+    return list(RULES)
 
 
-def get_rule(name: str) -> ReluRule:
-    """The ReLU backward rule registered under ``name``."""
+def get_rule(name: str) -> Rule:
+    """The rule registered under ``name`` (callable as ``rule(grad, mask)``)."""
     try:
         return RULES[name]
-    except KeyError:
-        raise InputError(unknown_name("rule", name, RULES)) from None
+    except (KeyError, TypeError):
+        raise InputError(unknown_name("rule", str(name), RULES)) from None
+
+
+def uses_mask(rule: str | Rule) -> bool:
+    """Whether ``rule`` (a :class:`Rule` or a registered name) needs the forward mask ``x > 0``."""
+    return (rule if isinstance(rule, Rule) else get_rule(rule)).needs_mask
 
 
 def describe_rule(name: str) -> str:
     """One line saying what the ReLU backward of rule ``name`` does."""
-    get_rule(name)
-    return _DESCRIPTIONS[name]
+    return get_rule(name).description
 
 
 register_rule("deconvnet", _deconvnet, "rectify: relu(signal) (Zeiler & Fergus)", uses_mask=False)

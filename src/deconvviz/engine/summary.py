@@ -3,7 +3,7 @@
 Like ``torchinfo``'s summary, but about the deconvnet: for every layer (a module called several
 times per forward pass gets one row per call, ``"name:0"``, ``"name:1"``...) its type, output
 shape for a given input, receptive field (size and stride in input pixels, from
-:mod:`deconvviz.receptive`), the reverse step it gets, and the activation calls that have no
+:mod:`deconvviz.engine.receptive`), the reverse step it gets, and the activation calls that have no
 deconvnet rule. Everything comes from the engine's own probe pass, so it is what ``project``
 will do.
 
@@ -27,6 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from deconvviz.engine.deconvnet import Deconvnet, DeconvvizWarning, attach, model_device_dtype
+from deconvviz.engine.rules import describe_rule
+from deconvviz.engine.support import step_for
+from deconvviz.engine.tracer import split_call
 from deconvviz.errors import LayerError, unknown_name
 
 __all__ = ["LayerRow", "LayerTable", "layer_table"]
@@ -154,41 +158,34 @@ def layer_table(
     Raises:
         InputError: the model cannot take such an input (the message says why).
     """
-    from deconvviz.engine import DeconvvizWarning, _step_for, attach, model_device_dtype
-    from deconvviz.rules import describe_rule
-
     shape = tuple(int(s) for s in input_shape)
     device, dtype = model_device_dtype(model)
     with warnings.catch_warnings(), attach(model, rule=rule, warn=False) as dn:
         warnings.simplefilter("ignore", DeconvvizWarning)  # the table lists them instead
-        x = dn._check_input(torch.zeros((1, *shape), dtype=dtype, device=device))
-        probe = dn._probe(x)
-        relu_step = describe_rule(rule)
-        modules = dict(model.named_modules())
-        rows = []
-        for name in dn.layers:
-            info = dn._layer(probe, name)
-            module = modules[name.rsplit(":", 1)[0] if ":" in name else name]
-            rf = info.rf
-            rows.append(
-                LayerRow(
-                    name=name,
-                    type=type(module).__name__,
-                    out_shape=info.out_shape,
-                    rf_size=None if rf is None else rf.size,
-                    rf_stride=None if rf is None else rf.jump,
-                    step=_step_for(module, relu_step),
-                )
-            )
-        counts: dict[tuple[str, str], int] = {}
-        for e in probe.events:
-            if not e.supported:
-                counts[(e.func, e.module)] = counts.get((e.func, e.module), 0) + 1
-        no_rule = tuple(
-            f"{func} in {where or 'the forward'!r} x{n}" for (func, where), n in counts.items()
-        )
-        no_rule += tuple(
-            f"{r.name} ({r.type})" for r in rows if r.step.startswith("NO deconvnet rule")
-        )
+        x = dn.check_input(torch.zeros((1, *shape), dtype=dtype, device=device))
+        events = dn.activation_calls(x)
+        rows = tuple(_row(dn, x, name, describe_rule(rule)) for name in dn.layers)
+    counts: dict[tuple[str, str], int] = {}
+    for e in events:
+        if not e.supported:
+            counts[(e.func, e.module)] = counts.get((e.func, e.module), 0) + 1
+    no_rule = tuple(
+        f"{func} in {where or 'the forward'!r} x{n}" for (func, where), n in counts.items()
+    )
+    no_rule += tuple(f"{r.name} ({r.type})" for r in rows if r.step.startswith("NO deconvnet rule"))
     shown = getattr(model, "inner", model)  # a Normalized wrapper shows the model inside
-    return LayerTable(type(shown).__name__, shape, rule, tuple(rows), no_rule)
+    return LayerTable(type(shown).__name__, shape, rule, rows, no_rule)
+
+
+def _row(dn: Deconvnet, x: torch.Tensor, name: str, relu_step: str) -> LayerRow:
+    geo = dn.layer_geometry(x, name)
+    module = dict(dn.model.named_modules())[split_call(name)[0]]
+    rf = geo.receptive_field
+    return LayerRow(
+        name=name,
+        type=type(module).__name__,
+        out_shape=geo.out_shape,
+        rf_size=None if rf is None else rf.size,
+        rf_stride=None if rf is None else rf.jump,
+        step=step_for(module, relu_step),
+    )
