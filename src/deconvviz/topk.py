@@ -210,14 +210,10 @@ def project_top(
     with Deconvnet(model, rule, warn=False) as dn, bar:
         for start in range(0, len(seeds), batch_size):
             block = seeds[start : start + batch_size]
-            wanted = sorted({int(top.indices[chans[ci], j]) for ci, j in block})
-            where = {i: n for n, i in enumerate(wanted)}
-            images = torch.stack([batch_images(dataset[i]) for i in where]).to(device, dtype)
+            wanted, img, chan, pos, vals = _block_seeds(top, chans, block)
+            images = torch.stack([batch_images(dataset[i]) for i in wanted]).to(device, dtype)
             images = dn.check_input(images)
-            img = torch.tensor([where[int(top.indices[chans[ci], j])] for ci, j in block])
-            chan = torch.tensor([chans[ci] for ci, _ in block])
-            pos = torch.stack([top.positions[chans[ci], j] for ci, j in block])
-            vals = torch.stack([top.values[chans[ci], j] for ci, j in block]).to(device, dtype)
+            vals = vals.to(device, dtype)
             for idx, grads, boxes in dn.project_windows(
                 images, top.layer, img, chan, pos, values=vals
             ):
@@ -229,6 +225,20 @@ def project_top(
     if canvas.recs is None or canvas.patches is None:
         raise InputError("top has no activations to project (the dataset was empty)")
     return TopProjections(top, canvas.recs.cpu(), canvas.patches.cpu(), rule)
+
+
+def _block_seeds(
+    top: TopActivations, chans: list[int], block: list[tuple[int, int]]
+) -> tuple[list[int], Tensor, Tensor, Tensor, Tensor]:
+    """A block of seeds ``(channel index, rank)``: the dataset images it needs (sorted), and
+    per seed its image (index into those), channel, position and value."""
+    wanted = sorted({int(top.indices[chans[ci], j]) for ci, j in block})
+    where = {i: n for n, i in enumerate(wanted)}
+    img = torch.tensor([where[int(top.indices[chans[ci], j])] for ci, j in block])
+    chan = torch.tensor([chans[ci] for ci, _ in block])
+    pos = torch.stack([top.positions[chans[ci], j] for ci, j in block])
+    vals = torch.stack([top.values[chans[ci], j] for ci, j in block])
+    return wanted, img, chan, pos, vals
 
 
 @dataclass

@@ -263,55 +263,27 @@ class RFTracker:
     def _rule(
         self, func: Any, args: tuple, kwargs: dict, derived: list, ins: list, outs: list
     ) -> Any:
+        """The map of an op's outputs, from the maps of its derived inputs."""
         if any(m is UNKNOWN for _, m in derived):
             return UNKNOWN
         name = getattr(func, "__name__", "")
-        first = args[0] if args else None
-        out0 = outs[0]
-        if out0.dim() != 4:
+        if outs[0].dim() != 4:
             return UNKNOWN
         if name in _CONV or name in _MAXPOOL or name in _AVGPOOL:
+            first = args[0] if args else None
             if not isinstance(first, Tensor) or self.meta.get(first) is None:
                 return UNKNOWN  # e.g. a convolution whose *weight* depends on the input
-            m = self.meta[first]
-            if name in _CONV:
-                weight = args[1] if len(args) > 1 else kwargs["weight"]
-                if self.meta.get(weight) is not None:
-                    return UNKNOWN
-                kernel = tuple(int(k) for k in weight.shape[-2:])
-                stride = _as_pair(_arg(args, kwargs, 3, "stride", 1), 1)
-                dilation = _as_pair(_arg(args, kwargs, 5, "dilation", 1), 1)
-                pad_arg = _arg(args, kwargs, 4, "padding", 0)
-                if isinstance(pad_arg, str):
-                    if pad_arg == "valid":
-                        padding = (0, 0)
-                    else:  # 'same': PyTorch pads (total // 2) before
-                        padding = (
-                            dilation[0] * (kernel[0] - 1) // 2,
-                            dilation[1] * (kernel[1] - 1) // 2,
-                        )
-                else:
-                    padding = _as_pair(pad_arg, 0)
-            else:
-                kernel = _as_pair(_arg(args, kwargs, 1, "kernel_size", None), 1)
-                stride = _as_pair(_arg(args, kwargs, 2, "stride", None) or kernel, 1)
-                padding = _as_pair(_arg(args, kwargs, 3, "padding", 0), 0)
-                dilation = (
-                    _as_pair(_arg(args, kwargs, 4, "dilation", 1), 1)
-                    if name in _MAXPOOL
-                    else (1, 1)
-                )
-            jh, jw, sh, sw, eh, ew = m
-            return (
-                jh * stride[0],
-                jw * stride[1],
-                sh - padding[0] * jh,
-                sw - padding[1] * jw,
-                eh + (dilation[0] * (kernel[0] - 1) - padding[0]) * jh,
-                ew + (dilation[1] * (kernel[1] - 1) - padding[1]) * jw,
-            )
+            if name in _CONV and self.meta.get(_arg(args, kwargs, 1, "weight", None)) is not None:
+                return UNKNOWN
+            return _compose(self.meta[first], *_window(name, args, kwargs))
         if name not in _LOCAL:
             return UNKNOWN
+        return self._local(name, args, kwargs, derived, ins, outs[0])
+
+    def _local(
+        self, name: str, args: tuple, kwargs: dict, derived: list, ins: list, out0: Tensor
+    ) -> Any:
+        """The union of the inputs' maps for an op that acts on each position on its own."""
         if name in ("__getitem__", "__setitem__") and not _keeps_positions(
             args[1] if len(args) > 1 else None
         ):
@@ -342,6 +314,45 @@ class RFTracker:
             max(m[4] for m in spatial),
             max(m[5] for m in spatial),
         )
+
+
+_Pair = tuple[int, int]
+
+
+def _window(name: str, args: tuple, kwargs: dict) -> tuple[_Pair, _Pair, _Pair, _Pair]:
+    """``(kernel, stride, padding, dilation)`` of a convolution or pooling call."""
+    if name not in _CONV:
+        kernel = _as_pair(_arg(args, kwargs, 1, "kernel_size", None), 1)
+        stride = _as_pair(_arg(args, kwargs, 2, "stride", None) or kernel, 1)
+        padding = _as_pair(_arg(args, kwargs, 3, "padding", 0), 0)
+        dilated = name in _MAXPOOL
+        dilation = _as_pair(_arg(args, kwargs, 4, "dilation", 1), 1) if dilated else (1, 1)
+        return kernel, stride, padding, dilation
+    weight = _arg(args, kwargs, 1, "weight", None)
+    kernel = (int(weight.shape[-2]), int(weight.shape[-1]))
+    stride = _as_pair(_arg(args, kwargs, 3, "stride", 1), 1)
+    dilation = _as_pair(_arg(args, kwargs, 5, "dilation", 1), 1)
+    pad_arg = _arg(args, kwargs, 4, "padding", 0)
+    if not isinstance(pad_arg, str):
+        padding = _as_pair(pad_arg, 0)
+    elif pad_arg == "valid":
+        padding = (0, 0)
+    else:  # 'same': PyTorch pads (total // 2) before
+        padding = (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
+    return kernel, stride, padding, dilation
+
+
+def _compose(m: _Meta, kernel: _Pair, stride: _Pair, padding: _Pair, dilation: _Pair) -> _Meta:
+    """The map after a window op (convolution, pooling) applied to a tensor with map ``m``."""
+    jh, jw, sh, sw, eh, ew = m
+    return (
+        jh * stride[0],
+        jw * stride[1],
+        sh - padding[0] * jh,
+        sw - padding[1] * jw,
+        eh + (dilation[0] * (kernel[0] - 1) - padding[0]) * jh,
+        ew + (dilation[1] * (kernel[1] - 1) - padding[1]) * jw,
+    )
 
 
 def _mutated(func: Any, args: tuple, kwargs: dict) -> Tensor | None:
