@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 
 from deconvviz.errors import DeconvvizError, InputError
 from deconvviz.rules import RULES, get_rule, rectify, register_rule, transposed_conv2d, unpool2d
@@ -105,3 +106,46 @@ def test_placed_filters_equal_the_transposed_conv_of_a_one_hot_seed(
             groups=groups,
         )
         torch.testing.assert_close(placed[s : s + 1], ref, rtol=0, atol=1e-14)
+
+
+def test_rules_are_objects_in_one_registry():
+    from deconvviz.rules import Rule, describe_rule, rule_names, uses_mask
+
+    deconv = get_rule("deconvnet")
+    assert isinstance(deconv, Rule) and deconv.name == "deconvnet" and not deconv.needs_mask
+    assert uses_mask("guided") and uses_mask(get_rule("gradient")) and not uses_mask(deconv)
+    assert rule_names()[:3] == ["deconvnet", "gradient", "guided"]
+    assert describe_rule("guided") == get_rule("guided").description
+    with pytest.raises(InputError, match="unknown rule"):
+        get_rule("nope")
+    with pytest.raises(DeconvvizError, match="already registered"):
+        register_rule(Rule("guided", lambda g, m: g, "twin"))
+
+
+def test_a_registered_rule_is_usable_from_attach_and_the_cli():
+    import deconvviz
+    from deconvviz.models import LeNet5
+    from deconvviz_cli.main import cli
+
+    rule = register_rule(
+        "abs-test", lambda g, m: g.abs(), "absolute value: |signal|", uses_mask=False
+    )
+    try:
+        torch.manual_seed(0)
+        model = LeNet5(in_channels=1, image_size=28).double().eval()
+        x = torch.rand(1, 1, 28, 28, dtype=torch.float64)
+        with deconvviz.attach(model, rule="abs-test") as dn:
+            assert dn.project(x, "conv2", 3).shape == x.shape
+            assert "absolute value" in dn.summary()
+        res = CliRunner().invoke(
+            cli,
+            ["inspect", "--model", "deconvviz.models:LeNet5", "--model-arg", "in_channels=1"]
+            + ["--model-arg", "image_size=28", "--rule", rule.name],
+        )
+        assert res.exit_code == 0, res.output
+        assert "rule 'abs-test'" in res.stdout and "absolute value: |signal|" in res.stdout
+        assert "abs-test" in CliRunner().invoke(cli, ["reconstruct", "--help"]).stdout
+    finally:
+        RULES.pop("abs-test")
+    res = CliRunner().invoke(cli, ["inspect", "--rule", "abs-test"])
+    assert res.exit_code == 2 and "abs-test" in res.stderr

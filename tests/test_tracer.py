@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from deconvviz.tracer import StopForward, Tracer, split_call
+from deconvviz.engine.tracer import StopForward, Tracer, split_call
 
 
 def _hooks(model: nn.Module) -> int:

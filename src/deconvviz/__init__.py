@@ -17,11 +17,17 @@ from typing import Any
 
 from deconvviz._version import __version__
 from deconvviz.compare import Comparison, compare_methods, project_class
-from deconvviz.engine import Deconvnet, DeconvvizWarning, attach, layer_output
+from deconvviz.engine import (
+    Deconvnet,
+    DeconvvizWarning,
+    ReceptiveField,
+    attach,
+    layer_output,
+    receptive_field,
+)
 from deconvviz.errors import DeconvvizError
 from deconvviz.filters import RenormaliseHook, dead_filters, filter_rms, renormalise_
 from deconvviz.occlusion import OcclusionResult, occlusion
-from deconvviz.receptive import ReceptiveField, receptive_field
 from deconvviz.reconstruct import (
     ImageProjections,
     LayerReconstructions,

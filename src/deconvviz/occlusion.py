@@ -29,8 +29,8 @@ from deconvviz._util import items_within, pair
 from deconvviz._util import memory_budget as memory_budget_for
 from deconvviz.checks import model_device_dtype
 from deconvviz.engine import attach, layer_output
+from deconvviz.engine.tracer import Tracer, eval_mode
 from deconvviz.errors import InputError, LayerError, unknown_name
-from deconvviz.tracer import Tracer, eval_mode
 
 __all__ = ["OcclusionResult", "occlusion", "occluder_starts"]
 

@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader
 
 from deconvviz._util import items_within, safe_name
 from deconvviz.checks import model_device_dtype
-from deconvviz.engine import _split_layer, attach
+from deconvviz.engine import attach
+from deconvviz.engine import split_call as _split_layer
 from deconvviz.errors import DataError, InputError, LayerError, unknown_name
 from deconvviz.images import load_images
 from deconvviz.receptive import ReceptiveField

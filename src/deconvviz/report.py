@@ -50,7 +50,7 @@ from deconvviz._io import save_figure, save_image, write_json, write_text
 from deconvviz._util import json_safe, safe_name
 from deconvviz._version import __version__
 from deconvviz.checks import model_device_dtype
-from deconvviz.engine import _split_layer
+from deconvviz.engine import split_call as _split_layer
 from deconvviz.errors import DeconvvizError, InputError, LayerError, unknown_name
 from deconvviz.rules import RULES
 

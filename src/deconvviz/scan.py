@@ -44,9 +44,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
 from deconvviz.engine import Deconvnet, batch_images, model_device_dtype
+from deconvviz.engine.tracer import Tracer, eval_mode, split_call
 from deconvviz.errors import CheckpointError, InputError, LayerError
 from deconvviz.receptive import ReceptiveField
-from deconvviz.tracer import Tracer, eval_mode, split_call
 
 __all__ = ["Scan", "project_layer", "scan", "select_top"]
 

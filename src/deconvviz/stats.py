@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakTensorKeyDictionary
@@ -28,8 +27,9 @@ from tqdm.auto import tqdm
 
 from deconvviz.checks import to_model
 from deconvviz.engine import batch_images
+from deconvviz.engine.support import RELU_FUNCS
+from deconvviz.engine.tracer import Tracer, eval_mode
 from deconvviz.errors import InputError, LayerError, unknown_name
-from deconvviz.tracer import Tracer, eval_mode
 
 __all__ = [
     "LayerStats",
@@ -41,14 +41,8 @@ __all__ = [
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_RELU_FUNCS: set[Callable[..., Any]] = {
-    F.relu,
-    torch.relu,
-    torch.relu_,
-    Tensor.relu,
-    Tensor.relu_,
-    torch.nn.functional.relu_,
-}
+# The ReLU spellings are the engine's (one table: deconvviz.engine.support).
+_RELU_FUNCS = RELU_FUNCS
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.engine import Deconvnet, batch_images, model_device_dtype
+from deconvviz.engine import Deconvnet, ReceptiveField, batch_images, model_device_dtype
 from deconvviz.errors import InputError
-from deconvviz.receptive import ReceptiveField
 
 __all__ = [
     "FewImagesWarning",
@@ -62,7 +61,7 @@ class TopActivations:
         boxes: ``[C, k, 4]`` receptive field ``(y0, x0, y1, x1)`` in input pixels, half-open,
             clipped to the image (the whole image for non-spatial layers).
         input_size: ``(H, W)`` of the images.
-        receptive_field: the layer's :class:`~deconvviz.receptive.ReceptiveField`, or ``None``.
+        receptive_field: the layer's :class:`~deconvviz.ReceptiveField`, or ``None``.
     """
 
     layer: str
@@ -197,57 +196,84 @@ def project_top(
     h_img, w_img = top.input_size
     rf = top.receptive_field
     bh, bw = (min(rf.size[0], h_img), min(rf.size[1], w_img)) if rf is not None else (h_img, w_img)
-    full_boxes = _boxes(rf, top.positions, top.input_size, clip=False) if rf is not None else None
+    canvas = _Canvas((len(chans), top.k, bh, bw))
+    fields = _boxes(rf, top.positions, top.input_size, clip=False)
     # The seeds, channel-major; missing entries (index -1) stay zero.
     seeds = [(ci, j) for ci, c in enumerate(chans) for j in range(top.k) if top.indices[c, j] >= 0]
-    recs = patches = None
-    with Deconvnet(model, rule, warn=False) as dn:
-        bar = tqdm(
-            total=len(seeds),
-            desc=f"projecting {top.layer}",
-            disable=not progress,
-            unit="seed",
-            leave=False,
-        )
-        try:
-            for start in range(0, len(seeds), batch_size):
-                block = seeds[start : start + batch_size]
-                wanted = sorted({int(top.indices[chans[ci], j]) for ci, j in block})
-                images = torch.stack([batch_images(dataset[i]) for i in wanted]).to(device, dtype)
-                images = dn._check_input(images)
-                if recs is None:
-                    cin = images.shape[1]
-                    recs = images.new_zeros((len(chans), top.k, cin, bh, bw))
-                    patches = images.new_zeros((len(chans), top.k, cin, bh, bw))
-                info = dn._layer(dn._probe(images), top.layer)
-                where = {i: n for n, i in enumerate(wanted)}
-                img = torch.tensor([where[int(top.indices[chans[ci], j])] for ci, j in block])
-                chan = torch.tensor([chans[ci] for ci, _ in block])
-                pos = torch.stack([top.positions[chans[ci], j] for ci, j in block])
-                vals = torch.stack([top.values[chans[ci], j] for ci, j in block]).to(device, dtype)
-                for idx, grads, boxes in dn._project_seeds(
-                    images, info, top.layer, img, chan, pos[:, 0], pos[:, 1], vals
-                ):
-                    for g, s, (y0, x0, y1, x1) in zip(grads, idx.tolist(), boxes, strict=True):
-                        ci, j = block[s]
-                        if full_boxes is not None:
-                            fy0, fx0, fy1, fx1 = (int(v) for v in full_boxes[chans[ci], j])
-                        else:
-                            fy0, fx0, fy1, fx1 = 0, 0, h_img, w_img
-                        # intersection of the receptive field box with the image and the crop
-                        cy0, cx0 = max(fy0, 0, y0), max(fx0, 0, x0)
-                        cy1, cx1 = min(fy1, h_img, y1, fy0 + bh), min(fx1, w_img, x1, fx0 + bw)
-                        if cy1 <= cy0 or cx1 <= cx0:
-                            continue
-                        recs[ci, j, :, cy0 - fy0 : cy1 - fy0, cx0 - fx0 : cx1 - fx0] = g[
-                            :, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0
-                        ]
-                        patches[ci, j, :, cy0 - fy0 : cy1 - fy0, cx0 - fx0 : cx1 - fx0] = images[  # type: ignore[index]
-                            img[s], :, cy0:cy1, cx0:cx1
-                        ]
-                bar.update(len(block))
-        finally:
-            bar.close()
-    if recs is None or patches is None:
+    bar = tqdm(
+        total=len(seeds),
+        desc=f"projecting {top.layer}",
+        disable=not progress,
+        unit="seed",
+        leave=False,
+    )
+    with Deconvnet(model, rule, warn=False) as dn, bar:
+        for start in range(0, len(seeds), batch_size):
+            block = seeds[start : start + batch_size]
+            wanted, img, chan, pos, vals = _block_seeds(top, chans, block)
+            images = torch.stack([batch_images(dataset[i]) for i in wanted]).to(device, dtype)
+            images = dn.check_input(images)
+            vals = vals.to(device, dtype)
+            for idx, grads, boxes in dn.project_windows(
+                images, top.layer, img, chan, pos, values=vals
+            ):
+                for g, s, box in zip(grads, idx.tolist(), boxes, strict=True):
+                    ci, j = block[s]
+                    field = tuple(int(v) for v in fields[chans[ci], j])
+                    canvas.paste(ci, j, g, images[img[s]], box, field)  # type: ignore[arg-type]
+            bar.update(len(block))
+    if canvas.recs is None or canvas.patches is None:
         raise InputError("top has no activations to project (the dataset was empty)")
-    return TopProjections(top, recs.cpu(), patches.cpu(), rule)
+    return TopProjections(top, canvas.recs.cpu(), canvas.patches.cpu(), rule)
+
+
+def _block_seeds(
+    top: TopActivations, chans: list[int], block: list[tuple[int, int]]
+) -> tuple[list[int], Tensor, Tensor, Tensor, Tensor]:
+    """A block of seeds ``(channel index, rank)``: the dataset images it needs (sorted), and
+    per seed its image (index into those), channel, position and value."""
+    wanted = sorted({int(top.indices[chans[ci], j]) for ci, j in block})
+    where = {i: n for n, i in enumerate(wanted)}
+    img = torch.tensor([where[int(top.indices[chans[ci], j])] for ci, j in block])
+    chan = torch.tensor([chans[ci] for ci, _ in block])
+    pos = torch.stack([top.positions[chans[ci], j] for ci, j in block])
+    vals = torch.stack([top.values[chans[ci], j] for ci, j in block])
+    return wanted, img, chan, pos, vals
+
+
+@dataclass
+class _Canvas:
+    """The ``[C', k, Cin, h, w]`` reconstructions and patches of :func:`project_top`, made on
+    the first paste (in the images' channels, dtype and device)."""
+
+    shape: tuple[int, int, int, int]  # C', k, h, w
+    recs: Tensor | None = None
+    patches: Tensor | None = None
+
+    def paste(
+        self,
+        ci: int,
+        j: int,
+        grad: Tensor,
+        image: Tensor,
+        box: tuple[int, int, int, int],
+        field: tuple[int, int, int, int],
+    ) -> None:
+        """Copy a seed's projection (given for ``box`` of its image) and the image's pixels
+        into entry ``(ci, j)``, which holds the receptive field box ``field`` (clipped to the
+        canvas' size; the outside of the image stays zero)."""
+        c, k, bh, bw = self.shape
+        if self.recs is None or self.patches is None:
+            self.recs = image.new_zeros((c, k, image.shape[0], bh, bw))
+            self.patches = image.new_zeros((c, k, image.shape[0], bh, bw))
+        y0, x0, y1, x1 = box
+        fy0, fx0, fy1, fx1 = field
+        h_img, w_img = image.shape[-2:]
+        # intersection of the receptive field box with the image and the crop
+        cy0, cx0 = max(fy0, 0, y0), max(fx0, 0, x0)
+        cy1, cx1 = min(fy1, h_img, y1, fy0 + bh), min(fx1, w_img, x1, fx0 + bw)
+        if cy1 <= cy0 or cx1 <= cx0:
+            return
+        into = (slice(None), slice(cy0 - fy0, cy1 - fy0), slice(cx0 - fx0, cx1 - fx0))
+        self.recs[ci, j][into] = grad[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+        self.patches[ci, j][into] = image[:, cy0:cy1, cx0:cx1]

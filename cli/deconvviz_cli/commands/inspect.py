@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from deconvviz_cli.commands.reconstruct import RULES
 from deconvviz_cli.model_options import ModelSpec, model_options
 from deconvviz_cli.options import RUN_HELP
 
@@ -28,7 +29,7 @@ from deconvviz_cli.options import RUN_HELP
 )
 @click.option(
     "--rule",
-    type=click.Choice(["deconvnet", "gradient", "guided"]),
+    type=RULES,
     default="deconvnet",
     show_default=True,
     help="ReLU step the table describes.",

@@ -21,7 +21,26 @@ from deconvviz_cli.options import (
     progress_option,
 )
 
-RULES = ("deconvnet", "gradient", "guided")
+
+class RuleChoice(click.Choice):
+    """``--rule``'s choices: the registered rules, read when the command line is parsed, so a
+    rule a plugin registers at import (``deconvviz.rules.register_rule``) is accepted."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from deconvviz.engine.rules import rule_names
+
+        return tuple(rule_names())
+
+    @choices.setter
+    def choices(self, _: object) -> None:
+        pass  # always the registry's
+
+
+RULES = RuleChoice()
 
 _data_dir = data_dir_option(required=False)
 _dataset = click.option(
@@ -39,7 +58,7 @@ _split = click.option(
 _layer = layer_option(multiple=True, help="Layer to project (default: every Conv2d)", per_call=True)
 _rule = click.option(
     "--rule",
-    type=click.Choice(RULES),
+    type=RULES,
     default="deconvnet",
     show_default=True,
     help="ReLU step of the reverse path: deconvnet (Zeiler & Fergus), gradient (saliency) or "

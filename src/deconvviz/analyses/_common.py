@@ -17,9 +17,9 @@ from deconvviz.checks import (  # noqa: F401  (re-exported: the analyses import 
     model_device_dtype,
     module_names,
 )
+from deconvviz.engine.tracer import Tracer
+from deconvviz.engine.tracer import eval_mode as eval_mode  # re-exported: analyses_report uses it
 from deconvviz.errors import InputError, LayerError
-from deconvviz.tracer import Tracer
-from deconvviz.tracer import eval_mode as eval_mode  # re-exported: analyses_report uses it
 
 
 def forward_trace(

@@ -1,0 +1,412 @@
+"""Receptive fields, found by watching the forward pass.
+
+While the engine runs a forward pass it follows every tensor that derives from the input and
+keeps, per spatial dimension, an affine map from an output position ``p`` to the interval of
+input pixels that can influence it: ``[p * jump + start, p * jump + end]`` (inclusive). Convolutions
+and pooling compose the map; elementwise ops (ReLU, BatchNorm in eval, residual adds, channel
+concatenations) take the union of their inputs' maps. Any op whose effect may depend on the
+absolute position makes the map unknown, and the engine then falls back to dense, full-image
+projections (exact) for every layer downstream of it: ops it does not know (global pooling,
+flatten, resizing, padding, rolls, ``narrow``, ``index_select``...), indexing that touches H or W
+(reads, writes with ``__setitem__``, in-place ops on such a view, which change the tensor it was
+taken from), constants that vary along H or W (a row mask, a positional ramp, coordinate
+channels, even when they broadcast from ``[H, 1]``) and concatenation along H or W. In-place ops
+carry their verdict to every tensor that shares the mutated storage.
+
+This module imports nothing of the engine; :func:`deconvviz.receptive_field` (a model and a layer
+name in, a field out) lives with :func:`~deconvviz.engine.deconvnet.attach`, which it uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+from torch.utils.weak import WeakTensorKeyDictionary
+
+__all__ = ["UNKNOWN", "RFTracker", "ReceptiveField"]
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Where in the input an activation at position ``(row, col)`` of a layer can look.
+
+    Attributes:
+        jump: input pixels between neighbouring positions of the layer, ``(rows, cols)``.
+        start: offset of position 0's first input pixel (negative where padding is used).
+        end: offset of position 0's last input pixel (inclusive).
+        input_size: ``(H, W)`` of the input this was measured on.
+    """
+
+    jump: tuple[int, int]
+    start: tuple[int, int]
+    end: tuple[int, int]
+    input_size: tuple[int, int]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Side lengths of one activation's receptive field, in input pixels (unclipped)."""
+        return (self.end[0] - self.start[0] + 1, self.end[1] - self.start[1] + 1)
+
+    def box(self, row: int, col: int, clip: bool = True) -> tuple[int, int, int, int]:
+        """Input-pixel box ``(y0, x0, y1, x1)`` (half-open) seen by activation ``(row, col)``.
+
+        Example:
+            >>> rf = ReceptiveField((2, 2), (-2, -2), (5, 5), (28, 28))
+            >>> rf.box(0, 0)
+            (0, 0, 6, 6)
+        """
+        y0 = row * self.jump[0] + self.start[0]
+        x0 = col * self.jump[1] + self.start[1]
+        y1 = row * self.jump[0] + self.end[0] + 1
+        x1 = col * self.jump[1] + self.end[1] + 1
+        if clip:
+            h, w = self.input_size
+            y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+        return (y0, x0, y1, x1)
+
+
+class _Unknown:
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: Any = _Unknown()
+
+# (jump_h, jump_w, start_h, start_w, end_h, end_w)
+_Meta = tuple[int, int, int, int, int, int]
+
+_CONV = {"conv2d"}
+_MAXPOOL = {"max_pool2d", "max_pool2d_with_indices", "_max_pool2d"}
+_AVGPOOL = {"avg_pool2d"}
+# Ops that act on each spatial position independently (or only mix channels / batch).
+_LOCAL = {
+    "add",
+    "add_",
+    "__add__",
+    "__radd__",
+    "__iadd__",
+    "sub",
+    "sub_",
+    "__sub__",
+    "__rsub__",
+    "__isub__",
+    "mul",
+    "mul_",
+    "__mul__",
+    "__rmul__",
+    "__imul__",
+    "div",
+    "div_",
+    "__truediv__",
+    "__itruediv__",
+    "neg",
+    "__neg__",
+    "relu",
+    "relu_",
+    "clamp",
+    "clamp_",
+    "clamp_min",
+    "clamp_min_",
+    "batch_norm",
+    "dropout",
+    "dropout2d",
+    "feature_dropout",
+    "alpha_dropout",
+    "cat",
+    "concat",
+    "contiguous",
+    "clone",
+    "to",
+    "float",
+    "double",
+    "half",
+    "type",
+    "hardtanh",
+    "hardtanh_",
+    "leaky_relu",
+    "leaky_relu_",
+    "elu",
+    "elu_",
+    "gelu",
+    "silu",
+    "sigmoid",
+    "tanh",
+    "softplus",
+    "mish",
+    "hardswish",
+    "hardsigmoid",
+    "threshold",
+    "threshold_",
+    "relu6",
+    "selu",
+    "celu",
+    "prelu",
+    "abs",
+    "exp",
+    "log",
+    "pow",
+    "__pow__",
+    "sqrt",
+    "square",
+    "requires_grad_",
+    "detach",
+    "__getitem__",
+    "__setitem__",
+}
+# Ops whose 1-d tensor arguments are per-channel parameters, not broadcast along W.
+_PER_CHANNEL = {"batch_norm", "prelu"}
+_CAT = {"cat", "concat"}
+
+
+def _as_pair(v: Any, default: int) -> tuple[int, int]:
+    if v is None:
+        return (default, default)
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(i) for i in v)
+    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+
+
+def _tensors(obj: Any) -> Iterator[Tensor]:
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+class RFTracker:
+    """Follows the receptive-field map of every tensor derived from the input."""
+
+    def __init__(self) -> None:
+        self.meta: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+        self.bytes_per_sample = 0  # size of every derived tensor made, per batch item
+
+    def watch(self, x: Tensor) -> None:
+        self.meta[x] = (1, 1, 0, 0, 0, 0) if x.dim() == 4 else UNKNOWN
+
+    def field(self, t: Tensor, input_size: tuple[int, int]) -> ReceptiveField | None:
+        m = self.meta.get(t)
+        if m is None or m is UNKNOWN or t.dim() != 4:
+            return None
+        return ReceptiveField((m[0], m[1]), (m[2], m[3]), (m[4], m[5]), input_size)
+
+    def update(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        ins = list(_tensors(args)) + list(_tensors(kwargs))
+        derived = [(t, m) for t in ins if (m := self.meta.get(t)) is not None]
+        mutated = _mutated(func, args, kwargs)
+        aliases = self._aliases(mutated) if mutated is not None else []
+        if not derived and not aliases:
+            return
+        outs = list(_tensors(out))
+        if mutated is not None and all(o is not mutated for o in outs):
+            outs = [mutated, *outs]
+        if not outs:
+            return
+        for o in outs:
+            if o.dim() > 0:
+                self.bytes_per_sample += o.numel() // max(o.shape[0], 1) * o.element_size()
+        new = self._rule(func, args, kwargs, derived, ins, outs) if derived else UNKNOWN
+        for o in outs:
+            self.meta[o] = new if (new is UNKNOWN or o.dim() == 4) else UNKNOWN
+        # An in-place op changes every tensor that shares the storage (the tensor a view was
+        # taken from, ``.data``): they keep a map only if the op was local and they have the
+        # same spatial layout.
+        for a in aliases:
+            assert mutated is not None
+            if a is mutated:
+                continue
+            m = self.meta.get(a)
+            if m is UNKNOWN:
+                continue
+            if (
+                new is UNKNOWN
+                or m is None
+                or a.dim() != 4
+                or mutated.dim() != 4
+                or a.shape[-2:] != mutated.shape[-2:]
+                or (m[0], m[1]) != (new[0], new[1])
+            ):
+                self.meta[a] = UNKNOWN
+            else:
+                self.meta[a] = (
+                    m[0],
+                    m[1],
+                    min(m[2], new[2]),
+                    min(m[3], new[3]),
+                    max(m[4], new[4]),
+                    max(m[5], new[5]),
+                )
+
+    def _aliases(self, t: Tensor) -> list[Tensor]:
+        """Followed tensors (``t`` included when followed) that share ``t``'s storage."""
+        try:
+            ptr = t.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):  # no storage: assume it aliases everything
+            return [k for k, _ in self.meta.items()]
+        found = []
+        for k, _ in self.meta.items():
+            try:
+                same = k.device == t.device and k.untyped_storage().data_ptr() == ptr
+            except (RuntimeError, NotImplementedError):
+                same = True
+            if same and (ptr != 0 or k is t):
+                found.append(k)
+        return found
+
+    def _rule(
+        self, func: Any, args: tuple, kwargs: dict, derived: list, ins: list, outs: list
+    ) -> Any:
+        """The map of an op's outputs, from the maps of its derived inputs."""
+        if any(m is UNKNOWN for _, m in derived):
+            return UNKNOWN
+        name = getattr(func, "__name__", "")
+        if outs[0].dim() != 4:
+            return UNKNOWN
+        if name in _CONV or name in _MAXPOOL or name in _AVGPOOL:
+            first = args[0] if args else None
+            if not isinstance(first, Tensor) or self.meta.get(first) is None:
+                return UNKNOWN  # e.g. a convolution whose *weight* depends on the input
+            if name in _CONV and self.meta.get(_arg(args, kwargs, 1, "weight", None)) is not None:
+                return UNKNOWN
+            return _compose(self.meta[first], *_window(name, args, kwargs))
+        if name not in _LOCAL:
+            return UNKNOWN
+        return self._local(name, args, kwargs, derived, ins, outs[0])
+
+    def _local(
+        self, name: str, args: tuple, kwargs: dict, derived: list, ins: list, out0: Tensor
+    ) -> Any:
+        """The union of the inputs' maps for an op that acts on each position on its own."""
+        if name in ("__getitem__", "__setitem__") and not _keeps_positions(
+            args[1] if len(args) > 1 else None
+        ):
+            return UNKNOWN
+        if name in _CAT:
+            dim = _arg(args, kwargs, 1, "dim", 0)
+            if not isinstance(dim, int) or dim % 4 >= 2:
+                return UNKNOWN  # concatenating along H or W puts pieces at absolute positions
+        hw = tuple(out0.shape[-2:])
+        spatial = [m for t, m in derived if t.dim() == 4 and tuple(t.shape[-2:]) == hw]
+        if len(spatial) != len(derived) or not spatial:
+            return UNKNOWN
+        # A constant that varies over positions (a positional embedding, a row mask, coordinate
+        # channels, a ramp broadcast from [H, 1]) breaks the translation equivariance the crops
+        # rely on.
+        for t in ins:
+            if self.meta.get(t) is None and not _position_free(t, name in _PER_CHANNEL):
+                return UNKNOWN
+        jumps = {(m[0], m[1]) for m in spatial}
+        if len(jumps) != 1:
+            return UNKNOWN
+        ((jh, jw),) = jumps
+        return (
+            jh,
+            jw,
+            min(m[2] for m in spatial),
+            min(m[3] for m in spatial),
+            max(m[4] for m in spatial),
+            max(m[5] for m in spatial),
+        )
+
+
+_Pair = tuple[int, int]
+
+
+def _window(name: str, args: tuple, kwargs: dict) -> tuple[_Pair, _Pair, _Pair, _Pair]:
+    """``(kernel, stride, padding, dilation)`` of a convolution or pooling call."""
+    if name not in _CONV:
+        kernel = _as_pair(_arg(args, kwargs, 1, "kernel_size", None), 1)
+        stride = _as_pair(_arg(args, kwargs, 2, "stride", None) or kernel, 1)
+        padding = _as_pair(_arg(args, kwargs, 3, "padding", 0), 0)
+        dilated = name in _MAXPOOL
+        dilation = _as_pair(_arg(args, kwargs, 4, "dilation", 1), 1) if dilated else (1, 1)
+        return kernel, stride, padding, dilation
+    weight = _arg(args, kwargs, 1, "weight", None)
+    kernel = (int(weight.shape[-2]), int(weight.shape[-1]))
+    stride = _as_pair(_arg(args, kwargs, 3, "stride", 1), 1)
+    dilation = _as_pair(_arg(args, kwargs, 5, "dilation", 1), 1)
+    pad_arg = _arg(args, kwargs, 4, "padding", 0)
+    if not isinstance(pad_arg, str):
+        padding = _as_pair(pad_arg, 0)
+    elif pad_arg == "valid":
+        padding = (0, 0)
+    else:  # 'same': PyTorch pads (total // 2) before
+        padding = (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
+    return kernel, stride, padding, dilation
+
+
+def _compose(m: _Meta, kernel: _Pair, stride: _Pair, padding: _Pair, dilation: _Pair) -> _Meta:
+    """The map after a window op (convolution, pooling) applied to a tensor with map ``m``."""
+    jh, jw, sh, sw, eh, ew = m
+    return (
+        jh * stride[0],
+        jw * stride[1],
+        sh - padding[0] * jh,
+        sw - padding[1] * jw,
+        eh + (dilation[0] * (kernel[0] - 1) - padding[0]) * jh,
+        ew + (dilation[1] * (kernel[1] - 1) - padding[1]) * jw,
+    )
+
+
+def _mutated(func: Any, args: tuple, kwargs: dict) -> Tensor | None:
+    """The tensor an op writes into in place (``x.mul_(m)``, ``x[i] = v``, ``out=``), if any."""
+    name = getattr(func, "__name__", "")
+    out = kwargs.get("out")
+    if isinstance(out, Tensor):
+        return out
+    first = args[0] if args else None
+    if not isinstance(first, Tensor):
+        return None
+    in_place = (
+        (name.endswith("_") and not name.startswith("__"))
+        or name == "__setitem__"
+        or (name.startswith("__i") and name.endswith("__") and name != "__index__")
+        or bool(kwargs.get("inplace", False))
+    )
+    return first if in_place else None
+
+
+def _position_free(t: Tensor, per_channel: bool) -> bool:
+    """Whether a constant ``t``, broadcast against an ``[N, C, H, W]`` result (aligned from the
+    right), has the same value at every spatial position."""
+    if t.dim() == 0 or (per_channel and t.dim() == 1):
+        return True
+    dims = [d for d in (-1, -2) if t.dim() >= -d and t.shape[d] > 1]
+    if not dims:
+        return True
+    ref = t
+    for d in dims:
+        ref = ref.narrow(d, 0, 1)
+    try:
+        return bool((t == ref).all())  # NaN counts as varying
+    except RuntimeError:
+        return False
+
+
+def _keeps_positions(index: Any) -> bool:
+    """Whether ``x[index]`` on an ``[N, C, H, W]`` tensor leaves the spatial dimensions alone
+    (it selects along the batch or channel dimension only, with ints or slices; H and W are
+    left out or taken whole with ``:`` or a trailing ``...``)."""
+    items = index if isinstance(index, tuple) else (index,)
+    if items and items[-1] is Ellipsis:
+        items = items[:-1]
+    if len(items) > 4:
+        return False
+    if not all(isinstance(i, (int, slice)) and not isinstance(i, bool) for i in items[:2]):
+        return False
+    return all(i == slice(None) for i in items[2:])
+
+
+def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    if len(args) > pos:
+        return args[pos]
+    return default
