@@ -52,6 +52,37 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     return {m for m in found if m in known and m != name}
 
 
+_MODULE_STRING = re.compile(r"^(deconvviz(?:\.[A-Za-z_]\w*)+)(?::\w+)?$")
+
+
+def _lookups(name: str, path: Path, known: set[str]) -> set[str]:
+    """Modules ``name`` names in a string (``"deconvviz.render.stats:histogram_figure"``), to
+    import by name at run time: dependencies that no import statement shows. The bare package
+    name is not one: importing any of its modules has already run it."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            m = _MODULE_STRING.match(node.value)
+            if m and m.group(1) in known and m.group(1) != name:
+                found.add(m.group(1))
+    return found
+
+
+def _named_lookups_allowed() -> list[tuple[str, str]]:
+    """``(from, to)`` module patterns of the doc's "Looked up by name" table."""
+    text = DOC.read_text(encoding="utf-8").split("## Looked up by name", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`"):
+            rows.append((cells[0].strip("`"), cells[1].strip("`")))
+    return rows
+
+
+def _short(module: str) -> str:
+    return module.removeprefix("deconvviz.") if module != "deconvviz" else "deconvviz"
+
+
 def _layer_table() -> list[tuple[str, int, list[str]]]:
     """``(layer, rank, module patterns)`` rows of the doc's "Layers" table."""
     rows = []
@@ -174,3 +205,41 @@ def test_the_walker_sees_function_level_imports(tmp_path: Path) -> None:
     )
     got = _imports("deconvviz.x", src, {"deconvviz.report", "deconvviz.atlas"})
     assert got == {"deconvviz.report", "deconvviz.atlas"}
+
+
+def test_upward_lookups_by_name_are_the_documented_ones() -> None:
+    mods = _modules()
+    table = _layer_table()
+    allowed = _named_lookups_allowed()
+    assert allowed, "docs/architecture.md lost its 'Looked up by name' table"
+    used: set[tuple[str, str]] = set()
+    hidden = []
+    for module, path in mods.items():
+        (_, rank), *_ = _rank_of(module, table)
+        for target in sorted(_lookups(module, path, set(mods))):
+            (_, trank), *_ = _rank_of(target, table)
+            if trank <= rank:
+                continue
+            rows = [
+                (f, t)
+                for f, t in allowed
+                if fnmatch.fnmatchcase(_short(module), f) and fnmatch.fnmatchcase(_short(target), t)
+            ]
+            used.update(rows)
+            if not rows:
+                hidden.append(f"{module} looks up {target} by name")
+    assert not hidden, "upward run-time lookups missing from docs/architecture.md:\n" + "\n".join(
+        hidden
+    )
+    assert used == set(allowed), f"documented lookups that the code no longer makes: {allowed}"
+
+
+def test_the_notebook_figures_resolve_to_render_functions() -> None:
+    import importlib
+
+    from deconvviz._display import FIGURES
+
+    for cls, target in FIGURES.items():
+        module, func = target.split(":")
+        assert module.startswith("deconvviz.render."), (cls, target)
+        assert callable(getattr(importlib.import_module(module), func)), (cls, target)

@@ -34,7 +34,7 @@ from deconvviz.reconstruct import (
     reconstruct_dataset,
     reconstruct_images,
 )
-from deconvviz.scan import Scan, scan
+from deconvviz.scan import Scan, scan, top_activations
 from deconvviz.stats import (
     HiddenStateStats,
     LayerStats,
@@ -47,7 +47,6 @@ from deconvviz.topk import (
     TopActivations,
     TopProjections,
     project_top,
-    top_activations,
 )
 
 _LAZY = {

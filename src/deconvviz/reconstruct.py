@@ -42,12 +42,12 @@ from deconvviz.errors import DataError, InputError, LayerError, unknown_name
 from deconvviz.images import load_images
 from deconvviz.receptive import ReceptiveField
 from deconvviz.rules import RULES
+from deconvviz.scan import top_activations
 from deconvviz.topk import (
     FewImagesWarning,
     TopProjections,
     few_images_message,
     project_top,
-    top_activations,
 )
 
 __all__ = [

@@ -33,7 +33,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +48,16 @@ from deconvviz.engine import Deconvnet, batch_images, model_device_dtype
 from deconvviz.engine.tracer import Tracer, eval_mode, split_call
 from deconvviz.errors import CheckpointError, InputError, LayerError
 from deconvviz.receptive import ReceptiveField
+from deconvviz.topk import (
+    FewImagesWarning,
+    TopActivations,
+    TopProjections,
+    few_images_message,
+    input_boxes,
+    project_top,
+)
 
-__all__ = ["Scan", "project_layer", "scan", "select_top"]
+__all__ = ["Scan", "project_layer", "scan", "select_top", "top_activations"]
 
 _MISSING = torch.iinfo(torch.int64).max  # image index of an empty slot: sorts after every image
 _STATE_VERSION = 1
@@ -492,15 +501,13 @@ class _Scanner:
     def setup(self, dn: Deconvnet, xb: Tensor) -> Tracer:
         """Learn every layer's geometry from one traced probe pass and start empty states;
         returns the tracer (to enter) on the layers' modules."""
-        probe = dn._probe(xb)
         for layer in self.names:
-            info = dn._layer(probe, layer)
-            assert info.out_shape is not None
-            self.rfs[layer] = info.rf
+            geo = dn.layer_geometry(xb, layer)
+            self.rfs[layer] = geo.receptive_field
             r = self.running[layer]
-            r.width = int(info.out_shape[-1]) if len(info.out_shape) == 3 else 1
+            r.width = int(geo.out_shape[-1]) if len(geo.out_shape) == 3 else 1
             if r.values is None:
-                c = int(info.out_shape[0])
+                c = int(geo.out_shape[0])
                 r.values = xb.new_full((c, self.k), -math.inf)
                 r.index = torch.full((c, self.k), _MISSING, dtype=torch.long, device=xb.device)
                 r.pos = torch.zeros((c, self.k), dtype=torch.long, device=xb.device)
@@ -569,7 +576,7 @@ def _scan_batches(
             ExitStack() as hooks,
         ):
             for xb, idx in _batches(data, batch_size, plan.shard, done):
-                xb = dn._check_input(xb.to(scanner.device, scanner.dtype))
+                xb = dn.check_input(xb.to(scanner.device, scanner.dtype))
                 if scanner.size is None:
                     hooks.enter_context(scanner.setup(dn, xb))
                 scanner.add(xb, idx)
@@ -585,7 +592,7 @@ def _scan_batches(
                 if plan.total is None or not _is_dataset(dataset):
                     raise InputError("the loader yielded no images; check the dataset is not empty")
                 first = batch_images(dataset[0]).unsqueeze(0)
-                scanner.setup(dn, dn._check_input(first.to(scanner.device, scanner.dtype)))
+                scanner.setup(dn, dn.check_input(first.to(scanner.device, scanner.dtype)))
     except KeyboardInterrupt:
         saved.save(scanner, done)
         raise
@@ -598,8 +605,6 @@ def _scan_batches(
 def _result(scanner: _Scanner, plan: _Plan, done: int) -> Scan:
     """The :class:`Scan` of every process's images (gathered from every rank when
     distributed)."""
-    from deconvviz.topk import TopActivations, _boxes
-
     images, merged = done, dict[str, tuple[Tensor, Tensor, Tensor]]()
     if plan.dist is not None:
         images, merged = _gather(scanner, plan, done)
@@ -619,7 +624,7 @@ def _result(scanner: _Scanner, plan: _Plan, done: int) -> Scan:
         pos = pos.masked_fill(missing, 0)
         positions = torch.stack([pos // r.width, pos % r.width], dim=-1)
         rf = scanner.rfs[layer]
-        boxes = _boxes(rf, positions, scanner.size)
+        boxes = input_boxes(rf, positions, scanner.size)
         tops[layer] = TopActivations(layer, values, index, positions, boxes, scanner.size, rf)
     return Scan(tops, images, scanner.k)
 
@@ -651,6 +656,42 @@ def _comm_device(dist: Any, device: torch.device) -> torch.device:
     return device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+def top_activations(
+    model: nn.Module,
+    loader: Iterable[Any],
+    layer: str,
+    k: int = 9,
+    *,
+    progress: bool = True,
+) -> TopActivations:
+    """Find, for every channel of ``layer``, its ``k`` strongest activations over a dataset.
+
+    Args:
+        model: the network.
+        loader: a DataLoader (or any iterable of batches) **in dataset order** (no shuffling):
+            image indices count batches in the order they come.
+        layer: layer name (``named_modules()`` spelling).
+        k: activations kept per channel, from distinct images. Over fewer than ``k`` images the
+            rest is padding (index ``-1``, value ``-inf``) and a :class:`FewImagesWarning` says
+            so, once.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`TopActivations`.
+
+    Example:
+        >>> loader = DataLoader(test_set, batch_size=256)                 # doctest: +SKIP
+        >>> top = deconvviz.top_activations(model, loader, "conv2", k=9)  # doctest: +SKIP
+        >>> top.values.shape                                              # doctest: +SKIP
+        torch.Size([64, 9])
+    """
+    top = scan(model, loader, [layer], k, progress=progress, distributed=False)[layer]
+    real = int((top.indices >= 0).sum(dim=1).max()) if top.indices.numel() else 0
+    if real < k:  # fewer images than k: the rest is padding (index -1)
+        warnings.warn(few_images_message(k, real), FewImagesWarning, stacklevel=2)
+    return top
+
+
 def project_layer(
     model: nn.Module,
     dataset: Any,
@@ -678,8 +719,6 @@ def project_layer(
     Returns:
         A :class:`deconvviz.TopProjections` of all channels on rank 0; ``None`` on other ranks.
     """
-    from deconvviz.topk import project_top
-
     rank, world, dist = _world()
     if distributed is False or dist is None:
         rank, world, dist = 0, 1, None
@@ -710,8 +749,6 @@ def project_layer(
 def _assemble(top: Any, got: list[Any], rule: str) -> Any:
     """Rank 0's :class:`deconvviz.TopProjections` from every rank's ``(channels,
     reconstructions, patches)`` (None for a rank without channels)."""
-    from deconvviz.topk import TopProjections
-
     first = next(p for p in got if p is not None)
     recs = first[1].new_zeros((top.channels, *first[1].shape[1:]))
     patches = first[2].new_zeros((top.channels, *first[2].shape[1:]))

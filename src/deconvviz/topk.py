@@ -3,15 +3,15 @@
 :func:`top_activations` streams a DataLoader once, stopping each forward pass at the layer, and
 keeps per channel the ``k`` strongest activations from **distinct** images (each image
 contributes its strongest activation of that map), in ``O(channels x k)`` memory on the model's
-device. It is the one-layer case of :func:`deconvviz.scan.scan` (ties go to the lowest image
-index, then the lowest position). :func:`project_top` then projects all of them in batches and
-crops the image patches (receptive fields) that caused them.
+device. It is the one-layer case of :func:`deconvviz.scan.scan`, and lives there (ties go to the
+lowest image index, then the lowest position). This module holds the results and
+:func:`project_top`, which projects all of them in batches and crops the image patches (receptive
+fields) that caused them.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,6 @@ __all__ = [
     "TopActivations",
     "TopProjections",
     "few_images_message",
-    "top_activations",
     "project_top",
 ]
 
@@ -105,59 +104,15 @@ class TopProjections:
     rule: str
 
 
-def top_activations(
-    model: nn.Module,
-    loader: Iterable[Any],
-    layer: str,
-    k: int = 9,
-    *,
-    progress: bool = True,
-) -> TopActivations:
-    """Find, for every channel of ``layer``, its ``k`` strongest activations over a dataset.
-
-    Args:
-        model: the network.
-        loader: a DataLoader (or any iterable of batches) **in dataset order** (no shuffling):
-            image indices count batches in the order they come.
-        layer: layer name (``named_modules()`` spelling).
-        k: activations kept per channel, from distinct images. Over fewer than ``k`` images the
-            rest is padding (index ``-1``, value ``-inf``) and a :class:`FewImagesWarning` says
-            so, once.
-        progress: show a progress bar.
-
-    Returns:
-        A :class:`TopActivations`.
-
-    Example:
-        >>> loader = DataLoader(test_set, batch_size=256)                 # doctest: +SKIP
-        >>> top = deconvviz.top_activations(model, loader, "conv2", k=9)  # doctest: +SKIP
-        >>> top.values.shape                                              # doctest: +SKIP
-        torch.Size([64, 9])
-    """
-    from deconvviz.scan import scan
-
-    top = scan(model, loader, [layer], k, progress=progress, distributed=False)[layer]
-    real = int((top.indices >= 0).sum(dim=1).max()) if top.indices.numel() else 0
-    if real < k:  # fewer images than k: the rest is padding (index -1)
-        warnings.warn(few_images_message(k, real), FewImagesWarning, stacklevel=2)
-    return top
-
-
-def _boxes(
+def input_boxes(
     rf: ReceptiveField | None, positions: Tensor, size: tuple[int, int], clip: bool = True
 ) -> Tensor:
-    c, k, _ = positions.shape
+    """``[C, k, 4]`` input-pixel boxes of activations at ``positions`` (``[C, k, 2]``): their
+    receptive fields (:meth:`ReceptiveField.boxes`), or the whole image where ``rf`` is unknown."""
     if rf is None:
+        c, k, _ = positions.shape
         return torch.tensor([0, 0, size[0], size[1]]).repeat(c, k, 1)
-    rows, cols = positions[..., 0], positions[..., 1]
-    y0 = rows * rf.jump[0] + rf.start[0]
-    x0 = cols * rf.jump[1] + rf.start[1]
-    y1 = rows * rf.jump[0] + rf.end[0] + 1
-    x1 = cols * rf.jump[1] + rf.end[1] + 1
-    if clip:
-        y0, x0 = y0.clamp_min(0), x0.clamp_min(0)
-        y1, x1 = y1.clamp_max(size[0]), x1.clamp_max(size[1])
-    return torch.stack([y0, x0, y1, x1], dim=-1)
+    return rf.boxes(positions, clip=clip)
 
 
 def project_top(
@@ -197,7 +152,7 @@ def project_top(
     rf = top.receptive_field
     bh, bw = (min(rf.size[0], h_img), min(rf.size[1], w_img)) if rf is not None else (h_img, w_img)
     canvas = _Canvas((len(chans), top.k, bh, bw))
-    fields = _boxes(rf, top.positions, top.input_size, clip=False)
+    fields = input_boxes(rf, top.positions, top.input_size, clip=False)
     # The seeds, channel-major; missing entries (index -1) stay zero.
     seeds = [(ci, j) for ci, c in enumerate(chans) for j in range(top.k) if top.indices[c, j] >= 0]
     bar = tqdm(

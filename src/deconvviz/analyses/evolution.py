@@ -24,7 +24,8 @@ from deconvviz.analyses._common import (
 )
 from deconvviz.errors import InputError, unknown_name
 from deconvviz.rules import RULES
-from deconvviz.topk import project_top, top_activations
+from deconvviz.scan import top_activations
+from deconvviz.topk import project_top
 
 __all__ = ["EvolutionRecord", "EvolutionResult", "FeatureEvolution"]
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
@@ -58,14 +59,35 @@ class ReceptiveField:
             >>> rf.box(0, 0)
             (0, 0, 6, 6)
         """
-        y0 = row * self.jump[0] + self.start[0]
-        x0 = col * self.jump[1] + self.start[1]
-        y1 = row * self.jump[0] + self.end[0] + 1
-        x1 = col * self.jump[1] + self.end[1] + 1
+        y0, x0, y1, x1 = self._corners(row, col)
         if clip:
             h, w = self.input_size
             y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
         return (y0, x0, y1, x1)
+
+    def boxes(self, positions: Tensor, clip: bool = True) -> Tensor:
+        """:meth:`box` of every ``(row, col)`` in ``positions`` (``[..., 2]``): ``[..., 4]``.
+
+        Example:
+            >>> rf = ReceptiveField((2, 2), (-2, -2), (5, 5), (28, 28))
+            >>> rf.boxes(torch.tensor([[0, 0], [1, 3]])).tolist()
+            [[0, 0, 6, 6], [0, 4, 8, 12]]
+        """
+        y0, x0, y1, x1 = self._corners(positions[..., 0], positions[..., 1])
+        if clip:
+            h, w = self.input_size
+            y0, x0 = y0.clamp_min(0), x0.clamp_min(0)
+            y1, x1 = y1.clamp_max(h), x1.clamp_max(w)
+        return torch.stack([y0, x0, y1, x1], dim=-1)
+
+    def _corners(self, row: Any, col: Any) -> tuple[Any, Any, Any, Any]:
+        """Unclipped ``(y0, x0, y1, x1)`` of ``(row, col)`` (ints or tensors alike)."""
+        return (
+            row * self.jump[0] + self.start[0],
+            col * self.jump[1] + self.start[1],
+            row * self.jump[0] + self.end[0] + 1,
+            col * self.jump[1] + self.end[1] + 1,
+        )
 
 
 class _Unknown:
