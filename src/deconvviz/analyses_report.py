@@ -11,6 +11,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -58,39 +59,52 @@ def report_figures(
         (``out_dir / name``: relative to the working directory when ``out_dir`` is), so use it
         as it is and do not join it to ``out_dir`` again.
     """
-    from tqdm.auto import tqdm
-
-    from deconvviz.render.analyses import (
-        correspondence_figure,
-        invariance_figure,
-        randomisation_figure,
-        sensitivity_figure,
-    )
+    from deconvviz.render import analyses as figures
 
     out = Path(out_dir)
+    x, y, indices = _inputs(model, dataset, n_images)
+    return _write_results(_jobs(figures, model, x, y), out, indices, progress)
+
+
+_Job = tuple[str, str, Callable[[], Any], Callable[[Any], Any], int]
+"""``(title, file stem, compute, render, images used)`` of one analysis."""
+
+
+def _inputs(
+    model: nn.Module, dataset: Sequence[Any], n_images: int
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The images (checked against the model), their labels (the model's predictions where the
+    dataset has none) and their dataset indices."""
     x, y, indices = pick_images(dataset, max(2, n_images))
     x = check_images(model, x)
     if y is None:
         with eval_mode(model), torch.no_grad():
             y = model(x).argmax(dim=1).cpu()
+    return x, y, indices
+
+
+def _jobs(figures: ModuleType, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[_Job]:
+    """The quick analyses in report order, each with its figure function (from ``figures``,
+    :mod:`deconvviz.render.analyses`)."""
     h, w = x.shape[-2:]
     layers = default_layers(model, x)
     side = max(2, min(h, w) // 4)
     centre = [(h - side) // 2, (w - side) // 2, (h - side) // 2 + side, (w - side) // 2 + side]
     few = x[: min(4, len(x))]
-
-    jobs: list[tuple[str, str, Callable[[], Any], Callable[[Any], Any]]] = [
+    return [
         (
             "Invariance to vertical translation",
             "invariance_translate",
             lambda: invariance(model, x, y, "translate", layers=layers, progress=False),
-            invariance_figure,
+            figures.invariance_figure,
+            len(x),
         ),
         (
             "Invariance to scaling",
             "invariance_scale",
             lambda: invariance(model, x, y, "scale", layers=layers, progress=False),
-            invariance_figure,
+            figures.invariance_figure,
+            len(x),
         ),
         (
             "Invariance to rotation",
@@ -98,7 +112,8 @@ def report_figures(
             lambda: invariance(
                 model, x, y, "rotate", values=range(-180, 181, 30), layers=layers, progress=False
             ),
-            invariance_figure,
+            figures.invariance_figure,
+            len(x),
         ),
         (
             "Correspondence (centred occluder vs random occluders)",
@@ -106,29 +121,40 @@ def report_figures(
             lambda: correspondence(
                 model, x, centre, layers, n_random=10, seed=0, parts=("centre",), progress=False
             ),
-            correspondence_figure,
+            figures.correspondence_figure,
+            len(x),
         ),
         (
             "Sanity check: cascading model randomisation",
             "randomisation",
             lambda: randomisation_test(model, few, progress=False),
-            randomisation_figure,
+            figures.randomisation_figure,
+            len(few),
         ),
         (
             "Sanity check: class sensitivity of projections",
             "sensitivity",
             lambda: sensitivity_check(model, few[:2], progress=False),
-            sensitivity_figure,
+            figures.sensitivity_figure,
+            min(2, len(few)),
         ),
     ]
+
+
+def _write_results(
+    jobs: Sequence[_Job], out: Path, indices: Sequence[int], progress: bool
+) -> list[tuple[str, Path]]:
+    """Run each job and write its ``<stem>.png`` and ``<stem>.json`` (with the dataset indices
+    of the images it used); ``(title, png path)`` pairs."""
+    from tqdm.auto import tqdm
+
     written: list[tuple[str, Path]] = []
     bar = tqdm(jobs, desc="analyses", disable=not progress, unit="analysis", leave=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeconvvizWarning)
-        for title, stem, compute, render in bar:
+        for title, stem, compute, render, used in bar:
             result = compute()
             info = json_safe(result.to_dict())
-            used = {"randomisation": len(few), "sensitivity": min(2, len(few))}.get(stem, len(x))
             info["dataset_indices"] = indices[:used]
             fig = render(result)
             png = save_figure(out / f"{stem}.png", fig, dpi=110)

@@ -179,37 +179,13 @@ def find_image_folder(
     if not root.is_dir():
         return None
     base = next((root / s for s in _SPLIT_NAMES.get(split, ()) if (root / s).is_dir()), root)
-    classes_dirs = _class_dirs(base)
-    if classes_dirs and not _images_in(base):
-        classes = [d.name for d in classes_dirs]
-        files: list[Path] = []
-        labels: list[int] = []
-        for label, d in enumerate(classes_dirs):
-            found = _walk_images(d)
-            files += found
-            labels += [label] * len(found)
-        name = "imagefolder"
-    else:
-        files = _images_in(base)
-        if not files:
-            return None
-        labels = [-1] * len(files)
-        classes = []
-        name = "images"
+    listed = _list_images(base)
+    if listed is None:
+        return None
+    files, labels, classes, name = listed
     if max_images is not None:
         files, labels = files[:max_images], labels[:max_images]
-    ok = [_readable(f) for f in files]
-    skipped = [f for f, good in zip(files, ok, strict=True) if not good]
-    if skipped:
-        shown = ", ".join(str(p.relative_to(root)) for p in skipped[:3])
-        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        warnings.warn(
-            f"skipped {len(skipped)} of {len(files)} files under {root} that are not readable "
-            f"images: {shown}{more}",
-            SkippedFilesWarning,
-            stacklevel=2,
-        )
-    keep = [i for i, good in enumerate(ok) if good]
+    keep, skipped = _drop_unreadable(files, root)
     return FolderDataset(
         [files[i] for i in keep],
         [labels[i] for i in keep],
@@ -221,6 +197,41 @@ def find_image_folder(
         source=base,
         skipped=skipped,
     )
+
+
+def _list_images(base: Path) -> tuple[list[Path], list[int], list[str], str] | None:
+    """``(files, labels, classes, name)`` of the ``ImageFolder`` tree or the flat folder at
+    ``base``, or ``None`` when it holds neither."""
+    classes_dirs = _class_dirs(base)
+    if classes_dirs and not _images_in(base):
+        files: list[Path] = []
+        labels: list[int] = []
+        for label, d in enumerate(classes_dirs):
+            found = _walk_images(d)
+            files += found
+            labels += [label] * len(found)
+        return files, labels, [d.name for d in classes_dirs], "imagefolder"
+    files = _images_in(base)
+    if not files:
+        return None
+    return files, [-1] * len(files), [], "images"
+
+
+def _drop_unreadable(files: Sequence[Path], root: Path) -> tuple[list[int], list[Path]]:
+    """The indices of the readable images among ``files`` and the files left out, said in one
+    :class:`SkippedFilesWarning` (attributed to :func:`find_image_folder`'s caller)."""
+    ok = [_readable(f) for f in files]
+    skipped = [f for f, good in zip(files, ok, strict=True) if not good]
+    if skipped:
+        shown = ", ".join(str(p.relative_to(root)) for p in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        warnings.warn(
+            f"skipped {len(skipped)} of {len(files)} files under {root} that are not readable "
+            f"images: {shown}{more}",
+            SkippedFilesWarning,
+            stacklevel=3,
+        )
+    return [i for i, good in enumerate(ok) if good], skipped
 
 
 # ------------------------------------------------------------------------------ samples
@@ -301,8 +312,7 @@ def dataset_for_model(
     An ``ImageFolder`` tree or a flat folder of images under ``data_dir`` (see
     :mod:`deconvviz.datasets`) is used when no deconvviz dataset layout is found there.
     """
-    from deconvviz.data import choose_dataset, dataset_for_config, find_datasets, load_dataset
-    from deconvviz.reconstruct import expected_input
+    from deconvviz.data import dataset_for_config
 
     model_cfg = config.get("model") if config else None
     trained_on = config.get("dataset") if config else None
@@ -317,6 +327,23 @@ def dataset_for_model(
         )
     if dataset is None and isinstance(model_cfg, Mapping):
         return dataset_for_config(dict(config), data_dir, split)
+    return _dataset_to_fit(model, config, data_dir, dataset, split, max_images)
+
+
+def _dataset_to_fit(
+    model: nn.Module,
+    config: Mapping[str, Any],
+    data_dir: str | os.PathLike[str],
+    dataset: str | None,
+    split: str,
+    max_images: int | None,
+) -> Any:
+    """The data under ``data_dir`` converted to the model's input channels and size: an image
+    folder when asked for (or when no deconvviz dataset layout is there), else the named
+    dataset, else the one whose images fit the model."""
+    from deconvviz.data import choose_dataset, find_datasets, load_dataset
+    from deconvviz.reconstruct import expected_input
+
     channels, size = expected_input(model, config)
     if dataset in ("imagefolder", "images") or (
         dataset in (None, "auto") and not find_datasets(data_dir)

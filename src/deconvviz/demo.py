@@ -115,6 +115,28 @@ def run_demo(
             device=device,
             progress=progress,
         )
+    return _shipped_demo(
+        out_dir,
+        data_dir=data_dir,
+        images=images,
+        k=k,
+        max_images=max_images,
+        device=device,
+        progress=progress,
+    )
+
+
+def _shipped_demo(
+    out_dir: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None,
+    images: int,
+    k: int,
+    max_images: int,
+    device: str,
+    progress: bool,
+) -> DemoResult:
+    """The report of the shipped ``zfnet-cifar`` network (:func:`run_demo` without ``train``)."""
     from deconvviz.pretrained import load_pretrained, pretrained_path
     from deconvviz.report import write_report
     from deconvviz.train import _resolve_device
@@ -122,14 +144,7 @@ def run_demo(
     out = Path(out_dir)
     model, info = load_pretrained("zfnet-cifar")
     model = model.to(_resolve_device(device))
-    if data_dir is None:
-        report_set, data = load_sample(), "sample"
-    else:
-        from deconvviz.data import load_dataset
-
-        per_class = max(1, -(-max_images // 10))
-        report_set = load_dataset(data_dir, "cifar10", "test", per_class=per_class)
-        data = str(data_dir)
+    report_set, data = _report_images(data_dir, max_images)
     acc = float(info.get("test_accuracy", float("nan")))
     metrics = dict(info.get("metrics") or {})
     metrics["final_test_acc"] = acc
@@ -149,6 +164,18 @@ def run_demo(
         progress=progress,
     )
     return DemoResult(out, None, report, acc, data, "zfnet-cifar")
+
+
+def _report_images(data_dir: str | os.PathLike[str] | None, max_images: int) -> tuple[Any, str]:
+    """The images the shipped network's report analyses, and what the title calls them: the
+    shipped sample, or CIFAR-10's test split under ``data_dir`` (``ceil(max_images / 10)``
+    images per class)."""
+    if data_dir is None:
+        return load_sample(), "sample"
+    from deconvviz.data import load_dataset
+
+    per_class = max(1, -(-max_images // 10))
+    return load_dataset(data_dir, "cifar10", "test", per_class=per_class), str(data_dir)
 
 
 def _train_demo(

@@ -208,6 +208,40 @@ def write_report(
     Returns:
         A :class:`Report`.
     """
+    wanted = _check_arguments(model, dataset, sections, layers, rule, images, max_images)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = _Context(
+        out,
+        model,
+        dataset,
+        _scanned(dataset, max_images),
+        list(class_names) if class_names is not None else getattr(dataset, "classes", None),
+        metrics or {},
+        layers,
+        k,
+        rule,
+        images,
+        occlusion_size,
+        occlusion_stride,
+        progress,
+        max_channels,
+    )
+    done = _build_sections(ctx, wanted)
+    return _write_index(ctx, done, config, run_path, max_images, title)
+
+
+def _check_arguments(
+    model: nn.Module,
+    dataset: Sequence[Any],
+    sections: Sequence[str] | None,
+    layers: Sequence[str] | None,
+    rule: str,
+    images: int,
+    max_images: int | None,
+) -> list[str]:
+    """The section keys asked for, after every check of :func:`write_report`'s arguments:
+    user errors fail now, not as a skipped section after minutes of work."""
     keys = [key for key, _ in SECTIONS]
     wanted = keys if sections is None else list(sections)
     for s in wanted:
@@ -221,7 +255,6 @@ def write_report(
         raise InputError(f"images must be a positive integer, got {images!r}")
     if max_images is not None and (isinstance(max_images, bool) or max_images < 1):
         raise InputError(f"max_images must be a positive integer or None, got {max_images!r}")
-    # user errors fail now, not as a skipped section after minutes of work
     if rule not in RULES:
         raise InputError(unknown_name("rule", str(rule), sorted(RULES)))
     known = [n for n, _ in model.named_modules() if n]
@@ -229,28 +262,19 @@ def write_report(
         # 'name:N' (the N-th call of a module called several times) is the engine's to check
         if not isinstance(layer, str) or _split_layer(layer)[0] not in known:
             raise LayerError(unknown_name("layer", str(layer), known))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    names = list(class_names) if class_names is not None else getattr(dataset, "classes", None)
-    scan: Sequence[Any] = dataset
+    return wanted
+
+
+def _scanned(dataset: Sequence[Any], max_images: int | None) -> Sequence[Any]:
+    """The images scanned for statistics and reconstructions: the first ``max_images``."""
     if max_images is not None and len(dataset) > max_images:
-        scan = Subset(dataset, range(max_images))  # type: ignore[arg-type,assignment]
-    ctx = _Context(
-        out,
-        model,
-        dataset,
-        scan,
-        names,
-        metrics or {},
-        layers,
-        k,
-        rule,
-        images,
-        occlusion_size,
-        occlusion_stride,
-        progress,
-        max_channels,
-    )
+        return Subset(dataset, range(max_images))  # type: ignore[arg-type,return-value]
+    return dataset
+
+
+def _build_sections(ctx: _Context, wanted: Sequence[str]) -> list[_Section]:
+    """Each wanted section, in page order; one that fails with a :class:`DeconvvizError` (or
+    shows nothing) is kept as skipped, with the reason."""
     builders: dict[str, Callable[[_Context, _Section], None]] = {
         "training": _training,
         "filters": _filters,
@@ -275,43 +299,68 @@ def write_report(
         if not section.figures and not section.html and section.skipped is None:
             section.skipped = "nothing to show"
         done.append(section)
+    return done
 
+
+def _write_index(
+    ctx: _Context,
+    done: Sequence[_Section],
+    config: Mapping[str, Any] | None,
+    run_path: str | os.PathLike[str] | None,
+    max_images: int | None,
+    title: str | None,
+) -> Report:
+    """Write ``manifest.json`` and ``index.html`` for the built sections."""
     figures = tuple(f for s in done for f in s.figures)
     skipped = tuple((s.key, s.skipped) for s in done if s.skipped is not None)
+    manifest = _manifest(ctx, done, figures, config, run_path, max_images)
+    manifest_path = write_json(ctx.out / "manifest.json", json_safe(manifest))
+    page = _html_page(title or f"deconvviz report: {type(ctx.model).__name__}", done, manifest)
+    index = write_text(ctx.out / "index.html", page)
+    return Report(ctx.out, index, manifest_path, figures, skipped)
+
+
+def _manifest(
+    ctx: _Context,
+    done: Sequence[_Section],
+    figures: Sequence[ReportFigure],
+    config: Mapping[str, Any] | None,
+    run_path: str | os.PathLike[str] | None,
+    max_images: int | None,
+) -> dict[str, Any]:
+    """What ``manifest.json`` records: versions, the run, the model, the data, the options,
+    every section and every figure."""
     cfg = dict(config) if config else {}
-    manifest = {
+    model = ctx.model
+    return {
         "deconvviz": __version__,
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "run": None if run_path is None else str(run_path),
         "config": cfg,
         "seed": cfg.get("seed"),
-        "metrics": {k_: v for k_, v in (metrics or {}).items() if k_ != "history"},
+        "metrics": {k_: v for k_, v in ctx.metrics.items() if k_ != "history"},
         "model": {
             "class": type(model).__name__,
             "parameters": int(sum(p.numel() for p in model.parameters())),
             "config": getattr(model, "config", None),
         },
-        "dataset": _describe_dataset(dataset, scan),
+        "dataset": _describe_dataset(ctx.dataset, ctx.scan),
         "options": {
-            "layers": list(layers) if layers else None,
-            "k": k,
-            "rule": rule,
-            "images": images,
-            "occlusion_size": occlusion_size,
-            "occlusion_stride": occlusion_stride,
+            "layers": list(ctx.layers) if ctx.layers else None,
+            "k": ctx.k,
+            "rule": ctx.rule,
+            "images": ctx.images,
+            "occlusion_size": ctx.occlusion_size,
+            "occlusion_stride": ctx.occlusion_stride,
             "max_images": max_images,
-            "max_channels": max_channels,
+            "max_channels": ctx.max_channels,
         },
         "sections": [
             {"key": s.key, "title": s.title, "skipped": s.skipped, **s.data} for s in done
         ],
         "figures": [{"section": f.section, "title": f.title, "path": f.path} for f in figures],
     }
-    manifest_path = write_json(out / "manifest.json", json_safe(manifest))
-    page = _html_page(title or f"deconvviz report: {type(model).__name__}", done, manifest)
-    index = write_text(out / "index.html", page)
-    return Report(out, index, manifest_path, figures, skipped)
 
 
 def report_from_run(
