@@ -413,8 +413,6 @@ class Deconvnet:
                 )
         return x
 
-    _check_input = check_input  # the name scan.py still uses
-
     def _layer(self, probe: _Probe, layer: str) -> _LayerInfo:
         """The probe's record of ``layer``, once it is known to be projectable."""
         if not isinstance(layer, str):
