@@ -1,7 +1,7 @@
 """One definition of each option that several commands share, so that it looks the same on all.
 
-``-c/--checkpoint``, ``--model``, ``--device``, ``--layer``, ``--data-dir``, ``--out`` and
-``--progress/--no-progress`` are defined here once; every command module uses these
+``-c/--checkpoint``, ``--model``, ``--device``, ``--layer``, ``--data-dir``, ``--dataset``,
+``--out`` and ``--progress/--no-progress`` are defined here once; every command module uses these
 decorators instead of its own ``click.option(...)``. Options a single command has stay in
 that command's module.
 """
@@ -19,6 +19,7 @@ import click
 __all__ = [
     "checkpoint_option",
     "data_dir_option",
+    "dataset_option",
     "device_option",
     "int_list",
     "layer_option",
@@ -123,6 +124,16 @@ def data_dir_option(*, required: bool, help: str | None = None) -> Callable[[F],
         or "Folder holding the run's dataset, or a root such as ../shared/data. Not needed for "
         "runs trained on the shipped CIFAR-10 sample (deconvviz demo).",
     )
+
+
+def dataset_option(f: F) -> F:
+    """``--dataset NAME``: which dataset under ``--data-dir`` a loaded run reads (default: the
+    run's own). The training commands, which choose what to train on, keep their own."""
+    return click.option(
+        "--dataset",
+        default=None,
+        help="Dataset under --data-dir (cifar10-course, cifar10, mnist); default: the run's.",
+    )(f)
 
 
 def _check_out(ctx: click.Context, param: click.Parameter, value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Input checks shared by every layer: images, labels, layer names, the model's device and dtype.
+"""Input checks shared by every layer: images, labels, layer names, channel lists, the model's
+device and dtype.
 
 Rank 0 (base): imports only torch and :mod:`deconvviz.errors`. Each check returns the value in
 the form the library computes with, or raises a :class:`deconvviz.errors.DeconvvizError` whose
@@ -16,13 +17,26 @@ from torch import Tensor, nn
 from deconvviz.errors import InputError, LayerError, unknown_name
 
 __all__ = [
+    "call_key",
+    "check_batch",
+    "check_channels",
     "check_images",
     "check_labels",
+    "check_layer",
     "check_layers",
+    "check_model",
     "model_device_dtype",
     "module_names",
+    "split_call",
     "to_model",
 ]
+
+
+def check_model(model: Any) -> nn.Module:
+    """``model`` if it is a ``torch.nn.Module``; an :class:`InputError` otherwise."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
 
 
 def model_device_dtype(
@@ -36,8 +50,7 @@ def model_device_dtype(
     Raises:
         InputError: ``model`` is not a ``torch.nn.Module``.
     """
-    if not isinstance(model, nn.Module):
-        raise InputError(f"expected a torch.nn.Module, got {type(model).__name__}; pass the model")
+    check_model(model)
     for t in (*model.parameters(), *model.buffers()):
         if t.is_floating_point():
             return t.device, t.dtype
@@ -53,26 +66,38 @@ def to_model(x: Tensor, model: nn.Module) -> Tensor:
     return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
 
 
-def check_images(model: nn.Module, images: Any, what: str = "images") -> Tensor:
-    """``images`` as a float tensor ``[N, C, H, W]`` on the model's device and dtype."""
-    if not isinstance(images, Tensor):
-        raise InputError(f"{what} must be a torch.Tensor [N, C, H, W], got {type(images).__name__}")
-    if images.dim() == 3:
+def check_batch(x: Any, what: str = "images", *, finite: bool = True) -> Tensor:
+    """``x`` itself if it is a non-empty floating-point tensor ``[N, C, H, W]`` (with no NaN or
+    infinite value when ``finite``); it is not moved (see :func:`check_images`).
+
+    Raises:
+        InputError: naming ``what`` and the fix (e.g. ``x.unsqueeze(0)`` for one image).
+    """
+    if not isinstance(x, Tensor):
+        raise InputError(f"{what} must be a torch.Tensor [N, C, H, W], got {type(x).__name__}")
+    if x.dim() == 3:
         raise InputError(
-            f"{what} must have shape [N, C, H, W], got {tuple(images.shape)}; add a batch "
+            f"{what} must have shape [N, C, H, W], got {tuple(x.shape)}; add a batch "
             "dimension with x.unsqueeze(0)"
         )
-    if images.dim() != 4:
-        raise InputError(f"{what} must have shape [N, C, H, W], got {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise InputError(f"{what} is empty (N = 0); pass at least one image")
-    if not images.is_floating_point():
+    if x.dim() != 4:
+        raise InputError(f"{what} must have shape [N, C, H, W], got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise InputError(f"{what} is an empty batch (N = 0); pass at least one image")
+    if not x.is_floating_point():
         raise InputError(
-            f"{what} must be floating point, got {images.dtype}; scale to the model's input range "
-            "with x.float() / 255 (or as the model expects)"
+            f"{what} must be a floating-point tensor, got {x.dtype}; scale to the model's input "
+            "range with x.float() / 255 (or as the model expects)"
         )
-    if not bool(torch.isfinite(images).all()):
+    if finite and not bool(torch.isfinite(x).all()):
         raise InputError(f"{what} contain NaN or infinite values")
+    return x
+
+
+def check_images(model: nn.Module, images: Any, what: str = "images") -> Tensor:
+    """``images`` (checked by :func:`check_batch`) as a float tensor ``[N, C, H, W]`` on the
+    model's device and dtype, detached."""
+    images = check_batch(images, what)
     device, dtype = model_device_dtype(model)
     return images.detach().to(device=device, dtype=dtype)
 
@@ -116,3 +141,67 @@ def check_layers(model: nn.Module, layers: Sequence[str]) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise LayerError(f"layers {list(names)} repeat a name; give each layer once")
     return names
+
+
+def call_key(name: str, call: int) -> str:
+    """``"name:call"``: how a call of a module run several times per pass is named."""
+    return f"{name}:{call}"
+
+
+def split_call(layer: str) -> tuple[str, int | None]:
+    """``"layer1.0.relu:1"`` -> ``("layer1.0.relu", 1)``; a plain name -> ``(name, None)``."""
+    name, sep, call = layer.rpartition(":")
+    if sep and name and call.isdigit():
+        return name, int(call)
+    return layer, None
+
+
+def check_layer(model: nn.Module, name: Any, *, calls: bool = False) -> nn.Module:
+    """The submodule ``name`` names (``named_modules()`` spelling, the model itself excluded).
+
+    Args:
+        calls: accept ``"name:N"`` (the N-th call of a module run several times per pass; which
+            calls exist is the engine's to check) and return ``name``'s module.
+
+    Raises:
+        LayerError: unknown name, listing close matches.
+    """
+    known = module_names(model)
+    base = split_call(name)[0] if calls and isinstance(name, str) else name
+    if not isinstance(base, str) or base not in known:
+        raise LayerError(unknown_name("layer", str(name), list(known)))
+    return known[base]
+
+
+def check_channels(
+    channel: Any, n_channels: int, layer: str | None = None, *, what: str = "channel"
+) -> tuple[list[int], bool]:
+    """``(channels, single)``: ``channel`` (an int, a 0-d tensor, or a sequence of ints) as a
+    list of channel indices of a layer with ``n_channels`` channels, and whether it was one int.
+
+    Args:
+        layer: named in the out-of-range message when given.
+        what: the argument's name in the messages.
+
+    Raises:
+        InputError: not ints, an empty list, or a channel outside ``0..n_channels - 1``.
+
+    Example:
+        >>> check_channels(3, 8), check_channels([0, 7], 8)
+        (([3], True), ([0, 7], False))
+    """
+    single = isinstance(channel, int) or (isinstance(channel, Tensor) and channel.dim() == 0)
+    try:
+        chans = [int(channel)] if single else [int(c) for c in channel]
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be an int or a list of ints, got {channel!r}") from None
+    if not chans:
+        raise InputError(f"{what} is an empty list; give at least one channel")
+    bad = [c for c in chans if not 0 <= c < n_channels]
+    if bad:
+        owner = "the layer" if layer is None else repr(layer)
+        raise InputError(
+            f"channel {bad[0]} is out of range: {owner} has {n_channels} channels "
+            f"(0..{n_channels - 1})"
+        )
+    return chans, single

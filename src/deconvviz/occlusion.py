@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from deconvviz._util import items_within, pair
 from deconvviz._util import memory_budget as memory_budget_for
-from deconvviz.checks import model_device_dtype
+from deconvviz.checks import check_batch, check_layer, check_model, model_device_dtype
 from deconvviz.engine import attach, layer_output
 from deconvviz.engine.tracer import Tracer, eval_mode
-from deconvviz.errors import InputError, LayerError, unknown_name
+from deconvviz.errors import InputError, LayerError
 
 __all__ = ["OcclusionResult", "occlusion", "occluder_starts"]
 
@@ -493,23 +493,8 @@ def _check_args(
     layer: str | None,
 ) -> tuple[tuple[int, int], tuple[int, int], nn.Module | None]:
     """:func:`occlusion`'s arguments, checked: ``(size, stride, the layer's module or None)``."""
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(x, Tensor) or x.dim() != 4:
-        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InputError(
-            f"occlusion expects images [N, C, H, W], got {got}; "
-            "add a batch dimension with x.unsqueeze(0)"
-        )
-    if x.shape[0] == 0:
-        raise InputError("occlusion got an empty batch of images")
-    if not x.is_floating_point():
-        raise InputError(
-            f"images must be floating point in the model's input space, got {x.dtype}; "
-            "convert e.g. uint8 pixels with x.float() / 255"
-        )
-    if not bool(torch.isfinite(x).all()):
-        raise InputError("images contain NaN or infinite values")
+    check_model(model)
+    check_batch(x, "images")
     sh, sw = pair(size, "size")
     th, tw = pair(stride, "stride")
     h, w = x.shape[-2:]
@@ -523,10 +508,7 @@ def _check_args(
         raise InputError(f"batch_size must be a positive int or None, got {batch_size!r}")
     if layer is None:
         return (sh, sw), (th, tw), None
-    modules = dict(model.named_modules())
-    if layer not in modules or layer == "":
-        raise LayerError(unknown_name("layer", str(layer), [k for k in modules if k]))
-    return (sh, sw), (th, tw), modules[layer]
+    return (sh, sw), (th, tw), check_layer(model, layer)
 
 
 def _no_maps() -> dict[str, Any]:

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
+from deconvviz.checks import check_model
 from deconvviz.engine import Deconvnet, batch_images, model_device_dtype
 from deconvviz.engine.tracer import Tracer, eval_mode, split_call
 from deconvviz.errors import CheckpointError, InputError, LayerError
@@ -383,8 +384,7 @@ def scan(
 def _check_scan_args(
     model: nn.Module, k: int, batch_size: int, max_images: int | None, save_every: int
 ) -> None:
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

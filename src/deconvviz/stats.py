@@ -25,11 +25,11 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakTensorKeyDictionary
 from tqdm.auto import tqdm
 
-from deconvviz.checks import to_model
+from deconvviz.checks import check_layer, check_model, to_model
 from deconvviz.engine import batch_images
 from deconvviz.engine.support import RELU_FUNCS
 from deconvviz.engine.tracer import Tracer, eval_mode
-from deconvviz.errors import InputError, LayerError, unknown_name
+from deconvviz.errors import InputError, LayerError
 
 __all__ = [
     "LayerStats",
@@ -473,8 +473,7 @@ def _check_stats_args(
     hist_range: tuple[float, float] | None,
 ) -> tuple[list[str] | None, tuple[float, float] | None]:
     """:func:`activation_stats`'s arguments, checked: ``(layers, hist_range)``."""
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise InputError(f"bins must be a positive integer, got {bins!r}")
     if hist_range is not None:
@@ -484,10 +483,8 @@ def _check_stats_args(
         hist_range = (lo, hi)
     if layers is not None:
         layers = list(layers)
-        names = [k for k, _ in model.named_modules() if k]
         for name in layers:
-            if name not in names:
-                raise LayerError(unknown_name("layer", str(name), names))
+            check_layer(model, name)
     return layers, hist_range
 
 

@@ -20,6 +20,7 @@ from deconvviz_cli._output import write_result
 from deconvviz_cli.options import (
     checkpoint_option,
     data_dir_option,
+    dataset_option,
     device_option,
     int_list,
     layer_option,
@@ -41,11 +42,7 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
         checkpoint_option,
         model_option,
         data_dir_option(required=False),
-        click.option(
-            "--dataset",
-            default=None,
-            help="Dataset under --data-dir (cifar10-course, cifar10, mnist); default: the run's.",
-        ),
+        dataset_option,
         click.option(
             "--split",
             type=click.Choice(["test", "train"]),

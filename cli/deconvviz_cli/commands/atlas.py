@@ -9,11 +9,12 @@ from typing import Any
 
 import click
 
-from deconvviz_cli.commands.reconstruct import _dataset, _rule, _split
+from deconvviz_cli.commands.reconstruct import _rule, _split
 from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
     checkpoint_option,
     data_dir_option,
+    dataset_option,
     device_option,
     layer_option,
     model_option,
@@ -46,7 +47,7 @@ def _init_distributed(device: str) -> tuple[str, bool]:
 @checkpoint_option
 @model_option
 @data_dir_option(required=False)
-@_dataset
+@dataset_option
 @_split
 @layer_option(multiple=True, help="Layer to scan (default: every Conv2d)")
 @click.option(

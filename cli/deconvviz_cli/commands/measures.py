@@ -18,6 +18,7 @@ from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
     checkpoint_option,
     data_dir_option,
+    dataset_option,
     device_option,
     layer_option,
     model_option,
@@ -228,11 +229,7 @@ def filters(
     show_default=True,
     help="Images per forward pass.",
 )
-@click.option(
-    "--dataset",
-    default=None,
-    help="Dataset under --data-dir (cifar10-course, cifar10, mnist); default: the run's.",
-)
+@dataset_option
 @click.option(
     "--max-images", type=click.IntRange(min=1), default=None, help="Use only the first N images."
 )

@@ -14,6 +14,7 @@ from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
     checkpoint_option,
     data_dir_option,
+    dataset_option,
     device_option,
     layer_option,
     model_option,
@@ -43,11 +44,6 @@ class RuleChoice(click.Choice):
 RULES = RuleChoice()
 
 _data_dir = data_dir_option(required=False)
-_dataset = click.option(
-    "--dataset",
-    default=None,
-    help="Dataset under --data-dir (cifar10-course, cifar10, mnist); default: the run's.",
-)
 _split = click.option(
     "--split",
     type=click.Choice(["test", "train"]),
@@ -72,7 +68,7 @@ _rule = click.option(
 @checkpoint_option
 @model_option
 @_data_dir
-@_dataset
+@dataset_option
 @_split
 @click.option(
     "--image",
@@ -327,7 +323,7 @@ def compare_cmd(
 @checkpoint_option
 @model_option
 @_data_dir
-@_dataset
+@dataset_option
 @_split
 @_layer
 @click.option(

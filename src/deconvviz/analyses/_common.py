@@ -11,8 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from deconvviz.checks import (  # noqa: F401  (re-exported: the analyses import them from here)
+    check_channels,
     check_images,
     check_labels,
+    check_layer,
     check_layers,
     model_device_dtype,
     module_names,

@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from deconvviz._util import json_safe
-from deconvviz.errors import InputError, LayerError, unknown_name
+from deconvviz.checks import check_layer
+from deconvviz.errors import InputError
 
 __all__ = [
     "FilterStructure",
@@ -205,10 +206,8 @@ def class_selectivity(
         raise InputError(f"k must be a positive integer, got {k!r}")
     if not layers:
         raise InputError("class_selectivity needs at least one layer name")
-    known = [n for n, _ in model.named_modules() if n]
     for name in layers:
-        if name.split(":")[0] not in known:
-            raise LayerError(unknown_name("layer", str(name), known))
+        check_layer(model, name, calls=True)
     labels = _labels(dataset)
     loader: DataLoader[Any] = DataLoader(dataset, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
     with warnings.catch_warnings():

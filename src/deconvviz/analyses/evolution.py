@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from deconvviz.analyses._common import (
+    check_channels,
     check_images,
     check_layers,
     model_device_dtype,
@@ -193,13 +194,7 @@ class FeatureEvolution:
             )
             if self.channels is None:
                 self.channels = tuple(range(min(self.max_channels, top.channels)))
-            bad = [c for c in self.channels if c >= top.channels]
-            if bad:
-                raise InputError(
-                    f"channel {bad[0]} is out of range: {self.layer!r} has {top.channels} "
-                    f"channels (0..{top.channels - 1})"
-                )
-            chans = list(self.channels)
+            chans, _ = check_channels(list(self.channels), top.channels, self.layer)
             images: Sequence[Tensor] = list(x.unbind(0))
             proj = project_top(
                 model,

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from deconvviz.analyses._common import (
+    check_channels,
     check_images,
     check_layers,
     forward_trace,
@@ -167,11 +168,7 @@ def _check_channels(channel: Any, n: int, n_channels: int) -> Tensor:
     if t.dim() != 1 or t.shape[0] != n:
         raise InputError(f"channel must be an int or a list of {n} ints (one per image)")
     t = t.to(torch.long).cpu()
-    if int(t.min()) < 0 or int(t.max()) >= n_channels:
-        raise InputError(
-            f"channel {int(t.max()) if int(t.max()) >= n_channels else int(t.min())} is out of "
-            f"range: the layer has {n_channels} channels (0..{n_channels - 1})"
-        )
+    check_channels(t.tolist(), n_channels)
     return t
 
 

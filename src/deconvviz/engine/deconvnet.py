@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from deconvviz._util import DEFAULT_MAX_MEMORY, items_within
-from deconvviz.checks import model_device_dtype
+from deconvviz.checks import check_batch, check_channels, model_device_dtype
 from deconvviz.engine.crops import (
     Box,
     crop_boxes,
@@ -396,15 +396,9 @@ class Deconvnet:
         model's device and dtype); an :class:`~deconvviz.errors.InputError` naming the fix
         otherwise."""
         self._check_attached()
-        if not isinstance(x, Tensor):
-            raise InputError(f"x must be a torch.Tensor [N, C, H, W], got {type(x).__name__}")
-        if x.dim() != 4:
-            fix = "; add a batch dimension with x.unsqueeze(0)" if x.dim() == 3 else ""
-            raise InputError(f"x must have shape [N, C, H, W], got {tuple(x.shape)}{fix}")
-        if x.shape[0] == 0:
-            raise InputError("x is an empty batch (N = 0); pass at least one image")
-        if not x.is_floating_point():
-            raise InputError(f"x must be a floating-point tensor, got {x.dtype}; use x.float()")
+        x = check_batch(x, "x", finite=False)
+        # Unlike checks.check_images, a dtype or device other than the model's is refused, not
+        # converted: the engine never copies the caller's batch behind their back.
         param = next(self.model.parameters(), None)
         if param is not None:
             if param.dtype != x.dtype:
@@ -418,8 +412,6 @@ class Deconvnet:
                     f"x.to({str(param.device)!r})"
                 )
         return x
-
-    _check_input = check_input  # the name scan.py still uses
 
     def _layer(self, probe: _Probe, layer: str) -> _LayerInfo:
         """The probe's record of ``layer``, once it is known to be projectable."""
@@ -484,23 +476,6 @@ class Deconvnet:
                 DeconvvizWarning,
                 stacklevel=5,
             )
-
-    @staticmethod
-    def _channels(channel: Any, n_channels: int) -> tuple[list[int], bool]:
-        single = isinstance(channel, int) or (isinstance(channel, Tensor) and channel.dim() == 0)
-        try:
-            chans = [int(channel)] if single else [int(c) for c in channel]
-        except (TypeError, ValueError):
-            raise InputError(f"channel must be an int or a list of ints, got {channel!r}") from None
-        if not chans:
-            raise InputError("channel is an empty list; give at least one channel")
-        bad = [c for c in chans if not 0 <= c < n_channels]
-        if bad:
-            raise InputError(
-                f"channel {bad[0]} is out of range: the layer has {n_channels} channels "
-                f"(0..{n_channels - 1})"
-            )
-        return chans, single
 
     # ------------------------------------------------------------------ public API
 
@@ -576,7 +551,7 @@ class Deconvnet:
         x = self.check_input(x)
         info = self._layer(self._probe(x), layer)
         assert info.out_shape is not None
-        chans, single = self._channels(channel, info.out_shape[0])
+        chans, single = check_channels(channel, info.out_shape[0])
         n, k = x.shape[0], len(chans)
         img = torch.arange(n).repeat_interleave(k)
         chan = torch.tensor(chans).repeat(n)
@@ -712,7 +687,7 @@ class Deconvnet:
             )
         if int(img.min()) < 0 or int(img.max()) >= x.shape[0]:
             raise InputError(f"image indices must lie in 0..{x.shape[0] - 1} (x has {x.shape[0]})")
-        self._channels(chan.tolist(), info.out_shape[0])
+        check_channels(chan.tolist(), info.out_shape[0])
         return img, chan
 
     @staticmethod

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from deconvviz._util import pair
+
 __all__ = ["UNKNOWN", "RFTracker", "ReceptiveField"]
 
 
@@ -183,15 +185,6 @@ _PER_CHANNEL = {"batch_norm", "prelu"}
 _CAT = {"cat", "concat"}
 
 
-def _as_pair(v: Any, default: int) -> tuple[int, int]:
-    if v is None:
-        return (default, default)
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(i) for i in v)
-    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
-
-
 def _tensors(obj: Any) -> Iterator[Tensor]:
     if isinstance(obj, Tensor):
         yield obj
@@ -344,19 +337,19 @@ _Pair = tuple[int, int]
 def _window(name: str, args: tuple, kwargs: dict) -> tuple[_Pair, _Pair, _Pair, _Pair]:
     """``(kernel, stride, padding, dilation)`` of a convolution or pooling call."""
     if name not in _CONV:
-        kernel = _as_pair(_arg(args, kwargs, 1, "kernel_size", None), 1)
-        stride = _as_pair(_arg(args, kwargs, 2, "stride", None) or kernel, 1)
-        padding = _as_pair(_arg(args, kwargs, 3, "padding", 0), 0)
+        kernel = pair(_arg(args, kwargs, 1, "kernel_size", None), default=1)
+        stride = pair(_arg(args, kwargs, 2, "stride", None) or kernel, default=1)
+        padding = pair(_arg(args, kwargs, 3, "padding", 0), default=0)
         dilated = name in _MAXPOOL
-        dilation = _as_pair(_arg(args, kwargs, 4, "dilation", 1), 1) if dilated else (1, 1)
+        dilation = pair(_arg(args, kwargs, 4, "dilation", 1), default=1) if dilated else (1, 1)
         return kernel, stride, padding, dilation
     weight = _arg(args, kwargs, 1, "weight", None)
     kernel = (int(weight.shape[-2]), int(weight.shape[-1]))
-    stride = _as_pair(_arg(args, kwargs, 3, "stride", 1), 1)
-    dilation = _as_pair(_arg(args, kwargs, 5, "dilation", 1), 1)
+    stride = pair(_arg(args, kwargs, 3, "stride", 1), default=1)
+    dilation = pair(_arg(args, kwargs, 5, "dilation", 1), default=1)
     pad_arg = _arg(args, kwargs, 4, "padding", 0)
     if not isinstance(pad_arg, str):
-        padding = _as_pair(pad_arg, 0)
+        padding = pair(pad_arg, default=0)
     elif pad_arg == "valid":
         padding = (0, 0)
     else:  # 'same': PyTorch pads (total // 2) before

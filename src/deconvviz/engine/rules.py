@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from deconvviz._util import pair
 from deconvviz.errors import DeconvvizError, InputError, unknown_name
 
 __all__ = [
@@ -139,7 +140,7 @@ def transposed_conv2d(
     Returns:
         ``[N, in_channels, H, W]``.
     """
-    stride_, padding_, dilation_ = (_pair(v) for v in (stride, padding, dilation))
+    stride_, padding_, dilation_ = (pair(v) for v in (stride, padding, dilation))
     h_out, w_out = int(output_size[-2]), int(output_size[-1])
     kh, kw = weight.shape[-2:]
     out_pad = []
@@ -164,13 +165,6 @@ def transposed_conv2d(
         groups=groups,
         dilation=dilation_,
     )
-
-
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(i) for i in v)
-    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
 
 
 # --------------------------------------------------------------------------- ReLU rules

@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
+from deconvviz.checks import call_key, split_call  # layer-name spelling: a base input check
+
 __all__ = ["StopForward", "Tracer", "call_key", "eval_mode", "exact_cuda", "split_call"]
 
 #: ``fn(name, call, module, args)``: a module is about to run (``call``: how many times it ran
@@ -35,19 +37,6 @@ ReturnListener = Callable[[str, int, nn.Module, tuple[Any, ...], Any], None]
 
 class StopForward(Exception):
     """Raised by a listener (or :meth:`Tracer.stop`) to end the forward pass early."""
-
-
-def call_key(name: str, call: int) -> str:
-    """``"name:call"``: how a call of a module run several times per pass is named."""
-    return f"{name}:{call}"
-
-
-def split_call(layer: str) -> tuple[str, int | None]:
-    """``"layer1.0.relu:1"`` -> ``("layer1.0.relu", 1)``; a plain name -> ``(name, None)``."""
-    name, sep, call = layer.rpartition(":")
-    if sep and name and call.isdigit():
-        return name, int(call)
-    return layer, None
 
 
 class Tracer:
