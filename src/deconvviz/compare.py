@@ -194,25 +194,12 @@ def compare_methods(
     Returns:
         A :class:`Comparison`.
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    methods = tuple(methods)
-    if not methods:
-        raise InputError(f"give at least one method of {METHODS}")
-    for m in methods:
-        if m not in METHODS:
-            raise InputError(unknown_name("method", str(m), METHODS))
-    if len(set(methods)) != len(methods):
-        raise InputError(f"methods {methods} name one method twice; list each once")
-    for label, value in (
-        ("ig_steps", ig_steps),
-        ("occlusion_size", occlusion_size),
-        ("occlusion_stride", occlusion_stride),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{label} must be a positive integer, got {value!r}")
+    methods = _check_methods(methods)
+    _check_positive_ints(
+        ig_steps=ig_steps, occlusion_size=occlusion_size, occlusion_stride=occlusion_stride
+    )
     device, dtype = model_device_dtype(model)
     x = _check_images(images).to(device=device, dtype=dtype)
     n, c, h, w = x.shape
@@ -225,31 +212,57 @@ def compare_methods(
     tgt = _targets(target, logits)
     rows = torch.arange(n, device=logits.device)
     probability = torch.softmax(logits.double(), dim=1)[rows, tgt.to(logits.device)]
-    maps = []
-    with eval_mode(model):
-        for method in tqdm(methods, desc="attributions", unit="method", disable=not progress):
-            maps.append(
-                _attribute(
-                    model,
-                    x,
-                    tgt.to(device),
-                    method,
-                    baseline,
-                    ig_steps,
-                    occlusion_size,
-                    occlusion_stride,
-                )
-                .detach()
-                .to(dtype)  # captum's occlusion accumulates in float32
-                .cpu()
-            )
+    settings = (baseline, ig_steps, occlusion_size, occlusion_stride)
     return Comparison(
         images=x.cpu(),
         target=tgt.cpu(),
         probability=probability.cpu(),
         methods=methods,
-        attributions=torch.stack(maps),
+        attributions=_all_maps(model, x, tgt.to(device), methods, settings, progress),
     )
+
+
+def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    """``methods`` as a tuple, each one of :data:`METHODS`, named once."""
+    methods = tuple(methods)
+    if not methods:
+        raise InputError(f"give at least one method of {METHODS}")
+    for m in methods:
+        if m not in METHODS:
+            raise InputError(unknown_name("method", str(m), METHODS))
+    if len(set(methods)) != len(methods):
+        raise InputError(f"methods {methods} name one method twice; list each once")
+    return methods
+
+
+def _check_positive_ints(**values: Any) -> None:
+    for label, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{label} must be a positive integer, got {value!r}")
+
+
+def _all_maps(
+    model: nn.Module,
+    x: Tensor,
+    tgt: Tensor,
+    methods: tuple[str, ...],
+    settings: tuple[float, int, int, int],
+    progress: bool,
+) -> Tensor:
+    """``[M, N, C, H, W]`` each method's maps of ``x`` for classes ``tgt``, on the CPU in
+    ``x``'s dtype (``settings``: baseline, ig_steps, occlusion size and stride)."""
+    from tqdm.auto import tqdm
+
+    maps = []
+    with eval_mode(model):
+        for method in tqdm(methods, desc="attributions", unit="method", disable=not progress):
+            maps.append(
+                _attribute(model, x, tgt, method, *settings)
+                .detach()
+                .to(x.dtype)  # captum's occlusion accumulates in float32
+                .cpu()
+            )
+    return torch.stack(maps)
 
 
 def _targets(target: int | Sequence[int] | Tensor | None, logits: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ Example::
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from deconvviz._util import items_within, safe_name
 from deconvviz.checks import model_device_dtype
-from deconvviz.engine import attach
+from deconvviz.engine import Deconvnet, attach
 from deconvviz.engine import split_call as _split_layer
 from deconvviz.errors import DataError, InputError, LayerError, unknown_name
 from deconvviz.images import load_images
@@ -265,6 +265,35 @@ def _first_image(dataset: Sequence[Any]) -> Tensor:
     return item
 
 
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _check_positive(value: Any, label: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{label} must be a positive integer, got {value!r}")
+
+
+def _pick_channels(
+    layer: str, n_ch: int, channels: Sequence[int] | None, max_channels: int | None = None
+) -> list[int]:
+    """The feature maps of ``layer`` (which has ``n_ch``) to project: ``channels`` (default
+    all), at most the first ``max_channels`` of them, each checked to be in range."""
+    chans = list(range(n_ch)) if channels is None else [int(c) for c in channels]
+    if max_channels is not None:
+        chans = chans[:max_channels]
+    bad = [c for c in chans if not 0 <= c < n_ch]
+    if bad:
+        raise InputError(
+            f"channel {bad[0]} is out of range for {layer!r}, which has {n_ch} channels "
+            f"(0..{n_ch - 1})"
+        )
+    if not chans:
+        raise InputError("channels is empty; give at least one channel")
+    return chans
+
+
 # ------------------------------------------------------------------------------ compute
 
 
@@ -316,12 +345,31 @@ def reconstruct_dataset(
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"k (--top) must be a positive integer, got {k!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    names, loader = _checked_scan(model, dataset, layers, k, rule, batch_size, num_workers)
+    if len(dataset) < k:  # once here, not once per layer
+        warnings.warn(few_images_message(k, len(dataset)), FewImagesWarning, stacklevel=2)
+    return {
+        layer: _reconstruct_layer(
+            model, dataset, loader, layer, rule, k, channels, max_channels, batch_size, progress
+        )
+        for layer in tqdm(names, desc="reconstructing", unit="layer", disable=not progress)
+    }
+
+
+def _checked_scan(
+    model: Any,
+    dataset: Sequence[Any],
+    layers: Sequence[str] | str | None,
+    k: Any,
+    rule: str,
+    batch_size: Any,
+    num_workers: int,
+) -> tuple[list[str], DataLoader[Any]]:
+    """:func:`reconstruct_dataset`'s argument checks; the layer names and a loader of
+    ``dataset`` in order."""
+    _check_model(model)
+    _check_positive(k, "k (--top)")
+    _check_positive(batch_size, "batch_size")
     _check_rule(rule)
     names = _check_layers(model, layers)
     _first_image(dataset)  # a clear error for an empty dataset or odd items, before scanning
@@ -331,35 +379,37 @@ def reconstruct_dataset(
         shuffle=False,
         num_workers=num_workers,
     )
-    if len(dataset) < k:  # once here, not once per layer
-        warnings.warn(few_images_message(k, len(dataset)), FewImagesWarning, stacklevel=2)
-    results: dict[str, LayerReconstructions] = {}
-    for layer in tqdm(names, desc="reconstructing", unit="layer", disable=not progress):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FewImagesWarning)
-            top = top_activations(model, loader, layer, k=k, progress=progress)
-        chans = list(range(top.channels)) if channels is None else [int(c) for c in channels]
-        if max_channels is not None:
-            chans = chans[:max_channels]
-        bad = [c for c in chans if not 0 <= c < top.channels]
-        if bad:
-            raise InputError(
-                f"channel {bad[0]} is out of range for {layer!r}, which has {top.channels} "
-                f"channels (0..{top.channels - 1})"
-            )
-        if not chans:
-            raise InputError("channels is empty; give at least one channel")
-        proj = project_top(
-            model,
-            dataset,
-            top,
-            rule=rule,
-            channels=chans,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        results[layer] = LayerReconstructions.from_projections(proj, chans, images=len(dataset))
-    return results
+    return names, loader
+
+
+def _reconstruct_layer(
+    model: nn.Module,
+    dataset: Sequence[Any],
+    loader: DataLoader[Any],
+    layer: str,
+    rule: str,
+    k: int,
+    channels: Sequence[int] | None,
+    max_channels: int | None,
+    batch_size: int,
+    progress: bool,
+) -> LayerReconstructions:
+    """One layer of :func:`reconstruct_dataset`: scan ``loader`` for the top-``k`` activations,
+    then project those of the chosen channels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FewImagesWarning)  # reconstruct_dataset warned once
+        top = top_activations(model, loader, layer, k=k, progress=progress)
+    chans = _pick_channels(layer, top.channels, channels, max_channels)
+    proj = project_top(
+        model,
+        dataset,
+        top,
+        rule=rule,
+        channels=chans,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return LayerReconstructions.from_projections(proj, chans, images=len(dataset))
 
 
 def reconstruct_images(
@@ -391,8 +441,25 @@ def reconstruct_images(
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    x, names = _checked_images(model, images, layers, rule)
+    chosen = [channels] if isinstance(channels, int) else channels
+    results: dict[str, ImageProjections] = {}
+    with attach(model, rule, warn=False) as dn:
+        # every layer's channels are checked before any projection starts
+        jobs = [_image_job(dn, x, layer, chosen) for layer in names]
+        total = sum(len(ch) for _, ch, _ in jobs)
+        with tqdm(total=total, desc="projecting", unit="map", disable=not progress) as bar:
+            for layer, chans, acts in jobs:
+                results[layer] = _project_images(dn, x, layer, chans, acts, rule, bar.update)
+    return results
+
+
+def _checked_images(
+    model: Any, images: Any, layers: Sequence[str] | str | None, rule: str
+) -> tuple[Tensor, list[str]]:
+    """:func:`reconstruct_images`'s argument checks: the ``[N, C, H, W]`` batch on the model's
+    device and dtype, and the layer names."""
+    _check_model(model)
     if not isinstance(images, Tensor):
         raise InputError(f"images must be a tensor [N, C, H, W], got {type(images).__name__}")
     if images.dim() == 3:
@@ -405,59 +472,61 @@ def reconstruct_images(
             f"images must be floating point in the model's input space, got {images.dtype}; "
             "convert uint8 pixels with x.float() / 255"
         )
-    x = images.detach().to(device=device, dtype=dtype)
-    if isinstance(channels, int):
-        channels = [channels]
-    results: dict[str, ImageProjections] = {}
-    with attach(model, rule, warn=False) as dn:
-        jobs: list[tuple[str, list[int], Tensor]] = []
-        for layer in names:
-            acts = dn.layer_output(x, layer)
-            if acts.dim() not in (2, 4):
-                raise LayerError(
-                    f"layer {layer!r} outputs shape {tuple(acts.shape)}; only [N, C, H, W] feature "
-                    "maps and [N, C] vectors can be projected"
-                )
-            n_ch = int(acts.shape[1])
-            chans = list(range(n_ch)) if channels is None else [int(c) for c in channels]
-            bad = [c for c in chans if not 0 <= c < n_ch]
-            if bad:
-                raise InputError(
-                    f"channel {bad[0]} is out of range for {layer!r}, which has {n_ch} channels "
-                    f"(0..{n_ch - 1})"
-                )
-            if not chans:
-                raise InputError("channels is empty; give at least one channel")
-            jobs.append((layer, chans, acts))
-        total = sum(len(ch) for _, ch, _ in jobs)
-        with tqdm(total=total, desc="projecting", unit="map", disable=not progress) as bar:
-            for layer, chans, acts in jobs:
-                sel = acts[:, chans]
-                if sel.dim() == 4:
-                    flat = sel.flatten(2)
-                    values, best = flat.max(dim=2)  # first maximum on ties, as the engine
-                    w = sel.shape[-1]
-                    positions = torch.stack([best // w, best % w], dim=-1)
-                else:
-                    values = sel
-                    positions = torch.zeros((*sel.shape, 2), dtype=torch.long, device=sel.device)
-                per_map = x.numel() * x.element_size()
-                step = items_within(_CHANNEL_BUDGET, per_map)
-                parts = []
-                for start in range(0, len(chans), step):
-                    block = chans[start : start + step]
-                    parts.append(dn.project(x, layer, channel=block).detach().cpu())
-                    bar.update(len(block))
-                results[layer] = ImageProjections(
-                    layer=layer,
-                    rule=rule,
-                    images=x.detach().cpu(),
-                    channels=torch.tensor(chans, dtype=torch.long),
-                    values=values.detach().cpu(),
-                    positions=positions.cpu(),
-                    reconstructions=torch.cat(parts, dim=1),
-                )
-    return results
+    return images.detach().to(device=device, dtype=dtype), names
+
+
+def _image_job(
+    dn: Deconvnet, x: Tensor, layer: str, channels: Sequence[int] | None
+) -> tuple[str, list[int], Tensor]:
+    """``(layer, channels to project, its output on x)``, checked."""
+    acts = dn.layer_output(x, layer)
+    if acts.dim() not in (2, 4):
+        raise LayerError(
+            f"layer {layer!r} outputs shape {tuple(acts.shape)}; only [N, C, H, W] feature "
+            "maps and [N, C] vectors can be projected"
+        )
+    return layer, _pick_channels(layer, int(acts.shape[1]), channels), acts
+
+
+def _strongest(sel: Tensor) -> tuple[Tensor, Tensor]:
+    """``[N, K]`` the strongest activation of each map of ``sel`` (``[N, K, h, w]`` or
+    ``[N, K]``) and ``[N, K, 2]`` its ``(row, col)`` (``0, 0`` for vectors)."""
+    if sel.dim() == 4:
+        flat = sel.flatten(2)
+        values, best = flat.max(dim=2)  # first maximum on ties, as the engine
+        w = sel.shape[-1]
+        return values, torch.stack([best // w, best % w], dim=-1)
+    return sel, torch.zeros((*sel.shape, 2), dtype=torch.long, device=sel.device)
+
+
+def _project_images(
+    dn: Deconvnet,
+    x: Tensor,
+    layer: str,
+    chans: list[int],
+    acts: Tensor,
+    rule: str,
+    done: Callable[[int], Any],
+) -> ImageProjections:
+    """Project the strongest activation of each of ``chans`` in ``acts`` (``layer``'s output on
+    ``x``), a memory-budgeted block of channels at a time; ``done(n)`` after each block."""
+    values, positions = _strongest(acts[:, chans])
+    per_map = x.numel() * x.element_size()
+    step = items_within(_CHANNEL_BUDGET, per_map)
+    parts = []
+    for start in range(0, len(chans), step):
+        block = chans[start : start + step]
+        parts.append(dn.project(x, layer, channel=block).detach().cpu())
+        done(len(block))
+    return ImageProjections(
+        layer=layer,
+        rule=rule,
+        images=x.detach().cpu(),
+        channels=torch.tensor(chans, dtype=torch.long),
+        values=values.detach().cpu(),
+        positions=positions.cpu(),
+        reconstructions=torch.cat(parts, dim=1),
+    )
 
 
 # ------------------------------------------------------------------------------ input images

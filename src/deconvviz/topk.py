@@ -142,17 +142,9 @@ def project_top(
     from tqdm.auto import tqdm
 
     device, dtype = model_device_dtype(model)
-    chans = list(range(top.channels)) if channels is None else [int(c) for c in channels]
-    bad = [c for c in chans if not 0 <= c < top.channels]
-    if bad:
-        raise InputError(
-            f"channel {bad[0]} is out of range (the layer has {top.channels} channels)"
-        )
-    h_img, w_img = top.input_size
-    rf = top.receptive_field
-    bh, bw = (min(rf.size[0], h_img), min(rf.size[1], w_img)) if rf is not None else (h_img, w_img)
-    canvas = _Canvas((len(chans), top.k, bh, bw))
-    fields = input_boxes(rf, top.positions, top.input_size, clip=False)
+    chans = _checked_channels(top, channels)
+    canvas = _new_canvas(top, len(chans))
+    fields = input_boxes(top.receptive_field, top.positions, top.input_size, clip=False)
     # The seeds, channel-major; missing entries (index -1) stay zero.
     seeds = [(ci, j) for ci, c in enumerate(chans) for j in range(top.k) if top.indices[c, j] >= 0]
     bar = tqdm(
@@ -180,6 +172,26 @@ def project_top(
     if canvas.recs is None or canvas.patches is None:
         raise InputError("top has no activations to project (the dataset was empty)")
     return TopProjections(top, canvas.recs.cpu(), canvas.patches.cpu(), rule)
+
+
+def _checked_channels(top: TopActivations, channels: Sequence[int] | None) -> list[int]:
+    """The channels of ``top`` to project (default all), each checked to be in range."""
+    chans = list(range(top.channels)) if channels is None else [int(c) for c in channels]
+    bad = [c for c in chans if not 0 <= c < top.channels]
+    if bad:
+        raise InputError(
+            f"channel {bad[0]} is out of range (the layer has {top.channels} channels)"
+        )
+    return chans
+
+
+def _new_canvas(top: TopActivations, n_channels: int) -> _Canvas:
+    """An empty canvas for ``n_channels`` of ``top``: one receptive field (at most the image)
+    per entry, or the whole image where the receptive field is unknown."""
+    h_img, w_img = top.input_size
+    rf = top.receptive_field
+    bh, bw = (min(rf.size[0], h_img), min(rf.size[1], w_img)) if rf is not None else (h_img, w_img)
+    return _Canvas((n_channels, top.k, bh, bw))
 
 
 def _block_seeds(

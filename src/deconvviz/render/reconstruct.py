@@ -108,6 +108,18 @@ def fig2_block(
         >>> fig2_block(torch.randn(9, 1, 5, 5), torch.rand(9, 1, 5, 5)).size
         (41, 19)
     """
+    k = _check_block_inputs(reconstructions, patches, scale)
+    nrow = nrow or max(1, math.ceil(math.sqrt(k)))
+    recs = to_display(reconstructions.cpu())
+    shown = _grey_outside(input_display(patches), outside)
+    recs, shown = _blank_unkept(recs, shown, keep)
+    left = make_grid(recs, nrow=nrow, padding=padding, scale=scale)
+    right = make_grid(shown, nrow=nrow, padding=padding, scale=scale)
+    return _side_by_side(left, right, _GAP * scale)
+
+
+def _check_block_inputs(reconstructions: Any, patches: Any, scale: Any) -> int:
+    """:func:`fig2_block`'s argument checks; returns ``k``, the number of entries."""
     if not isinstance(reconstructions, Tensor) or reconstructions.dim() != 4:
         raise InputError("fig2_block expects reconstructions [k, C, h, w]")
     if not isinstance(patches, Tensor) or patches.shape != reconstructions.shape:
@@ -116,31 +128,42 @@ def fig2_block(
             f"{tuple(reconstructions.shape)}, got "
             f"{tuple(patches.shape) if isinstance(patches, Tensor) else type(patches).__name__}"
         )
-    k = reconstructions.shape[0]
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise InputError(f"fig2_block: scale must be a positive integer, got {scale!r}")
-    nrow = nrow or max(1, math.ceil(math.sqrt(k)))
-    recs = to_display(reconstructions.cpu())
-    shown = input_display(patches)
-    if outside is not None:
-        if tuple(outside.shape) != (k, *patches.shape[-2:]):
-            raise InputError(
-                f"outside must be [k, h, w] = {(k, *patches.shape[-2:])}, "
-                f"got {tuple(outside.shape)}"
-            )
-        shown = torch.where(outside.cpu()[:, None], torch.full_like(shown, OUTSIDE), shown)
-    if keep is not None:
-        if tuple(keep.shape) != (k,):
-            raise InputError(f"keep must be [k] = [{k}], got {tuple(keep.shape)}")
-        blank = ~keep.cpu().bool().view(k, 1, 1, 1)
-        recs = torch.where(blank, torch.ones_like(recs), recs)
-        shown = torch.where(blank, torch.ones_like(shown), shown)
-    left = make_grid(recs, nrow=nrow, padding=padding, scale=scale)
-    right = make_grid(shown, nrow=nrow, padding=padding, scale=scale)
+    return int(reconstructions.shape[0])
+
+
+def _grey_outside(shown: Tensor, outside: Tensor | None) -> Tensor:
+    """``shown`` (``[k, C, h, w]`` patches) with the pixels ``outside`` the image set to
+    :data:`OUTSIDE`."""
+    if outside is None:
+        return shown
+    k = shown.shape[0]
+    if tuple(outside.shape) != (k, *shown.shape[-2:]):
+        raise InputError(
+            f"outside must be [k, h, w] = {(k, *shown.shape[-2:])}, got {tuple(outside.shape)}"
+        )
+    return torch.where(outside.cpu()[:, None], torch.full_like(shown, OUTSIDE), shown)
+
+
+def _blank_unkept(recs: Tensor, shown: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``recs`` and ``shown`` with the entries that ``keep`` leaves out painted white."""
+    if keep is None:
+        return recs, shown
+    k = recs.shape[0]
+    if tuple(keep.shape) != (k,):
+        raise InputError(f"keep must be [k] = [{k}], got {tuple(keep.shape)}")
+    blank = ~keep.cpu().bool().view(k, 1, 1, 1)
+    recs = torch.where(blank, torch.ones_like(recs), recs)
+    shown = torch.where(blank, torch.ones_like(shown), shown)
+    return recs, shown
+
+
+def _side_by_side(left: Image.Image, right: Image.Image, gap: int) -> Image.Image:
+    """``left`` and ``right`` pasted on one white image, ``gap`` pixels apart (RGB if either is)."""
     mode = "RGB" if "RGB" in (left.mode, right.mode) else "L"
     left, right = left.convert(mode), right.convert(mode)
     fill = 255 if mode == "L" else (255, 255, 255)
-    gap = _GAP * scale
     out = Image.new(mode, (left.width + gap + right.width, max(left.height, right.height)), fill)
     out.paste(left, (0, 0))
     out.paste(right, (left.width + gap, 0))
@@ -189,6 +212,21 @@ def _value(v: float) -> str:
     return f"{v:.3g}" if math.isfinite(v) else "n/a"
 
 
+def _any_negative(values: Tensor) -> bool:
+    """Whether any finite value is below 0 (the layer is taken before its ReLU)."""
+    return bool((values[torch.isfinite(values)] < 0).any())
+
+
+def _grid_figure(width: float, height: float, nrows: int, ncols: int) -> tuple[Figure, np.ndarray]:
+    """A ``width`` x ``height`` inch figure with ``nrows`` x ``ncols`` axes, all switched off
+    (each cell that is drawn switches its own back on); the axes are returned flat."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    return fig, axes
+
+
 def _first_entries(rec: LayerReconstructions, n: int) -> LayerReconstructions:
     """``rec`` keeping only its first ``n`` entries per feature map."""
     import dataclasses
@@ -232,21 +270,47 @@ def top_projections_figure(
         (the map's strongest activation over the images), each dead one ``ch <channel>: dead``.
         Padding entries (index ``-1``: the dataset had fewer than ``k`` images) are left out.
     """
-    n = rec.reconstructions.shape[0]
+    rows_sel = _rows_to_show(rec.reconstructions.shape[0], channels)
+    asked = rec.k
+    found = rec.found
+    if 0 < found < asked:  # fewer images than k: drop the padding columns, draw a top-`found`
+        rec = _first_entries(rec, found)
+    fired = rec.fired
+    blocks = _top_blocks(rec, rows_sel)
+    ncols = max(1, min(int(ncols), len(blocks)))
+    nrows = math.ceil(len(blocks) / ncols)
+    bw, bh = blocks[0].size
+    cell_w = max(2.0, bw / DPI + 0.2)
+    cell_h = bh * (cell_w - 0.2) / bw + 0.45
+    width = cell_w * ncols
+    dead_rows = [r for r in rows_sel if not bool(fired[r].any())]
+    title, footer = _top_texts(rec, dead_rows, asked, found, title, page, width)
+    extra = 0.2 * (title.count("\n") + footer.count("\n") + 2) + 0.3
+    fig, axes = _grid_figure(width, cell_h * nrows + extra, nrows, ncols)
+    for ax, r in zip(axes, rows_sel, strict=False):
+        _top_cell(ax, rec, r, blocks[rows_sel.index(r)], dead=r in dead_rows)
+    fig.suptitle(title, fontsize=10)
+    fig.supxlabel(footer, fontsize=9)
+    return fig
+
+
+def _rows_to_show(n: int, channels: Sequence[int] | None) -> list[int]:
+    """The rows (of ``n`` feature maps) :func:`top_projections_figure` is asked to draw."""
     rows_sel = list(range(n)) if channels is None else [int(c) for c in channels]
     if not rows_sel:
         raise InputError("top_projections_figure needs at least one feature map to show")
     bad = [r for r in rows_sel if not 0 <= r < n]
     if bad:
         raise InputError(f"row {bad[0]} is out of range: the result holds {n} feature maps")
-    asked = rec.k
-    found = rec.found
-    if 0 < found < asked:  # fewer images than k: drop the padding columns, draw a top-`found`
-        rec = _first_entries(rec, found)
-    fired = rec.fired
+    return rows_sel
+
+
+def _top_blocks(rec: LayerReconstructions, rows: list[int]) -> list[Image.Image]:
+    """One :func:`fig2_block` per row, tiles enlarged to a readable size."""
     h, w = rec.patches.shape[-2:]
     scale = display_scale(max(int(h), int(w)))
-    blocks = [
+    fired = rec.fired
+    return [
         fig2_block(
             rec.reconstructions[r],
             rec.patches[r],
@@ -254,18 +318,22 @@ def top_projections_figure(
             keep=fired[r],
             scale=scale,
         )
-        for r in rows_sel
+        for r in rows
     ]
-    ncols = max(1, min(int(ncols), len(blocks)))
-    nrows = math.ceil(len(blocks) / ncols)
-    bw, bh = blocks[0].size
-    cell_w = max(2.0, bw / DPI + 0.2)
-    cell_h = bh * (cell_w - 0.2) / bw + 0.45
-    width = cell_w * ncols
-    values = rec.values.double()
-    pre_relu = bool((values[torch.isfinite(values)] < 0).any())
+
+
+def _top_texts(
+    rec: LayerReconstructions,
+    dead_rows: list[int],
+    asked: int,
+    found: int,
+    title: str | None,
+    page: tuple[int, int] | None,
+    width: float,
+) -> tuple[str, str]:
+    """:func:`top_projections_figure`'s title (the default one when ``title`` is None) and its
+    footer listing the dead feature maps, both wrapped to ``width`` inches."""
     scanned = _images_text(rec.images)
-    dead_rows = [r for r in rows_sel if not bool(fired[r].any())]
     if title is None:
         rf = rec.receptive_field
         size = f", receptive field {rf.size[0]}x{rf.size[1]} px" if rf is not None else ""
@@ -275,38 +343,37 @@ def top_projections_figure(
             f"({rec.rule} projections left, each scaled to its own max |value|, grey = 0; "
             f"image patches right{size}); max act = the map's strongest activation"
         )
-        if pre_relu:
+        if _any_negative(rec.values.double()):
             title += " (pre-ReLU: can be negative)"
     if page is not None:
         title += f" [page {page[0]}/{page[1]}]"
     title = wrap_text(title, width - 0.3, 10)
     dead_names = ", ".join(str(int(rec.channels[r])) for r in dead_rows) or "none"
     footer = wrap_text(f"dead feature maps (never > 0 on {scanned}): {dead_names}", width - 0.3, 9)
-    extra = 0.2 * (title.count("\n") + footer.count("\n") + 2) + 0.3
-    fig = Figure(figsize=(width, cell_h * nrows + extra), dpi=DPI, layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    for ax, r in zip(axes, rows_sel, strict=False):
-        ax.set_axis_on()
-        ch = int(rec.channels[r])
-        top = float(values[r, 0])
-        if r in dead_rows:
-            note = f"dead: never > 0\non {scanned}"
-            if math.isfinite(top) and top < 0:
-                note += f"\n(max act {_value(top)}, pre-ReLU)"
-            draw_dead(ax, bh, bw, note)
-            ax.set_title(f"ch {ch}: dead", fontsize=8)
-            continue
-        _show(ax, blocks[rows_sel.index(r)])
-        label = f"ch {ch}: max act {_value(top)}"
-        real = int(fired[r].sum())
-        if real < rec.k:
-            label += f"\nonly {real} of {rec.k} images > 0"
-        ax.set_title(label, fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.supxlabel(footer, fontsize=9)
-    return fig
+    return title, footer
+
+
+def _top_cell(
+    ax: Any, rec: LayerReconstructions, r: int, block: Image.Image, *, dead: bool
+) -> None:
+    """Draw row ``r`` of ``rec`` (its ``block``, or the dead marker) in ``ax``, titled."""
+    ax.set_axis_on()
+    ch = int(rec.channels[r])
+    top = float(rec.values.double()[r, 0])
+    if dead:
+        note = f"dead: never > 0\non {_images_text(rec.images)}"
+        if math.isfinite(top) and top < 0:
+            note += f"\n(max act {_value(top)}, pre-ReLU)"
+        bw, bh = block.size
+        draw_dead(ax, bh, bw, note)
+        ax.set_title(f"ch {ch}: dead", fontsize=8)
+        return
+    _show(ax, block)
+    label = f"ch {ch}: max act {_value(top)}"
+    real = int(rec.fired[r].sum())
+    if real < rec.k:
+        label += f"\nonly {real} of {rec.k} images > 0"
+    ax.set_title(label, fontsize=8)
 
 
 def outside_mask(rec: LayerReconstructions, row: int) -> Tensor | None:
@@ -364,8 +431,7 @@ def image_projections_figure(
     order = torch.argsort(values, descending=True, stable=True)
     if max_channels is not None:
         order = order[: max(1, int(max_channels))]
-    shown = len(order)
-    cells = shown + 1
+    cells = len(order) + 1
     ncols = max(1, min(int(ncols), cells))
     nrows = math.ceil(cells / ncols)
     h, w = (int(v) for v in res.images.shape[-2:])
@@ -373,7 +439,21 @@ def image_projections_figure(
     tile_w = max(1.5, w * scale / DPI + 0.15)
     tile_h = tile_w * h / w + 0.4
     width = max(4.5, tile_w * ncols)
-    pre_relu = bool((values[torch.isfinite(values)] < 0).any())
+    text = _image_title(res, title, len(order), _any_negative(values))
+    text = wrap_text(text, width - 0.3, 10)
+    extra = 0.2 * (text.count("\n") + 1) + 0.2
+    fig, axes = _grid_figure(width, tile_h * nrows + extra, nrows, ncols)
+    axes[0].set_axis_on()
+    _show(axes[0], _tile(input_display(res.images[index]), scale))
+    axes[0].set_title("input", fontsize=8)
+    for ax, o in zip(axes[1:], order.tolist(), strict=False):
+        _image_cell(ax, res, index, o, float(values[o]), scale)
+    fig.suptitle(text, fontsize=10)
+    return fig
+
+
+def _image_title(res: ImageProjections, title: str | None, shown: int, pre_relu: bool) -> str:
+    """:func:`image_projections_figure`'s title (not yet wrapped)."""
     head = f"{title}: " if title else ""
     text = (
         f"{head}{res.layer}, {res.rule} projections of the strongest activation of {shown} "
@@ -382,30 +462,24 @@ def image_projections_figure(
     )
     if pre_relu:
         text += " (pre-ReLU: can be negative)"
-    text = wrap_text(text, width - 0.3, 10)
-    extra = 0.2 * (text.count("\n") + 1) + 0.2
-    fig = Figure(figsize=(width, tile_h * nrows + extra), dpi=DPI, layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    axes[0].set_axis_on()
-    _show(axes[0], _tile(input_display(res.images[index]), scale))
-    axes[0].set_title("input", fontsize=8)
-    for ax, o in zip(axes[1:], order.tolist(), strict=False):
-        ax.set_axis_on()
-        ch = int(res.channels[o])
-        v = float(values[o])
-        if not (math.isfinite(v) and v > 0):
-            note = "not > 0 on\nthis image"
-            if math.isfinite(v) and v < 0:
-                note += f"\n(pre-ReLU {_value(v)})"
-            draw_dead(ax, h * scale, w * scale, note)
-            ax.set_title(f"ch {ch}: inactive", fontsize=8)
-            continue
-        _show(ax, _tile(to_display(res.reconstructions[index, o].cpu()), scale))
-        ax.set_title(f"ch {ch}: max act {_value(v)}", fontsize=8)
-    fig.suptitle(text, fontsize=10)
-    return fig
+    return text
+
+
+def _image_cell(ax: Any, res: ImageProjections, index: int, o: int, v: float, scale: int) -> None:
+    """Draw the projection of feature map ``res.channels[o]`` (strongest activation ``v``) on
+    image ``index`` in ``ax``, or the inactive marker when ``v`` is not above 0."""
+    ax.set_axis_on()
+    ch = int(res.channels[o])
+    if not (math.isfinite(v) and v > 0):
+        h, w = (int(n) for n in res.images.shape[-2:])
+        note = "not > 0 on\nthis image"
+        if math.isfinite(v) and v < 0:
+            note += f"\n(pre-ReLU {_value(v)})"
+        draw_dead(ax, h * scale, w * scale, note)
+        ax.set_title(f"ch {ch}: inactive", fontsize=8)
+        return
+    _show(ax, _tile(to_display(res.reconstructions[index, o].cpu()), scale))
+    ax.set_title(f"ch {ch}: max act {_value(v)}", fontsize=8)
 
 
 def comparison_figure(
