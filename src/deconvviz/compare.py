@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.checks import model_device_dtype
+from deconvviz.checks import check_model, model_device_dtype
 from deconvviz.engine import attach, eval_mode, exact_cuda
 from deconvviz.errors import InputError, unknown_name
 
@@ -125,8 +125,7 @@ def project_class(
     Returns:
         ``[N, C, H, W]`` projections.
     """
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     device, dtype = model_device_dtype(model)
     x = _check_images(images).to(device=device, dtype=dtype)
     logits = _logits(model, x)
@@ -194,8 +193,7 @@ def compare_methods(
     Returns:
         A :class:`Comparison`.
     """
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     methods = _check_methods(methods)
     _check_positive_ints(
         ig_steps=ig_steps, occlusion_size=occlusion_size, occlusion_stride=occlusion_stride

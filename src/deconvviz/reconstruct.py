@@ -35,13 +35,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from deconvviz._util import items_within, safe_name
-from deconvviz.checks import model_device_dtype
+from deconvviz.checks import check_layer, check_model, model_device_dtype
 from deconvviz.engine import Deconvnet, attach
-from deconvviz.engine import split_call as _split_layer
-from deconvviz.errors import DataError, InputError, LayerError, unknown_name
+from deconvviz.errors import DataError, InputError, LayerError
 from deconvviz.images import load_images
 from deconvviz.receptive import ReceptiveField
-from deconvviz.rules import RULES
+from deconvviz.rules import get_rule
 from deconvviz.scan import top_activations
 from deconvviz.topk import (
     FewImagesWarning,
@@ -235,20 +234,17 @@ def _check_layers(model: nn.Module, layers: Sequence[str] | str | None) -> list[
                 "name the layers to project: --layer NAME (layers=[...] in Python)"
             )
         return found
-    names = [n for n, _ in model.named_modules() if n]
     out: list[str] = []
     for layer in layers:
         # 'name:N' (the N-th call of a module called several times) is the engine's to check
-        if not isinstance(layer, str) or _split_layer(layer)[0] not in names:
-            raise LayerError(unknown_name("layer", str(layer), names))
+        check_layer(model, layer, calls=True)
         if layer not in out:
             out.append(layer)
     return out
 
 
 def _check_rule(rule: str) -> None:
-    if rule not in RULES:
-        raise InputError(unknown_name("rule", str(rule), sorted(RULES)))
+    get_rule(rule)
 
 
 def _first_image(dataset: Sequence[Any]) -> Tensor:
@@ -266,8 +262,7 @@ def _first_image(dataset: Sequence[Any]) -> Tensor:
 
 
 def _check_model(model: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
 
 
 def _check_positive(value: Any, label: str) -> None:

@@ -49,10 +49,9 @@ from torch.utils.data import DataLoader, Subset
 from deconvviz._io import save_figure, save_image, write_json, write_text
 from deconvviz._util import json_safe, safe_name
 from deconvviz._version import __version__
-from deconvviz.checks import model_device_dtype
-from deconvviz.engine import split_call as _split_layer
-from deconvviz.errors import DeconvvizError, InputError, LayerError, unknown_name
-from deconvviz.rules import RULES
+from deconvviz.checks import check_layer, check_model, model_device_dtype
+from deconvviz.errors import DeconvvizError, InputError, unknown_name
+from deconvviz.rules import get_rule
 
 __all__ = ["Report", "ReportFigure", "report_from_run", "versions", "write_report"]
 
@@ -247,21 +246,17 @@ def _check_arguments(
     for s in wanted:
         if s not in keys:
             raise InputError(unknown_name("report section", str(s), keys))
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model(model)
     if len(dataset) == 0:
         raise InputError("the dataset is empty; the report needs images to analyse")
     if isinstance(images, bool) or not isinstance(images, int) or images < 1:
         raise InputError(f"images must be a positive integer, got {images!r}")
     if max_images is not None and (isinstance(max_images, bool) or max_images < 1):
         raise InputError(f"max_images must be a positive integer or None, got {max_images!r}")
-    if rule not in RULES:
-        raise InputError(unknown_name("rule", str(rule), sorted(RULES)))
-    known = [n for n, _ in model.named_modules() if n]
+    get_rule(rule)
     for layer in layers or ():
         # 'name:N' (the N-th call of a module called several times) is the engine's to check
-        if not isinstance(layer, str) or _split_layer(layer)[0] not in known:
-            raise LayerError(unknown_name("layer", str(layer), known))
+        check_layer(model, layer, calls=True)
     return wanted
 
 
