@@ -213,3 +213,41 @@ def int_list(value: str | None, what: str) -> list[int] | None:
         return [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise InputError(f"{what} must be integers separated by commas, got {value!r}") from None
+
+
+class RuleChoice(click.Choice):
+    """``--rule``'s choices: the registered rules, read when the command line is parsed, so a
+    rule a plugin registers at import (``deconvviz.rules.register_rule``) is accepted."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from deconvviz.engine.rules import rule_names
+
+        return tuple(rule_names())
+
+    @choices.setter
+    def choices(self, _: object) -> None:
+        pass  # always the registry's
+
+
+RULES = RuleChoice()
+"""The ``--rule`` type: every registered rule."""
+
+split_option = click.option(
+    "--split",
+    type=click.Choice(["test", "train"]),
+    default="test",
+    show_default=True,
+    help="Which split of the dataset to use.",
+)
+rule_option = click.option(
+    "--rule",
+    type=RULES,
+    default="deconvnet",
+    show_default=True,
+    help="ReLU step of the reverse path: deconvnet (Zeiler & Fergus), gradient (saliency) or "
+    "guided (guided backprop).",
+)

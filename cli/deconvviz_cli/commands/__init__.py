@@ -12,6 +12,7 @@ from deconvviz_cli.commands import atlas as _atlas
 from deconvviz_cli.commands import inspect as _inspect
 from deconvviz_cli.commands import measures as _measures
 from deconvviz_cli.commands import reconstruct as _reconstruct
+from deconvviz_cli.commands import report as _report
 from deconvviz_cli.commands import train as _train
 
 COMMANDS: list[click.Command] = []
@@ -24,5 +25,6 @@ COMMANDS += [
     _analyses.sensitivity_cmd,
 ]
 COMMANDS += _reconstruct.COMMANDS
+COMMANDS += _report.COMMANDS
 COMMANDS += _atlas.COMMANDS
 COMMANDS += [_inspect.inspect_cmd]

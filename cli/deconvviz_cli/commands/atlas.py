@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 
-from deconvviz_cli.commands.reconstruct import _rule, _split
 from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
     checkpoint_option,
@@ -20,6 +19,8 @@ from deconvviz_cli.options import (
     model_option,
     out_option,
     progress_option,
+    rule_option,
+    split_option,
 )
 
 
@@ -48,7 +49,7 @@ def _init_distributed(device: str) -> tuple[str, bool]:
 @model_option
 @data_dir_option(required=False)
 @dataset_option
-@_split
+@split_option
 @layer_option(multiple=True, help="Layer to scan (default: every Conv2d)")
 @click.option(
     "-k",
@@ -59,7 +60,7 @@ def _init_distributed(device: str) -> tuple[str, bool]:
     show_default=True,
     help="Top activations kept per unit (from distinct images).",
 )
-@_rule
+@rule_option
 @click.option(
     "--max-images",
     type=click.IntRange(min=1),

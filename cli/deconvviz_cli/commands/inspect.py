@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from deconvviz_cli.commands.reconstruct import RULES
 from deconvviz_cli.model_options import ModelSpec, model_options
-from deconvviz_cli.options import RUN_HELP
+from deconvviz_cli.options import RULES, RUN_HELP
 
 
 @click.command("inspect", short_help="Every layer: shape, receptive field, reverse step.")
