@@ -243,3 +243,40 @@ def test_the_notebook_figures_resolve_to_render_functions() -> None:
         module, func = target.split(":")
         assert module.startswith("deconvviz.render."), (cls, target)
         assert callable(getattr(importlib.import_module(module), func)), (cls, target)
+
+
+def test_the_cli_families_in_the_doc_are_the_command_modules() -> None:
+    import importlib
+
+    import click
+
+    text = DOC.read_text(encoding="utf-8").split("## The CLI", 1)[1].split("\n## ", 1)[0]
+    doc: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`commands/"):
+            doc[cells[0].strip("`")] = set(re.findall(r"`([^`]+)`", cells[1]))
+    folder = PACKAGES["deconvviz_cli"] / "commands"
+    code: dict[str, set[str]] = {}
+    for path in sorted(folder.glob("[!_]*.py")):
+        module = importlib.import_module(f"deconvviz_cli.commands.{path.stem}")
+        mine = [
+            obj
+            for obj in vars(module).values()
+            if isinstance(obj, click.Command)
+            and getattr(obj.callback, "__module__", None) == module.__name__
+        ]
+        sub = {c for g in mine if isinstance(g, click.Group) for c in g.commands.values()}
+        code[f"commands/{path.name}"] = {c.name for c in mine if c not in sub and c.name}
+    assert doc == code
+
+
+def test_no_command_module_imports_another(graph: dict[str, set[str]]) -> None:
+    bad = [
+        f"{m} -> {t}"
+        for m, ts in graph.items()
+        if m.startswith("deconvviz_cli.commands.")
+        for t in ts
+        if t.startswith("deconvviz_cli.commands.")
+    ]
+    assert not bad, bad
