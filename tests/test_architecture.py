@@ -280,3 +280,15 @@ def test_no_command_module_imports_another(graph: dict[str, set[str]]) -> None:
         if t.startswith("deconvviz_cli.commands.")
     ]
     assert not bad, bad
+
+
+def test_only_the_tracer_registers_hooks() -> None:
+    hook_calls = re.compile(
+        r"\.register_(forward|forward_pre|full_backward|full_backward_pre)_hook\("
+    )
+    owners = [
+        str(path.relative_to(ROOT))
+        for path in _modules().values()
+        if hook_calls.search(path.read_text(encoding="utf-8"))
+    ]
+    assert owners == ["src/deconvviz/engine/tracer.py"], owners
