@@ -115,6 +115,11 @@ class _Seeds:
     cols: Tensor
 
 
+#: A layer: its ``named_modules()`` name (``"name:call"`` for one call of a module run several
+#: times per pass), or the submodule itself.
+Layer = str | nn.Module
+
+
 @dataclass(frozen=True)
 class LayerGeometry:
     """What the forward pass says about one layer call, for inputs of one shape.
@@ -479,7 +484,27 @@ class Deconvnet:
 
     # ------------------------------------------------------------------ public API
 
-    def layer_geometry(self, x: Tensor, layer: str) -> LayerGeometry:
+    def layer_name(self, layer: Layer) -> str:
+        """``layer`` as the engine names it: a name is returned as it is; one of the model's own
+        submodules becomes its ``named_modules()`` name (a module run several times per forward
+        pass then still needs its call: ``f"{dn.layer_name(m)}:1"``).
+
+        Example:
+            >>> dn.layer_name(model.features[3])   # doctest: +SKIP
+            'features.3'
+        """
+        if isinstance(layer, nn.Module):
+            name = self._names.get(layer)
+            if name is None:
+                raise LayerError(
+                    f"the {type(layer).__name__} passed as the layer is not a submodule of the "
+                    "model; pass one of the model's own modules (e.g. model.features[3]) or its "
+                    "name"
+                )
+            return name
+        return layer
+
+    def layer_geometry(self, x: Tensor, layer: Layer) -> LayerGeometry:
         """Output shape, receptive field and call count of ``layer`` for inputs shaped like
         ``x`` (one forward pass per input shape, cached).
 
@@ -487,6 +512,7 @@ class Deconvnet:
             >>> dn.layer_geometry(x, "conv2").out_shape   # doctest: +SKIP
             (64, 14, 14)
         """
+        layer = self.layer_name(layer)
         x = self.check_input(x)
         info = self._layer(self._probe(x), layer)
         assert info.out_shape is not None
@@ -497,8 +523,9 @@ class Deconvnet:
         order: where each happened (innermost module), the function, and whether it has a rule."""
         return list(self._probe(self.check_input(x)).events)
 
-    def layer_output(self, x: Tensor, layer: str) -> Tensor:
+    def layer_output(self, x: Tensor, layer: Layer) -> Tensor:
         """The output of ``layer`` for input ``x`` (forward stopped there, no autograd graph)."""
+        layer = self.layer_name(layer)
         x = self.check_input(x)
         self._layer(self._probe(x), layer)
         return self._values(x, layer)
@@ -506,9 +533,10 @@ class Deconvnet:
     def _values(self, x: Tensor, layer: str) -> Tensor:
         return self._forward_to(x.detach(), layer, grad=False)
 
-    def receptive_field(self, layer: str, input_shape: Sequence[int]) -> ReceptiveField | None:
+    def receptive_field(self, layer: Layer, input_shape: Sequence[int]) -> ReceptiveField | None:
         """Receptive field of ``layer`` for inputs of shape ``input_shape`` (``None`` when the
         layer's output is not a spatial map that can be followed back, e.g. after flatten)."""
+        layer = self.layer_name(layer)
         self._check_attached()
         device, dtype = model_device_dtype(self.model)
         shape = tuple(int(s) for s in input_shape)
@@ -520,7 +548,7 @@ class Deconvnet:
     def project(
         self,
         x: Tensor,
-        layer: str,
+        layer: Layer,
         channel: int | Sequence[int],
         position: tuple[int, int] | None = None,
     ) -> Tensor:
@@ -548,6 +576,7 @@ class Deconvnet:
             >>> rec.shape                                            # doctest: +SKIP
             torch.Size([8, 2, 1, 28, 28])
         """
+        layer = self.layer_name(layer)
         x = self.check_input(x)
         info = self._layer(self._probe(x), layer)
         assert info.out_shape is not None
@@ -610,7 +639,7 @@ class Deconvnet:
     def project_seeds(
         self,
         x: Tensor,
-        layer: str,
+        layer: Layer,
         image: Sequence[int] | Tensor,
         channel: Sequence[int] | Tensor,
         position: Sequence[tuple[int, int]] | Tensor | None = None,
@@ -634,6 +663,7 @@ class Deconvnet:
         Example:
             >>> rec = dn.project_seeds(x, "layer3.5", [0, 0, 1], [4, 9, 4])  # doctest: +SKIP
         """
+        layer = self.layer_name(layer)
         windows = self.project_windows(x, layer, image, channel, position, values=values)
         out = x.new_zeros((int(torch.as_tensor(image).numel()), *x.shape[1:]))
         for idx, grads, boxes in windows:
@@ -643,7 +673,7 @@ class Deconvnet:
     def project_windows(
         self,
         x: Tensor,
-        layer: str,
+        layer: Layer,
         image: Sequence[int] | Tensor,
         channel: Sequence[int] | Tensor,
         position: Sequence[tuple[int, int]] | Tensor | None = None,
@@ -660,6 +690,7 @@ class Deconvnet:
             >>> for idx, grads, boxes in dn.project_windows(x, "conv2", img, chan, pos):
             ...     ...                                                   # doctest: +SKIP
         """
+        layer = self.layer_name(layer)
         x = self.check_input(x)
         info = self._layer(self._probe(x), layer)
         img, chan = self._seed_index(x, info, image, channel)
@@ -981,7 +1012,7 @@ def attach(
     return Deconvnet(model, rule, strict, crop=crop, max_memory=max_memory, warn=warn)
 
 
-def layer_output(model: nn.Module, x: Tensor, layer: str) -> Tensor:
+def layer_output(model: nn.Module, x: Tensor, layer: Layer) -> Tensor:
     """The output of ``model``'s ``layer`` for input ``x`` (forward stopped there, no grad).
 
     The model runs in eval mode for this call; its ``training`` flags are restored after.
@@ -994,7 +1025,7 @@ def layer_output(model: nn.Module, x: Tensor, layer: str) -> Tensor:
 
 
 def receptive_field(
-    model: nn.Module, layer: str, input_shape: tuple[int, ...]
+    model: nn.Module, layer: Layer, input_shape: tuple[int, ...]
 ) -> ReceptiveField | None:
     """The receptive field of ``layer``'s activations for inputs of ``input_shape``.
 
