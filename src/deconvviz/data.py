@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from deconvviz.checks import check_positive_int
 from deconvviz.errors import DataError, InputError, unknown_name
 
 __all__ = [
@@ -578,10 +579,7 @@ def _check_load_args(name: str, split: str, per_class: int | None, image_size: i
     if split not in SPLITS:
         raise InputError(unknown_name("split", str(split), SPLITS))
     for label, value in (("per_class", per_class), ("image_size", image_size)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise InputError(f"{label} must be a positive integer or None, got {value!r}")
+        check_positive_int(label, value, or_none=True)
 
 
 def _auto_name(root: Path, download: bool) -> str:

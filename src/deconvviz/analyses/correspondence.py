@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from deconvviz.analyses._common import batches, capture, check_images, check_layers, default_layers
 from deconvviz.analyses.metrics import sign_disagreement
+from deconvviz.checks import check_positive_int
 from deconvviz.errors import InputError
 
 __all__ = [
@@ -307,8 +308,7 @@ def correspondence(
     size = (int(x.shape[-2]), int(x.shape[-1]))
     part_boxes = _check_boxes(boxes, n, size)
     n_parts = part_boxes.shape[0]
-    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
-        raise InputError(f"n_random must be a positive integer, got {n_random!r}")
+    check_positive_int("n_random", n_random)
     part_names = _part_names(parts, n_parts)
     names = default_layers(model, x) if layers is None else check_layers(model, layers)
     names = tuple(dict.fromkeys(names))
