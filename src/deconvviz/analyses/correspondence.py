@@ -78,28 +78,23 @@ class CorrespondenceResult:
             return torch.zeros_like(self.random_mean)
         return self.random_score.std(dim=1)
 
+    def _by_part(self, table: Tensor) -> dict[str, dict[str, float]]:
+        """A ``[P, L]`` table as ``{part: {layer: value}}``."""
+        return {
+            p: dict(zip(self.layers, table[i].tolist(), strict=True))
+            for i, p in enumerate(self.parts)
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """Plain numbers for JSON."""
         return {
             "analysis": "correspondence",
             "layers": list(self.layers),
             "parts": list(self.parts),
-            "score": {
-                p: dict(zip(self.layers, self.score[i].tolist(), strict=True))
-                for i, p in enumerate(self.parts)
-            },
-            "score_std": {
-                p: dict(zip(self.layers, self.score_std[i].tolist(), strict=True))
-                for i, p in enumerate(self.parts)
-            },
-            "random_mean": {
-                p: dict(zip(self.layers, self.random_mean[i].tolist(), strict=True))
-                for i, p in enumerate(self.parts)
-            },
-            "random_std": {
-                p: dict(zip(self.layers, self.random_std[i].tolist(), strict=True))
-                for i, p in enumerate(self.parts)
-            },
+            "score": self._by_part(self.score),
+            "score_std": self._by_part(self.score_std),
+            "random_mean": self._by_part(self.random_mean),
+            "random_std": self._by_part(self.random_std),
             "random_score": self.random_score.tolist(),
             "boxes": self.boxes.tolist(),
             "random_boxes": self.random_boxes.tolist(),
