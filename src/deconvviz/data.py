@@ -513,29 +513,28 @@ def _read_mnist(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[
     return x[:, None].copy(), y.astype(np.int64), list(MNIST_CLASSES)
 
 
-def _download_cifar10(data_dir: Path) -> Path:
+def _torchvision_download(data_dir: Path, dataset: str, name: str, folder: str) -> None:
+    """Download torchvision's ``dataset`` class (``"CIFAR10"``, ``"MNIST"``) into ``data_dir``;
+    a failure is a :class:`DataError` naming ``name`` and the ``folder`` to copy by hand."""
     import torchvision
 
     try:
-        torchvision.datasets.CIFAR10(str(data_dir), train=False, download=True)
+        getattr(torchvision.datasets, dataset)(str(data_dir), train=False, download=True)
     except Exception as exc:  # network errors come in many types
         raise DataError(
-            f"downloading CIFAR-10 into {data_dir} failed ({type(exc).__name__}: {exc}); "
-            "download it on a machine with network access and copy cifar-10-batches-py there"
+            f"downloading {name} into {data_dir} failed ({type(exc).__name__}: {exc}); "
+            f"download it on a machine with network access and copy {folder} there"
         ) from exc
+
+
+def _download_cifar10(data_dir: Path) -> Path:
+    _torchvision_download(data_dir, "CIFAR10", "CIFAR-10", "cifar-10-batches-py")
     return data_dir / "cifar-10-batches-py"
 
 
 def _download_mnist(data_dir: Path) -> None:
-    import torchvision
-
-    try:  # fetches all four idx files into data_dir/MNIST/raw
-        torchvision.datasets.MNIST(str(data_dir), train=False, download=True)
-    except Exception as exc:  # network errors come in many types
-        raise DataError(
-            f"downloading MNIST into {data_dir} failed ({type(exc).__name__}: {exc}); "
-            "download it on a machine with network access and copy MNIST/raw there"
-        ) from exc
+    # fetches all four idx files into data_dir/MNIST/raw
+    _torchvision_download(data_dir, "MNIST", "MNIST", "MNIST/raw")
 
 
 # --------------------------------------------------------------------------------- transforms
