@@ -25,11 +25,23 @@ __all__ = [
     "check_layer",
     "check_layers",
     "check_model",
+    "check_positive_int",
     "model_device_dtype",
     "module_names",
     "split_call",
     "to_model",
 ]
+
+
+def check_positive_int(name: str, value: Any, *, or_none: bool = False) -> None:
+    """Refuse ``value`` unless it is an ``int`` >= 1 (``True``/``False`` refused too), or
+    ``None`` when ``or_none``: ``InputError("NAME must be a positive integer[ or None], got
+    VALUE")``."""
+    if or_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        allowed = "a positive integer or None" if or_none else "a positive integer"
+        raise InputError(f"{name} must be {allowed}, got {value!r}")
 
 
 def check_model(model: Any) -> nn.Module:

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.checks import check_model, model_device_dtype
+from deconvviz.checks import check_model, check_positive_int, model_device_dtype
 from deconvviz.engine import attach, eval_mode, exact_cuda
 from deconvviz.errors import InputError, unknown_name
 
@@ -195,9 +195,12 @@ def compare_methods(
     """
     check_model(model)
     methods = _check_methods(methods)
-    _check_positive_ints(
-        ig_steps=ig_steps, occlusion_size=occlusion_size, occlusion_stride=occlusion_stride
-    )
+    for label, value in (
+        ("ig_steps", ig_steps),
+        ("occlusion_size", occlusion_size),
+        ("occlusion_stride", occlusion_stride),
+    ):
+        check_positive_int(label, value)
     device, dtype = model_device_dtype(model)
     x = _check_images(images).to(device=device, dtype=dtype)
     n, c, h, w = x.shape
@@ -231,12 +234,6 @@ def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
     if len(set(methods)) != len(methods):
         raise InputError(f"methods {methods} name one method twice; list each once")
     return methods
-
-
-def _check_positive_ints(**values: Any) -> None:
-    for label, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{label} must be a positive integer, got {value!r}")
 
 
 def _all_maps(

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from deconvviz.checks import check_positive_int
 from deconvviz.errors import DataError, InputError, unknown_name
 
 __all__ = [
@@ -512,29 +513,28 @@ def _read_mnist(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[
     return x[:, None].copy(), y.astype(np.int64), list(MNIST_CLASSES)
 
 
-def _download_cifar10(data_dir: Path) -> Path:
+def _torchvision_download(data_dir: Path, dataset: str, name: str, folder: str) -> None:
+    """Download torchvision's ``dataset`` class (``"CIFAR10"``, ``"MNIST"``) into ``data_dir``;
+    a failure is a :class:`DataError` naming ``name`` and the ``folder`` to copy by hand."""
     import torchvision
 
     try:
-        torchvision.datasets.CIFAR10(str(data_dir), train=False, download=True)
+        getattr(torchvision.datasets, dataset)(str(data_dir), train=False, download=True)
     except Exception as exc:  # network errors come in many types
         raise DataError(
-            f"downloading CIFAR-10 into {data_dir} failed ({type(exc).__name__}: {exc}); "
-            "download it on a machine with network access and copy cifar-10-batches-py there"
+            f"downloading {name} into {data_dir} failed ({type(exc).__name__}: {exc}); "
+            f"download it on a machine with network access and copy {folder} there"
         ) from exc
+
+
+def _download_cifar10(data_dir: Path) -> Path:
+    _torchvision_download(data_dir, "CIFAR10", "CIFAR-10", "cifar-10-batches-py")
     return data_dir / "cifar-10-batches-py"
 
 
 def _download_mnist(data_dir: Path) -> None:
-    import torchvision
-
-    try:  # fetches all four idx files into data_dir/MNIST/raw
-        torchvision.datasets.MNIST(str(data_dir), train=False, download=True)
-    except Exception as exc:  # network errors come in many types
-        raise DataError(
-            f"downloading MNIST into {data_dir} failed ({type(exc).__name__}: {exc}); "
-            "download it on a machine with network access and copy MNIST/raw there"
-        ) from exc
+    # fetches all four idx files into data_dir/MNIST/raw
+    _torchvision_download(data_dir, "MNIST", "MNIST", "MNIST/raw")
 
 
 # --------------------------------------------------------------------------------- transforms
@@ -578,10 +578,7 @@ def _check_load_args(name: str, split: str, per_class: int | None, image_size: i
     if split not in SPLITS:
         raise InputError(unknown_name("split", str(split), SPLITS))
     for label, value in (("per_class", per_class), ("image_size", image_size)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise InputError(f"{label} must be a positive integer or None, got {value!r}")
+        check_positive_int(label, value, or_none=True)
 
 
 def _auto_name(root: Path, download: bool) -> str:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from deconvviz.checks import check_positive_int
 from deconvviz.errors import InputError, LayerError, unknown_name
 
 __all__ = [
@@ -197,8 +198,7 @@ class RenormaliseHook:
     def __init__(self, radius: float = 0.1, every: int = 1, layers: list[str] | None = None):
         if isinstance(radius, bool) or not isinstance(radius, int | float) or not radius > 0:
             raise InputError(f"radius must be a positive number, got {radius!r}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise InputError(f"every must be a positive integer, got {every!r}")
+        check_positive_int("every", every)
         self.radius = float(radius)
         self.every = every
         self.layers = layers

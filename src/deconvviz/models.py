@@ -21,6 +21,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from deconvviz.checks import check_positive_int
 from deconvviz.errors import DeconvvizError, InputError, unknown_name
 
 __all__ = [
@@ -40,11 +41,6 @@ CELLS = ("rnn", "lstm", "gru")
 def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise InputError(unknown_name(kind, str(value), choices))
-
-
-def _check_positive_int(kind: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{kind} must be a positive integer, got {value!r}")
 
 
 class LeNet5(nn.Module):
@@ -76,9 +72,9 @@ class LeNet5(nn.Module):
         init: str = "course",
     ) -> None:
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("image_size", image_size)
-        _check_positive_int("num_classes", num_classes)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("image_size", image_size)
+        check_positive_int("num_classes", num_classes)
         _check_choice("init", init, INITS)
         if image_size < 4:
             raise InputError(f"image_size must be at least 4 (two 2x2 poolings), got {image_size}")
@@ -171,9 +167,9 @@ class RNNClassifier(nn.Module):
     ) -> None:
         super().__init__()
         _check_choice("cell", cell, CELLS)
-        _check_positive_int("hidden", hidden)
-        _check_positive_int("input_size", input_size)
-        _check_positive_int("num_classes", num_classes)
+        check_positive_int("hidden", hidden)
+        check_positive_int("input_size", input_size)
+        check_positive_int("num_classes", num_classes)
         _check_choice("init", init, INITS)
         self.cell = cell
         self.hidden = hidden
@@ -293,7 +289,7 @@ class ZFNetCifar(nn.Module):
             ("image_size", image_size),
             ("num_classes", num_classes),
         ):
-            _check_positive_int(kind, value)
+            check_positive_int(kind, value)
         if image_size % 8:
             raise InputError(
                 f"image_size must be a multiple of 8 (three 3x3/2 poolings), got {image_size}"

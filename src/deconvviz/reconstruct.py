@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from deconvviz._util import items_within, safe_name
-from deconvviz.checks import check_layer, check_model, model_device_dtype
+from deconvviz.checks import check_layer, check_model, check_positive_int, model_device_dtype
 from deconvviz.engine import Deconvnet, attach
 from deconvviz.errors import DataError, InputError, LayerError
 from deconvviz.images import load_images
@@ -265,11 +265,6 @@ def _check_model(model: Any) -> None:
     check_model(model)
 
 
-def _check_positive(value: Any, label: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{label} must be a positive integer, got {value!r}")
-
-
 def _pick_channels(
     layer: str, n_ch: int, channels: Sequence[int] | None, max_channels: int | None = None
 ) -> list[int]:
@@ -363,8 +358,8 @@ def _checked_scan(
     """:func:`reconstruct_dataset`'s argument checks; the layer names and a loader of
     ``dataset`` in order."""
     _check_model(model)
-    _check_positive(k, "k (--top)")
-    _check_positive(batch_size, "batch_size")
+    check_positive_int("k (--top)", k)
+    check_positive_int("batch_size", batch_size)
     _check_rule(rule)
     names = _check_layers(model, layers)
     _first_image(dataset)  # a clear error for an empty dataset or odd items, before scanning

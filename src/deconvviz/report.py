@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Subset
 from deconvviz._io import save_figure, save_image, write_json, write_text
 from deconvviz._util import json_safe, safe_name
 from deconvviz._version import __version__
-from deconvviz.checks import check_layer, check_model, model_device_dtype
+from deconvviz.checks import check_layer, check_model, check_positive_int, model_device_dtype
 from deconvviz.errors import DeconvvizError, InputError, unknown_name
 from deconvviz.rules import get_rule
 
@@ -249,8 +249,7 @@ def _check_arguments(
     check_model(model)
     if len(dataset) == 0:
         raise InputError("the dataset is empty; the report needs images to analyse")
-    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
-        raise InputError(f"images must be a positive integer, got {images!r}")
+    check_positive_int("images", images)
     if max_images is not None and (isinstance(max_images, bool) or max_images < 1):
         raise InputError(f"max_images must be a positive integer or None, got {max_images!r}")
     get_rule(rule)

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
-from deconvviz.checks import check_model
+from deconvviz.checks import check_model, check_positive_int
 from deconvviz.engine import Deconvnet, batch_images, model_device_dtype
 from deconvviz.engine.tracer import Tracer, eval_mode, split_call
 from deconvviz.errors import CheckpointError, InputError, LayerError
@@ -385,10 +385,8 @@ def _check_scan_args(
     model: nn.Module, k: int, batch_size: int, max_images: int | None, save_every: int
 ) -> None:
     check_model(model)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"k must be a positive integer, got {k!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int("k", k)
+    check_positive_int("batch_size", batch_size)
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise InputError(f"max_images must be a positive integer, got {max_images!r}")
     if save_every < 1:

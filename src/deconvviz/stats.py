@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakTensorKeyDictionary
 from tqdm.auto import tqdm
 
-from deconvviz.checks import check_layer, check_model, to_model
+from deconvviz.checks import check_layer, check_model, check_positive_int, to_model
 from deconvviz.engine import batch_images
 from deconvviz.engine.support import RELU_FUNCS
 from deconvviz.engine.tracer import Tracer, eval_mode
@@ -474,8 +474,7 @@ def _check_stats_args(
 ) -> tuple[list[str] | None, tuple[float, float] | None]:
     """:func:`activation_stats`'s arguments, checked: ``(layers, hist_range)``."""
     check_model(model)
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise InputError(f"bins must be a positive integer, got {bins!r}")
+    check_positive_int("bins", bins)
     if hist_range is not None:
         lo, hi = (float(v) for v in hist_range)
         if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):

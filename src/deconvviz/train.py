@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deconvviz.checkpoint import CHECKPOINT_NAME, FORMAT, read_checkpoint, save_run
+from deconvviz.checks import check_positive_int
 from deconvviz.errors import CheckpointError, InputError, unknown_name
 from deconvviz.filters import renormalise_
 from deconvviz.models import build_model, full_config
@@ -169,9 +170,9 @@ class TrainConfig:
         if not (isinstance(self.momentum, int | float) and 0 <= self.momentum < 1):
             raise InputError(f"momentum must be in [0, 1), got {self.momentum!r}")
         for name in ("batch_size", "eval_every", "eval_batch_size"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.per_class is not None:
-            _positive_int("per_class", self.per_class)
+            check_positive_int("per_class", self.per_class)
         if self.epochs is not None:
             if not (isinstance(self.epochs, int | float) and self.epochs > 0):
                 raise InputError(f"epochs must be a positive number, got {self.epochs!r}")
@@ -179,7 +180,7 @@ class TrainConfig:
         elif self.iterations is None:
             object.__setattr__(self, "iterations", DEFAULT_ITERATIONS)
         else:
-            _positive_int("iterations", self.iterations)
+            check_positive_int("iterations", self.iterations)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
         self._check_recipe()
@@ -257,11 +258,6 @@ _FIELD_DEFAULTS = {
     for f in dataclasses.fields(TrainConfig)
     if f.default is not dataclasses.MISSING
 }
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from deconvviz.analyses._common import batches, capture, check_images, check_layers, default_layers
 from deconvviz.analyses.metrics import sign_disagreement
+from deconvviz.checks import check_positive_int
 from deconvviz.errors import InputError
 
 __all__ = [
@@ -77,28 +78,23 @@ class CorrespondenceResult:
             return torch.zeros_like(self.random_mean)
         return self.random_score.std(dim=1)
 
+    def _by_part(self, table: Tensor) -> dict[str, dict[str, float]]:
+        """A ``[P, L]`` table as ``{part: {layer: value}}``."""
+        return {
+            p: dict(zip(self.layers, table[i].tolist(), strict=True))
+            for i, p in enumerate(self.parts)
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """Plain numbers for JSON."""
         return {
             "analysis": "correspondence",
             "layers": list(self.layers),
             "parts": list(self.parts),
-            "score": {
-                p: dict(zip(self.layers, self.score[i].tolist(), strict=True))
-                for i, p in enumerate(self.parts)
-            },
-            "score_std": {
-                p: dict(zip(self.layers, self.score_std[i].tolist(), strict=True))
-                for i, p in enumerate(self.parts)
-            },
-            "random_mean": {
-                p: dict(zip(self.layers, self.random_mean[i].tolist(), strict=True))
-                for i, p in enumerate(self.parts)
-            },
-            "random_std": {
-                p: dict(zip(self.layers, self.random_std[i].tolist(), strict=True))
-                for i, p in enumerate(self.parts)
-            },
+            "score": self._by_part(self.score),
+            "score_std": self._by_part(self.score_std),
+            "random_mean": self._by_part(self.random_mean),
+            "random_std": self._by_part(self.random_std),
             "random_score": self.random_score.tolist(),
             "boxes": self.boxes.tolist(),
             "random_boxes": self.random_boxes.tolist(),
@@ -307,8 +303,7 @@ def correspondence(
     size = (int(x.shape[-2]), int(x.shape[-1]))
     part_boxes = _check_boxes(boxes, n, size)
     n_parts = part_boxes.shape[0]
-    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
-        raise InputError(f"n_random must be a positive integer, got {n_random!r}")
+    check_positive_int("n_random", n_random)
     part_names = _part_names(parts, n_parts)
     names = default_layers(model, x) if layers is None else check_layers(model, layers)
     names = tuple(dict.fromkeys(names))

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from deconvviz._util import json_safe
-from deconvviz.checks import check_layer
+from deconvviz.checks import check_layer, check_positive_int
 from deconvviz.errors import InputError
 
 __all__ = [
@@ -159,8 +159,7 @@ def filter_structure(conv: nn.Module, seeds: int = 5) -> FilterStructure:
     """
     if not isinstance(conv, nn.Conv2d):
         raise InputError(f"filter_structure needs a Conv2d layer, got {type(conv).__name__}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise InputError(f"seeds must be a positive integer, got {seeds!r}")
+    check_positive_int("seeds", seeds)
     per = neighbour_correlation(conv.weight)
     base = []
     fresh = copy.deepcopy(conv).cpu().float()
@@ -202,8 +201,7 @@ def class_selectivity(
     from deconvviz.scan import scan
     from deconvviz.topk import FewImagesWarning
 
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"k must be a positive integer, got {k!r}")
+    check_positive_int("k", k)
     if not layers:
         raise InputError("class_selectivity needs at least one layer name")
     for name in layers:

@@ -23,6 +23,7 @@ from deconvviz.analyses._common import (
     model_device_dtype,
     pick_images,
 )
+from deconvviz.checks import check_positive_int
 from deconvviz.errors import InputError, unknown_name
 from deconvviz.rules import RULES
 from deconvviz.scan import top_activations
@@ -145,10 +146,8 @@ class FeatureEvolution:
             ("pool_size", pool_size),
             ("batch_size", batch_size),
         ):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise InputError(f"{name} must be a positive integer, got {value!r}")
+            if value is not None:  # the message does not offer None
+                check_positive_int(name, value)
         self.images = _pool(images, pool_size)
         self.layer = layer
         self.channels: tuple[int, ...] | None = None

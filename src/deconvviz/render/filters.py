@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor, nn
 
+from deconvviz.checks import check_positive_int
 from deconvviz.errors import InputError
 from deconvviz.filters import filter_rms, filter_weight
 from deconvviz.render.images import make_grid, to_display
@@ -29,10 +30,7 @@ def _layout(
         ("max_channels", max_channels),
         ("nrow", nrow),
     ):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise InputError(f"{label} must be a positive integer or None, got {value!r}")
+        check_positive_int(label, value, or_none=True)
     if per_channel is None:
         per_channel = in_c not in (1, 3)
     if not per_channel and in_c not in (1, 3):
