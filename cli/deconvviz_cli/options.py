@@ -22,9 +22,11 @@ __all__ = [
     "RULES",
     "batch_size_option",
     "checkpoint_option",
+    "choice_option",
     "data_dir_option",
     "dataset_option",
     "device_option",
+    "float_option",
     "int_list",
     "int_option",
     "iterations_option",
@@ -265,13 +267,7 @@ rule_option = click.option(
 
 def split_option(help: str = "Which split of the dataset to use.") -> Callable[[F], F]:
     """``--split test|train``: which split of the run's dataset (default: test)."""
-    return click.option(
-        "--split",
-        type=click.Choice(["test", "train"]),
-        default="test",
-        show_default=True,
-        help=help,
-    )
+    return choice_option("--split", choices=["test", "train"], default="test", help=help)
 
 
 def stack(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
@@ -289,10 +285,25 @@ def stack(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
 def int_option(
     *decls: str, help: str, default: int | None = None, min: int = 1, **attrs: Any
 ) -> Any:
-    """An integer option of at least ``min``; its default is shown where it has one."""
+    """An integer option of at least ``min``; its default is shown where it has one (a
+    repeatable one, ``multiple=True``, has none: it collects a tuple)."""
     if default is not None:
         attrs.setdefault("show_default", True)
-    return click.option(*decls, type=click.IntRange(min=min), default=default, help=help, **attrs)
+    if not attrs.get("multiple"):
+        attrs["default"] = default
+    return click.option(*decls, type=click.IntRange(min=min), help=help, **attrs)
+
+
+def choice_option(*decls: str, choices: list[str], default: Any, help: str) -> Any:
+    """An option taking one of ``choices``, its default shown."""
+    return click.option(
+        *decls, type=click.Choice(choices), default=default, show_default=True, help=help
+    )
+
+
+def float_option(*decls: str, default: float, help: str) -> Any:
+    """A number option, its default shown."""
+    return click.option(*decls, type=float, default=default, show_default=True, help=help)
 
 
 def run_data_options(split_help: str = "Which split of the dataset to use.") -> Callable[[F], F]:

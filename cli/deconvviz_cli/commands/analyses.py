@@ -18,6 +18,8 @@ from deconvviz.errors import InputError
 from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli._output import write_result
 from deconvviz_cli.options import (
+    choice_option,
+    float_option,
     int_list,
     int_option,
     layer_option,
@@ -37,10 +39,10 @@ __all__ = [
 
 _common = stack(
     run_data_options("Dataset split the images come from."),
-    click.option(
+    int_option(
         "--index",
         "indices",
-        type=click.IntRange(min=0),
+        min=0,
         multiple=True,
         help="Dataset index of an image (repeatable; default: --images images "
         "spread evenly over the split).",
@@ -62,7 +64,7 @@ _signed_option = click.option(
 
 def _fill_option(help: str) -> Any:
     """``--fill VALUE`` (default 0.0): the input value of pixels an analysis replaces."""
-    return click.option("--fill", type=float, default=0.0, show_default=True, help=help)
+    return float_option("--fill", default=0.0, help=help)
 
 
 def _layers_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -131,11 +133,10 @@ def _images_option(default: int) -> Callable[[Callable[..., Any]], Callable[...,
 )
 @_common
 @_images_option(8)
-@click.option(
+@choice_option(
     "--transform",
-    type=click.Choice(["translate", "htranslate", "scale", "rotate"]),
+    choices=["translate", "htranslate", "scale", "rotate"],
     default="translate",
-    show_default=True,
     help="translate = vertical shift in pixels (the paper's), htranslate = horizontal.",
 )
 @click.option(
@@ -309,11 +310,10 @@ def correspondence_cmd(
     "strongest channel).",
 )
 @_rules_option
-@click.option(
+@choice_option(
     "--mode",
-    type=click.Choice(["cascade", "independent"]),
+    choices=["cascade", "independent"],
     default="cascade",
-    show_default=True,
     help="Randomise cumulatively from the top, or one layer at a time.",
 )
 @_signed_option

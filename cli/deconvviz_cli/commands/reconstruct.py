@@ -11,6 +11,7 @@ from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
     checkpoint_option,
+    float_option,
     int_option,
     max_images_option,
     model_option,
@@ -43,11 +44,11 @@ def _images_option(required: bool, help: str) -> Any:
 @run_data_options()
 @_images_option(False, "Project these images (PNG/JPEG; repeatable) instead of scanning a dataset.")
 @project_layers_option
-@click.option(
+@int_option(
     "--channel",
     "channels",
+    min=0,
     multiple=True,
-    type=click.IntRange(min=0),
     metavar="C",
     help="Only these feature maps (repeatable); default: all.",
 )
@@ -190,11 +191,9 @@ def _class_names(config: dict[str, Any]) -> list[str] | None:
 @model_option
 @_images_option(True, "Images to explain (PNG/JPEG; repeatable, at most 8).")
 @target_option("Class to explain; default: each image's predicted class.")
-@click.option(
+@float_option(
     "--baseline",
-    type=float,
     default=0.0,
-    show_default=True,
     help="Input value integrated gradients starts from and occlusion fills with.",
 )
 @int_option("--occlusion-size", default=8, help="Occluder side in pixels.")

@@ -18,8 +18,10 @@ from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli._output import write_result
 from deconvviz_cli.options import (
     batch_size_option,
+    choice_option,
     data_dir_option,
     device_option,
+    float_option,
     int_list,
     int_option,
     iterations_option,
@@ -34,21 +36,17 @@ __all__ = ["sweep", "train"]
 _DATA_HELP = "Folder holding the dataset, or a root such as ../shared/data."
 _BATCH = "Training batch size."
 _EVAL = "Evaluate on the whole test set every N iterations."
+_CELLS = ["rnn", "lstm", "gru"]
 
 # The options ``train`` and ``sweep`` share, each defined once.
-_loss = click.option(
+_loss = choice_option(
     "--loss",
-    type=click.Choice(["stable", "course"]),
+    choices=["stable", "course"],
     default="stable",
-    show_default=True,
     help="'course' is the course's naive -sum(y*log(softmax)), which can NaN.",
 )
-_init = click.option(
-    "--init",
-    type=click.Choice(["course", "pytorch"]),
-    default="course",
-    show_default=True,
-    help="Weight initialisation.",
+_init = choice_option(
+    "--init", choices=["course", "pytorch"], default="course", help="Weight initialisation."
 )
 _seed = seed_option("Seeds the initialisation and the batch order.")
 _eval_every = int_option("--eval-every", default=100, help=_EVAL)
@@ -61,34 +59,22 @@ _sweep_data_out = stack(
 
 def _optimizer(default: str) -> Any:
     """``--optimizer adam|sgd``."""
-    return click.option(
-        "--optimizer",
-        type=click.Choice(["adam", "sgd"]),
-        default=default,
-        show_default=True,
-        help="Optimiser.",
-    )
+    return choice_option("--optimizer", choices=["adam", "sgd"], default=default, help="Optimiser.")
 
 
 def _lr(default: float) -> Any:
     """``--lr``."""
-    return click.option(
-        "--lr", type=float, default=default, show_default=True, help="Learning rate."
-    )
+    return float_option("--lr", default=default, help="Learning rate.")
 
 
 def _momentum(default: float) -> Any:
     """``--momentum``."""
-    return click.option(
-        "--momentum", type=float, default=default, show_default=True, help="SGD momentum."
-    )
+    return float_option("--momentum", default=default, help="SGD momentum.")
 
 
 def _dataset(choices: list[str], default: str, help: str) -> Any:
     """``--dataset``: the datasets a training command can read."""
-    return click.option(
-        "--dataset", type=click.Choice(choices), default=default, show_default=True, help=help
-    )
+    return choice_option("--dataset", choices=choices, default=default, help=help)
 
 
 def _hidden(default: int, help: str) -> Any:
@@ -113,32 +99,23 @@ def _recipe_options(**defaults: Any) -> list[Any]:
 def _regularisation_options(d: dict[str, Any]) -> list[Any]:
     """``--weight-decay``, ``--nesterov``, ``--schedule``, ``--label-smoothing``."""
     return [
-        click.option(
-            "--weight-decay",
-            type=float,
-            default=d["weight_decay"],
-            show_default=True,
-            help="L2 weight decay.",
-        ),
+        float_option("--weight-decay", default=d["weight_decay"], help="L2 weight decay."),
         click.option(
             "--nesterov/--no-nesterov",
             default=d["nesterov"],
             show_default=True,
             help="Nesterov momentum (sgd with --momentum > 0).",
         ),
-        click.option(
+        choice_option(
             "--schedule",
-            type=click.Choice(["constant", "onecycle"]),
+            choices=["constant", "onecycle"],
             default=d["schedule"],
-            show_default=True,
             help="Learning rate: constant, or onecycle (warm up over 15% of the steps from "
             "lr/10, then decay linearly to 0).",
         ),
-        click.option(
+        float_option(
             "--label-smoothing",
-            type=float,
             default=d["label_smoothing"],
-            show_default=True,
             help="Label smoothing of the cross-entropy loss.",
         ),
     ]
@@ -147,18 +124,16 @@ def _regularisation_options(d: dict[str, Any]) -> list[Any]:
 def _input_options(d: dict[str, Any]) -> list[Any]:
     """``--augment``, ``--precision``, ``--renormalise``, ``--normalize``."""
     return [
-        click.option(
+        choice_option(
             "--augment",
-            type=click.Choice(["none", "crop-flip"]),
+            choices=["none", "crop-flip"],
             default=d["augment"],
-            show_default=True,
             help="crop-flip: random crops of 4-pixel reflect-padded images and horizontal flips.",
         ),
-        click.option(
+        choice_option(
             "--precision",
-            type=click.Choice(["fp32", "bf16"]),
+            choices=["fp32", "bf16"],
             default=d["precision"],
-            show_default=True,
             help="bf16: bfloat16 autocast (fast on CPUs with AMX/AVX-512 bf16 and on GPUs).",
         ),
         click.option(
@@ -492,13 +467,7 @@ def train_zfnet(ctx: click.Context, width: int, hidden: int, dataset: str, **opt
 
 @train.command("rnn", short_help="Train an RNN, LSTM or GRU on MNIST rows.")
 @_common_train_options(batch_size=128, iterations=390, lr=1e-3, fetches="MNIST")
-@click.option(
-    "--cell",
-    type=click.Choice(["rnn", "lstm", "gru"]),
-    default="rnn",
-    show_default=True,
-    help="Recurrent cell.",
-)
+@choice_option("--cell", choices=_CELLS, default="rnn", help="Recurrent cell.")
 @_hidden(128, "Hidden size.")
 @_rnn_dataset
 @click.pass_context
@@ -583,16 +552,10 @@ def sweep_lenet5_cmd(
     "--cell",
     "cells",
     multiple=True,
-    type=click.Choice(["rnn", "lstm", "gru"]),
+    type=click.Choice(_CELLS),
     help="Recurrent cell, repeatable (default: rnn lstm gru).",
 )
-@click.option(
-    "--hidden",
-    "hiddens",
-    multiple=True,
-    type=click.IntRange(min=1),
-    help="Hidden size, repeatable (default: 64 256).",
-)
+@int_option("--hidden", "hiddens", multiple=True, help="Hidden size, repeatable (default: 64 256).")
 @_optimizer("adam")
 @_lr(1e-3)
 @batch_size_option(128, _BATCH)
