@@ -505,6 +505,12 @@ def _sweep_report(result: Any) -> str:
 
 _ITERS = "Optimizer steps per configuration."
 
+
+def _grid_axis(*decls: str, help: str, **attrs: Any) -> Any:
+    """A repeatable option naming the values of one axis of a sweep's grid."""
+    return click.option(*decls, multiple=True, help=help, **attrs)
+
+
 _sweep_common = stack(_loss, _init, _seed, _device, progress_option)
 """Options both sweeps share: --loss, --init, --seed, --device, --progress."""
 
@@ -516,10 +522,9 @@ def sweep() -> None:
 
 @sweep.command("lenet5", short_help="LeNet5: optimisers x learning rates.")
 @_sweep_data_out
-@click.option(
+@_grid_axis(
     "--config",
     "configs",
-    multiple=True,
     metavar="OPTIMIZER:LR",
     help="A configuration, repeatable (default: adam:1e-2 adam:1e-3 adam:1e-4 sgd:1e-2 sgd:1e-3).",
 )
@@ -548,10 +553,9 @@ def sweep_lenet5_cmd(
 
 @sweep.command("rnn", short_help="RNN/LSTM/GRU x hidden sizes on MNIST.")
 @_sweep_data_out
-@click.option(
+@_grid_axis(
     "--cell",
     "cells",
-    multiple=True,
     type=click.Choice(_CELLS),
     help="Recurrent cell, repeatable (default: rnn lstm gru).",
 )
