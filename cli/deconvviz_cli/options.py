@@ -1,9 +1,11 @@
 """One definition of each option that several commands share, so that it looks the same on all.
 
 ``-c/--checkpoint``, ``--model``, ``--device``, ``--layer``, ``--data-dir``, ``--dataset``,
-``--out`` and ``--progress/--no-progress`` are defined here once; every command module uses these
-decorators instead of its own ``click.option(...)``. Options a single command has stay in
-that command's module.
+``--split``, ``--rule``, ``--out``, ``--progress/--no-progress``, ``--top``, ``--max-images``,
+``--batch-size``, ``--iterations``, ``--workers``, ``--seed`` and ``--target`` are defined here
+once; every command module uses these decorators instead of its own ``click.option(...)``.
+Options of a single command module stay in that module (:func:`int_option` and :func:`stack`
+keep those short too).
 """
 
 from __future__ import annotations
@@ -17,15 +19,32 @@ from typing import Any, TypeVar
 import click
 
 __all__ = [
+    "RULES",
+    "batch_size_option",
     "checkpoint_option",
+    "choice_option",
     "data_dir_option",
     "dataset_option",
     "device_option",
+    "float_option",
     "int_list",
+    "int_option",
+    "iterations_option",
     "layer_option",
+    "max_images_option",
     "model_option",
     "out_option",
+    "output_options",
     "progress_option",
+    "project_layers_option",
+    "rule_option",
+    "run_data_options",
+    "seed_option",
+    "split_option",
+    "stack",
+    "top_option",
+    "target_option",
+    "workers_option",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -236,13 +255,6 @@ class RuleChoice(click.Choice):
 RULES = RuleChoice()
 """The ``--rule`` type: every registered rule."""
 
-split_option = click.option(
-    "--split",
-    type=click.Choice(["test", "train"]),
-    default="test",
-    show_default=True,
-    help="Which split of the dataset to use.",
-)
 rule_option = click.option(
     "--rule",
     type=RULES,
@@ -251,3 +263,103 @@ rule_option = click.option(
     help="ReLU step of the reverse path: deconvnet (Zeiler & Fergus), gradient (saliency) or "
     "guided (guided backprop).",
 )
+
+
+def split_option(help: str = "Which split of the dataset to use.") -> Callable[[F], F]:
+    """``--split test|train``: which split of the run's dataset (default: test)."""
+    return choice_option("--split", choices=["test", "train"], default="test", help=help)
+
+
+def stack(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
+    """One decorator that applies ``decorators`` as if they were written above a function in
+    this order (the first one's option comes first in ``--help``)."""
+
+    def decorate(f: F) -> F:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return decorate
+
+
+def int_option(
+    *decls: str, help: str, default: int | None = None, min: int = 1, **attrs: Any
+) -> Any:
+    """An integer option of at least ``min``; its default is shown where it has one (a
+    repeatable one, ``multiple=True``, has none: it collects a tuple)."""
+    if default is not None:
+        attrs.setdefault("show_default", True)
+    if not attrs.get("multiple"):
+        attrs["default"] = default
+    return click.option(*decls, type=click.IntRange(min=min), help=help, **attrs)
+
+
+def choice_option(*decls: str, choices: list[str], default: Any, help: str) -> Any:
+    """An option taking one of ``choices``, its default shown."""
+    return click.option(
+        *decls, type=click.Choice(choices), default=default, show_default=True, help=help
+    )
+
+
+def float_option(*decls: str, default: float, help: str) -> Any:
+    """A number option, its default shown."""
+    return click.option(*decls, type=float, default=default, show_default=True, help=help)
+
+
+def run_data_options(split_help: str = "Which split of the dataset to use.") -> Callable[[F], F]:
+    """``-c``, the model options, ``--data-dir``, ``--dataset``, ``--split``: a loaded run and
+    the dataset split it reads, in this order on every command that scans a run's dataset."""
+    return stack(
+        checkpoint_option,
+        model_option,
+        data_dir_option(required=False),
+        dataset_option,
+        split_option(split_help),
+    )
+
+
+project_layers_option = layer_option(
+    multiple=True, help="Layer to project (default: every Conv2d)", per_call=True
+)
+"""``--layer NAME`` (repeatable) of the commands that project every chosen layer's maps."""
+
+
+def output_options(f: F) -> F:
+    """``--out``, ``--device``, ``--progress/--no-progress``, in this order (the last options of
+    most commands that load a run and write into a folder)."""
+    return stack(out_option(), device_option(), progress_option)(f)
+
+
+def top_option(help: str, *, short: bool = False) -> Callable[[F], F]:
+    """``--top K`` (also ``-k`` where ``short``): top activations kept per unit (default 9)."""
+    return int_option(*(["-k"] if short else []), "--top", "k", default=9, help=help)
+
+
+def max_images_option(help: str, default: int | None = None) -> Callable[[F], F]:
+    """``--max-images N``: use only the first N images of the dataset."""
+    return int_option("--max-images", default=default, help=help)
+
+
+def batch_size_option(default: int, help: str) -> Callable[[F], F]:
+    """``--batch-size N``: images per forward pass, or per training step."""
+    return int_option("--batch-size", default=default, help=help)
+
+
+def iterations_option(default: int, help: str) -> Callable[[F], F]:
+    """``--iterations N``: optimizer steps."""
+    return int_option("--iterations", default=default, help=help)
+
+
+def workers_option(help: str) -> Callable[[F], F]:
+    """``--workers N``: DataLoader worker processes (default 0: read in the main process)."""
+    return int_option("--workers", default=0, min=0, help=help)
+
+
+def seed_option(help: str) -> Callable[[F], F]:
+    """``--seed N`` (default 0)."""
+    return click.option("--seed", type=int, default=0, show_default=True, help=help)
+
+
+def target_option(help: str) -> Callable[[F], F]:
+    """``--target CLASS``: the class to explain (default: the predicted one)."""
+    return int_option("--target", min=0, help=help)

@@ -18,15 +18,15 @@ from deconvviz.errors import InputError
 from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli._output import write_result
 from deconvviz_cli.options import (
-    checkpoint_option,
-    data_dir_option,
-    dataset_option,
-    device_option,
+    choice_option,
+    float_option,
     int_list,
+    int_option,
     layer_option,
-    model_option,
-    out_option,
-    progress_option,
+    output_options,
+    run_data_options,
+    seed_option,
+    stack,
 )
 
 __all__ = [
@@ -37,34 +37,34 @@ __all__ = [
 ]
 
 
-def _common(f: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        checkpoint_option,
-        model_option,
-        data_dir_option(required=False),
-        dataset_option,
-        click.option(
-            "--split",
-            type=click.Choice(["test", "train"]),
-            default="test",
-            show_default=True,
-            help="Dataset split the images come from.",
-        ),
-        click.option(
-            "--index",
-            "indices",
-            type=click.IntRange(min=0),
-            multiple=True,
-            help="Dataset index of an image (repeatable; default: --images images "
-            "spread evenly over the split).",
-        ),
-        out_option(),
-        device_option(),
-        progress_option,
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+_common = stack(
+    run_data_options("Dataset split the images come from."),
+    int_option(
+        "--index",
+        "indices",
+        min=0,
+        multiple=True,
+        help="Dataset index of an image (repeatable; default: --images images "
+        "spread evenly over the split).",
+    ),
+    output_options,
+)
+"""The run, its images (``--split``, ``--index``) and the output: every analysis has them."""
+
+_rules_option = click.option(
+    "--rules",
+    default="deconvnet,gradient,guided",
+    show_default=True,
+    help="Comma-separated projection rules.",
+)
+_signed_option = click.option(
+    "--signed", is_flag=True, help="Compare signed maps instead of absolute ones."
+)
+
+
+def _fill_option(help: str) -> Any:
+    """``--fill VALUE`` (default 0.0): the input value of pixels an analysis replaces."""
+    return float_option("--fill", default=0.0, help=help)
 
 
 def _layers_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -120,11 +120,8 @@ def _rules(value: str) -> list[str]:
 
 
 def _images_option(default: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return click.option(
-        "--images",
-        type=click.IntRange(min=1),
-        default=None,
-        help=f"How many images, spread evenly over the split [default: {default}].",
+    return int_option(
+        "--images", help=f"How many images, spread evenly over the split [default: {default}]."
     )
 
 
@@ -136,11 +133,10 @@ def _images_option(default: int) -> Callable[[Callable[..., Any]], Callable[...,
 )
 @_common
 @_images_option(8)
-@click.option(
+@choice_option(
     "--transform",
-    type=click.Choice(["translate", "htranslate", "scale", "rotate"]),
+    choices=["translate", "htranslate", "scale", "rotate"],
     default="translate",
-    show_default=True,
     help="translate = vertical shift in pixels (the paper's), htranslate = horizontal.",
 )
 @click.option(
@@ -150,13 +146,7 @@ def _images_option(default: int) -> Callable[[Callable[..., Any]], Callable[...,
     "default: a range suited to the transform.",
 )
 @_layers_options
-@click.option(
-    "--fill",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Input value for pixels moved in from outside the image.",
-)
+@_fill_option("Input value for pixels moved in from outside the image.")
 def invariance_cmd(
     transform: str,
     values: str | None,
@@ -251,20 +241,9 @@ def _read_boxes(
     "with one box per image and part.",
 )
 @_layers_options
-@click.option(
-    "--random",
-    "n_random",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Random occlusions of the same size per part.",
-)
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the random occlusions."
-)
-@click.option(
-    "--fill", type=float, default=0.0, show_default=True, help="Value of the occluded pixels."
-)
+@int_option("--random", "n_random", default=20, help="Random occlusions of the same size per part.")
+@seed_option("Seed of the random occlusions.")
+@_fill_option("Value of the occluded pixels.")
 def correspondence_cmd(
     box: tuple[str, ...],
     part: str | None,
@@ -324,30 +303,21 @@ def correspondence_cmd(
 @layer_option(
     multiple=False, help="Layer to project (default: the output layer, the predicted class)"
 )
-@click.option(
+@int_option(
     "--channel",
-    type=click.IntRange(min=0),
-    default=None,
+    min=0,
     help="Channel/class to project (default: per image, the predicted class or the "
     "strongest channel).",
 )
-@click.option(
-    "--rules",
-    default="deconvnet,gradient,guided",
-    show_default=True,
-    help="Comma-separated projection rules.",
-)
-@click.option(
+@_rules_option
+@choice_option(
     "--mode",
-    type=click.Choice(["cascade", "independent"]),
+    choices=["cascade", "independent"],
     default="cascade",
-    show_default=True,
     help="Randomise cumulatively from the top, or one layer at a time.",
 )
-@click.option("--signed", is_flag=True, help="Compare signed maps instead of absolute ones.")
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the weight randomisation."
-)
+@_signed_option
+@seed_option("Seed of the weight randomisation.")
 def sanity_cmd(
     layer: str | None,
     channel: int | None,
@@ -398,20 +368,14 @@ def sanity_cmd(
     default=None,
     help="Comma-separated channels/classes (default: up to --max-channels).",
 )
-@click.option(
+@int_option(
     "--max-channels",
-    type=click.IntRange(min=2),
     default=10,
-    show_default=True,
+    min=2,
     help="Channels/classes compared when --channels is not given.",
 )
-@click.option(
-    "--rules",
-    default="deconvnet,gradient,guided",
-    show_default=True,
-    help="Comma-separated projection rules.",
-)
-@click.option("--signed", is_flag=True, help="Compare signed maps instead of absolute ones.")
+@_rules_option
+@_signed_option
 def sensitivity_cmd(
     layer: str | None,
     channels: str | None,

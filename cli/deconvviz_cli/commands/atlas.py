@@ -11,16 +11,16 @@ import click
 
 from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
-    checkpoint_option,
-    data_dir_option,
-    dataset_option,
+    batch_size_option,
     device_option,
+    int_option,
     layer_option,
-    model_option,
+    max_images_option,
     out_option,
     progress_option,
     rule_option,
-    split_option,
+    run_data_options,
+    top_option,
 )
 
 
@@ -45,35 +45,12 @@ def _init_distributed(device: str) -> tuple[str, bool]:
 
 
 @click.command("atlas", short_help="Every unit of every layer over a dataset, as a static site.")
-@checkpoint_option
-@model_option
-@data_dir_option(required=False)
-@dataset_option
-@split_option
+@run_data_options()
 @layer_option(multiple=True, help="Layer to scan (default: every Conv2d)")
-@click.option(
-    "-k",
-    "--top",
-    "k",
-    type=click.IntRange(min=1),
-    default=9,
-    show_default=True,
-    help="Top activations kept per unit (from distinct images).",
-)
+@top_option("Top activations kept per unit (from distinct images).", short=True)
 @rule_option
-@click.option(
-    "--max-images",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Scan only the first N images.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=256,
-    show_default=True,
-    help="Images per forward pass while scanning.",
-)
+@max_images_option("Scan only the first N images.")
+@batch_size_option(256, "Images per forward pass while scanning.")
 @device_option(auto=True)
 @click.option(
     "--resume/--no-resume",
@@ -82,12 +59,8 @@ def _init_distributed(device: str) -> tuple[str, bool]:
     help="Continue an interrupted scan from OUT/scan-state.pt (refused if the model or data "
     "changed).",
 )
-@click.option(
-    "--save-every",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Write the scan state every N batches (and on Ctrl-C).",
+@int_option(
+    "--save-every", default=20, help="Write the scan state every N batches (and on Ctrl-C)."
 )
 @out_option("Site folder: index.html, a page per layer and per unit, images.")
 @progress_option

@@ -16,15 +16,26 @@ from deconvviz.errors import InputError
 from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
+    batch_size_option,
     checkpoint_option,
     data_dir_option,
     dataset_option,
     device_option,
+    int_option,
     layer_option,
+    max_images_option,
     model_option,
     out_option,
+    output_options,
     progress_option,
+    split_option,
+    stack,
+    target_option,
+    workers_option,
 )
+
+_run = stack(checkpoint_option, model_option)
+"""``-c`` and the model options: the run every command here measures."""
 
 
 def _safe(name: str) -> str:
@@ -56,44 +67,24 @@ def _input_shape(model: nn.Module) -> tuple[int, int | None]:
 
 
 @click.command("occlude", short_help="Occlusion sensitivity maps of one image.")
-@checkpoint_option
-@model_option
+@_run
 @click.option(
     "--image",
     required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Image file; converted to the model's channels and size, scaled to [0, 1].",
 )
-@click.option(
-    "--size",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Occluder side in pixels.",
-)
-@click.option(
-    "--stride",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Step between occluder positions.",
-)
+@int_option("--size", default=8, help="Occluder side in pixels.")
+@int_option("--stride", default=2, help="Step between occluder positions.")
 @layer_option(multiple=False, help="Layer whose strongest feature map to follow (e.g. conv2)")
-@click.option(
-    "--target",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Class to map (default: the class predicted on the image).",
-)
+@target_option("Class to map (default: the class predicted on the image).")
 @click.option(
     "--fill",
     default="grey",
     show_default=True,
     help="Occluder colour: 'grey' (0.5), 'mean' (the image's mean) or a number.",
 )
-@out_option()
-@device_option()
-@progress_option
+@output_options
 def occlude(
     checkpoint: Path,
     model_factory: ModelSpec,
@@ -156,8 +147,7 @@ def occlude(
 
 
 @click.command("filters", short_help="Filter grids, RMS and dead filters.")
-@checkpoint_option
-@model_option
+@_run
 @layer_option(multiple=True, help="Conv layer to draw (default: every conv layer)")
 @out_option()
 @click.option(
@@ -167,13 +157,7 @@ def occlude(
     show_default=True,
     help="Renormalisation radius drawn on the RMS chart.",
 )
-@click.option(
-    "--scale",
-    type=click.IntRange(min=1),
-    default=4,
-    show_default=True,
-    help="Pixels per kernel weight in the grid.",
-)
+@int_option("--scale", default=4, help="Pixels per kernel weight in the grid.")
 @click.option(
     "--tol",
     type=click.FloatRange(min=0),
@@ -210,36 +194,15 @@ def filters(
 
 
 @click.command("stats", short_help="Activation statistics over a dataset split.")
-@checkpoint_option
-@model_option
+@_run
 @data_dir_option(required=False)
 @out_option()
 @layer_option(multiple=True, help="Layer to measure (default: each conv layer's ReLU output)")
-@click.option(
-    "--split",
-    type=click.Choice(["test", "train"]),
-    default="test",
-    show_default=True,
-    help="Which split of the dataset to measure.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=256,
-    show_default=True,
-    help="Images per forward pass.",
-)
+@split_option("Which split of the dataset to measure.")
+@batch_size_option(256, "Images per forward pass.")
 @dataset_option
-@click.option(
-    "--max-images", type=click.IntRange(min=1), default=None, help="Use only the first N images."
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="DataLoader worker processes reading images (for big image folders).",
-)
+@max_images_option("Use only the first N images.")
+@workers_option("DataLoader worker processes reading images (for big image folders).")
 @device_option()
 @progress_option
 def stats(

@@ -11,68 +11,51 @@ from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
     checkpoint_option,
-    data_dir_option,
-    dataset_option,
-    device_option,
-    layer_option,
+    float_option,
+    int_option,
+    max_images_option,
     model_option,
-    out_option,
-    progress_option,
+    output_options,
+    project_layers_option,
     rule_option,
-    split_option,
+    run_data_options,
+    target_option,
+    top_option,
+    workers_option,
 )
 
-_data_dir = data_dir_option(required=False)
-_layer = layer_option(multiple=True, help="Layer to project (default: every Conv2d)", per_call=True)
+
+def _images_option(required: bool, help: str) -> Any:
+    """``--image PATH`` (repeatable): images to project or explain."""
+    return click.option(
+        "--image",
+        "images",
+        multiple=True,
+        required=required,
+        type=click.Path(path_type=Path),
+        metavar="PATH",
+        help=help,
+    )
 
 
 @click.command(
     "reconstruct", short_help="Project feature maps back to pixels (the paper's Fig. 2)."
 )
-@checkpoint_option
-@model_option
-@_data_dir
-@dataset_option
-@split_option
-@click.option(
-    "--image",
-    "images",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    metavar="PATH",
-    help="Project these images (PNG/JPEG; repeatable) instead of scanning a dataset.",
-)
-@_layer
-@click.option(
+@run_data_options()
+@_images_option(False, "Project these images (PNG/JPEG; repeatable) instead of scanning a dataset.")
+@project_layers_option
+@int_option(
     "--channel",
     "channels",
+    min=0,
     multiple=True,
-    type=click.IntRange(min=0),
     metavar="C",
     help="Only these feature maps (repeatable); default: all.",
 )
-@click.option(
-    "--top",
-    "k",
-    type=click.IntRange(min=1),
-    default=9,
-    show_default=True,
-    help="Dataset mode: top activations per feature map.",
-)
+@top_option("Dataset mode: top activations per feature map.")
 @rule_option
-@click.option(
-    "--max-images",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Dataset mode: scan only the first N images.",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Dataset mode: DataLoader worker processes reading images (for big image folders).",
-)
+@max_images_option("Dataset mode: scan only the first N images.")
+@workers_option("Dataset mode: DataLoader worker processes reading images (for big image folders).")
 @click.option(
     "--compare/--no-compare",
     default=False,
@@ -80,9 +63,7 @@ _layer = layer_option(multiple=True, help="Layer to project (default: every Conv
     help="Image mode: also write compare.png, our deconvnet beside captum's saliency, guided "
     "backprop, integrated gradients and occlusion for each image's predicted class.",
 )
-@out_option()
-@device_option()
-@progress_option
+@output_options
 def reconstruct_cmd(
     checkpoint: Path,
     model_factory: ModelSpec,
@@ -208,38 +189,15 @@ def _class_names(config: dict[str, Any]) -> list[str] | None:
 @click.command("compare", short_help="Our deconvnet beside captum's attribution methods.")
 @checkpoint_option
 @model_option
-@click.option(
-    "--image",
-    "images",
-    multiple=True,
-    required=True,
-    type=click.Path(path_type=Path),
-    metavar="PATH",
-    help="Images to explain (PNG/JPEG; repeatable, at most 8).",
-)
-@click.option(
-    "--target",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Class to explain; default: each image's predicted class.",
-)
-@click.option(
+@_images_option(True, "Images to explain (PNG/JPEG; repeatable, at most 8).")
+@target_option("Class to explain; default: each image's predicted class.")
+@float_option(
     "--baseline",
-    type=float,
     default=0.0,
-    show_default=True,
     help="Input value integrated gradients starts from and occlusion fills with.",
 )
-@click.option(
-    "--occlusion-size",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Occluder side in pixels.",
-)
-@out_option()
-@device_option()
-@progress_option
+@int_option("--occlusion-size", default=8, help="Occluder side in pixels.")
+@output_options
 def compare_cmd(
     checkpoint: Path,
     model_factory: ModelSpec,

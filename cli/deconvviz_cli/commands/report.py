@@ -11,51 +11,37 @@ from deconvviz.report import SECTIONS
 from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
-    checkpoint_option,
+    batch_size_option,
     data_dir_option,
-    dataset_option,
     device_option,
-    layer_option,
-    model_option,
+    int_option,
+    iterations_option,
+    max_images_option,
     out_option,
+    output_options,
     progress_option,
+    project_layers_option,
     rule_option,
-    split_option,
+    run_data_options,
+    seed_option,
+    top_option,
 )
 
-_data_dir = data_dir_option(required=False)
-_layer = layer_option(multiple=True, help="Layer to project (default: every Conv2d)", per_call=True)
+_TOP = "Top activations per feature map in the reconstructions."
 
 
 @click.command("report", short_help="Write a static HTML report of a trained model.")
-@checkpoint_option
-@model_option
-@_data_dir
-@dataset_option
-@split_option
-@_layer
-@click.option(
-    "--top",
-    "k",
-    type=click.IntRange(min=1),
-    default=9,
-    show_default=True,
-    help="Top activations per feature map in the reconstructions.",
-)
+@run_data_options()
+@project_layers_option
+@top_option(_TOP)
 @rule_option
-@click.option(
+@int_option(
     "--images",
-    type=click.IntRange(min=1),
     default=4,
-    show_default=True,
     help="Images (the dataset's first) that get occlusion maps and the method comparison.",
 )
-@click.option(
-    "--max-images",
-    type=click.IntRange(min=1),
-    default=2000,
-    show_default=True,
-    help="Scan at most this many images for statistics and reconstructions.",
+@max_images_option(
+    "Scan at most this many images for statistics and reconstructions.", default=2000
 )
 @click.option(
     "--section",
@@ -64,9 +50,7 @@ _layer = layer_option(multiple=True, help="Layer to project (default: every Conv
     type=click.Choice([key for key, _ in SECTIONS]),
     help="Only these sections (repeatable); default: all.",
 )
-@out_option()
-@device_option()
-@progress_option
+@output_options
 def report_cmd(
     checkpoint: Path,
     model_factory: ModelSpec,
@@ -130,43 +114,14 @@ def report_cmd(
     help="Train LeNet5 from scratch instead (the origin report's setup; a model that has "
     "learned little).",
 )
-@click.option(
-    "--iterations",
-    type=click.IntRange(min=1),
-    default=300,
-    show_default=True,
-    help="Training iterations (with --train).",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=50,
-    show_default=True,
-    help="Training batch size (with --train).",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (with --train).")
+@iterations_option(300, "Training iterations (with --train).")
+@batch_size_option(50, "Training batch size (with --train).")
+@seed_option("Random seed (with --train).")
 @device_option(auto=True)
-@click.option(
-    "--images",
-    type=click.IntRange(min=1),
-    default=4,
-    show_default=True,
-    help="Images that get occlusion maps and the method comparison.",
-)
-@click.option(
-    "--top",
-    "k",
-    type=click.IntRange(min=1),
-    default=9,
-    show_default=True,
-    help="Top activations per feature map in the reconstructions.",
-)
-@click.option(
-    "--max-images",
-    type=click.IntRange(min=1),
-    default=500,
-    show_default=True,
-    help="Images scanned for statistics, reconstructions and class selectivity.",
+@int_option("--images", default=4, help="Images that get occlusion maps and the method comparison.")
+@top_option(_TOP)
+@max_images_option(
+    "Images scanned for statistics, reconstructions and class selectivity.", default=500
 )
 @progress_option
 def demo_cmd(

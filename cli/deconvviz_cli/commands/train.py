@@ -17,16 +17,69 @@ from deconvviz.train import TrainConfig, TrainResult, train_from_data
 from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli._output import write_result
 from deconvviz_cli.options import (
+    batch_size_option,
+    choice_option,
     data_dir_option,
     device_option,
+    float_option,
     int_list,
+    int_option,
+    iterations_option,
     out_option,
     progress_option,
+    seed_option,
+    stack,
 )
 
 __all__ = ["sweep", "train"]
 
 _DATA_HELP = "Folder holding the dataset, or a root such as ../shared/data."
+_BATCH = "Training batch size."
+_EVAL = "Evaluate on the whole test set every N iterations."
+_CELLS = ["rnn", "lstm", "gru"]
+
+# The options ``train`` and ``sweep`` share, each defined once.
+_loss = choice_option(
+    "--loss",
+    choices=["stable", "course"],
+    default="stable",
+    help="'course' is the course's naive -sum(y*log(softmax)), which can NaN.",
+)
+_init = choice_option(
+    "--init", choices=["course", "pytorch"], default="course", help="Weight initialisation."
+)
+_seed = seed_option("Seeds the initialisation and the batch order.")
+_eval_every = int_option("--eval-every", default=100, help=_EVAL)
+_device = device_option(auto=True)
+_sweep_data_out = stack(
+    data_dir_option(required=True, help=_DATA_HELP),
+    out_option("Sweep directory (one run folder per configuration, and results.md)."),
+)
+
+
+def _optimizer(default: str) -> Any:
+    """``--optimizer adam|sgd``."""
+    return choice_option("--optimizer", choices=["adam", "sgd"], default=default, help="Optimiser.")
+
+
+def _lr(default: float) -> Any:
+    """``--lr``."""
+    return float_option("--lr", default=default, help="Learning rate.")
+
+
+def _momentum(default: float) -> Any:
+    """``--momentum``."""
+    return float_option("--momentum", default=default, help="SGD momentum.")
+
+
+def _dataset(choices: list[str], default: str, help: str) -> Any:
+    """``--dataset``: the datasets a training command can read."""
+    return choice_option("--dataset", choices=choices, default=default, help=help)
+
+
+def _hidden(default: int, help: str) -> Any:
+    """``--hidden N``: a model's hidden size."""
+    return int_option("--hidden", default=default, help=help)
 
 
 def _recipe_options(**defaults: Any) -> list[Any]:
@@ -46,32 +99,23 @@ def _recipe_options(**defaults: Any) -> list[Any]:
 def _regularisation_options(d: dict[str, Any]) -> list[Any]:
     """``--weight-decay``, ``--nesterov``, ``--schedule``, ``--label-smoothing``."""
     return [
-        click.option(
-            "--weight-decay",
-            type=float,
-            default=d["weight_decay"],
-            show_default=True,
-            help="L2 weight decay.",
-        ),
+        float_option("--weight-decay", default=d["weight_decay"], help="L2 weight decay."),
         click.option(
             "--nesterov/--no-nesterov",
             default=d["nesterov"],
             show_default=True,
             help="Nesterov momentum (sgd with --momentum > 0).",
         ),
-        click.option(
+        choice_option(
             "--schedule",
-            type=click.Choice(["constant", "onecycle"]),
+            choices=["constant", "onecycle"],
             default=d["schedule"],
-            show_default=True,
             help="Learning rate: constant, or onecycle (warm up over 15% of the steps from "
             "lr/10, then decay linearly to 0).",
         ),
-        click.option(
+        float_option(
             "--label-smoothing",
-            type=float,
             default=d["label_smoothing"],
-            show_default=True,
             help="Label smoothing of the cross-entropy loss.",
         ),
     ]
@@ -80,18 +124,16 @@ def _regularisation_options(d: dict[str, Any]) -> list[Any]:
 def _input_options(d: dict[str, Any]) -> list[Any]:
     """``--augment``, ``--precision``, ``--renormalise``, ``--normalize``."""
     return [
-        click.option(
+        choice_option(
             "--augment",
-            type=click.Choice(["none", "crop-flip"]),
+            choices=["none", "crop-flip"],
             default=d["augment"],
-            show_default=True,
             help="crop-flip: random crops of 4-pixel reflect-padded images and horizontal flips.",
         ),
-        click.option(
+        choice_option(
             "--precision",
-            type=click.Choice(["fp32", "bf16"]),
+            choices=["fp32", "bf16"],
             default=d["precision"],
-            show_default=True,
             help="bf16: bfloat16 autocast (fast on CPUs with AMX/AVX-512 bf16 and on GPUs).",
         ),
         click.option(
@@ -134,101 +176,39 @@ def _common_train_options(
         *_recipe_options(**recipe),
     ]
 
-    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(options):
-            f = option(f)
-        return evolution_options(f)  # --evolution LAYER (below)
-
-    return decorate
+    return stack(evolution_options, *options)  # --evolution LAYER (below) comes first
 
 
 def _optimiser_options(optimizer: str, lr: float, momentum: float) -> list[Any]:
     """``--optimizer``, ``--lr``, ``--momentum``."""
-    return [
-        click.option(
-            "--optimizer",
-            type=click.Choice(["adam", "sgd"]),
-            default=optimizer,
-            show_default=True,
-            help="Optimiser.",
-        ),
-        click.option("--lr", type=float, default=lr, show_default=True, help="Learning rate."),
-        click.option(
-            "--momentum", type=float, default=momentum, show_default=True, help="SGD momentum."
-        ),
-    ]
+    return [_optimizer(optimizer), _lr(lr), _momentum(momentum)]
 
 
 def _length_options(batch_size: int, iterations: int) -> list[Any]:
     """``--batch-size``, ``--iterations``, ``--epochs``, ``--eval-every``."""
     return [
-        click.option(
-            "--batch-size",
-            type=click.IntRange(min=1),
-            default=batch_size,
-            show_default=True,
-            help="Training batch size.",
-        ),
-        click.option(
-            "--iterations",
-            type=click.IntRange(min=1),
-            default=iterations,
-            show_default=True,
-            help="Optimizer steps (ignored with --epochs).",
-        ),
+        batch_size_option(batch_size, _BATCH),
+        iterations_option(iterations, "Optimizer steps (ignored with --epochs)."),
         click.option(
             "--epochs",
             type=click.FloatRange(min=0, min_open=True),
             default=None,
             help="Passes over the training set, instead of --iterations.",
         ),
-        click.option(
-            "--eval-every",
-            type=click.IntRange(min=1),
-            default=100,
-            show_default=True,
-            help="Evaluate on the whole test set every N iterations.",
-        ),
+        _eval_every,
     ]
 
 
 def _setup_options() -> list[Any]:
     """``--seed``, ``--per-class``, ``--loss``, ``--init``."""
-    return [
-        click.option(
-            "--seed",
-            type=int,
-            default=0,
-            show_default=True,
-            help="Seeds the initialisation and the batch order.",
-        ),
-        click.option(
-            "--per-class",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Train on the first N images of every class (default: all).",
-        ),
-        click.option(
-            "--loss",
-            type=click.Choice(["stable", "course"]),
-            default="stable",
-            show_default=True,
-            help="'course' is the course's naive -sum(y*log(softmax)), which can NaN.",
-        ),
-        click.option(
-            "--init",
-            type=click.Choice(["course", "pytorch"]),
-            default="course",
-            show_default=True,
-            help="Weight initialisation.",
-        ),
-    ]
+    per_class = "Train on the first N images of every class (default: all)."
+    return [_seed, int_option("--per-class", help=per_class), _loss, _init]
 
 
 def _run_options(fetches: str) -> list[Any]:
     """``--device``, ``--resume``, ``--overwrite``, ``--download``, ``--progress``."""
     return [
-        device_option(auto=True),
+        _device,
         click.option(
             "--resume",
             is_flag=True,
@@ -250,7 +230,7 @@ def _run_options(fetches: str) -> list[Any]:
 
 def evolution_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The ``--evolution`` options of ``deconvviz train``."""
-    options = [
+    return stack(
         click.option(
             "--evolution",
             default=None,
@@ -264,24 +244,17 @@ def evolution_options(f: Callable[..., Any]) -> Callable[..., Any]:
             metavar="C,C,...",
             help="Feature maps to follow (default: the first 8).",
         ),
-        click.option(
+        int_option(
             "--evolution-every",
-            type=click.IntRange(min=1),
-            default=None,
             help="Record when the iteration is a multiple of N (default: at every "
             "evaluation point).",
         ),
-        click.option(
+        int_option(
             "--evolution-pool",
-            type=click.IntRange(min=1),
             default=256,
-            show_default=True,
             help="Test images searched for the strongest activation.",
         ),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    )(f)
 
 
 class EvolutionHook:
@@ -390,12 +363,10 @@ def _run(
     click.echo(_report(result, opts["out"]) + extra)
 
 
-_rnn_dataset = click.option(
-    "--dataset",
-    type=click.Choice(["mnist"]),
-    default="mnist",
-    show_default=True,
-    help="The RNNs read MNIST's rows (picked from a --data-dir that holds several datasets).",
+_rnn_dataset = _dataset(
+    ["mnist"],
+    "mnist",
+    "The RNNs read MNIST's rows (picked from a --data-dir that holds several datasets).",
 )
 
 
@@ -415,27 +386,17 @@ def train() -> None:
 
 @train.command("lenet5", short_help="Train the course's LeNet5 on CIFAR-10.")
 @_common_train_options(batch_size=50, iterations=2000, lr=1e-3, fetches="CIFAR-10")
-@click.option(
-    "--dataset",
-    type=click.Choice(["auto", "cifar10-course", "cifar10"]),
-    default="auto",
-    show_default=True,
-    help="cifar10-course (1x28x28 class folders) or cifar10 (npz / batches); auto: the one "
+@_dataset(
+    ["auto", "cifar10-course", "cifar10"],
+    "auto",
+    "cifar10-course (1x28x28 class folders) or cifar10 (npz / batches); auto: the one "
     "dataset under --data-dir, or from a folder holding several the one that fits the model "
     "(cifar10-course for 1x28x28).",
 )
-@click.option(
-    "--in-channels",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Model input channels (default: the dataset's; 1 turns colour to grey).",
+@int_option(
+    "--in-channels", help="Model input channels (default: the dataset's; 1 turns colour to grey)."
 )
-@click.option(
-    "--image-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Model input size (default: the dataset's; others are resized).",
-)
+@int_option("--image-size", help="Model input size (default: the dataset's; others are resized).")
 @click.pass_context
 def train_lenet5(
     ctx: click.Context, dataset: str, in_channels: int | None, image_size: int | None, **opts: Any
@@ -482,18 +443,12 @@ def train_lenet5(
     augment="crop-flip",
     precision="bf16",
 )
-@click.option(
-    "--width", type=click.IntRange(min=1), default=64, show_default=True, help="conv1 channels (w)."
-)
-@click.option(
-    "--hidden", type=click.IntRange(min=1), default=256, show_default=True, help="fc6 units."
-)
-@click.option(
-    "--dataset",
-    type=click.Choice(["cifar10"]),
-    default="cifar10",
-    show_default=True,
-    help="The full CIFAR-10 (npz or cifar-10-batches-py; picked from a --data-dir that holds "
+@int_option("--width", default=64, help="conv1 channels (w).")
+@_hidden(256, "fc6 units.")
+@_dataset(
+    ["cifar10"],
+    "cifar10",
+    "The full CIFAR-10 (npz or cifar-10-batches-py; picked from a --data-dir that holds "
     "several datasets).",
 )
 @click.pass_context
@@ -512,16 +467,8 @@ def train_zfnet(ctx: click.Context, width: int, hidden: int, dataset: str, **opt
 
 @train.command("rnn", short_help="Train an RNN, LSTM or GRU on MNIST rows.")
 @_common_train_options(batch_size=128, iterations=390, lr=1e-3, fetches="MNIST")
-@click.option(
-    "--cell",
-    type=click.Choice(["rnn", "lstm", "gru"]),
-    default="rnn",
-    show_default=True,
-    help="Recurrent cell.",
-)
-@click.option(
-    "--hidden", type=click.IntRange(min=1), default=128, show_default=True, help="Hidden size."
-)
+@choice_option("--cell", choices=_CELLS, default="rnn", help="Recurrent cell.")
+@_hidden(128, "Hidden size.")
 @_rnn_dataset
 @click.pass_context
 def train_rnn(ctx: click.Context, cell: str, hidden: int, dataset: str, **opts: Any) -> None:
@@ -556,41 +503,16 @@ def _sweep_report(result: Any) -> str:
     )
 
 
-_BATCH = "Training batch size."
 _ITERS = "Optimizer steps per configuration."
-_EVAL = "Evaluate on the whole test set every N iterations."
 
 
-def _sweep_common(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Options both sweeps share: --loss, --init, --seed, --device, --progress."""
-    options = [
-        click.option(
-            "--loss",
-            type=click.Choice(["stable", "course"]),
-            default="stable",
-            show_default=True,
-            help="'course' is the course's naive -sum(y*log(softmax)), which can NaN.",
-        ),
-        click.option(
-            "--init",
-            type=click.Choice(["course", "pytorch"]),
-            default="course",
-            show_default=True,
-            help="Weight initialisation.",
-        ),
-        click.option(
-            "--seed",
-            type=int,
-            default=0,
-            show_default=True,
-            help="Seeds the initialisation and the batch order.",
-        ),
-        device_option(auto=True),
-        progress_option,
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+def _grid_axis(*decls: str, help: str, **attrs: Any) -> Any:
+    """A repeatable option naming the values of one axis of a sweep's grid."""
+    return click.option(*decls, multiple=True, help=help, **attrs)
+
+
+_sweep_common = stack(_loss, _init, _seed, _device, progress_option)
+"""Options both sweeps share: --loss, --init, --seed, --device, --progress."""
 
 
 @click.group("sweep", short_help="Run the origin report's training grids (resumable).")
@@ -599,39 +521,23 @@ def sweep() -> None:
 
 
 @sweep.command("lenet5", short_help="LeNet5: optimisers x learning rates.")
-@data_dir_option(required=True, help=_DATA_HELP)
-@out_option("Sweep directory (one run folder per configuration, and results.md).")
-@click.option(
+@_sweep_data_out
+@_grid_axis(
     "--config",
     "configs",
-    multiple=True,
     metavar="OPTIMIZER:LR",
     help="A configuration, repeatable (default: adam:1e-2 adam:1e-3 adam:1e-4 sgd:1e-2 sgd:1e-3).",
 )
-@click.option(
-    "--dataset",
-    type=click.Choice(["cifar10-course", "cifar10"]),
-    default="cifar10-course",
-    show_default=True,
-    help="Dataset under --data-dir: cifar10-course (the report's setup) or cifar10.",
+@_dataset(
+    ["cifar10-course", "cifar10"],
+    "cifar10-course",
+    "Dataset under --data-dir: cifar10-course (the report's setup) or cifar10.",
 )
-@click.option(
-    "--per-class",
-    type=click.IntRange(min=1),
-    default=500,
-    show_default=True,
-    help="Train on the first N images of every class.",
-)
-@click.option(
-    "--batch-size", type=click.IntRange(min=1), default=50, show_default=True, help=_BATCH
-)
-@click.option(
-    "--iterations", type=click.IntRange(min=1), default=2000, show_default=True, help=_ITERS
-)
-@click.option(
-    "--eval-every", type=click.IntRange(min=1), default=100, show_default=True, help=_EVAL
-)
-@click.option("--momentum", type=float, default=0.0, show_default=True, help="SGD momentum.")
+@int_option("--per-class", default=500, help="Train on the first N images of every class.")
+@batch_size_option(50, _BATCH)
+@iterations_option(2000, _ITERS)
+@_eval_every
+@_momentum(0.0)
 @_sweep_common
 @click.pass_context
 def sweep_lenet5_cmd(
@@ -646,39 +552,19 @@ def sweep_lenet5_cmd(
 
 
 @sweep.command("rnn", short_help="RNN/LSTM/GRU x hidden sizes on MNIST.")
-@data_dir_option(required=True, help=_DATA_HELP)
-@out_option("Sweep directory (one run folder per configuration, and results.md).")
-@click.option(
+@_sweep_data_out
+@_grid_axis(
     "--cell",
     "cells",
-    multiple=True,
-    type=click.Choice(["rnn", "lstm", "gru"]),
+    type=click.Choice(_CELLS),
     help="Recurrent cell, repeatable (default: rnn lstm gru).",
 )
-@click.option(
-    "--hidden",
-    "hiddens",
-    multiple=True,
-    type=click.IntRange(min=1),
-    help="Hidden size, repeatable (default: 64 256).",
-)
-@click.option(
-    "--optimizer",
-    type=click.Choice(["adam", "sgd"]),
-    default="adam",
-    show_default=True,
-    help="Optimiser.",
-)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate.")
-@click.option(
-    "--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help=_BATCH
-)
-@click.option(
-    "--iterations", type=click.IntRange(min=1), default=390, show_default=True, help=_ITERS
-)
-@click.option(
-    "--eval-every", type=click.IntRange(min=1), default=100, show_default=True, help=_EVAL
-)
+@int_option("--hidden", "hiddens", multiple=True, help="Hidden size, repeatable (default: 64 256).")
+@_optimizer("adam")
+@_lr(1e-3)
+@batch_size_option(128, _BATCH)
+@iterations_option(390, _ITERS)
+@_eval_every
 @_sweep_common
 @_rnn_dataset
 @click.pass_context
