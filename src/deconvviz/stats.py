@@ -41,8 +41,6 @@ __all__ = [
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-# The ReLU spellings are the engine's (one table: deconvviz.engine.support).
-_RELU_FUNCS = RELU_FUNCS
 
 
 @dataclass(frozen=True)
@@ -311,7 +309,7 @@ class _ReluWatch(TorchFunctionMode):
     ) -> Any:
         out = func(*args, **(kwargs or {}))
         w = self.watcher
-        if func in _RELU_FUNCS and w.relu_depth == 0 and args and isinstance(args[0], Tensor):
+        if func in RELU_FUNCS and w.relu_depth == 0 and args and isinstance(args[0], Tensor):
             conv = w.conv_of.get(args[0])
             if conv is not None and isinstance(out, Tensor):
                 w.record(f"{conv}:relu", conv, out)
@@ -399,11 +397,6 @@ def _first_tensor(name: str, out: Any) -> Tensor:
     if isinstance(out, tuple | list) and out and isinstance(out[0], Tensor):
         return out[0]
     raise LayerError(f"layer {name!r} outputs a {type(out).__name__}, not a tensor")
-
-
-def _to_model(x: Tensor, model: nn.Module) -> Tensor:
-    """Move a batch to the model's device and floating dtype (the dtype of its parameters)."""
-    return to_model(x, model)
 
 
 def _length(loader: Iterable[Any]) -> int | None:
@@ -505,7 +498,7 @@ def _stream(
     )
     with ExitStack() as stack:
         for batch in bar:
-            x = _to_model(batch_images(batch), model)
+            x = to_model(batch_images(batch), model)
             if watcher is None:
                 watcher = _first_watcher(model, x, layers, sink)
                 stack.enter_context(watcher.tracer)
@@ -601,7 +594,7 @@ def hidden_state_stats(
     )
     with eval_mode(model), torch.no_grad():
         for batch in bar:
-            x = _to_model(batch_images(batch), model)
+            x = to_model(batch_images(batch), model)
             h = _first_tensor("hidden_states", model.hidden_states(x))  # type: ignore[operator]
             mean_b, m2_b, sat_b = _step_moments(h, mean, threshold)
             nb = h.shape[0] * h.shape[2]  # elements per step: images x hidden units

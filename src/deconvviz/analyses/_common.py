@@ -1,5 +1,5 @@
-"""Helpers shared by the analyses: forward passes that capture layer outputs (the input checks
-live in :mod:`deconvviz.checks` and are re-exported here)."""
+"""Helpers shared by the analyses: forward passes that capture layer outputs, layer choices,
+batches and image picking (the input checks live in :mod:`deconvviz.checks`)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.checks import (  # noqa: F401  (re-exported: the analyses import them from here)
-    check_channels,
-    check_images,
-    check_labels,
-    check_layer,
-    check_layers,
-    model_device_dtype,
-    module_names,
-)
+from deconvviz.checks import module_names
 from deconvviz.engine.tracer import Tracer
-from deconvviz.engine.tracer import eval_mode as eval_mode  # re-exported: analyses_report uses it
 from deconvviz.errors import InputError, LayerError
 
 

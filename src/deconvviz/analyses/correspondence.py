@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.analyses._common import batches, capture, check_images, check_layers, default_layers
+from deconvviz.analyses._common import batches, capture, default_layers
 from deconvviz.analyses.metrics import sign_disagreement
-from deconvviz.checks import check_positive_int
+from deconvviz.checks import check_images, check_layers, check_positive_int
 from deconvviz.errors import InputError
 
 __all__ = [

@@ -16,14 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.analyses._common import (
+from deconvviz.analyses._common import pick_images
+from deconvviz.checks import (
     check_channels,
     check_images,
     check_layers,
+    check_positive_int,
     model_device_dtype,
-    pick_images,
 )
-from deconvviz.checks import check_positive_int
 from deconvviz.errors import InputError, unknown_name
 from deconvviz.rules import RULES
 from deconvviz.scan import top_activations

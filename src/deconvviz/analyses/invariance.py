@@ -11,14 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deconvviz.analyses._common import (
-    batches,
-    capture,
-    check_images,
-    check_labels,
-    check_layers,
-    default_layers,
-)
+from deconvviz.analyses._common import batches, capture, default_layers
+from deconvviz.checks import check_images, check_labels, check_layers
 from deconvviz.errors import InputError, unknown_name
 
 __all__ = ["TRANSFORMS", "InvarianceResult", "invariance", "transform_images", "default_values"]

@@ -20,15 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.analyses._common import (
-    check_channels,
-    check_images,
-    check_layers,
-    forward_trace,
-    output_layer,
-    parametric_layers,
-)
+from deconvviz.analyses._common import forward_trace, output_layer, parametric_layers
 from deconvviz.analyses.metrics import rankdata, spearman, ssim
+from deconvviz.checks import check_channels, check_images, check_layers
 from deconvviz.engine import attach, layer_output
 from deconvviz.errors import InputError, LayerError, unknown_name
 from deconvviz.rules import RULES

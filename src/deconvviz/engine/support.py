@@ -27,8 +27,6 @@ __all__ = [
 RELU_OUT_OF_PLACE: frozenset[Any] = frozenset({F.relu, torch.relu, torch.Tensor.relu})
 RELU_IN_PLACE: frozenset[Any] = frozenset({torch.relu_, torch.Tensor.relu_})
 RELU_FUNCS: frozenset[Any] = RELU_OUT_OF_PLACE | RELU_IN_PLACE
-_RELU_OUT_OF_PLACE = RELU_OUT_OF_PLACE
-_RELU_IN_PLACE = RELU_IN_PLACE
 # Calls that are a ReLU when their bound is exactly 0, and an activation without a rule otherwise.
 _CLAMPS = {"clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_"}
 _UPPER_CLAMPS = {"clamp_max", "clamp_max_"}
@@ -71,8 +69,6 @@ NO_RULE_FUNCS = {
     "instance_norm",
     "local_response_norm",
 }
-
-_NO_RULE_FUNCS = NO_RULE_FUNCS
 
 _NO_RULE_MODULES: tuple[type[nn.Module], ...] = (
     nn.Tanh,
@@ -223,8 +219,8 @@ def relu_form(func: Any, name: str, args: tuple, kwargs: dict) -> tuple[str, Any
     ``torch.maximum(x, zeros)``, ``F.threshold(x, 0, 0)`` and their in-place forms;
     ``("other", None, False)`` for the same calls with any other bound (no deconvnet rule);
     ``None`` for everything else."""
-    if func in _RELU_OUT_OF_PLACE or func in _RELU_IN_PLACE:
-        inplace = func in _RELU_IN_PLACE or bool(
+    if func in RELU_OUT_OF_PLACE or func in RELU_IN_PLACE:
+        inplace = func in RELU_IN_PLACE or bool(
             kwargs.get("inplace", args[1] if func is F.relu and len(args) > 1 else False)
         )
         return ("relu", args[0], inplace)
@@ -265,8 +261,3 @@ def relu_form(func: Any, name: str, args: tuple, kwargs: dict) -> tuple[str, Any
     if name in _MINIMA:
         return ("other", None, False)
     return None
-
-
-_step_for = step_for
-_has_no_rule = has_no_rule
-_relu_form = relu_form
