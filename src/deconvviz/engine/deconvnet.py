@@ -80,6 +80,14 @@ __all__ = [
 Windows = tuple[Tensor, Tensor, list[Box]]
 
 
+#: Layers whose forward depends on ``training`` (projections run in eval mode).
+_MODE_DEPENDENT: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.dropout._DropoutNd,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
+
 class DeconvvizWarning(UserWarning):
     """A layer or activation without a deconvnet rule (its plain gradient is used instead)."""
 
@@ -94,6 +102,7 @@ class _LayerInfo:
     bytes_per_sample: int = 0  # derived tensors made up to this layer, per input
     events_before: int = 0  # number of activation events that happened before its output
     crop_ok: bool = True  # False once crops failed for this layer (the model refused them)
+    batch_stats: tuple[str, ...] = ()  # modules before it that normalise with batch statistics
 
 
 @dataclass
@@ -299,9 +308,30 @@ class Deconvnet:
         infos: dict[str, _LayerInfo] = {}
         size = (int(x.shape[-2]), int(x.shape[-1]))
 
+        starts: dict[tuple[str, int], int] = {}
+
+        @tracer.on_call
+        def start(name: str, call: int, module: nn.Module, args: Any) -> None:
+            starts[(name, call)] = len(swap.events)
+
         @tracer.on_return
         def record(name: str, call: int, module: nn.Module, args: Any, out: Any) -> None:
-            info = _LayerInfo(events_before=len(swap.events))
+            swap.note(out)  # a custom autograd.Function's output returned by the layer itself
+            inside = swap.events[starts.get((name, call), len(swap.events)) :]
+            if (
+                _unknown_leaf(module)
+                and not inside  # a ReLU spelling or an activation inside was seen and judged
+                and args
+                and isinstance(args[0], Tensor)
+                and tracker.meta.get(args[0]) is not None
+                and not _linear(module, args, swap)
+            ):
+                swap.events.append(
+                    Event(name, f"{type(module).__name__} (unknown type, not linear)", False)
+                )
+            info = _LayerInfo(
+                events_before=len(swap.events), batch_stats=tuple(dict.fromkeys(swap.batch_stats))
+            )
             if isinstance(out, Tensor):
                 info.out_shape = tuple(out.shape[1:])
                 info.rf = tracker.field(out, size)
@@ -310,10 +340,15 @@ class Deconvnet:
             if call == 0:
                 infos[name] = info
 
+        # The pass records autograd (one input), so that the graph shows custom
+        # autograd.Functions, whose backward the rule cannot reach.
+        swap.recording = True
         with torch.inference_mode(False), tracer:
-            x = _normal(x)  # an input made inside torch.inference_mode cannot be recorded
+            leaf = _normal(x).detach().requires_grad_(True)
+            with torch.enable_grad():
+                x = leaf.clone()  # not a leaf: the model may change its input in place
             tracker.watch(x)
-            tracer.run(x, grad=False)
+            tracer.run(x, grad=True)
         for name, n in tracer.counts.items():
             for key in (name, *(call_key(name, k) for k in range(n))):
                 if key in infos:
@@ -433,7 +468,56 @@ class Deconvnet:
                 "[N, C, H, W] feature maps and [N, C] vectors can be projected"
             )
         self._check_path(probe, info, layer)
+        self._check_batch(info, layer)
+        self._check_train_mode()
         return info
+
+    def _check_batch(self, info: _LayerInfo, layer: str) -> None:
+        """Refuse (strict) or say once that a layer's activations depend on the whole batch."""
+        if not info.batch_stats:
+            return
+        where = ", ".join(repr(n or "forward") for n in info.batch_stats)
+        if self.strict:
+            raise UnsupportedLayerError(
+                f"strict mode: the path to {layer!r} normalises with the batch's own statistics "
+                f"({where}: BatchNorm without running statistics), so every activation and its "
+                "projection depend on which images share the batch; give the layer running "
+                "statistics (track_running_stats=True), or attach with strict=False"
+            )
+        self._warn_once(
+            ("batch", layer),
+            f"the path to {layer!r} normalises with the batch's own statistics ({where}): its "
+            "activations and projections depend on which images share the batch; each call "
+            "projects with the whole batch it is given (no crops), so another batch gives "
+            "another answer; attach(..., strict=True) refuses this",
+        )
+
+    def _check_train_mode(self) -> None:
+        """Say once that a model in train() mode is projected in eval mode."""
+        layers = [
+            n
+            for n, m in self._modules.items()
+            if m.training
+            and isinstance(m, _MODE_DEPENDENT)
+            and getattr(m, "track_running_stats", True)  # batch statistics either way
+        ]
+        if not layers:
+            return
+        shown = ", ".join(repr(n) for n in layers[:6]) + (
+            f" (+{len(layers) - 6} more)" if len(layers) > 6 else ""
+        )
+        self._warn_once(
+            ("train", ""),
+            f"the model is in train() mode; deconvviz projects in eval mode (BatchNorm uses its "
+            f"running statistics, Dropout is off), which changes {shown}; call model.eval() "
+            "first to silence this",
+        )
+
+    def _warn_once(self, key: tuple[str, str], message: str) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        warnings.warn(message, DeconvvizWarning, stacklevel=5)
 
     def _layer_call(self, probe: _Probe, layer: str) -> _LayerInfo:
         """Resolve ``"name"`` or ``"name:call"`` to one call the forward pass makes."""
@@ -473,11 +557,20 @@ class Deconvnet:
                 f"({where}); use ReLU, or attach with strict=False to use their plain gradient"
             )
         key = (layer, where)
-        if self._warn and key not in self._warned:
+        # what the engine cannot see through is said even where warn=False (which only hides
+        # the plain activations without a rule, tanh and the like, that the caller knows of)
+        hidden = any("(" in e.func for e in unsupported)
+        checked = ""
+        if any("unknown type" in e.func for e in unsupported):
+            checked = (
+                " (a layer of unknown type is checked by tracing its forward: it called no "
+                "ReLU, and f(x + y) != f(x) + f(y) on its input, so it is not linear)"
+            )
+        if (self._warn or hidden) and key not in self._warned:
             self._warned.add(key)
             warnings.warn(
                 f"no deconvnet rule for {where} on the path to {layer!r}: their plain "
-                "gradient is used; attach(..., strict=True) refuses this",
+                f"gradient is used{checked}; attach(..., strict=True) refuses this",
                 DeconvvizWarning,
                 stacklevel=5,
             )
@@ -586,9 +679,11 @@ class Deconvnet:
         chan = torch.tensor(chans).repeat(n)
         rows, cols, expected = self._positions(x, info, layer, img, chan, chans, position)
         out = x.new_zeros((n * k, *x.shape[1:]))
-        for idx, grads, boxes in self._project_seeds(
-            x, info, layer, img, chan, rows, cols, expected
-        ):
+        if info.batch_stats:
+            windows = self._project_batch(x, info, layer, img, chan, rows, cols)
+        else:
+            windows = self._project_seeds(x, info, layer, img, chan, rows, cols, expected)
+        for idx, grads, boxes in windows:
             scatter_windows(out, idx, grads, boxes)
         out = out.view(n, k, *x.shape[1:])
         return out[:, 0] if single else out
@@ -751,9 +846,18 @@ class Deconvnet:
     ) -> Iterator[Windows]:
         """Seeds on whole images (one shared forward per image), or on crops."""
         h, w = int(x.shape[-2]), int(x.shape[-1])
+        if info.batch_stats:
+            yield from self._project_batch(x, info, layer, img, chan, rows, cols)
+            return
         if self._whole_image(info, (h, w)):
             yield from self._project_full(x, info, layer, img, chan, rows, cols, range(len(img)))
             return
+        if rows is not None and cols is not None and values is None:
+            # positions given without values: the crops are checked against the full images'
+            # values, as project() checks them (one forward pass of the batch)
+            acts = self._values(x, layer)
+            dev = acts.device
+            values = acts[img.to(dev), chan.to(dev), rows.to(dev), cols.to(dev)]
         if rows is None or cols is None:
             acts = self._values(x, layer)[img.to(x.device), chan.to(x.device)]  # [S, h, w]
             flat = acts.flatten(1)
@@ -870,6 +974,47 @@ class Deconvnet:
         )
         self.crop_log.append((layer, (int(x.shape[-2]), int(x.shape[-1])), len(members), "full"))
 
+    def _project_batch(
+        self,
+        x: Tensor,
+        info: _LayerInfo,
+        layer: str,
+        img: Tensor,
+        chan: Tensor,
+        rows: Tensor | None,
+        cols: Tensor | None,
+    ) -> Iterator[Windows]:
+        """Seeds of a layer whose activations depend on the whole batch (batch statistics):
+        the whole of ``x`` forward once, each seed walked back on its own (seeds of different
+        images cannot share a backward: the batch statistics couple the images)."""
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        with torch.inference_mode(False):
+            xin = _normal(x).detach().clone().requires_grad_(True)
+            out = self._forward_to(xin, layer, grad=True)
+            dev = out.device
+            if out.dim() == 4 and (rows is None or cols is None):
+                best = out.detach()[img.to(dev), chan.to(dev)].flatten(1).argmax(dim=1)
+                rows, cols = (best // out.shape[-1]).cpu(), (best % out.shape[-1]).cpu()
+            total = len(img)
+            for s in range(total):
+                n, c = int(img[s]), int(chan[s])
+                index: tuple[Any, ...] = (n, c)
+                if out.dim() == 4:
+                    assert rows is not None and cols is not None
+                    index = (n, c, int(rows[s]), int(cols[s]))
+                seed = torch.zeros_like(out)
+                seed[index] = out[index].detach()
+                if not out.requires_grad:
+                    g = torch.zeros_like(xin[n])
+                else:
+                    with torch.enable_grad(), exact_cuda(xin, self._names):
+                        (gr,) = torch.autograd.grad(
+                            out, xin, seed, retain_graph=s < total - 1, allow_unused=True
+                        )
+                    g = torch.zeros_like(xin[n]) if gr is None else gr[n].detach()
+                yield torch.tensor([s]), g.unsqueeze(0), [(0, 0, h, w)]
+        self.crop_log.append((layer, (h, w), len(img), "batch"))
+
     def _whole_image(self, info: _LayerInfo, size: tuple[int, int]) -> bool:
         """Whether every seed of the layer runs on the whole image (no crop can help)."""
         assert info.out_shape is not None
@@ -954,6 +1099,34 @@ class Deconvnet:
             own = own + module.bias.detach()[chan.to(own.device)]
         seed_in = unit * values.to(unit.device, unit.dtype).view(-1, 1, 1, 1)
         return self._grad(tin, xin, seed_in), own
+
+
+def _unknown_leaf(module: nn.Module) -> bool:
+    """A module with no submodules whose type the support catalogue does not know."""
+    return not any(True for _ in module.children()) and step_for(module, "").startswith(
+        "unknown type"
+    )
+
+
+def _linear(module: nn.Module, args: tuple, swap: ReluSwap) -> bool:
+    """Whether ``module`` (a layer of unknown type) is linear in its input, tried on the
+    input it got: ``f(x + y) == f(x) + f(y)`` and ``f(2x) == 2 f(x)`` for a random ``y``.
+    Then autograd's backward is its exact reverse step (a flip, a crop, a scaling)."""
+    x, rest = args[0], args[1:]
+    swap.paused = True
+    try:
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(0)
+            y = torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+            fx, fy = module.forward(x.clone(), *rest), module.forward(y.clone(), *rest)
+            fxy, f2x = module.forward(x + y, *rest), module.forward(2 * x, *rest)
+            if not all(isinstance(t, Tensor) for t in (fx, fy, fxy, f2x)):
+                return False
+            return same_values(fxy, fx + fy) and same_values(f2x, 2 * fx)
+    except Exception:
+        return False
+    finally:
+        swap.paused = False
 
 
 def batch_images(batch: Any) -> Tensor:
