@@ -100,16 +100,16 @@ class MeanItem(nn.Module):
 
 
 class Net(nn.Module):
-    """conv - relu - pool - trap - conv - relu(target 'r2') - pool - conv - relu."""
+    """conv - act1 - pool - trap - conv - relu(target 'r2') - pool - conv - relu."""
 
-    def __init__(self, act2: type[nn.Module] = nn.ReLU, trap: nn.Module | None = None) -> None:
+    def __init__(self, act1: type[nn.Module] = nn.ReLU, trap: nn.Module | None = None) -> None:
         super().__init__()
         self.c1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.r1 = nn.ReLU()
+        self.r1 = act1()
         self.p1 = nn.MaxPool2d(2)
         self.trap = trap if trap is not None else nn.Identity()
         self.c2 = nn.Conv2d(4, 6, 3, padding=1)
-        self.r2 = act2()
+        self.r2 = nn.ReLU()
         self.p2 = nn.MaxPool2d(2)
         self.c3 = nn.Conv2d(6, 5, 3, padding=1)
         self.r3 = nn.ReLU()
@@ -161,9 +161,9 @@ ZOO = [
     Model("mean-item", lambda: Net(trap=MeanItem())),
     Model("bn-batch-stats", _bn),
     Model("shape-hook", lambda: _shape_hook(Net())),
-    Model("custom-autograd-relu", lambda: Net(act2=CustomReLU)),
-    Model("where-relu", lambda: Net(act2=WhereReLU), exact=True),
-    Model("mask-relu", lambda: Net(act2=MaskReLU), exact=True),
+    Model("custom-autograd-relu", lambda: Net(act1=CustomReLU)),
+    Model("where-relu", lambda: Net(act1=WhereReLU), exact=True),
+    Model("mask-relu", lambda: Net(act1=MaskReLU), exact=True),
 ]
 LAYER = "r2"
 CHANNELS = [0, 3]

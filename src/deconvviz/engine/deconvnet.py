@@ -941,12 +941,20 @@ class Deconvnet:
     def _project_fallback(
         self, x: Tensor, info: _LayerInfo, layer: str, seeds: _Seeds, given: Tensor | None
     ) -> Windows:
-        """Seeds whose crops failed, on full images; this layer uses full images from now on."""
+        """Seeds whose crops failed, on full images; this layer uses full images from now on.
+
+        The whole batch ``x`` runs forward, as the caller gave it (a model that disagrees on
+        crops may also read across the batch, ``h * h.mean().item()`` say), and each seed walks
+        back on its own."""
         h, w = int(x.shape[-2]), int(x.shape[-1])
         info.crop_ok = False
-        grads, _ = self._backward(x[seeds.img], layer, seeds.chan, seeds.rows, seeds.cols, given)
+        parts = list(
+            self._project_batch(x, info, layer, seeds.img, seeds.chan, seeds.rows, seeds.cols)
+        )
+        self.crop_log.pop()  # _project_batch's entry: this is a fallback
         self.crop_log.append((layer, (h, w), len(seeds.idx), "fallback"))
-        return seeds.idx, grads, [(0, 0, h, w)] * len(seeds.idx)
+        idx = seeds.idx[torch.cat([p[0] for p in parts])]
+        return idx, torch.cat([p[1] for p in parts]), [(0, 0, h, w)] * len(idx)
 
     def _project_full(
         self,
