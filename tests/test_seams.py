@@ -467,3 +467,49 @@ def test_summary_does_not_claim_a_rule_through_a_custom_autograd_function():
     assert "_PlainGradReLU.apply (a custom autograd.Function)" in text
     line = next(ln for ln in text.splitlines() if "clamp" in ln)
     assert "NO deconvnet rule" in line, text
+
+
+class Flip(nn.Module):
+    """A custom layer that only rearranges: exact under autograd, nothing to warn about."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.flip(x, dims=[-1])
+
+
+class Square(nn.Module):
+    """A custom layer that is not linear: its plain gradient is not a deconvnet step."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * x
+
+
+def _weight_norm_net() -> nn.Module:
+    from torch.nn.utils import parametrizations
+
+    net = Net(trap=Flip())
+    net.c1 = parametrizations.weight_norm(net.c1)
+    net.c2 = parametrizations.weight_norm(net.c2)
+    return net
+
+
+def test_parametrized_convs_and_linear_custom_layers_are_exact_and_quiet():
+    torch.manual_seed(0)
+    model = _weight_norm_net().double().eval()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with deconvviz.attach(model, strict=True) as dn:
+            rec = dn.project(x, LAYER, [0, 3], position=(2, 5))
+            text = dn.summary()
+    want = oracle(model, x, LAYER, [(n, c, 2, 5) for n in range(2) for c in (0, 3)])
+    assert rel_err(rec.reshape(-1, *x.shape[1:]), want) < TOL
+    assert "NO deconvnet rule" not in text
+
+
+def test_a_nonlinear_custom_layer_is_warned_saying_what_was_checked():
+    model = Net(trap=Square()).double().eval()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    with pytest.warns(DeconvvizWarning, match="unknown type: multiplies its input by itself"):
+        deconvviz.attach(model).project(x, LAYER, 0)
+    with pytest.raises(UnsupportedLayerError, match="strict"):
+        deconvviz.attach(model, strict=True).project(x, LAYER, 0)

@@ -308,27 +308,28 @@ class Deconvnet:
         infos: dict[str, _LayerInfo] = {}
         size = (int(x.shape[-2]), int(x.shape[-1]))
 
-        starts: dict[tuple[str, int], int] = {}
+        starts: dict[tuple[str, int], tuple[int, int]] = {}
 
         @tracer.on_call
         def start(name: str, call: int, module: nn.Module, args: Any) -> None:
-            starts[(name, call)] = len(swap.events)
+            starts[(name, call)] = (len(swap.events), len(swap.calls))
 
         @tracer.on_return
         def record(name: str, call: int, module: nn.Module, args: Any, out: Any) -> None:
             swap.note(out)  # a custom autograd.Function's output returned by the layer itself
-            inside = swap.events[starts.get((name, call), len(swap.events)) :]
+            first_event, first_call = starts.get((name, call), (len(swap.events), len(swap.calls)))
             if (
                 _unknown_leaf(module)
-                and not inside  # a ReLU spelling or an activation inside was seen and judged
+                and len(swap.events) == first_event  # activations inside were judged already
                 and args
                 and isinstance(args[0], Tensor)
                 and tracker.meta.get(args[0]) is not None
-                and not _linear(module, args, swap)
             ):
-                swap.events.append(
-                    Event(name, f"{type(module).__name__} (unknown type, not linear)", False)
-                )
+                odd = _not_linear(swap.calls[first_call:])
+                if odd:
+                    swap.events.append(
+                        Event(name, f"{type(module).__name__} (unknown type: {odd})", False)
+                    )
             info = _LayerInfo(
                 events_before=len(swap.events), batch_stats=tuple(dict.fromkeys(swap.batch_stats))
             )
@@ -469,7 +470,6 @@ class Deconvnet:
             )
         self._check_path(probe, info, layer)
         self._check_batch(info, layer)
-        self._check_train_mode()
         return info
 
     def _check_batch(self, info: _LayerInfo, layer: str) -> None:
@@ -563,8 +563,9 @@ class Deconvnet:
         checked = ""
         if any("unknown type" in e.func for e in unsupported):
             checked = (
-                " (a layer of unknown type is checked by tracing its forward: it called no "
-                "ReLU, and f(x + y) != f(x) + f(y) on its input, so it is not linear)"
+                " (a layer of unknown type is checked by tracing its forward: it gets the "
+                "exact reverse step when every torch call it makes is linear in its input, a "
+                "flip, a crop, a scaling; a ReLU inside it gets the rule)"
             )
         if (self._warn or hidden) and key not in self._warned:
             self._warned.add(key)
@@ -674,6 +675,7 @@ class Deconvnet:
         info = self._layer(self._probe(x), layer)
         assert info.out_shape is not None
         chans, single = check_channels(channel, info.out_shape[0])
+        self._check_train_mode()
         n, k = x.shape[0], len(chans)
         img = torch.arange(n).repeat_interleave(k)
         chan = torch.tensor(chans).repeat(n)
@@ -790,6 +792,7 @@ class Deconvnet:
         info = self._layer(self._probe(x), layer)
         img, chan = self._seed_index(x, info, image, channel)
         rows, cols = self._seed_positions(info, layer, position, len(img))
+        self._check_train_mode()
         given = None
         if values is not None:
             if rows is None:
@@ -1116,25 +1119,36 @@ def _unknown_leaf(module: nn.Module) -> bool:
     )
 
 
-def _linear(module: nn.Module, args: tuple, swap: ReluSwap) -> bool:
-    """Whether ``module`` (a layer of unknown type) is linear in its input, tried on the
-    input it got: ``f(x + y) == f(x) + f(y)`` and ``f(2x) == 2 f(x)`` for a random ``y``.
-    Then autograd's backward is its exact reverse step (a flip, a crop, a scaling)."""
-    x, rest = args[0], args[1:]
-    swap.paused = True
-    try:
-        with torch.no_grad():
-            gen = torch.Generator().manual_seed(0)
-            y = torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device)
-            fx, fy = module.forward(x.clone(), *rest), module.forward(y.clone(), *rest)
-            fxy, f2x = module.forward(x + y, *rest), module.forward(2 * x, *rest)
-            if not all(isinstance(t, Tensor) for t in (fx, fy, fxy, f2x)):
-                return False
-            return same_values(fxy, fx + fy) and same_values(f2x, 2 * fx)
-    except Exception:
-        return False
-    finally:
-        swap.paused = False
+#: Calls that are linear in their input (or only read shapes): a layer of unknown type that
+#: makes only these gets autograd's backward, which is then its exact reverse step.
+_LINEAR_CALLS = frozenset(
+    {
+        "__get__", "size", "dim", "numel", "flip", "fliplr", "flipud", "rot90", "permute",
+        "transpose", "t", "reshape", "view", "view_as", "flatten", "unflatten", "squeeze",
+        "unsqueeze", "contiguous", "clone", "roll", "narrow", "__getitem__", "select",
+        "index_select", "gather", "cat", "concat", "stack", "chunk", "split", "neg", "__neg__",
+        "add", "__add__", "__radd__", "add_", "__iadd__", "sub", "__sub__", "__rsub__", "sub_",
+        "mul", "__mul__", "__rmul__", "mul_", "__imul__", "div", "__truediv__", "div_",
+        "pad", "pixel_shuffle", "pixel_unshuffle", "avg_pool2d", "adaptive_avg_pool2d",
+        "conv2d", "conv_transpose2d", "linear", "matmul", "expand", "expand_as", "repeat",
+        "to", "float", "double", "half", "type", "type_as", "detach", "sum", "mean",
+        "interpolate", "upsample_nearest2d", "channel_shuffle", "movedim", "swapaxes",
+    }
+)
+_PRODUCTS = frozenset(
+    {"mul", "__mul__", "__rmul__", "mul_", "__imul__", "div", "__truediv__", "div_", "matmul"}
+)
+
+
+def _not_linear(calls: list[tuple[str, int]]) -> str:
+    """What makes a traced forward nonlinear in its input (``""`` where nothing does): a call
+    outside :data:`_LINEAR_CALLS`, or a product of two tensors that both derive from it."""
+    for name, derived in calls:
+        if name not in _LINEAR_CALLS:
+            return f"calls {name}, not known to be linear"
+        if name in _PRODUCTS and derived > 1:
+            return f"multiplies its input by itself ({name})"
+    return ""
 
 
 def batch_images(batch: Any) -> Tensor:

@@ -62,6 +62,9 @@ class ReluSwap(TorchFunctionMode):
         self.recording = False
         #: while True, calls pass through untouched (the engine's own probing calls)
         self.paused = False
+        #: every call of a pass that follows receptive fields: its name and how many of its
+        #: tensor arguments derive from the input (to judge layers of unknown type)
+        self.calls: list[tuple[str, int]] = []
         self.events: list[Event] = []
         #: modules (innermost running) whose forward normalised with the batch's own
         #: statistics (``batch_norm`` with ``training=True``: BatchNorm without running stats)
@@ -87,6 +90,9 @@ class ReluSwap(TorchFunctionMode):
         if self.paused:
             return func(*args, **kwargs)
         name = getattr(func, "__name__", "")
+        if self.tracker is not None:
+            derived = sum(1 for t in _tensor_args(args, kwargs) if self.tracker.meta.get(t) is not None)
+            self.calls.append((name, derived))
         for t in _tensor_args(args, kwargs):
             self.note(t)
         if name == "batch_norm" and _arg(args, kwargs, 5, "training", False):
