@@ -125,7 +125,9 @@ def test_checkpoint_without_num_batches_tracked_runs_every_command(bn_model, tmp
     ckpt = tmp_path / "old.th"
     torch.save({"state_dict": _old_state(net, metadata=False)}, ckpt)
     said = _run_commands(tmp_path, path, ckpt)
-    assert all(line.startswith("old.th: a dict with the weights under 'state_dict'") for line in said)
+    assert all(
+        line.startswith("old.th: a dict with the weights under 'state_dict'") for line in said
+    )
 
 
 def test_lightning_checkpoint_with_pickled_hyper_parameters_loads_weights_only(bn_model, tmp_path):

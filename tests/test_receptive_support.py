@@ -19,11 +19,18 @@ def _ones(model: nn.Module) -> nn.Module:
 
 CASES = {
     # a strided conv that never reads the last pixel, then a padded conv
-    "stride-skips-last": (nn.Sequential(nn.Conv2d(1, 1, 7, stride=3), nn.Conv2d(1, 1, 3, padding=1)), 47),
+    "stride-skips-last": (
+        nn.Sequential(nn.Conv2d(1, 1, 7, stride=3), nn.Conv2d(1, 1, 3, padding=1)),
+        47,
+    ),
     # a padded conv whose corner activations read only padding
     "all-padding": (nn.Sequential(nn.Conv2d(1, 1, 3, padding=5)), 20),
     "pool-then-conv": (
-        nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.AvgPool2d(3, 2, padding=1), nn.Conv2d(1, 1, 5, stride=2, padding=3)),
+        nn.Sequential(
+            nn.Conv2d(1, 1, 3, padding=1),
+            nn.AvgPool2d(3, 2, padding=1),
+            nn.Conv2d(1, 1, 5, stride=2, padding=3),
+        ),
         23,
     ),
 }

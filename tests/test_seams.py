@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import deconvviz
 from deconvviz import DeconvvizWarning
-from deconvviz.errors import UnsupportedLayerError
 from deconvviz.engine.crops import scatter_windows
+from deconvviz.errors import UnsupportedLayerError
 from deconvviz.reconstruct import reconstruct_dataset, reconstruct_images
 from deconvviz.scan import project_layer, top_activations
 from deconvviz.topk import project_top
@@ -201,7 +201,9 @@ def _oracle_out(model: nn.Module, x: Tensor, layer: str) -> tuple[Tensor, Tensor
     return got[0], xin, twin
 
 
-def oracle(model: nn.Module, x: Tensor, layer: str, seeds: list[tuple[int, int, int, int]]) -> Tensor:
+def oracle(
+    model: nn.Module, x: Tensor, layer: str, seeds: list[tuple[int, int, int, int]]
+) -> Tensor:
     """``[S, C, H, W]``: seed ``(n, c, r, col)`` projected on the whole batch, image ``n``."""
     out, xin, _ = _oracle_out(model, x, layer)
     res = []
@@ -337,7 +339,14 @@ def e_reconstruct_dataset(model, x):
     res = reconstruct_dataset(
         model, ds, [LAYER], k=2, channels=CHANNELS, batch_size=len(x), progress=False
     )[LAYER]
-    return _tops(model, x, res.reconstructions, _full_rows(res.positions, CHANNELS), _full_rows(res.indices, CHANNELS), CHANNELS)
+    return _tops(
+        model,
+        x,
+        res.reconstructions,
+        _full_rows(res.positions, CHANNELS),
+        _full_rows(res.indices, CHANNELS),
+        CHANNELS,
+    )
 
 
 def _full_rows(t: Tensor, chans: list[int]) -> Tensor:

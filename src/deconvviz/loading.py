@@ -486,7 +486,7 @@ def _weights_beside_objects(path: Path, map_location: Any) -> Any:
     ``None`` where the weights themselves are not plain tensors (a whole pickled model)."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        stand_ins = [
+        stand_ins: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
             (type(n.rpartition(".")[2] or "Object", (_StandIn,), {"__module__": __name__}), n)
             for n in names
         ]

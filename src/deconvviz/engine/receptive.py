@@ -340,10 +340,12 @@ class RFTracker:
             return None
         if len(first[0]) != out0.shape[-2] or len(first[2]) != out0.shape[-1]:
             return None
-        return tuple(
-            tuple((min if k % 2 == 0 else max)(vals) for vals in zip(*(s[k] for s in sups)))  # type: ignore[index]
-            for k in range(4)
-        )
+        sides: list[tuple[int, ...]] = []
+        for k in range(4):
+            pick = min if k % 2 == 0 else max  # union: the lowest first pixel, highest last
+            columns = zip(*(s[k] for s in sups if s is not None), strict=True)
+            sides.append(tuple(pick(vals) for vals in columns))
+        return tuple(sides)
 
     def _aliases(self, t: Tensor) -> list[Tensor]:
         """Followed tensors (``t`` included when followed) that share ``t``'s storage."""

@@ -101,9 +101,7 @@ _NO_RULE_MODULES: tuple[type[nn.Module], ...] = (
     nn.MultiheadAttention,
 )
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-_PARAMETRIZATIONS: tuple[type[nn.Module], ...] = (
-    torch.nn.utils.parametrize.ParametrizationList,
-)
+_PARAMETRIZATIONS: tuple[type[nn.Module], ...] = (torch.nn.utils.parametrize.ParametrizationList,)
 
 # type -> reverse step, for the summary (first match wins; ReLU is described by the rule)
 _STEPS: list[tuple[tuple[type[nn.Module], ...], str]] = [

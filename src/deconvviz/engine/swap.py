@@ -91,7 +91,9 @@ class ReluSwap(TorchFunctionMode):
             return func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         if self.tracker is not None:
-            derived = sum(1 for t in _tensor_args(args, kwargs) if self.tracker.meta.get(t) is not None)
+            derived = sum(
+                1 for t in _tensor_args(args, kwargs) if self.tracker.meta.get(t) is not None
+            )
             self.calls.append((name, derived))
         for t in _tensor_args(args, kwargs):
             self.note(t)
