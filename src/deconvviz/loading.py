@@ -17,8 +17,13 @@ Checkpoint layouts (:func:`extract_state_dict`): a deconvviz run (directory or
 ``checkpoint.pt``); a bare state dict (torchvision's own ``.pth`` files are such); a dict holding
 it under ``state_dict``, ``model``, ``model_state_dict``, ``net`` or ``weights``; keys prefixed by
 ``module.`` (DataParallel/DDP), ``model.`` (Lightning) or ``_orig_mod.`` (``torch.compile``),
-stripped where the model's own names lack them. A pickled whole ``nn.Module`` is refused (unpickling
-runs code from the file) unless ``trust_checkpoint=True``.
+stripped where the model's own names lack them (with PyTorch's
+``consume_prefix_in_state_dict_if_present``). The weights go in with the model's own
+``load_state_dict(strict=True)``, so what PyTorch loads loads (a checkpoint older than BatchNorm's
+``num_batches_tracked``, say); the side-by-side key report only explains a real failure. A
+pickled whole ``nn.Module`` is refused (unpickling runs code from the file) unless
+``trust_checkpoint=True``; pickled objects *beside* plain-tensor weights (a Lightning ``.ckpt``'s
+hyper-parameters) are read as empty stand-ins, weights-only, and the weights are used.
 
 Input normalisation (:class:`Normalized`): a model trained on normalised inputs is wrapped so that
 it takes *pixels* in [0, 1] and normalises them itself; the wrapper keeps the model's layer names
