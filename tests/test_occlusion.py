@@ -216,6 +216,7 @@ def test_lenet5_layer_end_to_end():
     assert model.training  # the model's mode is put back
 
 
+@pytest.mark.filterwarnings("ignore:the model is in train:deconvviz.DeconvvizWarning")
 def test_model_left_untouched():
     model = make_model()
     model.train()
