@@ -63,6 +63,8 @@ def _assert_unchanged(model: nn.Module, before: dict) -> None:
 @pytest.mark.parametrize(
     "case", [c for c in CASES if c.name in ("resnet18", "sequential")], ids=lambda c: c.name
 )
+# the model is in train() mode on purpose; that it is told so is tests/test_seams.py's
+@pytest.mark.filterwarnings("ignore:the model is in train:deconvviz.DeconvvizWarning")
 def test_model_is_untouched_after_use_and_after_errors(case):
     model, x = build(case)
     model.train()  # mixed flags and frozen parameters must come back exactly as they were

@@ -201,6 +201,9 @@ def test_layer_feature_map_and_projection(inplace):
     assert res.projection.abs().sum() > 0
 
 
+# the model is left in train() mode on purpose (its mode must come back); the warning that it
+# is projected in eval mode is tested in tests/test_seams.py
+@pytest.mark.filterwarnings("ignore:the model is in train:deconvviz.DeconvvizWarning")
 def test_lenet5_layer_end_to_end():
     torch.manual_seed(5)
     model = LeNet5(in_channels=1, image_size=28)
@@ -213,6 +216,7 @@ def test_lenet5_layer_end_to_end():
     assert model.training  # the model's mode is put back
 
 
+@pytest.mark.filterwarnings("ignore:the model is in train:deconvviz.DeconvvizWarning")
 def test_model_left_untouched():
     model = make_model()
     model.train()

@@ -17,8 +17,13 @@ Checkpoint layouts (:func:`extract_state_dict`): a deconvviz run (directory or
 ``checkpoint.pt``); a bare state dict (torchvision's own ``.pth`` files are such); a dict holding
 it under ``state_dict``, ``model``, ``model_state_dict``, ``net`` or ``weights``; keys prefixed by
 ``module.`` (DataParallel/DDP), ``model.`` (Lightning) or ``_orig_mod.`` (``torch.compile``),
-stripped where the model's own names lack them. A pickled whole ``nn.Module`` is refused (unpickling
-runs code from the file) unless ``trust_checkpoint=True``.
+stripped where the model's own names lack them (with PyTorch's
+``consume_prefix_in_state_dict_if_present``). The weights go in with the model's own
+``load_state_dict(strict=True)``, so what PyTorch loads loads (a checkpoint older than BatchNorm's
+``num_batches_tracked``, say); the side-by-side key report only explains a real failure. A
+pickled whole ``nn.Module`` is refused (unpickling runs code from the file) unless
+``trust_checkpoint=True``; pickled objects *beside* plain-tensor weights (a Lightning ``.ckpt``'s
+hyper-parameters) are read as empty stand-ins, weights-only, and the weights are used.
 
 Input normalisation (:class:`Normalized`): a model trained on normalised inputs is wrapped so that
 it takes *pixels* in [0, 1] and normalises them itself; the wrapper keeps the model's layer names
@@ -44,6 +49,7 @@ import pickle
 import re
 import sys
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +57,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from deconvviz.errors import CheckpointError, DeconvvizError, InputError
 
@@ -434,6 +441,9 @@ def _read(path: Path, trust: bool, map_location: Any, spec: Any = None) -> tuple
         if not isinstance(cause, pickle.UnpicklingError) or "Unsupported global" not in str(cause):
             raise
         if not trust:
+            weights = _weights_beside_objects(path, map_location)
+            if weights is not None:
+                return weights, False
             raise CheckpointError(
                 f"{path} holds pickled Python objects (a whole model, not only weights), which "
                 "torch.load(weights_only=True) refuses: unpickling it would run code from the "
@@ -457,6 +467,60 @@ def _read(path: Path, trust: bool, map_location: Any, spec: Any = None) -> tuple
         ) from exc
 
 
+class _StandIn:
+    """What a pickled Python object beside the weights (a Lightning checkpoint's
+    ``hyper_parameters``: an ``argparse.Namespace``, a config class) is read as when the
+    weights are loaded without ``--trust-checkpoint``: an empty object. Nothing from the file
+    runs: the object's class is never imported, its constructor and ``__setstate__`` are ours
+    and do nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<unread {type(self).__qualname__}>"
+
+
+def _weights_beside_objects(path: Path, map_location: Any) -> Any:
+    """A checkpoint whose *weights* are plain tensors but which also holds pickled Python
+    objects (a Lightning ``.ckpt`` with pickled hyper-parameters), read with
+    ``weights_only=True`` and every such object replaced by an empty :class:`_StandIn`; or
+    ``None`` where the weights themselves are not plain tensors (a whole pickled model)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        stand_ins: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+            (type(n.rpartition(".")[2] or "Object", (_StandIn,), {"__module__": __name__}), n)
+            for n in names
+        ]
+        with torch.serialization.safe_globals(stand_ins):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:
+        return None
+    if not isinstance(obj, Mapping):
+        return None
+    try:
+        state, _ = extract_state_dict(obj)
+    except CheckpointError:
+        return None
+    if any(isinstance(v, _StandIn) for v in state.values()):  # pragma: no cover - not tensors
+        return None
+    return obj
+
+
+def _with_metadata(state: Mapping[str, Tensor], source: Any) -> dict[str, Tensor]:
+    """A copy of ``state`` that keeps PyTorch's ``_metadata`` (the per-module versions that
+    ``load_state_dict`` reads, e.g. to fill BatchNorm's ``num_batches_tracked`` in checkpoints
+    saved before it existed)."""
+    out: dict[str, Tensor] = OrderedDict(state)
+    meta = getattr(source, "_metadata", None)
+    if meta is not None:
+        out._metadata = OrderedDict(meta)  # type: ignore[attr-defined]
+    return out
+
+
 def extract_state_dict(obj: Any) -> tuple[dict[str, Tensor], str]:
     """The state dict inside a loaded checkpoint, and a few words naming the layout.
 
@@ -464,7 +528,7 @@ def extract_state_dict(obj: Any) -> tuple[dict[str, Tensor], str]:
         CheckpointError: no state dict can be found (the message lists the dict's keys).
     """
     if _is_state_dict(obj):
-        return dict(obj), "a bare state dict"
+        return _with_metadata(obj, obj), "a bare state dict"
     if isinstance(obj, Mapping):
         for key in STATE_DICT_KEYS:
             inner = obj.get(key)
@@ -473,7 +537,7 @@ def extract_state_dict(obj: Any) -> tuple[dict[str, Tensor], str]:
             if _is_state_dict(inner) and isinstance(inner, Mapping):
                 others = [str(k) for k in obj if k != key][:4]
                 also = f" (also: {', '.join(others)})" if others else ""
-                return dict(inner), f"a dict with the weights under {key!r}{also}"
+                return _with_metadata(inner, inner), f"a dict with the weights under {key!r}{also}"
         keys = ", ".join(repr(k) for k in list(obj)[:8])
         raise CheckpointError(
             f"found no weights in the checkpoint dict (keys: {keys}); it should hold a state "
@@ -496,7 +560,7 @@ def strip_prefixes(
     A prefix is stripped only when every key carries it and not every model key does; repeated
     (``_orig_mod.module.``) and in any order. Returns the state and the prefixes stripped.
     """
-    out = dict(state)
+    out = _with_metadata(state, state)
     stripped: list[str] = []
     own = list(model_keys)
     changed = True
@@ -506,7 +570,8 @@ def strip_prefixes(
             if all(k.startswith(prefix) for k in out) and not (
                 own and all(k.startswith(prefix) for k in own)
             ):
-                out = {k[len(prefix) :]: v for k, v in out.items()}
+                # PyTorch's own stripping: the keys and the _metadata entries alike
+                consume_prefix_in_state_dict_if_present(out, prefix)
                 stripped.append(prefix)
                 changed = True
     return out, stripped
@@ -522,17 +587,34 @@ def _few(keys: Sequence[str], n: int = 4) -> str:
 def _fit(model: nn.Module, state: Mapping[str, Tensor], path: Path, what: str) -> None:
     """Load ``state`` into ``model``, or say side by side what does not fit (``what`` names
     the model: ``"--model SPEC"``, or ``"the model"`` where it was rebuilt from a config)."""
+    # PyTorch decides: load_state_dict(strict=True) accepts what PyTorch accepts (a
+    # checkpoint saved before BatchNorm had num_batches_tracked, say: it fills them). The key
+    # comparison below only explains a real failure. A failed load may have copied some
+    # tensors already, so the model's own are put back first.
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    backup = {k: v.detach().clone() for k, v in own.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+        return
+    except RuntimeError as exc:
+        torch_says = str(exc)
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                if k in backup:
+                    v.copy_(backup[k])
+    missing = [k for k in own if k not in state and f'"{k}"' in torch_says]
+    unexpected = [k for k in state if k not in own and f'"{k}"' in torch_says]
     shapes = [
         f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
         for k in own
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     if not missing and not unexpected and not shapes:
-        model.load_state_dict(state)
-        return
+        first = torch_says.strip().splitlines()[-1].strip() if torch_says.strip() else ""
+        raise CheckpointError(
+            f"the weights in {path} do not fit the model ({first}); use the model definition "
+            "the checkpoint was saved from"
+        )
     hints = []
     if shapes and not missing and not unexpected:
         hints.append(

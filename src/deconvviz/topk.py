@@ -93,7 +93,9 @@ class TopProjections:
         top: the activations that were projected.
         reconstructions: ``[C, k, Cin, h, w]`` projections, cut to the receptive field box
             (``h, w`` = the receptive field's size, at most the image's); where the box runs
-            off the image, the outside is zero.
+            off the image, the outside is zero. A field larger than the image is cut at the
+            image's edge instead (:func:`canvas_origin`), so the canvas always holds the whole
+            projection.
         patches: ``[C, k, Cin, h, w]`` the input pixels of the same boxes (zero outside the image).
         rule: the ReLU rule used.
     """
@@ -208,6 +210,22 @@ def _block_seeds(
     return wanted, img, chan, pos, vals
 
 
+def canvas_origin(start: int, end: int, size: int) -> int:
+    """Where, along one side, a :class:`TopProjections` entry's canvas starts in its image, for
+    a receptive field ``[start, end)`` on an image side of ``size`` pixels.
+
+    A field that fits the image keeps its own origin (so every entry of a unit lines up, and
+    the part of the field off the image is zero); a field larger than the image is anchored at
+    its clipped start, so the whole of the field that lies on the image (all the projection can
+    touch) is on the canvas, which is then the image's size.
+
+    Example:
+        >>> canvas_origin(-3, 5, 32), canvas_origin(-19, 20, 32), canvas_origin(5, 44, 32)
+        (-3, 0, 5)
+    """
+    return start if end - start <= size else max(start, 0)
+
+
 @dataclass
 class _Canvas:
     """The ``[C', k, Cin, h, w]`` reconstructions and patches of :func:`project_top`, made on
@@ -235,12 +253,13 @@ class _Canvas:
             self.patches = image.new_zeros((c, k, image.shape[0], bh, bw))
         y0, x0, y1, x1 = box
         fy0, fx0, fy1, fx1 = field
-        h_img, w_img = image.shape[-2:]
-        # intersection of the receptive field box with the image and the crop
-        cy0, cx0 = max(fy0, 0, y0), max(fx0, 0, x0)
-        cy1, cx1 = min(fy1, h_img, y1, fy0 + bh), min(fx1, w_img, x1, fx0 + bw)
+        h_img, w_img = int(image.shape[-2]), int(image.shape[-1])
+        oy, ox = canvas_origin(fy0, fy1, h_img), canvas_origin(fx0, fx1, w_img)
+        # intersection of the receptive field box with the image, the crop and the canvas
+        cy0, cx0 = max(fy0, 0, y0, oy), max(fx0, 0, x0, ox)
+        cy1, cx1 = min(fy1, h_img, y1, oy + bh), min(fx1, w_img, x1, ox + bw)
         if cy1 <= cy0 or cx1 <= cx0:
             return
-        into = (slice(None), slice(cy0 - fy0, cy1 - fy0), slice(cx0 - fx0, cx1 - fx0))
+        into = (slice(None), slice(cy0 - oy, cy1 - oy), slice(cx0 - ox, cx1 - ox))
         self.recs[ci, j][into] = grad[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
         self.patches[ci, j][into] = image[:, cy0:cy1, cx0:cx1]

@@ -80,6 +80,14 @@ __all__ = [
 Windows = tuple[Tensor, Tensor, list[Box]]
 
 
+#: Layers whose forward depends on ``training`` (projections run in eval mode).
+_MODE_DEPENDENT: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.dropout._DropoutNd,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
+
 class DeconvvizWarning(UserWarning):
     """A layer or activation without a deconvnet rule (its plain gradient is used instead)."""
 
@@ -94,6 +102,7 @@ class _LayerInfo:
     bytes_per_sample: int = 0  # derived tensors made up to this layer, per input
     events_before: int = 0  # number of activation events that happened before its output
     crop_ok: bool = True  # False once crops failed for this layer (the model refused them)
+    batch_stats: tuple[str, ...] = ()  # modules before it that normalise with batch statistics
 
 
 @dataclass
@@ -299,9 +308,31 @@ class Deconvnet:
         infos: dict[str, _LayerInfo] = {}
         size = (int(x.shape[-2]), int(x.shape[-1]))
 
+        starts: dict[tuple[str, int], tuple[int, int]] = {}
+
+        @tracer.on_call
+        def start(name: str, call: int, module: nn.Module, args: Any) -> None:
+            starts[(name, call)] = (len(swap.events), len(swap.calls))
+
         @tracer.on_return
         def record(name: str, call: int, module: nn.Module, args: Any, out: Any) -> None:
-            info = _LayerInfo(events_before=len(swap.events))
+            swap.note(out)  # a custom autograd.Function's output returned by the layer itself
+            first_event, first_call = starts.get((name, call), (len(swap.events), len(swap.calls)))
+            if (
+                _unknown_leaf(module)
+                and len(swap.events) == first_event  # activations inside were judged already
+                and args
+                and isinstance(args[0], Tensor)
+                and tracker.meta.get(args[0]) is not None
+            ):
+                odd = _not_linear(swap.calls[first_call:])
+                if odd:
+                    swap.events.append(
+                        Event(name, f"{type(module).__name__} (unknown type: {odd})", False)
+                    )
+            info = _LayerInfo(
+                events_before=len(swap.events), batch_stats=tuple(dict.fromkeys(swap.batch_stats))
+            )
             if isinstance(out, Tensor):
                 info.out_shape = tuple(out.shape[1:])
                 info.rf = tracker.field(out, size)
@@ -310,10 +341,15 @@ class Deconvnet:
             if call == 0:
                 infos[name] = info
 
+        # The pass records autograd (one input), so that the graph shows custom
+        # autograd.Functions, whose backward the rule cannot reach.
+        swap.recording = True
         with torch.inference_mode(False), tracer:
-            x = _normal(x)  # an input made inside torch.inference_mode cannot be recorded
+            leaf = _normal(x).detach().requires_grad_(True)
+            with torch.enable_grad():
+                x = leaf.clone()  # not a leaf: the model may change its input in place
             tracker.watch(x)
-            tracer.run(x, grad=False)
+            tracer.run(x, grad=True)
         for name, n in tracer.counts.items():
             for key in (name, *(call_key(name, k) for k in range(n))):
                 if key in infos:
@@ -433,7 +469,55 @@ class Deconvnet:
                 "[N, C, H, W] feature maps and [N, C] vectors can be projected"
             )
         self._check_path(probe, info, layer)
+        self._check_batch(info, layer)
         return info
+
+    def _check_batch(self, info: _LayerInfo, layer: str) -> None:
+        """Refuse (strict) or say once that a layer's activations depend on the whole batch."""
+        if not info.batch_stats:
+            return
+        where = ", ".join(repr(n or "forward") for n in info.batch_stats)
+        if self.strict:
+            raise UnsupportedLayerError(
+                f"strict mode: the path to {layer!r} normalises with the batch's own statistics "
+                f"({where}: BatchNorm without running statistics), so every activation and its "
+                "projection depend on which images share the batch; give the layer running "
+                "statistics (track_running_stats=True), or attach with strict=False"
+            )
+        self._warn_once(
+            ("batch", layer),
+            f"the path to {layer!r} normalises with the batch's own statistics ({where}): its "
+            "activations and projections depend on which images share the batch; each call "
+            "projects with the whole batch it is given (no crops), so another batch gives "
+            "another answer; attach(..., strict=True) refuses this",
+        )
+
+    def _check_train_mode(self) -> None:
+        """Say once that a model in train() mode is projected in eval mode."""
+        layers = [
+            n
+            for n, m in self._modules.items()
+            if m.training
+            and isinstance(m, _MODE_DEPENDENT)
+            and getattr(m, "track_running_stats", True)  # batch statistics either way
+        ]
+        if not layers:
+            return
+        shown = ", ".join(repr(n) for n in layers[:6]) + (
+            f" (+{len(layers) - 6} more)" if len(layers) > 6 else ""
+        )
+        self._warn_once(
+            ("train", ""),
+            f"the model is in train() mode; deconvviz projects in eval mode (BatchNorm uses its "
+            f"running statistics, Dropout is off), which changes {shown}; call model.eval() "
+            "first to silence this",
+        )
+
+    def _warn_once(self, key: tuple[str, str], message: str) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        warnings.warn(message, DeconvvizWarning, stacklevel=5)
 
     def _layer_call(self, probe: _Probe, layer: str) -> _LayerInfo:
         """Resolve ``"name"`` or ``"name:call"`` to one call the forward pass makes."""
@@ -473,11 +557,21 @@ class Deconvnet:
                 f"({where}); use ReLU, or attach with strict=False to use their plain gradient"
             )
         key = (layer, where)
-        if self._warn and key not in self._warned:
+        # what the engine cannot see through is said even where warn=False (which only hides
+        # the plain activations without a rule, tanh and the like, that the caller knows of)
+        hidden = any("(" in e.func for e in unsupported)
+        checked = ""
+        if any("unknown type" in e.func for e in unsupported):
+            checked = (
+                " (a layer of unknown type is checked by tracing its forward: it gets the "
+                "exact reverse step when every torch call it makes is linear in its input, a "
+                "flip, a crop, a scaling; a ReLU inside it gets the rule)"
+            )
+        if (self._warn or hidden) and key not in self._warned:
             self._warned.add(key)
             warnings.warn(
                 f"no deconvnet rule for {where} on the path to {layer!r}: their plain "
-                "gradient is used; attach(..., strict=True) refuses this",
+                f"gradient is used{checked}; attach(..., strict=True) refuses this",
                 DeconvvizWarning,
                 stacklevel=5,
             )
@@ -581,14 +675,17 @@ class Deconvnet:
         info = self._layer(self._probe(x), layer)
         assert info.out_shape is not None
         chans, single = check_channels(channel, info.out_shape[0])
+        self._check_train_mode()
         n, k = x.shape[0], len(chans)
         img = torch.arange(n).repeat_interleave(k)
         chan = torch.tensor(chans).repeat(n)
         rows, cols, expected = self._positions(x, info, layer, img, chan, chans, position)
         out = x.new_zeros((n * k, *x.shape[1:]))
-        for idx, grads, boxes in self._project_seeds(
-            x, info, layer, img, chan, rows, cols, expected
-        ):
+        if info.batch_stats:
+            windows = self._project_batch(x, info, layer, img, chan, rows, cols)
+        else:
+            windows = self._project_seeds(x, info, layer, img, chan, rows, cols, expected)
+        for idx, grads, boxes in windows:
             scatter_windows(out, idx, grads, boxes)
         out = out.view(n, k, *x.shape[1:])
         return out[:, 0] if single else out
@@ -695,6 +792,7 @@ class Deconvnet:
         info = self._layer(self._probe(x), layer)
         img, chan = self._seed_index(x, info, image, channel)
         rows, cols = self._seed_positions(info, layer, position, len(img))
+        self._check_train_mode()
         given = None
         if values is not None:
             if rows is None:
@@ -751,9 +849,18 @@ class Deconvnet:
     ) -> Iterator[Windows]:
         """Seeds on whole images (one shared forward per image), or on crops."""
         h, w = int(x.shape[-2]), int(x.shape[-1])
+        if info.batch_stats:
+            yield from self._project_batch(x, info, layer, img, chan, rows, cols)
+            return
         if self._whole_image(info, (h, w)):
             yield from self._project_full(x, info, layer, img, chan, rows, cols, range(len(img)))
             return
+        if rows is not None and cols is not None and values is None:
+            # positions given without values: the crops are checked against the full images'
+            # values, as project() checks them (one forward pass of the batch)
+            acts = self._values(x, layer)
+            dev = acts.device
+            values = acts[img.to(dev), chan.to(dev), rows.to(dev), cols.to(dev)]
         if rows is None or cols is None:
             acts = self._values(x, layer)[img.to(x.device), chan.to(x.device)]  # [S, h, w]
             flat = acts.flatten(1)
@@ -837,12 +944,20 @@ class Deconvnet:
     def _project_fallback(
         self, x: Tensor, info: _LayerInfo, layer: str, seeds: _Seeds, given: Tensor | None
     ) -> Windows:
-        """Seeds whose crops failed, on full images; this layer uses full images from now on."""
+        """Seeds whose crops failed, on full images; this layer uses full images from now on.
+
+        The whole batch ``x`` runs forward, as the caller gave it (a model that disagrees on
+        crops may also read across the batch, ``h * h.mean().item()`` say), and each seed walks
+        back on its own."""
         h, w = int(x.shape[-2]), int(x.shape[-1])
         info.crop_ok = False
-        grads, _ = self._backward(x[seeds.img], layer, seeds.chan, seeds.rows, seeds.cols, given)
+        parts = list(
+            self._project_batch(x, info, layer, seeds.img, seeds.chan, seeds.rows, seeds.cols)
+        )
+        self.crop_log.pop()  # _project_batch's entry: this is a fallback
         self.crop_log.append((layer, (h, w), len(seeds.idx), "fallback"))
-        return seeds.idx, grads, [(0, 0, h, w)] * len(seeds.idx)
+        idx = seeds.idx[torch.cat([p[0] for p in parts])]
+        return idx, torch.cat([p[1] for p in parts]), [(0, 0, h, w)] * len(idx)
 
     def _project_full(
         self,
@@ -869,6 +984,47 @@ class Deconvnet:
             modules=self._names,
         )
         self.crop_log.append((layer, (int(x.shape[-2]), int(x.shape[-1])), len(members), "full"))
+
+    def _project_batch(
+        self,
+        x: Tensor,
+        info: _LayerInfo,
+        layer: str,
+        img: Tensor,
+        chan: Tensor,
+        rows: Tensor | None,
+        cols: Tensor | None,
+    ) -> Iterator[Windows]:
+        """Seeds of a layer whose activations depend on the whole batch (batch statistics):
+        the whole of ``x`` forward once, each seed walked back on its own (seeds of different
+        images cannot share a backward: the batch statistics couple the images)."""
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        with torch.inference_mode(False):
+            xin = _normal(x).detach().clone().requires_grad_(True)
+            out = self._forward_to(xin, layer, grad=True)
+            dev = out.device
+            if out.dim() == 4 and (rows is None or cols is None):
+                best = out.detach()[img.to(dev), chan.to(dev)].flatten(1).argmax(dim=1)
+                rows, cols = (best // out.shape[-1]).cpu(), (best % out.shape[-1]).cpu()
+            total = len(img)
+            for s in range(total):
+                n, c = int(img[s]), int(chan[s])
+                index: tuple[Any, ...] = (n, c)
+                if out.dim() == 4:
+                    assert rows is not None and cols is not None
+                    index = (n, c, int(rows[s]), int(cols[s]))
+                seed = torch.zeros_like(out)
+                seed[index] = out[index].detach()
+                if not out.requires_grad:
+                    g = torch.zeros_like(xin[n])
+                else:
+                    with torch.enable_grad(), exact_cuda(xin, self._names):
+                        (gr,) = torch.autograd.grad(
+                            out, xin, seed, retain_graph=s < total - 1, allow_unused=True
+                        )
+                    g = torch.zeros_like(xin[n]) if gr is None else gr[n].detach()
+                yield torch.tensor([s]), g.unsqueeze(0), [(0, 0, h, w)]
+        self.crop_log.append((layer, (h, w), len(img), "batch"))
 
     def _whole_image(self, info: _LayerInfo, size: tuple[int, int]) -> bool:
         """Whether every seed of the layer runs on the whole image (no crop can help)."""
@@ -954,6 +1110,111 @@ class Deconvnet:
             own = own + module.bias.detach()[chan.to(own.device)]
         seed_in = unit * values.to(unit.device, unit.dtype).view(-1, 1, 1, 1)
         return self._grad(tin, xin, seed_in), own
+
+
+def _unknown_leaf(module: nn.Module) -> bool:
+    """A module with no submodules whose type the support catalogue does not know."""
+    return not any(True for _ in module.children()) and step_for(module, "").startswith(
+        "unknown type"
+    )
+
+
+#: Calls that are linear in their input (or only read shapes): a layer of unknown type that
+#: makes only these gets autograd's backward, which is then its exact reverse step.
+_LINEAR_CALLS = frozenset(
+    {
+        "__get__",
+        "size",
+        "dim",
+        "numel",
+        "flip",
+        "fliplr",
+        "flipud",
+        "rot90",
+        "permute",
+        "transpose",
+        "t",
+        "reshape",
+        "view",
+        "view_as",
+        "flatten",
+        "unflatten",
+        "squeeze",
+        "unsqueeze",
+        "contiguous",
+        "clone",
+        "roll",
+        "narrow",
+        "__getitem__",
+        "select",
+        "index_select",
+        "gather",
+        "cat",
+        "concat",
+        "stack",
+        "chunk",
+        "split",
+        "neg",
+        "__neg__",
+        "add",
+        "__add__",
+        "__radd__",
+        "add_",
+        "__iadd__",
+        "sub",
+        "__sub__",
+        "__rsub__",
+        "sub_",
+        "mul",
+        "__mul__",
+        "__rmul__",
+        "mul_",
+        "__imul__",
+        "div",
+        "__truediv__",
+        "div_",
+        "pad",
+        "pixel_shuffle",
+        "pixel_unshuffle",
+        "avg_pool2d",
+        "adaptive_avg_pool2d",
+        "conv2d",
+        "conv_transpose2d",
+        "linear",
+        "matmul",
+        "expand",
+        "expand_as",
+        "repeat",
+        "to",
+        "float",
+        "double",
+        "half",
+        "type",
+        "type_as",
+        "detach",
+        "sum",
+        "mean",
+        "interpolate",
+        "upsample_nearest2d",
+        "channel_shuffle",
+        "movedim",
+        "swapaxes",
+    }
+)
+_PRODUCTS = frozenset(
+    {"mul", "__mul__", "__rmul__", "mul_", "__imul__", "div", "__truediv__", "div_", "matmul"}
+)
+
+
+def _not_linear(calls: list[tuple[str, int]]) -> str:
+    """What makes a traced forward nonlinear in its input (``""`` where nothing does): a call
+    outside :data:`_LINEAR_CALLS`, or a product of two tensors that both derive from it."""
+    for name, derived in calls:
+        if name not in _LINEAR_CALLS:
+            return f"calls {name}, not known to be linear"
+        if name in _PRODUCTS and derived > 1:
+            return f"multiplies its input by itself ({name})"
+    return ""
 
 
 def batch_images(batch: Any) -> Tensor:

@@ -20,7 +20,7 @@ name in, a field out) lives with :func:`~deconvviz.engine.deconvnet.attach`, whi
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,6 +47,20 @@ class ReceptiveField:
     start: tuple[int, int]
     end: tuple[int, int]
     input_size: tuple[int, int]
+    #: per dimension and output position, the first and last input pixel it really reads
+    #: (``(lo_rows, hi_rows, lo_cols, hi_cols)``; ``hi < lo`` where it reads only padding):
+    #: the true support, which the affine map above can exceed where a strided window never
+    #: reaches the image's last pixels. ``None`` where it was not followed.
+    support: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The affine map, for JSON (:func:`deconvviz._util.json_safe`)."""
+        return {
+            "jump": list(self.jump),
+            "start": list(self.start),
+            "end": list(self.end),
+            "input_size": list(self.input_size),
+        }
 
     @property
     def size(self) -> tuple[int, int]:
@@ -61,11 +75,10 @@ class ReceptiveField:
             >>> rf.box(0, 0)
             (0, 0, 6, 6)
         """
-        y0, x0, y1, x1 = self._corners(row, col)
         if clip:
-            h, w = self.input_size
-            y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
-        return (y0, x0, y1, x1)
+            y0, x0, y1, x1 = (int(v) for v in self.boxes(torch.tensor([row, col])).tolist())
+            return (y0, x0, y1, x1)
+        return self._corners(row, col)
 
     def boxes(self, positions: Tensor, clip: bool = True) -> Tensor:
         """:meth:`box` of every ``(row, col)`` in ``positions`` (``[..., 2]``): ``[..., 4]``.
@@ -78,8 +91,13 @@ class ReceptiveField:
         y0, x0, y1, x1 = self._corners(positions[..., 0], positions[..., 1])
         if clip:
             h, w = self.input_size
-            y0, x0 = y0.clamp_min(0), x0.clamp_min(0)
-            y1, x1 = y1.clamp_max(h), x1.clamp_max(w)
+            y0, x0 = y0.clamp(0, h), x0.clamp(0, w)
+            y1, x1 = y1.clamp(0, h), x1.clamp(0, w)
+            if self.support is not None:  # the pixels really read (never wider)
+                y0, y1 = _support_side(self.support[0], self.support[1], positions[..., 0], y0, y1)
+                x0, x1 = _support_side(self.support[2], self.support[3], positions[..., 1], x0, x1)
+            # an activation that reads only padding has an empty box, never an inverted one
+            y1, x1 = torch.maximum(y1, y0), torch.maximum(x1, x0)
         return torch.stack([y0, x0, y1, x1], dim=-1)
 
     def _corners(self, row: Any, col: Any) -> tuple[Any, Any, Any, Any]:
@@ -90,6 +108,22 @@ class ReceptiveField:
             row * self.jump[0] + self.end[0] + 1,
             col * self.jump[1] + self.end[1] + 1,
         )
+
+
+def _support_side(
+    lo: tuple[int, ...], hi: tuple[int, ...], pos: Tensor, a: Tensor, b: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``[a, b)`` narrowed to the pixels positions ``pos`` really read (``[lo, hi + 1)``); an
+    empty support gives the empty box ``[a, a)``."""
+    if len(lo) == 0:
+        return a, b
+    p = pos.clamp(0, len(lo) - 1).long()
+    lo_t = torch.tensor(lo, dtype=torch.long)[p]
+    hi_t = torch.tensor(hi, dtype=torch.long)[p] + 1
+    empty = hi_t <= lo_t
+    return torch.where(empty, a, torch.maximum(a, lo_t)), torch.where(
+        empty, a, torch.minimum(b, hi_t)
+    )
 
 
 class _Unknown:
@@ -201,16 +235,23 @@ class RFTracker:
 
     def __init__(self) -> None:
         self.meta: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+        #: per followed tensor, the input pixels each position really reads (see
+        #: :attr:`ReceptiveField.support`)
+        self.support: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self.bytes_per_sample = 0  # size of every derived tensor made, per batch item
 
     def watch(self, x: Tensor) -> None:
         self.meta[x] = (1, 1, 0, 0, 0, 0) if x.dim() == 4 else UNKNOWN
+        if x.dim() == 4:
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+            self.support[x] = (tuple(range(h)), tuple(range(h)), tuple(range(w)), tuple(range(w)))
 
     def field(self, t: Tensor, input_size: tuple[int, int]) -> ReceptiveField | None:
         m = self.meta.get(t)
         if m is None or m is UNKNOWN or t.dim() != 4:
             return None
-        return ReceptiveField((m[0], m[1]), (m[2], m[3]), (m[4], m[5]), input_size)
+        sup = self.support.get(t)
+        return ReceptiveField((m[0], m[1]), (m[2], m[3]), (m[4], m[5]), input_size, sup)
 
     def update(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         ins = list(_tensors(args)) + list(_tensors(kwargs))
@@ -228,8 +269,18 @@ class RFTracker:
             if o.dim() > 0:
                 self.bytes_per_sample += o.numel() // max(o.shape[0], 1) * o.element_size()
         new = self._rule(func, args, kwargs, derived, ins, outs) if derived else UNKNOWN
+        sup = None
+        if new is not UNKNOWN:
+            try:
+                sup = self._support_of(func, args, kwargs, derived, outs[0])
+            except Exception:  # pragma: no cover - an odd call: the affine map still holds
+                sup = None
         for o in outs:
             self.meta[o] = new if (new is UNKNOWN or o.dim() == 4) else UNKNOWN
+            if sup is not None and o.dim() == 4:
+                self.support[o] = sup
+            elif o in self.support:
+                del self.support[o]
         # An in-place op changes every tensor that shares the storage (the tensor a view was
         # taken from, ``.data``): they keep a map only if the op was local and they have the
         # same spatial layout.
@@ -240,6 +291,8 @@ class RFTracker:
             m = self.meta.get(a)
             if m is UNKNOWN:
                 continue
+            if a in self.support:
+                del self.support[a]  # the affine map below still bounds it
             if (
                 new is UNKNOWN
                 or m is None
@@ -258,6 +311,41 @@ class RFTracker:
                     max(m[4], new[4]),
                     max(m[5], new[5]),
                 )
+
+    def _support_of(
+        self, func: Any, args: tuple, kwargs: dict, derived: list, out0: Tensor
+    ) -> tuple[tuple[int, ...], ...] | None:
+        """The pixels each position of an op's output really reads, from its inputs'."""
+        name = getattr(func, "__name__", "")
+        if name in _CONV or name in _MAXPOOL or name in _AVGPOOL:
+            first = args[0]
+            sup = self.support.get(first)
+            if sup is None:
+                return None
+            kernel, stride, padding, dilation = _window(name, args, kwargs)
+            out: list[tuple[int, ...]] = []
+            for d in (0, 1):
+                n_out = int(out0.shape[-2 + d])
+                lo, hi = _window_support(
+                    sup[2 * d], sup[2 * d + 1], n_out, kernel[d], stride[d], padding[d], dilation[d]
+                )
+                out += [lo, hi]
+            return tuple(out)
+        sups = [self.support.get(t) for t, _ in derived if t.dim() == 4]
+        if not sups or any(s is None for s in sups):
+            return None
+        first = sups[0]
+        assert first is not None
+        if any(s is None or len(s[0]) != len(first[0]) or len(s[2]) != len(first[2]) for s in sups):
+            return None
+        if len(first[0]) != out0.shape[-2] or len(first[2]) != out0.shape[-1]:
+            return None
+        sides: list[tuple[int, ...]] = []
+        for k in range(4):
+            pick = min if k % 2 == 0 else max  # union: the lowest first pixel, highest last
+            columns = zip(*(s[k] for s in sups if s is not None), strict=True)
+            sides.append(tuple(pick(vals) for vals in columns))
+        return tuple(sides)
 
     def _aliases(self, t: Tensor) -> list[Tensor]:
         """Followed tensors (``t`` included when followed) that share ``t``'s storage."""
@@ -355,6 +443,33 @@ def _window(name: str, args: tuple, kwargs: dict) -> tuple[_Pair, _Pair, _Pair, 
     else:  # 'same': PyTorch pads (total // 2) before
         padding = (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
     return kernel, stride, padding, dilation
+
+
+_EMPTY_LO = 1 << 30
+
+
+def _window_support(
+    lo: tuple[int, ...],
+    hi: tuple[int, ...],
+    n_out: int,
+    kernel: int,
+    stride: int,
+    padding: int,
+    dilation: int,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Along one dimension, the first and last input pixel each output position of a window op
+    reads, from those of its input positions (padding reads nothing)."""
+    n_in = len(lo)
+    out_lo, out_hi = [], []
+    for q in range(n_out):
+        a, b = _EMPTY_LO, -1
+        for t in range(kernel):
+            i = q * stride - padding + t * dilation
+            if 0 <= i < n_in and hi[i] >= lo[i]:
+                a, b = min(a, lo[i]), max(b, hi[i])
+        out_lo.append(a)
+        out_hi.append(b)
+    return tuple(out_lo), tuple(out_hi)
 
 
 def _compose(m: _Meta, kernel: _Pair, stride: _Pair, padding: _Pair, dilation: _Pair) -> _Meta:

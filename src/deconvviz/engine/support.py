@@ -101,6 +101,7 @@ _NO_RULE_MODULES: tuple[type[nn.Module], ...] = (
     nn.MultiheadAttention,
 )
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_PARAMETRIZATIONS: tuple[type[nn.Module], ...] = (torch.nn.utils.parametrize.ParametrizationList,)
 
 # type -> reverse step, for the summary (first match wins; ReLU is described by the rule)
 _STEPS: list[tuple[tuple[type[nn.Module], ...], str]] = [
@@ -188,8 +189,14 @@ def step_for(module: nn.Module, relu_step: str) -> str:
     for types, step in _STEPS:
         if isinstance(module, types):
             return relu_step if step == "<relu>" else step
+    if isinstance(module, _PARAMETRIZATIONS):
+        return "computes a parametrized weight (off the signal's path)"
     if not any(True for _ in module.children()):
-        return "NO deconvnet rule known for this layer type: its plain gradient is used"
+        return (
+            "unknown type: its forward is traced (ReLU calls get the rule; other activations, "
+            "custom autograd Functions and a nonlinear forward are reported) and autograd "
+            "gives its reverse step"
+        )
     return (
         "its submodules' steps; residual adds send the signal down every branch, "
         "concatenations split it"
