@@ -422,3 +422,83 @@ def test_fig2_block_paints_outside_pixels():
     right = block[:, 2 + 3 :]
     assert right[0, 0] == round(OUTSIDE * 255) and right[0, 1] == 0 and right[1, 1] == 0
     assert (block[:, :2] == 128).all()  # zero reconstruction: grey
+
+
+class _CountingData:
+    """A dataset that counts how often each image is read."""
+
+    def __init__(self, data: list) -> None:
+        self.data = data
+        self.reads = [0] * len(data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        self.reads[i] += 1
+        return self.data[i]
+
+
+class _FiveConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 5, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(5, 5, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(5, 3, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+def test_reconstruct_dataset_reads_the_dataset_once_for_all_layers():
+    """One scan for every layer: an image that is no layer's top-k is read exactly once (the
+    old per-layer loop read it once per layer); the result equals the per-layer path."""
+    from deconvviz import project_top, top_activations
+
+    torch.manual_seed(0)
+    model = _FiveConvNet().double().eval()
+    layers = conv_layer_names(model)
+    assert len(layers) == 5
+    data = _CountingData(_data(n=20, seed=3))
+    k = 2
+    res = reconstruct_dataset(model, data, layers, k=k, batch_size=6, progress=False)
+    in_top = {int(i) for rec in res.values() for i in rec.indices.flatten().tolist()}
+    others = [i for i in range(len(data)) if i not in in_top]
+    assert others, "every image was someone's top-k: the test needs more images"
+    # image 0 is also read once up front, to check the items' form before the scan starts
+    assert all(data.reads[i] == 1 + (i == 0) for i in others), data.reads
+    # the projections of the top-k read only those images again
+    assert all(data.reads[i] >= 2 for i in in_top)
+    # the same answer as scanning each layer on its own
+    loader = torch.utils.data.DataLoader(data.data, batch_size=6)
+    for layer in layers:
+        top = top_activations(model, loader, layer, k=k, progress=False)
+        proj = project_top(model, data.data, top, progress=False)
+        rec = res[layer]
+        assert torch.equal(rec.indices, top.indices) and torch.equal(rec.values, top.values)
+        torch.testing.assert_close(rec.reconstructions, proj.reconstructions, rtol=0, atol=0)
+
+
+def test_reconstruct_dataset_max_images_uses_the_first_n_in_one_place():
+    model = _model()
+    data = _data(n=12)
+    cut = reconstruct_dataset(model, data, ["conv2"], k=2, max_images=5, progress=False)
+    ref = reconstruct_dataset(model, data[:5], ["conv2"], k=2, progress=False)
+    assert cut["conv2"].images == 5
+    assert int(cut["conv2"].indices.max()) < 5
+    torch.testing.assert_close(cut["conv2"].values, ref["conv2"].values, rtol=0, atol=0)
+    torch.testing.assert_close(
+        cut["conv2"].reconstructions, ref["conv2"].reconstructions, rtol=0, atol=0
+    )
+    with pytest.raises(InputError, match="max_images"):
+        reconstruct_dataset(model, data, ["conv2"], max_images=0, progress=False)

@@ -26,6 +26,8 @@ __all__ = [
     "check_layers",
     "check_model",
     "check_positive_int",
+    "conv_layer_names",
+    "default_layers",
     "model_device_dtype",
     "module_names",
     "split_call",
@@ -132,6 +134,25 @@ def check_labels(labels: Any, n: int) -> Tensor:
 def module_names(model: nn.Module) -> dict[str, nn.Module]:
     """Named submodules (``named_modules()`` spelling), the model itself excluded."""
     return {name: m for name, m in model.named_modules() if m is not model}
+
+
+def conv_layer_names(model: nn.Module) -> list[str]:
+    """Names of the 2-D convolution layers of ``model`` (``named_modules()`` order): the one
+    definition of the default layers of every dataset pipeline (scan, reconstruct, the report,
+    the atlas)."""
+    return [name for name, m in model.named_modules() if name and isinstance(m, nn.Conv2d)]
+
+
+def default_layers(model: nn.Module, what: str = "scan") -> list[str]:
+    """:func:`conv_layer_names`, or a :class:`LayerError` when the model has none (``what``:
+    the job, for the message)."""
+    names = conv_layer_names(model)
+    if not names:
+        raise LayerError(
+            f"{type(model).__name__} has no Conv2d layers to {what} by default; name the "
+            "layers to use: --layer NAME (layers=[...] in Python)"
+        )
+    return names
 
 
 def check_layers(model: nn.Module, layers: Sequence[str]) -> tuple[str, ...]:

@@ -35,13 +35,20 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from deconvviz._util import items_within, safe_name
-from deconvviz.checks import check_layer, check_model, check_positive_int, model_device_dtype
+from deconvviz.checks import (
+    check_layer,
+    check_model,
+    check_positive_int,
+    conv_layer_names,
+    default_layers,
+    model_device_dtype,
+)
 from deconvviz.engine import Deconvnet, attach
 from deconvviz.errors import DataError, InputError, LayerError
 from deconvviz.images import load_images
 from deconvviz.receptive import ReceptiveField
 from deconvviz.rules import get_rule
-from deconvviz.scan import top_activations
+from deconvviz.scan import scan
 from deconvviz.topk import (
     FewImagesWarning,
     TopProjections,
@@ -218,22 +225,11 @@ class LayerReconstructions:
 # ------------------------------------------------------------------------------ helpers
 
 
-def conv_layer_names(model: nn.Module) -> list[str]:
-    """Names of the 2-D convolution layers of ``model`` (``named_modules()`` order)."""
-    return [name for name, m in model.named_modules() if name and isinstance(m, nn.Conv2d)]
-
-
 def _check_layers(model: nn.Module, layers: Sequence[str] | str | None) -> list[str]:
     if isinstance(layers, str):
         layers = [layers]
     if layers is None or len(layers) == 0:
-        found = conv_layer_names(model)
-        if not found:
-            raise LayerError(
-                f"{type(model).__name__} has no Conv2d layers to reconstruct by default; "
-                "name the layers to project: --layer NAME (layers=[...] in Python)"
-            )
-        return found
+        return default_layers(model, "reconstruct")
     out: list[str] = []
     for layer in layers:
         # 'name:N' (the N-th call of a module called several times) is the engine's to check
@@ -299,13 +295,15 @@ def reconstruct_dataset(
     batch_size: int = 256,
     progress: bool = True,
     num_workers: int = 0,
+    max_images: int | None = None,
 ) -> dict[str, LayerReconstructions]:
     """The paper's Fig. 2 for every chosen layer: top-``k`` activations per feature map, projected.
 
-    For each layer the dataset is scanned once (each forward pass stopped at the layer) for the
-    ``k`` strongest activations of every feature map, from distinct images; each is then
-    projected to pixel space with ``rule`` and cut to its receptive field, beside the image patch
-    that caused it.
+    The dataset is read once for all layers (one :func:`deconvviz.scan`, each forward pass
+    stopped after the deepest layer) for the ``k`` strongest activations of every feature map
+    of every layer, from distinct images; each is then projected to pixel space with ``rule``
+    and cut to its receptive field, beside the image patch that caused it (only those images
+    are read again).
 
     Args:
         model: the network (its ``training`` flags are left as they were).
@@ -322,6 +320,7 @@ def reconstruct_dataset(
         progress: show progress bars.
         num_workers: DataLoader worker processes reading the images (for folders read from
             disk, e.g. :class:`deconvviz.datasets.FolderDataset`).
+        max_images: use only the first ``N`` images of ``dataset``.
 
     Returns:
         ``{layer: LayerReconstructions}`` in the order given; ``reconstructions`` and
@@ -335,14 +334,26 @@ def reconstruct_dataset(
     """
     from tqdm.auto import tqdm
 
-    names, loader = _checked_scan(model, dataset, layers, k, rule, batch_size, num_workers)
-    if len(dataset) < k:  # once here, not once per layer
-        warnings.warn(few_images_message(k, len(dataset)), FewImagesWarning, stacklevel=2)
+    names, loader = _checked_scan(
+        model, dataset, layers, k, rule, batch_size, num_workers, max_images
+    )
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    if n < k:  # once here, not once per layer
+        warnings.warn(few_images_message(k, n), FewImagesWarning, stacklevel=2)
+    found = scan(
+        model,
+        loader,
+        names,
+        k,
+        max_images=max_images,
+        progress=progress,
+        distributed=False,
+    )
     return {
-        layer: _reconstruct_layer(
-            model, dataset, loader, layer, rule, k, channels, max_channels, batch_size, progress
+        layer: _project_layer(
+            model, dataset, found[layer], rule, channels, max_channels, batch_size, progress, n
         )
-        for layer in tqdm(names, desc="reconstructing", unit="layer", disable=not progress)
+        for layer in tqdm(names, desc="projecting", unit="layer", disable=not progress)
     }
 
 
@@ -354,12 +365,14 @@ def _checked_scan(
     rule: str,
     batch_size: Any,
     num_workers: int,
+    max_images: Any,
 ) -> tuple[list[str], DataLoader[Any]]:
     """:func:`reconstruct_dataset`'s argument checks; the layer names and a loader of
     ``dataset`` in order."""
     _check_model(model)
     check_positive_int("k (--top)", k)
     check_positive_int("batch_size", batch_size)
+    check_positive_int("max_images", max_images, or_none=True)
     _check_rule(rule)
     names = _check_layers(model, layers)
     _first_image(dataset)  # a clear error for an empty dataset or odd items, before scanning
@@ -372,24 +385,20 @@ def _checked_scan(
     return names, loader
 
 
-def _reconstruct_layer(
+def _project_layer(
     model: nn.Module,
     dataset: Sequence[Any],
-    loader: DataLoader[Any],
-    layer: str,
+    top: Any,
     rule: str,
-    k: int,
     channels: Sequence[int] | None,
     max_channels: int | None,
     batch_size: int,
     progress: bool,
+    images: int,
 ) -> LayerReconstructions:
-    """One layer of :func:`reconstruct_dataset`: scan ``loader`` for the top-``k`` activations,
-    then project those of the chosen channels."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FewImagesWarning)  # reconstruct_dataset warned once
-        top = top_activations(model, loader, layer, k=k, progress=progress)
-    chans = _pick_channels(layer, top.channels, channels, max_channels)
+    """One layer of :func:`reconstruct_dataset`: project the scanned top activations of the
+    chosen channels (``images``: how many images the scan read)."""
+    chans = _pick_channels(top.layer, top.channels, channels, max_channels)
     proj = project_top(
         model,
         dataset,
@@ -399,7 +408,7 @@ def _reconstruct_layer(
         batch_size=batch_size,
         progress=progress,
     )
-    return LayerReconstructions.from_projections(proj, chans, images=len(dataset))
+    return LayerReconstructions.from_projections(proj, chans, images=images)
 
 
 def reconstruct_images(

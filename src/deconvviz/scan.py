@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
-from deconvviz.checks import check_model, check_positive_int
+from deconvviz.checks import check_model, check_positive_int, default_layers
 from deconvviz.engine import Deconvnet, batch_images, model_device_dtype
 from deconvviz.engine.tracer import Tracer, eval_mode, split_call
 from deconvviz.errors import CheckpointError, InputError, LayerError
@@ -270,13 +270,7 @@ def _length(data: Any) -> int | None:
 
 def _choose_layers(model: nn.Module, layers: str | Sequence[str] | None) -> list[str]:
     if layers is None or layers == "conv":
-        names = [n for n, m in model.named_modules() if n and isinstance(m, nn.Conv2d)]
-        if not names:
-            raise LayerError(
-                f"{type(model).__name__} has no Conv2d layers to scan by default; name the "
-                "layers (layers=[...], --layer NAME)"
-            )
-        return names
+        return default_layers(model, "scan")
     if isinstance(layers, str):
         layers = [layers]
     out: list[str] = []

@@ -101,7 +101,7 @@ def reconstruct_cmd(
         click.echo(_images_mode(run, images, what, compare, out, progress))
         return
     data = _dataset_split(run, data_dir, dataset, split, max_images)
-    click.echo(_dataset_mode(run, data, what, k, workers, out, progress))
+    click.echo(_dataset_mode(run, data, what, (k, max_images), workers, out, progress))
 
 
 def _images_mode(
@@ -139,15 +139,12 @@ def _images_mode(
 def _dataset_split(
     run: Any, data_dir: Path | None, dataset: str | None, split: str, max_images: int | None
 ) -> Any:
-    """The run's dataset split (its first ``max_images``), said on stderr when picked."""
-    from torch.utils.data import Subset
-
+    """The run's dataset split, said on stderr when picked (image folders list only their
+    first ``max_images`` files; every dataset is cut to them by the scan)."""
     from deconvviz.datasets import dataset_for_model
 
     data = dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)
     dataset_note(data_dir, getattr(data, "name", None), dataset)
-    if max_images is not None and len(data) > max_images:
-        data = Subset(data, range(max_images))
     return data
 
 
@@ -155,22 +152,33 @@ def _dataset_mode(
     run: Any,
     data: Any,
     what: tuple[Any, Any, str],
-    k: int,
+    top: tuple[int, int | None],
     workers: int,
     out: Path,
     progress: bool,
 ) -> str:
-    """Project each feature map's top-k activations over ``data``; the line to print."""
+    """Project each feature map's top-k activations over ``data`` (``top``: k and the images
+    to use, None for all); the line to print."""
     from deconvviz import export_reconstructions as export
     from deconvviz import reconstruct as rec
 
     layers, chans, rule = what
+    k, max_images = top
     found = rec.reconstruct_dataset(
-        run.model, data, layers, k, rule, channels=chans, progress=progress, num_workers=workers
+        run.model,
+        data,
+        layers,
+        k,
+        rule,
+        channels=chans,
+        progress=progress,
+        num_workers=workers,
+        max_images=max_images,
     )
     pngs = export.write_dataset_reconstructions(found, out)
+    n = next(iter(found.values())).images if found else len(data)
     return (
-        f"wrote {len(pngs)} figures to {out} (top-{k} of {len(data)} images, "
+        f"wrote {len(pngs)} figures to {out} (top-{k} of {n} images, "
         f"layers {', '.join(found)}, rule {rule})"
     )
 
