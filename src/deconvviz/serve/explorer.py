@@ -405,10 +405,13 @@ class Explorer:
                     img = im.convert("L" if c == 1 else "RGB")
         except InputError:
             raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InputError(
+                f"the image is over the {MAX_UPLOAD_PIXELS} pixel limit (a decompression "
+                "bomb?); send a smaller image"
+            ) from None
         except (
             UnidentifiedImageError,
-            Image.DecompressionBombError,
-            Image.DecompressionBombWarning,
             OSError,
             SyntaxError,
             ValueError,
