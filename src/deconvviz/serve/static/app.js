@@ -115,10 +115,10 @@ async function showMaps(s) {
   }
   const info = model.layers.find((l) => l.name === s.layer);
   const silent = acts.silent.filter(Boolean).length;
-  const dead = acts.dead ? `, ${acts.dead.length} dead over the dataset` : "";
+  const deadText = acts.dead ? `, ${acts.dead.length} dead over the dataset` : "";
   $("layer-info").textContent =
     `${info.type}, ${acts.channels} units of ${acts.map[0]}x${acts.map[1]}` +
-    (info.rf ? `, receptive field ${info.rf[0]}x${info.rf[1]} px` : "") + `; ${silent} silent here${dead}`;
+    (info.rf ? `, receptive field ${info.rf[0]}x${info.rf[1]} px` : "") + `; ${silent} silent here${deadText}`;
   const [h, w] = acts.map;
   const W = acts.cols * (w + acts.gap) - acts.gap;
   const H = acts.rows * (h + acts.gap) - acts.gap;
@@ -183,14 +183,13 @@ async function showTopk(s, key) {
     box.innerHTML = "";
     if (t.atlas_page) { link.href = `/atlas/${t.atlas_page}`; link.hidden = false; } else link.hidden = true;
     if (!t.strip) { box.innerHTML = '<p class="note">no activations</p>'; return; }
-    const n = t.top.length, [th, tw] = t.tile;
+    const n = t.top.length;
     const strip = document.createElement("div");
     strip.className = "strip";
     const im = document.createElement("img");
     im.src = t.strip;
     im.alt = `top ${n}: patches (top row) and ${t.rule} projections (bottom row)`;
-    const scale = Math.max(1, Math.floor(Math.min(72 / th, 72 / tw)));
-    im.style.width = `${(n * (tw + 2) - 2) * scale}px`;
+    im.style.width = "100%";
     strip.appendChild(im);
     const labels = document.createElement("div");
     labels.className = "labels";
@@ -199,7 +198,6 @@ async function showTopk(s, key) {
       a.href = "#";
       a.textContent = `#${e.image}`;
       a.title = `value ${e.value.toPrecision(3)} at ${e.position.join(",")}: open this image`;
-      a.style.width = `${(tw + 2) * scale}px`;
       a.onclick = (ev) => { ev.preventDefault(); setState({ image: String(e.image) }); };
       labels.appendChild(a);
     }
