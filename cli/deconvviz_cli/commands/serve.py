@@ -17,6 +17,7 @@ from deconvviz_cli.options import (
     dataset_option,
     device_option,
     model_option,
+    progress_option,
     split_option,
     stack,
 )
@@ -91,7 +92,7 @@ def load_target(
     default=None,
     type=click.Path(path_type=Path),
     metavar="PATH",
-    help=RUN_HELP + " Default: the shipped zfnet-cifar network.",
+    help=RUN_HELP,
 )
 @stack(model_option, data_dir_option(required=False), dataset_option, split_option())
 @click.option(
@@ -125,6 +126,7 @@ def load_target(
     help="Port to listen on; 0 picks a free one.",
 )
 @device_option()
+@progress_option
 def serve_cmd(
     checkpoint: Path | None,
     model_factory: ModelSpec,
@@ -136,14 +138,17 @@ def serve_cmd(
     host: str,
     port: int,
     device: str,
+    progress: bool,
 ) -> None:
     """Serve a page to explore a network live: pick a dataset image, upload one or use the
     webcam; see the top-5 classes and every feature map of a layer; click a unit for its
     projection (deconvnet, guided or gradient), its top-9 dataset patches and its occlusion map.
     Every view has its own URL. Ctrl-C stops the server.
 
-    With no options it serves the shipped zfnet-cifar network on the shipped 500 CIFAR-10
-    images, offline.
+    With no options (no -c, no --model) it serves the shipped zfnet-cifar network on the
+    shipped 500 CIFAR-10 images, offline. Without --atlas the data is scanned in the background
+    for every unit's top-9 (resumable: the state is kept in --cache-dir); --progress shows that
+    scan's progress bar.
 
     \b
     Examples:
@@ -164,21 +169,26 @@ def serve_cmd(
             "use the model and read the dataset's images",
             stacklevel=1,
         )
-    model, data, classes, title = load_target(
-        checkpoint, model_factory, data_dir, dataset, split, device
-    )
-    explorer = Explorer(model, data, classes=classes, atlas=atlas, device=device, title=title)
-    app = create_app(explorer, cache_dir=cache_dir or default_cache_dir())
-    sock = _bind(host, port)
-    url = _url(host, sock.getsockname()[1])
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3)
-    server = uvicorn.Server(config)
-    click.echo(f"serving {title} on {url} (Ctrl-C stops it)")
+    sock = _bind(host, port)  # first: a port in use fails before the model loads
     try:
-        server.run(sockets=[sock])
+        model, data, classes, title = load_target(
+            checkpoint, model_factory, data_dir, dataset, split, device
+        )
+        explorer = Explorer(model, data, classes=classes, atlas=atlas, device=device, title=title)
+        app = create_app(
+            explorer, cache_dir=cache_dir or default_cache_dir(), progress=progress
+        )
+        url = _url(host, sock.getsockname()[1])
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3)
+        server = uvicorn.Server(config)
+        click.echo(f"serving {title} on {url} (Ctrl-C stops it)")
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn has shut down cleanly and re-raises the signal
+            pass
     finally:
         sock.close()
-    click.echo("stopped", err=True)
+    click.echo("stopped; the scan state is saved", err=True)
 
 
 COMMANDS: list[click.Command] = [serve_cmd]

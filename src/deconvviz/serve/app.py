@@ -85,6 +85,7 @@ def create_app(
     *,
     scan: bool = True,
     cache_dir: str | Path | None = None,
+    progress: bool = False,
 ) -> Starlette:
     """The Starlette app serving ``explorer``.
 
@@ -93,6 +94,7 @@ def create_app(
         worker: the thread that runs model work (default: a new one, closed with the app).
         scan: start the background scan (when there is no atlas) on startup.
         cache_dir: where the scan keeps its resumable state (None: not kept).
+        progress: show the scan's progress bar on stderr.
     """
     own = worker is None
     work = worker or ModelWorker(str(explorer.device))
@@ -254,7 +256,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if scan:
-            explorer.start_scan(work.idle, cache_dir)
+            explorer.start_scan(work.idle, cache_dir, progress=progress)
         try:
             yield
         finally:

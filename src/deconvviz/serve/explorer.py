@@ -723,6 +723,7 @@ class Explorer:
         idle: threading.Event,
         cache_dir: str | os.PathLike[str] | None = None,
         batch_size: int = 64,
+        progress: bool = False,
     ) -> None:
         """Scan the dataset for every layer's top-k in a background thread, on a copy of the
         model, reading only while ``idle`` is set; resumable from ``cache_dir`` (a state file per
@@ -755,12 +756,14 @@ class Explorer:
                 )
         self.scan.state = None if state is None else str(state)
         self._thread = threading.Thread(
-            target=self._run_scan, args=(idle, state, batch_size), name="deconvviz-scan",
+            target=self._run_scan, args=(idle, state, batch_size, progress), name="deconvviz-scan",
             daemon=True,
         )
         self._thread.start()
 
-    def _run_scan(self, idle: threading.Event, state: Path | None, batch_size: int) -> None:
+    def _run_scan(
+        self, idle: threading.Event, state: Path | None, batch_size: int, bar: bool
+    ) -> None:
         from deconvviz.scan import scan
 
         progress = self.scan
@@ -776,7 +779,7 @@ class Explorer:
                         list(self.layers),
                         self.k,
                         batch_size=batch_size,
-                        progress=False,
+                        progress=bar,
                         state=state,
                         save_every=4,
                         resume=state is not None,
