@@ -94,9 +94,7 @@ def bench(name: str, ex: Any, layer: str, repeats: int, rng: random.Random, view
                 },
                 "projection": {
                     "engine": lambda i, u: dn.project(ex.image(i), layer, u),
-                    "explorer": lambda i, u: ex.projection_png(
-                        ex.projection(i, layer, u)[0]
-                    ),
+                    "explorer": lambda i, u: ex.projection_png(ex.projection(i, layer, u)[0]),
                     "server": lambda i, u: http.get(
                         "/api/projection", params={"image": i, "layer": layer, "unit": u}
                     ).raise_for_status(),
@@ -135,7 +133,9 @@ def main() -> None:
     ex = Explorer(model, load_sample(), classes=info["classes"])
     rows = []
     for layer in ("relu1", "relu3", "relu5"):
-        rows += bench("zfnet-cifar 32px", ex, layer, args.repeats, rng, ["activations", "projection"])
+        rows += bench(
+            "zfnet-cifar 32px", ex, layer, args.repeats, rng, ["activations", "projection"]
+        )
     if not args.skip_resnet:
         import torchvision
 
@@ -143,9 +143,16 @@ def main() -> None:
         ex50 = Explorer(net, _Images(16, (3, 224, 224)))
         for layer in ("layer2.3.relu:2", "layer4.2.relu:2"):
             rows += bench(
-                "resnet50 224px", ex50, layer, args.resnet_repeats, rng, ["activations", "projection"]
+                "resnet50 224px",
+                ex50,
+                layer,
+                args.resnet_repeats,
+                rng,
+                ["activations", "projection"],
             )
-    print("\n| model | layer | view | way | p50 ms | p95 ms |\n| --- | --- | --- | --- | --- | --- |")
+    print(
+        "\n| model | layer | view | way | p50 ms | p95 ms |\n| --- | --- | --- | --- | --- | --- |"
+    )
     for name, layer, view, way, p50, p95 in rows:
         print(f"| {name} | {layer} | {view} | {way} | {p50 * 1e3:.1f} | {p95 * 1e3:.1f} |")
 

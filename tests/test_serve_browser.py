@@ -31,7 +31,6 @@ from deconvviz.datasets import load_sample  # noqa: E402
 from deconvviz.pretrained import load_pretrained  # noqa: E402
 from deconvviz.serve.app import create_app  # noqa: E402
 from deconvviz.serve.explorer import Explorer  # noqa: E402
-
 from serve_server import running  # noqa: E402
 
 

@@ -204,9 +204,14 @@ def test_upload_of_a_dataset_image_predicts_the_same(served):
 
 def _bomb(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims ``width x height`` pixels (its data is never decoded)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 1024)
@@ -220,23 +225,59 @@ BAD = [
     ("not an image", "post", "/api/upload", b"hello, not an image", 400, ["not an image"]),
     ("empty upload", "post", "/api/upload", b"", 400, ["empty"]),
     ("too many bytes", "post", "/api/upload", b"0" * (MAX_UPLOAD_BYTES + 1), 413, ["limit"]),
-    ("unknown layer", "get", "/api/activations?image=0&layer=nope", None, 400,
-     ["unknown layer", "relu1", "pool5"]),
-    ("unknown unit", "get", "/api/projection?image=0&layer=relu1&unit=64", None, 400,
-     ["unknown unit", "0..63"]),
+    (
+        "unknown layer",
+        "get",
+        "/api/activations?image=0&layer=nope",
+        None,
+        400,
+        ["unknown layer", "relu1", "pool5"],
+    ),
+    (
+        "unknown unit",
+        "get",
+        "/api/projection?image=0&layer=relu1&unit=64",
+        None,
+        400,
+        ["unknown unit", "0..63"],
+    ),
     ("unit not a number", "get", "/api/topk?layer=relu1&unit=x", None, 400, ["0..63"]),
-    ("unknown rule", "get", "/api/projection?image=0&layer=relu1&unit=1&rule=lrp", None, 400,
-     ["unknown rule", "deconvnet", "guided", "gradient"]),
+    (
+        "unknown rule",
+        "get",
+        "/api/projection?image=0&layer=relu1&unit=1&rule=lrp",
+        None,
+        400,
+        ["unknown rule", "deconvnet", "guided", "gradient"],
+    ),
     ("unknown image", "get", "/api/predict?image=500", None, 400, ["0..499"]),
     ("image as a path", "get", "/api/predict?image=../../etc/passwd", None, 400, ["0..499"]),
     ("upload id unknown", "get", "/api/predict?image=u0123", None, 404, ["upload it again"]),
-    ("position outside", "get", "/api/projection?image=0&layer=relu1&unit=1&position=40,0",
-     None, 400, ["outside"]),
-    ("bad occlusion target", "get", "/api/occlusion?image=0&target=pixel", None, 400,
-     ["class, unit"]),
+    (
+        "position outside",
+        "get",
+        "/api/projection?image=0&layer=relu1&unit=1&position=40,0",
+        None,
+        400,
+        ["outside"],
+    ),
+    (
+        "bad occlusion target",
+        "get",
+        "/api/occlusion?image=0&target=pixel",
+        None,
+        400,
+        ["class, unit"],
+    ),
     ("unknown class", "get", "/api/images?class=zebra", None, 400, ["airplane"]),
-    ("bad format", "get", "/api/projection?image=0&layer=relu1&unit=1&format=svg", None, 400,
-     ["png, json"]),
+    (
+        "bad format",
+        "get",
+        "/api/projection?image=0&layer=relu1&unit=1&format=svg",
+        None,
+        400,
+        ["png, json"],
+    ),
 ]
 
 

@@ -24,7 +24,6 @@ from deconvviz.datasets import load_sample  # noqa: E402
 from deconvviz.pretrained import load_pretrained  # noqa: E402
 from deconvviz.serve.app import create_app  # noqa: E402
 from deconvviz.serve.explorer import Explorer  # noqa: E402
-
 from serve_server import running  # noqa: E402
 
 CLIENTS = 16
@@ -74,8 +73,7 @@ def _load(base: str, seconds: float) -> dict:
     out: dict = {}
     lock = threading.Lock()
     threads = [
-        threading.Thread(target=_client, args=(base, seconds, s, out, lock))
-        for s in range(CLIENTS)
+        threading.Thread(target=_client, args=(base, seconds, s, out, lock)) for s in range(CLIENTS)
     ]
     for t in threads:
         t.start()

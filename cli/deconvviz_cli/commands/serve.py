@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import warnings
@@ -177,17 +178,14 @@ def serve_cmd(
             checkpoint, model_factory, data_dir, dataset, split, device
         )
         explorer = Explorer(model, data, classes=classes, atlas=atlas, device=device, title=title)
-        app = create_app(
-            explorer, cache_dir=cache_dir or default_cache_dir(), progress=progress
-        )
+        app = create_app(explorer, cache_dir=cache_dir or default_cache_dir(), progress=progress)
         url = _url(host, sock.getsockname()[1])
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3)
         server = uvicorn.Server(config)
         click.echo(f"serving {title} on {url} (Ctrl-C stops it)")
-        try:
+        # uvicorn shuts down cleanly on Ctrl-C, then re-raises the signal: that is the end
+        with contextlib.suppress(KeyboardInterrupt):
             server.run(sockets=[sock])
-        except KeyboardInterrupt:  # uvicorn has shut down cleanly and re-raises the signal
-            pass
     finally:
         sock.close()
     click.echo("stopped; the scan state is saved", err=True)

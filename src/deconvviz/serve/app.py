@@ -57,7 +57,7 @@ def _int(request: Request, name: str, default: int | None = None) -> int | None:
     if raw in (None, ""):
         return default
     try:
-        return int(raw)  # type: ignore[arg-type]
+        return int(raw)
     except ValueError:
         raise DeconvvizError(f"{name} must be an integer, got {raw!r}") from None
 
@@ -178,7 +178,7 @@ def create_app(
         def compute() -> tuple[Any, dict[str, Any], bytes | None]:
             rec, meta = explorer.projection(
                 q(request, "image"),
-                q(request, "layer"),  # type: ignore[arg-type]
+                q(request, "layer"),
                 q(request, "unit"),
                 q(request, "rule") or "deconvnet",
                 _position(request),

@@ -100,7 +100,7 @@ class _Stop(KeyboardInterrupt):
     a KeyboardInterrupt, so the next start resumes)."""
 
 
-class _Paced(torch.utils.data.Dataset):  # type: ignore[misc]
+class _Paced(torch.utils.data.Dataset):
     """The dataset as the background scan reads it: each read waits until the model worker is
     idle (interactive requests first) and counts towards the progress."""
 
@@ -198,8 +198,10 @@ class Explorer:
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.dtype = next(model.parameters()).dtype if any(True for _ in model.parameters()) else (
-            torch.float32
+        self.dtype = (
+            next(model.parameters()).dtype
+            if any(True for _ in model.parameters())
+            else (torch.float32)
         )
         if len(dataset) == 0:
             raise InputError("the dataset is empty; pass a folder that holds images")
@@ -212,7 +214,8 @@ class Explorer:
         self.classes = list(classes or getattr(dataset, "classes", None) or [])
         targets = getattr(dataset, "targets", None)
         self.labels: list[int] | None = (
-            [int(t) for t in targets] if targets is not None and len(targets) == len(dataset)
+            [int(t) for t in targets]
+            if targets is not None and len(targets) == len(dataset)
             else None
         )
         self.uploads: OrderedDict[str, Tensor] = OrderedDict()
@@ -267,16 +270,16 @@ class Explorer:
     def default_layer(self) -> str:
         """A rectified layer deep in the net whose maps are still at least 4x4 (else the
         first)."""
-        good = [
-            n for n, i in self.layers.items() if i.type == "ReLU" and min(i.shape[1:]) >= 4
-        ]
+        good = [n for n, i in self.layers.items() if i.type == "ReLU" and min(i.shape[1:]) >= 4]
         return good[-1] if good else next(iter(self.layers))
 
     def layer(self, name: str | None) -> LayerInfo:
         """The layer called ``name``; an error naming the valid ones otherwise."""
         if name is None or name not in self.layers:
             names = list(self.layers)
-            shown = ", ".join(names[:40]) + (f" ... ({len(names)} in all)" if len(names) > 40 else "")
+            shown = ", ".join(names[:40]) + (
+                f" ... ({len(names)} in all)" if len(names) > 40 else ""
+            )
             raise LayerError(f"unknown layer {name!r}; valid layers: {shown}")
         return self.layers[name]
 
@@ -325,7 +328,7 @@ class Explorer:
 
     def image(self, spec: Any) -> Tensor:
         """``[1, C, H, W]`` on the model's device: dataset image ``"17"`` or upload ``"u..."``."""
-        s = str(spec or "")
+        s = "" if spec is None else str(spec)
         if s.startswith("u"):
             with self._lock:
                 t = self.uploads.get(s)
@@ -417,8 +420,9 @@ class Explorer:
             ValueError,
         ) as exc:
             why = " ".join(str(exc).split())[:120] or type(exc).__name__
-            raise InputError(f"the upload is not an image Pillow can read ({why}); send a PNG "
-                             "or JPEG file") from None
+            raise InputError(
+                f"the upload is not an image Pillow can read ({why}); send a PNG or JPEG file"
+            ) from None
         img = fit_image(img, (self.input_shape[1], self.input_shape[2]))
         arr = np.asarray(img, dtype=np.float32) / 255.0
         t = torch.from_numpy(arr[None].copy() if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
@@ -681,7 +685,9 @@ class Explorer:
                 probs = torch.softmax(self.model(x).float(), dim=1)[0]
             c = int(probs.argmax()) if cls in (None, "") else self._class(cls)
             if c >= probs.numel():
-                raise InputError(f"class {c} is not an output of the model (0..{probs.numel() - 1})")
+                raise InputError(
+                    f"class {c} is not an output of the model (0..{probs.numel() - 1})"
+                )
             plan.update(target="class", cls=c, name=self._class_name(c), base=float(probs[c]))
         elif target == "unit":
             info = self.layer(layer)
@@ -756,7 +762,9 @@ class Explorer:
                 )
         self.scan.state = None if state is None else str(state)
         self._thread = threading.Thread(
-            target=self._run_scan, args=(idle, state, batch_size, progress), name="deconvviz-scan",
+            target=self._run_scan,
+            args=(idle, state, batch_size, progress),
+            name="deconvviz-scan",
             daemon=True,
         )
         self._thread.start()

@@ -102,7 +102,7 @@ class ModelWorker:
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the worker thread, waited for from a plain thread."""
-        return self.submit(fn, *args).result()  # type: ignore[no-any-return]
+        return self.submit(fn, *args).result()
 
     def close(self) -> None:
         """Finish the running job, drop the queued ones, stop the thread."""
