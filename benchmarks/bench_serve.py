@@ -10,8 +10,11 @@ For each view, three ways, taking turns on random images and units (so nothing i
 - ``engine``: the bare engine call (``Deconvnet.layer_output`` / ``Deconvnet.project``);
 - ``explorer``: what the server computes for the answer (the engine call plus the per-unit
   maxima, the grid PNG or the projection PNG), :class:`deconvviz.serve.explorer.Explorer`;
+  for a projection, ``cold`` (the layer's maps computed too) and ``after grid`` (as on the page:
+  picking the image computed the layer's maps, which the explorer keeps);
 - ``server``: an HTTP GET over loopback to a uvicorn server in this process, including the
-  worker thread hand-off, JSON/PNG encoding and the HTTP client.
+  worker thread hand-off, JSON/PNG encoding and the HTTP client (a projection: after the
+  activations request the page makes first, untimed).
 
 The views: *activations* (image -> every feature map of a layer, the grid PNG and per-unit
 maxima) and *projection* (unit click -> its projection PNG). Targets (issue 20, 2 CPU cores):
@@ -84,27 +87,55 @@ def bench(name: str, ex: Any, layer: str, repeats: int, rng: random.Random, view
     rows = []
     try:
         with httpx.Client(base_url=base, timeout=120) as http:
-            ways: dict[str, dict[str, Callable[[int, int], Any]]] = {
+            cold = ex._maps.clear  # forget the layer outputs kept for the next projection
+
+            def page_flow(i: int, u: int) -> None:  # the page asked for the layer's maps first
+                cold()
+                http.get("/api/activations", params={"image": i, "layer": layer})
+
+            def explorer_flow(i: int, u: int) -> None:
+                cold()
+                ex.activations(i, layer)
+
+            def clear(i: int, u: int) -> None:
+                cold()
+
+            # view -> way -> (untimed preparation, timed call)
+            ways: dict[str, dict[str, tuple[Callable[[int, int], Any], ...]]] = {
                 "activations": {
-                    "engine": lambda i, u: dn.layer_output(ex.image(i), layer),
-                    "explorer": lambda i, u: ex.activations(i, layer),
-                    "server": lambda i, u: http.get(
-                        "/api/activations", params={"image": i, "layer": layer}
-                    ).raise_for_status(),
+                    "engine": (clear, lambda i, u: dn.layer_output(ex.image(i), layer)),
+                    "explorer": (clear, lambda i, u: ex.activations(i, layer)),
+                    "server": (
+                        clear,
+                        lambda i, u: http.get(
+                            "/api/activations", params={"image": i, "layer": layer}
+                        ).raise_for_status(),
+                    ),
                 },
                 "projection": {
-                    "engine": lambda i, u: dn.project(ex.image(i), layer, u),
-                    "explorer": lambda i, u: ex.projection_png(ex.projection(i, layer, u)[0]),
-                    "server": lambda i, u: http.get(
-                        "/api/projection", params={"image": i, "layer": layer, "unit": u}
-                    ).raise_for_status(),
+                    "engine": (clear, lambda i, u: dn.project(ex.image(i), layer, u)),
+                    "explorer cold": (
+                        clear,
+                        lambda i, u: ex.projection_png(ex.projection(i, layer, u)[0]),
+                    ),
+                    "explorer after grid": (
+                        explorer_flow,
+                        lambda i, u: ex.projection_png(ex.projection(i, layer, u)[0]),
+                    ),
+                    "server after grid": (
+                        page_flow,
+                        lambda i, u: http.get(
+                            "/api/projection", params={"image": i, "layer": layer, "unit": u}
+                        ).raise_for_status(),
+                    ),
                 },
             }
             for view in views:
                 times: dict[str, list[float]] = {w: [] for w in ways[view]}
                 for r in range(repeats + 3):
                     i, u = rng.randrange(n), rng.randrange(units)
-                    for way, fn in ways[view].items():
+                    for way, (prep, fn) in ways[view].items():
+                        prep(i, u)
                         t = time.perf_counter()
                         fn(i, u)
                         if r >= 3:  # warm-up rounds not counted

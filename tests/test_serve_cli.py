@@ -90,3 +90,17 @@ def test_the_listening_socket_lets_asyncio_set_tcp_nodelay():
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_a_host_that_is_not_loopback_is_warned_about(monkeypatch):
+    pytest.importorskip("uvicorn")
+    from deconvviz.errors import InputError
+
+    def refuse(host: str, port: int) -> None:
+        raise InputError("stopped here by the test")
+
+    monkeypatch.setattr("deconvviz_cli.commands.serve._bind", refuse)
+    r = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0"])
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("Warning: --host 0.0.0.0 is not a loopback address"), r.stderr
+    assert lines[1] == "Error: stopped here by the test"

@@ -376,3 +376,44 @@ def test_atlas_gives_the_topk_and_links_its_pages(tmp_path):
         other = client.get("/api/topk?layer=relu2&unit=0")
         assert other.status_code == 400 and "relu1" in other.json()["error"]
         assert client.get("/atlas/../../../etc/passwd").status_code == 404
+
+
+def test_a_request_superseded_by_a_newer_one_from_the_page_is_not_computed():
+    model, info = load_pretrained()
+    ex = Explorer(model, load_sample("test"), classes=info["classes"])
+    app = create_app(ex, scan=False)
+    gate = threading.Event()
+    answers: dict[int, tuple[int, str]] = {}
+    with TestClient(app) as client:
+        worker = app.state.worker
+        blocker = worker.submit(gate.wait)  # the model is busy
+
+        def ask(seq: int, unit: int) -> None:
+            r = client.get(f"/api/projection?image=1&layer=relu2&unit={unit}&client=tab1&seq={seq}")
+            answers[seq] = (r.status_code, r.text[:200])
+
+        old = threading.Thread(target=ask, args=(1, 3))
+        old.start()
+        while worker.idle.is_set() or worker._pending < 2:  # the old request is queued
+            gate.wait(0.01)
+        new = threading.Thread(target=ask, args=(2, 4))
+        new.start()
+        while worker._pending < 3:
+            gate.wait(0.01)
+        done_before = worker.done
+        gate.set()
+        blocker.result(30)
+        old.join(30)
+        new.join(30)
+    assert answers[1][0] == 409 and "superseded" in answers[1][1]
+    assert answers[2][0] == 200
+    assert worker.dropped == 1 and worker.done - done_before == 2  # the blocker, the newer one
+
+
+def test_on_loopback_other_host_names_are_refused():
+    model, _ = load_pretrained()
+    ex = Explorer(model, load_sample("test"))
+    app = create_app(ex, scan=False, allowed_hosts=["127.0.0.1", "localhost"])
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert client.get("/api/model").status_code == 200
+        assert client.get("/api/model", headers={"Host": "evil.example"}).status_code == 400

@@ -27,6 +27,7 @@ from deconvviz.serve.explorer import Explorer  # noqa: E402
 from serve_server import running  # noqa: E402
 
 CLIENTS = 16
+IMAGES = 100  # the sample's test split: its background scan is done in a second
 LAYERS = {"relu1": 64, "relu2": 128, "relu3": 256, "relu5": 256}
 
 
@@ -46,7 +47,7 @@ def _client(base: str, seconds: float, seed: int, out: dict, lock: threading.Loc
     with httpx.Client(base_url=base, timeout=60) as c:
         while time.monotonic() < end:
             layer = rng.choice(list(LAYERS))
-            image, unit = rng.randrange(500), rng.randrange(LAYERS[layer])
+            image, unit = rng.randrange(IMAGES), rng.randrange(LAYERS[layer])
             seq += 1
             who = {"client": f"c{seed}", "seq": seq}
             for path, params in [
@@ -84,7 +85,7 @@ def _load(base: str, seconds: float) -> dict:
 
 def _run(tmp_path, seconds: float) -> None:
     model, info = load_pretrained()
-    ex = Explorer(model, load_sample(), classes=info["classes"])
+    ex = Explorer(model, load_sample("test"), classes=info["classes"])
     app = create_app(ex, cache_dir=tmp_path / "cache")
     with running(app) as base:
         assert ex.wait_scan(120)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,9 @@ from deconvviz_cli.options import (
     split_option,
     stack,
 )
+
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+"""Host headers answered on a loopback address (a DNS-rebinding page sends its own name)."""
 
 EXTRA = 'deconvviz serve needs the serve extra; install it with: pip install "deconvviz[serve]"'
 
@@ -166,11 +168,11 @@ def serve_cmd(
     from deconvviz.serve.app import create_app
     from deconvviz.serve.explorer import Explorer, default_cache_dir
 
-    if not _loopback(host):
-        warnings.warn(
-            f"--host {host} is not a loopback address: anyone who can reach this machine can "
-            "use the model and read the dataset's images",
-            stacklevel=1,
+    if not _loopback(host):  # said before anything else, whatever happens next
+        click.echo(
+            f"Warning: --host {host} is not a loopback address: anyone who can reach this "
+            "machine can use the model and read the dataset's images",
+            err=True,
         )
     sock = _bind(host, port)  # first: a port in use fails before the model loads
     try:
@@ -178,7 +180,12 @@ def serve_cmd(
             checkpoint, model_factory, data_dir, dataset, split, device
         )
         explorer = Explorer(model, data, classes=classes, atlas=atlas, device=device, title=title)
-        app = create_app(explorer, cache_dir=cache_dir or default_cache_dir(), progress=progress)
+        app = create_app(
+            explorer,
+            cache_dir=cache_dir or default_cache_dir(),
+            progress=progress,
+            allowed_hosts=LOOPBACK_NAMES if _loopback(host) else None,
+        )
         url = _url(host, sock.getsockname()[1])
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3)
         server = uvicorn.Server(config)

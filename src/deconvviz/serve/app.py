@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -25,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -86,6 +88,7 @@ def create_app(
     scan: bool = True,
     cache_dir: str | Path | None = None,
     progress: bool = False,
+    allowed_hosts: list[str] | None = None,
 ) -> Starlette:
     """The Starlette app serving ``explorer``.
 
@@ -95,6 +98,9 @@ def create_app(
         scan: start the background scan (when there is no atlas) on startup.
         cache_dir: where the scan keeps its resumable state (None: not kept).
         progress: show the scan's progress bar on stderr.
+        allowed_hosts: answer only requests whose ``Host`` is one of these (``400`` otherwise):
+            on a loopback address this stops a web page from reaching the server through DNS
+            rebinding.
     """
     own = worker is None
     work = worker or ModelWorker(str(explorer.device))
@@ -135,7 +141,8 @@ def create_app(
 
     @guard
     async def image_png(request: Request) -> Response:
-        png = await run(explorer.image_png, request.path_params["image"])
+        # no model work: a thread of the pool, so thumbnails never wait behind the model
+        png = await run_in_threadpool(explorer.image_png, request.path_params["image"])
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @guard
@@ -150,7 +157,7 @@ def create_app(
             body += chunk
             if len(body) > MAX_UPLOAD_BYTES:
                 return _error(413, f"the upload is over the {MAX_UPLOAD_BYTES} byte limit")
-        key = await run(explorer.add_upload, bytes(body))
+        key = await run_in_threadpool(explorer.add_upload, bytes(body))
         return JSONResponse({"id": key})
 
     @guard
@@ -285,8 +292,10 @@ def create_app(
             Route("/atlas", atlas_root),
             Mount("/atlas", StaticFiles(directory=explorer.atlas, html=True), name="atlas"),
         ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    middleware = []
+    if allowed_hosts:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.explorer = explorer
     app.state.worker = work
-    app.state.lock = threading.Lock()
     return app

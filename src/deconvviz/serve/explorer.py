@@ -56,6 +56,8 @@ MAX_UPLOAD_PIXELS = 40_000_000
 file that decodes to gigabytes, is refused from its header, before it is decoded."""
 UPLOADS_KEPT = 64
 """Uploaded images kept in memory (the oldest are forgotten)."""
+MAPS_KEPT = 8
+"""Layer outputs kept (image, layer), for the projections that follow a layer's grid."""
 TOP5 = 5
 
 
@@ -219,6 +221,7 @@ class Explorer:
             else None
         )
         self.uploads: OrderedDict[str, Tensor] = OrderedDict()
+        self._maps: OrderedDict[tuple[str, str], Tensor] = OrderedDict()  # worker thread only
         self._lock = threading.Lock()
         self.atlas = Path(atlas) if atlas is not None else None
         self._atlas: dict[str, dict[str, Any]] = self._read_atlas() if self.atlas else {}
@@ -457,9 +460,20 @@ class Explorer:
         return self.classes[c] if c < len(self.classes) else str(c)
 
     def feature_maps(self, spec: Any, layer: str) -> Tensor:
-        """``[C, h, w]`` output of ``layer`` for the image."""
+        """``[C, h, w]`` output of ``layer`` for the image (the last few are kept: the page
+        asks for a layer's maps, then for projections of its units on the same image)."""
         info = self.layer(layer)
-        return self.dn().layer_output(self.image(spec), info.name)[0]
+        x = self.image(spec)  # checks the image (an upload may have been forgotten)
+        key = (str(spec), info.name)
+        maps = self._maps.get(key)
+        if maps is None:
+            maps = self.dn().layer_output(x, info.name)[0]
+            self._maps[key] = maps
+            while len(self._maps) > MAPS_KEPT:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(key)
+        return maps
 
     def activations(self, spec: Any, layer: str) -> dict[str, Any]:
         """``GET /api/activations``: per unit its strongest activation and where, whether it is
@@ -510,7 +524,7 @@ class Explorer:
         c = self.unit(info, unit)
         dn = self.dn(rule)
         x = self.image(spec)
-        maps = dn.layer_output(x, info.name)[0, c]
+        maps = self.feature_maps(spec, info.name)[c]
         if position is None:
             a = int(maps.flatten().argmax())
             position = (a // maps.shape[1], a % maps.shape[1])
@@ -521,8 +535,10 @@ class Explorer:
                     f"position {r},{q} is outside the {info.shape[1]}x{info.shape[2]} map of "
                     f"{info.name!r} (rows 0..{info.shape[1] - 1}, cols 0..{info.shape[2] - 1})"
                 )
-        rec = dn.project(x, info.name, c, position=position)[0]
         value = float(maps[position[0], position[1]])
+        # the value is known: project_seeds checks its pass against it instead of running the
+        # forward pass to the layer once more (Deconvnet.project(x, layer, c, position) otherwise)
+        rec = dn.project_seeds(x, info.name, [0], [c], [position], values=[value])[0]
         return rec, {
             "layer": info.name,
             "unit": c,
@@ -692,7 +708,7 @@ class Explorer:
         elif target == "unit":
             info = self.layer(layer)
             u = self.unit(info, unit)
-            base = self.dn().layer_output(x, info.name)[0, u].clamp(min=0).sum()
+            base = self.feature_maps(spec, info.name)[u].clamp(min=0).sum()
             plan.update(target="unit", layer=info.name, unit=u, base=float(base))
         else:
             raise InputError(f"unknown occlusion target {target!r}; valid targets: class, unit")
