@@ -67,6 +67,7 @@ async function render() {
   if (s.image !== shown.image) {
     $("current").src = `/api/images/${encodeURIComponent(s.image)}.png`;
     $("current-caption").textContent = s.image.startsWith("u") ? "uploaded image" : `dataset image #${s.image}`;
+    for (const t of document.querySelectorAll("#thumbs img")) t.classList.toggle("current", t.dataset.image === s.image);
     showPrediction(s.image);
     stopOcclusion();
   }
@@ -284,6 +285,7 @@ async function loadThumbs(reset) {
     b.alt = `image ${im.id}`;
     b.title = `#${im.id}` + (im.label !== null && model.classes[im.label] ? ` ${model.classes[im.label]}` : "");
     b.onclick = () => setState({ image: im.id });
+    if (im.id === state.image) b.classList.add("current");
     $("thumbs").appendChild(b);
   }
   thumbs.offset += r.images.length;
