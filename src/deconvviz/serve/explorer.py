@@ -26,7 +26,6 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,11 +199,8 @@ class Explorer:
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.dtype = (
-            next(model.parameters()).dtype
-            if any(True for _ in model.parameters())
-            else (torch.float32)
-        )
+        first = next(model.parameters(), None)
+        self.dtype = first.dtype if first is not None else torch.float32
         if len(dataset) == 0:
             raise InputError("the dataset is empty; pass a folder that holds images")
         self.dataset = dataset
@@ -836,9 +832,3 @@ class Explorer:
         for dn in self._dns.values():
             dn.detach()
         self._dns.clear()
-
-
-def occlusion_rows(ex: Explorer, plan: dict[str, Any]) -> Iterator[list[float]]:
-    """Every row of the occlusion map, in order (for scripts; the app streams them)."""
-    for r in range(len(plan["ys"])):
-        yield ex.occlusion_row(plan, r)
