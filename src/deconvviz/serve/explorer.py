@@ -581,13 +581,13 @@ class Explorer:
         return layers
 
     def atlas_page(self, layer: str, unit: int) -> str | None:
-        """The atlas's page of a unit, relative to the atlas folder."""
-        entry = self._atlas.get(layer)
-        if entry is None:
+        """The atlas's page of a unit, relative to the atlas folder (None when it has none)."""
+        from deconvviz._util import safe_name
+
+        if self.atlas is None or layer not in self._atlas:
             return None
-        page = str(entry.get("page", ""))  # layers/<safe>.html
-        safe = Path(page).stem
-        return f"units/{safe}/{unit}.html" if safe else None
+        page = f"units/{safe_name(layer)}/{unit}.html"  # deconvviz.atlas's layout
+        return page if (self.atlas / page).is_file() else None
 
     def _top(self, layer: str) -> Any:
         """The :class:`deconvviz.TopActivations` of ``layer`` (from the atlas or the scan)."""
