@@ -7,6 +7,8 @@ Run by hand (not part of the tests)::
 
 For each view, three ways, taking turns on random images and units (so nothing is cached):
 
+- ``floor`` (projection only): one plain autograd forward and backward through the whole
+  model, to the input: what any full-image projection costs at least (a reference);
 - ``engine``: the bare engine call (``Deconvnet.layer_output`` / ``Deconvnet.project``);
 - ``explorer``: what the server computes for the answer (the engine call plus the per-unit
   maxima, the grid PNG or the projection PNG), :class:`deconvviz.serve.explorer.Explorer`;
@@ -71,6 +73,14 @@ def _serve(app: Any) -> tuple[str, Callable[[], None]]:
     return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
 
 
+def _floor(ex: Any, i: int) -> Any:
+    """One plain autograd pass, forward and backward to the input, through the whole model: no
+    projection can cost less where the receptive field covers the image (a reference)."""
+    x = ex.image(i).requires_grad_(True)
+    out = ex.model(x)
+    return torch.autograd.grad(out[0, 0], x)[0]
+
+
 def _pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
@@ -113,6 +123,7 @@ def bench(name: str, ex: Any, layer: str, repeats: int, rng: random.Random, view
                     ),
                 },
                 "projection": {
+                    "floor": (clear, lambda i, u: _floor(ex, i)),
                     "engine": (clear, lambda i, u: dn.project(ex.image(i), layer, u)),
                     "explorer cold": (
                         clear,
@@ -152,6 +163,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--resnet-repeats", type=int, default=20)
     ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--skip-zfnet", action="store_true")
     args = ap.parse_args()
 
     from deconvviz.datasets import load_sample
@@ -163,7 +175,7 @@ def main() -> None:
     model, info = load_pretrained()
     ex = Explorer(model, load_sample(), classes=info["classes"])
     rows = []
-    for layer in ("relu1", "relu3", "relu5"):
+    for layer in () if args.skip_zfnet else ("relu1", "relu3", "relu5"):
         rows += bench(
             "zfnet-cifar 32px", ex, layer, args.repeats, rng, ["activations", "projection"]
         )
