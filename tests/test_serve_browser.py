@@ -87,6 +87,18 @@ def test_pick_an_image_click_a_unit_see_its_projection_and_go_back(tmp_path):
                 want = dn.project(x, "relu2", 40, position=tuple(served["position"]))[0]
             got = np.asarray(served["values"], dtype=np.float32)
             assert np.allclose(got, want.numpy(), atol=1e-6 * float(want.abs().max()))
+            # and the pixels the page shows are that array, 0 as grey (read back from the page)
+            rgba = page.evaluate(
+                "() => { const i = document.getElementById('projection');"
+                " const c = document.createElement('canvas');"
+                " c.width = i.naturalWidth; c.height = i.naturalHeight;"
+                " const g = c.getContext('2d'); g.drawImage(i, 0, 0);"
+                " return Array.from(g.getImageData(0, 0, c.width, c.height).data); }"
+            )
+            shown = np.asarray(rgba, dtype=np.int64).reshape(32, 32, 4)[..., :3]
+            w = want.double().numpy()
+            expect = np.round(np.clip(0.5 + w / (2 * np.abs(w).max()), 0, 1) * 255)
+            assert np.abs(shown - expect.transpose(1, 2, 0)).max() <= 1
             assert page.locator("#top5 li").count() == 5
             # the top-k strip appears once the background scan is done
             page.wait_for_selector("#topk .strip img", timeout=60_000)

@@ -417,3 +417,39 @@ def test_on_loopback_other_host_names_are_refused():
     with TestClient(app, base_url="http://127.0.0.1") as client:
         assert client.get("/api/model").status_code == 200
         assert client.get("/api/model", headers={"Host": "evil.example"}).status_code == 400
+
+
+def test_the_background_scan_resumes_after_a_stop_and_equals_a_fresh_scan(tmp_path):
+    import time
+
+    from deconvviz.scan import scan
+
+    model, _ = load_pretrained()
+    data = load_sample()
+    idle = threading.Event()
+    idle.set()
+    first = Explorer(model, data)
+    first.start_scan(idle, tmp_path, batch_size=16)
+    deadline = time.monotonic() + 120
+    while first.scan.done < 100:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline and first.scan.error is None, first.scan
+        time.sleep(0.01)
+    first.close()  # Ctrl-C: the scan stops and saves its state
+    assert not first.scan.finished  # type: ignore[union-attr]
+    saved = torch.load(first.scan.state, weights_only=True)["done"]  # type: ignore[union-attr]
+    assert 0 < saved < len(data)
+
+    second = Explorer(model, data)
+    reads: list[int] = []
+    second.start_scan(idle, tmp_path, batch_size=16)
+    while not second.scan.finished:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline and second.scan.error is None, second.scan
+        reads.append(second.scan.done)  # type: ignore[union-attr]
+        time.sleep(0.005)
+    assert min(d for d in reads if d > 0) > saved  # it went on from the saved state
+    fresh = scan(model, data, list(second.layers), 9, progress=False)
+    for layer in ("relu1", "relu5"):
+        got, want = second._scan_result[layer], fresh[layer]
+        assert torch.equal(got.indices, want.indices), layer
+        assert torch.allclose(got.values, want.values), layer
+    second.close()
