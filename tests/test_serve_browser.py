@@ -123,6 +123,24 @@ def test_pick_an_image_click_a_unit_see_its_projection_and_go_back(tmp_path):
                 timeout=30_000,
             )
             assert int(page.eval_on_selector("#occlusion", "e => e.dataset.rows")) > 1
+            # an upload (the file input the drop zone also feeds) becomes the page's image
+            from PIL import Image
+
+            png = tmp_path / "upload.png"
+            arr = (data[3][0] * 255).round().byte().permute(1, 2, 0).numpy()
+            Image.fromarray(arr).save(png)
+            page.set_input_files("#file", str(png))
+            page.wait_for_function("() => /image=u[0-9a-f]+/.test(location.search)")
+            page.wait_for_function(
+                "() => document.getElementById('current-caption').textContent === 'uploaded image'"
+            )
+            page.go_back()  # and back to dataset image 12, unit 40
+            page.wait_for_function("() => location.search.includes('image=12')")
+            page.wait_for_function(
+                "() => document.getElementById('projection').dataset.ready === '1'"
+                " && document.getElementById('projection').dataset.image === '12'",
+                timeout=30_000,
+            )
             shot = os.environ.get("DECONVVIZ_SCREENSHOT")
             if shot:
                 page.mouse.move(0, 0)
