@@ -13,6 +13,7 @@ from deconvviz_cli.commands import inspect as _inspect
 from deconvviz_cli.commands import measures as _measures
 from deconvviz_cli.commands import reconstruct as _reconstruct
 from deconvviz_cli.commands import report as _report
+from deconvviz_cli.commands import serve as _serve
 from deconvviz_cli.commands import train as _train
 
 COMMANDS: list[click.Command] = []
@@ -28,3 +29,4 @@ COMMANDS += _reconstruct.COMMANDS
 COMMANDS += _report.COMMANDS
 COMMANDS += _atlas.COMMANDS
 COMMANDS += [_inspect.inspect_cmd]
+COMMANDS += _serve.COMMANDS

@@ -1,0 +1,301 @@
+"""The web app of ``deconvviz serve``: the HTTP API of ``docs/serve.md`` and the page.
+
+Routes only: every answer is computed by :class:`~deconvviz.serve.explorer.Explorer` on the
+:class:`~deconvviz.serve.worker.ModelWorker` thread. Requests may carry ``client`` (the page's
+id) and ``seq`` (a number that grows with each request of one kind): a request whose turn comes
+after a newer one of the same client and kind is answered ``409 superseded`` without being
+computed. Bad input is a ``400`` whose JSON ``error`` is one line naming the valid values; an
+unknown image is ``404``; a top-k asked for during the background scan is ``409`` with
+``"scanning x/y"``.
+
+Files are served only from the package's ``static/`` folder and the ``--atlas`` folder, through
+Starlette's ``StaticFiles`` (which refuses paths that leave them); dataset images are addressed
+by index, never by path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from deconvviz.errors import DeconvvizError
+from deconvviz.serve.explorer import MAX_UPLOAD_BYTES, Explorer, NotFound, NotReady
+from deconvviz.serve.worker import ModelWorker, Superseded
+
+__all__ = ["create_app", "static_dir"]
+
+
+def static_dir() -> Path:
+    """The page's files (``index.html``, ``app.js``, ``style.css``), shipped as package data."""
+    return Path(str(resources.files("deconvviz.serve").joinpath("static")))
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(message.split())}, status_code=status)
+
+
+def _int(request: Request, name: str, default: int | None = None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise DeconvvizError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _position(request: Request) -> tuple[int, int] | None:
+    raw = request.query_params.get("position")
+    if not raw:
+        return None
+    try:
+        r, c = (int(v) for v in raw.split(","))
+    except ValueError:
+        raise DeconvvizError(f"position must be ROW,COL, got {raw!r}") from None
+    return (r, c)
+
+
+def _stream(request: Request, kind: str) -> tuple[str | None, int | None]:
+    client = request.query_params.get("client")
+    seq = _int(request, "seq")
+    return (f"{client}/{kind}" if client else None), seq
+
+
+def create_app(
+    explorer: Explorer,
+    worker: ModelWorker | None = None,
+    *,
+    scan: bool = True,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+    allowed_hosts: list[str] | None = None,
+) -> Starlette:
+    """The Starlette app serving ``explorer``.
+
+    Args:
+        explorer: the model, data and top-k source.
+        worker: the thread that runs model work (default: a new one, closed with the app).
+        scan: start the background scan (when there is no atlas) on startup.
+        cache_dir: where the scan keeps its resumable state (None: not kept).
+        progress: show the scan's progress bar on stderr.
+        allowed_hosts: answer only requests whose ``Host`` is one of these (``400`` otherwise):
+            on a loopback address this stops a web page from reaching the server through DNS
+            rebinding.
+    """
+    own = worker is None
+    work = worker or ModelWorker(str(explorer.device))
+
+    async def run(fn: Any, *args: Any, request: Request | None = None, kind: str = "") -> Any:
+        stream, seq = _stream(request, kind) if request is not None else (None, None)
+        return await work.run(fn, *args, stream=stream, seq=seq)
+
+    def guard(handler: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            try:
+                result: Response = await handler(request)
+                return result
+            except Superseded as exc:
+                return _error(409, f"superseded: {exc}")
+            except NotReady as exc:
+                return _error(409, str(exc))
+            except NotFound as exc:
+                return _error(404, str(exc))
+            except DeconvvizError as exc:
+                return _error(400, str(exc))
+
+        endpoint.__name__ = handler.__name__
+        return endpoint
+
+    q = lambda request, name: request.query_params.get(name)  # noqa: E731
+
+    @guard
+    async def model(request: Request) -> Response:
+        return JSONResponse(explorer.summary())
+
+    @guard
+    async def images(request: Request) -> Response:
+        out = explorer.images(
+            q(request, "class"), _int(request, "offset", 0) or 0, _int(request, "limit", 60) or 60
+        )
+        return JSONResponse(out)
+
+    @guard
+    async def image_png(request: Request) -> Response:
+        # no model work: a thread of the pool, so thumbnails never wait behind the model
+        png = await run_in_threadpool(explorer.image_png, request.path_params["image"])
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    @guard
+    async def upload(request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+            return _error(
+                413, f"the upload is {declared} bytes, over the {MAX_UPLOAD_BYTES} byte limit"
+            )
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_UPLOAD_BYTES:
+                return _error(413, f"the upload is over the {MAX_UPLOAD_BYTES} byte limit")
+        key = await run_in_threadpool(explorer.add_upload, bytes(body))
+        return JSONResponse({"id": key})
+
+    @guard
+    async def predict(request: Request) -> Response:
+        out = await run(explorer.predict, q(request, "image"), request=request, kind="predict")
+        return JSONResponse(out)
+
+    @guard
+    async def activations(request: Request) -> Response:
+        out = await run(
+            explorer.activations,
+            q(request, "image"),
+            q(request, "layer"),
+            request=request,
+            kind="activations",
+        )
+        return JSONResponse(out)
+
+    @guard
+    async def projection(request: Request) -> Response:
+        fmt = q(request, "format") or "png"
+        if fmt not in ("png", "json"):
+            raise DeconvvizError(f"unknown format {fmt!r}; valid formats: png, json")
+
+        def compute() -> tuple[Any, dict[str, Any], bytes | None]:
+            rec, meta = explorer.projection(
+                q(request, "image"),
+                q(request, "layer"),
+                q(request, "unit"),
+                q(request, "rule") or "deconvnet",
+                _position(request),
+            )
+            return rec, meta, explorer.projection_png(rec) if fmt == "png" else None
+
+        rec, meta, png = await run(compute, request=request, kind="projection")
+        if png is not None:
+            headers = {
+                "X-Deconvviz-Position": ",".join(str(v) for v in meta["position"]),
+                "X-Deconvviz-Value": repr(meta["value"]),
+            }
+            return Response(png, media_type="image/png", headers=headers)
+        import hashlib
+
+        arr = rec.detach().float().cpu().contiguous().numpy()
+        meta.update(
+            shape=list(arr.shape),
+            dtype="float32",
+            sha256=hashlib.sha256(arr.tobytes()).hexdigest(),
+            values=arr.tolist() if arr.size <= 1_000_000 else None,
+        )
+        return JSONResponse(meta)
+
+    @guard
+    async def topk(request: Request) -> Response:
+        out = await run(
+            explorer.topk,
+            q(request, "layer"),
+            q(request, "unit"),
+            q(request, "rule") or "deconvnet",
+            request=request,
+            kind="topk",
+        )
+        return JSONResponse(out)
+
+    @guard
+    async def occlusion(request: Request) -> Response:
+        plan = await run(
+            explorer.occlusion_plan,
+            q(request, "image"),
+            q(request, "target") or "class",
+            q(request, "layer"),
+            q(request, "unit"),
+            q(request, "class"),
+            _int(request, "size"),
+            _int(request, "stride"),
+        )
+        stream, seq = _stream(request, "occlusion")
+
+        async def events() -> AsyncIterator[str]:
+            meta = {k: v for k, v in plan.items() if k != "x"}
+            yield f"event: meta\ndata: {json.dumps(meta)}\n\n"
+            for r in range(len(plan["ys"])):
+                if await request.is_disconnected():
+                    return
+                try:
+                    row = await work.run(explorer.occlusion_row, plan, r, stream=stream, seq=seq)
+                except Superseded:
+                    yield 'event: stop\ndata: {"error": "superseded"}\n\n'
+                    return
+                yield f"event: row\ndata: {json.dumps({'row': r, 'values': row})}\n\n"
+            yield "event: done\ndata: {}\n\n"
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    async def index(request: Request) -> Response:
+        return FileResponse(static_dir() / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def atlas_root(request: Request) -> Response:
+        return RedirectResponse("/atlas/index.html")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if scan:
+            explorer.start_scan(work.idle, cache_dir, progress=progress)
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, _shutdown)
+
+    def _shutdown() -> None:
+        explorer.close()  # stops the scan (saving its state)
+        if own:
+            work.close()
+
+    routes: list[Any] = [
+        Route("/", index),
+        Route("/api/model", model),
+        Route("/api/images", images),
+        Route("/api/images/{image:str}.png", image_png),
+        Route("/api/upload", upload, methods=["POST"]),
+        Route("/api/predict", predict),
+        Route("/api/activations", activations),
+        Route("/api/projection", projection),
+        Route("/api/topk", topk),
+        Route("/api/occlusion", occlusion),
+        Mount("/static", StaticFiles(directory=static_dir()), name="static"),
+    ]
+    if explorer.atlas is not None:
+        routes += [
+            Route("/atlas", atlas_root),
+            Mount("/atlas", StaticFiles(directory=explorer.atlas, html=True), name="atlas"),
+        ]
+    middleware = []
+    if allowed_hosts:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    app.state.explorer = explorer
+    app.state.worker = work
+    return app
