@@ -15,7 +15,6 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from deconvviz._io import lock
 from deconvviz.errors import BusyError, CheckpointError
 from deconvviz.scan import _MISSING, _read_state, scan, select_top
 from scan_models import scan_data, scan_model
@@ -203,5 +202,3 @@ def test_a_second_live_scan_on_the_same_state_is_refused_and_a_dead_ones_lock_ta
     (tmp_path / ".scan.pt.abc.tmp").write_bytes(b"half a state")  # left by a kill -9
     scan(scan_model(), scan_data(8), "conv", k=2, progress=False, state=state)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.pt"]
-    with lock(lock_file, "the state"), pytest.raises(BusyError, match="this process"):
-        scan(scan_model(), scan_data(8), "conv", k=2, progress=False, state=state)

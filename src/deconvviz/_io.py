@@ -141,6 +141,9 @@ def _glob_escape(name: str) -> str:
 # ---------------------------------------------------------------------- locks
 
 
+_HELD: set[Path] = set()  # the locks this process holds
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -157,11 +160,16 @@ def lock(path: str | os.PathLike[str], what: str) -> Iterator[Path]:
 
     A second process that asks for the same lock while the owner is alive gets a
     :class:`deconvviz.errors.BusyError` naming the owner; a lock left by a dead process on this
-    host (a kill -9, a crash) is taken over. ``what`` names the thing locked in the message.
+    host (a kill -9, a crash) is taken over; within the process that holds it, asking again is
+    a no-op (a command holds its output folder around the library calls that write it).
+    ``what`` names the thing locked in the message.
     """
     from deconvviz.errors import BusyError
 
-    lock_path = Path(path)
+    lock_path = Path(path).absolute()
+    if lock_path in _HELD:  # this process holds it already (a command around a library call)
+        yield lock_path
+        return
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
     for _ in range(5):
@@ -172,13 +180,6 @@ def lock(path: str | os.PathLike[str], what: str) -> Iterator[Path]:
             if owner is None:  # being written this instant, or garbage: look again
                 time.sleep(0.05)
                 owner = _read_owner(lock_path)
-            if owner is not None and owner.get("pid") == me["pid"] and owner.get("host") == me[
-                "host"
-            ]:
-                raise BusyError(
-                    f"{what} is already in use by this process (lock {lock_path}); one job per "
-                    "folder at a time"
-                ) from None
             if owner is not None and owner.get("host") != me["host"]:
                 raise BusyError(
                     f"{what} is in use by pid {owner.get('pid')} on host {owner.get('host')} "
@@ -186,9 +187,7 @@ def lock(path: str | os.PathLike[str], what: str) -> Iterator[Path]:
                     "lock if that run is gone"
                 ) from None
             if owner is not None and isinstance(owner.get("pid"), int) and _alive(owner["pid"]):
-                since = time.strftime(
-                    "%H:%M:%S", time.localtime(float(owner.get("since", 0) or 0))
-                )
+                since = time.strftime("%H:%M:%S", time.localtime(float(owner.get("since", 0) or 0)))
                 raise BusyError(
                     f"{what} is in use by another run (pid {owner['pid']} on {owner['host']}, "
                     f"since {since}; lock {lock_path}); wait for it or choose another output"
@@ -202,9 +201,11 @@ def lock(path: str | os.PathLike[str], what: str) -> Iterator[Path]:
         break
     else:  # pragma: no cover - five stale takeovers lost in a row
         raise BusyError(f"cannot take the lock {lock_path} for {what}; try again")
+    _HELD.add(lock_path)
     try:
         yield lock_path
     finally:
+        _HELD.discard(lock_path)
         if _read_owner(lock_path) == me:
             with contextlib.suppress(FileNotFoundError):
                 lock_path.unlink()

@@ -100,6 +100,10 @@ def atlas_cmd(
     from deconvviz.scan import scan
 
     dev = _device(ctx, device)
+    if _rank() == 0:  # the folder is this run's until the site is written (others refused)
+        from deconvviz._io import lock, lock_path_for
+
+        ctx.with_resource(lock(lock_path_for(out), f"the atlas folder {out}"))
     run = model_factory.load(checkpoint)
     model = run.model.to(dev)
     data = dataset_for_model(run.model, run.config, data_dir, dataset, split)
