@@ -705,7 +705,8 @@ def _evidence(ctx: _Context, section: _Section) -> None:
         section.html.append(
             f"<p><b>First-layer filters are structured</b>: the mean correlation between "
             "horizontally and vertically neighbouring weights of each "
-            f"{html.escape(first)} filter is {fs.trained:.3f}, against {fs.init:.3f} for the same layer freshly initialised "
+            f"{html.escape(first)} filter is {fs.trained:.3f}, against {fs.init:.3f} for the "
+            "same layer freshly initialised "
             f"(mean of {fs.seeds} initialisations). Smooth filters (edges, blobs, colour "
             "gradients) score near 1, noise near 0.</p>"
         )
