@@ -65,7 +65,7 @@ def test_threads_projecting_on_one_model_get_what_one_thread_gets():
     layers = ["conv1", "relu:0", "conv2", "relu:1"]
     shared = deconvviz.attach(model, warn=False)
     ref = [shared.project(x, layers[i % 4], [0, 3]) for i, x in enumerate(xs)]
-    for rounds in range(5):
+    for _ in range(5):
         got = _run_threads(8, lambda i: shared.project(xs[i], layers[i % 4], [0, 3]))
         for i in range(8):
             _close(got[i], ref[i])
