@@ -309,12 +309,12 @@ def _check_factory(factory: Any, spec: str) -> None:
         ret = inspect.signature(factory).return_annotation
     except (TypeError, ValueError):
         return
-    if isinstance(ret, type) and ret is not inspect.Signature.empty:
-        if not issubclass(ret, nn.Module):
-            raise CheckpointError(
-                f"model factory {spec!r} is declared to return {ret.__name__}, not an "
-                f"nn.Module; it was not called; {fix}"
-            )
+    empty = inspect.Signature.empty
+    if isinstance(ret, type) and ret is not empty and not issubclass(ret, nn.Module):
+        raise CheckpointError(
+            f"model factory {spec!r} is declared to return {ret.__name__}, not an "
+            f"nn.Module; it was not called; {fix}"
+        )
 
 
 def _call(factory: Callable[..., Any], spec: str, args: Mapping[str, Any]) -> nn.Module:
