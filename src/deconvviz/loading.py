@@ -306,8 +306,8 @@ def _check_factory(factory: Any, spec: str) -> None:
             f"an nn.Module class; it was not called; {fix}"
         )
     try:
-        ret = inspect.signature(factory).return_annotation
-    except (TypeError, ValueError):
+        ret = inspect.signature(factory, eval_str=True).return_annotation
+    except Exception:  # an annotation that does not evaluate: no claim to check
         return
     empty = inspect.Signature.empty
     if isinstance(ret, type) and ret is not empty and not issubclass(ret, nn.Module):
