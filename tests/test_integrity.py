@@ -31,6 +31,7 @@ from deconvviz.scan import project_layer, scan
 HOSTILE_MODULE = "<img src=x onerror=\"document['body']['dataset']['pwned']='module'\">"
 HOSTILE_CLASS = "<svg onload=\"document['body']['dataset']['pwned']='class'\">"
 HOSTILE_FILE = "<img src=y onerror=\"document['body']['dataset']['pwned']='file'\">"
+ROOT = Path(__file__).resolve().parents[1]
 COLLIDING = ["conv a", "conv/a", "κ", "λ"]  # safe_name: conv_a twice, layer twice
 
 
@@ -194,11 +195,8 @@ def make():
 """
 
 
-def test_cli_atlas_refuses_a_folder_another_run_holds_in_one_line(tmp_path):
-    from click.testing import CliRunner
-
-    from deconvviz_cli.main import cli
-
+def _atlas_inputs(tmp_path: Path) -> list[str]:
+    """A tiny model file, its weights and a 6-image CIFAR-10 npz: the atlas command's args."""
     rng = np.random.default_rng(0)
     (tmp_path / "data").mkdir()
     np.savez_compressed(
@@ -215,7 +213,7 @@ def test_cli_atlas_refuses_a_folder_another_run_holds_in_one_line(tmp_path):
         nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)).state_dict(),
         tmp_path / "tiny.pt",
     )
-    args = [
+    return [
         "atlas",
         "-c",
         str(tmp_path / "tiny.pt"),
@@ -231,6 +229,14 @@ def test_cli_atlas_refuses_a_folder_another_run_holds_in_one_line(tmp_path):
         str(tmp_path / "site"),
         "--no-progress",
     ]
+
+
+def test_cli_atlas_refuses_a_folder_another_run_holds_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from deconvviz_cli.main import cli
+
+    args = _atlas_inputs(tmp_path)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (tmp_path / ".site.lock").write_text(
@@ -311,3 +317,49 @@ def _bigger_scan():
     model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU()).eval()
     data = torch.utils.data.TensorDataset(torch.rand(12, 3, 32, 32))
     return model, data, scan(model, data, ["0"], k=6, progress=False)
+
+
+# ---------------------------------------------------------------------- a lost torchrun peer
+
+PEER_THAT_LEAVES = """
+import torch.distributed as dist
+dist.init_process_group("gloo")
+print("joined", flush=True)
+"""  # joins the group, then exits without taking part: a stopped peer
+
+
+def test_a_lost_torchrun_peer_is_one_line_within_the_timeout(tmp_path):
+    import socket as sock
+
+    with sock.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE="2",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "cli")]),
+    )
+    args = _atlas_inputs(tmp_path) + ["--timeout", "20"]
+    rank0 = subprocess.Popen(
+        [sys.executable, "-m", "deconvviz_cli", *args],
+        env=dict(env, RANK="0", LOCAL_RANK="0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    peer = subprocess.run(
+        [sys.executable, "-c", PEER_THAT_LEAVES],
+        env=dict(env, RANK="1", LOCAL_RANK="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "joined" in peer.stdout, peer.stderr[-1000:]
+    out, err = rank0.communicate(timeout=120)  # well before gloo's default of 30 minutes
+    assert rank0.returncode == 1, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err[-2000:]
+    assert "lost a peer process" in lines[0] and "a bug" not in lines[0], lines[0]
