@@ -75,8 +75,15 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Write ``obj`` as indented JSON to ``path`` atomically; always valid JSON: NaN and
+    infinite numbers (which JSON has no spelling for) are written as ``null``, tensors and NumPy
+    values as lists (:func:`deconvviz._util.json_safe`)."""
+    from deconvviz._util import json_safe
+
+    text = json.dumps(
+        json_safe(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False
+    )
+    return write_text(path, text + "\n")
 
 
 def save_torch(path: str | os.PathLike[str], obj: Any) -> Path:

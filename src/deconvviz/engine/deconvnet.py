@@ -59,6 +59,7 @@ from deconvviz.errors import (
     DeconvvizError,
     InputError,
     LayerError,
+    NonFiniteError,
     UnsupportedLayerError,
     unknown_name,
 )
@@ -298,9 +299,17 @@ class Deconvnet:
         tracer, swap = self._tracer(None, tracker)
         infos: dict[str, _LayerInfo] = {}
         size = (int(x.shape[-2]), int(x.shape[-1]))
+        bad: list[tuple[str, nn.Module, Tensor]] = []  # the first layer with NaN/inf output
 
         @tracer.on_return
         def record(name: str, call: int, module: nn.Module, args: Any, out: Any) -> None:
+            if (
+                not bad
+                and isinstance(out, Tensor)
+                and out.is_floating_point()
+                and not bool(torch.isfinite(out).all())
+            ):
+                bad.append((call_key(name, call) if call else name, module, out))
             info = _LayerInfo(events_before=len(swap.events))
             if isinstance(out, Tensor):
                 info.out_shape = tuple(out.shape[1:])
@@ -310,10 +319,35 @@ class Deconvnet:
             if call == 0:
                 infos[name] = info
 
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise NonFiniteError(
+                f"the input holds {_non_finite(x)}; give images with finite values"
+            )
         with torch.inference_mode(False), tracer:
             x = _normal(x)  # an input made inside torch.inference_mode cannot be recorded
             tracker.watch(x)
             tracer.run(x, grad=False)
+        if bad:
+            name, module, out = bad[0]
+            own = [
+                (p, t)
+                for p, t in module.named_parameters(recurse=False)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())
+            ] + [
+                (b, t)
+                for b, t in module.named_buffers(recurse=False)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())
+            ]
+            why = (
+                f"its {own[0][0]} holds {_non_finite(own[0][1])}"
+                if own
+                else "its input was finite: an overflow in it"
+            )
+            raise NonFiniteError(
+                f"the model's activations are not finite: {_non_finite(out)} first appear in the "
+                f"output of layer {name!r} ({why}); check the checkpoint or the training run "
+                "that made it"
+            )
         for name, n in tracer.counts.items():
             for key in (name, *(call_key(name, k) for k in range(n))):
                 if key in infos:
@@ -954,6 +988,14 @@ class Deconvnet:
             own = own + module.bias.detach()[chan.to(own.device)]
         seed_in = unit * values.to(unit.device, unit.dtype).view(-1, 1, 1, 1)
         return self._grad(tin, xin, seed_in), own
+
+
+def _non_finite(t: Tensor) -> str:
+    """``'3 NaN and 1 infinite values'``: what is not finite in ``t``."""
+    t = t.detach()
+    nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+    parts = [f"{nan} NaN"] * bool(nan) + [f"{inf} infinite"] * bool(inf)
+    return " and ".join(parts) + " values"
 
 
 def batch_images(batch: Any) -> Tensor:
