@@ -328,7 +328,21 @@ print("joined", flush=True)
 """  # joins the group, then exits without taking part: a stopped peer
 
 
-def test_a_lost_torchrun_peer_is_one_line_within_the_timeout(tmp_path):
+PEER_THAT_STALLS = """
+import time
+import torch.distributed as dist
+dist.init_process_group("gloo")
+print("joined", flush=True)
+time.sleep(90)
+"""  # joins, then never answers (a stopped process): only --timeout ends the wait
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [PEER_THAT_LEAVES, pytest.param(PEER_THAT_STALLS, marks=pytest.mark.slow)],
+    ids=["leaves", "stalls"],
+)
+def test_a_lost_torchrun_peer_is_one_line_within_the_timeout(tmp_path, peer):
     import socket as sock
 
     with sock.socket() as s:
@@ -350,15 +364,19 @@ def test_a_lost_torchrun_peer_is_one_line_within_the_timeout(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    peer = subprocess.run(
-        [sys.executable, "-c", PEER_THAT_LEAVES],
+    other = subprocess.Popen(
+        [sys.executable, "-c", peer],
         env=dict(env, RANK="1", LOCAL_RANK="1"),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
     )
-    assert "joined" in peer.stdout, peer.stderr[-1000:]
-    out, err = rank0.communicate(timeout=120)  # well before gloo's default of 30 minutes
+    try:
+        out, err = rank0.communicate(timeout=120)  # well before gloo's default of 30 minutes
+    finally:
+        other.kill()
+        joined = other.communicate()[0]
+    assert "joined" in joined
     assert rank0.returncode == 1, err[-2000:]
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err[-2000:]
