@@ -381,3 +381,33 @@ def test_a_lost_torchrun_peer_is_one_line_within_the_timeout(tmp_path, peer):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err[-2000:]
     assert "lost a peer process" in lines[0] and "a bug" not in lines[0], lines[0]
+
+
+def test_the_lock_is_reentrant_in_its_thread_only_and_the_current_folder_is_refused(
+    tmp_path, monkeypatch
+):
+    import threading
+
+    from deconvviz._io import atomic_dir, lock
+    from deconvviz.errors import InputError
+
+    path = tmp_path / ".site.lock"
+    seen: list[str] = []
+    with lock(path, "the site"), lock(path, "the site"):  # nested in one thread: fine
+
+        def other() -> None:
+            try:
+                with lock(path, "the site"):
+                    seen.append("entered")
+            except BusyError as exc:
+                seen.append(str(exc))
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert len(seen) == 1 and "in use by another run" in seen[0]
+    assert not path.exists()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="current folder"), atomic_dir("."):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -148,7 +149,7 @@ def _glob_escape(name: str) -> str:
 # ---------------------------------------------------------------------- locks
 
 
-_HELD: set[Path] = set()  # the locks this process holds
+_HELD: set[tuple[Path, int]] = set()  # the locks each thread of this process holds
 
 
 def _alive(pid: int) -> bool:
@@ -167,14 +168,16 @@ def lock(path: str | os.PathLike[str], what: str) -> Iterator[Path]:
 
     A second process that asks for the same lock while the owner is alive gets a
     :class:`deconvviz.errors.BusyError` naming the owner; a lock left by a dead process on this
-    host (a kill -9, a crash) is taken over; within the process that holds it, asking again is
-    a no-op (a command holds its output folder around the library calls that write it).
+    host (a kill -9, a crash) is taken over; in the thread that holds it, asking again is a
+    no-op (a command holds its output folder around the library calls that write it); another
+    thread of the same process is refused like another process.
     ``what`` names the thing locked in the message.
     """
     from deconvviz.errors import BusyError
 
     lock_path = Path(path).absolute()
-    if lock_path in _HELD:  # this process holds it already (a command around a library call)
+    mine = (lock_path, threading.get_ident())
+    if mine in _HELD:  # this thread holds it already (a command around a library call)
         yield lock_path
         return
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,11 +211,11 @@ def lock(path: str | os.PathLike[str], what: str) -> Iterator[Path]:
         break
     else:  # pragma: no cover - five stale takeovers lost in a row
         raise BusyError(f"cannot take the lock {lock_path} for {what}; try again")
-    _HELD.add(lock_path)
+    _HELD.add(mine)
     try:
         yield lock_path
     finally:
-        _HELD.discard(lock_path)
+        _HELD.discard(mine)
         if _read_owner(lock_path) == me:
             with contextlib.suppress(FileNotFoundError):
                 lock_path.unlink()
@@ -250,6 +253,14 @@ def atomic_dir(
     then names ``path``. Hold the folder's :func:`lock` around it.
     """
     dest = Path(path).absolute()
+    here = Path.cwd().resolve()
+    if dest.resolve() == here or dest.resolve() in here.parents:
+        from deconvviz.errors import InputError
+
+        raise InputError(
+            f"{path} is the current folder (or holds it); it is replaced whole when written: "
+            "give a folder of its own, e.g. --out atlas"
+        )
     if dest.exists() and not dest.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
