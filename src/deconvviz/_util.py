@@ -24,6 +24,7 @@ __all__ = [
     "memory_budget",
     "pair",
     "safe_name",
+    "safe_names",
 ]
 
 DEFAULT_MAX_MEMORY = 512 * 2**20
@@ -66,6 +67,32 @@ def safe_name(name: str, default: str = "layer") -> str:
         ('features.3', 'a_b_c', 'layer')
     """
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or default
+
+
+def safe_names(names: Sequence[str], default: str = "layer") -> dict[str, str]:
+    """An injective :func:`safe_name` for each of ``names``: where two names would share a file
+    name (``conv a`` and ``conv/a``, ``κ`` and ``λ``; compared without case, for file systems
+    that ignore it), each of them gets a short hash of its full name appended.
+
+    Example:
+        >>> safe_names(["conv a", "conv/a", "fc"])
+        {'conv a': 'conv_a-3c4538', 'conv/a': 'conv_a-ad45b5', 'fc': 'fc'}
+    """
+    import hashlib
+
+    plain = {name: safe_name(name, default) for name in names}
+    seen: dict[str, int] = {}
+    for spelling in plain.values():
+        seen[spelling.lower()] = seen.get(spelling.lower(), 0) + 1
+    for digits in (6, 16, 64):
+        out = {}
+        for name, spelling in plain.items():
+            if seen[spelling.lower()] > 1:
+                spelling += "-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:digits]
+            out[name] = spelling
+        if len({v.lower() for v in out.values()}) == len(out):
+            break
+    return out
 
 
 def pair(value: Any, name: str | None = None, *, default: int | None = None) -> tuple[int, int]:

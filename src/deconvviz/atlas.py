@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deconvviz._io import write_bytes, write_json, write_text
+from deconvviz._io import atomic_dir, lock, lock_path_for, write_bytes, write_json, write_text
+from deconvviz._util import json_safe, safe_names
 from deconvviz.errors import InputError
 
 __all__ = ["AtlasSite", "write_atlas", "tile_scale"]
@@ -72,10 +73,9 @@ def _png(t: Tensor, scale: int) -> bytes:
     return buf.getvalue()
 
 
-def _safe(layer: str) -> str:
-    from deconvviz.reconstruct import safe_name
-
-    return safe_name(layer)
+SITE_ENTRIES = ("index.html", "style.css", "atlas.json", "layers", "units", "img")
+"""What a site consists of: replaced whole on a rewrite (anything else in the folder, such as
+the scan state, is kept)."""
 
 
 def _fmt(v: float) -> str:
@@ -129,6 +129,7 @@ class _LayerView:
     dead: list[int]
     rf_text: str
     what: str  # what a unit's value means
+    files: Mapping[str, str]  # every layer's file-safe name (injective)
 
     @property
     def top(self) -> Any:
@@ -148,7 +149,9 @@ def _check_projections(proj: Any, layers: list[str]) -> None:
         )
 
 
-def _layer_view(proj: Any, layers: list[str], images_scanned: int) -> _LayerView:
+def _layer_view(
+    proj: Any, layers: list[str], images_scanned: int, files: Mapping[str, str]
+) -> _LayerView:
     top = proj.top
     layer = top.layer
     th, tw = proj.reconstructions.shape[-2:]
@@ -158,7 +161,7 @@ def _layer_view(proj: Any, layers: list[str], images_scanned: int) -> _LayerView
         proj=proj,
         layer=layer,
         index=layers.index(layer),
-        safe=_safe(layer),
+        safe=files[layer],
         big=big,
         big_size=(th * big, tw * big),
         dead=[c for c in range(top.channels) if not float(top.values[c, 0]) > 0],
@@ -168,6 +171,7 @@ def _layer_view(proj: Any, layers: list[str], images_scanned: int) -> _LayerView
             f"strongest position in the image; top-{top.k} over {images_scanned} images, "
             "one per image"
         ),
+        files=files,
     )
 
 
@@ -237,11 +241,11 @@ def _layer_page(view: _LayerView, layers: list[str], title: str) -> str:
     nav = ['<a href="../index.html">index</a>']
     if li > 0:
         nav.append(
-            f'<a href="{_safe(layers[li - 1])}.html">&larr; {html.escape(layers[li - 1])}</a>'
+            f'<a href="{view.files[layers[li - 1]]}.html">&larr; {html.escape(layers[li - 1])}</a>'
         )
     if li + 1 < len(layers):
         nav.append(
-            f'<a href="{_safe(layers[li + 1])}.html">{html.escape(layers[li + 1])} &rarr;</a>'
+            f'<a href="{view.files[layers[li + 1]]}.html">{html.escape(layers[li + 1])} &rarr;</a>'
         )
     body = (
         f"<h1>{html.escape(layer)}</h1><nav>{''.join(nav)}</nav>"
@@ -367,7 +371,12 @@ def write_atlas(
     """Write the atlas site for ``scan`` and its projections.
 
     Args:
-        out_dir: the site's folder (created; existing files are replaced atomically).
+        out_dir: the site's folder. The site is written into a temporary sibling folder and
+            swapped in whole at the end: an old site stays intact until the new one is
+            complete, and a failure (full disk, Ctrl-C) leaves it as it was and removes the
+            partial one. Files in ``out_dir`` that are not part of a site are kept. The folder
+            is locked (``.NAME.lock`` beside it) while the site is written: a second run into
+            it is refused.
         scan: a :class:`deconvviz.scan.Scan`.
         projections: per scanned layer, in any order, a :class:`deconvviz.TopProjections` of
             all its channels (e.g. a generator, so that one layer at a time is held).
@@ -382,8 +391,30 @@ def write_atlas(
     layers = list(scan.layers)
     if not layers:
         raise InputError("the scan has no layers; scan at least one")
+    with (
+        lock(lock_path_for(out), f"the atlas folder {out}"),
+        atomic_dir(out, owned=SITE_ENTRIES) as stage,
+    ):
+        site = _write_site(stage, scan, layers, projections, title, about)
+    # the site was written in a temporary sibling folder, now swapped in whole as ``out``
+    return AtlasSite(
+        out / site.index.relative_to(stage),
+        [out / p.relative_to(stage) for p in site.pages],
+        [out / p.relative_to(stage) for p in site.images],
+    )
+
+
+def _write_site(
+    out: Path,
+    scan: Any,
+    layers: list[str],
+    projections: Iterable[Any],
+    title: str,
+    about: Mapping[str, Any] | None,
+) -> AtlasSite:
     pages: list[Path] = []
     images: list[Path] = []
+    files = safe_names(layers)
     write_text(out / "style.css", _CSS.lstrip())
     summary: dict[str, Any] = {
         "title": title,
@@ -396,7 +427,7 @@ def write_atlas(
     for proj in projections:
         _check_projections(proj, layers)
         done.add(proj.top.layer)
-        view = _layer_view(proj, layers, scan.images)
+        view = _layer_view(proj, layers, scan.images, files)
         layer_pages, layer_images = _write_layer(out, view, layers, title)
         pages += layer_pages
         images += layer_images
@@ -407,5 +438,5 @@ def write_atlas(
     summary["layers"].sort(key=lambda d: layers.index(d["layer"]))
     index = write_text(out / "index.html", _index_page(summary, title))
     pages.insert(0, index)
-    write_json(out / "atlas.json", summary)
+    write_json(out / "atlas.json", json_safe(summary))
     return AtlasSite(index, pages, images)

@@ -63,12 +63,22 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(
-        d
-        for d in folder.iterdir()
-        if d.is_dir() and not d.name.startswith(".") and any(_walk_images(d, first=True))
-    )
+def _class_dirs(folder: Path, left_out: list[str] | None = None) -> list[Path]:
+    """The class folders of an ``ImageFolder`` tree; each folder left out (hidden: its name
+    starts with ``.``, ``..x`` included; or holding no image) is added to ``left_out`` with the
+    reason."""
+    out = []
+    for d in sorted(folder.iterdir()):
+        if not d.is_dir():
+            continue
+        if d.name.startswith("."):
+            if left_out is not None:
+                left_out.append(f"folder {d.name!r} (hidden: its name starts with '.')")
+        elif any(_walk_images(d, first=True)):
+            out.append(d)
+        elif left_out is not None:
+            left_out.append(f"folder {d.name!r} (no image files in it)")
+    return out
 
 
 def _walk_images(folder: Path, first: bool = False) -> list[Path]:
@@ -202,7 +212,8 @@ def find_image_folder(
 def _list_images(base: Path) -> tuple[list[Path], list[int], list[str], str] | None:
     """``(files, labels, classes, name)`` of the ``ImageFolder`` tree or the flat folder at
     ``base``, or ``None`` when it holds neither."""
-    classes_dirs = _class_dirs(base)
+    left_out: list[str] = []
+    classes_dirs = _class_dirs(base, left_out)
     if classes_dirs and not _images_in(base):
         files: list[Path] = []
         labels: list[int] = []
@@ -210,6 +221,15 @@ def _list_images(base: Path) -> tuple[list[Path], list[int], list[str], str] | N
             found = _walk_images(d)
             files += found
             labels += [label] * len(found)
+        if left_out:
+            shown = "; ".join(left_out[:5])
+            more = f"; and {len(left_out) - 5} more" if len(left_out) > 5 else ""
+            warnings.warn(
+                f"the image folder {base} has {len(classes_dirs)} classes; left out: "
+                f"{shown}{more}. Rename a folder that holds a class (no leading '.') to use it",
+                SkippedFilesWarning,
+                stacklevel=4,
+            )
         return files, labels, [d.name for d in classes_dirs], "imagefolder"
     files = _images_in(base)
     if not files:

@@ -41,6 +41,14 @@ class CheckpointError(DeconvvizError, ValueError):
     """A checkpoint or run directory that is missing, corrupt or of the wrong kind."""
 
 
+class BusyError(DeconvvizError, RuntimeError):
+    """An output folder or state file that another live run holds (its lock names the owner)."""
+
+
+class NonFiniteError(DeconvvizError, ValueError):
+    """NaN or infinite weights or activations (the message names the first layer with them)."""
+
+
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> str:
     """Message for an unknown name, listing close matches (or a few valid names)."""
     known = list(known)

@@ -280,7 +280,48 @@ def resolve_factory(spec: str | ModelFactory) -> ModelFactory:
             f"{module_name!r} has no callable {attr!r} (model factory {spec!r}); "
             "name a function that returns the model"
         )
+    _check_factory(factory, spec)
     return factory
+
+
+def _check_factory(factory: Any, spec: str) -> None:
+    """Refuse, before calling it, a named callable that cannot be a model factory: a class
+    that is not an ``nn.Module``, a built-in or standard-library function (``os:system``), a
+    function annotated to return something else. Whatever is called, its result must be an
+    ``nn.Module`` (checked right after the call, before it is used)."""
+    import inspect
+
+    fix = "name a function or an nn.Module class that builds the model"
+    if isinstance(factory, type):
+        if not issubclass(factory, nn.Module):
+            raise CheckpointError(
+                f"model factory {spec!r} is the class {factory.__name__}, not an nn.Module; {fix}"
+            )
+        return
+    home = str(getattr(factory, "__module__", None) or "")
+    name = f"{home}.{getattr(factory, '__name__', type(factory).__name__)}".lstrip(".")
+    if inspect.isbuiltin(factory) or home.split(".")[0] in sys.stdlib_module_names:
+        raise CheckpointError(
+            f"model factory {spec!r} is {name}, a built-in or standard-library function, not a "
+            f"model factory; it was not called; {fix}"
+        )
+    plain = inspect.isfunction(factory) or inspect.ismethod(factory)
+    wrapped = hasattr(factory, "__wrapped__") or callable(getattr(factory, "func", None))
+    if not (plain or wrapped):
+        raise CheckpointError(
+            f"model factory {spec!r} is a {type(factory).__name__} object, not a function or "
+            f"an nn.Module class; it was not called; {fix}"
+        )
+    try:
+        ret = inspect.signature(factory, eval_str=True).return_annotation
+    except Exception:  # an annotation that does not evaluate: no claim to check
+        return
+    empty = inspect.Signature.empty
+    if isinstance(ret, type) and ret is not empty and not issubclass(ret, nn.Module):
+        raise CheckpointError(
+            f"model factory {spec!r} is declared to return {ret.__name__}, not an "
+            f"nn.Module; it was not called; {fix}"
+        )
 
 
 def _call(factory: Callable[..., Any], spec: str, args: Mapping[str, Any]) -> nn.Module:

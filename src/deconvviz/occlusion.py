@@ -32,7 +32,7 @@ from deconvviz.engine import attach, layer_output
 from deconvviz.engine.tracer import Tracer, eval_mode
 from deconvviz.errors import InputError, LayerError
 
-__all__ = ["OcclusionResult", "occlusion", "occluder_starts"]
+__all__ = ["OcclusionResult", "input_size_within", "occlusion", "occluder_starts"]
 
 Fill = str | float | Sequence[float] | Tensor
 # A job whose rows fit the budget at this many activation bytes per input byte runs as one
@@ -228,6 +228,37 @@ def _activation_bytes(model: nn.Module, x: Tensor) -> int:
     with tracer:
         tracer.run(x, exact=False)
     return total
+
+
+def input_size_within(
+    model: nn.Module,
+    size: tuple[int, int],
+    channels: int,
+    memory_budget: int | None = None,
+    probe: int = 64,
+) -> tuple[int, int]:
+    """The largest ``(H, W)`` of ``size``'s aspect ratio, at most ``size``, whose forward pass
+    fits the memory budget (the engine's: :func:`deconvviz._util.memory_budget`), for a model
+    that takes any input size. The activation bytes per input pixel are measured on one
+    ``probe x probe`` image; an image bigger than the budget allows is to be resized to this
+    before it meets the model (occlusion then batches its rows within the same budget).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+        >>> input_size_within(net, (6000, 4000), 3, memory_budget=2**20)
+        (157, 105)
+    """
+    device, dtype = model_device_dtype(model)
+    budget = memory_budget_for(device, memory_budget)
+    h, w = size
+    x = torch.zeros(1, channels, probe, probe, device=device, dtype=dtype)
+    with torch.no_grad():
+        per_pixel = (_activation_bytes(model, x) + 3 * x.numel() * x.element_size()) / probe**2
+    pixels = budget / max(per_pixel, 1e-9)
+    if h * w <= pixels:
+        return h, w
+    scale = math.sqrt(pixels / (h * w))
+    return max(probe // 4, int(h * scale)), max(probe // 4, int(w * scale))
 
 
 def _auto_batch_size(model: nn.Module, x: Tensor, rows: int, memory_budget: int | None) -> int:

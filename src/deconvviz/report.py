@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import html
 import importlib
@@ -46,7 +47,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from deconvviz._io import save_figure, save_image, write_json, write_text
+from deconvviz._io import (
+    atomic_dir,
+    lock,
+    lock_path_for,
+    save_figure,
+    save_image,
+    write_json,
+    write_text,
+)
 from deconvviz._util import json_safe, safe_name
 from deconvviz._version import __version__
 from deconvviz.checks import check_layer, check_model, check_positive_int, model_device_dtype
@@ -66,6 +75,8 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("analyses", "Analyses"),
 )
 _FIG_DIR = "figures"
+REPORT_ENTRIES = ("index.html", "manifest.json", _FIG_DIR)
+"""What a report consists of: replaced whole on a rewrite (other files in the folder stay)."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +194,11 @@ def write_report(
     """Compute, render and write the whole report into ``out_dir``.
 
     Args:
-        out_dir: the report folder (created; existing files are replaced atomically).
+        out_dir: the report folder. The report is written into a temporary sibling folder and
+            swapped in whole at the end: an old report stays intact until the new one is
+            complete, and a failure (full disk, Ctrl-C) leaves it as it was and removes the
+            partial one. Other files in ``out_dir`` are kept. The folder is locked
+            (``.NAME.lock`` beside it) meanwhile: a second run into it is refused.
         model: the trained model.
         dataset: the images to analyse (``(image, label)`` items, e.g. the test set).
         config: the run's training config (recorded in the manifest; its ``seed`` too).
@@ -209,7 +224,60 @@ def write_report(
     """
     wanted = _check_arguments(model, dataset, sections, layers, rule, images, max_images)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with (
+        lock(lock_path_for(out), f"the report folder {out}"),
+        atomic_dir(out, owned=REPORT_ENTRIES) as stage,
+    ):
+        report = _write_all(
+            stage,
+            model,
+            dataset,
+            wanted,
+            config=config,
+            metrics=metrics,
+            run_path=run_path,
+            class_names=class_names,
+            layers=layers,
+            k=k,
+            rule=rule,
+            images=images,
+            occlusion_size=occlusion_size,
+            occlusion_stride=occlusion_stride,
+            max_images=max_images,
+            max_channels=max_channels,
+            title=title,
+            progress=progress,
+        )
+    # written in a temporary sibling folder, now swapped in whole as ``out``
+    return dataclasses.replace(
+        report,
+        out_dir=out,
+        index=out / report.index.relative_to(stage),
+        manifest=out / report.manifest.relative_to(stage),
+    )
+
+
+def _write_all(
+    out: Path,
+    model: nn.Module,
+    dataset: Sequence[Any],
+    wanted: list[str],
+    *,
+    config: Mapping[str, Any] | None,
+    metrics: Mapping[str, Any] | None,
+    run_path: str | os.PathLike[str] | None,
+    class_names: Sequence[str] | None,
+    layers: Sequence[str] | None,
+    k: int,
+    rule: str,
+    images: int,
+    occlusion_size: int | None,
+    occlusion_stride: int | None,
+    max_images: int | None,
+    max_channels: int | None,
+    title: str | None,
+    progress: bool,
+) -> Report:
     ctx = _Context(
         out,
         model,
@@ -636,8 +704,9 @@ def _evidence(ctx: _Context, section: _Section) -> None:
         first = next(n for n, m in conv_layers(ctx.model).items() if m is convs[0])
         section.html.append(
             f"<p><b>First-layer filters are structured</b>: the mean correlation between "
-            f"horizontally and vertically neighbouring weights of each {first} filter is "
-            f"{fs.trained:.3f}, against {fs.init:.3f} for the same layer freshly initialised "
+            "horizontally and vertically neighbouring weights of each "
+            f"{html.escape(first)} filter is {fs.trained:.3f}, against {fs.init:.3f} for the "
+            "same layer freshly initialised "
             f"(mean of {fs.seeds} initialisations). Smooth filters (edges, blobs, colour "
             "gradients) score near 1, noise near 0.</p>"
         )

@@ -61,7 +61,7 @@ from deconvviz.topk import (
 __all__ = ["Scan", "project_layer", "scan", "select_top", "top_activations"]
 
 _MISSING = torch.iinfo(torch.int64).max  # image index of an empty slot: sorts after every image
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -112,59 +112,64 @@ def select_top(values: Tensor, index: Tensor, pos: Tensor, k: int) -> tuple[Tens
         values = torch.cat([values, values.new_full((values.shape[0], pad), -math.inf)], 1)
         index = torch.cat([index, index.new_full((index.shape[0], pad), _MISSING)], 1)
         pos = torch.cat([pos, pos.new_zeros((pos.shape[0], pad))], 1)
-    # Two stable sorts: by image index, then by value (descending). Equal values keep the image
-    # order, so ties go to the lowest image index, whatever order the candidates came in.
+    # An image enters a row at most once, by construction: order by (image index asc, value
+    # desc) and keep the first candidate of each image (the others become empty slots).
+    # Whatever is fed twice (a batch merged again), the result cannot hold duplicates.
+    order = values.argsort(dim=1, descending=True, stable=True)
+    values, index, pos = values.gather(1, order), index.gather(1, order), pos.gather(1, order)
     order = index.argsort(dim=1, stable=True)
     values, index, pos = values.gather(1, order), index.gather(1, order), pos.gather(1, order)
+    again = torch.zeros_like(index, dtype=torch.bool)
+    again[:, 1:] = (index[:, 1:] == index[:, :-1]) & (index[:, 1:] != _MISSING)
+    values = values.masked_fill(again, -math.inf)
+    index = index.masked_fill(again, _MISSING)
+    pos = pos.masked_fill(again, 0)
+    order = index.argsort(dim=1, stable=True)  # empty slots last
+    values, index, pos = values.gather(1, order), index.gather(1, order), pos.gather(1, order)
+    # Then by value (descending), stably: equal values keep the image order, so ties go to the
+    # lowest image index, whatever order the candidates came in.
     order = values.argsort(dim=1, descending=True, stable=True)[:, :k]
     return values.gather(1, order), index.gather(1, order), pos.gather(1, order)
 
 
-class _Running:
-    """A layer's running top-``k`` per channel (on the model's device)."""
+_Top = tuple[Tensor, Tensor, Tensor]  # a layer's running (values, index, pos), each [C, k]
 
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.values: Tensor | None = None
-        self.index: Tensor | None = None
-        self.pos: Tensor | None = None
-        self.width = 1  # feature-map width, to turn flat positions into (row, col)
 
-    def add(self, out: Tensor, images: Tensor) -> None:
-        """Merge a batch's layer output ``[B, C, H, W]`` or ``[B, C]`` (images: ``[B]``)."""
-        out = out.detach()
-        if out.dim() == 4:
-            val, where = out.flatten(2).max(dim=2)  # [B, C]; first maximum on ties
-        elif out.dim() == 2:
-            val, where = out, torch.zeros(out.shape, dtype=torch.long, device=out.device)
-        else:
-            raise LayerError(
-                f"a scanned layer output has shape {tuple(out.shape)}; only [N, C, H, W] feature "
-                "maps and [N, C] vectors can be scanned"
-            )
-        idx = images.to(out.device).unsqueeze(0).expand(val.shape[1], -1)
-        assert self.values is not None and self.index is not None and self.pos is not None
-        self.values, self.index, self.pos = select_top(
-            torch.cat([self.values, val.t()], 1),
-            torch.cat([self.index, idx], 1),
-            torch.cat([self.pos, where.t()], 1),
-            self.k,
-        )
+def _candidates(out: Tensor) -> tuple[Tensor, Tensor]:
+    """A batch's layer output ``[B, C, H, W]`` or ``[B, C]`` as per-image candidates
+    ``([B, C] values, [B, C] flat positions)``: each image's maximum per channel."""
+    out = out.detach()
+    if out.dim() == 4:
+        return out.flatten(2).max(dim=2)  # first maximum on ties
+    if out.dim() == 2:
+        return out, torch.zeros(out.shape, dtype=torch.long, device=out.device)
+    raise LayerError(
+        f"a scanned layer output has shape {tuple(out.shape)}; only [N, C, H, W] feature "
+        "maps and [N, C] vectors can be scanned"
+    )
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "values": None if self.values is None else self.values.cpu(),
-            "index": None if self.index is None else self.index.cpu(),
-            "pos": None if self.pos is None else self.pos.cpu(),
-            "width": self.width,
-        }
 
-    def load(self, st: Mapping[str, Any], device: torch.device) -> None:
-        self.width = int(st["width"])
-        if st["values"] is not None:
-            self.values = st["values"].to(device)
-            self.index = st["index"].to(device)
-            self.pos = st["pos"].to(device)
+def _merge(top: _Top, out: Tensor, images: Tensor, k: int) -> _Top:
+    """``top`` with a batch's layer output merged in (images: its ``[B]`` dataset indices).
+    Pure: the running state changes only when the whole batch is committed."""
+    val, where = _candidates(out)
+    idx = images.to(out.device).unsqueeze(0).expand(val.shape[1], -1)
+    return select_top(
+        torch.cat([top[0], val.t()], 1),
+        torch.cat([top[1], idx], 1),
+        torch.cat([top[2], where.t()], 1),
+        k,
+    )
+
+
+@dataclass(frozen=True)
+class _Committed:
+    """Everything a scan has taken in, replaced whole (one attribute store) after each batch,
+    so that Ctrl-C at any instant sees either all layers with the batch counted or none."""
+
+    done: int  # images of this process's share scanned
+    tops: Mapping[str, _Top]  # layer -> running top-k
+    batches: tuple[str, ...]  # sha256 of each scanned batch's images, in order
 
 
 # ---------------------------------------------------------------------- data
@@ -290,18 +295,46 @@ def _digest(
     n: int | None,
     rank: int,
     world: int,
+    batch: int,
 ) -> str:
-    """A digest of what a scan state depends on: weights, layers, k, data size and order."""
+    """A digest of what a scan state depends on: weights, layers, k, batch size, data size and
+    order, and (for datasets read from files) every file's path, size and modification time.
+    The images' contents are checked apart (:func:`_batch_digest`)."""
     h = hashlib.sha256()
-    h.update(repr((list(layers), k, n, rank, world, _STATE_VERSION)).encode())
+    h.update(repr((list(layers), k, n, rank, world, batch, _STATE_VERSION)).encode())
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(repr((tuple(t.shape), str(t.dtype))).encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    dataset = data.dataset if isinstance(data, DataLoader) else data
-    if n and _is_dataset(dataset):
-        for i in (0, n - 1):
-            h.update(batch_images(dataset[i]).detach().cpu().contiguous().numpy().tobytes())
+    files = _files(data.dataset if isinstance(data, DataLoader) else data)
+    if files is not None:
+        for f in files[: n if n is not None else len(files)]:
+            try:
+                st = os.stat(f)
+                h.update(repr((os.fspath(f), st.st_size, st.st_mtime_ns)).encode())
+            except OSError:
+                h.update(repr((os.fspath(f), None)).encode())
+    return h.hexdigest()
+
+
+def _files(dataset: Any) -> list[Any] | None:
+    """The files a dataset reads, in item order, when it says (``files``, or torchvision's
+    ``samples``/``imgs`` of ``(path, label)``); None otherwise."""
+    files = getattr(dataset, "files", None)
+    if isinstance(files, list) and all(isinstance(f, (str, os.PathLike)) for f in files):
+        return files
+    samples = getattr(dataset, "samples", None) or getattr(dataset, "imgs", None)
+    if isinstance(samples, list) and all(
+        isinstance(x, tuple) and x and isinstance(x[0], (str, os.PathLike)) for x in samples
+    ):
+        return [x[0] for x in samples]
+    return None
+
+
+def _batch_digest(xb: Tensor) -> str:
+    """sha256 of a batch of images exactly as read (shape, dtype and every byte)."""
+    h = hashlib.sha256(repr((tuple(xb.shape), str(xb.dtype))).encode())
+    h.update(xb.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -364,15 +397,20 @@ def scan(
     _check_scan_args(model, k, batch_size, max_images, save_every)
     names = _choose_layers(model, layers)
     plan = _plan(data, batch_size, max_images, distributed, resume)
+    bs = _batch_size(data, batch_size)
     scanner = _Scanner(model, names, k)
-    saved = _State(
+    with _State(
         state,
         plan,
-        digest=lambda: _digest(model, names, k, data, plan.total, plan.rank, plan.world),
-    )
-    done = saved.load(scanner) if resume else 0
-    done = _scan_batches(scanner, data, batch_size, plan, saved, done, save_every, progress)
-    return _result(scanner, plan, done)
+        digest=lambda: _digest(model, names, k, data, plan.total, plan.rank, plan.world, bs),
+    ) as saved:
+        if resume:
+            loaded = saved.load(names, k, plan, bs, scanner.device)
+            if loaded is not None:
+                _verify_images(data, batch_size, plan, loaded, saved.path)
+                scanner.committed = loaded
+        _scan_batches(scanner, data, batch_size, plan, saved, save_every, progress)
+    return _result(scanner, plan)
 
 
 def _check_scan_args(
@@ -433,56 +471,219 @@ def _plan(
     return _Plan(rank, world, dist, total, shard)
 
 
+_STATE_MAGIC = b"deconvviz scan state"
+
+
 class _State:
-    """The resumable scan state file (none when ``state`` is None)."""
+    """The resumable scan state file (none when ``state`` is None), held under a lock
+    (``PATH.lock``) while the scan runs.
+
+    The file is one header line (``deconvviz scan state <version> sha256 <hex>``) and then the
+    ``torch.save`` bytes of the state, whose sha256 the header holds: a flipped bit anywhere is
+    refused before anything is read from it."""
 
     def __init__(
         self, state: str | os.PathLike[str] | None, plan: _Plan, digest: Callable[[], str]
     ) -> None:
         self.path: Path | None = None
         self.digest = ""
+        self._stack = ExitStack()
         if state is not None:
             self.path = Path(state)
             if plan.world > 1:
                 self.path = self.path.with_name(f"{self.path.name}.rank{plan.rank}of{plan.world}")
             self.digest = digest()
 
-    def load(self, scanner: _Scanner) -> int:
-        """Load a saved state into ``scanner``'s running top-k; returns the images done."""
-        if self.path is None or not self.path.exists():
-            return 0
-        try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(
-                f"cannot read the scan state {self.path} ({exc}); delete it to start over"
-            ) from exc
-        if saved.get("digest") != self.digest:
-            raise CheckpointError(
-                f"the scan state {self.path} was made for another model, layers, k or "
-                "dataset; delete it or drop --resume to start over"
-            )
-        for name, r in scanner.running.items():
-            r.load(saved["layers"][name], scanner.device)
-        return int(saved["done"])
+    def __enter__(self) -> _State:
+        if self.path is not None:
+            from deconvviz._io import lock, remove_stale_temporaries
 
-    def save(self, scanner: _Scanner, done: int) -> None:
+            self._stack.enter_context(
+                lock(self.path.with_name(self.path.name + ".lock"), f"the scan state {self.path}")
+            )
+            # a kill -9 during an earlier save leaves its temporary file: ours to remove now
+            remove_stale_temporaries(self.path)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _damaged(self, why: str) -> CheckpointError:
+        return CheckpointError(
+            f"the scan state {self.path} is damaged or inconsistent ({why}); delete it to start "
+            "over"
+        )
+
+    def load(
+        self, names: list[str], k: int, plan: _Plan, batch: int, device: torch.device
+    ) -> _Committed | None:
+        """The saved state, checked through (checksum, digest, every value's consistency);
+        None when there is none."""
+        if self.path is None or not self.path.exists():
+            return None
+        saved = _read_state(self.path)
+        if not isinstance(saved, dict) or saved.get("digest") != self.digest:
+            raise CheckpointError(
+                f"the scan state {self.path} was made for another model, layers, k, batch size "
+                "or dataset (or the dataset's files changed); delete it or drop --resume to "
+                "start over"
+            )
+        try:
+            return self._check(saved, names, k, plan, batch, device)
+        except CheckpointError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise self._damaged(f"{type(exc).__name__}: {exc}") from exc
+
+    def _check(
+        self,
+        saved: dict[str, Any],
+        names: list[str],
+        k: int,
+        plan: _Plan,
+        batch: int,
+        device: torch.device,
+    ) -> _Committed:
+        """Every claim of the state, checked: done at a batch boundary of this share, one
+        image digest per batch, per layer ``[C, k]`` tensors whose indices are distinct images
+        already scanned, empty slots exactly where fewer than k images were seen, and the
+        (value desc, index asc) order :func:`select_top` gives."""
+        assert plan.shard is not None
+        share = plan.shard
+        done, batches, layers = saved["done"], saved["batches"], saved["layers"]
+        if not isinstance(done, int) or not 0 <= done <= len(share):
+            raise self._damaged(f"{done!r} images done of a share of {len(share)}")
+        if done % batch and done != len(share):
+            raise self._damaged(f"{done} images done is not a whole number of batches")
+        if not isinstance(batches, list) or len(batches) != -(-done // batch):
+            raise self._damaged("the image digests do not match the images done")
+        tops: dict[str, _Top] = {}
+        if done == 0:
+            return _Committed(0, {}, ())
+        for name in names:
+            st = layers[name]
+            v, i, p = st["values"], st["index"], st["pos"]
+            if not all(isinstance(t, Tensor) and t.dim() == 2 for t in (v, i, p)):
+                raise self._damaged(f"layer {name}: not [C, k] tensors")
+            if not (v.shape == i.shape == p.shape) or v.shape[1] != k or v.shape[0] < 1:
+                raise self._damaged(f"layer {name}: shapes {tuple(v.shape)}, {tuple(i.shape)}")
+            if not v.is_floating_point() or i.dtype != torch.long or p.dtype != torch.long:
+                raise self._damaged(f"layer {name}: wrong dtypes")
+            missing = i == _MISSING
+            real = ~missing
+            lo, hi = share.start, share.start + done
+            if bool(((i < lo) | (i >= hi))[real].any()):
+                raise self._damaged(f"layer {name}: an image index outside the images done")
+            if bool((real.sum(1) != min(k, done)).any()):
+                raise self._damaged(f"layer {name}: empty slots where images were seen")
+            if bool(v[missing].ne(-math.inf).any()) or bool(v.isnan().any()):
+                raise self._damaged(f"layer {name}: a value without an image, or NaN")
+            if bool((p < 0).any()) or bool(p[missing].ne(0).any()):
+                raise self._damaged(f"layer {name}: a negative position")
+            again = select_top(v, i, p, k)
+            if not all(torch.equal(x, y) for x, y in zip(again, (v, i, p), strict=True)):
+                raise self._damaged(f"layer {name}: values out of order or an image twice")
+            tops[name] = (v.to(device), i.to(device), p.to(device))
+        return _Committed(done, tops, tuple(str(b) for b in batches))
+
+    def save(self, committed: _Committed) -> None:
         if self.path is None:
             return
-        from deconvviz._io import save_torch
+        import io
 
-        layers = {name: r.state() for name, r in scanner.running.items()}
-        state = {"version": _STATE_VERSION, "digest": self.digest, "done": done, "layers": layers}
-        save_torch(self.path, state)
+        from deconvviz._io import write_bytes
+
+        layers = {
+            name: {"values": t[0].cpu(), "index": t[1].cpu(), "pos": t[2].cpu()}
+            for name, t in committed.tops.items()
+        }
+        state = {
+            "version": _STATE_VERSION,
+            "digest": self.digest,
+            "done": committed.done,
+            "batches": list(committed.batches),
+            "layers": layers,
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        payload = buf.getvalue()
+        head = b"%s %d sha256 %s\n" % (
+            _STATE_MAGIC,
+            _STATE_VERSION,
+            hashlib.sha256(payload).hexdigest().encode(),
+        )
+        write_bytes(self.path, head + payload)
+
+
+def _read_state(path: Path) -> Any:
+    """The contents of a scan state file, after its header and checksum are checked."""
+    import io
+
+    def damaged(why: str) -> CheckpointError:
+        return CheckpointError(
+            f"the scan state {path} is damaged or inconsistent ({why}); delete it to start over"
+        )
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot read the scan state {path} ({exc.strerror or exc}); check the path"
+        ) from exc
+    head, _, payload = raw.partition(b"\n")
+    parts = head.split(b" ")
+    if not head.startswith(_STATE_MAGIC) or len(parts) != 6 or parts[4] != b"sha256":
+        raise CheckpointError(
+            f"{path} is not a scan state of this deconvviz version (an older one, or another "
+            "file); delete it to start over"
+        )
+    if hashlib.sha256(payload).hexdigest().encode() != parts[5]:
+        raise damaged("its checksum does not match its contents")
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise damaged(f"unreadable: {type(exc).__name__}") from exc
+
+
+def _verify_images(
+    data: Any, batch_size: int, plan: _Plan, loaded: _Committed, path: Path | None
+) -> None:
+    """Check that the images a resumed state has taken in are still the same: every batch's
+    sha256 against the state's, read again; for a dataset read from files (whose paths, sizes
+    and modification times the digest already holds) a sample of batches (first, last and six
+    between)."""
+    assert plan.shard is not None
+    n = len(loaded.batches)
+    if n == 0:
+        return
+    bs = _batch_size(data, batch_size)
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    which = range(n)
+    if _files(dataset) is not None and n > 8:
+        which = sorted({0, n - 1, *(round(j * (n - 1) / 7) for j in range(1, 7))})  # type: ignore[assignment]
+    share = plan.shard
+    for b in which:
+        lo, hi = b * bs, min((b + 1) * bs, loaded.done)
+        got = [x for x, _ in _batches(data, batch_size, share[lo:hi], 0)]
+        xb = got[0] if len(got) == 1 else torch.cat(got)
+        if _batch_digest(xb) != loaded.batches[b]:
+            raise CheckpointError(
+                f"the images of the scan state {path} changed (images {share[lo]} to "
+                f"{share[hi - 1]} differ from those scanned); delete the state or drop --resume "
+                "to start over"
+            )
 
 
 class _Scanner:
-    """Every layer's running top-``k``, fed by a :class:`Tracer` on the layers' modules."""
+    """Every layer's running top-``k``, fed by a :class:`Tracer` on the layers' modules; its
+    state is :attr:`committed`, replaced whole after each batch."""
 
     def __init__(self, model: nn.Module, names: list[str], k: int) -> None:
         self.model, self.names, self.k = model, names, k
         self.device, self.dtype = model_device_dtype(model)
-        self.running = {name: _Running(k) for name in names}
+        self.committed = _Committed(0, {}, ())
+        self.pending: dict[str, _Top] = {}
+        self.widths: dict[str, int] = {}
         self.rfs: dict[str, ReceptiveField | None] = {}
         self.size: tuple[int, int] | None = None
         self.wanted: dict[str, dict[int, str]] = {}  # module name -> {call: layer}
@@ -491,20 +692,32 @@ class _Scanner:
         self.left = 0
 
     def setup(self, dn: Deconvnet, xb: Tensor) -> Tracer:
-        """Learn every layer's geometry from one traced probe pass and start empty states;
-        returns the tracer (to enter) on the layers' modules."""
+        """Learn every layer's geometry from one traced probe pass and start empty states (or
+        check loaded ones against it); returns the tracer (to enter) on the layers' modules."""
+        tops = dict(self.committed.tops)
         for layer in self.names:
             geo = dn.layer_geometry(xb, layer)
             self.rfs[layer] = geo.receptive_field
-            r = self.running[layer]
-            r.width = int(geo.out_shape[-1]) if len(geo.out_shape) == 3 else 1
-            if r.values is None:
-                c = int(geo.out_shape[0])
-                r.values = xb.new_full((c, self.k), -math.inf)
-                r.index = torch.full((c, self.k), _MISSING, dtype=torch.long, device=xb.device)
-                r.pos = torch.zeros((c, self.k), dtype=torch.long, device=xb.device)
+            shape = tuple(int(s) for s in geo.out_shape)
+            self.widths[layer] = shape[-1] if len(shape) == 3 else 1
+            c, cells = shape[0], math.prod(shape[1:])
+            if layer not in tops:
+                tops[layer] = (
+                    xb.new_full((c, self.k), -math.inf),
+                    torch.full((c, self.k), _MISSING, dtype=torch.long, device=xb.device),
+                    torch.zeros((c, self.k), dtype=torch.long, device=xb.device),
+                )
+            elif tops[layer][0].shape[0] != c or bool((tops[layer][2] >= cells).any()):
+                raise CheckpointError(
+                    f"the scan state does not fit layer {layer} ({c} channels of {cells} "
+                    "positions); delete it to start over"
+                )
+            else:
+                v = tops[layer][0].to(xb.dtype)
+                tops[layer] = (v, tops[layer][1], tops[layer][2])
             mod, call = split_call(layer)
             self.wanted.setdefault(mod, {})[call or 0] = layer
+        self.committed = _Committed(self.committed.done, tops, self.committed.batches)
         self.size = int(xb.shape[-2]), int(xb.shape[-1])
         modules = dict(self.model.named_modules())
         self.tracer = Tracer(self.model, {modules[mod]: mod for mod in self.wanted})
@@ -515,26 +728,31 @@ class _Scanner:
         layer = self.wanted[name].get(call)
         if layer is None:
             return
-        self.running[layer].add(out, self.images)
+        self.pending[layer] = _merge(self.committed.tops[layer], out, self.images, self.k)
         self.left -= 1
         if self.left == 0:
             Tracer.stop()
 
-    def add(self, xb: Tensor, idx: Tensor) -> None:
-        """Run one batch (images ``xb``, dataset indices ``idx``) and merge it."""
+    def add(self, xb: Tensor, idx: Tensor, digest: str) -> None:
+        """Run one batch (images ``xb``, dataset indices ``idx``, ``digest`` of the images as
+        read) and commit it: every layer's new top-k and the count, in one store."""
         assert self.tracer is not None
         if self.size != tuple(xb.shape[-2:]):
             raise InputError(
                 f"images change size within the dataset ({self.size} then "
                 f"{tuple(xb.shape[-2:])}); resize them to one size"
             )
-        self.images, self.left = idx, len(self.names)
+        self.images, self.left, self.pending = idx, len(self.names), {}
         self.tracer.run(xb)
         if self.left != 0:
             raise LayerError(
                 "the forward pass did not reach every scanned layer; scan layers the "
                 "model's forward calls"
             )
+        c = self.committed
+        self.committed = _Committed(
+            c.done + int(xb.shape[0]), {**c.tops, **self.pending}, (*c.batches, digest)
+        )
 
 
 def _scan_batches(
@@ -543,18 +761,18 @@ def _scan_batches(
     batch_size: int,
     plan: _Plan,
     saved: _State,
-    done: int,
     save_every: int,
     progress: bool,
-) -> int:
-    """Scan this process's images from position ``done`` on (saving the state every
-    ``save_every`` batches, on Ctrl-C and at the end); returns the images done."""
+) -> None:
+    """Scan this process's images from the committed count on (saving the state every
+    ``save_every`` batches, on Ctrl-C and at the end). A batch counts only once every layer has
+    taken it (:meth:`_Scanner.add`), so the state saved on Ctrl-C is always a whole one."""
     from tqdm.auto import tqdm
 
     n = len(scanner.names)
     bar = tqdm(
         total=len(plan.shard) if plan.shard is not None else plan.total,
-        initial=done,
+        initial=scanner.committed.done,
         desc=f"scanning {n} layer{'s' * (n > 1)}",
         disable=not progress or plan.rank != 0,
         unit="img",
@@ -567,16 +785,16 @@ def _scan_batches(
             eval_mode(scanner.model),
             ExitStack() as hooks,
         ):
-            for xb, idx in _batches(data, batch_size, plan.shard, done):
+            for xb, idx in _batches(data, batch_size, plan.shard, scanner.committed.done):
+                digest = _batch_digest(xb)
                 xb = dn.check_input(xb.to(scanner.device, scanner.dtype))
                 if scanner.size is None:
                     hooks.enter_context(scanner.setup(dn, xb))
-                scanner.add(xb, idx)
-                done += xb.shape[0]
+                scanner.add(xb, idx, digest)
                 bar.update(xb.shape[0])
                 since_save += 1
                 if since_save >= save_every:
-                    saved.save(scanner, done)
+                    saved.save(scanner.committed)
                     since_save = 0
             if scanner.size is None:
                 # nothing left to scan here (a finished state, or an empty shard): geometry only
@@ -586,35 +804,31 @@ def _scan_batches(
                 first = batch_images(dataset[0]).unsqueeze(0)
                 scanner.setup(dn, dn.check_input(first.to(scanner.device, scanner.dtype)))
     except KeyboardInterrupt:
-        saved.save(scanner, done)
+        saved.save(scanner.committed)
         raise
     finally:
         bar.close()
-    saved.save(scanner, done)
-    return done
+    saved.save(scanner.committed)
 
 
-def _result(scanner: _Scanner, plan: _Plan, done: int) -> Scan:
+def _result(scanner: _Scanner, plan: _Plan) -> Scan:
     """The :class:`Scan` of every process's images (gathered from every rank when
     distributed)."""
+    done = scanner.committed.done
     images, merged = done, dict[str, tuple[Tensor, Tensor, Tensor]]()
     if plan.dist is not None:
         images, merged = _gather(scanner, plan, done)
     assert scanner.size is not None
     tops: dict[str, Any] = {}
     for layer in scanner.names:
-        r = scanner.running[layer]
-        if layer in merged:
-            values, index, pos = merged[layer]
-        else:
-            assert r.values is not None and r.index is not None and r.pos is not None
-            values, index, pos = r.values, r.index, r.pos
+        width = scanner.widths[layer]
+        values, index, pos = merged[layer] if layer in merged else scanner.committed.tops[layer]
         values, index, pos = values.cpu(), index.cpu(), pos.cpu()
         missing = index == _MISSING
         index = index.masked_fill(missing, -1)
         values = values.masked_fill(missing, -math.inf)
         pos = pos.masked_fill(missing, 0)
-        positions = torch.stack([pos // r.width, pos % r.width], dim=-1)
+        positions = torch.stack([pos // width, pos % width], dim=-1)
         rf = scanner.rfs[layer]
         boxes = input_boxes(rf, positions, scanner.size)
         tops[layer] = TopActivations(layer, values, index, positions, boxes, scanner.size, rf)
@@ -631,10 +845,8 @@ def _gather(
     dist.all_reduce(count)
     merged: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
     for layer in scanner.names:
-        r = scanner.running[layer]
         parts = []
-        for t in (r.values, r.index, r.pos):
-            assert t is not None
+        for t in scanner.committed.tops[layer]:
             t = t.contiguous().to(comm)
             got = [torch.empty_like(t) for _ in range(plan.world)]
             dist.all_gather(got, t)

@@ -24,9 +24,12 @@ from deconvviz_cli.options import (
 )
 
 
-def _init_distributed(device: str) -> tuple[str, bool]:
-    """Join the process group torchrun describes (WORLD_SIZE > 1): gloo on CPU, NCCL on GPUs.
-    Returns the device this process uses and whether it created the group."""
+def _init_distributed(device: str, timeout: int = 600) -> tuple[str, bool]:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): gloo on CPU, NCCL on GPUs;
+    a collective that waits more than ``timeout`` seconds for a peer fails (instead of gloo's
+    30 minutes). Returns the device this process uses and whether it created the group."""
+    import datetime
+
     import torch
     import torch.distributed as dist
 
@@ -40,7 +43,19 @@ def _init_distributed(device: str) -> tuple[str, bool]:
         device = f"cuda:{local}"
     if dist.is_initialized():
         return device, False
-    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        dist.init_process_group(
+            "nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout)
+        )
+    except Exception as exc:  # a peer that never came, an address that does not answer
+        from deconvviz.errors import DeconvvizError
+
+        first = " ".join(str(exc).strip().splitlines()[0].split())[:200] if str(exc) else ""
+        raise DeconvvizError(
+            f"rank {os.environ.get('RANK', '?')} of {world} could not join the torchrun process "
+            f"group within --timeout {timeout}s ({first or type(exc).__name__}); check that "
+            "every rank started and MASTER_ADDR/MASTER_PORT reach rank 0"
+        ) from exc
     return device, True
 
 
@@ -62,6 +77,12 @@ def _init_distributed(device: str) -> tuple[str, bool]:
 @int_option(
     "--save-every", default=20, help="Write the scan state every N batches (and on Ctrl-C)."
 )
+@int_option(
+    "--timeout",
+    default=600,
+    help="Under torchrun: seconds a process waits for a peer (joining, gathering) before it "
+    "stops with an error naming the lost peer.",
+)
 @out_option("Site folder: index.html, a page per layer and per unit, images.")
 @progress_option
 @click.pass_context
@@ -80,6 +101,7 @@ def atlas_cmd(
     device: str,
     resume: bool,
     save_every: int,
+    timeout: int,
     out: Path,
     progress: bool,
 ) -> None:
@@ -95,11 +117,46 @@ def atlas_cmd(
       deconvviz atlas -c runs/lenet5 --data-dir ../shared/data --out atlas/
       torchrun --nproc_per_node=4 -m deconvviz_cli atlas -c runs/demo -o atlas/
     """
+    options = {name: value for name, value in locals().items() if name != "ctx"}
+    try:
+        _atlas(ctx, **options)
+    except Exception as exc:
+        lost = _lost_peer(exc)
+        if lost is None:
+            raise
+        from deconvviz.errors import DeconvvizError
+
+        raise DeconvvizError(lost) from exc
+
+
+def _atlas(
+    ctx: click.Context,
+    checkpoint: Path,
+    model_factory: ModelSpec,
+    data_dir: Path | None,
+    dataset: str | None,
+    split: str,
+    layers: tuple[str, ...],
+    k: int,
+    rule: str,
+    max_images: int | None,
+    batch_size: int,
+    device: str,
+    resume: bool,
+    save_every: int,
+    timeout: int,
+    out: Path,
+    progress: bool,
+) -> None:
     from deconvviz.atlas import write_atlas
     from deconvviz.datasets import dataset_for_model
     from deconvviz.scan import scan
 
-    dev = _device(ctx, device)
+    dev = _device(ctx, device, timeout)
+    if _rank() == 0:  # the folder is this run's until the site is written (others refused)
+        from deconvviz._io import lock, lock_path_for
+
+        ctx.with_resource(lock(lock_path_for(out), f"the atlas folder {out}"))
     run = model_factory.load(checkpoint)
     model = run.model.to(dev)
     data = dataset_for_model(run.model, run.config, data_dir, dataset, split)
@@ -125,6 +182,27 @@ def atlas_cmd(
     click.echo(_summary(result, k, site.index))
 
 
+def _lost_peer(exc: BaseException) -> str | None:
+    """One line for an error that means a peer process of a torchrun job was lost (it died,
+    was stopped, or did not answer within --timeout); None for any other error."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    text = str(exc)
+    clues = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "socket", "closed")
+    if not isinstance(exc, getattr(dist, "DistError", ())) and not (
+        isinstance(exc, RuntimeError) and any(c in text.lower() for c in clues)
+    ):
+        return None
+    first = " ".join(text.strip().splitlines()[0].split())[:200] if text.strip() else ""
+    return (
+        f"rank {dist.get_rank()} of {dist.get_world_size()} lost a peer process (it stopped, "
+        f"died or did not answer within --timeout): {first or type(exc).__name__}; check the "
+        "other ranks' logs, then run again with --resume to continue from the saved scan state"
+    )
+
+
 def _about(
     checkpoint: str, model: str, dataset: str | None, config: dict[str, Any], split: str, rule: str
 ) -> dict[str, str]:
@@ -144,14 +222,14 @@ def _summary(result: Any, k: int, index: Path) -> str:
     )
 
 
-def _device(ctx: click.Context, device: str) -> Any:
+def _device(ctx: click.Context, device: str, timeout: int = 600) -> Any:
     """The torch device of this process (joining torchrun's process group where there is
     one, left again when the command ends)."""
     import torch
 
     from deconvviz.errors import InputError
 
-    device, created = _init_distributed(device)
+    device, created = _init_distributed(device, timeout)
     if created:
         import torch.distributed as dist
 

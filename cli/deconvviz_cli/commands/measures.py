@@ -56,14 +56,48 @@ def _class_names(model: nn.Module) -> list[str] | None:
 
 
 def _input_shape(model: nn.Module) -> tuple[int, int | None]:
-    """(channels, square side or None) that ``model`` takes."""
+    """(channels, square side or None) that ``model`` takes, from its own ``config`` (the
+    example models: LeNet5, the ZF net, the RNN) or its first conv layer."""
     cfg = getattr(model, "config", None)
-    if isinstance(cfg, dict) and cfg.get("model") == "lenet5":
-        return int(cfg.get("in_channels", 1)), int(cfg.get("image_size", 28))
     if isinstance(cfg, dict) and cfg.get("model") == "rnn":
         return 1, int(cfg.get("input_size", 28))
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return (conv.in_channels if conv is not None else 3), None
+    channels = conv.in_channels if conv is not None else 3
+    if isinstance(cfg, dict):
+        size = cfg.get("image_size")
+        return int(cfg.get("in_channels", channels)), int(size) if isinstance(size, int) else None
+    return channels, None
+
+
+def _occlude_input(model_spec: ModelSpec, run: Any, image: Path, device: str) -> Any:
+    """The image as the model takes it, by the one image loader: resized to ``--image-size``,
+    else to the model's own input size, else (a model of any input size) kept as it is unless
+    its forward pass would not fit the engine's memory budget, in which case it is scaled down
+    to the largest size that does."""
+    from PIL import Image
+
+    from deconvviz.images import load_images
+    from deconvviz.occlusion import input_size_within
+    from deconvviz.reconstruct import expected_input
+
+    channels, side = _input_shape(run.model)
+    if not isinstance(getattr(run.model, "config", None), dict):
+        want_channels, want_side = expected_input(run.model, run.config)
+        channels = want_channels or channels
+        side = want_side or side
+    if model_spec.image_size is not None:
+        side = int(model_spec.image_size)
+    size: int | tuple[int, int] | None = side
+    if size is None:
+        try:
+            with Image.open(image) as im:  # the header only: the size, without decoding
+                w, h = im.size
+        except (OSError, ValueError):
+            w = h = 0  # unreadable: the loader says so in one line
+        if h and w:
+            fit = input_size_within(run.model, (h, w), channels or 3)
+            size = None if fit == (h, w) else fit
+    return load_images([image], channels, size).to(device)
 
 
 @click.command("occlude", short_help="Occlusion sensitivity maps of one image.")
@@ -102,19 +136,11 @@ def occlude(
 
     Writes occlusion.png (the maps over the image) and occlusion.pt (the result tensors).
     """
-    from deconvviz.images import load_images
     from deconvviz.occlusion import occlusion
-    from deconvviz.reconstruct import expected_input
     from deconvviz.render.occlusion import occlusion_figure
 
     run = model_factory.load(checkpoint, device)
-    channels: int | None
-    side: int | None
-    if isinstance(getattr(run.model, "config", None), dict):
-        channels, side = _input_shape(run.model)
-    else:
-        channels, side = expected_input(run.model, run.config)
-    x = load_images([image], channels, side).to(device)
+    x = _occlude_input(model_factory, run, image, device)
     fill_value: str | float = fill
     if fill not in ("grey", "gray", "mean"):
         try:

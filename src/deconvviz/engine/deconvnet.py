@@ -59,6 +59,7 @@ from deconvviz.errors import (
     DeconvvizError,
     InputError,
     LayerError,
+    NonFiniteError,
     UnsupportedLayerError,
     unknown_name,
 )
@@ -307,6 +308,7 @@ class Deconvnet:
         tracer, swap = self._tracer(None, tracker)
         infos: dict[str, _LayerInfo] = {}
         size = (int(x.shape[-2]), int(x.shape[-1]))
+        bad: list[tuple[str, nn.Module, Tensor]] = []  # the first layer with NaN/inf output
 
         starts: dict[tuple[str, int], tuple[int, int]] = {}
 
@@ -330,6 +332,14 @@ class Deconvnet:
                     swap.events.append(
                         Event(name, f"{type(module).__name__} (unknown type: {odd})", False)
                     )
+            # after the linearity judgement above: these calls are the engine's, not the layer's
+            if (
+                not bad
+                and isinstance(out, Tensor)
+                and out.is_floating_point()
+                and not bool(torch.isfinite(out).all())
+            ):
+                bad.append((call_key(name, call) if call else name, module, out))
             info = _LayerInfo(
                 events_before=len(swap.events), batch_stats=tuple(dict.fromkeys(swap.batch_stats))
             )
@@ -341,6 +351,10 @@ class Deconvnet:
             if call == 0:
                 infos[name] = info
 
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise NonFiniteError(
+                f"the input holds {_non_finite(x)}; give images with finite values"
+            )
         # The pass records autograd (one input), so that the graph shows custom
         # autograd.Functions, whose backward the rule cannot reach.
         swap.recording = True
@@ -350,6 +364,27 @@ class Deconvnet:
                 x = leaf.clone()  # not a leaf: the model may change its input in place
             tracker.watch(x)
             tracer.run(x, grad=True)
+        if bad:
+            name, module, out = bad[0]
+            own = [
+                (p, t)
+                for p, t in module.named_parameters(recurse=False)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())
+            ] + [
+                (b, t)
+                for b, t in module.named_buffers(recurse=False)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())
+            ]
+            why = (
+                f"its {own[0][0]} holds {_non_finite(own[0][1])}"
+                if own
+                else "its input was finite: an overflow in it"
+            )
+            raise NonFiniteError(
+                f"the model's activations are not finite: {_non_finite(out)} first appear in the "
+                f"output of layer {name!r} ({why}); check the checkpoint or the training run "
+                "that made it"
+            )
         for name, n in tracer.counts.items():
             for key in (name, *(call_key(name, k) for k in range(n))):
                 if key in infos:
@@ -1215,6 +1250,14 @@ def _not_linear(calls: list[tuple[str, int]]) -> str:
         if name in _PRODUCTS and derived > 1:
             return f"multiplies its input by itself ({name})"
     return ""
+
+
+def _non_finite(t: Tensor) -> str:
+    """``'3 NaN and 1 infinite values'``: what is not finite in ``t``."""
+    t = t.detach()
+    nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+    parts = [f"{nan} NaN"] * bool(nan) + [f"{inf} infinite"] * bool(inf)
+    return " and ".join(parts) + " values"
 
 
 def batch_images(batch: Any) -> Tensor:

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -52,6 +53,12 @@ class Tracer:
 
     During and after a pass: ``counts`` (calls per module name), ``order`` (names in the order
     of their first call), ``stack`` (names of the modules running now, innermost last).
+
+    Threads: a tracer sees only the passes of the thread that entered it. Hooks live on the
+    (shared) model, so another thread's tracer on the same model sees its calls too, and
+    ignores them: several threads may trace and project the same model at once, each with its
+    own tracer (the engine makes one per call), and :func:`eval_mode` keeps the model in eval
+    mode until the last of them is done.
     """
 
     def __init__(
@@ -79,6 +86,7 @@ class Tracer:
         self._handles: list[RemovableHandle] = []
         self._stop_after: tuple[str, int] | None = None
         self._stop_before: tuple[str, int] | None = None
+        self._thread: int | None = None  # the thread that entered it: the only one it sees
 
     # ------------------------------------------------------------------ listeners
 
@@ -102,6 +110,7 @@ class Tracer:
     def __enter__(self) -> Tracer:
         if self._handles:
             raise RuntimeError("this Tracer is already entered")
+        self._thread = threading.get_ident()
         try:
             for module in self.names:
                 self._handles.append(module.register_forward_pre_hook(self._pre))
@@ -120,6 +129,8 @@ class Tracer:
             h.remove()
 
     def _pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if threading.get_ident() != self._thread:
+            return  # another thread's pass through the same model
         name = self.names[module]
         call = self.counts[name]
         self.counts[name] = call + 1
@@ -132,6 +143,8 @@ class Tracer:
             raise StopForward
 
     def _post(self, module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        if threading.get_ident() != self._thread:
+            return
         name = self.names[module]
         if self.stack and self.stack[-1] == name:
             self.stack.pop()
@@ -199,21 +212,40 @@ def _stop_point(layer: str | None) -> tuple[str, int] | None:
     return name, call or 0
 
 
+_EVAL_LOCK = threading.Lock()
+_EVAL_USERS: dict[int, tuple[int, list[tuple[nn.Module, bool]]]] = {}  # id(model) -> (n, flags)
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Run ``model`` in eval mode; every module's ``training`` flag is restored afterwards.
+
+    Safe across threads: the flags are saved by the first thread that enters and restored by
+    the last one that leaves, so one thread never puts the model back in training mode while
+    another is still running it.
 
     Example:
         >>> with eval_mode(model), torch.no_grad():   # doctest: +SKIP
         ...     logits = model(x)
     """
-    saved = [(m, m.training) for m in model.modules()]
+    key = id(model)
+    with _EVAL_LOCK:
+        users, saved = _EVAL_USERS.get(key, (0, []))
+        if users == 0:
+            saved = [(m, m.training) for m in model.modules()]
+            model.eval()
+        _EVAL_USERS[key] = (users + 1, saved)
     try:
-        model.eval()
         yield
     finally:
-        for m, flag in saved:
-            m.training = flag
+        with _EVAL_LOCK:
+            users, saved = _EVAL_USERS[key]
+            if users == 1:
+                del _EVAL_USERS[key]
+                for m, flag in saved:
+                    m.training = flag
+            else:
+                _EVAL_USERS[key] = (users - 1, saved)
 
 
 @contextlib.contextmanager
