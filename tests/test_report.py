@@ -17,10 +17,10 @@ from PIL import Image
 from torch import Tensor, nn
 
 import deconvviz
-from browser import CHROMIUM, run_check
+from browser import CHROMIUM, legibility, run_check
 from deconvviz.data import ImageDataset
 from deconvviz.errors import InputError, LayerError
-from deconvviz.report import SECTIONS, write_report
+from deconvviz.report import MIN_TEXT_PX, SECTIONS, write_report
 
 
 class TinyCNN(nn.Module):
@@ -193,9 +193,18 @@ def test_report_writes_and_links_every_section(report):
     if not hasattr(deconvviz, "analyses") and "analyses" not in sections:
         expected.discard("analyses")
     assert expected <= sections
-    # every figure is an <img> on the page, and every <img> is a real PNG in the folder
+    # every inline figure is an <img> on the page, and every <img> is a real PNG in the folder;
+    # the Fig. 2 grids are per-unit tiles (one per live unit) linking the whole-layer picture
     srcs = [urllib.parse.unquote(src) for src in parser.srcs]
-    assert sorted(srcs) == sorted(f.path for f in report.figures)
+    tiles = [s for s in srcs if s.startswith("figures/reconstructions/")]
+    assert sorted(set(srcs) - set(tiles)) == sorted(f.path for f in report.figures if f.inline)
+    for layer in ("conv1", "conv2"):
+        info = json.loads((report.out_dir / f"figures/reconstructions/{layer}.json").read_text())
+        live = [c for c in info["channels"] if c not in info["dead"]]
+        assert sorted(t for t in tiles if f"/{layer}/" in t) == sorted(
+            f"figures/reconstructions/{layer}/ch{c}.png" for c in live
+        )
+        assert f"figures/reconstructions/{layer}.png" in parser.links
     _assert_whole(report.out_dir)
     for src in srcs:
         assert not src.startswith(("/", "http")), src  # relative: the folder can be moved
@@ -246,13 +255,31 @@ window.addEventListener("load", function () {
 </script>"""
     page = report.index.read_text()
     check = report.out_dir / "_check.html"
-    check.write_text(page.replace("</body>", script + "</body>"))
+    eager = '<script>document.querySelectorAll("img").forEach(i => { i.loading = "eager"; });'
+    check.write_text(page.replace("</body>", eager + "</script>" + script + "</body>"))
     result = json.loads(run_check(check, tmp_path / "profile", budget_ms=10000))
-    # every figure once as <img> and once as <a>, plus the link to manifest.json
-    assert len(result) == 2 * len(report.figures) + 1
+    # every inline figure and unit tile once as <img> and once as <a>, the whole-layer
+    # pictures as links, plus the link to manifest.json
+    parser = _Images()
+    parser.feed(page)
+    assert len(result) == len(parser.srcs) + len(parser.links)
     assert [src for src, ok in result if not ok] == []  # naturalWidth == 0: a broken picture
     inside = report.out_dir.resolve().as_uri() + "/"
     assert [url for url, _ in result if not url.startswith(inside)] == []
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_every_label_is_legible_as_displayed(report, tmp_path):
+    # measured in the page at chromium's headless width (800 px), not in the PNGs
+    found = legibility(report.index, tmp_path / "profile")
+    assert found["width"] <= 1000
+    small = [t for t in found["text"] if t[0] < MIN_TEXT_PX]
+    assert small == []
+    assert len(found["figures"]) >= 8  # stats, filters' RMS, evidence, occlusion, compare...
+    shrunk = [f for f in found["figures"] if f[0] < MIN_TEXT_PX - 0.01]
+    assert shrunk == []
+    # the Fig. 2 labels are text in the page, not pixels
+    assert any(t[1].startswith("ch 0: ") for t in found["text"])
 
 
 def test_sections_that_do_not_apply_are_skipped_with_a_reason(tmp_path):

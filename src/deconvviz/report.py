@@ -66,6 +66,9 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("analyses", "Analyses"),
 )
 _FIG_DIR = "figures"
+MIN_TEXT_PX = 11.0
+"""Smallest height, in CSS pixels, of any text the page shows (HTML text and text in figures)."""
+_FIG_DPI = 100
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,18 @@ class ReportFigure:
         section: the section key (``"training"``, ``"filters"``, ...).
         title: the caption.
         path: the PNG, relative to the report folder.
+        text_px: height in pixels of the smallest text drawn in the PNG (``None``: no text, or
+            not known); the page never shows the PNG so small that this text is under
+            :data:`MIN_TEXT_PX`.
+        inline: ``False`` for a figure the page links to instead of showing (a whole layer's
+            Fig. 2 grid, which the page shows as a grid of per-unit tiles).
     """
 
     section: str
     title: str
     path: str
+    text_px: float | None = None
+    inline: bool = True
 
 
 @dataclass(frozen=True)
@@ -309,7 +319,9 @@ def _write_index(
     skipped = tuple((s.key, s.skipped) for s in done if s.skipped is not None)
     manifest = _manifest(ctx, done, figures, config, run_path, max_images)
     manifest_path = write_json(ctx.out / "manifest.json", json_safe(manifest))
-    page = _html_page(title or f"deconvviz report: {type(ctx.model).__name__}", done, manifest)
+    page = _html_page(
+        title or f"deconvviz report: {type(ctx.model).__name__}", done, manifest, ctx.out
+    )
     index = write_text(ctx.out / "index.html", page)
     return Report(ctx.out, index, manifest_path, figures, skipped)
 
@@ -444,9 +456,12 @@ class _Context:
         return _relative_to(path, self.out)
 
     def add_figure(self, section: _Section, title: str, fig: Any, *parts: str) -> None:
+        from deconvviz.render.images import min_text_px
+
         path = self.path(*parts)
-        save_figure(path, fig, dpi=100)
-        section.figures.append(ReportFigure(section.key, title, self.rel(path)))
+        text_px = min_text_px(fig, _FIG_DPI)
+        save_figure(path, fig, dpi=_FIG_DPI)
+        section.figures.append(ReportFigure(section.key, title, self.rel(path), text_px))
 
     def add_image(self, section: _Section, title: str, image: Any, *parts: str) -> None:
         path = self.path(*parts)
@@ -570,18 +585,20 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
         dead = rec.dead
         dead_text = ", ".join(str(c) for c in dead) or "none"
         dead_rows.append([layer, f"{len(dead)} / {len(rec.channels)}", dead_text])
+        caption = (
+            f"top-{rec.found} activations of each of {_shown(rec, ctx.max_channels)} over "
+            f"{len(ctx.scan)} images: {rec.rule} projections (left, each scaled to its own "
+            "max |value|, grey = 0) and the image patches that caused them (right); "
+            f"dead feature maps (never > 0): {dead_text}"
+        )
         for page, path in enumerate(pngs):
             more = f" (page {page + 1}/{len(pngs)})" if len(pngs) > 1 else ""
             section.figures.append(
                 ReportFigure(
-                    section.key,
-                    f"{layer}{more}: top-{rec.found} activations of each of "
-                    f"{_shown(rec, ctx.max_channels)} over "
-                    f"{len(ctx.scan)} images, {rec.rule} projections (left) and image "
-                    f"patches (right); dead feature maps (never > 0): {dead_text}",
-                    ctx.rel(path),
+                    section.key, f"{layer}{more}: {caption}", ctx.rel(path), inline=False
                 )
             )
+        section.html.append(_unit_grid(ctx, layer, rec, caption, pngs))
     section.html.append(
         _table(
             ["layer", "dead feature maps", "channels never > 0"],
@@ -593,6 +610,36 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
     section.data["layers"] = list(results)
     section.data["dead"] = {layer: rec.dead for layer, rec in results.items()}
     ctx.reconstructions.update(results)
+
+
+def _unit_grid(ctx: _Context, layer: str, rec: Any, caption: str, pngs: Sequence[Path]) -> str:
+    """One layer of Fig. 2 as an HTML grid: one tile per unit (its projections beside its
+    patches, a link to the full-size tile), its caption as text; dead units as text."""
+    from deconvviz.render.reconstruct import unit_tiles
+
+    e = html.escape
+    folder = ctx.path("reconstructions", safe_name(layer))
+    cells = []
+    for ch, block, text in unit_tiles(rec):
+        if block is None:
+            cells.append(f'<figure class="unit dead"><figcaption>{e(text)}</figcaption></figure>')
+            continue
+        src = e(_url(ctx.rel(save_image(folder / f"ch{ch}.png", block))), quote=True)
+        cells.append(
+            f'<figure class="unit"><a href="{src}" title="full size"><img src="{src}" '
+            f'alt="{e(layer, quote=True)} {e(text, quote=True)}" width="{block.width}" '
+            f'height="{block.height}" loading="lazy"></a><figcaption>{e(text)}</figcaption>'
+            "</figure>"
+        )
+    whole = ", ".join(
+        f'<a href="{e(_url(ctx.rel(p)), quote=True)}">{e(p.name)}</a>' for p in pngs
+    )
+    return (
+        f'<h3 id="layer-{e(safe_name(layer), quote=True)}">{e(layer)}</h3>'
+        f"<p>{e(caption)}. Click a tile to enlarge it; the whole layer as one picture: "
+        f"{whole}.</p>"
+        f'<div class="units">{"".join(cells)}</div>'
+    )
 
 
 def _shown(rec: Any, max_channels: int | None) -> str:
@@ -702,7 +749,12 @@ def _analyses(ctx: _Context, section: _Section) -> None:
     # report_figures returns the paths it wrote (folder / name): usable as they are, never to be
     # joined to the folder again
     for title, path in report_figures(ctx.model, ctx.dataset, folder, progress=ctx.progress):
-        section.figures.append(ReportFigure(section.key, str(title), ctx.rel(path)))
+        text_px = None
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            import json
+
+            text_px = json.loads(Path(path).with_suffix(".json").read_text())["text_px"]
+        section.figures.append(ReportFigure(section.key, str(title), ctx.rel(path), text_px))
 
 
 # ------------------------------------------------------------------------------ HTML
@@ -715,6 +767,13 @@ nav ul { columns: 2; }
 figure { margin: 1em 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #ddd; image-rendering: auto; }
 figcaption { font-size: .9em; color: #555; }
+.scroll { overflow-x: auto; }
+.units { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr));
+         gap: .6em; }
+.units figure { margin: 0; }
+.units img { width: 100%; }
+.units figcaption { font-size: .85em; }
+.unit.dead { background: #f2f2f2; border: 1px dashed #aaa; padding: .5em; }
 table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
 caption { text-align: left; font-weight: bold; padding: .2em 0; }
 td, th { border: 1px solid #ccc; padding: .2em .6em; text-align: left; }
@@ -779,7 +838,31 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _html_page(title: str, sections: Sequence[_Section], manifest: Mapping[str, Any]) -> str:
+def _figure_html(f: ReportFigure, root: Path) -> str:
+    """A figure at a size that keeps its smallest text at :data:`MIN_TEXT_PX` or more: it
+    shrinks to the page's width down to that size, and scrolls sideways below it."""
+    e = html.escape
+    src = e(_url(f.path), quote=True)
+    size = ""
+    with contextlib.suppress(OSError):
+        from PIL import Image
+
+        with Image.open(root / f.path) as im:
+            w, h = im.size
+        size = f' width="{w}" height="{h}"'
+        if f.text_px is not None:  # text_px * shown / w >= MIN_TEXT_PX
+            size += f' style="min-width: {math.ceil(w * MIN_TEXT_PX / f.text_px)}px"'
+    text = "" if f.text_px is None else f' data-text-px="{f.text_px:.2f}"'
+    return (
+        f'<figure><div class="scroll"><a href="{src}"><img src="{src}" '
+        f'alt="{e(f.title, quote=True)}"{size}{text} loading="eager"></a></div>'
+        f"<figcaption>{e(f.title)}</figcaption></figure>"
+    )
+
+
+def _html_page(
+    title: str, sections: Sequence[_Section], manifest: Mapping[str, Any], root: Path
+) -> str:
     e = html.escape
     ver = manifest["versions"]
     cfg = manifest.get("config") or {}
@@ -831,11 +914,8 @@ def _html_page(title: str, sections: Sequence[_Section], manifest: Mapping[str, 
             parts.append(f'<p class="skipped">Skipped: {e(s.skipped)}</p>')
         parts.extend(s.html)
         for f in s.figures:
-            src = e(_url(f.path), quote=True)
-            parts.append(
-                f'<figure><a href="{src}"><img src="{src}" alt="{e(f.title, quote=True)}" '
-                f'loading="eager"></a><figcaption>{e(f.title)}</figcaption></figure>'
-            )
+            if f.inline:
+                parts.append(_figure_html(f, root))
         parts.append("</section>")
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)
