@@ -594,9 +594,7 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
         for page, path in enumerate(pngs):
             more = f" (page {page + 1}/{len(pngs)})" if len(pngs) > 1 else ""
             section.figures.append(
-                ReportFigure(
-                    section.key, f"{layer}{more}: {caption}", ctx.rel(path), inline=False
-                )
+                ReportFigure(section.key, f"{layer}{more}: {caption}", ctx.rel(path), inline=False)
             )
         section.html.append(_unit_grid(ctx, layer, rec, caption, pngs))
     section.html.append(
@@ -610,6 +608,75 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
     section.data["layers"] = list(results)
     section.data["dead"] = {layer: rec.dead for layer, rec in results.items()}
     ctx.reconstructions.update(results)
+    _dependence(ctx, section, results)
+
+
+def _dependence(ctx: _Context, section: _Section, results: Mapping[str, Any]) -> None:
+    """How much each layer's pictures depend on the image: a table, a plain sentence for each
+    layer where they hardly do, and guided backprop's pictures of those layers beside."""
+    from deconvviz.analyses.dependence import image_dependence, pool_switches
+    from deconvviz.reconstruct import reconstruct_dataset
+
+    device, dtype = model_device_dtype(ctx.model)
+    x = _first_image(ctx.dataset)[None].to(device, dtype)
+    deps = [
+        image_dependence(rec, pool_switches(ctx.model, layer, x)) for layer, rec in results.items()
+    ]
+    rows = [
+        [
+            d.layer,
+            "-" if d.switches is None else d.switches,
+            _fmt(d.correlation),
+            "hardly" if d.hardly else "yes",
+        ]
+        for d in deps
+    ]
+    section.html.append(
+        "<h3>Do these pictures depend on the image?</h3><p>A deconvnet's reverse path depends "
+        "on the image only through the max-pooling switches below a layer (Mahendran &amp; "
+        "Vedaldi, 2016). For each layer: the switches a projection can read, and the mean "
+        "correlation between a unit's top projections, each in its own receptive-field window "
+        "(1: every image gives the same picture, up to scale).</p>"
+    )
+    section.html.append(
+        _table(
+            [
+                "layer",
+                "max-pooling switches below",
+                "mean correlation of top projections",
+                "depends on the image",
+            ],
+            rows,
+        )
+    )
+    hardly = [d for d in deps if d.hardly]
+    for d in hardly:
+        section.html.append(f'<p class="warn">{html.escape(d.sentence() or "")}</p>')
+    section.data["image_dependence"] = [d.to_dict() for d in deps]
+    if not hardly or ctx.rule != "deconvnet":
+        return
+    guided = reconstruct_dataset(
+        ctx.model,
+        ctx.scan,
+        [d.layer for d in hardly],
+        k=ctx.k,
+        rule="guided",
+        max_channels=min(8, ctx.max_channels or 8),
+        progress=ctx.progress,
+    )
+    for layer, rec in guided.items():
+        pngs = _write_guided(ctx, layer, rec)
+        caption = (
+            f"guided backprop, beside the deconvnet: top-{rec.found} activations of each of "
+            f"its first {len(rec.channels)} feature maps, projections (left) and patches (right)"
+        )
+        section.html.append(_unit_grid(ctx, f"{layer} (guided backprop)", rec, caption, pngs))
+
+
+def _write_guided(ctx: _Context, layer: str, rec: Any) -> list[Path]:
+    from deconvviz.export_reconstructions import write_dataset_reconstructions
+
+    return write_dataset_reconstructions({f"{layer}_guided": rec}, ctx.path("reconstructions"))
 
 
 def _unit_grid(ctx: _Context, layer: str, rec: Any, caption: str, pngs: Sequence[Path]) -> str:
@@ -631,9 +698,7 @@ def _unit_grid(ctx: _Context, layer: str, rec: Any, caption: str, pngs: Sequence
             f'height="{block.height}" loading="lazy"></a><figcaption>{e(text)}</figcaption>'
             "</figure>"
         )
-    whole = ", ".join(
-        f'<a href="{e(_url(ctx.rel(p)), quote=True)}">{e(p.name)}</a>' for p in pngs
-    )
+    whole = ", ".join(f'<a href="{e(_url(ctx.rel(p)), quote=True)}">{e(p.name)}</a>' for p in pngs)
     return (
         f'<h3 id="layer-{e(safe_name(layer), quote=True)}">{e(layer)}</h3>'
         f"<p>{e(caption)}. Click a tile to enlarge it; the whole layer as one picture: "
@@ -733,6 +798,18 @@ def _compare(ctx: _Context, section: _Section) -> None:
 
     x, y = _batch(ctx.dataset, ctx.images)
     comp = compare_methods(ctx.model, x, target=y, progress=ctx.progress)
+    for note in comp.notes:
+        section.html.append(f'<p class="warn">{html.escape(note)}</p>')
+    if ctx.rule == "deconvnet":
+        from deconvviz.analyses.dependence import CITATION, pool_switches
+
+        device, dtype = model_device_dtype(ctx.model)
+        if pool_switches(ctx.model, None, x[:1].to(device, dtype)) == 0:
+            section.html.append(
+                '<p class="warn">This model has no max pooling, so its deconvnet column is the '
+                "same pattern for every image, up to scale: it shows the network's filters, not "
+                f"what it saw; compare guided backprop ({html.escape(CITATION)}).</p>"
+            )
     ctx.add_figure(
         section,
         "our deconvnet beside captum's saliency, guided backprop, "
@@ -773,6 +850,7 @@ figcaption { font-size: .9em; color: #555; }
 .units figure { margin: 0; }
 .units img { width: 100%; }
 .units figcaption { font-size: .85em; }
+.warn { background: #fff6e0; border-left: 4px solid #e0a000; padding: .4em .8em; }
 .unit.dead { background: #f2f2f2; border: 1px dashed #aaa; padding: .5em; }
 table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
 caption { text-align: left; font-weight: bold; padding: .2em 0; }

@@ -331,8 +331,10 @@ def probability_maps_figure(
         t = int(result.target[i])
         name = class_names[t] if class_names is not None and t < len(class_names) else str(t)
         mesh = draw_map(ax, result, result.prob[i], None, cmap="viridis", vmin=0.0, vmax=1.0)
-        ax.set_title(f"p({name}) per occluder position\n{float(result.base_prob[i]):.2f} "
-                     "unoccluded", fontsize=8)
+        ax.set_title(
+            f"p({name}) per occluder position\n{float(result.base_prob[i]):.2f} unoccluded",
+            fontsize=8,
+        )
     assert mesh is not None
     fig.colorbar(mesh, ax=list(axes), shrink=0.8, label="p(target)")
     return fig

@@ -550,12 +550,15 @@ def comparison_figure(
         name = class_names[t] if class_names is not None and 0 <= t < len(class_names) else str(t)
         _show(axes[i, 0], _tile(input_display(comp.images[i]), scale))
         axes[i, 0].set_ylabel(
-            f"target {name}\np(target) = {float(comp.probability[i]):.2f}", fontsize=8
+            f"target {name}\np({name}) = {float(comp.probability[i]):.2f}", fontsize=8
         )
         for m, method in enumerate(comp.methods):
             _show(axes[i, m + 1], _tile(to_display(comp.attributions[m, i].cpu()), scale))
             if i == 0:
-                axes[i, m + 1].set_title(method.replace("_", " "), fontsize=8)
+                label = method.replace("_", " ")
+                if method == "guided_backprop" and comp.notes:
+                    label += "\n(captum: misses F.relu)"
+                axes[i, m + 1].set_title(label, fontsize=8)
         if i == 0:
             axes[i, 0].set_title("input", fontsize=8)
     fig.suptitle(
