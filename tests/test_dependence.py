@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
-from zoo import FunctionalNet, SliceResNet
 
 from deconvviz.analyses.dependence import (
     _unit_correlation,
@@ -27,6 +26,7 @@ from deconvviz.compare import captum_relu_note, compare_methods, relu_calls
 from deconvviz.pretrained import load_pretrained
 from deconvviz.reconstruct import reconstruct_dataset
 from deconvviz_cli.main import cli
+from zoo import FunctionalNet, SliceResNet
 
 
 def _sample(n: int) -> list[tuple[torch.Tensor, int]]:
