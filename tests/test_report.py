@@ -400,3 +400,38 @@ def test_reconstruction_section_lists_dead_feature_maps(report):
     recs = [f for f in report.figures if f.section == "reconstructions"]
     for f, row in zip(recs, dead["rows"], strict=True):
         assert f.title.endswith(f"dead feature maps (never > 0): {row[2]}")
+
+
+@pytest.mark.slow  # ~25 s on a shared 2-core machine (two scans and captum's methods)
+def test_report_says_where_deconvnet_pictures_hardly_depend_on_the_image(tmp_path):
+    from zoo import SliceResNet
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.rand(3, 16, 16, generator=gen), i % 10) for i in range(12)]
+    rep = write_report(
+        tmp_path,
+        SliceResNet().eval(),
+        data,
+        layers=["layer2.0.conv2"],
+        k=4,
+        images=2,
+        max_channels=4,
+        sections=["reconstructions", "compare"],
+        progress=False,
+    )
+    assert rep.skipped == ()
+    page = rep.index.read_text()
+    assert "layer2.0.conv2: the deconvnet pictures hardly depend on the image" in page
+    assert "Mahendran &amp; Vedaldi" in page and "Odena" in page
+    # guided backprop beside it, as tiles
+    assert "layer2.0.conv2 (guided backprop)" in page
+    assert list((tmp_path / "figures" / "reconstructions").glob("layer2.0.conv2_guided*/ch*.png"))
+    manifest = json.loads(rep.manifest.read_text())
+    (dep,) = next(s for s in manifest["sections"] if s["key"] == "reconstructions")[
+        "image_dependence"
+    ]
+    assert dep["switches"] == 0 and dep["hardly"] and dep["correlation"] > 0.9
+    # the comparison: no max pooling at all, and captum cannot see the F.relu calls
+    assert "This model has no max pooling" in page
+    assert "equals the plain gradient" in page
