@@ -299,8 +299,39 @@ def test_sections_that_do_not_apply_are_skipped_with_a_reason(tmp_path):
     assert "Conv2d" in skipped["reconstructions"]
     assert [f.section for f in rep.figures] == ["stats"]  # hidden-state statistics
     page = rep.index.read_text()
-    assert "Skipped: the run has no training history" in page
+    # no training run: the training section is left out of the page (the manifest says why)
+    assert "Training curves" not in page and "training history" not in page
+    manifest = json.loads(rep.manifest.read_text())
+    training = next(s for s in manifest["sections"] if s["key"] == "training")
+    assert "no training history" in training["skipped"]
+    assert "Skipped: " in page and "no Conv2d layer" in page  # the others still say why
     assert "Hidden-state statistics" in page
+
+
+def test_a_users_normalised_model_is_named_and_its_normalisation_readable(tmp_path):
+    from deconvviz.loading import Normalized
+
+    torch.manual_seed(0)
+    model = Normalized(TinyCNN().eval(), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    rep = write_report(
+        tmp_path,
+        model,
+        _dataset(n=4),
+        config={"image_size": 8, "normalize": [0.485, 0.229, 0.456, 0.224, 0.406, 0.225]},
+        sections=["training", "filters"],
+        progress=False,
+    )
+    parser = _Tables()
+    page = rep.index.read_text()
+    parser.feed(page)
+    assert "<h1>deconvviz report: TinyCNN</h1>" in page and "Normalized" not in page
+    summary, config = parser.tables[0], parser.tables[1]
+    assert ["model", "TinyCNN"] in summary["rows"]
+    assert "seed" not in [row[0] for row in summary["rows"]]  # not a training run: no seed
+    assert config["caption"] == "Configuration"
+    assert ["normalize mean", "0.485, 0.456, 0.406"] in config["rows"]
+    assert ["normalize std", "0.229, 0.224, 0.225"] in config["rows"]
+    assert "Training curves" not in page
 
 
 def test_report_errors(tmp_path):

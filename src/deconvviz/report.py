@@ -69,6 +69,8 @@ _FIG_DIR = "figures"
 MIN_TEXT_PX = 11.0
 """Smallest height, in CSS pixels, of any text the page shows (HTML text and text in figures)."""
 _FIG_DPI = 100
+_LEFT_OUT = ("training",)
+"""Sections left out of the page (not shown as skipped) when they do not apply."""
 
 
 @dataclass(frozen=True)
@@ -320,10 +322,17 @@ def _write_index(
     manifest = _manifest(ctx, done, figures, config, run_path, max_images)
     manifest_path = write_json(ctx.out / "manifest.json", json_safe(manifest))
     page = _html_page(
-        title or f"deconvviz report: {type(ctx.model).__name__}", done, manifest, ctx.out
+        title or f"deconvviz report: {_model_name(ctx.model)}", done, manifest, ctx.out
     )
     index = write_text(ctx.out / "index.html", page)
     return Report(ctx.out, index, manifest_path, figures, skipped)
+
+
+def _model_name(model: nn.Module) -> str:
+    """The user's model's class name, through deconvviz's input-normalisation wrapper."""
+    from deconvviz.loading import Normalized
+
+    return type(model.inner if isinstance(model, Normalized) else model).__name__
 
 
 def _manifest(
@@ -347,7 +356,7 @@ def _manifest(
         "seed": cfg.get("seed"),
         "metrics": {k_: v for k_, v in ctx.metrics.items() if k_ != "history"},
         "model": {
-            "class": type(model).__name__,
+            "class": _model_name(model),
             "parameters": int(sum(p.numel() for p in model.parameters())),
             "config": getattr(model, "config", None),
         },
@@ -907,6 +916,11 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     for key, value in cfg.items():
         name = f"{prefix}{key}"
+        if key == "normalize" and isinstance(value, (list, tuple)) and len(value) % 2 == 0:
+            # stored as (mean, std) pairs, one per channel: one row each
+            out.append((f"{name} mean", ", ".join(_fmt(v) for v in value[0::2]) or "(none)"))
+            out.append((f"{name} std", ", ".join(_fmt(v) for v in value[1::2]) or "(none)"))
+            continue
         if isinstance(value, Mapping) and value:
             out.extend(_flatten(value, name + "."))
         elif isinstance(value, (list, tuple)):
@@ -974,11 +988,16 @@ def _html_page(
             + f" ({ds['size']} images, {ds['scanned']} scanned)",
         ]
     )
-    if cfg:
-        facts.append(["seed", cfg.get("seed")])
+    if cfg.get("seed") is not None:
+        facts.append(["seed", cfg["seed"]])
     parts.append(_table(None, facts, caption="Summary"))
     if cfg:
-        parts.append(_table(["setting", "value"], _flatten(cfg), caption="Training configuration"))
+        trained = any(s.key == "training" and not s.skipped for s in sections)
+        caption = "Training configuration" if trained else "Configuration"
+        parts.append(_table(["setting", "value"], _flatten(cfg), caption=caption))
+    # a section that cannot apply to this model (no training run) is left out of the page; the
+    # manifest still says why
+    sections = [s for s in sections if not (s.skipped and s.key in _LEFT_OUT)]
     parts.append("<nav><ul>")
     for s in sections:
         count = len(s.figures)
