@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from deconvviz.checks import check_positive_int
 from deconvviz.errors import DataError, InputError, unknown_name
+from deconvviz.images import eight_bit, image_array
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -377,7 +378,10 @@ def _read_folder(
                 grey = im.mode in ("L", "1", "LA", "I", "I;16", "F") or (
                     im.mode == "P" and _is_grey(im)
                 )
-                arr = np.asarray(im.convert("L" if grey else "RGB"))
+                if eight_bit(im):
+                    arr = np.asarray(im.convert("L" if grey else "RGB"))
+                else:  # 16-bit, float, alpha, CMYK: read right, then stored as 8 bits
+                    arr = np.rint(image_array(im, 1 if grey else 3) * 255).astype(np.uint8)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise DataError(
                 f"cannot read image {path}: {exc}; the file is damaged: restore or delete it"
