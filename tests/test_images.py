@@ -7,12 +7,12 @@ import importlib
 from pathlib import Path
 
 import numpy as np
-import pillow_modes
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
 
+import pillow_modes
 from deconvviz.checkpoint import save_run
 from deconvviz.datasets import FolderDataset
 from deconvviz.images import fit_image, load_image, load_images
