@@ -25,7 +25,8 @@ transparency
 other              Pillow's conversion to ``RGB``
 =================  ===========================================================================
 
-:func:`load_image` reads one file, :func:`load_images` a batch, and :class:`deconvviz.datasets.FolderDataset` reads its items the same way.
+:func:`load_image` reads one file, :func:`load_images` a batch, and
+:class:`deconvviz.datasets.FolderDataset` reads its items the same way.
 
 Rank 0 (base): imports only torch, NumPy/Pillow (inside the functions) and
 :mod:`deconvviz.errors`.
