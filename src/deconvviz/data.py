@@ -77,13 +77,14 @@ _HOW_TO_GET = {
     ),
     "cifar10": (
         "put cifar10.npz (arrays x_train, y_train, x_test, y_test) or torchvision's "
-        "cifar-10-batches-py folder there, or pass --download (download=True in Python) to "
-        "fetch it with torchvision"
+        "cifar-10-batches-py folder there, or fetch it with torchvision (download=True in "
+        "Python; deconvviz train zfnet-cifar --download fetches it before training)"
     ),
     "mnist": (
         "put the four MNIST idx files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
-        "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) in DIR/MNIST/raw, or pass "
-        "--download (download=True in Python) on a machine with network access"
+        "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) in DIR/MNIST/raw, or fetch "
+        "them on a machine with network access (download=True in Python; deconvviz train "
+        "lenet5 --download fetches them before training)"
     ),
 }
 
@@ -595,7 +596,8 @@ def _auto_name(root: Path, download: bool) -> str:
             f"no dataset found under {root}: looked for class folders Train/<label>/*.png + "
             "Test/<label>/*.png, cifar10.npz, cifar-10-batches-py and MNIST idx files "
             "(MNIST/raw, raw, or the folder itself); pass --data-dir pointing at one of "
-            "these, or --download to fetch CIFAR-10 (download=True in Python)"
+            "these, or fetch CIFAR-10 into it (download=True in Python; deconvviz train "
+            "zfnet-cifar --download fetches it before training)"
         )
     if len(found) > 1:
         raise DataError(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -377,6 +378,9 @@ def scan(
         digest=lambda: _digest(model, names, k, data, plan.total, plan.rank, plan.world),
     )
     done = saved.load(scanner) if resume else 0
+    if done and plan.rank == 0:
+        total = len(plan.shard) if plan.shard is not None else plan.total
+        print(f"resuming from {done} of {total} images (saved scan state)", file=sys.stderr)
     done = _scan_batches(scanner, data, batch_size, plan, saved, done, save_every, progress)
     return _result(scanner, plan, done)
 
