@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from zoo import SliceResNet
 
 import deconvviz
 from deconvviz.summary import layer_table
+from zoo import SliceResNet
 
 SIZE = 32
 
