@@ -297,9 +297,9 @@ class RFTracker:
             shifted = _sliced(m, args[1] if len(args) > 1 else None) if name != "pad" else None
             if shifted is not None and len(derived) == 1:
                 return shifted  # x[:, :, a::s, b::t]: a 1x1 window op with stride (s, t)
-            if name == "pad" and m is not None and len(derived) == 1:
-                if _pads_channels_only(_arg(args, kwargs, 1, "pad", None)):
-                    return m  # F.pad of the batch/channel dimensions only: positions unchanged
+            pads = _arg(args, kwargs, 1, "pad", None) if name == "pad" else None
+            if m is not None and len(derived) == 1 and _pads_channels_only(pads):
+                return m  # F.pad of the batch/channel dimensions only: positions unchanged
         if name not in _LOCAL:
             return UNKNOWN
         return self._local(name, args, kwargs, derived, ins, outs[0])
