@@ -424,7 +424,7 @@ def test_reconstruction_section_lists_dead_feature_maps(report):
     parser = _Tables()
     parser.feed(report.index.read_text())
     (dead,) = [t for t in parser.tables if t["caption"].startswith("Dead feature maps")]
-    assert dead["head"] == ["layer", "dead feature maps", "channels never > 0"]
+    assert dead["head"] == ["layer", "dead units (never > 0)", "which"]
     for row in dead["rows"]:
         listed = section["dead"][row[0]]
         assert row[2] == (", ".join(str(c) for c in listed) or "none")

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from deconvviz._io import write_bytes, write_json, write_text
+from deconvviz._util import dead_units
 from deconvviz.errors import InputError
 
 __all__ = ["AtlasSite", "write_atlas", "tile_scale"]
@@ -161,7 +162,7 @@ def _layer_view(proj: Any, layers: list[str], images_scanned: int) -> _LayerView
         safe=_safe(layer),
         big=big,
         big_size=(th * big, tw * big),
-        dead=[c for c in range(top.channels) if not float(top.values[c, 0]) > 0],
+        dead=dead_units(top.values[:, 0]),
         rf_text="whole image" if rf is None else f"{rf.size[0]}x{rf.size[1]} px",
         what=(
             f"value = the unit's activation (output of <code>{html.escape(layer)}</code>) at its "

@@ -551,6 +551,7 @@ def _stats(ctx: _Context, section: _Section) -> None:
     for s in stats.values():
         rows.append(
             [
+                s.name,
                 s.report_name,
                 s.count,
                 _fmt(s.mean),
@@ -563,13 +564,26 @@ def _stats(ctx: _Context, section: _Section) -> None:
         )
         ctx.add_figure(
             section,
-            f"{s.report_name}: histogram of every activation",
+            f"{s.name}: histogram of every activation",
             histogram_figure(s),
             f"stats_{safe_name(s.name)}.png",
         )
     section.html.insert(
         0,
-        _table(["layer", "elements", "mean", "var", "min", "max", "zeros", "dead channels"], rows),
+        _table(
+            [
+                "layer",
+                "origin report's name",
+                "elements",
+                "mean",
+                "var",
+                "min",
+                "max",
+                "zeros",
+                "dead units (never > 0)",
+            ],
+            rows,
+        ),
     )
     write_json(ctx.path("activation_stats.json"), {n: s.to_dict() for n, s in stats.items()})
     section.data["lines"] = lines
@@ -608,7 +622,7 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
         section.html.append(_unit_grid(ctx, layer, rec, caption, pngs))
     section.html.append(
         _table(
-            ["layer", "dead feature maps", "channels never > 0"],
+            ["layer", "dead units (never > 0)", "which"],
             dead_rows,
             caption=f"Dead feature maps (of those drawn): never above 0 on the {len(ctx.scan)} "
             "scanned images",
