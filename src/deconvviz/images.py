@@ -173,9 +173,9 @@ def load_image(
         with Image.open(file) as im:
             im.load()
             if eight_bit(im):  # the common case: 8-bit resizing, as Pillow does it
-                im = ImageOps.exif_transpose(im) or im
-                grey = im.mode in _GREY_MODES
-                img = im.convert({1: "L", 3: "RGB"}.get(channels or 0, "L" if grey else "RGB"))
+                upright = ImageOps.exif_transpose(im) or im
+                grey = upright.mode in _GREY_MODES
+                img = upright.convert({1: "L", 3: "RGB"}.get(channels or 0, "L" if grey else "RGB"))
                 arr = None
             else:
                 arr = image_array(im, channels)
