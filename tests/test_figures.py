@@ -288,7 +288,7 @@ def test_other_figures_pass_the_checks() -> None:
     )
     fig = comparison_figure(comp, ["cat", "dog"])
     check_figure(fig)
-    assert fig.axes[0].get_ylabel() == "target cat\np(target) = 0.90"
+    assert fig.axes[0].get_ylabel() == "target cat\np(cat) = 0.90"  # the class, by name
     draw(fig)
     assert fig.axes[0].get_window_extent().width >= 0.95 * 96
 
