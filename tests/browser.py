@@ -49,3 +49,42 @@ def run_check(check: Path, profile: Path, budget_ms: int) -> str:
     text = html.unescape(dom[start + len(MARK) : dom.index("</pre>", start)])
     assert text, f"the check page's script did not finish: {done.stderr[-500:]}"
     return text
+
+
+LEGIBILITY = """<script>
+// As displayed: the font size of every visible text, and for every figure whose smallest text
+// is known (data-text-px, pixels in the PNG) that text's size at the width the page shows it.
+window.addEventListener("load", function () {
+  var text = [], figs = [];
+  var walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  var n;
+  while ((n = walker.nextNode())) {
+    var el = n.parentElement;
+    if (!n.textContent.trim() || !el || el.closest("script,style,#deconvviz-check")) continue;
+    var box = el.getBoundingClientRect();
+    if (box.width === 0 || box.height === 0) continue;
+    text.push([parseFloat(getComputedStyle(el).fontSize), n.textContent.trim().slice(0, 60)]);
+  }
+  Array.from(document.images).forEach(function (i) {
+    var px = parseFloat(i.getAttribute("data-text-px") || "0");
+    if (px > 0 && i.naturalWidth > 0) {
+      figs.push([px * i.getBoundingClientRect().width / i.naturalWidth, i.getAttribute("src")]);
+    }
+  });
+  var pre = document.createElement("pre");
+  pre.id = "deconvviz-check";
+  pre.textContent = JSON.stringify({text: text, figures: figs, width: window.innerWidth});
+  document.body.appendChild(pre);
+});
+</script>"""
+"""A script for a check page (insert it before ``</body>``): it reports the displayed font size
+of every visible text and, for each ``<img data-text-px>``, its smallest text as displayed."""
+
+
+def legibility(page: Path, profile: Path) -> dict:
+    """:data:`LEGIBILITY`'s findings on ``page`` (a copy with the script, beside it, is loaded)."""
+    import json
+
+    check = page.with_name("_legibility_check.html")
+    check.write_text(page.read_text().replace("</body>", LEGIBILITY + "</body>"))
+    return json.loads(run_check(check, profile, budget_ms=10000))

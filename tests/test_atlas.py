@@ -18,7 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from browser import CHROMIUM, run_check
+from browser import CHROMIUM, legibility, run_check
 from deconvviz.checkpoint import load_run
 from deconvviz.data import load_dataset
 from deconvviz.scan import scan
@@ -238,6 +238,17 @@ def test_browser_walks_index_layer_unit_and_back(site, tmp_path):
         # images the browser did load (the lazy ones in view) are real pictures
         assert all(shown != 0 for _, _, shown in entry["images"]), entry["page"]
     assert len(log[1]["images"]) == 2 * 4 and len(log[2]["images"]) == 2 * 4
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_every_label_is_legible_as_displayed(site, tmp_path):
+    _, out, _ = site
+    for i, page in enumerate(["index.html", "layers/0.html", "units/0/0.html"]):
+        found = legibility(out / page, tmp_path / f"profile{i}")
+        assert found["text"], page
+        small = [t for t in found["text"] if t[0] < 11]
+        assert small == [], page
+        assert [f for f in found["figures"] if f[0] < 11] == [], page
 
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))

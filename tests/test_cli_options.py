@@ -90,7 +90,8 @@ def test_progress_and_device_are_on_every_command_that_runs_a_model():
             assert "--progress" in opts, path
         if "--progress" in opts:
             assert opts["--progress"].secondary_opts == ["--no-progress"], path
-            assert opts["--progress"].help == "Show progress bars (on stderr).", path
+            assert opts["--progress"].help.startswith("Show progress bars on stderr"), path
+            assert opts["--progress"].default is None, path  # on only when stderr is a tty
 
 
 def test_train_download_names_the_dataset_each_command_fetches():

@@ -268,7 +268,7 @@ def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path: Path) -> 
         load_dataset(tmp_path, "mnist")
     msg = str(info.value)
     assert str(tmp_path / "MNIST" / "raw") in msg and "train-images-idx3-ubyte" in msg
-    assert "--download (download=True in Python)" in msg
+    assert "deconvviz train lenet5 --download" in msg and "download=True in Python" in msg
     with pytest.raises(DataError, match=r"Train/<label>/\*\.png.*cicconet"):
         load_dataset(tmp_path, "cifar10-course")
     with pytest.raises(DataError, match="no dataset found"):

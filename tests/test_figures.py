@@ -288,6 +288,43 @@ def test_other_figures_pass_the_checks() -> None:
     )
     fig = comparison_figure(comp, ["cat", "dog"])
     check_figure(fig)
-    assert fig.axes[0].get_ylabel() == "target cat\np(target) = 0.90"
+    assert fig.axes[0].get_ylabel() == "target cat\np(cat) = 0.90"  # the class, by name
     draw(fig)
     assert fig.axes[0].get_window_extent().width >= 0.95 * 96
+
+
+def test_occlusion_maps_are_opaque_beside_the_image_and_legends_readable() -> None:
+    # A map blended over the image shows colours that are not on its colour bar: every map panel
+    # is opaque with nothing under it; the input panel (a) shows the image beside them.
+    torch.manual_seed(0)
+    model = LeNet5().double().eval()
+    x = torch.rand(1, 1, 28, 28, dtype=torch.float64)
+    res = occlusion(model, x, size=7, stride=7, layer="conv2", progress=False)
+    fig = occlusion_figure(res, x, 0, [f"class {i}" for i in range(10)])
+    for tag in ("(b)", "(d)", "(e)"):
+        ax = _cell(fig, tag)
+        assert len(ax.images) == 0, tag  # no image under the map
+        assert all(m.get_alpha() in (None, 1.0) for m in ax.collections), tag
+    assert len(_cell(fig, "(a)").images) == 1  # the image is shown beside
+    legend = _cell(fig, "(e)").get_legend()
+    assert min(t.get_fontsize() for t in legend.get_texts()) * 100 / 72 >= 11  # px at 100 dpi
+    # asked for, the old overlay is still there
+    blended = occlusion_figure(res, x, 0, alpha=0.5)
+    assert len(_cell(blended, "(d)").images) == 1
+
+
+def test_occlusion_notebook_picture_is_viridis_not_jet(monkeypatch) -> None:
+    from deconvviz import _display
+    from deconvviz.render.occlusion import probability_maps_figure
+
+    torch.manual_seed(0)
+    model = LeNet5().double().eval()
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    res = occlusion(model, x, size=7, stride=7, progress=False)
+    fig = probability_maps_figure(res)
+    check_figure(fig)
+    assert {m.get_cmap().name for m in mappables(fig)} == {"viridis"}
+    drawn = []
+    monkeypatch.setattr(_display, "figure_png", lambda f, dpi=90: drawn.append(f) or b"png")
+    assert res._repr_png_() == b"png"
+    assert {m.get_cmap().name for m in mappables(drawn[0])} == {"viridis"}

@@ -7,10 +7,12 @@ import importlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
 
+import pillow_modes
 from deconvviz.checkpoint import save_run
 from deconvviz.datasets import FolderDataset
 from deconvviz.images import fit_image, load_image, load_images
@@ -72,3 +74,21 @@ def test_occlude_and_reconstruct_feed_the_model_the_same_tensor(tmp_path, monkey
     assert seen["occlude"].shape == (1, 1, 28, 28)
     torch.testing.assert_close(seen["occlude"], seen["reconstruct"], rtol=0, atol=0)
     torch.testing.assert_close(seen["occlude"], load_images([image], 1, 28), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", list(pillow_modes.CASES))
+def test_every_pillow_mode_is_read_like_the_reference(case, tmp_path):
+    mode, make, tol = pillow_modes.CASES[case]
+    path, ref = make(tmp_path)
+    with Image.open(path) as im:
+        assert im.mode == mode  # the case really exercises that mode
+    got = load_image(path).double().numpy()
+    got = got[0] if got.shape[0] == 1 else got.transpose(1, 2, 0)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=tol)
+    # asked for the other channel count and a size, it still reads the same picture
+    want_c = 3 if ref.ndim == 2 else 1
+    resized = load_image(path, channels=want_c, size=(ref.shape[0] * 2, ref.shape[1] * 2))
+    assert resized.shape[0] == want_c and 0.0 <= float(resized.min()) <= float(resized.max()) <= 1
+    grey_ref = ref if ref.ndim == 2 else ref @ np.array([0.299, 0.587, 0.114])
+    assert float(resized.double().mean()) == pytest.approx(float(grey_ref.mean()), abs=0.03)

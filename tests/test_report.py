@@ -17,10 +17,10 @@ from PIL import Image
 from torch import Tensor, nn
 
 import deconvviz
-from browser import CHROMIUM, run_check
+from browser import CHROMIUM, legibility, run_check
 from deconvviz.data import ImageDataset
 from deconvviz.errors import InputError, LayerError
-from deconvviz.report import SECTIONS, write_report
+from deconvviz.report import MIN_TEXT_PX, SECTIONS, write_report
 
 
 class TinyCNN(nn.Module):
@@ -193,9 +193,18 @@ def test_report_writes_and_links_every_section(report):
     if not hasattr(deconvviz, "analyses") and "analyses" not in sections:
         expected.discard("analyses")
     assert expected <= sections
-    # every figure is an <img> on the page, and every <img> is a real PNG in the folder
+    # every inline figure is an <img> on the page, and every <img> is a real PNG in the folder;
+    # the Fig. 2 grids are per-unit tiles (one per live unit) linking the whole-layer picture
     srcs = [urllib.parse.unquote(src) for src in parser.srcs]
-    assert sorted(srcs) == sorted(f.path for f in report.figures)
+    tiles = [s for s in srcs if s.startswith("figures/reconstructions/")]
+    assert sorted(set(srcs) - set(tiles)) == sorted(f.path for f in report.figures if f.inline)
+    for layer in ("conv1", "conv2"):
+        info = json.loads((report.out_dir / f"figures/reconstructions/{layer}.json").read_text())
+        live = [c for c in info["channels"] if c not in info["dead"]]
+        assert sorted(t for t in tiles if f"/{layer}/" in t) == sorted(
+            f"figures/reconstructions/{layer}/ch{c}.png" for c in live
+        )
+        assert f"figures/reconstructions/{layer}.png" in parser.links
     _assert_whole(report.out_dir)
     for src in srcs:
         assert not src.startswith(("/", "http")), src  # relative: the folder can be moved
@@ -246,13 +255,31 @@ window.addEventListener("load", function () {
 </script>"""
     page = report.index.read_text()
     check = report.out_dir / "_check.html"
-    check.write_text(page.replace("</body>", script + "</body>"))
+    eager = '<script>document.querySelectorAll("img").forEach(i => { i.loading = "eager"; });'
+    check.write_text(page.replace("</body>", eager + "</script>" + script + "</body>"))
     result = json.loads(run_check(check, tmp_path / "profile", budget_ms=10000))
-    # every figure once as <img> and once as <a>, plus the link to manifest.json
-    assert len(result) == 2 * len(report.figures) + 1
+    # every inline figure and unit tile once as <img> and once as <a>, the whole-layer
+    # pictures as links, plus the link to manifest.json
+    parser = _Images()
+    parser.feed(page)
+    assert len(result) == len(parser.srcs) + len(parser.links)
     assert [src for src, ok in result if not ok] == []  # naturalWidth == 0: a broken picture
     inside = report.out_dir.resolve().as_uri() + "/"
     assert [url for url, _ in result if not url.startswith(inside)] == []
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_every_label_is_legible_as_displayed(report, tmp_path):
+    # measured in the page at chromium's headless width (800 px), not in the PNGs
+    found = legibility(report.index, tmp_path / "profile")
+    assert found["width"] <= 1000
+    small = [t for t in found["text"] if t[0] < MIN_TEXT_PX]
+    assert small == []
+    assert len(found["figures"]) >= 8  # stats, filters' RMS, evidence, occlusion, compare...
+    shrunk = [f for f in found["figures"] if f[0] < MIN_TEXT_PX - 0.01]
+    assert shrunk == []
+    # the Fig. 2 labels are text in the page, not pixels
+    assert any(t[1].startswith("ch 0: ") for t in found["text"])
 
 
 def test_sections_that_do_not_apply_are_skipped_with_a_reason(tmp_path):
@@ -272,8 +299,39 @@ def test_sections_that_do_not_apply_are_skipped_with_a_reason(tmp_path):
     assert "Conv2d" in skipped["reconstructions"]
     assert [f.section for f in rep.figures] == ["stats"]  # hidden-state statistics
     page = rep.index.read_text()
-    assert "Skipped: the run has no training history" in page
+    # no training run: the training section is left out of the page (the manifest says why)
+    assert "Training curves" not in page and "training history" not in page
+    manifest = json.loads(rep.manifest.read_text())
+    training = next(s for s in manifest["sections"] if s["key"] == "training")
+    assert "no training history" in training["skipped"]
+    assert "Skipped: " in page and "no Conv2d layer" in page  # the others still say why
     assert "Hidden-state statistics" in page
+
+
+def test_a_users_normalised_model_is_named_and_its_normalisation_readable(tmp_path):
+    from deconvviz.loading import Normalized
+
+    torch.manual_seed(0)
+    model = Normalized(TinyCNN().eval(), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    rep = write_report(
+        tmp_path,
+        model,
+        _dataset(n=4),
+        config={"image_size": 8, "normalize": [0.485, 0.229, 0.456, 0.224, 0.406, 0.225]},
+        sections=["training", "filters"],
+        progress=False,
+    )
+    parser = _Tables()
+    page = rep.index.read_text()
+    parser.feed(page)
+    assert "<h1>deconvviz report: TinyCNN</h1>" in page and "Normalized" not in page
+    summary, config = parser.tables[0], parser.tables[1]
+    assert ["model", "TinyCNN"] in summary["rows"]
+    assert "seed" not in [row[0] for row in summary["rows"]]  # not a training run: no seed
+    assert config["caption"] == "Configuration"
+    assert ["normalize mean", "0.485, 0.456, 0.406"] in config["rows"]
+    assert ["normalize std", "0.229, 0.224, 0.225"] in config["rows"]
+    assert "Training curves" not in page
 
 
 def test_report_errors(tmp_path):
@@ -366,10 +424,45 @@ def test_reconstruction_section_lists_dead_feature_maps(report):
     parser = _Tables()
     parser.feed(report.index.read_text())
     (dead,) = [t for t in parser.tables if t["caption"].startswith("Dead feature maps")]
-    assert dead["head"] == ["layer", "dead feature maps", "channels never > 0"]
+    assert dead["head"] == ["layer", "dead units (never > 0)", "which"]
     for row in dead["rows"]:
         listed = section["dead"][row[0]]
         assert row[2] == (", ".join(str(c) for c in listed) or "none")
     recs = [f for f in report.figures if f.section == "reconstructions"]
     for f, row in zip(recs, dead["rows"], strict=True):
         assert f.title.endswith(f"dead feature maps (never > 0): {row[2]}")
+
+
+@pytest.mark.slow  # ~25 s on a shared 2-core machine (two scans and captum's methods)
+def test_report_says_where_deconvnet_pictures_hardly_depend_on_the_image(tmp_path):
+    from zoo import SliceResNet
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.rand(3, 16, 16, generator=gen), i % 10) for i in range(12)]
+    rep = write_report(
+        tmp_path,
+        SliceResNet().eval(),
+        data,
+        layers=["layer2.0.conv2"],
+        k=4,
+        images=2,
+        max_channels=4,
+        sections=["reconstructions", "compare"],
+        progress=False,
+    )
+    assert rep.skipped == ()
+    page = rep.index.read_text()
+    assert "layer2.0.conv2: the deconvnet pictures hardly depend on the image" in page
+    assert "Mahendran &amp; Vedaldi" in page and "Odena" in page
+    # guided backprop beside it, as tiles
+    assert "layer2.0.conv2 (guided backprop)" in page
+    assert list((tmp_path / "figures" / "reconstructions").glob("layer2.0.conv2_guided*/ch*.png"))
+    manifest = json.loads(rep.manifest.read_text())
+    (dep,) = next(s for s in manifest["sections"] if s["key"] == "reconstructions")[
+        "image_dependence"
+    ]
+    assert dep["switches"] == 0 and dep["hardly"] and dep["correlation"] > 0.9
+    # the comparison: no max pooling at all, and captum cannot see the F.relu calls
+    assert "This model has no max pooling" in page
+    assert "equals the plain gradient" in page

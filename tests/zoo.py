@@ -35,6 +35,45 @@ class FunctionalNet(nn.Module):
         return self.fc(x.flatten(1))
 
 
+class _SliceBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.stride, self.pad = stride, cout - cin
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x
+        if self.stride != 1 or self.pad:  # the CIFAR ResNet's option A: slice and zero-pad
+            shortcut = F.pad(
+                x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2)
+            )
+        return F.relu(out + shortcut)
+
+
+class SliceResNet(nn.Module):
+    """A small CIFAR ResNet (He et al.'s option A): strided convolutions, no max pooling, a
+    shortcut written as ``x[:, :, ::2, ::2]`` plus zero channels, functional ReLUs."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.layer1 = nn.Sequential(_SliceBlock(8, 8, 1))
+        self.layer2 = nn.Sequential(_SliceBlock(8, 16, 2), _SliceBlock(16, 16, 1))
+        self.layer3 = nn.Sequential(_SliceBlock(16, 32, 2))
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
 class CourseLeNet5(nn.Module):
     """The course's LeNet5 spelled out in the tests (the library's own is tested too)."""
 

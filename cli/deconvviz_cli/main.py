@@ -49,6 +49,40 @@ def _os_error(exc: OSError) -> str:
     return f"{what}:{where}; check the path and that you may read and write there"
 
 
+def _has_option(group: click.Group, ctx: click.Context, name: str) -> bool:
+    """Whether the subcommand being run has an option called ``name``."""
+    sub = ctx.invoked_subcommand or (ctx.protected_args[0] if ctx.protected_args else None)
+    command = group.get_command(ctx, sub) if sub else None
+    return command is not None and any(p.name == name for p in command.params)
+
+
+_OURS = (
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.abspath(sys.modules["deconvviz"].__file__ or "")),
+)
+_MODEL_FILES = ("models.py", "loading.py")  # deconvviz's example networks and its wrapper
+
+
+def _raised_by_the_model(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside a model's forward pass (a module call is on the
+    stack) by code that is not deconvviz's: the model's own, or torch's on its behalf."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        frames.append((os.path.abspath(code.co_filename), code.co_name))
+        tb = tb.tb_next
+    module_py = os.path.join("torch", "nn", "modules", "module.py")
+    if not any(f.endswith(module_py) for f, _ in frames):
+        return False
+    # a torch function mode (deconvviz's ReLU swap, its counters) only passes calls through
+    while len(frames) > 1 and frames[-1][1] == "__torch_function__":
+        frames.pop()
+    innermost = frames[-1][0]
+    ours = innermost.startswith(_OURS) and not innermost.endswith(_MODEL_FILES)
+    return not ours
+
+
 class DeconvvizGroup(click.Group):
     """A click group that turns every failure into one line on stderr."""
 
@@ -61,8 +95,12 @@ class DeconvvizGroup(click.Group):
             click.echo(f"Error: {_one_line(str(exc))}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
+            more = ""
+            if _has_option(self, ctx, "resume"):
+                more = " Run the same command again with --resume to continue where it stopped."
             click.echo(
-                "Interrupted: files already written are complete; nothing was left half-written.",
+                "Interrupted: files already written are complete; nothing was left half-written."
+                + more,
                 err=True,
             )
             sys.exit(130)
@@ -76,6 +114,15 @@ class DeconvvizGroup(click.Group):
         except Exception as exc:
             if os.environ.get(TRACEBACK_ENV):
                 raise
+            if _raised_by_the_model(exc):
+                click.echo(
+                    f"Error: the model raised {type(exc).__name__} in its forward pass: "
+                    f"{_one_line(str(exc))} (this comes from the model, not deconvviz; for "
+                    "images larger than the model was trained on, give --image-size N, the "
+                    f"training size; {TRACEBACK_ENV}=1 shows the traceback)",
+                    err=True,
+                )
+                sys.exit(1)
             click.echo(
                 f"Error: unexpected {type(exc).__name__}: {_one_line(str(exc))} (a bug in "
                 f"deconvviz; please report it, with the traceback {TRACEBACK_ENV}=1 shows)",

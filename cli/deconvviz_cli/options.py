@@ -11,6 +11,7 @@ keep those short too).
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -208,13 +209,23 @@ def out_option(
     )
 
 
+def _progress(ctx: click.Context, param: click.Parameter, value: bool | None) -> bool:
+    """``None`` (neither flag given): bars only when stderr is a terminal, so that a log file
+    gets no carriage returns or escape codes."""
+    if value is not None:
+        return value
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def progress_option(f: F) -> F:
-    """``--progress/--no-progress``: progress bars on stderr."""
+    """``--progress/--no-progress``: progress bars on stderr (default: when it is a terminal)."""
     return click.option(
         "--progress/--no-progress",
-        default=True,
-        show_default=True,
-        help="Show progress bars (on stderr).",
+        default=None,
+        callback=_progress,
+        help="Show progress bars on stderr (default: only when stderr is a terminal, so that "
+        "logs stay free of bar redraws).",
     )(f)
 
 

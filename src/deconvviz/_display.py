@@ -18,6 +18,7 @@ FIGURES: dict[str, str] = {
     "LayerReconstructions": "deconvviz.render.reconstruct:top_projections_figure",
     "LayerStats": "deconvviz.render.stats:histogram_figure",
     "HiddenStateStats": "deconvviz.render.stats:hidden_state_figure",
+    "OcclusionResult": "deconvviz.render.occlusion:probability_maps_figure",
 }
 """Result class name -> ``"module:function"`` drawing it (the function takes the result first)."""
 
@@ -42,17 +43,7 @@ def figure_png(fig: Any, dpi: int = 90) -> bytes:
 
 
 def occlusion_png(result: Any) -> bytes:
-    """The probability map of every image of an occlusion result (no image is stored in it)."""
-    import matplotlib.pyplot as plt
-
-    n = int(result.prob.shape[0])
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.6), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        im = ax.imshow(result.prob[i].detach().cpu().numpy(), cmap="jet", vmin=0.0, vmax=1.0)
-        ax.set_title(
-            f"p(class {int(result.target[i])}): {float(result.base_prob[i]):.2f} unoccluded",
-            fontsize=8,
-        )
-        ax.set_axis_off()
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    return figure_png(fig)
+    """The probability map of every image of an occlusion result (no image is stored in it),
+    drawn by :func:`deconvviz.render.occlusion.probability_maps_figure` (viridis, one colour
+    bar)."""
+    return render_png(result)

@@ -18,6 +18,8 @@ from torch import Tensor
 from deconvviz.errors import InputError
 
 __all__ = [
+    "DEAD_UNIT",
+    "dead_units",
     "DEFAULT_MAX_MEMORY",
     "items_within",
     "json_safe",
@@ -29,6 +31,23 @@ __all__ = [
 
 DEFAULT_MAX_MEMORY = 512 * 2**20
 """Bytes a batch of work may take when nothing else is said (the engine's ``max_memory``)."""
+
+
+DEAD_UNIT = "never above 0 on the scanned images"
+"""The one definition of a dead unit, in words, for every table and figure that counts them."""
+
+
+def dead_units(channel_max: torch.Tensor) -> list[int]:
+    """The dead units of a layer: the channels whose largest activation over the scanned images
+    (``channel_max``, ``[C]``) is not above 0 (NaN included). Statistics, reconstructions, the
+    report and the atlas all count dead units with this function.
+
+    Example:
+        >>> dead_units(torch.tensor([0.5, 0.0, -1.0, float("nan")]))
+        [1, 2, 3]
+    """
+    alive = channel_max.detach().cpu().double() > 0
+    return [int(c) for c in (~alive).nonzero().flatten().tolist()]
 
 
 def json_safe(obj: Any) -> Any:

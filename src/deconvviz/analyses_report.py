@@ -66,6 +66,7 @@ def report_figures(
     return _write_results(_jobs(figures, model, x, y), out, indices, progress)
 
 
+_DPI = 110
 _Job = tuple[str, str, Callable[[], Any], Callable[[Any], Any], int]
 """``(title, file stem, compute, render, images used)`` of one analysis."""
 
@@ -125,7 +126,11 @@ def _jobs(figures: ModuleType, model: nn.Module, x: torch.Tensor, y: torch.Tenso
             len(x),
         ),
         (
-            "Sanity check: cascading model randomisation",
+            "Sanity check: cascading model randomisation. A deconvnet row that barely changes "
+            "as the layers are randomised from the top down means its pictures are made by "
+            "the architecture and the image (pooling switches, edges), not by what the trained "
+            "weights learned, so they cannot show what the network learned (Adebayo et al., "
+            "2018; Mahendran & Vedaldi, 2016)",
             "randomisation",
             lambda: randomisation_test(model, few, progress=False),
             figures.randomisation_figure,
@@ -148,6 +153,8 @@ def _write_results(
     of the images it used); ``(title, png path)`` pairs."""
     from tqdm.auto import tqdm
 
+    from deconvviz.render.images import min_text_px
+
     written: list[tuple[str, Path]] = []
     bar = tqdm(jobs, desc="analyses", disable=not progress, unit="analysis", leave=False)
     with warnings.catch_warnings():
@@ -157,7 +164,8 @@ def _write_results(
             info = json_safe(result.to_dict())
             info["dataset_indices"] = indices[:used]
             fig = render(result)
-            png = save_figure(out / f"{stem}.png", fig, dpi=110)
+            info["text_px"] = min_text_px(fig, _DPI)  # for a page that shows it smaller
+            png = save_figure(out / f"{stem}.png", fig, dpi=_DPI)
             write_json(out / f"{stem}.json", info)
             written.append((title, png))
     return written

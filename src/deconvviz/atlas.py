@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from deconvviz._io import atomic_dir, lock, lock_path_for, write_bytes, write_json, write_text
-from deconvviz._util import json_safe, safe_names
+from deconvviz._util import dead_units, json_safe, safe_names
 from deconvviz.errors import InputError
 
 __all__ = ["AtlasSite", "write_atlas", "tile_scale"]
@@ -164,7 +164,7 @@ def _layer_view(
         safe=files[layer],
         big=big,
         big_size=(th * big, tw * big),
-        dead=[c for c in range(top.channels) if not float(top.values[c, 0]) > 0],
+        dead=dead_units(top.values[:, 0]),
         rf_text="whole image" if rf is None else f"{rf.size[0]}x{rf.size[1]} px",
         what=(
             f"value = the unit's activation (output of <code>{html.escape(layer)}</code>) at its "

@@ -37,12 +37,22 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from deconvviz.checks import check_model, check_positive_int, model_device_dtype
 from deconvviz.engine import attach, eval_mode, exact_cuda
+from deconvviz.engine.support import RELU_FUNCS
+from deconvviz.engine.tracer import Tracer
 from deconvviz.errors import InputError, unknown_name
 
-__all__ = ["METHODS", "Comparison", "compare_methods", "project_class"]
+__all__ = [
+    "METHODS",
+    "Comparison",
+    "captum_relu_note",
+    "compare_methods",
+    "project_class",
+    "relu_calls",
+]
 
 METHODS: tuple[str, ...] = (
     "deconvnet",
@@ -70,6 +80,8 @@ class Comparison:
         probability: ``[N]`` the model's softmax probability of that class.
         methods: the method names, in the order of ``attributions``.
         attributions: ``[M, N, C, H, W]`` one map per method and image.
+        notes: plain sentences a reader of the maps must know (e.g. captum's guided backprop
+            is the plain gradient on a model that calls ``F.relu``).
     """
 
     images: Tensor
@@ -77,6 +89,7 @@ class Comparison:
     probability: Tensor
     methods: tuple[str, ...]
     attributions: Tensor
+    notes: tuple[str, ...] = ()
 
     def __getitem__(self, method: str) -> Tensor:
         """The ``[N, C, H, W]`` maps of one method."""
@@ -220,7 +233,16 @@ def compare_methods(
         probability=probability.cpu(),
         methods=methods,
         attributions=_all_maps(model, x, tgt.to(device), methods, settings, progress),
+        notes=_notes(model, x, methods),
     )
+
+
+def _notes(model: nn.Module, x: Tensor, methods: Sequence[str]) -> tuple[str, ...]:
+    """What a reader of these maps must know about captum on this model."""
+    if "guided_backprop" not in methods:
+        return ()
+    note = captum_relu_note(model, x)
+    return () if note is None else (note,)
 
 
 def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
@@ -345,3 +367,54 @@ def _captum(
                 baselines=float(baseline),
                 perturbations_per_eval=64,
             )
+
+
+class _CountRelus(TorchFunctionMode):
+    """Counts ReLU calls, and those made inside an ``nn.ReLU`` module (the only ones captum's
+    module hooks see)."""
+
+    def __init__(self, stack: list[str], relu_modules: set[str]) -> None:
+        super().__init__()
+        self.stack = stack
+        self.relu_modules = relu_modules
+        self.total = 0
+        self.in_modules = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in RELU_FUNCS:
+            self.total += 1
+            if self.stack and self.stack[-1] in self.relu_modules:
+                self.in_modules += 1
+        return func(*args, **(kwargs or {}))
+
+
+def relu_calls(model: nn.Module, x: Tensor) -> tuple[int, int]:
+    """``(all ReLU calls, those inside nn.ReLU modules)`` of one forward pass on ``x``."""
+    relus = {name for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
+    stack: list[str] = []
+    counter = _CountRelus(stack, relus)
+    tracer = Tracer(model, mode=counter)
+    counter.stack = tracer.stack
+    with tracer:
+        tracer.run(x[:1])
+    return counter.total, counter.in_modules
+
+
+def captum_relu_note(model: nn.Module, x: Tensor) -> str | None:
+    """A sentence when captum's guided backprop / deconvolution would miss ReLU calls of
+    ``model`` (``F.relu``, ``torch.relu``, ``x.relu()``: captum hooks ``nn.ReLU`` modules only),
+    else ``None``."""
+    total, seen = relu_calls(model, x)
+    if total == 0 or seen == total:
+        return None
+    if seen == 0:
+        return (
+            f"This model calls its ReLUs as functions (F.relu; {total} calls) and has no nn.ReLU "
+            "module, which is all captum hooks: captum's guided backprop (and Deconvolution) "
+            "here equals the plain gradient (saliency). deconvviz's own rules see every call."
+        )
+    return (
+        f"captum hooks nn.ReLU modules only: {total - seen} of this model's {total} ReLU calls "
+        "are functional (F.relu), so captum's guided backprop treats them as in the plain "
+        "gradient. deconvviz's own rules see every call."
+    )

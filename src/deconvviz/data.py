@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from deconvviz.checks import check_positive_int
 from deconvviz.errors import DataError, InputError, unknown_name
+from deconvviz.images import eight_bit, image_array
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -76,13 +77,14 @@ _HOW_TO_GET = {
     ),
     "cifar10": (
         "put cifar10.npz (arrays x_train, y_train, x_test, y_test) or torchvision's "
-        "cifar-10-batches-py folder there, or pass --download (download=True in Python) to "
-        "fetch it with torchvision"
+        "cifar-10-batches-py folder there, or fetch it with torchvision (download=True in "
+        "Python; deconvviz train zfnet-cifar --download fetches it before training)"
     ),
     "mnist": (
         "put the four MNIST idx files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
-        "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) in DIR/MNIST/raw, or pass "
-        "--download (download=True in Python) on a machine with network access"
+        "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) in DIR/MNIST/raw, or fetch "
+        "them on a machine with network access (download=True in Python; deconvviz train "
+        "lenet5 --download fetches them before training)"
     ),
 }
 
@@ -377,7 +379,10 @@ def _read_folder(
                 grey = im.mode in ("L", "1", "LA", "I", "I;16", "F") or (
                     im.mode == "P" and _is_grey(im)
                 )
-                arr = np.asarray(im.convert("L" if grey else "RGB"))
+                if eight_bit(im):
+                    arr = np.asarray(im.convert("L" if grey else "RGB"))
+                else:  # 16-bit, float, alpha, CMYK: read right, then stored as 8 bits
+                    arr = np.rint(image_array(im, 1 if grey else 3) * 255).astype(np.uint8)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise DataError(
                 f"cannot read image {path}: {exc}; the file is damaged: restore or delete it"
@@ -591,7 +596,8 @@ def _auto_name(root: Path, download: bool) -> str:
             f"no dataset found under {root}: looked for class folders Train/<label>/*.png + "
             "Test/<label>/*.png, cifar10.npz, cifar-10-batches-py and MNIST idx files "
             "(MNIST/raw, raw, or the folder itself); pass --data-dir pointing at one of "
-            "these, or --download to fetch CIFAR-10 (download=True in Python)"
+            "these, or fetch CIFAR-10 into it (download=True in Python; deconvviz train "
+            "zfnet-cifar --download fetches it before training)"
         )
     if len(found) > 1:
         raise DataError(

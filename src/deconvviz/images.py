@@ -1,11 +1,32 @@
 """Image files into model inputs: the one loader every command and dataset folder uses.
 
-Policy (documented once, here): a file is read with Pillow and converted to the model's
-channels -- colour to greyscale by ITU-R 601-2 luma for 1 channel, greyscale repeated for 3 --
-then, when a size is asked for, **centre-cropped** to that size's aspect ratio and resized to it
-with **bicubic** interpolation; values are ``float32`` in ``[0, 1]`` (no normalisation: the
-library's models take ``[0, 1]`` input). :func:`load_image` reads one file, :func:`load_images`
-a batch, and :class:`deconvviz.datasets.FolderDataset` reads its items the same way.
+Policy (documented once, here): a file is read with Pillow, turned upright by its EXIF
+orientation, and converted to the model's channels -- colour to greyscale by ITU-R 601-2 luma for
+1 channel, greyscale repeated for 3 -- then, when a size is asked for, **centre-cropped** to that
+size's aspect ratio and resized to it with **bicubic** interpolation; values are ``float32`` in
+``[0, 1]`` (no normalisation: the library's models take ``[0, 1]`` input).
+
+Every Pillow mode is read at its own depth (:func:`image_array`):
+
+=================  ===========================================================================
+mode               read as
+=================  ===========================================================================
+``1``, ``L``       ``/ 255`` (``1``: 0 or 1)
+``RGB``, ``P``     ``/ 255`` (a palette through its colours)
+``I;16*``          16-bit grey, ``/ 65535`` (a 16-bit PNG)
+``I``              32-bit integer grey, ``/ 65535`` (Pillow's mode for 16-bit data from several
+                   formats), clipped to ``[0, 1]``
+``F``              float grey: as it is when in ``[0, 1]``, else ``/ 255`` when at most 255,
+                   else ``/ 65535``; clipped to ``[0, 1]``
+``LA``, ``RGBA``,  transparency composited over **white** (a transparent pixel is white, not
+``PA``, ``P`` +    the colour stored under it)
+transparency
+``CMYK``           ``R = (1 - C)(1 - K)``, the same for G (M) and B (Y)
+other              Pillow's conversion to ``RGB``
+=================  ===========================================================================
+
+:func:`load_image` reads one file, :func:`load_images` a batch, and
+:class:`deconvviz.datasets.FolderDataset` reads its items the same way.
 
 Rank 0 (base): imports only torch, NumPy/Pillow (inside the functions) and
 :mod:`deconvviz.errors`.
@@ -30,12 +51,76 @@ from torch import Tensor
 
 from deconvviz.errors import DataError, InputError
 
-__all__ = ["IMAGE_SUFFIXES", "fit_image", "load_image", "load_images"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "eight_bit",
+    "fit_image",
+    "image_array",
+    "load_image",
+    "load_images",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 """File suffixes taken for images (lower case)."""
 
-_GREY_MODES = ("L", "1", "LA", "I", "I;16", "F")
+_GREY_MODES = ("L", "1", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+_HIGH_DEPTH = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's convert("L")
+
+
+def _has_alpha(im: Any) -> bool:
+    return bool(im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info))
+
+
+def image_array(im: Any, channels: int | None = None) -> Any:
+    """A PIL image as a ``float32`` array in ``[0, 1]``, ``[H, W]`` (grey) or ``[H, W, 3]``,
+    by the module's table of modes (EXIF orientation applied; ``channels`` 1 or 3 converts
+    grey <-> colour, ``None`` keeps the image's own)."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(im) or im
+    grey = im.mode in _GREY_MODES
+    if im.mode in _HIGH_DEPTH:
+        arr = np.asarray(im).astype(np.float64)
+        if im.mode == "F":
+            finite = arr[np.isfinite(arr)]
+            top = float(finite.max()) if finite.size else 0.0
+            low = float(finite.min()) if finite.size else 0.0
+            scale = 1.0 if (low >= 0 and top <= 1) else 255.0 if top <= 255 else 65535.0
+        else:
+            scale = 65535.0
+        out = np.clip(np.nan_to_num(arr / scale), 0.0, 1.0)
+    elif im.mode == "CMYK":
+        cmyk = np.asarray(im).astype(np.float64) / 255.0
+        out = (1.0 - cmyk[..., :3]) * (1.0 - cmyk[..., 3:4])
+    else:
+        if _has_alpha(im):
+            rgba = im.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(white, rgba).convert("L" if grey else "RGB")
+        out = np.asarray(im.convert("L" if grey else "RGB")).astype(np.float64) / 255.0
+    if channels == 1 and out.ndim == 3:
+        out = out @ np.asarray(_LUMA)
+    elif channels == 3 and out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=2)
+    return out.astype(np.float32)
+
+
+def _fit_array(arr: Any, target: tuple[int, int]) -> Any:
+    """:func:`fit_image` on a float array ``[H, W]`` or ``[H, W, 3]``, channel by channel
+    (Pillow's float mode ``F``: no rounding to 8 bits), clipped to ``[0, 1]``."""
+    import numpy as np
+    from PIL import Image
+
+    planes = [arr] if arr.ndim == 2 else [arr[..., c] for c in range(arr.shape[2])]
+    fitted = [
+        np.asarray(fit_image(Image.fromarray(np.ascontiguousarray(p, dtype=np.float32)), target))
+        for p in planes
+    ]
+    out = fitted[0] if arr.ndim == 2 else np.stack(fitted, axis=2)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def _target(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -77,7 +162,7 @@ def load_image(
         InputError: ``channels`` is not 1 or 3, or ``size`` is not positive.
     """
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     _check_channels(channels)
     target = _target(size)
@@ -87,14 +172,27 @@ def load_image(
     try:
         with Image.open(file) as im:
             im.load()
-            grey = im.mode in _GREY_MODES
-            img = im.convert({1: "L", 3: "RGB"}.get(channels or 0, "L" if grey else "RGB"))
+            if eight_bit(im):  # the common case: 8-bit resizing, as Pillow does it
+                upright = ImageOps.exif_transpose(im) or im
+                grey = upright.mode in _GREY_MODES
+                img = upright.convert({1: "L", 3: "RGB"}.get(channels or 0, "L" if grey else "RGB"))
+                arr = None
+            else:
+                arr = image_array(im, channels)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read {file} as an image ({exc}); {fix}") from exc
-    if target is not None:
-        img = fit_image(img, target)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
+    if arr is None:
+        if target is not None:
+            img = fit_image(img, target)
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+    elif target is not None:
+        arr = _fit_array(arr, target)
     return torch.from_numpy(arr[None].copy() if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+
+
+def eight_bit(im: Any) -> bool:
+    """Whether Pillow's own 8-bit conversion reads ``im`` right (no alpha, depth or CMYK)."""
+    return im.mode in ("1", "L", "RGB", "P", "YCbCr", "LAB", "HSV") and not _has_alpha(im)
 
 
 def load_images(

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from deconvviz._util import items_within, safe_name
+from deconvviz._util import dead_units, items_within, safe_name
 from deconvviz.checks import (
     check_layer,
     check_model,
@@ -166,10 +166,10 @@ class LayerReconstructions:
             rec = reconstruct_dataset(net, test_set, ["conv2"], progress=False)["conv2"]
             rec.dead                       # e.g. [3, 17]: never > 0 on rec.images images
         """
-        alive = self.fired.any(dim=1)
-        return [
-            int(c) for c, a in zip(self.channels.tolist(), alive.tolist(), strict=True) if not a
-        ]
+        # the strongest real activation of each map (-inf where there was none), through the
+        # one definition of a dead unit
+        best = torch.where(self.fired, self.values.double(), float("-inf")).amax(dim=1)
+        return [int(self.channels[r]) for r in dead_units(best)]
 
     @property
     def valid(self) -> Tensor:

@@ -77,6 +77,11 @@ SECTIONS: tuple[tuple[str, str], ...] = (
 _FIG_DIR = "figures"
 REPORT_ENTRIES = ("index.html", "manifest.json", _FIG_DIR)
 """What a report consists of: replaced whole on a rewrite (other files in the folder stay)."""
+MIN_TEXT_PX = 11.0
+"""Smallest height, in CSS pixels, of any text the page shows (HTML text and text in figures)."""
+_FIG_DPI = 100
+_LEFT_OUT = ("training",)
+"""Sections left out of the page (not shown as skipped) when they do not apply."""
 
 
 @dataclass(frozen=True)
@@ -87,11 +92,18 @@ class ReportFigure:
         section: the section key (``"training"``, ``"filters"``, ...).
         title: the caption.
         path: the PNG, relative to the report folder.
+        text_px: height in pixels of the smallest text drawn in the PNG (``None``: no text, or
+            not known); the page never shows the PNG so small that this text is under
+            :data:`MIN_TEXT_PX`.
+        inline: ``False`` for a figure the page links to instead of showing (a whole layer's
+            Fig. 2 grid, which the page shows as a grid of per-unit tiles).
     """
 
     section: str
     title: str
     path: str
+    text_px: float | None = None
+    inline: bool = True
 
 
 @dataclass(frozen=True)
@@ -377,9 +389,18 @@ def _write_index(
     skipped = tuple((s.key, s.skipped) for s in done if s.skipped is not None)
     manifest = _manifest(ctx, done, figures, config, run_path, max_images)
     manifest_path = write_json(ctx.out / "manifest.json", json_safe(manifest))
-    page = _html_page(title or f"deconvviz report: {type(ctx.model).__name__}", done, manifest)
+    page = _html_page(
+        title or f"deconvviz report: {_model_name(ctx.model)}", done, manifest, ctx.out
+    )
     index = write_text(ctx.out / "index.html", page)
     return Report(ctx.out, index, manifest_path, figures, skipped)
+
+
+def _model_name(model: nn.Module) -> str:
+    """The user's model's class name, through deconvviz's input-normalisation wrapper."""
+    from deconvviz.loading import Normalized
+
+    return type(model.inner if isinstance(model, Normalized) else model).__name__
 
 
 def _manifest(
@@ -403,7 +424,7 @@ def _manifest(
         "seed": cfg.get("seed"),
         "metrics": {k_: v for k_, v in ctx.metrics.items() if k_ != "history"},
         "model": {
-            "class": type(model).__name__,
+            "class": _model_name(model),
             "parameters": int(sum(p.numel() for p in model.parameters())),
             "config": getattr(model, "config", None),
         },
@@ -512,9 +533,12 @@ class _Context:
         return _relative_to(path, self.out)
 
     def add_figure(self, section: _Section, title: str, fig: Any, *parts: str) -> None:
+        from deconvviz.render.images import min_text_px
+
         path = self.path(*parts)
-        save_figure(path, fig, dpi=100)
-        section.figures.append(ReportFigure(section.key, title, self.rel(path)))
+        text_px = min_text_px(fig, _FIG_DPI)
+        save_figure(path, fig, dpi=_FIG_DPI)
+        section.figures.append(ReportFigure(section.key, title, self.rel(path), text_px))
 
     def add_image(self, section: _Section, title: str, image: Any, *parts: str) -> None:
         path = self.path(*parts)
@@ -595,6 +619,7 @@ def _stats(ctx: _Context, section: _Section) -> None:
     for s in stats.values():
         rows.append(
             [
+                s.name,
                 s.report_name,
                 s.count,
                 _fmt(s.mean),
@@ -607,13 +632,26 @@ def _stats(ctx: _Context, section: _Section) -> None:
         )
         ctx.add_figure(
             section,
-            f"{s.report_name}: histogram of every activation",
+            f"{s.name}: histogram of every activation",
             histogram_figure(s),
             f"stats_{safe_name(s.name)}.png",
         )
     section.html.insert(
         0,
-        _table(["layer", "elements", "mean", "var", "min", "max", "zeros", "dead channels"], rows),
+        _table(
+            [
+                "layer",
+                "origin report's name",
+                "elements",
+                "mean",
+                "var",
+                "min",
+                "max",
+                "zeros",
+                "dead units (never > 0)",
+            ],
+            rows,
+        ),
     )
     write_json(ctx.path("activation_stats.json"), {n: s.to_dict() for n, s in stats.items()})
     section.data["lines"] = lines
@@ -638,21 +676,21 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
         dead = rec.dead
         dead_text = ", ".join(str(c) for c in dead) or "none"
         dead_rows.append([layer, f"{len(dead)} / {len(rec.channels)}", dead_text])
+        caption = (
+            f"top-{rec.found} activations of each of {_shown(rec, ctx.max_channels)} over "
+            f"{len(ctx.scan)} images: {rec.rule} projections (left, each scaled to its own "
+            "max |value|, grey = 0) and the image patches that caused them (right); "
+            f"dead feature maps (never > 0): {dead_text}"
+        )
         for page, path in enumerate(pngs):
             more = f" (page {page + 1}/{len(pngs)})" if len(pngs) > 1 else ""
             section.figures.append(
-                ReportFigure(
-                    section.key,
-                    f"{layer}{more}: top-{rec.found} activations of each of "
-                    f"{_shown(rec, ctx.max_channels)} over "
-                    f"{len(ctx.scan)} images, {rec.rule} projections (left) and image "
-                    f"patches (right); dead feature maps (never > 0): {dead_text}",
-                    ctx.rel(path),
-                )
+                ReportFigure(section.key, f"{layer}{more}: {caption}", ctx.rel(path), inline=False)
             )
+        section.html.append(_unit_grid(ctx, layer, rec, caption, pngs))
     section.html.append(
         _table(
-            ["layer", "dead feature maps", "channels never > 0"],
+            ["layer", "dead units (never > 0)", "which"],
             dead_rows,
             caption=f"Dead feature maps (of those drawn): never above 0 on the {len(ctx.scan)} "
             "scanned images",
@@ -661,6 +699,103 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
     section.data["layers"] = list(results)
     section.data["dead"] = {layer: rec.dead for layer, rec in results.items()}
     ctx.reconstructions.update(results)
+    _dependence(ctx, section, results)
+
+
+def _dependence(ctx: _Context, section: _Section, results: Mapping[str, Any]) -> None:
+    """How much each layer's pictures depend on the image: a table, a plain sentence for each
+    layer where they hardly do, and guided backprop's pictures of those layers beside."""
+    from deconvviz.analyses.dependence import image_dependence, pool_switches
+    from deconvviz.reconstruct import reconstruct_dataset
+
+    device, dtype = model_device_dtype(ctx.model)
+    x = _first_image(ctx.dataset)[None].to(device, dtype)
+    deps = [
+        image_dependence(rec, pool_switches(ctx.model, layer, x)) for layer, rec in results.items()
+    ]
+    rows = [
+        [
+            d.layer,
+            "-" if d.switches is None else d.switches,
+            _fmt(d.correlation),
+            "hardly" if d.hardly else "yes",
+        ]
+        for d in deps
+    ]
+    section.html.append(
+        "<h3>Do these pictures depend on the image?</h3><p>A deconvnet's reverse path depends "
+        "on the image only through the max-pooling switches below a layer (Mahendran &amp; "
+        "Vedaldi, 2016). For each layer: the switches a projection can read, and the mean "
+        "correlation between a unit's top projections, each in its own receptive-field window "
+        "(1: every image gives the same picture, up to scale).</p>"
+    )
+    section.html.append(
+        _table(
+            [
+                "layer",
+                "max-pooling switches below",
+                "mean correlation of top projections",
+                "depends on the image",
+            ],
+            rows,
+        )
+    )
+    hardly = [d for d in deps if d.hardly]
+    for d in hardly:
+        section.html.append(f'<p class="warn">{html.escape(d.sentence() or "")}</p>')
+    section.data["image_dependence"] = [d.to_dict() for d in deps]
+    if not hardly or ctx.rule != "deconvnet":
+        return
+    guided = reconstruct_dataset(
+        ctx.model,
+        ctx.scan,
+        [d.layer for d in hardly],
+        k=ctx.k,
+        rule="guided",
+        max_channels=min(8, ctx.max_channels or 8),
+        progress=ctx.progress,
+    )
+    for layer, rec in guided.items():
+        pngs = _write_guided(ctx, layer, rec)
+        caption = (
+            f"guided backprop, beside the deconvnet: top-{rec.found} activations of each of "
+            f"its first {len(rec.channels)} feature maps, projections (left) and patches (right)"
+        )
+        section.html.append(_unit_grid(ctx, f"{layer} (guided backprop)", rec, caption, pngs))
+
+
+def _write_guided(ctx: _Context, layer: str, rec: Any) -> list[Path]:
+    from deconvviz.export_reconstructions import write_dataset_reconstructions
+
+    return write_dataset_reconstructions({f"{layer}_guided": rec}, ctx.path("reconstructions"))
+
+
+def _unit_grid(ctx: _Context, layer: str, rec: Any, caption: str, pngs: Sequence[Path]) -> str:
+    """One layer of Fig. 2 as an HTML grid: one tile per unit (its projections beside its
+    patches, a link to the full-size tile), its caption as text; dead units as text."""
+    from deconvviz.render.reconstruct import unit_tiles
+
+    e = html.escape
+    folder = ctx.path("reconstructions", safe_name(layer))
+    cells = []
+    for ch, block, text in unit_tiles(rec):
+        if block is None:
+            cells.append(f'<figure class="unit dead"><figcaption>{e(text)}</figcaption></figure>')
+            continue
+        src = e(_url(ctx.rel(save_image(folder / f"ch{ch}.png", block))), quote=True)
+        cells.append(
+            f'<figure class="unit"><a href="{src}" title="full size"><img src="{src}" '
+            f'alt="{e(layer, quote=True)} {e(text, quote=True)}" width="{block.width}" '
+            f'height="{block.height}" loading="lazy"></a><figcaption>{e(text)}</figcaption>'
+            "</figure>"
+        )
+    whole = ", ".join(f'<a href="{e(_url(ctx.rel(p)), quote=True)}">{e(p.name)}</a>' for p in pngs)
+    return (
+        f'<h3 id="layer-{e(safe_name(layer), quote=True)}">{e(layer)}</h3>'
+        f"<p>{e(caption)}. Click a tile to enlarge it; the whole layer as one picture: "
+        f"{whole}.</p>"
+        f'<div class="units">{"".join(cells)}</div>'
+    )
 
 
 def _shown(rec: Any, max_channels: int | None) -> str:
@@ -755,6 +890,18 @@ def _compare(ctx: _Context, section: _Section) -> None:
 
     x, y = _batch(ctx.dataset, ctx.images)
     comp = compare_methods(ctx.model, x, target=y, progress=ctx.progress)
+    for note in comp.notes:
+        section.html.append(f'<p class="warn">{html.escape(note)}</p>')
+    if ctx.rule == "deconvnet":
+        from deconvviz.analyses.dependence import CITATION, pool_switches
+
+        device, dtype = model_device_dtype(ctx.model)
+        if pool_switches(ctx.model, None, x[:1].to(device, dtype)) == 0:
+            section.html.append(
+                '<p class="warn">This model has no max pooling, so its deconvnet column is the '
+                "same pattern for every image, up to scale: it shows the network's filters, not "
+                f"what it saw; compare guided backprop ({html.escape(CITATION)}).</p>"
+            )
     ctx.add_figure(
         section,
         "our deconvnet beside captum's saliency, guided backprop, "
@@ -771,7 +918,12 @@ def _analyses(ctx: _Context, section: _Section) -> None:
     # report_figures returns the paths it wrote (folder / name): usable as they are, never to be
     # joined to the folder again
     for title, path in report_figures(ctx.model, ctx.dataset, folder, progress=ctx.progress):
-        section.figures.append(ReportFigure(section.key, str(title), ctx.rel(path)))
+        text_px = None
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            import json
+
+            text_px = json.loads(Path(path).with_suffix(".json").read_text())["text_px"]
+        section.figures.append(ReportFigure(section.key, str(title), ctx.rel(path), text_px))
 
 
 # ------------------------------------------------------------------------------ HTML
@@ -784,6 +936,14 @@ nav ul { columns: 2; }
 figure { margin: 1em 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #ddd; image-rendering: auto; }
 figcaption { font-size: .9em; color: #555; }
+.scroll { overflow-x: auto; }
+.units { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr));
+         gap: .6em; }
+.units figure { margin: 0; }
+.units img { width: 100%; }
+.units figcaption { font-size: .85em; }
+.warn { background: #fff6e0; border-left: 4px solid #e0a000; padding: .4em .8em; }
+.unit.dead { background: #f2f2f2; border: 1px dashed #aaa; padding: .5em; }
 table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
 caption { text-align: left; font-weight: bold; padding: .2em 0; }
 td, th { border: 1px solid #ccc; padding: .2em .6em; text-align: left; }
@@ -839,6 +999,11 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     for key, value in cfg.items():
         name = f"{prefix}{key}"
+        if key == "normalize" and isinstance(value, (list, tuple)) and len(value) % 2 == 0:
+            # stored as (mean, std) pairs, one per channel: one row each
+            out.append((f"{name} mean", ", ".join(_fmt(v) for v in value[0::2]) or "(none)"))
+            out.append((f"{name} std", ", ".join(_fmt(v) for v in value[1::2]) or "(none)"))
+            continue
         if isinstance(value, Mapping) and value:
             out.extend(_flatten(value, name + "."))
         elif isinstance(value, (list, tuple)):
@@ -848,7 +1013,31 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _html_page(title: str, sections: Sequence[_Section], manifest: Mapping[str, Any]) -> str:
+def _figure_html(f: ReportFigure, root: Path) -> str:
+    """A figure at a size that keeps its smallest text at :data:`MIN_TEXT_PX` or more: it
+    shrinks to the page's width down to that size, and scrolls sideways below it."""
+    e = html.escape
+    src = e(_url(f.path), quote=True)
+    size = ""
+    with contextlib.suppress(OSError):
+        from PIL import Image
+
+        with Image.open(root / f.path) as im:
+            w, h = im.size
+        size = f' width="{w}" height="{h}"'
+        if f.text_px is not None:  # text_px * shown / w >= MIN_TEXT_PX
+            size += f' style="min-width: {math.ceil(w * MIN_TEXT_PX / f.text_px)}px"'
+    text = "" if f.text_px is None else f' data-text-px="{f.text_px:.2f}"'
+    return (
+        f'<figure><div class="scroll"><a href="{src}"><img src="{src}" '
+        f'alt="{e(f.title, quote=True)}"{size}{text} loading="eager"></a></div>'
+        f"<figcaption>{e(f.title)}</figcaption></figure>"
+    )
+
+
+def _html_page(
+    title: str, sections: Sequence[_Section], manifest: Mapping[str, Any], root: Path
+) -> str:
     e = html.escape
     ver = manifest["versions"]
     cfg = manifest.get("config") or {}
@@ -882,11 +1071,16 @@ def _html_page(title: str, sections: Sequence[_Section], manifest: Mapping[str, 
             + f" ({ds['size']} images, {ds['scanned']} scanned)",
         ]
     )
-    if cfg:
-        facts.append(["seed", cfg.get("seed")])
+    if cfg.get("seed") is not None:
+        facts.append(["seed", cfg["seed"]])
     parts.append(_table(None, facts, caption="Summary"))
     if cfg:
-        parts.append(_table(["setting", "value"], _flatten(cfg), caption="Training configuration"))
+        trained = any(s.key == "training" and not s.skipped for s in sections)
+        caption = "Training configuration" if trained else "Configuration"
+        parts.append(_table(["setting", "value"], _flatten(cfg), caption=caption))
+    # a section that cannot apply to this model (no training run) is left out of the page; the
+    # manifest still says why
+    sections = [s for s in sections if not (s.skipped and s.key in _LEFT_OUT)]
     parts.append("<nav><ul>")
     for s in sections:
         count = len(s.figures)
@@ -900,11 +1094,8 @@ def _html_page(title: str, sections: Sequence[_Section], manifest: Mapping[str, 
             parts.append(f'<p class="skipped">Skipped: {e(s.skipped)}</p>')
         parts.extend(s.html)
         for f in s.figures:
-            src = e(_url(f.path), quote=True)
-            parts.append(
-                f'<figure><a href="{src}"><img src="{src}" alt="{e(f.title, quote=True)}" '
-                f'loading="eager"></a><figcaption>{e(f.title)}</figcaption></figure>'
-            )
+            if f.inline:
+                parts.append(_figure_html(f, root))
         parts.append("</section>")
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)

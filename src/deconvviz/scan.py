@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -409,6 +410,12 @@ def scan(
             if loaded is not None:
                 _verify_images(data, batch_size, plan, loaded, saved.path)
                 scanner.committed = loaded
+                if loaded.done and plan.rank == 0:
+                    total = len(plan.shard) if plan.shard is not None else plan.total
+                    print(
+                        f"resuming from {loaded.done} of {total} images (saved scan state)",
+                        file=sys.stderr,
+                    )
         _scan_batches(scanner, data, batch_size, plan, saved, save_every, progress)
     return _result(scanner, plan)
 

@@ -25,6 +25,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakTensorKeyDictionary
 from tqdm.auto import tqdm
 
+from deconvviz._util import dead_units
 from deconvviz.checks import check_layer, check_model, check_positive_int, to_model
 from deconvviz.engine import batch_images
 from deconvviz.engine.support import RELU_FUNCS
@@ -64,6 +65,7 @@ class LayerStats:
         hist_edges: ``[bins + 1]`` bin edges (the last bin includes its right edge).
         underflow: elements below ``hist_edges[0]`` (not in ``hist_counts``).
         overflow: elements above ``hist_edges[-1]`` (not in ``hist_counts``).
+        channel_max: ``[C]`` largest value per channel (``None`` in results made without it).
     """
 
     name: str
@@ -81,6 +83,7 @@ class LayerStats:
     hist_edges: Tensor
     underflow: int
     overflow: int
+    channel_max: Tensor | None = None
 
     @property
     def std(self) -> float:
@@ -89,12 +92,20 @@ class LayerStats:
 
     @property
     def dead_channels(self) -> Tensor:
-        """Indices of channels that were 0 on every element of every input."""
-        return (self.channel_zero_fraction >= 1.0).nonzero().flatten()
+        """Indices of the dead units: channels never above 0 on the scanned images
+        (:func:`deconvviz._util.dead_units`, the definition every command uses; for a ReLU
+        output, the channels that were 0 everywhere)."""
+        if self.channel_max is None:  # an old result: the ReLU-output reading
+            return (self.channel_zero_fraction >= 1.0).nonzero().flatten()
+        return torch.tensor(dead_units(self.channel_max), dtype=torch.long)
 
     @property
     def report_name(self) -> str:
-        """Name in the origin report's style: ``h_conv1`` for the ReLU output of ``conv1``."""
+        """Name in the origin report's style: ``h_conv1`` for the ReLU output of ``conv1``.
+
+        Only an alias, for the lines that reproduce the origin report's
+        (:func:`report_lines`); tables and figures name the layer by :attr:`name`, its
+        ``named_modules()`` name, like every other command."""
         return f"h_{self.source}" if self.source else self.name
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +121,7 @@ class LayerStats:
             "max": self.max,
             "zero_fraction": self.zero_fraction,
             "dead_channels": self.dead_channels.tolist(),
+            "channel_max": None if self.channel_max is None else self.channel_max.tolist(),
             "channel_mean": self.channel_mean.tolist(),
             "channel_var": self.channel_var.tolist(),
             "channel_zero_fraction": self.channel_zero_fraction.tolist(),
@@ -208,6 +220,7 @@ class _Running:
     cm2: Any = None
     zeros: Any = None
     czeros: Any = None
+    cmax: Any = None
     lo: Any = None
     hi: Any = None
     hist: Any = None
@@ -245,6 +258,8 @@ class _Running:
         _, self.cmean, self.cm2 = _merge(n_a // c, self.cmean, self.cm2, nb // c, cmean_b, cm2_b)
         self.n, self.mean, self.m2 = _merge(n_a, self.mean, self.m2, nb, mean_b, m2_b)
         self.czeros = czeros_b if self.czeros is None else self.czeros + czeros_b
+        cmax_b = per_c.amax(dim=1)
+        self.cmax = cmax_b if self.cmax is None else torch.fmax(self.cmax, cmax_b)
         bmin, bmax = a64.min(), a64.max()
         self.lo = bmin if self.lo is None else torch.minimum(self.lo, bmin)
         self.hi = bmax if self.hi is None else torch.maximum(self.hi, bmax)
@@ -286,6 +301,7 @@ class _Running:
             hist_edges=torch.linspace(*self.hist_range, self.bins + 1, dtype=torch.float64),
             underflow=int(self.under),
             overflow=int(self.over),
+            channel_max=self.cmax.cpu(),
         )
 
 

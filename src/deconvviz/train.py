@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -794,6 +795,8 @@ def train(
             n_test=len(test_set),
         )
         start = 0 if resume is None else _resume(run, resume)
+        if start:
+            print(f"resuming from iteration {start} of {run.total}", file=sys.stderr)
         run.t0 = time.perf_counter()
         _train_loop(run, train_set, start, loss_fn, progress)
         result = _train_result(run)

@@ -69,5 +69,17 @@ def inspect_cmd(
     size = model_spec.image_size or want_size or 224
     table = layer_table(loaded.model, (channels or want_c or 3, size, size), rule)
     click.echo(str(table))
+    if rule == "deconvnet":
+        import torch
+
+        from deconvviz.analyses.dependence import no_switch_note
+        from deconvviz.checks import model_device_dtype
+        from deconvviz.reconstruct import conv_layer_names
+
+        device, dtype = model_device_dtype(loaded.model)
+        x = torch.zeros(1, *table.input_shape, device=device, dtype=dtype)
+        note = no_switch_note(loaded.model, x, conv_layer_names(loaded.model))
+        if note is not None:
+            click.echo("\n" + note)
     if json_path is not None:
         write_json(json_path, table.to_dict())

@@ -42,12 +42,20 @@ def _safe(name: str) -> str:
     return safe_name(name, "model")
 
 
-def _class_names(model: nn.Module) -> list[str] | None:
+def _class_names(model: nn.Module, run_config: Any = None) -> list[str] | None:
+    """The class names where they are known: from the run's dataset, or the example model."""
     from deconvviz.data import CIFAR10_CLASSES, MNIST_CLASSES
 
+    dataset = run_config.get("dataset") if isinstance(run_config, dict) else None
+    if dataset in ("cifar10", "cifar10-course", "cifar10-sample"):
+        return list(CIFAR10_CLASSES)
+    if dataset == "mnist":
+        return list(MNIST_CLASSES)
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, dict):
         return None
+    if cfg.get("model") == "zfnet-cifar" and cfg.get("num_classes", 10) == 10:
+        return list(CIFAR10_CLASSES)
     if cfg.get("model") == "rnn":
         return list(MNIST_CLASSES)
     if cfg.get("model") == "lenet5" and cfg.get("num_classes", 10) == 10:
@@ -157,7 +165,7 @@ def occlude(
         layer=layer,
         progress=progress,
     )
-    names = _class_names(run.model)
+    names = _class_names(run.model, getattr(run, "config", None))
     fig = occlusion_figure(res, x.cpu(), 0, class_names=names)
     png = save_figure(out / "occlusion.png", fig, dpi=120)
     save_torch(out / "occlusion.pt", dataclasses.asdict(res))
@@ -172,7 +180,7 @@ def occlude(
     )
 
 
-@click.command("filters", short_help="Filter grids, RMS and dead filters.")
+@click.command("filters", short_help="Filter grids, RMS and zero filters.")
 @_run
 @layer_option(multiple=True, help="Conv layer to draw (default: every conv layer)")
 @out_option()
@@ -189,7 +197,8 @@ def occlude(
     type=click.FloatRange(min=0),
     default=1e-6,
     show_default=True,
-    help="RMS at or below which a filter counts as dead.",
+    help="RMS at or below which a filter counts as a zero filter (dead units are counted on "
+    "data, by stats and reconstruct).",
 )
 def filters(
     checkpoint: Path,
@@ -200,7 +209,10 @@ def filters(
     scale: int,
     tol: float,
 ) -> None:
-    """Filter grids, per-filter RMS and dead filters of the conv layers.
+    """Filter grids, per-filter RMS and zero filters (RMS at most --tol) of the conv layers.
+
+    A zero filter is not a dead unit: a unit is dead when its activation is never above 0 on
+    the scanned images, which stats, reconstruct, the report and the atlas count.
 
     Writes filters_<layer>.png, rms_<layer>.png and filters.json.
     """
@@ -215,8 +227,11 @@ def filters(
         save_image(out / f"filters_{_safe(name)}.png", filter_grid(conv, scale=scale))
         save_figure(out / f"rms_{_safe(name)}.png", rms_figure(conv, radius, title=name), dpi=110)
     write_json(out / "filters.json", {"radius": radius, "tol": tol, "layers": summary})
-    dead = ", ".join(f"{k} {len(v['dead'])}/{len(v['rms'])}" for k, v in summary.items())
-    click.echo(f"wrote filter grids of {', '.join(summary)} to {out} (dead filters: {dead})")
+    zero = ", ".join(f"{k} {len(v['dead'])}/{len(v['rms'])}" for k, v in summary.items())
+    click.echo(
+        f"wrote filter grids of {', '.join(summary)} to {out} (zero filters, RMS <= {tol:g}: "
+        f"{zero})"
+    )
 
 
 @click.command("stats", short_help="Activation statistics over a dataset split.")

@@ -46,7 +46,8 @@ def forward_trace(
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(
                 f"the model's forward pass failed on input of shape {tuple(x.shape)}: {msg}; "
-                "check the images' channel count and size"
+                "check the images' channel count and size (on the command line, --image-size N "
+                "resizes images to the size the model was trained on)"
             ) from exc
     return order, shapes, calls
 

@@ -456,7 +456,10 @@ class Deconvnet:
 
     def _forward_failed(self, x: Tensor, exc: Exception) -> str:
         first_conv = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None)
-        hint = "check that the input's channel count and size are what the model expects"
+        hint = (
+            "check that the input's channel count and size are what the model expects (on the "
+            "command line, --image-size N resizes images to the size it was trained on)"
+        )
         if first_conv is not None and x.shape[1] != first_conv.in_channels:
             hint = (
                 f"the model's first convolution expects {first_conv.in_channels} input channels "

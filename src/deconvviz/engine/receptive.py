@@ -379,6 +379,15 @@ class RFTracker:
             if name in _CONV and self.meta.get(_arg(args, kwargs, 1, "weight", None)) is not None:
                 return UNKNOWN
             return _compose(self.meta[first], *_window(name, args, kwargs))
+        first = args[0] if args else None
+        if name in ("__getitem__", "pad") and isinstance(first, Tensor) and first.dim() == 4:
+            m = self.meta.get(first)
+            shifted = _sliced(m, args[1] if len(args) > 1 else None) if name != "pad" else None
+            if shifted is not None and len(derived) == 1:
+                return shifted  # x[:, :, a::s, b::t]: a 1x1 window op with stride (s, t)
+            pads = _arg(args, kwargs, 1, "pad", None) if name == "pad" else None
+            if m is not None and len(derived) == 1 and _pads_channels_only(pads):
+                return m  # F.pad of the batch/channel dimensions only: positions unchanged
         if name not in _LOCAL:
             return UNKNOWN
         return self._local(name, args, kwargs, derived, ins, outs[0])
@@ -518,6 +527,43 @@ def _position_free(t: Tensor, per_channel: bool) -> bool:
         return bool((t == ref).all())  # NaN counts as varying
     except RuntimeError:
         return False
+
+
+def _sliced(m: Any, index: Any) -> Any:
+    """The map after ``x[index]`` (``x`` with map ``m``) when the index takes every ``s``-th
+    row and ``t``-th column from fixed offsets (``x[:, :, ::2, ::2]``, a ResNet shortcut):
+    a position-independent subsampling, like a 1x1 window with stride ``(s, t)``; ``None`` for
+    any other index (left to the other rules)."""
+    if m is None or m is UNKNOWN:
+        return None
+    items = index if isinstance(index, tuple) else (index,)
+    if items and items[-1] is Ellipsis:
+        items = items[:-1]
+    if len(items) not in (3, 4) or not all(isinstance(i, slice) for i in items):
+        return None
+    if any(i != slice(None) for i in items[:2]):
+        return None
+    spatial = [*items[2:], slice(None)][:2]
+    steps = []
+    for sl in spatial:
+        start, step = sl.start or 0, 1 if sl.step is None else sl.step
+        if not (isinstance(start, int) and isinstance(step, int)) or start < 0 or step < 1:
+            return None  # a negative start counts from the end: depends on the size
+        if sl.stop is not None and (not isinstance(sl.stop, int) or sl.stop < 0):
+            return None
+        steps.append((start, step))
+    if all(step == 1 and start == 0 for start, step in steps):
+        return None  # positions kept: the local rule's case
+    (ah, sh), (aw, sw) = steps
+    jh, jw, s0, s1, e0, e1 = m
+    return (jh * sh, jw * sw, s0 + ah * jh, s1 + aw * jw, e0 + ah * jh, e1 + aw * jw)
+
+
+def _pads_channels_only(pads: Any) -> bool:
+    """Whether ``F.pad``'s ``pad`` leaves W and H alone (its first four entries are 0)."""
+    if not isinstance(pads, (list, tuple)) or len(pads) < 4 or len(pads) % 2:
+        return False
+    return all(isinstance(p, int) and p == 0 for p in pads[:4])
 
 
 def _keeps_positions(index: Any) -> bool:

@@ -184,6 +184,9 @@ def correspondence_table(result: CorrespondenceResult) -> str:
 
 # ---------------------------------------------------------------------------- sanity checks
 
+_WRAP = 8
+"""Steps per row of :func:`randomisation_figure` (a wider figure is unreadable in a page)."""
+
 
 def randomisation_figure(result: SanityResult, image: int = 0, title: str | None = None) -> Figure:
     """Adebayo et al.'s figure: projections of one image as the weights are randomised (one row
@@ -194,22 +197,30 @@ def randomisation_figure(result: SanityResult, image: int = 0, title: str | None
     if not 0 <= image < n:
         raise InputError(f"image {image} is out of range (the result has {n} images)")
     cell = _tile_inches(result.projections, 1.3)
+    # the steps wrap after `cols` columns, so that the figure fits a page: each band of rows
+    # shows every rule for the next `cols` steps
+    cols = min(n_steps, _WRAP)
+    bands = math.ceil(n_steps / cols)
+    rows = bands * n_rules
     fig = Figure(
-        figsize=(max(7.0, cell * n_steps + 1.0), (cell + 0.1) * n_rules + 3.4),
+        figsize=(max(7.0, cell * cols + 1.0), (cell + 0.35) * rows + 3.4),
         dpi=DPI,
         layout="constrained",
     )
-    subs: Any = fig.subfigures(2, 1, height_ratios=[(cell + 0.1) * n_rules, 3.0])
+    subs: Any = fig.subfigures(2, 1, height_ratios=[(cell + 0.35) * rows, 3.0])
     sub_top, sub_bottom = subs[0], subs[1]
-    grid = sub_top.subplots(n_rules, n_steps, squeeze=False)
+    grid = sub_top.subplots(rows, cols, squeeze=False)
+    for ax in grid.ravel():
+        ax.set_axis_off()
     recs = to_display(result.projections[:, :, image])
     for r, rule in enumerate(result.rules):
         for s, step in enumerate(result.steps):
-            ax = grid[r, s]
+            ax = grid[(s // cols) * n_rules + r, s % cols]
+            ax.set_axis_on()
             _show(ax, recs[r, s])
             if r == 0:
                 ax.set_title(step if s == 0 else f"+{step}", fontsize=8)
-            if s == 0:
+            if s % cols == 0:
                 ax.set_ylabel(rule, fontsize=9)
     axes = sub_bottom.subplots(1, 2)
     steps = np.arange(n_steps)

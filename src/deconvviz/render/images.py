@@ -24,6 +24,7 @@ __all__ = [
     "dead_tile",
     "display_scale",
     "make_grid",
+    "min_text_px",
     "to_display",
     "to_image",
     "wrap_text",
@@ -34,6 +35,23 @@ DPI = 100
 """Dots per inch every figure here is laid out for (the report saves at this resolution)."""
 MIN_TILE_PX = 48
 """Smallest side, in screen pixels, a projection or patch tile is drawn at."""
+
+
+def min_text_px(fig: Figure, dpi: float) -> float | None:
+    """Height in pixels of the smallest text ``fig`` draws when saved at ``dpi`` (font size in
+    points times ``dpi / 72``); ``None`` when it has no text.
+
+    A page that shows the PNG at ``w`` of its ``W`` pixels shows that text at
+    ``min_text_px * w / W`` pixels: the report keeps it at 11 px or more.
+    """
+    from matplotlib.text import Text
+
+    sizes = [
+        float(t.get_fontsize())
+        for t in fig.findobj(lambda a: isinstance(a, Text))
+        if isinstance(t, Text) and t.get_visible() and t.get_text().strip()
+    ]
+    return min(sizes) * dpi / 72.0 if sizes else None
 
 
 def display_scale(side: int, min_px: int = MIN_TILE_PX, min_factor: int = 3) -> int:

@@ -1,8 +1,10 @@
 """Figures for occlusion sensitivity, laid out like Zeiler & Fergus's Fig. 7.
 
-Each map is drawn over the image it was measured on: map cell ``(i, j)`` covers the pixels that
-are nearer to occluder ``(i, j)``'s centre than to any other's, so the maps line up with the
-image whatever the occluder size and stride.
+Each map is drawn beside the image it was measured on, at the image's scale: map cell ``(i, j)``
+covers the pixels that are nearer to occluder ``(i, j)``'s centre than to any other's, so the
+maps line up with the image whatever the occluder size and stride. Maps are opaque by default,
+so that their colours are the colour bar's (a map blended over the image is not); pass
+``alpha < 1`` to draw them over the image instead.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from deconvviz.errors import InputError
 from deconvviz.occlusion import OcclusionResult
 from deconvviz.render.images import to_display
 
-__all__ = ["display_image", "map_edges", "occlusion_figure", "draw_map"]
+__all__ = [
+    "display_image",
+    "draw_map",
+    "map_edges",
+    "occlusion_figure",
+    "probability_maps_figure",
+]
 
 
 def display_image(image: Tensor) -> np.ndarray:
@@ -136,7 +144,7 @@ def _feature_panel(
     fig: Figure,
     ax: Axes,
     result: OcclusionResult,
-    image: Tensor,
+    image: Tensor | None,
     index: int,
     tag: str,
     alpha: float,
@@ -184,7 +192,7 @@ def _prob_panel(
     fig: Figure,
     ax: Axes,
     result: OcclusionResult,
-    image: Tensor,
+    image: Tensor | None,
     index: int,
     tag: str,
     target: str,
@@ -201,7 +209,7 @@ def _prob_panel(
 def _top_class_panel(
     ax: Axes,
     result: OcclusionResult,
-    image: Tensor,
+    image: Tensor | None,
     index: int,
     tag: str,
     name: Callable[[int], str],
@@ -214,14 +222,25 @@ def _top_class_panel(
     cmap = ListedColormap(colours)
     norm = BoundaryNorm(np.arange(len(colours) + 1) - 0.5, len(colours))
     rows, cols = map_edges(result)
-    _show_image(ax, image)
-    ax.pcolormesh(cols, rows, top.numpy(), cmap=cmap, norm=norm, alpha=alpha, shading="flat")
+    if image is not None:
+        _show_image(ax, image)
+    ax.pcolormesh(
+        cols,
+        rows,
+        top.numpy(),
+        cmap=cmap,
+        norm=norm,
+        alpha=alpha if image is not None else 1.0,
+        shading="flat",
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_aspect("equal")
+    if image is None:
+        ax.invert_yaxis()  # image orientation, like the input panel
     handles = [Patch(color=colours[c], label=name(c)) for c in present]
     ax.legend(
-        handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False
+        handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False
     )
     ax.set_title(f"{tag}most probable class\nper occluder position", fontsize=8)
 
@@ -232,7 +251,7 @@ def occlusion_figure(
     index: int = 0,
     class_names: Sequence[str] | None = None,
     *,
-    alpha: float = 0.65,
+    alpha: float = 1.0,
 ) -> Figure:
     """One row of the paper's Fig. 7 for image ``index``.
 
@@ -241,21 +260,24 @@ def occlusion_figure(
     strongest feature map of ``result.layer`` per occluder position (when a layer was given),
     as the paper plots it; (c) that map's deconvnet projection on the unoccluded image (when
     computed); (d) the probability of the target class per occluder position; (e) the most
-    probable class per position. Maps are drawn over the image in perceptually uniform colour
-    maps (magma, viridis), each with a colour bar saying what it encodes.
+    probable class per position. Maps are drawn beside the image (a), opaque, in perceptually
+    uniform colour maps (magma, viridis), each with a colour bar saying what it encodes: the
+    colour on the page is the colour on the bar.
 
     Args:
         result: what :func:`deconvviz.occlusion` returned for ``x``.
         x: the images ``[N, C, H, W]`` it was computed on.
         index: which image.
         class_names: names of the classes (default: their indices).
-        alpha: opacity of the maps over the image.
+        alpha: opacity of the maps; below 1 they are drawn over the image (their colours then
+            no longer match the colour bars).
 
     Returns:
         A matplotlib figure (not shown; save it with ``deconvviz._io.save_figure``).
     """
     _check_figure_inputs(result, x, index)
     image = x[index].detach().cpu()
+    under = image if alpha < 1.0 else None  # an opaque map hides the image: do not draw it
 
     def name(k: int) -> str:
         return class_names[k] if class_names is not None and k < len(class_names) else str(k)
@@ -274,13 +296,13 @@ def occlusion_figure(
         if panel == "input":
             _input_panel(ax, result, image, index, tag, target)
         elif panel == "feature":
-            _feature_panel(fig, ax, result, image, index, tag, alpha)
+            _feature_panel(fig, ax, result, under, index, tag, alpha)
         elif panel == "projection":
             _projection_panel(fig, ax, result, index, tag)
         elif panel == "prob":
-            _prob_panel(fig, ax, result, image, index, tag, target, alpha)
+            _prob_panel(fig, ax, result, under, index, tag, target, alpha)
         else:
-            _top_class_panel(ax, result, image, index, tag, name, alpha)
+            _top_class_panel(ax, result, under, index, tag, name, alpha)
     return fig
 
 
@@ -290,3 +312,29 @@ def _class_colours(k: int) -> list[tuple[float, float, float, float]]:
     base = colormaps["tab10" if k <= 10 else "tab20"]
     n = 10 if k <= 10 else 20
     return [base(i % n) for i in range(k)]
+
+
+def probability_maps_figure(
+    result: OcclusionResult, class_names: Sequence[str] | None = None
+) -> Figure:
+    """The target-class probability per occluder position for every image of ``result``.
+
+    The notebook picture of an :class:`~deconvviz.occlusion.OcclusionResult` (which holds no
+    image): one opaque map per image in ``viridis`` (perceptually uniform, 0 to 1), drawn in the
+    image's own pixel frame, with one colour bar.
+    """
+    n = int(result.prob.shape[0])
+    fig = Figure(figsize=(2.8 * n + 0.9, 3.2), dpi=100, layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    mesh = None
+    for i, ax in enumerate(axes):
+        t = int(result.target[i])
+        name = class_names[t] if class_names is not None and t < len(class_names) else str(t)
+        mesh = draw_map(ax, result, result.prob[i], None, cmap="viridis", vmin=0.0, vmax=1.0)
+        ax.set_title(
+            f"p({name}) per occluder position\n{float(result.base_prob[i]):.2f} unoccluded",
+            fontsize=8,
+        )
+    assert mesh is not None
+    fig.colorbar(mesh, ax=list(axes), shrink=0.8, label="p(target)")
+    return fig

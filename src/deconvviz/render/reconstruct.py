@@ -48,6 +48,7 @@ __all__ = [
     "input_display",
     "outside_mask",
     "top_projections_figure",
+    "unit_tiles",
 ]
 
 _GAP = 3  # pixels between the projections and the patches of one cell
@@ -294,6 +295,41 @@ def top_projections_figure(
     return fig
 
 
+def unit_tiles(
+    rec: LayerReconstructions, channels: Sequence[int] | None = None
+) -> list[tuple[int, Image.Image | None, str]]:
+    """The paper's Fig. 2 for one layer as separate per-unit tiles, for a page to lay out.
+
+    Returns:
+        ``(channel, block, caption)`` per row of ``rec`` (all, or those in ``channels``):
+        ``block`` is :func:`fig2_block` (projections left, patches right, tiles enlarged;
+        ``None`` for a dead unit) and ``caption`` is the text a figure draws above it
+        (``ch <channel>: max act <value>``, or ``ch <channel>: dead, never > 0 on ...``), for
+        the page to show as text.
+    """
+    rows_sel = _rows_to_show(rec.reconstructions.shape[0], channels)
+    if 0 < rec.found < rec.k:
+        rec = _first_entries(rec, rec.found)
+    fired = rec.fired
+    out: list[tuple[int, Image.Image | None, str]] = []
+    blocks = _top_blocks(rec, rows_sel)
+    for r, block in zip(rows_sel, blocks, strict=True):
+        ch = int(rec.channels[r])
+        top = float(rec.values.double()[r, 0])
+        if not bool(fired[r].any()):
+            text = f"ch {ch}: dead, never > 0 on {_images_text(rec.images)}"
+            if math.isfinite(top) and top < 0:
+                text += f" (max act {_value(top)}, pre-ReLU)"
+            out.append((ch, None, text))
+            continue
+        text = f"ch {ch}: max act {_value(top)}"
+        real = int(fired[r].sum())
+        if real < rec.k:
+            text += f"; only {real} of {rec.k} images > 0"
+        out.append((ch, block, text))
+    return out
+
+
 def _rows_to_show(n: int, channels: Sequence[int] | None) -> list[int]:
     """The rows (of ``n`` feature maps) :func:`top_projections_figure` is asked to draw."""
     rows_sel = list(range(n)) if channels is None else [int(c) for c in channels]
@@ -514,12 +550,15 @@ def comparison_figure(
         name = class_names[t] if class_names is not None and 0 <= t < len(class_names) else str(t)
         _show(axes[i, 0], _tile(input_display(comp.images[i]), scale))
         axes[i, 0].set_ylabel(
-            f"target {name}\np(target) = {float(comp.probability[i]):.2f}", fontsize=8
+            f"target {name}\np({name}) = {float(comp.probability[i]):.2f}", fontsize=8
         )
         for m, method in enumerate(comp.methods):
             _show(axes[i, m + 1], _tile(to_display(comp.attributions[m, i].cpu()), scale))
             if i == 0:
-                axes[i, m + 1].set_title(method.replace("_", " "), fontsize=8)
+                label = method.replace("_", " ")
+                if method == "guided_backprop" and comp.notes:
+                    label += "\n(captum: misses F.relu)"
+                axes[i, m + 1].set_title(label, fontsize=8)
         if i == 0:
             axes[i, 0].set_title("input", fontsize=8)
     fig.suptitle(

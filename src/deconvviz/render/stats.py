@@ -24,7 +24,8 @@ def stats_table(stats: dict[str, LayerStats]) -> str:
     if not stats:
         raise InputError("no layer statistics to tabulate")
     head = (
-        "| layer | report name | elements | mean | var | std | min | max | zeros | dead channels |"
+        "| layer | origin report's name | elements | mean | var | std | min | max | zeros | "
+        "dead units (never > 0) |"
     )
     lines = [head, "|" + "---|" * 10]
     for s in stats.values():
@@ -62,14 +63,13 @@ def histogram_figure(stats: LayerStats, log: bool = True) -> Figure:
         extra = f"; outside range: {stats.underflow} below, {stats.overflow} above"
     ax.set_title(
         wrap_text(
-            f"{stats.report_name}: var {stats.var:.3g}, zeros "
-            f"{100 * stats.zero_fraction:.1f}%{extra}",
+            f"{stats.name}: var {stats.var:.3g}, zeros {100 * stats.zero_fraction:.1f}%{extra}",
             4.6,
             8,
         ),
         fontsize=8,
     )
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
     return fig
 
 
