@@ -4,15 +4,18 @@
 :class:`deconvviz.TopProjections` of its top activations, and writes::
 
     out/index.html                      layers: type, shape, channels, dead units, receptive field
-    out/layers/<layer>.html             a grid of the layer's units: top-1 patch and projection
+    out/layers/<layer>.html             a grid of the layer's units: top-1 patch and projection,
+                                        ``units_per_page`` units a page (``<layer>~p2.html``, ...
+                                        for the next pages, linked from every page)
     out/units/<layer>/<c>.html          one unit: its top-k patches and projections, values, links
     out/img/<layer>/<c>.png             the unit's tiles in one strip (row 0: image patches, row 1:
                                         projections; column j: its j-th activation), upscaled
     out/atlas.json                      everything above as data
 
 Every link is relative, so the site works from ``file://`` and behind any static server; images
-load lazily (``loading="lazy"``, with their size given), so a layer of 2,048 units opens fast.
-One strip per unit (pages show its tiles with CSS ``object-position``) keeps the file count, and
+load lazily (``loading="lazy"``, with their size given) and a layer page holds at most
+``units_per_page`` units (256: 512 ``<img>`` elements), so a site of 25,000 units opens as fast as
+one of 25 (tested in a headless browser). One strip per unit (pages show its tiles with CSS ``object-position``) keeps the file count, and
 the time spent writing files atomically, low.
 Files are written atomically. This module writes; it computes nothing but the display scaling.
 """
@@ -37,6 +40,7 @@ from deconvviz.errors import InputError
 __all__ = ["AtlasSite", "write_atlas", "tile_scale"]
 
 MIN_TILE = 96  # smallest displayed side of a tile, in pixels
+UNITS_PER_PAGE = 256  # units on one layer page (two <img> each)
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,22 @@ class _LayerView:
     dead: list[int]
     rf_text: str
     what: str  # what a unit's value means
+    per_page: int = UNITS_PER_PAGE  # units per layer page
+
+    @property
+    def pages(self) -> int:
+        """How many pages the layer's grid takes."""
+        return max(1, math.ceil(self.top.channels / self.per_page))
+
+    def page_file(self, page: int) -> str:
+        """The file name (in ``layers/``) of page ``page`` (0-based) of the layer's grid:
+        ``<layer>.html``, then ``<layer>~p2.html``... (``~`` is never in a safe name, so no
+        layer's page can take another layer's name)."""
+        return f"{self.safe}.html" if page == 0 else f"{self.safe}~p{page + 1}.html"
+
+    def unit_page_file(self, c: int) -> str:
+        """The layer page that shows unit ``c``."""
+        return self.page_file(c // self.per_page)
 
     @property
     def top(self) -> Any:
@@ -148,7 +168,9 @@ def _check_projections(proj: Any, layers: list[str]) -> None:
         )
 
 
-def _layer_view(proj: Any, layers: list[str], images_scanned: int) -> _LayerView:
+def _layer_view(
+    proj: Any, layers: list[str], images_scanned: int, per_page: int = UNITS_PER_PAGE
+) -> _LayerView:
     top = proj.top
     layer = top.layer
     th, tw = proj.reconstructions.shape[-2:]
@@ -168,6 +190,7 @@ def _layer_view(proj: Any, layers: list[str], images_scanned: int) -> _LayerView
             f"strongest position in the image; top-{top.k} over {images_scanned} images, "
             "one per image"
         ),
+        per_page=per_page,
     )
 
 
@@ -230,10 +253,31 @@ def _layer_cell(view: _LayerView, c: int) -> str:
     return f'<a class="{cls}" href="../units/{safe}/{c}.html" id="u{c}">{imgs}<br>{label}</a>'
 
 
-def _layer_page(view: _LayerView, layers: list[str], title: str) -> str:
-    """The layer's page: a grid of its units, with links to the layers either side."""
+def _page_nav(view: _LayerView, page: int) -> str:
+    """Links to the layer's other grid pages (every page listed by its unit range, the current
+    one unlinked), with previous/next; empty for a one-page layer."""
+    if view.pages == 1:
+        return ""
+    n = view.top.channels
+    links = []
+    if page > 0:
+        links.append(f'<a href="{view.page_file(page - 1)}" rel="prev">&larr; previous</a>')
+    for p in range(view.pages):
+        lo, hi = p * view.per_page, min(n, (p + 1) * view.per_page) - 1
+        text = f"{lo}&ndash;{hi}"
+        links.append(f"<b>{text}</b>" if p == page else f'<a href="{view.page_file(p)}">{text}</a>')
+    if page + 1 < view.pages:
+        links.append(f'<a href="{view.page_file(page + 1)}" rel="next">next &rarr;</a>')
+    return f'<nav class="pages">units {" ".join(links)}</nav>'
+
+
+def _layer_page(view: _LayerView, layers: list[str], title: str, page: int = 0) -> str:
+    """Page ``page`` of the layer's grid of units, with links to its other pages and to the
+    layers either side."""
     li, layer = view.index, view.layer
-    cells = [_layer_cell(view, c) for c in range(view.top.channels)]
+    first = page * view.per_page
+    shown = range(first, min(view.top.channels, first + view.per_page))
+    cells = [_layer_cell(view, c) for c in shown]
     nav = ['<a href="../index.html">index</a>']
     if li > 0:
         nav.append(
@@ -243,15 +287,18 @@ def _layer_page(view: _LayerView, layers: list[str], title: str) -> str:
         nav.append(
             f'<a href="{_safe(layers[li + 1])}.html">{html.escape(layers[li + 1])} &rarr;</a>'
         )
+    pages = _page_nav(view, page)
+    where = "" if view.pages == 1 else f" (units {shown.start}-{shown.stop - 1} on this page)"
     body = (
         f"<h1>{html.escape(layer)}</h1><nav>{''.join(nav)}</nav>"
-        f'<p class="note">{view.top.channels} units, {len(view.dead)} dead (never above 0 over '
-        f"the scanned images), receptive field {view.rf_text}. Each cell: the image patch of the "
-        f"unit's strongest activation (left) and its {html.escape(view.proj.rule)} projection "
-        f"(right, grey = 0). {view.what}.</p>"
-        f'<div class="grid">{"".join(cells)}</div>'
+        f'<p class="note">{view.top.channels} units{where}, {len(view.dead)} dead (never above 0 '
+        f"over the scanned images), receptive field {view.rf_text}. Each cell: the image patch "
+        f"of the unit's strongest activation (left) and its {html.escape(view.proj.rule)} "
+        f"projection (right, grey = 0). {view.what}.</p>"
+        f'{pages}<div class="grid">{"".join(cells)}</div>{pages}'
     )
-    return _page(f"{layer} - {title}", body, "../style.css")
+    suffix = "" if view.pages == 1 else f" ({page + 1}/{view.pages})"
+    return _page(f"{layer}{suffix} - {title}", body, "../style.css")
 
 
 def _unit_figure(view: _LayerView, c: int, j: int) -> str:
@@ -278,7 +325,7 @@ def _unit_page(view: _LayerView, c: int, title: str) -> str:
     figs = [_unit_figure(view, c, j) for j in range(top.k) if int(top.indices[c, j]) >= 0]
     nav = [
         '<a href="../../index.html">index</a>',
-        f'<a href="../../layers/{safe}.html#u{c}">layer {html.escape(layer)}</a>',
+        f'<a href="../../layers/{view.unit_page_file(c)}#u{c}">layer {html.escape(layer)}</a>',
     ]
     if c > 0:
         nav.append(f'<a href="{c - 1}.html">&larr; unit {c - 1}</a>')
@@ -303,6 +350,7 @@ def _layer_summary(view: _LayerView) -> dict[str, Any]:
     return {
         "layer": view.layer,
         "page": f"layers/{view.safe}.html",
+        "pages": [f"layers/{view.page_file(p)}" for p in range(view.pages)],
         "channels": top.channels,
         "dead": view.dead,
         "rule": view.proj.rule,
@@ -319,8 +367,13 @@ def _write_layer(
 ) -> tuple[list[Path], list[Path]]:
     """Write the layer's strips, its page and its units' pages; return ``(pages, images)``."""
     images = _write_strips(out, view)
-    pages = [out / "layers" / f"{view.safe}.html"]
-    write_text(pages[0], _layer_page(view, layers, title))
+    pages = []
+    for page in range(view.pages):
+        pages.append(
+            write_text(
+                out / "layers" / view.page_file(page), _layer_page(view, layers, title, page)
+            )
+        )
     for c in range(view.top.channels):
         path = out / "units" / view.safe / f"{c}.html"
         write_text(path, _unit_page(view, c, title))
@@ -336,7 +389,8 @@ def _index_page(summary: Mapping[str, Any], title: str) -> str:
         rf_text = "whole image" if rf is None else f"{rf['size'][0]}x{rf['size'][1]} px"
         rows.append(
             f'<tr><td><a href="{d["page"]}">{html.escape(d["layer"])}</a></td>'
-            f"<td>{d['channels']}</td><td>{len(d['dead'])}</td><td>{rf_text}</td></tr>"
+            f"<td>{d['channels']}</td><td>{len(d['dead'])}</td><td>{rf_text}</td>"
+            f"<td>{len(d['pages'])}</td></tr>"
         )
     facts = "".join(
         f"<li>{html.escape(str(key))}: {html.escape(str(v))}</li>"
@@ -349,9 +403,8 @@ def _index_page(summary: Mapping[str, Any], title: str) -> str:
         "each projected back to pixels. A unit is dead when its strongest activation over the "
         "scanned images is not above 0.</p>"
         f"<ul>{facts}</ul>"
-        "<table><tr><th>layer</th><th>units</th><th>dead</th><th>receptive field</th></tr>"
-        + "".join(rows)
-        + "</table>"
+        "<table><tr><th>layer</th><th>units</th><th>dead</th><th>receptive field</th>"
+        "<th>pages</th></tr>" + "".join(rows) + "</table>"
     )
     return _page(title, body, "style.css")
 
@@ -363,6 +416,7 @@ def write_atlas(
     *,
     title: str = "deconvviz atlas",
     about: Mapping[str, Any] | None = None,
+    units_per_page: int = UNITS_PER_PAGE,
 ) -> AtlasSite:
     """Write the atlas site for ``scan`` and its projections.
 
@@ -374,10 +428,15 @@ def write_atlas(
         title: the index page's title.
         about: extra facts shown on the index (model, dataset, rule...) and saved in
             ``atlas.json``.
+        units_per_page: units on one page of a layer's grid (its other units on further pages,
+            linked from each), so that a page of a 2,048-unit layer stays light.
 
     Returns:
         An :class:`AtlasSite`.
     """
+    from deconvviz.checks import check_positive_int
+
+    check_positive_int("units_per_page", units_per_page)
     out = Path(out_dir)
     layers = list(scan.layers)
     if not layers:
@@ -396,7 +455,7 @@ def write_atlas(
     for proj in projections:
         _check_projections(proj, layers)
         done.add(proj.top.layer)
-        view = _layer_view(proj, layers, scan.images)
+        view = _layer_view(proj, layers, scan.images, units_per_page)
         layer_pages, layer_images = _write_layer(out, view, layers, title)
         pages += layer_pages
         images += layer_images
