@@ -117,13 +117,13 @@ def _plan(model: nn.Module, top: Any, size: tuple[int, int]) -> tuple[list[Any],
     for (c, j), r, q, box in zip(seeds, rows.tolist(), cols.tolist(), boxes, strict=True):
         i = int(top.indices[c, j])
         key = (box[2] - box[0], box[3] - box[1])
-        groups.setdefault(key, []).append((i, c, r - box[0] // jump[0], q - box[1] // jump[1], 0, box))
+        groups.setdefault(key, []).append(
+            (i, c, r - box[0] // jump[0], q - box[1] // jump[1], 0, box)
+        )
     return list(groups.items()), whole
 
 
-def _floor_crops(
-    model: nn.Module, x: Tensor, layer: str, groups: list[Any], chunk: int
-) -> None:
+def _floor_crops(model: nn.Module, x: Tensor, layer: str, groups: list[Any], chunk: int) -> None:
     """One plain batched ``autograd.grad`` per chunk of equally sized crops."""
     for _, members in groups:
         for s in range(0, len(members), chunk):
@@ -249,9 +249,7 @@ def main() -> None:
         groups, whole = _plan(model, top, tuple(x.shape[-2:]))  # type: ignore[arg-type]
         seeds = sum(len(m) for _, m in groups)
         p_cpu, p_wall, _ = _timed(
-            lambda top=top: project_layer(
-                model, data, top, progress=False, **prec
-            ),
+            lambda top=top: project_layer(model, data, top, progress=False, **prec),
             args.repeats,
         )
         if whole:
@@ -281,7 +279,9 @@ def main() -> None:
                 project_layer(
                     model,
                     data,
-                    _subset(res[layer], args.deep_units) if layer == args.deep_layer else res[layer],
+                    _subset(res[layer], args.deep_units)
+                    if layer == args.deep_layer
+                    else res[layer],
                     progress=False,
                     **prec,
                 )

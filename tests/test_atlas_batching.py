@@ -85,8 +85,7 @@ def test_bf16_scan_and_projections_are_close_to_float32():
         assert (a.values - b.values).abs().max() <= 0.05 * scale
         # the top-k images mostly agree (bfloat16 may swap near-equal entries)
         agree = sum(
-            len(set(a.indices[c].tolist()) & set(b.indices[c].tolist()))
-            for c in range(a.channels)
+            len(set(a.indices[c].tolist()) & set(b.indices[c].tolist())) for c in range(a.channels)
         )
         assert agree >= 0.8 * a.indices.numel()
         full = project_layer(model, data, a, progress=False)

@@ -3,9 +3,11 @@ model run), paginated layer pages, and a headless browser that loads them."""
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import torch
 
 from browser import CHROMIUM, run_check
 from deconvviz.atlas import write_atlas
+from deconvviz.errors import InputError
 from deconvviz.scan import Scan
 from deconvviz.topk import TopActivations, TopProjections
 
@@ -153,3 +156,51 @@ def test_site_of_25000_units_loads_with_bounded_dom(tmp_path):
         assert page["broken"] == 0 and page["lazy"] == page["images"]
     assert unit["images"] == 2
     print(f"wrote the 25,000-unit site in {wrote:.0f} s")
+
+
+def _parts(proj: TopProjections, size: int) -> list[TopProjections]:
+    n = proj.top.channels
+    return [
+        TopProjections(
+            proj.top,
+            proj.reconstructions[s : s + size].clone(),
+            proj.patches[s : s + size].clone(),
+            proj.rule,
+            tuple(range(s, min(n, s + size))),
+        )
+        for s in range(0, n, size)
+    ]
+
+
+def test_layers_given_in_parts_write_the_same_site_and_each_part_is_let_go(tmp_path):
+    scan, projs = synthetic_atlas({"a": 10, "b": 7}, k=3)
+    whole = tmp_path / "whole"
+    write_atlas(whole, scan, projs)
+    parts = [p for proj in projs for p in _parts(proj, 4)]
+    parts.insert(0, parts.pop(3))  # layers' parts interleaved: a's 0-3, b's 0-3, ...
+    refs: list[weakref.ref] = []
+
+    def stream():
+        while parts:
+            part = parts.pop(0)
+            refs.append(weakref.ref(part))
+            yield part
+            del part
+            gc.collect()
+            assert refs[-1]() is None  # the writer held nothing of the part it wrote
+
+    in_parts = tmp_path / "parts"
+    write_atlas(in_parts, scan, stream())
+    files = sorted(p.relative_to(whole) for p in whole.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(in_parts) for p in in_parts.rglob("*") if p.is_file())
+    for f in files:
+        assert (whole / f).read_bytes() == (in_parts / f).read_bytes(), f
+
+
+def test_a_layer_missing_channels_or_given_twice_is_refused(tmp_path):
+    scan, projs = synthetic_atlas({"a": 6}, k=2)
+    first, second = _parts(projs[0], 3)
+    with pytest.raises(InputError, match="hold 3 of its 6 channels"):
+        write_atlas(tmp_path / "s1", scan, [first])
+    with pytest.raises(InputError, match="twice"):
+        write_atlas(tmp_path / "s2", scan, [first, first])

@@ -15,8 +15,10 @@
 Every link is relative, so the site works from ``file://`` and behind any static server; images
 load lazily (``loading="lazy"``, with their size given) and a layer page holds at most
 ``units_per_page`` units (256: 512 ``<img>`` elements), so a site of 25,000 units opens as fast as
-one of 25 (tested in a headless browser). One strip per unit (pages show its tiles with CSS ``object-position``) keeps the file count, and
-the time spent writing files atomically, low.
+one of 25 (tested in a headless browser). One strip per unit (pages show its tiles with CSS
+``object-position``) keeps the file count, and the time spent writing files atomically, low.
+Projections may come a part of a layer at a time (each part's strips are written and dropped
+before the next part comes), so memory does not grow with the layer's width or the image size.
 Files are written atomically. This module writes; it computes nothing but the display scaling.
 """
 
@@ -124,7 +126,8 @@ def _img(src: str, size: tuple[int, int], alt: str, row: int, col: int) -> str:
 class _LayerView:
     """What every page of one layer shows: its name, its units' top-k, and the display sizes."""
 
-    proj: Any
+    top: Any  # the layer's TopActivations
+    rule: str
     layer: str
     index: int  # position in the scan's layers
     safe: str  # the layer's file-safe name
@@ -150,22 +153,28 @@ class _LayerView:
         """The layer page that shows unit ``c``."""
         return self.page_file(c // self.per_page)
 
-    @property
-    def top(self) -> Any:
-        return self.proj.top
 
-
-def _check_projections(proj: Any, layers: list[str]) -> None:
-    """Reject projections of a layer the scan does not hold, or of only some of its channels."""
+def _part_channels(proj: Any, layers: list[str], done: set[int]) -> list[int]:
+    """The channels a layer's projections hold (all of them, or a part: ``proj.channels``),
+    checked: a layer the scan holds, each channel once over the layer's parts."""
     top = proj.top
     layer = top.layer
     if layer not in layers:
         raise InputError(f"projections of {layer!r}, which the scan does not hold")
-    if proj.reconstructions.shape[0] != top.channels:
+    part = getattr(proj, "channels", None)
+    chans = list(range(top.channels)) if part is None else [int(c) for c in part]
+    if proj.reconstructions.shape[0] != len(chans):
         raise InputError(
             f"projections of {layer!r} hold {proj.reconstructions.shape[0]} channels of "
             f"{top.channels}; project every channel for the atlas"
         )
+    again = sorted(done.intersection(chans))
+    if again or any(not 0 <= c < top.channels for c in chans):
+        raise InputError(
+            f"projections of {layer!r} give channel {(again or chans)[0]} twice or out of range; "
+            "give each channel of a layer once"
+        )
+    return chans
 
 
 def _layer_view(
@@ -177,7 +186,8 @@ def _layer_view(
     big = tile_scale(th, tw)
     rf = top.receptive_field
     return _LayerView(
-        proj=proj,
+        top=top,
+        rule=proj.rule,
         layer=layer,
         index=layers.index(layer),
         safe=_safe(layer),
@@ -194,28 +204,29 @@ def _layer_view(
     )
 
 
-def _write_strips(out: Path, view: _LayerView) -> list[Path]:
-    """Write one strip per unit: row 0 the image patches, row 1 the projections."""
+def _write_strips(out: Path, view: _LayerView, proj: Any, chans: list[int]) -> list[Path]:
+    """Write one strip per unit of ``proj`` (holding ``chans``): row 0 the image patches, row 1
+    the projections."""
     from deconvviz.reconstruct import LayerReconstructions
     from deconvviz.render.images import to_display
     from deconvviz.render.reconstruct import input_display, outside_mask
 
-    proj, top = view.proj, view.top
-    rec = LayerReconstructions.from_projections(proj)
+    top = view.top
+    rec = LayerReconstructions.from_projections(proj, chans)
     th, tw = proj.reconstructions.shape[-2:]
     recs_disp = to_display(proj.reconstructions.double())
     images = []
-    for c in range(top.channels):
-        mask = outside_mask(rec, c)
+    for row, c in enumerate(chans):
+        mask = outside_mask(rec, row)
         strip = torch.full((proj.patches.shape[2], 2 * th, top.k * tw), 1.0, dtype=torch.float64)
         for j in range(top.k):
             if int(top.indices[c, j]) < 0:
                 continue
-            patch = input_display(proj.patches[c, j])
+            patch = input_display(proj.patches[row, j])
             if mask is not None:
                 patch = torch.where(mask[j].unsqueeze(0), torch.full_like(patch, 0.85), patch)
             strip[:, :th, j * tw : (j + 1) * tw] = patch
-            strip[:, th:, j * tw : (j + 1) * tw] = recs_disp[c, j]
+            strip[:, th:, j * tw : (j + 1) * tw] = recs_disp[row, j]
         path = out / "img" / view.safe / f"{c}.png"
         write_bytes(path, _png(strip, view.big))
         images.append(path)
@@ -293,7 +304,7 @@ def _layer_page(view: _LayerView, layers: list[str], title: str, page: int = 0) 
         f"<h1>{html.escape(layer)}</h1><nav>{''.join(nav)}</nav>"
         f'<p class="note">{view.top.channels} units{where}, {len(view.dead)} dead (never above 0 '
         f"over the scanned images), receptive field {view.rf_text}. Each cell: the image patch "
-        f"of the unit's strongest activation (left) and its {html.escape(view.proj.rule)} "
+        f"of the unit's strongest activation (left) and its {html.escape(view.rule)} "
         f"projection (right, grey = 0). {view.what}.</p>"
         f'{pages}<div class="grid">{"".join(cells)}</div>{pages}'
     )
@@ -321,7 +332,7 @@ def _unit_figure(view: _LayerView, c: int, j: int) -> str:
 
 def _unit_page(view: _LayerView, c: int, title: str) -> str:
     """Unit ``c``'s page: its top-k patches and projections, with links to its neighbours."""
-    top, layer, safe = view.top, view.layer, view.safe
+    top, layer = view.top, view.layer
     figs = [_unit_figure(view, c, j) for j in range(top.k) if int(top.indices[c, j]) >= 0]
     nav = [
         '<a href="../../index.html">index</a>',
@@ -336,7 +347,7 @@ def _unit_page(view: _LayerView, c: int, title: str) -> str:
         f"<h1>{html.escape(layer)}, unit {c}{state}</h1><nav>{''.join(nav)}</nav>"
         f'<p class="note">Top {top.k} activations from distinct images: each pair is the '
         f"image patch (receptive field; light grey = outside the image) and its "
-        f"{html.escape(view.proj.rule)} projection (grey = 0, shown {view.big}x, nearest "
+        f"{html.escape(view.rule)} projection (grey = 0, shown {view.big}x, nearest "
         f"neighbour). {view.what}.</p>"
         f'<div class="top">{"".join(figs) or "<p>no activations</p>"}</div>'
     )
@@ -353,7 +364,7 @@ def _layer_summary(view: _LayerView) -> dict[str, Any]:
         "pages": [f"layers/{view.page_file(p)}" for p in range(view.pages)],
         "channels": top.channels,
         "dead": view.dead,
-        "rule": view.proj.rule,
+        "rule": view.rule,
         "input_size": list(top.input_size),
         "receptive_field": None
         if rf is None
@@ -362,11 +373,8 @@ def _layer_summary(view: _LayerView) -> dict[str, Any]:
     }
 
 
-def _write_layer(
-    out: Path, view: _LayerView, layers: list[str], title: str
-) -> tuple[list[Path], list[Path]]:
-    """Write the layer's strips, its page and its units' pages; return ``(pages, images)``."""
-    images = _write_strips(out, view)
+def _write_pages(out: Path, view: _LayerView, layers: list[str], title: str) -> list[Path]:
+    """Write the layer's grid pages and its units' pages (its strips are written already)."""
     pages = []
     for page in range(view.pages):
         pages.append(
@@ -378,7 +386,7 @@ def _write_layer(
         path = out / "units" / view.safe / f"{c}.html"
         write_text(path, _unit_page(view, c, title))
         pages.append(path)
-    return pages, images
+    return pages
 
 
 def _index_page(summary: Mapping[str, Any], title: str) -> str:
@@ -424,7 +432,10 @@ def write_atlas(
         out_dir: the site's folder (created; existing files are replaced atomically).
         scan: a :class:`deconvviz.scan.Scan`.
         projections: per scanned layer, in any order, a :class:`deconvviz.TopProjections` of
-            all its channels (e.g. a generator, so that one layer at a time is held).
+            all its channels, or several that hold parts of them (``channels`` set, as
+            ``project_layer(..., channels=part)`` returns them; each channel once). Give a
+            generator: each is written (its strips) as it comes and then dropped, so only one
+            part's pictures are held at a time.
         title: the index page's title.
         about: extra facts shown on the index (model, dataset, rule...) and saved in
             ``atlas.json``.
@@ -452,16 +463,35 @@ def write_atlas(
         "layers": [],
     }
     done: set[str] = set()
+    open_layers: dict[str, tuple[_LayerView, set[int]]] = {}  # layers with parts still to come
     for proj in projections:
-        _check_projections(proj, layers)
-        done.add(proj.top.layer)
-        view = _layer_view(proj, layers, scan.images, units_per_page)
-        layer_pages, layer_images = _write_layer(out, view, layers, title)
-        pages += layer_pages
-        images += layer_images
+        layer = proj.top.layer
+        if layer in done:
+            raise InputError(f"projections of {layer!r} given twice; give each channel once")
+        view, seen = open_layers.get(layer) or (
+            _layer_view(proj, layers, scan.images, units_per_page),
+            set(),
+        )
+        chans = _part_channels(proj, layers, seen)
+        images += _write_strips(out, view, proj, chans)
+        del proj  # the part's pictures are written: let them go before the next part comes
+        seen.update(chans)
+        if len(seen) < view.top.channels:
+            open_layers[layer] = (view, seen)
+            continue
+        open_layers.pop(layer, None)
+        done.add(layer)
+        pages += _write_pages(out, view, layers, title)
         summary["layers"].append(_layer_summary(view))
     missing = [name for name in layers if name not in done]
     if missing:
+        short = [n for n in missing if n in open_layers]
+        if short:
+            view, seen = open_layers[short[0]]
+            raise InputError(
+                f"projections of {short[0]!r} hold {len(seen)} of its {view.top.channels} "
+                "channels; project every channel for the atlas"
+            )
         raise InputError(f"no projections given for layers {', '.join(missing)}")
     summary["layers"].sort(key=lambda d: layers.index(d["layer"]))
     index = write_text(out / "index.html", _index_page(summary, title))

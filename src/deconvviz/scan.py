@@ -36,7 +36,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from deconvviz.topk import (
     project_top,
 )
 
-__all__ = ["Scan", "project_layer", "scan", "select_top", "top_activations"]
+__all__ = ["Scan", "layer_parts", "project_layer", "scan", "select_top", "top_activations"]
 
 _MISSING = torch.iinfo(torch.int64).max  # image index of an empty slot: sorts after every image
 _STATE_VERSION = 1
@@ -707,11 +707,12 @@ def project_layer(
     progress: bool = True,
     distributed: bool | None = None,
     precision: str = "fp32",
+    channels: Sequence[int] | None = None,
 ) -> Any:
     """Project every top activation of one scanned layer, sharded over processes.
 
-    Each rank projects the channels ``c`` with ``c % world == rank`` (with
-    :func:`deconvviz.project_top`) and rank 0 gathers them.
+    Each rank projects every ``world``-th channel (with :func:`deconvviz.project_top`) and rank 0
+    gathers them.
 
     Args:
         model: the network the scan ran on.
@@ -722,14 +723,18 @@ def project_layer(
         progress: show a progress bar (rank 0).
         distributed: shard over the process group; ``None``: when one is initialised.
         precision: ``"fp32"`` (exact) or ``"bf16"`` (bfloat16 autocast), as for :func:`scan`.
+        channels: only these channels (default all), e.g. a layer in parts, so that a writer
+            holds one part's pictures at a time.
 
     Returns:
-        A :class:`deconvviz.TopProjections` of all channels on rank 0; ``None`` on other ranks.
+        A :class:`deconvviz.TopProjections` of all channels (of ``channels``, in that order,
+        when given) on rank 0; ``None`` on other ranks.
     """
     rank, world, dist = _world()
     if distributed is False or dist is None:
         rank, world, dist = 0, 1, None
-    mine = list(range(rank, top.channels, world))
+    wanted = list(range(top.channels)) if channels is None else [int(c) for c in channels]
+    mine = wanted[rank::world]
     part = None
     if mine:
         part = project_top(
@@ -744,24 +749,46 @@ def project_layer(
         )
     if dist is None:
         assert part is not None
-        return part
+        return part if channels is not None else replace(part, channels=None)
     payload = None if part is None else (mine, part.reconstructions, part.patches)
     got: list[Any] | None = [None] * world if rank == 0 else None
     dist.gather_object(payload, got, dst=0)
     if rank != 0:
         return None
     assert got is not None
-    return _assemble(top, got, rule)
+    return _assemble(top, got, rule, wanted, channels is not None)
 
 
-def _assemble(top: Any, got: list[Any], rule: str) -> Any:
-    """Rank 0's :class:`deconvviz.TopProjections` from every rank's ``(channels,
-    reconstructions, patches)`` (None for a rank without channels)."""
+def layer_parts(top: Any, max_memory: int | None = None) -> list[list[int]]:
+    """The channels of a scanned layer in parts whose projections and patches (``k`` of each
+    per channel, receptive-field sized) fit in ``max_memory`` bytes (default: the engine's
+    budget), for writers that hold one part at a time.
+
+    Example:
+        >>> for part in layer_parts(res[layer]):                          # doctest: +SKIP
+        ...     proj = project_layer(model, data, res[layer], channels=part)
+    """
+    from deconvviz._util import DEFAULT_MAX_MEMORY, items_within
+
+    h, w = top.input_size
+    rf = top.receptive_field
+    if rf is not None:
+        h, w = min(h, rf.size[0]), min(w, rf.size[1])
+    # projections, patches and their float64 display copies, 3 colour channels, float32
+    per_unit = 4 * top.k * 3 * h * w * 4
+    n = items_within(DEFAULT_MAX_MEMORY if max_memory is None else max_memory, per_unit)
+    return [list(range(s, min(top.channels, s + n))) for s in range(0, top.channels, n)]
+
+
+def _assemble(top: Any, got: list[Any], rule: str, wanted: list[int], subset: bool) -> Any:
+    """Rank 0's :class:`deconvviz.TopProjections` of channels ``wanted`` from every rank's
+    ``(channels, reconstructions, patches)`` (None for a rank without channels)."""
     first = next(p for p in got if p is not None)
-    recs = first[1].new_zeros((top.channels, *first[1].shape[1:]))
-    patches = first[2].new_zeros((top.channels, *first[2].shape[1:]))
+    row = {c: n for n, c in enumerate(wanted)}
+    recs = first[1].new_zeros((len(wanted), *first[1].shape[1:]))
+    patches = first[2].new_zeros((len(wanted), *first[2].shape[1:]))
     for p in got:
         if p is not None:
-            idx = torch.tensor(p[0], dtype=torch.long)
+            idx = torch.tensor([row[c] for c in p[0]], dtype=torch.long)
             recs[idx], patches[idx] = p[1], p[2]
-    return TopProjections(top, recs, patches, rule)
+    return TopProjections(top, recs, patches, rule, tuple(wanted) if subset else None)

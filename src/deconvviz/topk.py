@@ -96,12 +96,15 @@ class TopProjections:
             off the image, the outside is zero.
         patches: ``[C, k, Cin, h, w]`` the input pixels of the same boxes (zero outside the image).
         rule: the ReLU rule used.
+        channels: the channels of ``top`` these hold, in order (``C`` of them), when
+            :func:`project_top` was given ``channels=``; ``None``: every channel.
     """
 
     top: TopActivations
     reconstructions: Tensor
     patches: Tensor
     rule: str
+    channels: tuple[int, ...] | None = None
 
 
 def input_boxes(
@@ -177,7 +180,8 @@ def project_top(
             bar.update(len(block))
     if canvas.recs is None or canvas.patches is None:
         raise InputError("top has no activations to project (the dataset was empty)")
-    return TopProjections(top, canvas.recs.cpu(), canvas.patches.cpu(), rule)
+    held = None if channels is None else tuple(chans)
+    return TopProjections(top, canvas.recs.cpu(), canvas.patches.cpu(), rule, held)
 
 
 def _seed_blocks(
