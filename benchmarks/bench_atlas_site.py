@@ -23,9 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build(out: Path, units: int) -> dict[str, int]:
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_atlas_site_scale import synthetic_atlas
-
     from deconvviz.atlas import write_atlas
+    from test_atlas_site_scale import synthetic_atlas
 
     sizes = [64, 256, 512, 1024, 2048, 4096] * 2
     layers = {f"stage{i}": n for i, n in enumerate(sizes)}
