@@ -21,6 +21,9 @@ __all__ = [
     "DEAD_UNIT",
     "dead_units",
     "DEFAULT_MAX_MEMORY",
+    "PRECISIONS",
+    "autocast",
+    "check_precision",
     "items_within",
     "json_safe",
     "memory_budget",
@@ -175,3 +178,26 @@ def items_within(budget: float, per_item: float, cap: int | None = None) -> int:
     """
     n = max(1, int(budget // max(per_item, 1)))
     return n if cap is None else max(1, min(cap, n))
+
+
+PRECISIONS = ("fp32", "bf16")
+"""The ``precision=`` choices of scans and projections: ``"fp32"``, the model's own dtype (no
+autocast; what every exactness test uses), or ``"bf16"``, bfloat16 autocast (faster on CPUs
+with AVX-512 bf16/AMX and on GPUs; values and projections then agree with ``"fp32"`` to about
+1%, and the top-k can swap near-equal entries)."""
+
+
+def check_precision(precision: Any) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else an :class:`InputError`."""
+    if precision not in PRECISIONS:
+        raise InputError(
+            f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}; use fp32 "
+            "(exact, the default) or bf16 (bfloat16 autocast)"
+        )
+    return str(precision)
+
+
+def autocast(device: torch.device | str, precision: str) -> Any:
+    """The autocast context of ``precision`` on ``device``'s type (disabled for ``"fp32"``)."""
+    kind = torch.device(device).type
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16")

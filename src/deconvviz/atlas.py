@@ -4,16 +4,21 @@
 :class:`deconvviz.TopProjections` of its top activations, and writes::
 
     out/index.html                      layers: type, shape, channels, dead units, receptive field
-    out/layers/<layer>.html             a grid of the layer's units: top-1 patch and projection
+    out/layers/<layer>.html             a grid of the layer's units: top-1 patch and projection,
+                                        ``units_per_page`` units a page (``<layer>~p2.html``, ...
+                                        for the next pages, linked from every page)
     out/units/<layer>/<c>.html          one unit: its top-k patches and projections, values, links
     out/img/<layer>/<c>.png             the unit's tiles in one strip (row 0: image patches, row 1:
                                         projections; column j: its j-th activation), upscaled
     out/atlas.json                      everything above as data
 
 Every link is relative, so the site works from ``file://`` and behind any static server; images
-load lazily (``loading="lazy"``, with their size given), so a layer of 2,048 units opens fast.
-One strip per unit (pages show its tiles with CSS ``object-position``) keeps the file count, and
-the time spent writing files atomically, low.
+load lazily (``loading="lazy"``, with their size given) and a layer page holds at most
+``units_per_page`` units (256: 512 ``<img>`` elements), so a site of 25,000 units opens as fast as
+one of 25 (tested in a headless browser). One strip per unit (pages show its tiles with CSS
+``object-position``) keeps the file count, and the time spent writing files atomically, low.
+Projections may come a part of a layer at a time (each part's strips are written and dropped
+before the next part comes), so memory does not grow with the layer's width or the image size.
 Files are written atomically. This module writes; it computes nothing but the display scaling.
 """
 
@@ -38,6 +43,7 @@ from deconvviz.errors import InputError
 __all__ = ["AtlasSite", "write_atlas", "tile_scale"]
 
 MIN_TILE = 96  # smallest displayed side of a tile, in pixels
+UNITS_PER_PAGE = 256  # units on one layer page (two <img> each)
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,8 @@ def _img(src: str, size: tuple[int, int], alt: str, row: int, col: int) -> str:
 class _LayerView:
     """What every page of one layer shows: its name, its units' top-k, and the display sizes."""
 
-    proj: Any
+    top: Any  # the layer's TopActivations
+    rule: str
     layer: str
     index: int  # position in the scan's layers
     safe: str  # the layer's file-safe name
@@ -130,27 +137,53 @@ class _LayerView:
     rf_text: str
     what: str  # what a unit's value means
     files: Mapping[str, str]  # every layer's file-safe name (injective)
+    per_page: int = UNITS_PER_PAGE  # units per layer page
 
     @property
-    def top(self) -> Any:
-        return self.proj.top
+    def pages(self) -> int:
+        """How many pages the layer's grid takes."""
+        return max(1, math.ceil(self.top.channels / self.per_page))
+
+    def page_file(self, page: int) -> str:
+        """The file name (in ``layers/``) of page ``page`` (0-based) of the layer's grid:
+        ``<layer>.html``, then ``<layer>~p2.html``... (``~`` is never in a safe name, so no
+        layer's page can take another layer's name)."""
+        return f"{self.safe}.html" if page == 0 else f"{self.safe}~p{page + 1}.html"
+
+    def unit_page_file(self, c: int) -> str:
+        """The layer page that shows unit ``c``."""
+        return self.page_file(c // self.per_page)
 
 
-def _check_projections(proj: Any, layers: list[str]) -> None:
-    """Reject projections of a layer the scan does not hold, or of only some of its channels."""
+def _part_channels(proj: Any, layers: list[str], done: set[int]) -> list[int]:
+    """The channels a layer's projections hold (all of them, or a part: ``proj.channels``),
+    checked: a layer the scan holds, each channel once over the layer's parts."""
     top = proj.top
     layer = top.layer
     if layer not in layers:
         raise InputError(f"projections of {layer!r}, which the scan does not hold")
-    if proj.reconstructions.shape[0] != top.channels:
+    part = getattr(proj, "channels", None)
+    chans = list(range(top.channels)) if part is None else [int(c) for c in part]
+    if proj.reconstructions.shape[0] != len(chans):
         raise InputError(
             f"projections of {layer!r} hold {proj.reconstructions.shape[0]} channels of "
             f"{top.channels}; project every channel for the atlas"
         )
+    again = sorted(done.intersection(chans))
+    if again or any(not 0 <= c < top.channels for c in chans):
+        raise InputError(
+            f"projections of {layer!r} give channel {(again or chans)[0]} twice or out of range; "
+            "give each channel of a layer once"
+        )
+    return chans
 
 
 def _layer_view(
-    proj: Any, layers: list[str], images_scanned: int, files: Mapping[str, str]
+    proj: Any,
+    layers: list[str],
+    images_scanned: int,
+    files: Mapping[str, str],
+    per_page: int = UNITS_PER_PAGE,
 ) -> _LayerView:
     top = proj.top
     layer = top.layer
@@ -158,7 +191,8 @@ def _layer_view(
     big = tile_scale(th, tw)
     rf = top.receptive_field
     return _LayerView(
-        proj=proj,
+        top=top,
+        rule=proj.rule,
         layer=layer,
         index=layers.index(layer),
         safe=files[layer],
@@ -172,31 +206,33 @@ def _layer_view(
             "one per image"
         ),
         files=files,
+        per_page=per_page,
     )
 
 
-def _write_strips(out: Path, view: _LayerView) -> list[Path]:
-    """Write one strip per unit: row 0 the image patches, row 1 the projections."""
+def _write_strips(out: Path, view: _LayerView, proj: Any, chans: list[int]) -> list[Path]:
+    """Write one strip per unit of ``proj`` (holding ``chans``): row 0 the image patches, row 1
+    the projections."""
     from deconvviz.reconstruct import LayerReconstructions
     from deconvviz.render.images import to_display
     from deconvviz.render.reconstruct import input_display, outside_mask
 
-    proj, top = view.proj, view.top
-    rec = LayerReconstructions.from_projections(proj)
+    top = view.top
+    rec = LayerReconstructions.from_projections(proj, chans)
     th, tw = proj.reconstructions.shape[-2:]
     recs_disp = to_display(proj.reconstructions.double())
     images = []
-    for c in range(top.channels):
-        mask = outside_mask(rec, c)
+    for row, c in enumerate(chans):
+        mask = outside_mask(rec, row)
         strip = torch.full((proj.patches.shape[2], 2 * th, top.k * tw), 1.0, dtype=torch.float64)
         for j in range(top.k):
             if int(top.indices[c, j]) < 0:
                 continue
-            patch = input_display(proj.patches[c, j])
+            patch = input_display(proj.patches[row, j])
             if mask is not None:
                 patch = torch.where(mask[j].unsqueeze(0), torch.full_like(patch, 0.85), patch)
             strip[:, :th, j * tw : (j + 1) * tw] = patch
-            strip[:, th:, j * tw : (j + 1) * tw] = recs_disp[c, j]
+            strip[:, th:, j * tw : (j + 1) * tw] = recs_disp[row, j]
         path = out / "img" / view.safe / f"{c}.png"
         write_bytes(path, _png(strip, view.big))
         images.append(path)
@@ -234,10 +270,31 @@ def _layer_cell(view: _LayerView, c: int) -> str:
     return f'<a class="{cls}" href="../units/{safe}/{c}.html" id="u{c}">{imgs}<br>{label}</a>'
 
 
-def _layer_page(view: _LayerView, layers: list[str], title: str) -> str:
-    """The layer's page: a grid of its units, with links to the layers either side."""
+def _page_nav(view: _LayerView, page: int) -> str:
+    """Links to the layer's other grid pages (every page listed by its unit range, the current
+    one unlinked), with previous/next; empty for a one-page layer."""
+    if view.pages == 1:
+        return ""
+    n = view.top.channels
+    links = []
+    if page > 0:
+        links.append(f'<a href="{view.page_file(page - 1)}" rel="prev">&larr; previous</a>')
+    for p in range(view.pages):
+        lo, hi = p * view.per_page, min(n, (p + 1) * view.per_page) - 1
+        text = f"{lo}&ndash;{hi}"
+        links.append(f"<b>{text}</b>" if p == page else f'<a href="{view.page_file(p)}">{text}</a>')
+    if page + 1 < view.pages:
+        links.append(f'<a href="{view.page_file(page + 1)}" rel="next">next &rarr;</a>')
+    return f'<nav class="pages">units {" ".join(links)}</nav>'
+
+
+def _layer_page(view: _LayerView, layers: list[str], title: str, page: int = 0) -> str:
+    """Page ``page`` of the layer's grid of units, with links to its other pages and to the
+    layers either side."""
     li, layer = view.index, view.layer
-    cells = [_layer_cell(view, c) for c in range(view.top.channels)]
+    first = page * view.per_page
+    shown = range(first, min(view.top.channels, first + view.per_page))
+    cells = [_layer_cell(view, c) for c in shown]
     nav = ['<a href="../index.html">index</a>']
     if li > 0:
         nav.append(
@@ -247,15 +304,18 @@ def _layer_page(view: _LayerView, layers: list[str], title: str) -> str:
         nav.append(
             f'<a href="{view.files[layers[li + 1]]}.html">{html.escape(layers[li + 1])} &rarr;</a>'
         )
+    pages = _page_nav(view, page)
+    where = "" if view.pages == 1 else f" (units {shown.start}-{shown.stop - 1} on this page)"
     body = (
         f"<h1>{html.escape(layer)}</h1><nav>{''.join(nav)}</nav>"
-        f'<p class="note">{view.top.channels} units, {len(view.dead)} dead (never above 0 over '
-        f"the scanned images), receptive field {view.rf_text}. Each cell: the image patch of the "
-        f"unit's strongest activation (left) and its {html.escape(view.proj.rule)} projection "
-        f"(right, grey = 0). {view.what}.</p>"
-        f'<div class="grid">{"".join(cells)}</div>'
+        f'<p class="note">{view.top.channels} units{where}, {len(view.dead)} dead (never above 0 '
+        f"over the scanned images), receptive field {view.rf_text}. Each cell: the image patch "
+        f"of the unit's strongest activation (left) and its {html.escape(view.rule)} "
+        f"projection (right, grey = 0). {view.what}.</p>"
+        f'{pages}<div class="grid">{"".join(cells)}</div>{pages}'
     )
-    return _page(f"{layer} - {title}", body, "../style.css")
+    suffix = "" if view.pages == 1 else f" ({page + 1}/{view.pages})"
+    return _page(f"{layer}{suffix} - {title}", body, "../style.css")
 
 
 def _unit_figure(view: _LayerView, c: int, j: int) -> str:
@@ -278,11 +338,11 @@ def _unit_figure(view: _LayerView, c: int, j: int) -> str:
 
 def _unit_page(view: _LayerView, c: int, title: str) -> str:
     """Unit ``c``'s page: its top-k patches and projections, with links to its neighbours."""
-    top, layer, safe = view.top, view.layer, view.safe
+    top, layer = view.top, view.layer
     figs = [_unit_figure(view, c, j) for j in range(top.k) if int(top.indices[c, j]) >= 0]
     nav = [
         '<a href="../../index.html">index</a>',
-        f'<a href="../../layers/{safe}.html#u{c}">layer {html.escape(layer)}</a>',
+        f'<a href="../../layers/{view.unit_page_file(c)}#u{c}">layer {html.escape(layer)}</a>',
     ]
     if c > 0:
         nav.append(f'<a href="{c - 1}.html">&larr; unit {c - 1}</a>')
@@ -293,7 +353,7 @@ def _unit_page(view: _LayerView, c: int, title: str) -> str:
         f"<h1>{html.escape(layer)}, unit {c}{state}</h1><nav>{''.join(nav)}</nav>"
         f'<p class="note">Top {top.k} activations from distinct images: each pair is the '
         f"image patch (receptive field; light grey = outside the image) and its "
-        f"{html.escape(view.proj.rule)} projection (grey = 0, shown {view.big}x, nearest "
+        f"{html.escape(view.rule)} projection (grey = 0, shown {view.big}x, nearest "
         f"neighbour). {view.what}.</p>"
         f'<div class="top">{"".join(figs) or "<p>no activations</p>"}</div>'
     )
@@ -307,9 +367,10 @@ def _layer_summary(view: _LayerView) -> dict[str, Any]:
     return {
         "layer": view.layer,
         "page": f"layers/{view.safe}.html",
+        "pages": [f"layers/{view.page_file(p)}" for p in range(view.pages)],
         "channels": top.channels,
         "dead": view.dead,
-        "rule": view.proj.rule,
+        "rule": view.rule,
         "input_size": list(top.input_size),
         "receptive_field": None
         if rf is None
@@ -318,18 +379,20 @@ def _layer_summary(view: _LayerView) -> dict[str, Any]:
     }
 
 
-def _write_layer(
-    out: Path, view: _LayerView, layers: list[str], title: str
-) -> tuple[list[Path], list[Path]]:
-    """Write the layer's strips, its page and its units' pages; return ``(pages, images)``."""
-    images = _write_strips(out, view)
-    pages = [out / "layers" / f"{view.safe}.html"]
-    write_text(pages[0], _layer_page(view, layers, title))
+def _write_pages(out: Path, view: _LayerView, layers: list[str], title: str) -> list[Path]:
+    """Write the layer's grid pages and its units' pages (its strips are written already)."""
+    pages = []
+    for page in range(view.pages):
+        pages.append(
+            write_text(
+                out / "layers" / view.page_file(page), _layer_page(view, layers, title, page)
+            )
+        )
     for c in range(view.top.channels):
         path = out / "units" / view.safe / f"{c}.html"
         write_text(path, _unit_page(view, c, title))
         pages.append(path)
-    return pages, images
+    return pages
 
 
 def _index_page(summary: Mapping[str, Any], title: str) -> str:
@@ -340,7 +403,8 @@ def _index_page(summary: Mapping[str, Any], title: str) -> str:
         rf_text = "whole image" if rf is None else f"{rf['size'][0]}x{rf['size'][1]} px"
         rows.append(
             f'<tr><td><a href="{d["page"]}">{html.escape(d["layer"])}</a></td>'
-            f"<td>{d['channels']}</td><td>{len(d['dead'])}</td><td>{rf_text}</td></tr>"
+            f"<td>{d['channels']}</td><td>{len(d['dead'])}</td><td>{rf_text}</td>"
+            f"<td>{len(d['pages'])}</td></tr>"
         )
     facts = "".join(
         f"<li>{html.escape(str(key))}: {html.escape(str(v))}</li>"
@@ -353,9 +417,8 @@ def _index_page(summary: Mapping[str, Any], title: str) -> str:
         "each projected back to pixels. A unit is dead when its strongest activation over the "
         "scanned images is not above 0.</p>"
         f"<ul>{facts}</ul>"
-        "<table><tr><th>layer</th><th>units</th><th>dead</th><th>receptive field</th></tr>"
-        + "".join(rows)
-        + "</table>"
+        "<table><tr><th>layer</th><th>units</th><th>dead</th><th>receptive field</th>"
+        "<th>pages</th></tr>" + "".join(rows) + "</table>"
     )
     return _page(title, body, "style.css")
 
@@ -367,6 +430,7 @@ def write_atlas(
     *,
     title: str = "deconvviz atlas",
     about: Mapping[str, Any] | None = None,
+    units_per_page: int = UNITS_PER_PAGE,
 ) -> AtlasSite:
     """Write the atlas site for ``scan`` and its projections.
 
@@ -379,14 +443,22 @@ def write_atlas(
             it is refused.
         scan: a :class:`deconvviz.scan.Scan`.
         projections: per scanned layer, in any order, a :class:`deconvviz.TopProjections` of
-            all its channels (e.g. a generator, so that one layer at a time is held).
+            all its channels, or several that hold parts of them (``channels`` set, as
+            ``project_layer(..., channels=part)`` returns them; each channel once). Give a
+            generator: each is written (its strips) as it comes and then dropped, so only one
+            part's pictures are held at a time.
         title: the index page's title.
         about: extra facts shown on the index (model, dataset, rule...) and saved in
             ``atlas.json``.
+        units_per_page: units on one page of a layer's grid (its other units on further pages,
+            linked from each), so that a page of a 2,048-unit layer stays light.
 
     Returns:
         An :class:`AtlasSite`.
     """
+    from deconvviz.checks import check_positive_int
+
+    check_positive_int("units_per_page", units_per_page)
     out = Path(out_dir)
     layers = list(scan.layers)
     if not layers:
@@ -395,7 +467,7 @@ def write_atlas(
         lock(lock_path_for(out), f"the atlas folder {out}"),
         atomic_dir(out, owned=SITE_ENTRIES) as stage,
     ):
-        site = _write_site(stage, scan, layers, projections, title, about)
+        site = _write_site(stage, scan, layers, projections, title, about, units_per_page)
     # the site was written in a temporary sibling folder, now swapped in whole as ``out``
     return AtlasSite(
         out / site.index.relative_to(stage),
@@ -411,6 +483,7 @@ def _write_site(
     projections: Iterable[Any],
     title: str,
     about: Mapping[str, Any] | None,
+    units_per_page: int,
 ) -> AtlasSite:
     pages: list[Path] = []
     images: list[Path] = []
@@ -424,16 +497,35 @@ def _write_site(
         "layers": [],
     }
     done: set[str] = set()
+    open_layers: dict[str, tuple[_LayerView, set[int]]] = {}  # layers with parts still to come
     for proj in projections:
-        _check_projections(proj, layers)
-        done.add(proj.top.layer)
-        view = _layer_view(proj, layers, scan.images, files)
-        layer_pages, layer_images = _write_layer(out, view, layers, title)
-        pages += layer_pages
-        images += layer_images
+        layer = proj.top.layer
+        if layer in done:
+            raise InputError(f"projections of {layer!r} given twice; give each channel once")
+        view, seen = open_layers.get(layer) or (
+            _layer_view(proj, layers, scan.images, files, units_per_page),
+            set(),
+        )
+        chans = _part_channels(proj, layers, seen)
+        images += _write_strips(out, view, proj, chans)
+        del proj  # the part's pictures are written: let them go before the next part comes
+        seen.update(chans)
+        if len(seen) < view.top.channels:
+            open_layers[layer] = (view, seen)
+            continue
+        open_layers.pop(layer, None)
+        done.add(layer)
+        pages += _write_pages(out, view, layers, title)
         summary["layers"].append(_layer_summary(view))
     missing = [name for name in layers if name not in done]
     if missing:
+        short = [n for n in missing if n in open_layers]
+        if short:
+            view, seen = open_layers[short[0]]
+            raise InputError(
+                f"projections of {short[0]!r} hold {len(seen)} of its {view.top.channels} "
+                "channels; project every channel for the atlas"
+            )
         raise InputError(f"no projections given for layers {', '.join(missing)}")
     summary["layers"].sort(key=lambda d: layers.index(d["layer"]))
     index = write_text(out / "index.html", _index_page(summary, title))

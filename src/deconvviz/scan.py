@@ -37,7 +37,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
+from deconvviz._util import autocast, check_precision
 from deconvviz.checks import check_model, check_positive_int, default_layers
 from deconvviz.engine import Deconvnet, batch_images, model_device_dtype
 from deconvviz.engine.tracer import Tracer, eval_mode, split_call
@@ -59,7 +60,7 @@ from deconvviz.topk import (
     project_top,
 )
 
-__all__ = ["Scan", "project_layer", "scan", "select_top", "top_activations"]
+__all__ = ["Scan", "layer_parts", "project_layer", "scan", "select_top", "top_activations"]
 
 _MISSING = torch.iinfo(torch.int64).max  # image index of an empty slot: sorts after every image
 _STATE_VERSION = 2
@@ -154,6 +155,7 @@ def _merge(top: _Top, out: Tensor, images: Tensor, k: int) -> _Top:
     """``top`` with a batch's layer output merged in (images: its ``[B]`` dataset indices).
     Pure: the running state changes only when the whole batch is committed."""
     val, where = _candidates(out)
+    val = val.to(top[0].dtype)  # bfloat16 under autocast: kept in the model's dtype
     idx = images.to(out.device).unsqueeze(0).expand(val.shape[1], -1)
     return select_top(
         torch.cat([top[0], val.t()], 1),
@@ -297,12 +299,14 @@ def _digest(
     rank: int,
     world: int,
     batch: int,
+    precision: str = "fp32",
 ) -> str:
-    """A digest of what a scan state depends on: weights, layers, k, batch size, data size and
-    order, and (for datasets read from files) every file's path, size and modification time.
+    """A digest of what a scan state depends on: weights, layers, k, batch size, precision, data
+    size and order, and (for datasets read from files) every file's path, size and modification
+    time.
     The images' contents are checked apart (:func:`_batch_digest`)."""
     h = hashlib.sha256()
-    h.update(repr((list(layers), k, n, rank, world, batch, _STATE_VERSION)).encode())
+    h.update(repr((list(layers), k, n, rank, world, batch, precision, _STATE_VERSION)).encode())
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(repr((tuple(t.shape), str(t.dtype))).encode())
@@ -363,6 +367,7 @@ def scan(
     save_every: int = 50,
     resume: bool = False,
     distributed: bool | None = None,
+    precision: str = "fp32",
 ) -> Scan:
     """Top-``k`` activations of every channel of every chosen layer, in one pass over the data.
 
@@ -384,6 +389,9 @@ def scan(
             model, layers, ``k`` or dataset).
         distributed: shard over the ``torch.distributed`` process group; ``None``: when one is
             initialised with more than one process.
+        precision: ``"fp32"`` (the model's own dtype; exact) or ``"bf16"`` (bfloat16 autocast:
+            faster where the hardware has bf16; values about 1% off, so near-equal entries of a
+            top-k can swap).
 
     Returns:
         A :class:`Scan`; ``result[layer]`` is a :class:`deconvviz.TopActivations` (values
@@ -399,11 +407,13 @@ def scan(
     names = _choose_layers(model, layers)
     plan = _plan(data, batch_size, max_images, distributed, resume)
     bs = _batch_size(data, batch_size)
-    scanner = _Scanner(model, names, k)
+    scanner = _Scanner(model, names, k, check_precision(precision))
     with _State(
         state,
         plan,
-        digest=lambda: _digest(model, names, k, data, plan.total, plan.rank, plan.world, bs),
+        digest=lambda: _digest(
+            model, names, k, data, plan.total, plan.rank, plan.world, bs, scanner.precision
+        ),
     ) as saved:
         if resume:
             loaded = saved.load(names, k, plan, bs, scanner.device)
@@ -685,8 +695,8 @@ class _Scanner:
     """Every layer's running top-``k``, fed by a :class:`Tracer` on the layers' modules; its
     state is :attr:`committed`, replaced whole after each batch."""
 
-    def __init__(self, model: nn.Module, names: list[str], k: int) -> None:
-        self.model, self.names, self.k = model, names, k
+    def __init__(self, model: nn.Module, names: list[str], k: int, precision: str = "fp32") -> None:
+        self.model, self.names, self.k, self.precision = model, names, k, precision
         self.device, self.dtype = model_device_dtype(model)
         self.committed = _Committed(0, {}, ())
         self.pending: dict[str, _Top] = {}
@@ -750,7 +760,8 @@ class _Scanner:
                 f"{tuple(xb.shape[-2:])}); resize them to one size"
             )
         self.images, self.left, self.pending = idx, len(self.names), {}
-        self.tracer.run(xb)
+        with autocast(xb.device, self.precision):
+            self.tracer.run(xb)
         if self.left != 0:
             raise LayerError(
                 "the forward pass did not reach every scanned layer; scan layers the "
@@ -909,14 +920,16 @@ def project_layer(
     top: Any,
     rule: str = "deconvnet",
     *,
-    batch_size: int = 256,
+    batch_size: int = 4096,
     progress: bool = True,
     distributed: bool | None = None,
+    precision: str = "fp32",
+    channels: Sequence[int] | None = None,
 ) -> Any:
     """Project every top activation of one scanned layer, sharded over processes.
 
-    Each rank projects the channels ``c`` with ``c % world == rank`` (with
-    :func:`deconvviz.project_top`) and rank 0 gathers them.
+    Each rank projects every ``world``-th channel (with :func:`deconvviz.project_top`) and rank 0
+    gathers them.
 
     Args:
         model: the network the scan ran on.
@@ -926,14 +939,19 @@ def project_layer(
         batch_size: seeds per batch.
         progress: show a progress bar (rank 0).
         distributed: shard over the process group; ``None``: when one is initialised.
+        precision: ``"fp32"`` (exact) or ``"bf16"`` (bfloat16 autocast), as for :func:`scan`.
+        channels: only these channels (default all), e.g. a layer in parts, so that a writer
+            holds one part's pictures at a time.
 
     Returns:
-        A :class:`deconvviz.TopProjections` of all channels on rank 0; ``None`` on other ranks.
+        A :class:`deconvviz.TopProjections` of all channels (of ``channels``, in that order,
+        when given) on rank 0; ``None`` on other ranks.
     """
     rank, world, dist = _world()
     if distributed is False or dist is None:
         rank, world, dist = 0, 1, None
-    mine = list(range(rank, top.channels, world))
+    wanted = list(range(top.channels)) if channels is None else [int(c) for c in channels]
+    mine = wanted[rank::world]
     part = None
     if mine:
         part = project_top(
@@ -944,27 +962,50 @@ def project_layer(
             channels=mine,
             batch_size=batch_size,
             progress=progress and rank == 0,
+            precision=precision,
         )
     if dist is None:
         assert part is not None
-        return part
+        return part if channels is not None else replace(part, channels=None)
     payload = None if part is None else (mine, part.reconstructions, part.patches)
     got: list[Any] | None = [None] * world if rank == 0 else None
     dist.gather_object(payload, got, dst=0)
     if rank != 0:
         return None
     assert got is not None
-    return _assemble(top, got, rule)
+    return _assemble(top, got, rule, wanted, channels is not None)
 
 
-def _assemble(top: Any, got: list[Any], rule: str) -> Any:
-    """Rank 0's :class:`deconvviz.TopProjections` from every rank's ``(channels,
-    reconstructions, patches)`` (None for a rank without channels)."""
+def layer_parts(top: Any, max_memory: int | None = None) -> list[list[int]]:
+    """The channels of a scanned layer in parts whose projections and patches (``k`` of each
+    per channel, receptive-field sized) fit in ``max_memory`` bytes (default: the engine's
+    budget), for writers that hold one part at a time.
+
+    Example:
+        >>> for part in layer_parts(res[layer]):                          # doctest: +SKIP
+        ...     proj = project_layer(model, data, res[layer], channels=part)
+    """
+    from deconvviz._util import DEFAULT_MAX_MEMORY, items_within
+
+    h, w = top.input_size
+    rf = top.receptive_field
+    if rf is not None:
+        h, w = min(h, rf.size[0]), min(w, rf.size[1])
+    # projections, patches and their float64 display copies, 3 colour channels, float32
+    per_unit = 4 * top.k * 3 * h * w * 4
+    n = items_within(DEFAULT_MAX_MEMORY if max_memory is None else max_memory, per_unit)
+    return [list(range(s, min(top.channels, s + n))) for s in range(0, top.channels, n)]
+
+
+def _assemble(top: Any, got: list[Any], rule: str, wanted: list[int], subset: bool) -> Any:
+    """Rank 0's :class:`deconvviz.TopProjections` of channels ``wanted`` from every rank's
+    ``(channels, reconstructions, patches)`` (None for a rank without channels)."""
     first = next(p for p in got if p is not None)
-    recs = first[1].new_zeros((top.channels, *first[1].shape[1:]))
-    patches = first[2].new_zeros((top.channels, *first[2].shape[1:]))
+    row = {c: n for n, c in enumerate(wanted)}
+    recs = first[1].new_zeros((len(wanted), *first[1].shape[1:]))
+    patches = first[2].new_zeros((len(wanted), *first[2].shape[1:]))
     for p in got:
         if p is not None:
-            idx = torch.tensor(p[0], dtype=torch.long)
+            idx = torch.tensor([row[c] for c in p[0]], dtype=torch.long)
             recs[idx], patches[idx] = p[1], p[2]
-    return TopProjections(top, recs, patches, rule)
+    return TopProjections(top, recs, patches, rule, tuple(wanted) if subset else None)

@@ -98,12 +98,15 @@ class TopProjections:
             projection.
         patches: ``[C, k, Cin, h, w]`` the input pixels of the same boxes (zero outside the image).
         rule: the ReLU rule used.
+        channels: the channels of ``top`` these hold, in order (``C`` of them), when
+            :func:`project_top` was given ``channels=``; ``None``: every channel.
     """
 
     top: TopActivations
     reconstructions: Tensor
     patches: Tensor
     rule: str
+    channels: tuple[int, ...] | None = None
 
 
 def input_boxes(
@@ -124,10 +127,15 @@ def project_top(
     rule: str = "deconvnet",
     *,
     channels: Sequence[int] | None = None,
-    batch_size: int = 256,
+    batch_size: int = 4096,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> TopProjections:
     """Project every activation of ``top`` and cut out the image patches that caused them.
+
+    The seeds of every unit are taken image by image, so that one batch holds many units' seeds
+    of few images: seeds whose receptive-field crops share a shape walk back together, and where
+    the receptive field covers the whole image each image runs forward once for all of its seeds.
 
     Args:
         model: the network ``top`` was computed on.
@@ -135,8 +143,10 @@ def project_top(
         top: from :func:`top_activations`.
         rule: ``"deconvnet"``, ``"gradient"`` or ``"guided"``.
         channels: only these channels (default: all).
-        batch_size: seeds per batch (each batch is further chunked to the memory budget).
+        batch_size: seeds per batch (each batch is further chunked to the memory budget, and
+            holds at most as many images as fit in it).
         progress: show a progress bar.
+        precision: ``"fp32"`` (the model's dtype; exact) or ``"bf16"`` (bfloat16 autocast).
 
     Returns:
         A :class:`TopProjections`; reconstructions and patches are ``[C', k, Cin, h, w]``.
@@ -147,33 +157,64 @@ def project_top(
     chans = _checked_channels(top, channels)
     canvas = _new_canvas(top, len(chans))
     fields = input_boxes(top.receptive_field, top.positions, top.input_size, clip=False)
-    # The seeds, channel-major; missing entries (index -1) stay zero.
-    seeds = [(ci, j) for ci, c in enumerate(chans) for j in range(top.k) if top.indices[c, j] >= 0]
+    blocks = _seed_blocks(top, chans, batch_size, dtype)
     bar = tqdm(
-        total=len(seeds),
+        total=sum(len(b) for b in blocks),
         desc=f"projecting {top.layer}",
         disable=not progress,
         unit="seed",
         leave=False,
     )
-    with Deconvnet(model, rule, warn=False) as dn, bar:
-        for start in range(0, len(seeds), batch_size):
-            block = seeds[start : start + batch_size]
+    with Deconvnet(model, rule, warn=False, precision=precision) as dn, bar:
+        for block in blocks:
             wanted, img, chan, pos, vals = _block_seeds(top, chans, block)
             images = torch.stack([batch_images(dataset[i]) for i in wanted]).to(device, dtype)
             images = dn.check_input(images)
             vals = vals.to(device, dtype)
+            ci_all = torch.tensor([ci for ci, _ in block])
+            j_all = torch.tensor([j for _, j in block])
             for idx, grads, boxes in dn.project_windows(
                 images, top.layer, img, chan, pos, values=vals
             ):
-                for g, s, box in zip(grads, idx.tolist(), boxes, strict=True):
-                    ci, j = block[s]
-                    field = tuple(int(v) for v in fields[chans[ci], j])
-                    canvas.paste(ci, j, g, images[img[s]], box, field)  # type: ignore[arg-type]
+                ci, j = ci_all[idx], j_all[idx]
+                field = fields[torch.tensor(chans)[ci], j]
+                canvas.paste_many(ci, j, grads, images, img[idx], boxes, field)
             bar.update(len(block))
     if canvas.recs is None or canvas.patches is None:
         raise InputError("top has no activations to project (the dataset was empty)")
-    return TopProjections(top, canvas.recs.cpu(), canvas.patches.cpu(), rule)
+    held = None if channels is None else tuple(chans)
+    return TopProjections(top, canvas.recs.cpu(), canvas.patches.cpu(), rule, held)
+
+
+def _seed_blocks(
+    top: TopActivations, chans: list[int], batch_size: int, dtype: torch.dtype
+) -> list[list[tuple[int, int]]]:
+    """The seeds ``(channel index, rank)`` in batches, image by image: at most ``batch_size``
+    seeds and as many images as the memory budget holds per batch; missing entries (index -1)
+    are left out (they stay zero)."""
+    from deconvviz._util import DEFAULT_MAX_MEMORY, items_within
+
+    h, w = top.input_size
+    per_image = 3 * h * w * torch.empty((), dtype=dtype).element_size() * 4  # + its crops
+    max_images = items_within(DEFAULT_MAX_MEMORY, per_image)
+    by_image: dict[int, list[tuple[int, int]]] = {}
+    for ci, c in enumerate(chans):
+        for j, i in enumerate(top.indices[c].tolist()):
+            if i >= 0:
+                by_image.setdefault(int(i), []).append((ci, j))
+    blocks: list[list[tuple[int, int]]] = []
+    block: list[tuple[int, int]] = []
+    images = 0
+    for i in sorted(by_image):
+        seeds = by_image[i]
+        if block and (len(block) + len(seeds) > batch_size or images >= max_images):
+            blocks.append(block)
+            block, images = [], 0
+        block += seeds
+        images += 1
+    if block:
+        blocks.append(block)
+    return blocks
 
 
 def _checked_channels(top: TopActivations, channels: Sequence[int] | None) -> list[int]:
@@ -235,31 +276,53 @@ class _Canvas:
     recs: Tensor | None = None
     patches: Tensor | None = None
 
-    def paste(
+    def paste_many(
         self,
-        ci: int,
-        j: int,
-        grad: Tensor,
-        image: Tensor,
-        box: tuple[int, int, int, int],
-        field: tuple[int, int, int, int],
+        ci: Tensor,
+        j: Tensor,
+        grads: Tensor,
+        images: Tensor,
+        img: Tensor,
+        boxes: list[tuple[int, int, int, int]],
+        fields: Tensor,
     ) -> None:
-        """Copy a seed's projection (given for ``box`` of its image) and the image's pixels
-        into entry ``(ci, j)``, which holds the receptive field box ``field`` (clipped to the
-        canvas' size; the outside of the image stays zero)."""
+        """Copy seeds' projections (``grads[s]`` given for ``boxes[s]`` of image ``img[s]``,
+        boxes of one size) and the images' pixels into entries ``(ci[s], j[s])``, which hold the
+        receptive field boxes ``fields[s]`` (unclipped; each canvas starts where
+        :func:`canvas_origin` says): every pixel of the field that lies inside the image, the
+        box and the canvas, in one gather; the rest stays zero.
+        """
         c, k, bh, bw = self.shape
         if self.recs is None or self.patches is None:
-            self.recs = image.new_zeros((c, k, image.shape[0], bh, bw))
-            self.patches = image.new_zeros((c, k, image.shape[0], bh, bw))
-        y0, x0, y1, x1 = box
-        fy0, fx0, fy1, fx1 = field
-        h_img, w_img = int(image.shape[-2]), int(image.shape[-1])
-        oy, ox = canvas_origin(fy0, fy1, h_img), canvas_origin(fx0, fx1, w_img)
-        # intersection of the receptive field box with the image, the crop and the canvas
-        cy0, cx0 = max(fy0, 0, y0, oy), max(fx0, 0, x0, ox)
-        cy1, cx1 = min(fy1, h_img, y1, oy + bh), min(fx1, w_img, x1, ox + bw)
-        if cy1 <= cy0 or cx1 <= cx0:
-            return
-        into = (slice(None), slice(cy0 - oy, cy1 - oy), slice(cx0 - ox, cx1 - ox))
-        self.recs[ci, j][into] = grad[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-        self.patches[ci, j][into] = image[:, cy0:cy1, cx0:cx1]
+            self.recs = images.new_zeros((c, k, images.shape[1], bh, bw))
+            self.patches = images.new_zeros((c, k, images.shape[1], bh, bw))
+        dev = images.device
+        h_img, w_img = images.shape[-2:]
+        box = torch.tensor(boxes, dtype=torch.long, device=dev)  # [S, 4]
+        fields = fields.to(dev)
+        gh, gw = grads.shape[-2:]
+        # each canvas' origin in its image (canvas_origin, per seed): the field's own start, or
+        # its clipped start where the field is larger than the image
+        oy = torch.where(
+            fields[:, 2] - fields[:, 0] <= h_img, fields[:, 0], fields[:, 0].clamp(min=0)
+        )
+        ox = torch.where(
+            fields[:, 3] - fields[:, 1] <= w_img, fields[:, 1], fields[:, 1].clamp(min=0)
+        )
+        rows = oy[:, None] + torch.arange(bh, device=dev)  # [S, bh] image rows
+        cols = ox[:, None] + torch.arange(bw, device=dev)  # [S, bw]
+        ok_r = (rows >= 0) & (rows < h_img) & (rows >= box[:, 0:1]) & (rows < box[:, 2:3])
+        ok_c = (cols >= 0) & (cols < w_img) & (cols >= box[:, 1:2]) & (cols < box[:, 3:4])
+        ok_r &= (rows >= fields[:, 0:1]) & (rows < fields[:, 2:3])
+        ok_c &= (cols >= fields[:, 1:2]) & (cols < fields[:, 3:4])
+        keep = (ok_r[:, :, None] & ok_c[:, None, :]).unsqueeze(1)  # [S, 1, bh, bw]
+        s = torch.arange(len(box), device=dev)[:, None, None]
+        gr = (rows - box[:, 0:1]).clamp(0, gh - 1)[:, :, None]
+        gc = (cols - box[:, 1:2]).clamp(0, gw - 1)[:, None, :]
+        rec = grads.to(dev).permute(0, 2, 3, 1)[s, gr, gc].permute(0, 3, 1, 2)
+        ir, ic = rows.clamp(0, h_img - 1)[:, :, None], cols.clamp(0, w_img - 1)[:, None, :]
+        pix = images.permute(0, 2, 3, 1)[img.to(dev)[:, None, None], ir, ic].permute(0, 3, 1, 2)
+        zero = rec.new_zeros(())
+        ci, j = ci.to(dev), j.to(dev)
+        self.recs[ci, j] = torch.where(keep, rec.to(self.recs.dtype), zero)
+        self.patches[ci, j] = torch.where(keep, pix, zero)
