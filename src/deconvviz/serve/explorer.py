@@ -113,14 +113,15 @@ class _Paced(torch.utils.data.Dataset):
         return len(self.data)
 
     def __getitem__(self, i: int) -> Any:
+        # every read is paced and counted: a resumed scan first re-reads the images it had
+        # scanned (to check they did not change), then goes on from there
         self.reads += 1
-        if self.reads > 2:  # the first two reads are the state digest's (images 0 and N-1)
-            while not self.idle.wait(0.25):
-                if self.progress.stop.is_set():
-                    raise _Stop
+        while not self.idle.wait(0.25):
             if self.progress.stop.is_set():
                 raise _Stop
-            self.progress.done = max(self.progress.done, int(i) + 1)
+        if self.progress.stop.is_set():
+            raise _Stop
+        self.progress.done = max(self.progress.done, int(i) + 1)
         return self.data[i]
 
 
