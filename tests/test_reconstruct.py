@@ -502,3 +502,47 @@ def test_reconstruct_dataset_max_images_uses_the_first_n_in_one_place():
     )
     with pytest.raises(InputError, match="max_images"):
         reconstruct_dataset(model, data, ["conv2"], max_images=0, progress=False)
+
+
+class _WideNet(nn.Module):
+    """Receptive field of conv3 (18 px) larger than the 8 px images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 5, padding=2)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv3 = nn.Conv2d(4, 3, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv3(torch.relu(self.conv2(self.pool(torch.relu(self.conv1(x))))))
+
+
+def test_patch_mask_lines_up_with_the_pasted_pixels_when_the_field_is_larger_than_the_image():
+    """outside_mask (the figures' grey) must mark exactly the canvas pixels that are not image:
+    every pixel it calls inside is the image's own pixel at the field's clipped position, and
+    the inside pixels of an entry are the whole image part of its field (hand-computed)."""
+    torch.manual_seed(0)
+    model = _WideNet().double().eval()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(5, 3, 8, 8, generator=gen, dtype=torch.float64) + 0.1  # no zero pixel
+    data = [(x[i], 0) for i in range(5)]
+    rec = reconstruct_dataset(model, data, ["conv3"], k=2, progress=False)["conv3"]
+    rf = rec.receptive_field
+    assert rf is not None and rf.size[0] > 8
+    assert rec.patches.shape[-2:] == (8, 8)  # the canvas is the image's size
+    for r in range(len(rec.channels)):
+        mask = outside_mask(rec, r)
+        assert mask is not None
+        for j in range(rec.k):
+            img = int(rec.indices[r, j])
+            pr, pc = rec.positions[r, j].tolist()
+            y0, x0 = pr * rf.jump[0] + rf.start[0], pc * rf.jump[1] + rf.start[1]
+            y1, x1 = y0 + rf.size[0], x0 + rf.size[1]
+            cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y1, 8), min(x1, 8)
+            inside = ~mask[j]
+            assert int(inside.sum()) == (cy1 - cy0) * (cx1 - cx0)
+            want = x[img, :, cy0:cy1, cx0:cx1]
+            got = rec.patches[r, j][:, inside].reshape(3, cy1 - cy0, cx1 - cx0)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+            assert float(rec.patches[r, j][:, ~inside].abs().sum()) == 0.0

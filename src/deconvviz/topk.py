@@ -267,6 +267,39 @@ def canvas_origin(start: int, end: int, size: int) -> int:
     return start if end - start <= size else max(start, 0)
 
 
+def canvas_inside(
+    rf: ReceptiveField | None,
+    positions: Tensor,
+    input_size: tuple[int, int],
+    canvas: tuple[int, int],
+) -> Tensor:
+    """``[k, h, w]`` True where a pixel of the ``h x w`` canvas of an entry at ``positions``
+    (``[k, 2]``) lies on the image and inside its receptive field: the pixels a
+    :class:`TopProjections` patch copies from the image (the rest is zero). The canvas starts
+    where :func:`canvas_origin` says, as :func:`project_top` pastes it.
+
+    Example:
+        >>> rf = ReceptiveField((2, 2), (-19, -19), (19, 19), (32, 32))   # 39 px on 32 px
+        >>> canvas_inside(rf, torch.tensor([[0, 0]]), (32, 32), (32, 32)).sum().item()
+        400
+    """
+    k = int(positions.shape[0])
+    h, w = canvas
+    if rf is None:
+        return torch.ones(k, h, w, dtype=torch.bool)
+    f = rf.boxes(positions.cpu().view(1, k, 2), clip=False)[0]  # [k, 4] unclipped fields
+    height, width = input_size
+
+    def side(lo: Tensor, hi: Tensor, size: int, n: int) -> Tensor:
+        origin = torch.where(hi - lo <= size, lo, lo.clamp(min=0))
+        at = origin[:, None] + torch.arange(n)  # [k, n] image coordinate of each canvas pixel
+        return (at >= 0) & (at < size) & (at >= lo[:, None]) & (at < hi[:, None])
+
+    rows = side(f[:, 0], f[:, 2], height, h)
+    cols = side(f[:, 1], f[:, 3], width, w)
+    return rows[:, :, None] & cols[:, None, :]
+
+
 @dataclass
 class _Canvas:
     """The ``[C', k, Cin, h, w]`` reconstructions and patches of :func:`project_top`, made on

@@ -32,7 +32,6 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
@@ -134,18 +133,10 @@ class ImageDependence:
 
 def _inside(rec: LayerReconstructions, row: int) -> Tensor:
     """``[k, h, w]`` True where the window of entry ``j`` of ``row`` lies inside the image."""
-    rf = rec.receptive_field
-    k, _, h, w = rec.reconstructions[row].shape
-    if rf is None:
-        return torch.ones(k, h, w, dtype=torch.bool)
-    height, width = rec.input_size
-    y0 = rec.positions[row, :, 0].cpu() * rf.jump[0] + rf.start[0]
-    x0 = rec.positions[row, :, 1].cpu() * rf.jump[1] + rf.start[1]
-    ys = torch.arange(h).view(1, h) + y0.view(k, 1)
-    xs = torch.arange(w).view(1, w) + x0.view(k, 1)
-    rows = (ys >= 0) & (ys < height)
-    cols = (xs >= 0) & (xs < width)
-    return rows[:, :, None] & cols[:, None, :]
+    from deconvviz.topk import canvas_inside
+
+    _, _, h, w = rec.reconstructions[row].shape
+    return canvas_inside(rec.receptive_field, rec.positions[row], rec.input_size, (h, w))
 
 
 def _unit_correlation(recs: Tensor, inside: Tensor) -> float:

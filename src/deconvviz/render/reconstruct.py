@@ -417,18 +417,13 @@ def outside_mask(rec: LayerReconstructions, row: int) -> Tensor | None:
 
     ``None`` when the layer has no receptive field (the patches are whole images).
     """
+    from deconvviz.topk import canvas_inside
+
     rf = rec.receptive_field
     if rf is None:
         return None
     k, _, h, w = rec.patches[row].shape
-    height, width = rec.input_size
-    y0 = rec.positions[row, :, 0] * rf.jump[0] + rf.start[0]  # [k] unclipped box origin
-    x0 = rec.positions[row, :, 1] * rf.jump[1] + rf.start[1]
-    ys = torch.arange(h).view(1, h) + y0.view(k, 1)  # [k, h] image row of each patch row
-    xs = torch.arange(w).view(1, w) + x0.view(k, 1)
-    row_in = (ys >= 0) & (ys < height)
-    col_in = (xs >= 0) & (xs < width)
-    inside = row_in[:, :, None] & col_in[:, None, :]
+    inside = canvas_inside(rf, rec.positions[row], rec.input_size, (h, w))
     missing = rec.indices[row] < 0  # k larger than the dataset: nothing there
     return ~inside | missing.view(k, 1, 1)
 
