@@ -48,6 +48,7 @@ def test_filter_structure_tells_smooth_filters_from_fresh_ones() -> None:
         conv.weight.copy_(nn.functional.conv2d(w, k, padding=1).reshape(16, 3, 5, 5))
     smooth = filter_structure(conv)
     assert smooth.trained > 0.5 and smooth.init == pytest.approx(fresh.init)
+    assert smooth.structured and not fresh.structured
     assert smooth.per_filter.shape == (16,)
     with pytest.raises(InputError, match="Conv2d"):
         filter_structure(nn.Linear(3, 3))

@@ -466,3 +466,21 @@ def test_report_says_where_deconvnet_pictures_hardly_depend_on_the_image(tmp_pat
     # the comparison: no max pooling at all, and captum cannot see the F.relu calls
     assert "This model has no max pooling" in page
     assert "equals the plain gradient" in page
+
+
+def test_evidence_says_only_what_it_measured(tmp_path):
+    """An untrained net's first-layer filters are not called structured, and one measured layer
+    is not called a trend (both were printed whatever the numbers said)."""
+    torch.manual_seed(0)
+    write_report(
+        tmp_path,
+        TinyCNN().eval(),
+        _dataset(n=9),
+        layers=["conv2"],
+        sections=["evidence"],
+        progress=False,
+    )
+    page = (tmp_path / "index.html").read_text()
+    assert "First-layer filters are structured" not in page
+    assert "no smoother than at initialisation" in page
+    assert "only one layer was measured" in page and "with depth" not in page

@@ -823,12 +823,16 @@ def _evidence(ctx: _Context, section: _Section) -> None:
         ]
         for name in sel.layers
     ]
-    trend = "rises" if sel.rises_with_depth else "does not rise"
+    measured = [n for n in sel.layers if math.isfinite(float(sel.selectivity[n]))]
+    if len(measured) < 2:
+        trend = "only one layer was measured here, so there is no trend to read"
+    else:
+        trend = "here it " + ("rises" if sel.rises_with_depth else "does not rise") + " with depth"
     section.html.append(
         "<p><b>Class selectivity</b>: for each layer, over its live units, the mean fraction of "
         f"a unit's top-{sel.k} images (of {sel.images} scanned) that share the unit's most "
         f"common class. Chance is about {chance:.2f}. Zeiler &amp; Fergus observed that higher "
-        f"layers are more class-specific; here it {trend} with depth.</p>"
+        f"layers are more class-specific; {trend}.</p>"
     )
     section.html.append(_table(["layer", "live units", f"class selectivity of top-{sel.k}"], rows))
     data: dict[str, Any] = {"selectivity": sel.to_dict()}
@@ -837,8 +841,13 @@ def _evidence(ctx: _Context, section: _Section) -> None:
     if convs and min(convs[0].kernel_size) >= 2:
         fs = filter_structure(convs[0])
         first = next(n for n, m in conv_layers(ctx.model).items() if m is convs[0])
+        verdict = (
+            "First-layer filters are structured"
+            if fs.structured
+            else "First-layer filters are no smoother than at initialisation"
+        )
         section.html.append(
-            f"<p><b>First-layer filters are structured</b>: the mean correlation between "
+            f"<p><b>{verdict}</b>: the mean correlation between "
             "horizontally and vertically neighbouring weights of each "
             f"{html.escape(first)} filter is {fs.trained:.3f}, against {fs.init:.3f} for the "
             "same layer freshly initialised "
