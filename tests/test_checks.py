@@ -206,3 +206,14 @@ def test_check_channels():
 def test_check_channels_messages(channel, layer, what, message):
     with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
         check_channels(channel, 8, layer, what=what)
+
+
+def test_class_names_are_used_only_when_they_name_the_models_outputs():
+    from deconvviz.checks import class_names_for
+    from deconvviz.errors import ClassNamesWarning
+
+    assert class_names_for(["a", "b", "c"], 3) == ["a", "b", "c"]
+    assert class_names_for(["a", "b", "c"], None) == ["a", "b", "c"]
+    assert class_names_for(None, 10) is None
+    with pytest.warns(ClassNamesWarning, match="3 classes but the model has 1000 outputs"):
+        assert class_names_for(["a", "b", "c"], 1000) is None

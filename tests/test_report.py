@@ -484,3 +484,19 @@ def test_evidence_says_only_what_it_measured(tmp_path):
     assert "First-layer filters are structured" not in page
     assert "no smoother than at initialisation" in page
     assert "only one layer was measured" in page and "with depth" not in page
+
+
+def test_a_datasets_class_names_never_label_a_model_with_other_outputs(tmp_path):
+    """A 3-class folder on a 5-output model: the names would pin 'cat' on output 0."""
+    from deconvviz.errors import ClassNamesWarning
+
+    class Five(TinyCNN):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6 * 4 * 4, 5)
+
+    torch.manual_seed(0)
+    with pytest.warns(ClassNamesWarning, match="3 classes but the model has 5 outputs"):
+        write_report(tmp_path, Five().eval(), _dataset(n=4), sections=["occlusion"], progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["figures"], "the occlusion section drew nothing"

@@ -8,13 +8,14 @@ message names the fix.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from deconvviz.errors import InputError, LayerError, unknown_name
+from deconvviz.errors import ClassNamesWarning, InputError, LayerError, unknown_name
 
 __all__ = [
     "call_key",
@@ -26,6 +27,7 @@ __all__ = [
     "check_layers",
     "check_model",
     "check_positive_int",
+    "class_names_for",
     "conv_layer_names",
     "default_layers",
     "model_device_dtype",
@@ -238,3 +240,22 @@ def check_channels(
             f"(0..{n_channels - 1})"
         )
     return chans, single
+
+
+def class_names_for(names: Sequence[str] | None, outputs: int | None) -> list[str] | None:
+    """``names`` (a dataset's classes) when they can name a model's ``outputs`` (its number of
+    classes; ``None``: not known); otherwise ``None``, with a :class:`ClassNamesWarning`, so that
+    a 3-class folder never labels output 0 of a 1000-class model."""
+    if names is None:
+        return None
+    names = [str(n) for n in names]
+    if outputs is not None and len(names) != outputs:
+        warnings.warn(
+            f"the dataset names {len(names)} classes but the model has {outputs} outputs; "
+            "outputs are shown by number, not by the dataset's class names (give a dataset "
+            "whose classes are the model's, in its order)",
+            ClassNamesWarning,
+            stacklevel=3,
+        )
+        return None
+    return names

@@ -49,6 +49,10 @@ class NonFiniteError(DeconvvizError, ValueError):
     """NaN or infinite weights or activations (the message names the first layer with them)."""
 
 
+class ClassNamesWarning(UserWarning):
+    """The dataset's class names do not match the model's outputs, so they are not used."""
+
+
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> str:
     """Message for an unknown name, listing close matches (or a few valid names)."""
     known = list(known)

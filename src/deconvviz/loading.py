@@ -74,6 +74,7 @@ __all__ = [
     "dataset_images",
     "extract_state_dict",
     "load_model",
+    "model_outputs",
     "load_weights",
     "parse_model_args",
     "parse_normalize",
@@ -952,3 +953,20 @@ def dataset_images(
     if labels is None:  # pragma: no cover - deconvviz datasets always carry labels
         raise InputError("the dataset has no labels")
     return x, labels, idx
+
+
+def model_outputs(model: nn.Module, dataset: Sequence[Any]) -> int | None:
+    """How many classes ``model`` scores (its output's last size for one image), or None when
+    its output is not ``[1, classes]`` (whoever runs the model next reports its errors)."""
+    from deconvviz.checks import model_device_dtype
+    from deconvviz.engine import batch_images
+    from deconvviz.engine.tracer import eval_mode
+
+    device, dtype = model_device_dtype(model)
+    try:
+        x = batch_images(dataset[0]).unsqueeze(0).to(device, dtype)
+        with torch.no_grad(), eval_mode(model):
+            out = model(x)
+    except Exception:  # noqa: BLE001 - the callers run the model again and say what went wrong
+        return None
+    return int(out.shape[-1]) if isinstance(out, Tensor) and out.dim() == 2 else None

@@ -58,8 +58,15 @@ from deconvviz._io import (
 )
 from deconvviz._util import json_safe, safe_name
 from deconvviz._version import __version__
-from deconvviz.checks import check_layer, check_model, check_positive_int, model_device_dtype
+from deconvviz.checks import (
+    check_layer,
+    check_model,
+    check_positive_int,
+    class_names_for,
+    model_device_dtype,
+)
 from deconvviz.errors import DeconvvizError, InputError, unknown_name
+from deconvviz.loading import model_outputs
 from deconvviz.rules import get_rule
 
 __all__ = ["Report", "ReportFigure", "report_from_run", "versions", "write_report"]
@@ -295,7 +302,10 @@ def _write_all(
         model,
         dataset,
         _scanned(dataset, max_images),
-        list(class_names) if class_names is not None else getattr(dataset, "classes", None),
+        class_names_for(
+            class_names if class_names is not None else getattr(dataset, "classes", None),
+            model_outputs(model, dataset),
+        ),
         metrics or {},
         layers,
         k,

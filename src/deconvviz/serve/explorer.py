@@ -34,9 +34,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deconvviz.checks import class_names_for
 from deconvviz.engine.deconvnet import Deconvnet, batch_images
 from deconvviz.engine.rules import rule_names
 from deconvviz.errors import CheckpointError, DeconvvizError, InputError, LayerError
+from deconvviz.loading import model_outputs
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
@@ -210,7 +212,12 @@ class Explorer:
         self.title = title or type(model).__name__
         self._dns: dict[str, Deconvnet] = {}
         self.layers = self._find_layers()
-        self.classes = list(classes or getattr(dataset, "classes", None) or [])
+        self.classes = (
+            class_names_for(
+                classes or getattr(dataset, "classes", None), model_outputs(model, dataset)
+            )
+            or []
+        )
         targets = getattr(dataset, "targets", None)
         self.labels: list[int] | None = (
             [int(t) for t in targets]
