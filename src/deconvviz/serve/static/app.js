@@ -37,22 +37,45 @@ const quiet = (e) => e.name === "AbortError" || (e.status === 409 && /superseded
 
 // ---------------------------------------------------------------- state and URL
 
+// The view the URL names; a layer, unit or rule the model does not have falls back (to the first
+// layer, no unit, deconvnet), said once in #url-error.
 function readUrl() {
   const q = new URLSearchParams(location.search);
-  const unit = q.get("unit");
-  return {
-    image: q.get("image") || "0",
-    layer: q.get("layer") || model.default_layer,
-    unit: unit === null || unit === "" ? null : Number(unit),
-    rule: q.get("rule") || "deconvnet",
-  };
+  const problems = [];
+  let layer = q.get("layer") || model.default_layer;
+  let info = model.layers.find((l) => l.name === layer);
+  if (!info) {
+    info = model.layers[0];
+    problems.push(`unknown layer "${layer}" in the URL; showing ${info.name}, the first layer`);
+    layer = info.name;
+  }
+  const u = problems.length ? null : q.get("unit");  // a unit of an unknown layer means nothing
+  let unit = u === null || u === "" ? null : Number(u);
+  if (unit !== null && !(Number.isInteger(unit) && unit >= 0 && unit < info.shape[0])) {
+    problems.push(`unknown unit "${u}" of ${layer} in the URL (units 0..${info.shape[0] - 1}); click a unit`);
+    unit = null;
+  }
+  let rule = q.get("rule") || "deconvnet";
+  if (!model.rules.includes(rule)) {
+    problems.push(`unknown rule "${rule}" in the URL; showing deconvnet`);
+    rule = "deconvnet";
+  }
+  const note = $("url-error");
+  note.textContent = problems.join("; ");
+  note.hidden = problems.length === 0;
+  return { image: q.get("image") || "0", layer, unit, rule };
+}
+
+function urlOf(s) {
+  const q = new URLSearchParams();
+  for (const k of ["image", "layer", "unit", "rule"]) if (s[k] !== null) q.set(k, s[k]);
+  return `?${q}`;
 }
 
 function setState(change) {
   state = { ...state, ...change };
-  const q = new URLSearchParams();
-  for (const k of ["image", "layer", "unit", "rule"]) if (state[k] !== null) q.set(k, state[k]);
-  history.pushState(state, "", `?${q}`);
+  $("url-error").hidden = true;
+  history.pushState(state, "", urlOf(state));
   render();
 }
 
@@ -79,6 +102,9 @@ async function render() {
   markSelected(s.unit);
   if (s.unit === null) {
     shown.unit = null;
+    $("projection").removeAttribute("src");  // hidden until a unit is clicked
+    $("projection").dataset.ready = "";
+    $("projection-caption").textContent = "click a unit";
     $("unit-title").textContent = "Unit: click a feature map";
     $("occlude-unit").disabled = true;
     return;
@@ -394,7 +420,7 @@ async function main() {
   setupPicker();
   setupMaps();
   state = readUrl();
-  history.replaceState(state, "", location.search || "?");
+  history.replaceState(state, "", $("url-error").hidden ? location.search || "?" : urlOf(state));
   loadThumbs(true);
   pollScan();
   await render();
