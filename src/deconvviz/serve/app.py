@@ -101,7 +101,7 @@ def _form_file(content_type: str, body: bytes) -> bytes:
         disposition = [
             line for line in head.split(b"\r\n") if line.lower().startswith(b"content-disposition:")
         ]
-        if disposition and b"filename=" in disposition[0].lower():
+        if disposition and b"filename" in disposition[0].lower():
             # the part's bytes end with the CRLF that precedes the next delimiter
             return content[:-2] if content.endswith(b"\r\n") else content
     raise DeconvvizError(f"the multipart/form-data upload holds no file part; {how}")

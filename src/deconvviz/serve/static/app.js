@@ -184,6 +184,7 @@ async function showProjection(s) {
   try {
     const blob = await api("projection", "/api/projection",
       { image: s.image, layer: s.layer, unit: s.unit, rule: s.rule }, "blob");
+    if (state.unit === null) return;  // the unit was unselected meanwhile: keep the hint
     const url = URL.createObjectURL(blob);
     img.onload = () => {
       URL.revokeObjectURL(url);
