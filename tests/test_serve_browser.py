@@ -143,6 +143,13 @@ def test_pick_an_image_click_a_unit_see_its_projection_and_go_back(tmp_path):
             )
             shot = os.environ.get("DECONVVIZ_SCREENSHOT")
             if shot:
+                # the occlusion map went with the image change; draw it for this image again
+                page.click("#occlude-class")
+                page.wait_for_function(
+                    "() => document.getElementById('occlusion').dataset.done === '1'"
+                    " && !document.getElementById('occlusion').hidden",
+                    timeout=30_000,
+                )
                 page.mouse.move(0, 0)
                 page.screenshot(path=shot, full_page=False)
             assert not errors, errors
@@ -177,6 +184,7 @@ def test_before_a_click_no_broken_image_and_a_bad_url_falls_back_with_one_messag
                 " && !i.getAttribute('src')).map(i => i.id || i.alt)"
             )
             assert empty == [], empty
+            assert not page.locator("#occlusion").is_visible()  # an empty canvas until asked
             assert not page.locator("#url-error").is_visible()
             # an unknown layer (and unit) in the URL: the first layer, one message
             page.goto(f"{base}/?layer=relu9&unit=3", wait_until="load")

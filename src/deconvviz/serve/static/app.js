@@ -251,6 +251,8 @@ async function showTopk(s, key) {
 
 function stopOcclusion() {
   if (occlusionSource) { occlusionSource.close(); occlusionSource = null; }
+  $("occlusion").hidden = true;  // the map belonged to the previous image
+  $("occlusion-caption").textContent = "";
 }
 
 function heat(v) {  // 0..1 -> blue .. red
@@ -270,6 +272,8 @@ function occlude(target) {
   const canvas = $("occlusion");
   const ctx = canvas.getContext("2d");
   let meta = null, rows = 0, cell = 8, top = 0;
+  canvas.dataset.done = "";
+  canvas.dataset.rows = 0;
   src.addEventListener("meta", (ev) => {
     meta = JSON.parse(ev.data);
     cell = Math.max(4, Math.floor(192 / Math.max(meta.xs.length, meta.ys.length)));
@@ -277,6 +281,7 @@ function occlude(target) {
     canvas.height = meta.ys.length * cell;
     ctx.fillStyle = "#ddd";
     ctx.fillRect(0, 0, canvas.width, canvas.height);
+    canvas.hidden = false;
     top = meta.base;
     const what = meta.target === "class" ? `p(${meta.name})` : `${meta.layer} unit ${meta.unit}'s total activation`;
     $("occlusion-caption").textContent = `${what} with a grey ${meta.size}px square at each position (red = as high as unoccluded, ${meta.base.toPrecision(3)}; blue = 0)`;
