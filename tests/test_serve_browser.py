@@ -143,8 +143,68 @@ def test_pick_an_image_click_a_unit_see_its_projection_and_go_back(tmp_path):
             )
             shot = os.environ.get("DECONVVIZ_SCREENSHOT")
             if shot:
+                # the occlusion map went with the image change; draw it for this image again
+                page.click("#occlude-class")
+                page.wait_for_function(
+                    "() => document.getElementById('occlusion').dataset.done === '1'"
+                    " && !document.getElementById('occlusion').hidden",
+                    timeout=30_000,
+                )
                 page.mouse.move(0, 0)
                 page.screenshot(path=shot, full_page=False)
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def test_before_a_click_no_broken_image_and_a_bad_url_falls_back_with_one_message(tmp_path):
+    model, info = load_pretrained()
+    ex = Explorer(model, load_sample(), classes=info["classes"], title="zfnet-cifar (shipped)")
+    app = create_app(ex, scan=False)
+    first = next(iter(ex.layers))
+    with running(app) as base, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            # a plain start: the projection waits for a click, with a hint, not a broken image
+            page.goto(f"{base}/", wait_until="load")
+            page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+            page.wait_for_function(
+                "() => document.getElementById('grid').naturalWidth > 0", timeout=30_000
+            )
+            assert not page.locator("#projection").is_visible()
+            assert page.locator("#projection-caption").inner_text() == "click a unit"
+            # no image without a source is shown (each would be a broken-image icon)
+            empty = page.evaluate(
+                "() => Array.from(document.images).filter(i => i.offsetParent !== null"
+                " && !i.getAttribute('src')).map(i => i.id || i.alt)"
+            )
+            assert empty == [], empty
+            assert not page.locator("#occlusion").is_visible()  # an empty canvas until asked
+            assert not page.locator("#url-error").is_visible()
+            # an unknown layer (and unit) in the URL: the first layer, one message
+            page.goto(f"{base}/?layer=relu9&unit=3", wait_until="load")
+            page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+            assert page.eval_on_selector("#layer", "e => e.value") == first
+            assert f"layer={first}" in page.url and "relu9" not in page.url
+            page.wait_for_function(
+                "() => document.getElementById('grid').naturalWidth > 0", timeout=30_000
+            )
+            text = page.inner_text("body")
+            assert text.count("relu9") == 1, text
+            assert page.locator("#url-error").is_visible()
+            assert first in page.inner_text("#url-error")
+            assert not page.locator("#projection").is_visible()
+            # a click shows the projection and clears the message
+            page.click("#cells .cell[data-unit='3']")
+            shown = _shown(page)
+            assert (shown["layer"], shown["unit"]) == (first, "3")
+            assert page.locator("#projection").is_visible()
+            assert not page.locator("#url-error").is_visible()
             assert not errors, errors
         finally:
             browser.close()

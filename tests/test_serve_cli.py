@@ -104,3 +104,36 @@ def test_a_host_that_is_not_loopback_is_warned_about(monkeypatch):
     lines = r.stderr.strip().splitlines()
     assert lines[0].startswith("Warning: --host 0.0.0.0 is not a loopback address"), r.stderr
     assert lines[1] == "Error: stopped here by the test"
+
+
+def _examples() -> list[str]:
+    """The ``deconvviz serve`` command lines of docs/serve.md and of ``serve --help``."""
+    doc = (ROOT / "docs" / "serve.md").read_text(encoding="utf-8")
+    help_text = CliRunner().invoke(cli, ["serve", "--help"], terminal_width=200).output
+    lines = [line.strip().removeprefix("$ ") for line in (doc + help_text).splitlines()]
+    return [line.split("#")[0] for line in lines if line.startswith("deconvviz serve")]
+
+
+def test_every_run_and_atlas_the_examples_serve_is_one_the_readme_makes():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    made = {  # what the README's commands write: --out of train and atlas
+        kind: {
+            line.split("--out ")[1].split()[0]
+            for line in readme.splitlines()
+            if line.startswith(f"deconvviz {kind} ") and "--out " in line
+        }
+        for kind in ("train", "atlas")
+    }
+    examples = _examples()
+    assert len(examples) >= 4, examples
+    runs = 0
+    for line in examples:
+        words = line.split()
+        for flag, kind in (("-c", "train"), ("--checkpoint", "train"), ("--atlas", "atlas")):
+            if flag in words:
+                path = words[words.index(flag) + 1]
+                assert path in made[kind], (line, path, made[kind])
+                runs += 1
+        if "-c" in words or "--checkpoint" in words:  # a run is served with its data
+            assert "--data-dir" in words, line
+    assert runs >= 3, examples

@@ -279,6 +279,67 @@ BAD = [
         400,
         ["png, json"],
     ),
+    # 0 and negatives are refused, not replaced by the defaults
+    ("occluder size 0", "get", "/api/occlusion?image=0&size=0", None, 400, ["size", "1..32"]),
+    ("occluder size -3", "get", "/api/occlusion?image=0&size=-3", None, 400, ["size", "1..32"]),
+    ("stride 0", "get", "/api/occlusion?image=0&size=8&stride=0", None, 400, ["stride", "1..32"]),
+    ("occluder too big", "get", "/api/occlusion?image=0&size=100", None, 400, ["size", "1..32"]),
+    ("negative limit", "get", "/api/images?limit=-5", None, 400, ["limit", "1..500"]),
+    ("zero limit", "get", "/api/images?limit=0", None, 400, ["limit", "1..500"]),
+    ("negative offset", "get", "/api/images?offset=-1", None, 400, ["offset", "0 or more"]),
+    # a missing required parameter is named as missing, with what to give
+    ("no layer", "get", "/api/activations?image=0", None, 400, ["layer is missing", "relu1"]),
+    ("empty layer", "get", "/api/topk?layer=&unit=1", None, 400, ["layer is missing"]),
+    ("no layer, topk", "get", "/api/topk?unit=1", None, 400, ["layer is missing", "relu1"]),
+    ("no unit", "get", "/api/topk?layer=relu1", None, 400, ["unit is missing", "0..63"]),
+    (
+        "no unit, projection",
+        "get",
+        "/api/projection?image=0&layer=relu1",
+        None,
+        400,
+        ["unit is missing", "0..63"],
+    ),
+    ("no image", "get", "/api/predict", None, 400, ["image is missing", "0..499"]),
+    (
+        "no image, projection",
+        "get",
+        "/api/projection?layer=relu1&unit=1",
+        None,
+        400,
+        ["image is missing"],
+    ),
+    ("no image, activations", "get", "/api/activations?layer=relu1", None, 400, ["missing"]),
+    ("no image, occlusion", "get", "/api/occlusion", None, 400, ["image is missing"]),
+    (
+        "no layer, occlusion",
+        "get",
+        "/api/occlusion?image=0&target=unit&unit=1",
+        None,
+        400,
+        ["layer is missing"],
+    ),
+    (
+        "no unit, occlusion",
+        "get",
+        "/api/occlusion?image=0&target=unit&layer=relu1",
+        None,
+        400,
+        ["unit is missing"],
+    ),
+    ("text upload", "post", "/api/upload", b"just some text\n", 400, ["PNG, JPEG"]),
+    (
+        "truncated PNG",
+        "post",
+        "/api/upload",
+        _bomb(8, 8)[:40],
+        400,
+        ["not an image Pillow can read"],
+    ),
+    ("unknown endpoint", "get", "/api/nope", None, 404, ["/api/nope", "/api/projection"]),
+    ("unknown nested endpoint", "get", "/api/model/x/y", None, 404, ["/api/model/x/y"]),
+    ("wrong method", "get", "/api/upload", None, 405, ["GET", "/api/upload (POST)"]),
+    ("wrong method, POST", "post", "/api/model", b"", 405, ["POST"]),
 ]
 
 
@@ -291,6 +352,72 @@ def test_bad_input_is_one_line_naming_the_fix(served, what, method, path, body, 
     assert "\n" not in err and "Traceback" not in err
     for w in words:
         assert w in err, (what, err)
+    # no Python reprs leak into a message: None, <... object at 0x...>
+    assert "None" not in err and " at 0x" not in err and "BytesIO" not in err, (what, err)
+
+
+def _form(parts: list[tuple[str, str | None, bytes]], boundary: str) -> bytes:
+    """A multipart/form-data body as curl -F writes it: (name, filename, content) parts."""
+    out = b""
+    for name, filename, content in parts:
+        out += f"--{boundary}\r\n".encode()
+        disp = f'Content-Disposition: form-data; name="{name}"'
+        if filename is not None:
+            disp += f'; filename="{filename}"'
+        out += disp.encode() + b"\r\n"
+        if filename is not None:
+            out += b"Content-Type: application/octet-stream\r\n"
+        out += b"\r\n" + content + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def test_a_form_upload_takes_its_file_part_as_a_raw_upload_would(served):
+    from PIL import Image
+
+    client, _, _, data = served
+    arr = (data[9][0] * 255).round().byte().permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    jpeg = buf.getvalue()
+    # the file holds CRLFs and dashes near its ends, as binary files do
+    assert b"\xff\xd9" in jpeg[-2:]
+    raw = client.post("/api/upload", content=jpeg)
+    assert raw.status_code == 200, raw.text
+    boundary = "------------------------d74496d66958873e"
+    body = _form([("note", None, b"a field\r\n--x"), ("file", "photo.jpg", jpeg)], boundary)
+    form = client.post(
+        "/api/upload",
+        content=body,
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert form.status_code == 200, form.text
+    # the same bytes give the same id (a digest of the decoded image)
+    assert form.json()["id"] == raw.json()["id"]
+    # and through the client's own form encoder (as curl -F does)
+    again = client.post("/api/upload", files={"file": ("photo.jpg", jpeg, "image/jpeg")})
+    assert again.status_code == 200 and again.json()["id"] == raw.json()["id"], again.text
+    # a form without a file part, or without a boundary: one line saying what to send
+    bad = client.post(
+        "/api/upload",
+        content=_form([("note", None, b"x")], boundary),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert bad.status_code == 400 and "no file part" in bad.json()["error"]
+    bad = client.post("/api/upload", content=body, headers={"content-type": "multipart/form-data"})
+    assert bad.status_code == 400 and "boundary" in bad.json()["error"]
+    # the byte cap holds for a form upload too
+    big = _form([("file", "big.bin", b"0" * MAX_UPLOAD_BYTES)], boundary)
+    r = client.post(
+        "/api/upload",
+        content=big,
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert r.status_code == 413, r.text
+
+
+def test_static_404s_stay_plain_text(served):
+    r = served[0].get("/static/nope.js")
+    assert r.status_code == 404 and r.text == "Not Found"
 
 
 TRAVERSAL = [

@@ -158,7 +158,8 @@ def serve_cmd(
     \b
     Examples:
       deconvviz serve                                  # then open http://127.0.0.1:8765/
-      deconvviz serve -c runs/demo --atlas atlas/ --port 0
+      deconvviz serve -c runs/lenet5 --data-dir ../shared/data --port 0
+      deconvviz serve -c runs/lenet5 --data-dir ../shared/data --atlas out/atlas
     """
     try:
         import starlette  # noqa: F401

@@ -25,12 +25,14 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
     JSONResponse,
+    PlainTextResponse,
     RedirectResponse,
     Response,
     StreamingResponse,
@@ -75,10 +77,61 @@ def _position(request: Request) -> tuple[int, int] | None:
     return (r, c)
 
 
+def _form_file(content_type: str, body: bytes) -> bytes:
+    """The first file part of a ``multipart/form-data`` body (``curl -F file=@photo.jpg``).
+
+    A plain split on the boundary (RFC 7578): the body is already within the upload's byte
+    limit, and the part's bytes then go through the same checks as a raw upload.
+    """
+    from email.message import Message
+
+    how = "send the image with curl -F file=@photo.jpg, or as the raw body (--data-binary)"
+    header = Message()
+    header["content-type"] = content_type
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise DeconvvizError(f"the multipart/form-data upload has no boundary; {how}")
+    delimiter = b"--" + boundary.encode("latin-1")
+    for part in body.split(delimiter)[1:]:
+        if part.startswith(b"--"):  # the closing delimiter
+            break
+        head, sep, content = part.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        disposition = [
+            line for line in head.split(b"\r\n") if line.lower().startswith(b"content-disposition:")
+        ]
+        if disposition and b"filename" in disposition[0].lower():
+            # the part's bytes end with the CRLF that precedes the next delimiter
+            return content[:-2] if content.endswith(b"\r\n") else content
+    raise DeconvvizError(f"the multipart/form-data upload holds no file part; {how}")
+
+
 def _stream(request: Request, kind: str) -> tuple[str | None, int | None]:
     client = request.query_params.get("client")
     seq = _int(request, "seq")
     return (f"{client}/{kind}" if client else None), seq
+
+
+ENDPOINTS = (
+    "/api/model, /api/images, /api/images/{id}.png, /api/upload (POST), /api/predict, "
+    "/api/activations, /api/projection, /api/topk, /api/occlusion"
+)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and wrong methods: JSON under ``/api/`` (as every API error), Starlette's
+    plain text elsewhere (static files)."""
+    assert isinstance(exc, HTTPException)
+    if not request.url.path.startswith("/api/"):
+        return PlainTextResponse(str(exc.detail), exc.status_code, headers=exc.headers)
+    if exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}; endpoints: {ENDPOINTS}"
+    else:
+        message = f"no endpoint {request.url.path}; endpoints: {ENDPOINTS}"
+    return JSONResponse(
+        {"error": message}, status_code=exc.status_code, headers=exc.headers or None
+    )
 
 
 def create_app(
@@ -134,9 +187,9 @@ def create_app(
 
     @guard
     async def images(request: Request) -> Response:
-        out = explorer.images(
-            q(request, "class"), _int(request, "offset", 0) or 0, _int(request, "limit", 60) or 60
-        )
+        offset, limit = _int(request, "offset", 0), _int(request, "limit", 60)
+        assert offset is not None and limit is not None
+        out = explorer.images(q(request, "class"), offset, limit)
         return JSONResponse(out)
 
     @guard
@@ -157,7 +210,11 @@ def create_app(
             body += chunk
             if len(body) > MAX_UPLOAD_BYTES:
                 return _error(413, f"the upload is over the {MAX_UPLOAD_BYTES} byte limit")
-        key = await run_in_threadpool(explorer.add_upload, bytes(body))
+        data = bytes(body)
+        ctype = request.headers.get("content-type", "")
+        if ctype.lower().startswith("multipart/form-data"):
+            data = _form_file(ctype, data)
+        key = await run_in_threadpool(explorer.add_upload, data)
         return JSONResponse({"id": key})
 
     @guard
@@ -295,7 +352,12 @@ def create_app(
     middleware = []
     if allowed_hosts:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=middleware,
+        exception_handlers={404: _http_error, 405: _http_error},
+    )
     app.state.explorer = explorer
     app.state.worker = work
     return app

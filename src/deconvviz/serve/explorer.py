@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -60,6 +61,7 @@ UPLOADS_KEPT = 64
 MAPS_KEPT = 8
 """Layer outputs kept (image, layer), for the projections that follow a layer's grid."""
 TOP5 = 5
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 class NotReady(DeconvvizError):
@@ -287,11 +289,18 @@ class Explorer:
             shown = ", ".join(names[:40]) + (
                 f" ... ({len(names)} in all)" if len(names) > 40 else ""
             )
+            if name in (None, ""):
+                raise LayerError(f"layer is missing; give layer=NAME (one of {shown})")
             raise LayerError(f"unknown layer {name!r}; valid layers: {shown}")
         return self.layers[name]
 
     def unit(self, info: LayerInfo, unit: Any) -> int:
         """``unit`` as a channel index of ``info``; an error naming the valid range otherwise."""
+        if unit in (None, ""):
+            raise InputError(
+                f"unit is missing; give unit=N (a unit of layer {info.name!r}: "
+                f"0..{info.shape[0] - 1})"
+            )
         try:
             c = int(unit)
         except (TypeError, ValueError):
@@ -325,6 +334,10 @@ class Explorer:
 
     def _index(self, i: Any) -> int:
         n = len(self.dataset)
+        if i in (None, ""):
+            raise InputError(
+                f"image is missing; give image=N (a dataset image, 0..{n - 1}) or an upload's id"
+            )
         try:
             idx = int(i)
         except (TypeError, ValueError):
@@ -336,6 +349,8 @@ class Explorer:
     def image(self, spec: Any) -> Tensor:
         """``[1, C, H, W]`` on the model's device: dataset image ``"17"`` or upload ``"u..."``."""
         s = "" if spec is None else str(spec)
+        if not s:
+            self._index(s)  # raises: image is missing
         if s.startswith("u"):
             with self._lock:
                 t = self.uploads.get(s)
@@ -355,7 +370,11 @@ class Explorer:
                 raise InputError("this dataset has no labels, so it cannot be filtered by class")
             c = self._class(cls)
             idx = [i for i, y in enumerate(self.labels) if y == c]
-        offset, limit = max(0, int(offset)), min(max(1, int(limit)), 500)
+        if int(offset) < 0:
+            raise InputError(f"offset must be 0 or more, got {offset}")
+        if not 1 <= int(limit) <= 500:
+            raise InputError(f"limit must lie in 1..500, got {limit}")
+        offset, limit = int(offset), int(limit)
         page = list(idx[offset : offset + limit])
         return {
             "total": len(idx),
@@ -420,13 +439,15 @@ class Explorer:
                 f"the image is over the {MAX_UPLOAD_PIXELS} pixel limit (a decompression "
                 "bomb?); send a smaller image"
             ) from None
-        except (
-            UnidentifiedImageError,
-            OSError,
-            SyntaxError,
-            ValueError,
-        ) as exc:
-            why = " ".join(str(exc).split())[:120] or type(exc).__name__
+        except UnidentifiedImageError:
+            raise InputError(
+                "the upload is not an image Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP, "
+                "...); send an image file as the request body"
+            ) from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            # Pillow's messages may hold object reprs (<_io.BytesIO object at 0x...>)
+            why = _OBJECT_REPR.sub("", " ".join(str(exc).split())).strip(" :")
+            why = why[:120] or type(exc).__name__
             raise InputError(
                 f"the upload is not an image Pillow can read ({why}); send a PNG or JPEG file"
             ) from None
@@ -694,10 +715,13 @@ class Explorer:
 
         _, _, h, w = (1, *self.input_shape)
         side = min(h, w)
-        size = int(size) if size else max(2, side // 4)
-        stride = int(stride) if stride else max(1, size // 4)
-        if not (1 <= size <= side and 1 <= stride <= side):
-            raise InputError(f"size and stride must lie in 1..{side} (the image side)")
+        size = max(2, side // 4) if size is None else int(size)
+        stride = max(1, size // 4) if stride is None else int(stride)
+        for what, v in (("size", size), ("stride", stride)):
+            if not 1 <= v <= side:
+                raise InputError(
+                    f"{what} must lie in 1..{side} (the image side, in pixels), got {v}"
+                )
         x = self.image(spec)
         plan: dict[str, Any] = {"image": str(spec), "size": size, "stride": stride, "x": x}
         if target == "class":

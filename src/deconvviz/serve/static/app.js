@@ -37,22 +37,45 @@ const quiet = (e) => e.name === "AbortError" || (e.status === 409 && /superseded
 
 // ---------------------------------------------------------------- state and URL
 
+// The view the URL names; a layer, unit or rule the model does not have falls back (to the first
+// layer, no unit, deconvnet), said once in #url-error.
 function readUrl() {
   const q = new URLSearchParams(location.search);
-  const unit = q.get("unit");
-  return {
-    image: q.get("image") || "0",
-    layer: q.get("layer") || model.default_layer,
-    unit: unit === null || unit === "" ? null : Number(unit),
-    rule: q.get("rule") || "deconvnet",
-  };
+  const problems = [];
+  let layer = q.get("layer") || model.default_layer;
+  let info = model.layers.find((l) => l.name === layer);
+  if (!info) {
+    info = model.layers[0];
+    problems.push(`unknown layer "${layer}" in the URL; showing ${info.name}, the first layer`);
+    layer = info.name;
+  }
+  const u = problems.length ? null : q.get("unit");  // a unit of an unknown layer means nothing
+  let unit = u === null || u === "" ? null : Number(u);
+  if (unit !== null && !(Number.isInteger(unit) && unit >= 0 && unit < info.shape[0])) {
+    problems.push(`unknown unit "${u}" of ${layer} in the URL (units 0..${info.shape[0] - 1}); click a unit`);
+    unit = null;
+  }
+  let rule = q.get("rule") || "deconvnet";
+  if (!model.rules.includes(rule)) {
+    problems.push(`unknown rule "${rule}" in the URL; showing deconvnet`);
+    rule = "deconvnet";
+  }
+  const note = $("url-error");
+  note.textContent = problems.join("; ");
+  note.hidden = problems.length === 0;
+  return { image: q.get("image") || "0", layer, unit, rule };
+}
+
+function urlOf(s) {
+  const q = new URLSearchParams();
+  for (const k of ["image", "layer", "unit", "rule"]) if (s[k] !== null) q.set(k, s[k]);
+  return `?${q}`;
 }
 
 function setState(change) {
   state = { ...state, ...change };
-  const q = new URLSearchParams();
-  for (const k of ["image", "layer", "unit", "rule"]) if (state[k] !== null) q.set(k, state[k]);
-  history.pushState(state, "", `?${q}`);
+  $("url-error").hidden = true;
+  history.pushState(state, "", urlOf(state));
   render();
 }
 
@@ -79,6 +102,9 @@ async function render() {
   markSelected(s.unit);
   if (s.unit === null) {
     shown.unit = null;
+    $("projection").removeAttribute("src");  // hidden until a unit is clicked
+    $("projection").dataset.ready = "";
+    $("projection-caption").textContent = "click a unit";
     $("unit-title").textContent = "Unit: click a feature map";
     $("occlude-unit").disabled = true;
     return;
@@ -158,6 +184,7 @@ async function showProjection(s) {
   try {
     const blob = await api("projection", "/api/projection",
       { image: s.image, layer: s.layer, unit: s.unit, rule: s.rule }, "blob");
+    if (state.unit === null) return;  // the unit was unselected meanwhile: keep the hint
     const url = URL.createObjectURL(blob);
     img.onload = () => {
       URL.revokeObjectURL(url);
@@ -224,6 +251,8 @@ async function showTopk(s, key) {
 
 function stopOcclusion() {
   if (occlusionSource) { occlusionSource.close(); occlusionSource = null; }
+  $("occlusion").hidden = true;  // the map belonged to the previous image
+  $("occlusion-caption").textContent = "";
 }
 
 function heat(v) {  // 0..1 -> blue .. red
@@ -243,6 +272,8 @@ function occlude(target) {
   const canvas = $("occlusion");
   const ctx = canvas.getContext("2d");
   let meta = null, rows = 0, cell = 8, top = 0;
+  canvas.dataset.done = "";
+  canvas.dataset.rows = 0;
   src.addEventListener("meta", (ev) => {
     meta = JSON.parse(ev.data);
     cell = Math.max(4, Math.floor(192 / Math.max(meta.xs.length, meta.ys.length)));
@@ -250,6 +281,7 @@ function occlude(target) {
     canvas.height = meta.ys.length * cell;
     ctx.fillStyle = "#ddd";
     ctx.fillRect(0, 0, canvas.width, canvas.height);
+    canvas.hidden = false;
     top = meta.base;
     const what = meta.target === "class" ? `p(${meta.name})` : `${meta.layer} unit ${meta.unit}'s total activation`;
     $("occlusion-caption").textContent = `${what} with a grey ${meta.size}px square at each position (red = as high as unoccluded, ${meta.base.toPrecision(3)}; blue = 0)`;
@@ -394,7 +426,7 @@ async function main() {
   setupPicker();
   setupMaps();
   state = readUrl();
-  history.replaceState(state, "", location.search || "?");
+  history.replaceState(state, "", $("url-error").hidden ? location.search || "?" : urlOf(state));
   loadThumbs(true);
   pollScan();
   await render();
