@@ -88,7 +88,7 @@ def _jobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[_Job]:
     h, w = x.shape[-2:]
     side = max(2, min(h, w) // 4)
     centre = [(h - side) // 2, (w - side) // 2, (h - side) // 2 + side, (w - side) // 2 + side]
-    inputs = ReportInputs(model, x, y, default_layers(model, x), centre, x[: min(4, len(x))])
+    inputs = ReportInputs(model, x, y, list(default_layers(model, x)), centre, x[: min(4, len(x))])
     sections = [(s, a) for a in analyses() for s in a.report]
     sections.sort(key=lambda pair: pair[0].order)  # stable: registration order within one order
     return [

@@ -253,7 +253,7 @@ def write_stats(
     title = f"# Statistics of {source} on {name} ({split}, {len(data)} images)\n\n"
     if callable(getattr(model, "hidden_states", None)) and not layers:
         return _hidden_state_stats(model, loader, title, out, progress)
-    result = activation_stats(model, loader, layers=list(layers) or None, progress=progress)
+    result = activation_stats(model, loader, layers=list(layers or ()) or None, progress=progress)
     lines = report_lines(result)
     body = "```\n" + "\n".join(lines) + "\n```\n\n" + stats_table(result)
     paths = [write_text(out / "stats.md", title + body)]
