@@ -82,8 +82,9 @@ class ReportSection:
 @dataclass(frozen=True)
 class Option:
     """A command option of a registered analysis, in plain values (the CLI makes it a click
-    option): ``--name`` (passed to ``compute`` as ``name``, dashes as underscores), its
-    ``type`` (``str``, ``int``, ``float``; ``bool`` is a flag), ``default`` and ``help``."""
+    option): its ``name`` as the command line spells it (two dashes and words joined by dashes;
+    passed to ``compute`` by keyword, dashes as underscores), its ``type`` (``str``, ``int``,
+    ``float``; ``bool`` is a flag), ``default`` and ``help``."""
 
     name: str
     type: type = str
