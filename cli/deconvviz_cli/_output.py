@@ -13,11 +13,6 @@ def write_result(
 ) -> Path:
     """Write ``<stem>.png`` (the figure), ``<stem>.json`` (``info``) and, given a markdown
     ``table``, ``<stem>.md`` into ``out``; returns the path of the png."""
-    from deconvviz._io import save_figure, write_json, write_text
-    from deconvviz.checkpoint import json_safe
+    from deconvviz.export_measures import write_figure_result
 
-    png = save_figure(out / f"{stem}.png", fig, dpi=120)
-    write_json(out / f"{stem}.json", json_safe(info))
-    if table is not None:
-        write_text(out / f"{stem}.md", table)
-    return png
+    return write_figure_result(out, stem, fig, info, table)

@@ -86,6 +86,16 @@ def _raised_by_the_model(exc: BaseException) -> bool:
 class DeconvvizGroup(click.Group):
     """A click group that turns every failure into one line on stderr."""
 
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        # an analysis registered after start-up (a plugin, a notebook) is a command too
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            from deconvviz_cli.commands.analyses import registered_commands
+
+            found = [c for c in registered_commands(set(self.commands)) if c.name == cmd_name]
+            command = found[0] if found else None
+        return command
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             with warnings.catch_warnings():  # restores the caller's warning display afterwards

@@ -7,11 +7,11 @@ imports it (``deconvviz.analyses.report_figures`` finds it by name, when asked f
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -20,13 +20,13 @@ from torch import nn
 from deconvviz._io import save_figure, write_json
 from deconvviz._util import json_safe
 from deconvviz.analyses._common import default_layers, pick_images
-from deconvviz.analyses.correspondence import correspondence
-from deconvviz.analyses.invariance import invariance
-from deconvviz.analyses.sanity import randomisation_test, sensitivity_check
+from deconvviz.analyses.registry import ReportInputs, analyses, get_analysis, resolve
 from deconvviz.checks import check_images
 from deconvviz.engine import DeconvvizWarning, eval_mode
+from deconvviz.errors import InputError
+from deconvviz.export_measures import Written, write_figure_result
 
-__all__ = ["report_figures", "pick_images"]
+__all__ = ["report_figures", "pick_images", "run_analysis"]
 
 
 def report_figures(
@@ -59,11 +59,9 @@ def report_figures(
         (``out_dir / name``: relative to the working directory when ``out_dir`` is), so use it
         as it is and do not join it to ``out_dir`` again.
     """
-    from deconvviz.render import analyses as figures
-
     out = Path(out_dir)
     x, y, indices = _inputs(model, dataset, n_images)
-    return _write_results(_jobs(figures, model, x, y), out, indices, progress)
+    return _write_results(_jobs(model, x, y), out, indices, progress)
 
 
 _DPI = 110
@@ -84,66 +82,53 @@ def _inputs(
     return x, y, indices
 
 
-def _jobs(figures: ModuleType, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[_Job]:
-    """The quick analyses in report order, each with its figure function (from ``figures``,
-    :mod:`deconvviz.render.analyses`)."""
+def _jobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[_Job]:
+    """Every registered analysis's report sections (:mod:`deconvviz.analyses.registry`), in
+    report order, each with its figure function."""
     h, w = x.shape[-2:]
-    layers = default_layers(model, x)
     side = max(2, min(h, w) // 4)
     centre = [(h - side) // 2, (w - side) // 2, (h - side) // 2 + side, (w - side) // 2 + side]
-    few = x[: min(4, len(x))]
+    inputs = ReportInputs(model, x, y, list(default_layers(model, x)), centre, x[: min(4, len(x))])
+    sections = [(s, a) for a in analyses() for s in a.report]
+    sections.sort(key=lambda pair: pair[0].order)  # stable: registration order within one order
     return [
         (
-            "Invariance to vertical translation",
-            "invariance_translate",
-            lambda: invariance(model, x, y, "translate", layers=layers, progress=False),
-            figures.invariance_figure,
-            len(x),
-        ),
-        (
-            "Invariance to scaling",
-            "invariance_scale",
-            lambda: invariance(model, x, y, "scale", layers=layers, progress=False),
-            figures.invariance_figure,
-            len(x),
-        ),
-        (
-            "Invariance to rotation",
-            "invariance_rotate",
-            lambda: invariance(
-                model, x, y, "rotate", values=range(-180, 181, 30), layers=layers, progress=False
-            ),
-            figures.invariance_figure,
-            len(x),
-        ),
-        (
-            "Correspondence (centred occluder vs random occluders)",
-            "correspondence",
-            lambda: correspondence(
-                model, x, centre, layers, n_random=10, seed=0, parts=("centre",), progress=False
-            ),
-            figures.correspondence_figure,
-            len(x),
-        ),
-        (
-            "Sanity check: cascading model randomisation. A deconvnet row that barely changes "
-            "as the layers are randomised from the top down means its pictures are made by "
-            "the architecture and the image (pooling switches, edges), not by what the trained "
-            "weights learned, so they cannot show what the network learned (Adebayo et al., "
-            "2018; Mahendran & Vedaldi, 2016)",
-            "randomisation",
-            lambda: randomisation_test(model, few, progress=False),
-            figures.randomisation_figure,
-            len(few),
-        ),
-        (
-            "Sanity check: class sensitivity of projections",
-            "sensitivity",
-            lambda: sensitivity_check(model, few[:2], progress=False),
-            figures.sensitivity_figure,
-            min(2, len(few)),
-        ),
+            s.title,
+            s.stem,
+            functools.partial(s.compute, inputs),
+            resolve(a.figure),
+            s.images(inputs),
+        )
+        for s, a in sections
     ]
+
+
+def run_analysis(
+    name: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    out_dir: str | os.PathLike[str],
+    *,
+    stem: str | None = None,
+    info: dict[str, Any] | None = None,
+    **options: Any,
+) -> Written:
+    """Compute the registered analysis ``name`` on images ``x`` (labels ``y``) with
+    ``options``, and write ``<stem>.png`` (its figure), ``<stem>.json`` (its numbers and
+    ``info``) and, where it has a table, ``<stem>.md`` into ``out_dir``; ``stem`` defaults to
+    ``name``. What an analysis command does."""
+    analysis = get_analysis(name)
+    if analysis.compute is None:
+        raise InputError(f"the analysis {name!r} registered no compute function")
+    res = analysis.compute(model, x, y, **options)
+    table = resolve(analysis.table)(res) if analysis.table is not None else None
+    data = {**res.to_dict(), **(info or {})}
+    png = write_figure_result(
+        Path(out_dir), stem or name, resolve(analysis.figure)(res), data, table
+    )
+    line = f"wrote {png}" + (f": {analysis.summary(res)}" if analysis.summary else "")
+    return Written((png,), line)
 
 
 def _write_results(

@@ -28,7 +28,7 @@ import html
 import io
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from deconvviz._io import atomic_dir, lock, lock_path_for, write_bytes, write_js
 from deconvviz._util import dead_units, json_safe, safe_names
 from deconvviz.errors import InputError
 
-__all__ = ["AtlasSite", "write_atlas", "tile_scale"]
+__all__ = ["AtlasSite", "build_atlas", "write_atlas", "tile_scale"]
 
 MIN_TILE = 96  # smallest displayed side of a tile, in pixels
 UNITS_PER_PAGE = 256  # units on one layer page (two <img> each)
@@ -532,3 +532,123 @@ def _write_site(
     pages.insert(0, index)
     write_json(out / "atlas.json", json_safe(summary))
     return AtlasSite(index, pages, images)
+
+
+def build_atlas(
+    out_dir: str | os.PathLike[str],
+    model: torch.nn.Module,
+    data: Any,
+    layers: Sequence[str] | str = "conv",
+    k: int = 9,
+    rule: str = "deconvnet",
+    *,
+    max_images: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    precision: str = "fp32",
+    resume: bool = False,
+    save_every: int = 20,
+    timeout: int = 600,
+    about: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> Any:
+    """Scan ``data`` once for the top-``k`` activations of every unit of ``layers``, project
+    them all and write the site into ``out_dir`` (what ``deconvviz atlas`` does).
+
+    Under torchrun (``WORLD_SIZE`` > 1) this process joins the process group (gloo on CPU,
+    NCCL on GPUs; a peer that does not answer within ``timeout`` seconds is an error naming
+    it), scans and projects its share, and rank 0 writes the site while holding the folder's
+    lock from the start; the group it created is left at the end. The scan state
+    (``out_dir/scan-state.pt``) makes an interrupted run resumable (``resume=True``).
+
+    Returns:
+        A :class:`deconvviz.export_measures.Written` (the index page and the line to print)
+        on rank 0; None on the other ranks.
+    """
+    import torch.distributed as dist
+
+    from deconvviz.distributed import join_process_group, lost_peer_message
+
+    name, created = join_process_group(device, timeout)
+    try:
+        try:
+            return _build_atlas(
+                Path(out_dir), model, data, layers, k, rule, name, about, progress,
+                dict(max_images=max_images, batch_size=batch_size, precision=precision,
+                     resume=resume, save_every=save_every),
+            )  # fmt: skip
+        except Exception as exc:
+            lost = lost_peer_message(exc)
+            if lost is None:
+                raise
+            from deconvviz.errors import DeconvvizError
+
+            raise DeconvvizError(lost) from exc
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _build_atlas(
+    out: Path,
+    model: torch.nn.Module,
+    data: Any,
+    layers: Sequence[str] | str,
+    k: int,
+    rule: str,
+    device: str,
+    about: Mapping[str, Any] | None,
+    progress: bool,
+    scan_options: dict[str, Any],
+) -> Any:
+    import contextlib
+
+    from deconvviz.distributed import rank, resolve_job_device
+    from deconvviz.export_measures import Written
+    from deconvviz.scan import scan
+
+    dev = resolve_job_device(device)
+    with contextlib.ExitStack() as stack:
+        if rank() == 0:  # the folder is this run's until the site is written (others refused)
+            stack.enter_context(lock(lock_path_for(out), f"the atlas folder {out}"))
+        model = model.to(dev)
+        result = scan(
+            model,
+            data,
+            list(layers) if not isinstance(layers, str) else layers,
+            k,
+            progress=progress,
+            state=out / "scan-state.pt",
+            **scan_options,
+        )
+        projections = _projections(
+            model, data, result, rule, progress, scan_options.get("precision", "fp32")
+        )
+        if rank() != 0:
+            for _ in projections:  # take part in every layer's projections; rank 0 writes
+                pass
+            return None
+        site = write_atlas(out, result, projections, about=about)
+    units = sum(result[layer].channels for layer in result.layers)
+    line = (
+        f"wrote the atlas of {len(result.layers)} layers, {units} units (top-{k} of "
+        f"{result.images} images) to {site.index}"
+    )
+    return Written((site.index,), line)
+
+
+def _projections(
+    model: Any, data: Any, result: Any, rule: str, progress: bool, precision: str = "fp32"
+) -> Any:
+    """Each scanned layer's projections, lazily, in parts that fit the memory budget (so the
+    writer holds one part's pictures at a time; every rank takes part in each)."""
+    from deconvviz.scan import layer_parts, project_layer
+
+    for layer in result.layers:
+        top = result[layer]
+        for part in layer_parts(top):
+            proj = project_layer(
+                model, data, top, rule, progress=progress, precision=precision, channels=part
+            )
+            if proj is not None:
+                yield proj

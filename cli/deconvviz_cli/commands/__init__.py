@@ -30,3 +30,5 @@ COMMANDS += _report.COMMANDS
 COMMANDS += _atlas.COMMANDS
 COMMANDS += [_inspect.inspect_cmd]
 COMMANDS += _serve.COMMANDS
+# every registered analysis without a hand-written command (deconvviz.analyses.registry)
+COMMANDS += _analyses.registered_commands({c.name for c in COMMANDS if c.name})

@@ -16,7 +16,6 @@ import torch
 
 from deconvviz.errors import InputError
 from deconvviz_cli._datasets import dataset_note
-from deconvviz_cli._output import write_result
 from deconvviz_cli.options import (
     choice_option,
     float_option,
@@ -159,8 +158,7 @@ def invariance_cmd(
 
     Writes invariance_<transform>.png and .json.
     """
-    from deconvviz.analyses import invariance
-    from deconvviz.render.analyses import invariance_figure
+    from deconvviz.analyses_report import run_analysis
 
     run, x, y, idx = _load(opts, 8)
     vals = None
@@ -171,26 +169,21 @@ def invariance_cmd(
             raise InputError(
                 f"--values must be numbers separated by commas, got {values!r}"
             ) from None
-    res = invariance(
+    written = run_analysis(
+        "invariance",
         run.model,
         x,
         y,
-        transform,
+        opts["out"],
+        stem=f"invariance_{transform}",
+        info=_info(opts, idx),
+        transform=transform,
         values=vals,
         layers=_layers(layers, layers_csv),
         fill=fill,
         progress=opts["progress"],
     )
-    info = {**res.to_dict(), "dataset_indices": idx, "checkpoint": str(opts["checkpoint"])}
-    png = write_result(opts["out"], f"invariance_{transform}", invariance_figure(res), info)
-    spread = ", ".join(
-        f"{name} {float(curve.min()):.2f}-{float(curve.max()):.2f}"
-        for name, curve in zip(res.layers, res.relative.mean(1), strict=True)
-    )
-    click.echo(
-        f"wrote {png}: mean relative feature distance {spread}; true-class probability "
-        f"{float(res.prob.mean(0).min()):.2f}-{float(res.prob.mean(0).max()):.2f}"
-    )
+    click.echo(written.line)
 
 
 # ---------------------------------------------------------------------------- correspondence
@@ -260,8 +253,7 @@ def correspondence_cmd(
 
     Writes correspondence.png, .json and .md (the table).
     """
-    from deconvviz.analyses import correspondence
-    from deconvviz.render.analyses import correspondence_figure, correspondence_table
+    from deconvviz.analyses_report import run_analysis
 
     boxes, names, spec_indices = _read_boxes(boxes_file, box, part)
     if spec_indices and not opts["indices"]:
@@ -272,26 +264,22 @@ def correspondence_cmd(
         side = max(2, min(h, w) // 4)
         y0, x0 = (h - side) // 2, (w - side) // 2
         boxes, names = [[y0, x0, y0 + side, x0 + side]], [part or "centre"]
-    res = correspondence(
+    written = run_analysis(
+        "correspondence",
         run.model,
         x,
-        boxes,
-        _layers(layers, layers_csv),
+        None,
+        opts["out"],
+        info=_info(opts, idx),
+        boxes=boxes,
+        layers=_layers(layers, layers_csv),
         n_random=n_random,
         seed=seed,
         parts=names,
         fill=fill,
         progress=opts["progress"],
     )
-    info = {**res.to_dict(), "dataset_indices": idx, "checkpoint": str(opts["checkpoint"])}
-    table = correspondence_table(res)
-    png = write_result(opts["out"], "correspondence", correspondence_figure(res), info, table)
-    cells = "; ".join(
-        f"{p} {name}: {float(res.score[i, j]):.3f} vs random {float(res.random_mean[i, j]):.3f}"
-        for i, p in enumerate(res.parts)
-        for j, name in enumerate(res.layers)
-    )
-    click.echo(f"wrote {png}: sign change {cells}")
+    click.echo(written.line)
 
 
 # ---------------------------------------------------------------------------- sanity checks
@@ -331,30 +319,26 @@ def sanity_cmd(
 
     Writes randomisation.png, .json and .md (the table).
     """
-    from deconvviz.analyses import randomisation_test
-    from deconvviz.render.analyses import randomisation_figure, randomisation_table
+    from deconvviz.analyses_report import run_analysis
 
     run, x, _, idx = _load(opts, 4)
-    res = randomisation_test(
+    written = run_analysis(
+        "sanity",
         run.model,
         x,
-        layer,
-        channel,
-        _rules(rules),
+        None,
+        opts["out"],
+        stem="randomisation",
+        info=_info(opts, idx),
+        layer=layer,
+        channel=channel,
+        rules=_rules(rules),
         mode=mode,
         absolute=not signed,
         seed=seed,
         progress=opts["progress"],
     )
-    info = {**res.to_dict(), "dataset_indices": idx, "checkpoint": str(opts["checkpoint"])}
-    png = write_result(
-        opts["out"], "randomisation", randomisation_figure(res), info, randomisation_table(res)
-    )
-    summary = res.summary()
-    last = "; ".join(f"{r} {summary[r]['spearman'][-1]:.2f}" for r in res.rules)
-    click.echo(
-        f"wrote {png}: Spearman with the trained projection once every layer is randomised: {last}"
-    )
+    click.echo(written.line)
 
 
 @click.command("sensitivity", short_help="Do projections of different classes differ?")
@@ -389,25 +373,72 @@ def sensitivity_cmd(
 
     Writes sensitivity.png, .json and .md (the table).
     """
-    from deconvviz.analyses import sensitivity_check
-    from deconvviz.render.analyses import sensitivity_figure, sensitivity_table
+    from deconvviz.analyses_report import run_analysis
 
     run, x, _, idx = _load(opts, 2)
-    res = sensitivity_check(
+    written = run_analysis(
+        "sensitivity",
         run.model,
         x,
-        layer,
-        int_list(channels, "--channels"),
-        _rules(rules),
+        None,
+        opts["out"],
+        info=_info(opts, idx),
+        layer=layer,
+        channels=int_list(channels, "--channels"),
+        rules=_rules(rules),
         max_channels=max_channels,
         absolute=not signed,
         progress=opts["progress"],
     )
-    info = {**res.to_dict(), "dataset_indices": idx, "checkpoint": str(opts["checkpoint"])}
-    png = write_result(
-        opts["out"], "sensitivity", sensitivity_figure(res), info, sensitivity_table(res)
-    )
-    sims = "; ".join(
-        f"{r} {float(v):.2f}" for r, v in zip(res.rules, res.mean_similarity, strict=True)
-    )
-    click.echo(f"wrote {png}: mean Spearman between projections of different units: {sims}")
+    click.echo(written.line)
+
+
+def _info(opts: dict[str, Any], idx: list[int]) -> dict[str, Any]:
+    """What every analysis's JSON adds to its result: the images used and the run."""
+    return {"dataset_indices": idx, "checkpoint": str(opts["checkpoint"])}
+
+
+def analysis_command(analysis: Any) -> click.Command:
+    """The command of a registered analysis that has none written by hand: the run, its
+    images and the output (as every analysis command), ``--images``, and its ``options``;
+    parse -> ``run_analysis`` -> one line."""
+
+    def callback(**kwargs: Any) -> None:
+        from deconvviz.analyses_report import run_analysis
+
+        keys = {o.key for o in analysis.options}
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in keys}
+        run, x, y, idx = _load(kwargs, analysis.images)
+        written = run_analysis(
+            analysis.name, run.model, x, y, kwargs["out"], info=_info(kwargs, idx), **options
+        )
+        click.echo(written.line)
+
+    command: Any = callback
+    for opt in reversed(analysis.options):
+        if opt.type is bool:
+            command = click.option(opt.name, opt.key, is_flag=True, help=opt.help)(command)
+        else:
+            command = click.option(
+                opt.name,
+                opt.key,
+                type=opt.type,
+                default=opt.default,
+                show_default=opt.default is not None,
+                help=opt.help,
+            )(command)
+    command = _common(_images_option(analysis.images)(command))
+    help_text = analysis.help or f"The {analysis.name} analysis. Writes {analysis.name}.png."
+    return click.command(analysis.name, help=help_text)(command)
+
+
+def registered_commands(taken: set[str]) -> list[click.Command]:
+    """A command for every registered analysis with a compute function and no hand-written
+    command (``taken``: the names of the commands there already are)."""
+    from deconvviz.analyses.registry import analyses
+
+    return [
+        analysis_command(a)
+        for a in analyses()
+        if a.command is None and a.compute is not None and a.name not in taken
+    ]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,41 +21,6 @@ from deconvviz_cli.options import (
     run_data_options,
     top_option,
 )
-
-
-def _init_distributed(device: str, timeout: int = 600) -> tuple[str, bool]:
-    """Join the process group torchrun describes (WORLD_SIZE > 1): gloo on CPU, NCCL on GPUs;
-    a collective that waits more than ``timeout`` seconds for a peer fails (instead of gloo's
-    30 minutes). Returns the device this process uses and whether it created the group."""
-    import datetime
-
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or not dist.is_available():
-        return device, False
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    if dist.is_initialized():
-        return device, False
-    try:
-        dist.init_process_group(
-            "nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout)
-        )
-    except Exception as exc:  # a peer that never came, an address that does not answer
-        from deconvviz.errors import DeconvvizError
-
-        first = " ".join(str(exc).strip().splitlines()[0].split())[:200] if str(exc) else ""
-        raise DeconvvizError(
-            f"rank {os.environ.get('RANK', '?')} of {world} could not join the torchrun process "
-            f"group within --timeout {timeout}s ({first or type(exc).__name__}); check that "
-            "every rank started and MASTER_ADDR/MASTER_PORT reach rank 0"
-        ) from exc
-    return device, True
 
 
 @click.command("atlas", short_help="Every unit of every layer over a dataset, as a static site.")
@@ -93,9 +56,7 @@ def _init_distributed(device: str, timeout: int = 600) -> tuple[str, bool]:
 )
 @out_option("Site folder: index.html, a page per layer and per unit, images.")
 @progress_option
-@click.pass_context
 def atlas_cmd(
-    ctx: click.Context,
     checkpoint: Path,
     model_factory: ModelSpec,
     data_dir: Path | None,
@@ -126,92 +87,31 @@ def atlas_cmd(
       deconvviz atlas -c runs/lenet5 --data-dir ../shared/data --out atlas/
       torchrun --nproc_per_node=4 -m deconvviz_cli atlas -c runs/demo -o atlas/
     """
-    options = {name: value for name, value in locals().items() if name != "ctx"}
-    try:
-        _atlas(ctx, **options)
-    except Exception as exc:
-        lost = _lost_peer(exc)
-        if lost is None:
-            raise
-        from deconvviz.errors import DeconvvizError
-
-        raise DeconvvizError(lost) from exc
-
-
-def _atlas(
-    ctx: click.Context,
-    checkpoint: Path,
-    model_factory: ModelSpec,
-    data_dir: Path | None,
-    dataset: str | None,
-    split: str,
-    layers: tuple[str, ...],
-    k: int,
-    rule: str,
-    max_images: int | None,
-    batch_size: int,
-    device: str,
-    precision: str,
-    resume: bool,
-    save_every: int,
-    timeout: int,
-    out: Path,
-    progress: bool,
-) -> None:
-    from deconvviz.atlas import write_atlas
+    from deconvviz.atlas import build_atlas
     from deconvviz.datasets import dataset_for_model
-    from deconvviz.scan import scan
 
-    dev = _device(ctx, device, timeout)
-    if _rank() == 0:  # the folder is this run's until the site is written (others refused)
-        from deconvviz._io import lock, lock_path_for
-
-        ctx.with_resource(lock(lock_path_for(out), f"the atlas folder {out}"))
     run = model_factory.load(checkpoint)
-    model = run.model.to(dev)
     data = dataset_for_model(run.model, run.config, data_dir, dataset, split)
-    result = scan(
-        model,
+    about = _about(str(checkpoint), str(model_factory), dataset, run.config, split, rule)
+    written = build_atlas(
+        out,
+        run.model,
         data,
         list(layers) or "conv",
         k,
-        batch_size=batch_size,
+        rule,
         max_images=max_images,
-        progress=progress,
-        state=out / "scan-state.pt",
-        save_every=save_every,
-        resume=resume,
+        batch_size=batch_size,
+        device=device,
         precision=precision,
+        resume=resume,
+        save_every=save_every,
+        timeout=timeout,
+        about=about,
+        progress=progress,
     )
-    projections = _projections(model, data, result, rule, progress, precision)
-    if _rank() != 0:
-        for _ in projections:  # take part in every layer's projections; rank 0 writes
-            pass
-        return
-    about = _about(str(checkpoint), str(model_factory), dataset, run.config, split, rule)
-    site = write_atlas(out, result, projections, about=about)
-    click.echo(_summary(result, k, site.index))
-
-
-def _lost_peer(exc: BaseException) -> str | None:
-    """One line for an error that means a peer process of a torchrun job was lost (it died,
-    was stopped, or did not answer within --timeout); None for any other error."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return None
-    text = str(exc)
-    clues = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "socket", "closed")
-    if not isinstance(exc, getattr(dist, "DistError", ())) and not (
-        isinstance(exc, RuntimeError) and any(c in text.lower() for c in clues)
-    ):
-        return None
-    first = " ".join(text.strip().splitlines()[0].split())[:200] if text.strip() else ""
-    return (
-        f"rank {dist.get_rank()} of {dist.get_world_size()} lost a peer process (it stopped, "
-        f"died or did not answer within --timeout): {first or type(exc).__name__}; check the "
-        "other ranks' logs, then run again with --resume to continue from the saved scan state"
-    )
+    if written is not None:  # rank 0 writes the site and says so
+        click.echo(written.line)
 
 
 def _about(
@@ -223,57 +123,6 @@ def _about(
         "dataset": f"{dataset or config.get('dataset', 'from the run')} ({split})",
         "rule": rule,
     }
-
-
-def _summary(result: Any, k: int, index: Path) -> str:
-    units = sum(result[layer].channels for layer in result.layers)
-    return (
-        f"wrote the atlas of {len(result.layers)} layers, {units} units (top-{k} of "
-        f"{result.images} images) to {index}"
-    )
-
-
-def _device(ctx: click.Context, device: str, timeout: int = 600) -> Any:
-    """The torch device of this process (joining torchrun's process group where there is
-    one, left again when the command ends)."""
-    import torch
-
-    from deconvviz.errors import InputError
-
-    device, created = _init_distributed(device, timeout)
-    if created:
-        import torch.distributed as dist
-
-        ctx.call_on_close(dist.destroy_process_group)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise InputError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
-
-
-def _projections(
-    model: Any, data: Any, result: Any, rule: str, progress: bool, precision: str = "fp32"
-) -> Iterator[Any]:
-    """Each scanned layer's projections, lazily, in parts that fit the memory budget (so the
-    writer holds one part's pictures at a time; every rank takes part in each)."""
-    from deconvviz.scan import layer_parts, project_layer
-
-    for layer in result.layers:
-        top = result[layer]
-        for part in layer_parts(top):
-            proj = project_layer(
-                model, data, top, rule, progress=progress, precision=precision, channels=part
-            )
-            if proj is not None:
-                yield proj
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 COMMANDS = [atlas_cmd]

@@ -60,7 +60,7 @@ def inspect_cmd(
       deconvviz inspect -c runs/lenet5
       deconvviz inspect --model their_resnet.py:resnet20 -c resnet20.th --image-size 32
     """
-    from deconvviz._io import write_json
+    from deconvviz.export_measures import write_layer_table
     from deconvviz.reconstruct import expected_input
     from deconvviz.summary import layer_table
 
@@ -82,4 +82,4 @@ def inspect_cmd(
         if note is not None:
             click.echo("\n" + note)
     if json_path is not None:
-        write_json(json_path, table.to_dict())
+        write_layer_table(table, json_path)

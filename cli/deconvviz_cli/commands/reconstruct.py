@@ -122,13 +122,9 @@ def _images_mode(
     results = rec.reconstruct_images(run.model, x, layers, chans, rule, progress=progress)
     pngs = export.write_image_reconstructions(results, out, [p.stem for p in images])
     if compare:
-        from deconvviz._io import save_figure
-        from deconvviz.compare import compare_methods
-        from deconvviz.render.reconstruct import comparison_figure
+        from deconvviz.export_measures import comparison_png
 
-        comp = compare_methods(run.model, x, progress=progress)
-        classes = _class_names(run.config)
-        pngs.append(save_figure(out / "compare.png", comparison_figure(comp, classes)))
+        pngs.append(comparison_png(run.model, run.config, x, out, progress))
     size = "x".join(str(s) for s in x.shape[-2:])
     return (
         f"wrote {len(pngs)} figures to {out} ({len(images)} images as {x.shape[1]}x{size}, "
@@ -183,17 +179,6 @@ def _dataset_mode(
     )
 
 
-def _class_names(config: dict[str, Any]) -> list[str] | None:
-    name = config.get("dataset") if config else None
-    if name in ("cifar10", "cifar10-course", "cifar10-sample"):
-        from deconvviz.data import CIFAR10_CLASSES
-
-        return list(CIFAR10_CLASSES)
-    if name == "mnist":
-        return [str(d) for d in range(10)]
-    return None
-
-
 @click.command("compare", short_help="Our deconvnet beside captum's attribution methods.")
 @checkpoint_option
 @model_option
@@ -222,31 +207,22 @@ def compare_cmd(
     Writes compare.png (one row per image: input, deconvnet, saliency, guided backprop,
     integrated gradients, occlusion) and compare.json (target classes and probabilities).
     """
-    from deconvviz._io import save_figure, write_json
-    from deconvviz.compare import compare_methods
-    from deconvviz.reconstruct import expected_input, load_images
-    from deconvviz.render.reconstruct import comparison_figure
+    from deconvviz.export_measures import write_comparison
 
     if len(images) > 8:
         raise click.UsageError("compare draws at most 8 images; give fewer --image")
     run = model_factory.load(checkpoint, device)
-    want_c, want_size = expected_input(run.model, run.config)
-    x = load_images(images, want_c, want_size)
-    comp = compare_methods(
-        run.model, x, target, baseline=baseline, occlusion_size=occlusion_size, progress=progress
+    written = write_comparison(
+        run.model,
+        run.config,
+        images,
+        out,
+        target=target,
+        baseline=baseline,
+        occlusion_size=occlusion_size,
+        progress=progress,
     )
-    classes = _class_names(run.config)
-    path = save_figure(out / "compare.png", comparison_figure(comp, classes))
-    write_json(
-        out / "compare.json",
-        {
-            "images": [str(p) for p in images],
-            "methods": list(comp.methods),
-            "target": comp.target.tolist(),
-            "probability": comp.probability.tolist(),
-        },
-    )
-    click.echo(f"wrote {path} ({len(images)} images, {len(comp.methods)} methods)")
+    click.echo(written.line)
 
 
 COMMANDS: list[click.Command] = [reconstruct_cmd, compare_cmd]

@@ -347,3 +347,48 @@ def read_boxes(path: str | os.PathLike[str]) -> tuple[list[Any], list[str], list
         )
     names = list(spec["parts"])
     return [spec["parts"][k] for k in names], names, spec.get("indices")
+
+
+def _summary(res: CorrespondenceResult) -> str:
+    cells = "; ".join(
+        f"{p} {name}: {float(res.score[i, j]):.3f} vs random {float(res.random_mean[i, j]):.3f}"
+        for i, p in enumerate(res.parts)
+        for j, name in enumerate(res.layers)
+    )
+    return f"sign change {cells}"
+
+
+def _register() -> None:
+    from deconvviz.analyses.registry import Analysis, ReportSection, register_analysis
+
+    register_analysis(
+        Analysis(
+            name="correspondence",
+            result=CorrespondenceResult,
+            figure="deconvviz.render.analyses:correspondence_figure",
+            table="deconvviz.render.analyses:correspondence_table",
+            compute=lambda model, x, y=None, **kw: correspondence(model, x, **kw),
+            summary=_summary,
+            command="correspondence",
+            report=(
+                ReportSection(
+                    "Correspondence (centred occluder vs random occluders)",
+                    "correspondence",
+                    lambda i: correspondence(
+                        i.model,
+                        i.x,
+                        i.centre,
+                        i.layers,
+                        n_random=10,
+                        seed=0,
+                        parts=("centre",),
+                        progress=False,
+                    ),
+                    order=20,
+                ),
+            ),
+        )
+    )
+
+
+_register()

@@ -335,3 +335,64 @@ def invariance(
         labels=y,
         fill=fill,
     )
+
+
+def _summary(res: InvarianceResult) -> str:
+    spread = ", ".join(
+        f"{name} {float(curve.min()):.2f}-{float(curve.max()):.2f}"
+        for name, curve in zip(res.layers, res.relative.mean(1), strict=True)
+    )
+    return (
+        f"mean relative feature distance {spread}; true-class probability "
+        f"{float(res.prob.mean(0).min()):.2f}-{float(res.prob.mean(0).max()):.2f}"
+    )
+
+
+def _register() -> None:
+    from deconvviz.analyses.registry import Analysis, ReportSection, register_analysis
+
+    register_analysis(
+        Analysis(
+            name="invariance",
+            result=InvarianceResult,
+            figure="deconvviz.render.analyses:invariance_figure",
+            compute=invariance,
+            summary=_summary,
+            command="invariance",
+            report=(
+                ReportSection(
+                    "Invariance to vertical translation",
+                    "invariance_translate",
+                    lambda i: invariance(
+                        i.model, i.x, i.y, "translate", layers=i.layers, progress=False
+                    ),
+                    order=10,
+                ),
+                ReportSection(
+                    "Invariance to scaling",
+                    "invariance_scale",
+                    lambda i: invariance(
+                        i.model, i.x, i.y, "scale", layers=i.layers, progress=False
+                    ),
+                    order=11,
+                ),
+                ReportSection(
+                    "Invariance to rotation",
+                    "invariance_rotate",
+                    lambda i: invariance(
+                        i.model,
+                        i.x,
+                        i.y,
+                        "rotate",
+                        values=range(-180, 181, 30),
+                        layers=i.layers,
+                        progress=False,
+                    ),
+                    order=12,
+                ),
+            ),
+        )
+    )
+
+
+_register()

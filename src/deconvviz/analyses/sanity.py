@@ -568,3 +568,68 @@ def sensitivity_check(
         projections=recs,
         absolute=absolute,
     )
+
+
+def _randomisation_summary(res: SanityResult) -> str:
+    summary = res.summary()
+    last = "; ".join(f"{r} {summary[r]['spearman'][-1]:.2f}" for r in res.rules)
+    return f"Spearman with the trained projection once every layer is randomised: {last}"
+
+
+def _sensitivity_summary(res: SensitivityResult) -> str:
+    sims = "; ".join(
+        f"{r} {float(v):.2f}" for r, v in zip(res.rules, res.mean_similarity, strict=True)
+    )
+    return f"mean Spearman between projections of different units: {sims}"
+
+
+def _register() -> None:
+    from deconvviz.analyses.registry import Analysis, ReportSection, register_analysis
+
+    register_analysis(
+        Analysis(
+            name="sanity",
+            result=SanityResult,
+            figure="deconvviz.render.analyses:randomisation_figure",
+            table="deconvviz.render.analyses:randomisation_table",
+            compute=lambda model, x, y=None, **kw: randomisation_test(model, x, **kw),
+            summary=_randomisation_summary,
+            command="sanity",
+            report=(
+                ReportSection(
+                    "Sanity check: cascading model randomisation. A deconvnet row that barely "
+                    "changes as the layers are randomised from the top down means its pictures "
+                    "are made by the architecture and the image (pooling switches, edges), not "
+                    "by what the trained weights learned, so they cannot show what the network "
+                    "learned (Adebayo et al., 2018; Mahendran & Vedaldi, 2016)",
+                    "randomisation",
+                    lambda i: randomisation_test(i.model, i.few, progress=False),
+                    images=lambda i: len(i.few),
+                    order=30,
+                ),
+            ),
+        )
+    )
+    register_analysis(
+        Analysis(
+            name="sensitivity",
+            result=SensitivityResult,
+            figure="deconvviz.render.analyses:sensitivity_figure",
+            table="deconvviz.render.analyses:sensitivity_table",
+            compute=lambda model, x, y=None, **kw: sensitivity_check(model, x, **kw),
+            summary=_sensitivity_summary,
+            command="sensitivity",
+            report=(
+                ReportSection(
+                    "Sanity check: class sensitivity of projections",
+                    "sensitivity",
+                    lambda i: sensitivity_check(i.model, i.few[:2], progress=False),
+                    images=lambda i: min(2, len(i.few)),
+                    order=40,
+                ),
+            ),
+        )
+    )
+
+
+_register()
