@@ -45,7 +45,8 @@ def _model() -> nn.Module:
         layers.append((f"relu{i}", nn.ReLU()))
         c = 4
     layers.append(("pool", nn.MaxPool2d(2)))
-    layers += [("flat", nn.Flatten()), ("fc", nn.Linear(4 * 8 * 8, 3))]
+    # two outputs: the two classes the hostile folder keeps (its "..hidden" one is skipped)
+    layers += [("flat", nn.Flatten()), ("fc", nn.Linear(4 * 8 * 8, 2))]
     return nn.Sequential(OrderedDict(layers)).eval()
 
 
