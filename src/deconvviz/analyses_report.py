@@ -24,7 +24,8 @@ from deconvviz.analyses.correspondence import correspondence
 from deconvviz.analyses.invariance import invariance
 from deconvviz.analyses.sanity import randomisation_test, sensitivity_check
 from deconvviz.checks import check_images
-from deconvviz.engine import DeconvvizWarning, eval_mode
+from deconvviz.engine.probe import DeconvvizWarning
+from deconvviz.engine.tracer import eval_mode
 
 __all__ = ["report_figures", "pick_images"]
 

@@ -946,7 +946,7 @@ def dataset_images(
         items = [dataset[i] for i in indices]
         x = torch.stack([it[0] for it in items])
         return x, torch.tensor([int(it[1]) for it in items]), list(indices)
-    from deconvviz.analyses import pick_images
+    from deconvviz.analyses._common import pick_images
 
     x, labels, idx = pick_images(dataset, n)
     if labels is None:  # pragma: no cover - deconvviz datasets always carry labels

@@ -43,11 +43,11 @@ from deconvviz.checks import (
     default_layers,
     model_device_dtype,
 )
-from deconvviz.engine import Deconvnet, attach
+from deconvviz.engine.deconvnet import Deconvnet, attach
+from deconvviz.engine.receptive import ReceptiveField
+from deconvviz.engine.rules import get_rule
 from deconvviz.errors import DataError, InputError, LayerError
 from deconvviz.images import load_images
-from deconvviz.receptive import ReceptiveField
-from deconvviz.rules import get_rule
 from deconvviz.scan import scan
 from deconvviz.topk import (
     FewImagesWarning,

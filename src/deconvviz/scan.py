@@ -46,11 +46,17 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
 from deconvviz._util import autocast, check_precision
-from deconvviz.checks import check_model, check_positive_int, default_layers
-from deconvviz.engine import Deconvnet, batch_images, model_device_dtype
-from deconvviz.engine.tracer import Tracer, eval_mode, split_call
+from deconvviz.checks import (
+    check_model,
+    check_positive_int,
+    default_layers,
+    model_device_dtype,
+    split_call,
+)
+from deconvviz.engine.deconvnet import Deconvnet, batch_images
+from deconvviz.engine.receptive import ReceptiveField
+from deconvviz.engine.tracer import Tracer, eval_mode
 from deconvviz.errors import CheckpointError, InputError, LayerError
-from deconvviz.receptive import ReceptiveField
 from deconvviz.topk import (
     FewImagesWarning,
     TopActivations,

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.engine import Deconvnet, ReceptiveField, batch_images, model_device_dtype
+from deconvviz.checks import model_device_dtype
+from deconvviz.engine.deconvnet import Deconvnet, batch_images
+from deconvviz.engine.receptive import ReceptiveField
 from deconvviz.errors import InputError
 
 __all__ = [

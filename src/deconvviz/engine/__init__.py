@@ -10,20 +10,20 @@
 * :mod:`~deconvviz.engine.summary` -- :func:`~deconvviz.engine.summary.layer_table`.
 """
 
+from deconvviz.checks import model_device_dtype, split_call
 from deconvviz.engine.crops import gather_windows, place_filters, scatter_windows
 from deconvviz.engine.deconvnet import (
     Deconvnet,
-    DeconvvizWarning,
     LayerGeometry,
     attach,
     batch_images,
     layer_output,
-    model_device_dtype,
     receptive_field,
 )
+from deconvviz.engine.probe import DeconvvizWarning
 from deconvviz.engine.receptive import ReceptiveField
 from deconvviz.engine.rules import Rule, get_rule, register_rule, rule_names
-from deconvviz.engine.tracer import Tracer, eval_mode, exact_cuda, split_call
+from deconvviz.engine.tracer import Tracer, eval_mode, exact_cuda
 
 __all__ = [
     "Deconvnet",
