@@ -47,7 +47,7 @@ from deconvviz.checks import call_key, check_batch, check_channels, model_device
 from deconvviz.engine.crops import Box, crop_boxes, scatter_windows
 from deconvviz.engine.probe import DeconvvizWarning, Passes, _LayerInfo, _Probe, forward_failed
 from deconvviz.engine.receptive import ReceptiveField
-from deconvviz.engine.rules import describe_rule, get_rule
+from deconvviz.engine.rules import Rule, describe_rule, get_rule
 from deconvviz.engine.schedule import Scheduler, Windows
 from deconvviz.engine.seeds import (
     Validator,
@@ -116,7 +116,7 @@ class Deconvnet:
     def __init__(
         self,
         model: nn.Module,
-        rule: str = "deconvnet",
+        rule: str | Rule = "deconvnet",
         strict: bool = False,
         *,
         crop: bool = True,
@@ -130,7 +130,9 @@ class Deconvnet:
                 "pass the model itself"
             )
         self.model = model
-        self.rule = rule
+        # a Rule object was resolved at the caller's door: it is not looked up again
+        resolved = rule if isinstance(rule, Rule) else get_rule(rule)
+        self.rule = resolved.name
         self.strict = strict
         self.crop = crop
         self.max_memory = int(max_memory)
@@ -140,7 +142,7 @@ class Deconvnet:
         self._attached = True
         self._index_modules()
         self._probes: dict[tuple, _Probe] = {}
-        self._passes = Passes(model, self._names, get_rule(rule), self.precision)
+        self._passes = Passes(model, self._names, resolved, self.precision)
         self._checks = Validator(self._modules, strict, warn)
         self._schedule = Scheduler(
             self._passes,
@@ -512,7 +514,7 @@ def batch_images(batch: Any) -> Tensor:
 
 def attach(
     model: nn.Module,
-    rule: str = "deconvnet",
+    rule: str | Rule = "deconvnet",
     strict: bool = False,
     *,
     crop: bool = True,
