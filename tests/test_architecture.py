@@ -352,3 +352,15 @@ def test_the_shim_test_sees_a_shim_import(tmp_path: Path) -> None:
     )
     got = _through_a_shim("deconvviz.fake", path)
     assert len(got) == 3, got
+
+
+def test_no_engine_function_is_over_60_lines() -> None:
+    """The engine stays in pieces one can read (issue 19: the split of ``Deconvnet``)."""
+    long = []
+    for path in sorted((PACKAGES["deconvviz"] / "engine").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                if size > 60:
+                    long.append(f"{path.name}:{node.name} ({size} lines)")
+    assert not long, long

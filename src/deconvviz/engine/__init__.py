@@ -6,6 +6,9 @@
 * :mod:`~deconvviz.engine.receptive` -- receptive fields, followed through the forward pass;
 * :mod:`~deconvviz.engine.swap` -- the function mode that gives every ReLU call the rule;
 * :mod:`~deconvviz.engine.crops` -- receptive-field crops and the shared whole-image path;
+* :mod:`~deconvviz.engine.probe` -- the forward passes and every layer's geometry;
+* :mod:`~deconvviz.engine.seeds` -- the checks of what a projection may be asked for;
+* :mod:`~deconvviz.engine.schedule` -- crops, whole images, fallback and the reverse pass;
 * :mod:`~deconvviz.engine.deconvnet` -- :func:`attach` and the :class:`Deconvnet` handle;
 * :mod:`~deconvviz.engine.summary` -- :func:`~deconvviz.engine.summary.layer_table`.
 """
