@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from deconvviz._util import dead_units, items_within
+from deconvviz._util import dead_units, items_within, safe_name
 from deconvviz.checks import (
     Resolved,
     check_layer_calls,
@@ -65,6 +65,7 @@ __all__ = [
     "load_images",
     "reconstruct_dataset",
     "reconstruct_images",
+    "safe_name",
 ]
 
 _CHANNEL_BUDGET = 256 * 2**20  # bytes of reconstructions held per projection call
