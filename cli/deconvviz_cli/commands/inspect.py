@@ -61,8 +61,8 @@ def inspect_cmd(
       deconvviz inspect --model their_resnet.py:resnet20 -c resnet20.th --image-size 32
     """
     from deconvviz._io import write_json
-    from deconvviz.engine.summary import layer_table
     from deconvviz.reconstruct import expected_input
+    from deconvviz.summary import layer_table
 
     loaded = model_spec.load(checkpoint, quiet=True)
     want_c, want_size = expected_input(loaded.model, loaded.config)
