@@ -292,3 +292,75 @@ def test_only_the_tracer_registers_hooks() -> None:
         if hook_calls.search(path.read_text(encoding="utf-8"))
     ]
     assert owners == ["src/deconvviz/engine/tracer.py"], owners
+
+
+# ----------------------------------------------------------------------------- one door per name
+
+#: compatibility modules that only re-export the engine's names (for users' old imports)
+SHIMS = {"deconvviz.rules", "deconvviz.receptive", "deconvviz.summary"}
+#: package fronts: they gather their modules' names for users; the library imports the modules
+FRONTS = {"deconvviz", "deconvviz.engine"}
+
+
+def _through_a_shim(name: str, path: Path) -> list[str]:
+    """``from X import n`` statements of module ``name`` that reach ``n`` through a module other
+    than the one defining it (a shim, a package front, or another module's re-export)."""
+    import importlib
+    import inspect
+
+    bad: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module):
+            continue
+        src = node.module
+        if not src.startswith("deconvviz") or src.startswith("deconvviz_cli"):
+            continue
+        if src in SHIMS or (src in FRONTS and name not in FRONTS):
+            bad.append(f"{name}: from {src} import ...")
+            continue
+        module = importlib.import_module(src)
+        for alias in node.names:
+            obj = getattr(module, alias.name, None)
+            home = getattr(obj, "__module__", None)
+            defined = inspect.isclass(obj) or inspect.isfunction(obj)
+            elsewhere = bool(home) and home != src and str(home).startswith("deconvviz")
+            if defined and elsewhere and not src.startswith(f"{name}."):
+                bad.append(f"{name}: {alias.name} from {src} (defined in {home})")
+    return bad
+
+
+def test_the_library_imports_each_name_from_its_own_module() -> None:
+    exempt = SHIMS | {"deconvviz", "deconvviz.engine"}
+    bad = [
+        line
+        for name, path in sorted(_modules().items())
+        if name.startswith("deconvviz.")
+        and name not in exempt
+        and not name.startswith("deconvviz.analyses")  # the analyses' registry is issue 19 part B
+        and not name.startswith("deconvviz.render")
+        for line in _through_a_shim(name, path)
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_shim_test_sees_a_shim_import(tmp_path: Path) -> None:
+    path = tmp_path / "m.py"
+    path.write_text(
+        "from deconvviz.rules import get_rule\nfrom deconvviz.engine import attach\n"
+        "from deconvviz.engine.tracer import split_call\n",
+        encoding="utf-8",
+    )
+    got = _through_a_shim("deconvviz.fake", path)
+    assert len(got) == 3, got
+
+
+def test_no_engine_function_is_over_60_lines() -> None:
+    """The engine stays in pieces one can read (issue 19: the split of ``Deconvnet``)."""
+    long = []
+    for path in sorted((PACKAGES["deconvviz"] / "engine").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                if size > 60:
+                    long.append(f"{path.name}:{node.name} ({size} lines)")
+    assert not long, long

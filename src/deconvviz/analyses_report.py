@@ -22,7 +22,8 @@ from deconvviz._util import json_safe
 from deconvviz.analyses._common import default_layers, pick_images
 from deconvviz.analyses.registry import ReportInputs, analyses, get_analysis, resolve
 from deconvviz.checks import check_images
-from deconvviz.engine import DeconvvizWarning, eval_mode
+from deconvviz.engine.probe import DeconvvizWarning
+from deconvviz.engine.tracer import eval_mode
 from deconvviz.errors import InputError
 from deconvviz.export_measures import Written, write_figure_result
 

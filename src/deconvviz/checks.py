@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -73,6 +74,25 @@ def model_device_dtype(
     if like is not None:
         return like.device, like.dtype
     return torch.device("cpu"), torch.float32
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A public call's model, checked once at its door, with where it computes and the layers
+    it chose: the functions it is handed to check none of it again."""
+
+    model: nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    layers: tuple[str, ...] = ()
+    precision: str = "fp32"
+
+
+def resolve_model(model: Any, layers: Sequence[str] = (), precision: str = "fp32") -> Resolved:
+    """``model`` checked (an :class:`InputError` otherwise) and resolved to a :class:`Resolved`;
+    ``layers`` and ``precision`` are the caller's, already checked."""
+    device, dtype = model_device_dtype(model)
+    return Resolved(model, device, dtype, tuple(layers), precision)
 
 
 def to_model(x: Tensor, model: nn.Module) -> Tensor:
@@ -206,6 +226,21 @@ def check_layer(model: nn.Module, name: Any, *, calls: bool = False) -> nn.Modul
     if not isinstance(base, str) or base not in known:
         raise LayerError(unknown_name("layer", str(name), list(known)))
     return known[base]
+
+
+def check_layer_calls(model: nn.Module, layers: Sequence[Any]) -> list[str]:
+    """``layers`` in order, repeats dropped, each naming a submodule (``"name:N"``, the N-th
+    call of a module run several times per pass, is accepted: which calls exist is the
+    engine's to check); a :class:`LayerError` listing close matches otherwise."""
+    known = module_names(model)
+    out: list[str] = []
+    for name in layers:
+        base = split_call(name)[0] if isinstance(name, str) else name
+        if not isinstance(base, str) or base not in known:
+            raise LayerError(unknown_name("layer", str(name), list(known)))
+        if name not in out:
+            out.append(name)
+    return out
 
 
 def check_channels(

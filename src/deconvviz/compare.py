@@ -40,9 +40,9 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from deconvviz.checks import check_model, check_positive_int, model_device_dtype
-from deconvviz.engine import attach, eval_mode, exact_cuda
+from deconvviz.engine.deconvnet import attach
 from deconvviz.engine.support import RELU_FUNCS
-from deconvviz.engine.tracer import Tracer
+from deconvviz.engine.tracer import Tracer, eval_mode, exact_cuda
 from deconvviz.errors import InputError, unknown_name
 
 __all__ = [

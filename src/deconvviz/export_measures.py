@@ -325,7 +325,8 @@ def write_comparison(
     """``compare.png`` (one row per image: input, deconvnet, saliency, guided backprop,
     integrated gradients, occlusion) and ``compare.json`` (target classes, probabilities)."""
     from deconvviz.compare import compare_methods
-    from deconvviz.reconstruct import expected_input, load_images
+    from deconvviz.images import load_images
+    from deconvviz.reconstruct import expected_input
     from deconvviz.render.reconstruct import comparison_figure
 
     want_c, want_size = expected_input(model, config)

@@ -947,7 +947,7 @@ def dataset_images(
         items = [dataset[i] for i in indices]
         x = torch.stack([it[0] for it in items])
         return x, torch.tensor([int(it[1]) for it in items]), list(indices)
-    from deconvviz.analyses import pick_images
+    from deconvviz.analyses._common import pick_images
 
     x, labels, idx = pick_images(dataset, n)
     if labels is None:  # pragma: no cover - deconvviz datasets always carry labels
@@ -959,7 +959,7 @@ def model_outputs(model: nn.Module, dataset: Sequence[Any]) -> int | None:
     """How many classes ``model`` scores (its output's last size for one image), or None when
     its output is not ``[1, classes]`` (whoever runs the model next reports its errors)."""
     from deconvviz.checks import model_device_dtype
-    from deconvviz.engine import batch_images
+    from deconvviz.engine.deconvnet import batch_images
     from deconvviz.engine.tracer import eval_mode
 
     device, dtype = model_device_dtype(model)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from deconvviz._util import items_within, pair
 from deconvviz._util import memory_budget as memory_budget_for
 from deconvviz.checks import check_batch, check_layer, check_model, model_device_dtype
-from deconvviz.engine import attach, layer_output
+from deconvviz.engine.deconvnet import attach, layer_output
 from deconvviz.engine.tracer import Tracer, eval_mode
 from deconvviz.errors import InputError, LayerError
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -36,24 +36,25 @@ from torch.utils.data import DataLoader
 
 from deconvviz._util import dead_units, items_within, safe_name
 from deconvviz.checks import (
-    check_layer,
-    check_model,
+    Resolved,
+    check_layer_calls,
     check_positive_int,
     conv_layer_names,
     default_layers,
     model_device_dtype,
+    resolve_model,
 )
-from deconvviz.engine import Deconvnet, attach
+from deconvviz.engine.deconvnet import Deconvnet, attach
+from deconvviz.engine.receptive import ReceptiveField
+from deconvviz.engine.rules import Rule, get_rule
 from deconvviz.errors import DataError, InputError, LayerError
 from deconvviz.images import load_images
-from deconvviz.receptive import ReceptiveField
-from deconvviz.rules import get_rule
-from deconvviz.scan import scan
+from deconvviz.scan import scan_resolved
 from deconvviz.topk import (
     FewImagesWarning,
     TopProjections,
     few_images_message,
-    project_top,
+    project_top_with,
 )
 
 __all__ = [
@@ -230,17 +231,7 @@ def _check_layers(model: nn.Module, layers: Sequence[str] | str | None) -> list[
         layers = [layers]
     if layers is None or len(layers) == 0:
         return default_layers(model, "reconstruct")
-    out: list[str] = []
-    for layer in layers:
-        # 'name:N' (the N-th call of a module called several times) is the engine's to check
-        check_layer(model, layer, calls=True)
-        if layer not in out:
-            out.append(layer)
-    return out
-
-
-def _check_rule(rule: str) -> None:
-    get_rule(rule)
+    return check_layer_calls(model, layers)
 
 
 def _first_image(dataset: Sequence[Any]) -> Tensor:
@@ -255,10 +246,6 @@ def _first_image(dataset: Sequence[Any]) -> Tensor:
             f"{type(item).__name__}{tuple(item.shape) if isinstance(item, Tensor) else ''}"
         )
     return item
-
-
-def _check_model(model: Any) -> None:
-    check_model(model)
 
 
 def _pick_channels(
@@ -334,27 +321,28 @@ def reconstruct_dataset(
     """
     from tqdm.auto import tqdm
 
-    names, loader = _checked_scan(
+    door, resolved_rule, loader = _checked_scan(
         model, dataset, layers, k, rule, batch_size, num_workers, max_images
     )
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     if n < k:  # once here, not once per layer
         warnings.warn(few_images_message(k, n), FewImagesWarning, stacklevel=2)
-    found = scan(
-        model,
+    found = scan_resolved(
+        door,
         loader,
-        names,
         k,
+        batch_size=batch_size,
         max_images=max_images,
         progress=progress,
         distributed=False,
     )
-    return {
-        layer: _project_layer(
-            model, dataset, found[layer], rule, channels, max_channels, batch_size, progress, n
-        )
-        for layer in tqdm(names, desc="projecting", unit="layer", disable=not progress)
-    }
+    with Deconvnet(model, resolved_rule, warn=False) as dn:
+        return {
+            layer: _project_layer(
+                dn, door, dataset, found[layer], channels, max_channels, batch_size, progress, n
+            )
+            for layer in tqdm(door.layers, desc="projecting", unit="layer", disable=not progress)
+        }
 
 
 def _checked_scan(
@@ -366,15 +354,15 @@ def _checked_scan(
     batch_size: Any,
     num_workers: int,
     max_images: Any,
-) -> tuple[list[str], DataLoader[Any]]:
-    """:func:`reconstruct_dataset`'s argument checks; the layer names and a loader of
-    ``dataset`` in order."""
-    _check_model(model)
+) -> tuple[Resolved, Rule, DataLoader[Any]]:
+    """:func:`reconstruct_dataset`'s door: every argument checked once; the resolved model and
+    layers, the rule, and a loader of ``dataset`` in order."""
+    door = resolve_model(model)
     check_positive_int("k (--top)", k)
     check_positive_int("batch_size", batch_size)
     check_positive_int("max_images", max_images, or_none=True)
-    _check_rule(rule)
-    names = _check_layers(model, layers)
+    resolved_rule = get_rule(rule)
+    door = replace(door, layers=tuple(_check_layers(model, layers)))
     _first_image(dataset)  # a clear error for an empty dataset or odd items, before scanning
     loader: DataLoader[Any] = DataLoader(
         dataset,  # type: ignore[arg-type]
@@ -382,14 +370,14 @@ def _checked_scan(
         shuffle=False,
         num_workers=num_workers,
     )
-    return names, loader
+    return door, resolved_rule, loader
 
 
 def _project_layer(
-    model: nn.Module,
+    dn: Deconvnet,
+    door: Resolved,
     dataset: Sequence[Any],
     top: Any,
-    rule: str,
     channels: Sequence[int] | None,
     max_channels: int | None,
     batch_size: int,
@@ -399,15 +387,7 @@ def _project_layer(
     """One layer of :func:`reconstruct_dataset`: project the scanned top activations of the
     chosen channels (``images``: how many images the scan read)."""
     chans = _pick_channels(top.layer, top.channels, channels, max_channels)
-    proj = project_top(
-        model,
-        dataset,
-        top,
-        rule=rule,
-        channels=chans,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    proj = project_top_with(dn, door, dataset, top, chans, tuple(chans), batch_size, progress)
     return LayerReconstructions.from_projections(proj, chans, images=images)
 
 
@@ -440,10 +420,10 @@ def reconstruct_images(
     """
     from tqdm.auto import tqdm
 
-    x, names = _checked_images(model, images, layers, rule)
+    x, names, resolved_rule = _checked_images(model, images, layers, rule)
     chosen = [channels] if isinstance(channels, int) else channels
     results: dict[str, ImageProjections] = {}
-    with attach(model, rule, warn=False) as dn:
+    with attach(model, resolved_rule, warn=False) as dn:
         # every layer's channels are checked before any projection starts
         jobs = [_image_job(dn, x, layer, chosen) for layer in names]
         total = sum(len(ch) for _, ch, _ in jobs)
@@ -455,23 +435,22 @@ def reconstruct_images(
 
 def _checked_images(
     model: Any, images: Any, layers: Sequence[str] | str | None, rule: str
-) -> tuple[Tensor, list[str]]:
-    """:func:`reconstruct_images`'s argument checks: the ``[N, C, H, W]`` batch on the model's
-    device and dtype, and the layer names."""
-    _check_model(model)
+) -> tuple[Tensor, list[str], Rule]:
+    """:func:`reconstruct_images`'s door, every argument checked once: the ``[N, C, H, W]``
+    batch on the model's device and dtype, the layer names and the rule."""
+    device, dtype = model_device_dtype(model)
     if not isinstance(images, Tensor):
         raise InputError(f"images must be a tensor [N, C, H, W], got {type(images).__name__}")
     if images.dim() == 3:
         images = images.unsqueeze(0)
-    _check_rule(rule)
+    resolved_rule = get_rule(rule)
     names = _check_layers(model, layers)
-    device, dtype = model_device_dtype(model)
     if not images.is_floating_point():
         raise InputError(
             f"images must be floating point in the model's input space, got {images.dtype}; "
             "convert uint8 pixels with x.float() / 255"
         )
-    return images.detach().to(device=device, dtype=dtype), names
+    return images.detach().to(device=device, dtype=dtype), names, resolved_rule
 
 
 def _image_job(

@@ -65,9 +65,9 @@ from deconvviz.checks import (
     class_names_for,
     model_device_dtype,
 )
+from deconvviz.engine.rules import get_rule
 from deconvviz.errors import DeconvvizError, InputError, unknown_name
 from deconvviz.loading import model_outputs
-from deconvviz.rules import get_rule
 
 __all__ = ["Report", "ReportFigure", "report_from_run", "versions", "write_report"]
 
@@ -817,8 +817,8 @@ def _shown(rec: Any, max_channels: int | None) -> str:
 
 def _evidence(ctx: _Context, section: _Section) -> None:
     from deconvviz.analyses.evidence import class_selectivity, filter_structure
+    from deconvviz.checks import conv_layer_names
     from deconvviz.filters import conv_layers
-    from deconvviz.reconstruct import conv_layer_names
 
     # every unit of every layer (the reconstructions may show only some): one scan
     layers = list(ctx.reconstructions) or list(ctx.layers or conv_layer_names(ctx.model))
@@ -878,8 +878,8 @@ def _evidence(ctx: _Context, section: _Section) -> None:
 
 
 def _occlusion(ctx: _Context, section: _Section) -> None:
+    from deconvviz.checks import conv_layer_names
     from deconvviz.occlusion import occlusion
-    from deconvviz.reconstruct import conv_layer_names
     from deconvviz.render.occlusion import occlusion_figure
 
     x, y = _batch(ctx.dataset, ctx.images)

@@ -46,11 +46,18 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
 from deconvviz._util import autocast, check_precision
-from deconvviz.checks import check_model, check_positive_int, default_layers
-from deconvviz.engine import Deconvnet, batch_images, model_device_dtype
-from deconvviz.engine.tracer import Tracer, eval_mode, split_call
+from deconvviz.checks import (
+    Resolved,
+    check_positive_int,
+    default_layers,
+    resolve_model,
+    split_call,
+)
+from deconvviz.engine.deconvnet import Deconvnet, batch_images
+from deconvviz.engine.receptive import ReceptiveField
+from deconvviz.engine.rules import RULES
+from deconvviz.engine.tracer import Tracer, eval_mode
 from deconvviz.errors import CheckpointError, InputError, LayerError
-from deconvviz.receptive import ReceptiveField
 from deconvviz.topk import (
     FewImagesWarning,
     TopActivations,
@@ -403,11 +410,40 @@ def scan(
         >>> res["layer1.0.conv1"].indices.shape                  # doctest: +SKIP
         torch.Size([16, 9])
     """
-    _check_scan_args(model, k, batch_size, max_images, save_every)
-    names = _choose_layers(model, layers)
+    door = _check_scan_args(model, layers, k, batch_size, max_images, save_every, precision)
+    return scan_resolved(
+        door,
+        data,
+        k,
+        batch_size=batch_size,
+        max_images=max_images,
+        progress=progress,
+        state=state,
+        save_every=save_every,
+        resume=resume,
+        distributed=distributed,
+    )
+
+
+def scan_resolved(
+    door: Resolved,
+    data: Any,
+    k: int,
+    *,
+    batch_size: int = 256,
+    max_images: int | None = None,
+    progress: bool = True,
+    state: str | os.PathLike[str] | None = None,
+    save_every: int = 50,
+    resume: bool = False,
+    distributed: bool | None = None,
+) -> Scan:
+    """:func:`scan` with its arguments already checked at the caller's door (``door``: the
+    model, its device and dtype, the layers and the precision); checks none of them again."""
+    model, names = door.model, list(door.layers)
     plan = _plan(data, batch_size, max_images, distributed, resume)
     bs = _batch_size(data, batch_size)
-    scanner = _Scanner(model, names, k, check_precision(precision))
+    scanner = _Scanner(door, k)
     with _State(
         state,
         plan,
@@ -431,15 +467,24 @@ def scan(
 
 
 def _check_scan_args(
-    model: nn.Module, k: int, batch_size: int, max_images: int | None, save_every: int
-) -> None:
-    check_model(model)
+    model: nn.Module,
+    layers: str | Sequence[str] | None,
+    k: int,
+    batch_size: int,
+    max_images: int | None,
+    save_every: int,
+    precision: str,
+) -> Resolved:
+    """:func:`scan`'s door: every argument checked once, the model resolved."""
+    model_only = resolve_model(model)
     check_positive_int("k", k)
     check_positive_int("batch_size", batch_size)
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise InputError(f"max_images must be a positive integer, got {max_images!r}")
     if save_every < 1:
         raise InputError(f"save_every must be a positive integer, got {save_every!r}")
+    names = _choose_layers(model, layers)
+    return replace(model_only, layers=tuple(names), precision=check_precision(precision))
 
 
 @dataclass(frozen=True)
@@ -695,9 +740,9 @@ class _Scanner:
     """Every layer's running top-``k``, fed by a :class:`Tracer` on the layers' modules; its
     state is :attr:`committed`, replaced whole after each batch."""
 
-    def __init__(self, model: nn.Module, names: list[str], k: int, precision: str = "fp32") -> None:
-        self.model, self.names, self.k, self.precision = model, names, k, precision
-        self.device, self.dtype = model_device_dtype(model)
+    def __init__(self, door: Resolved, k: int) -> None:
+        self.model, self.names, self.k = door.model, list(door.layers), k
+        self.precision, self.device, self.dtype = door.precision, door.device, door.dtype
         self.committed = _Committed(0, {}, ())
         self.pending: dict[str, _Top] = {}
         self.widths: dict[str, int] = {}
@@ -799,7 +844,7 @@ def _scan_batches(
     since_save = 0
     try:
         with (
-            Deconvnet(scanner.model, warn=False) as dn,
+            Deconvnet(scanner.model, RULES["deconvnet"], warn=False) as dn,  # no rule used
             eval_mode(scanner.model),
             ExitStack() as hooks,
         ):

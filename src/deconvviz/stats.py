@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from deconvviz._util import dead_units
 from deconvviz.checks import check_layer, check_model, check_positive_int, to_model
-from deconvviz.engine import batch_images
+from deconvviz.engine.deconvnet import batch_images
 from deconvviz.engine.support import RELU_FUNCS
 from deconvviz.engine.tracer import Tracer, eval_mode
 from deconvviz.errors import InputError, LayerError

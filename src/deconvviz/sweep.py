@@ -30,8 +30,10 @@ from typing import Any
 import torch
 
 from deconvviz._io import save_figure, write_text
-from deconvviz.checkpoint import CHECKPOINT_NAME, json_safe, read_checkpoint
+from deconvviz._util import json_safe
+from deconvviz.checkpoint import CHECKPOINT_NAME
 from deconvviz.errors import CheckpointError, InputError
+from deconvviz.loading import read_checkpoint
 from deconvviz.train import History, TrainConfig, train
 
 __all__ = [

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.engine import Deconvnet, ReceptiveField, batch_images, model_device_dtype
+from deconvviz.checks import Resolved, resolve_model
+from deconvviz.engine.deconvnet import Deconvnet, batch_images
+from deconvviz.engine.receptive import ReceptiveField
 from deconvviz.errors import InputError
 
 __all__ = [
@@ -151,10 +153,28 @@ def project_top(
     Returns:
         A :class:`TopProjections`; reconstructions and patches are ``[C', k, Cin, h, w]``.
     """
+    door = resolve_model(model)
+    chans = _checked_channels(top, channels)
+    held = None if channels is None else tuple(chans)
+    with Deconvnet(model, rule, warn=False, precision=precision) as dn:
+        return project_top_with(dn, door, dataset, top, chans, held, batch_size, progress)
+
+
+def project_top_with(
+    dn: Deconvnet,
+    door: Resolved,
+    dataset: Sequence[Any],
+    top: TopActivations,
+    chans: list[int],
+    held: tuple[int, ...] | None,
+    batch_size: int,
+    progress: bool,
+) -> TopProjections:
+    """:func:`project_top` on an attached handle, its arguments checked at the caller's door
+    (``chans``: in range; ``door``: the model's device and dtype); checks none of them again."""
     from tqdm.auto import tqdm
 
-    device, dtype = model_device_dtype(model)
-    chans = _checked_channels(top, channels)
+    device, dtype = door.device, door.dtype
     canvas = _new_canvas(top, len(chans))
     fields = input_boxes(top.receptive_field, top.positions, top.input_size, clip=False)
     blocks = _seed_blocks(top, chans, batch_size, dtype)
@@ -165,11 +185,11 @@ def project_top(
         unit="seed",
         leave=False,
     )
-    with Deconvnet(model, rule, warn=False, precision=precision) as dn, bar:
+    with bar:
         for block in blocks:
             wanted, img, chan, pos, vals = _block_seeds(top, chans, block)
+            # checked once, by project_windows
             images = torch.stack([batch_images(dataset[i]) for i in wanted]).to(device, dtype)
-            images = dn.check_input(images)
             vals = vals.to(device, dtype)
             ci_all = torch.tensor([ci for ci, _ in block])
             j_all = torch.tensor([j for _, j in block])
@@ -182,8 +202,7 @@ def project_top(
             bar.update(len(block))
     if canvas.recs is None or canvas.patches is None:
         raise InputError("top has no activations to project (the dataset was empty)")
-    held = None if channels is None else tuple(chans)
-    return TopProjections(top, canvas.recs.cpu(), canvas.patches.cpu(), rule, held)
+    return TopProjections(top, canvas.recs.cpu(), canvas.patches.cpu(), dn.rule, held)
 
 
 def _seed_blocks(

@@ -43,10 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deconvviz.checkpoint import CHECKPOINT_NAME, FORMAT, read_checkpoint, save_run
+from deconvviz.checkpoint import CHECKPOINT_NAME, FORMAT, save_run
 from deconvviz.checks import check_positive_int
 from deconvviz.errors import CheckpointError, InputError, unknown_name
 from deconvviz.filters import renormalise_
+from deconvviz.loading import read_checkpoint
 from deconvviz.models import build_model, full_config
 
 __all__ = [

@@ -24,8 +24,8 @@ from deconvviz.checks import (
     check_positive_int,
     model_device_dtype,
 )
+from deconvviz.engine.rules import RULES
 from deconvviz.errors import InputError, unknown_name
-from deconvviz.rules import RULES
 from deconvviz.scan import top_activations
 from deconvviz.topk import project_top
 

@@ -6,24 +6,27 @@
 * :mod:`~deconvviz.engine.receptive` -- receptive fields, followed through the forward pass;
 * :mod:`~deconvviz.engine.swap` -- the function mode that gives every ReLU call the rule;
 * :mod:`~deconvviz.engine.crops` -- receptive-field crops and the shared whole-image path;
+* :mod:`~deconvviz.engine.probe` -- the forward passes and every layer's geometry;
+* :mod:`~deconvviz.engine.seeds` -- the checks of what a projection may be asked for;
+* :mod:`~deconvviz.engine.schedule` -- crops, whole images, fallback and the reverse pass;
 * :mod:`~deconvviz.engine.deconvnet` -- :func:`attach` and the :class:`Deconvnet` handle;
 * :mod:`~deconvviz.engine.summary` -- :func:`~deconvviz.engine.summary.layer_table`.
 """
 
+from deconvviz.checks import model_device_dtype, split_call
 from deconvviz.engine.crops import gather_windows, place_filters, scatter_windows
 from deconvviz.engine.deconvnet import (
     Deconvnet,
-    DeconvvizWarning,
     LayerGeometry,
     attach,
     batch_images,
     layer_output,
-    model_device_dtype,
     receptive_field,
 )
+from deconvviz.engine.probe import DeconvvizWarning
 from deconvviz.engine.receptive import ReceptiveField
 from deconvviz.engine.rules import Rule, get_rule, register_rule, rule_names
-from deconvviz.engine.tracer import Tracer, eval_mode, exact_cuda, split_call
+from deconvviz.engine.tracer import Tracer, eval_mode, exact_cuda
 
 __all__ = [
     "Deconvnet",

@@ -9,7 +9,7 @@ will do.
 
 Example::
 
-    from deconvviz.summary import layer_table
+    from deconvviz.engine.summary import layer_table
 
     table = layer_table(torchvision.models.resnet18(), (3, 224, 224))
     print(table)                      # a text table; in Jupyter it shows as HTML
@@ -27,10 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from deconvviz.engine.deconvnet import Deconvnet, DeconvvizWarning, attach, model_device_dtype
+from deconvviz.checks import model_device_dtype, split_call
+from deconvviz.engine.deconvnet import Deconvnet, attach
+from deconvviz.engine.probe import DeconvvizWarning
 from deconvviz.engine.rules import describe_rule
 from deconvviz.engine.support import step_for
-from deconvviz.engine.tracer import split_call
 from deconvviz.errors import LayerError, unknown_name
 
 __all__ = ["LayerRow", "LayerTable", "layer_table"]

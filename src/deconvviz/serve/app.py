@@ -85,7 +85,7 @@ def _form_file(content_type: str, body: bytes) -> bytes:
     """
     from email.message import Message
 
-    how = "send the image with curl -F file=@photo.jpg, or as the raw body (--data-binary)"
+    how = "send the image with curl -F file=@photo.jpg, or as the raw request body"
     header = Message()
     header["content-type"] = content_type
     boundary = header.get_param("boundary")
