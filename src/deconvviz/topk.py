@@ -308,15 +308,19 @@ def canvas_inside(
         return torch.ones(k, h, w, dtype=torch.bool)
     f = rf.boxes(positions.cpu().view(1, k, 2), clip=False)[0]  # [k, 4] unclipped fields
     height, width = input_size
-
-    def side(lo: Tensor, hi: Tensor, size: int, n: int) -> Tensor:
-        origin = torch.where(hi - lo <= size, lo, lo.clamp(min=0))
-        at = origin[:, None] + torch.arange(n)  # [k, n] image coordinate of each canvas pixel
-        return (at >= 0) & (at < size) & (at >= lo[:, None]) & (at < hi[:, None])
-
-    rows = side(f[:, 0], f[:, 2], height, h)
-    cols = side(f[:, 1], f[:, 3], width, w)
+    _, rows = _canvas_side(f[:, 0], f[:, 2], height, h)
+    _, cols = _canvas_side(f[:, 1], f[:, 3], width, w)
     return rows[:, :, None] & cols[:, None, :]
+
+
+def _canvas_side(lo: Tensor, hi: Tensor, size: int, n: int) -> tuple[Tensor, Tensor]:
+    """Along one side, for fields ``[lo, hi)`` (``[k]`` each, unclipped) on an image side of
+    ``size``: ``[k, n]`` the image coordinate of each of the canvas' ``n`` pixels (the canvas
+    starts where :func:`canvas_origin` says) and whether that pixel lies on the image and in
+    the field."""
+    origin = torch.where(hi - lo <= size, lo, lo.clamp(min=0))
+    at = origin[:, None] + torch.arange(n, device=lo.device)
+    return at, (at >= 0) & (at < size) & (at >= lo[:, None]) & (at < hi[:, None])
 
 
 @dataclass
@@ -353,20 +357,12 @@ class _Canvas:
         box = torch.tensor(boxes, dtype=torch.long, device=dev)  # [S, 4]
         fields = fields.to(dev)
         gh, gw = grads.shape[-2:]
-        # each canvas' origin in its image (canvas_origin, per seed): the field's own start, or
-        # its clipped start where the field is larger than the image
-        oy = torch.where(
-            fields[:, 2] - fields[:, 0] <= h_img, fields[:, 0], fields[:, 0].clamp(min=0)
-        )
-        ox = torch.where(
-            fields[:, 3] - fields[:, 1] <= w_img, fields[:, 1], fields[:, 1].clamp(min=0)
-        )
-        rows = oy[:, None] + torch.arange(bh, device=dev)  # [S, bh] image rows
-        cols = ox[:, None] + torch.arange(bw, device=dev)  # [S, bw]
-        ok_r = (rows >= 0) & (rows < h_img) & (rows >= box[:, 0:1]) & (rows < box[:, 2:3])
-        ok_c = (cols >= 0) & (cols < w_img) & (cols >= box[:, 1:2]) & (cols < box[:, 3:4])
-        ok_r &= (rows >= fields[:, 0:1]) & (rows < fields[:, 2:3])
-        ok_c &= (cols >= fields[:, 1:2]) & (cols < fields[:, 3:4])
+        # image rows/cols of each canvas pixel, and which are on the image and in the field
+        # (the canvas_inside rule), kept where the seed's crop box also holds them
+        rows, ok_r = _canvas_side(fields[:, 0], fields[:, 2], int(h_img), bh)  # [S, bh]
+        cols, ok_c = _canvas_side(fields[:, 1], fields[:, 3], int(w_img), bw)  # [S, bw]
+        ok_r &= (rows >= box[:, 0:1]) & (rows < box[:, 2:3])
+        ok_c &= (cols >= box[:, 1:2]) & (cols < box[:, 3:4])
         keep = (ok_r[:, :, None] & ok_c[:, None, :]).unsqueeze(1)  # [S, 1, bh, bw]
         s = torch.arange(len(box), device=dev)[:, None, None]
         gr = (rows - box[:, 0:1]).clamp(0, gh - 1)[:, :, None]
