@@ -111,7 +111,6 @@ class _Paced(torch.utils.data.Dataset):
 
     def __init__(self, data: Any, idle: threading.Event, progress: ScanProgress) -> None:
         self.data, self.idle, self.progress = data, idle, progress
-        self.reads = 0
 
     def __len__(self) -> int:
         return len(self.data)
@@ -119,7 +118,6 @@ class _Paced(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> Any:
         # every read is paced and counted: a resumed scan first re-reads the images it had
         # scanned (to check they did not change), then goes on from there
-        self.reads += 1
         while not self.idle.wait(0.25):
             if self.progress.stop.is_set():
                 raise _Stop
