@@ -234,7 +234,7 @@ def _run_child(method: str, args: Any) -> dict[str, float] | None:
 
 def _projections(args: Any) -> list[tuple[str, float, float]]:
     import deconvviz
-    from deconvviz.scan import project_layer, scan
+    from deconvviz.analyses.scan import project_layer, scan
 
     try:
         from captum.attr import NeuronDeconvolution

@@ -9,7 +9,7 @@ that units are not all alike), ``--images`` random 224 x 224 images. In one run 
 
 * **scan / forward**: :func:`deconvviz.scan` over every chosen layer against one plain forward
   pass over the same images, stopped after the deepest of them (``torch.no_grad``);
-* **projections / floor**, per layer: :func:`deconvviz.scan.project_layer` (every top-``k``
+* **projections / floor**, per layer: :func:`deconvviz.analyses.scan.project_layer` (every top-``k``
   activation of every unit, patches and projections assembled as the atlas needs them) against
   the floor: the same seeds, on the same receptive-field crops the engine chose, as **one plain
   batched** ``torch.autograd.grad`` per group of equally sized crops (forward to the layer with
@@ -19,7 +19,8 @@ that units are not all alike), ``--images`` random 224 x 224 images. In one run 
   ``autograd.grad`` per "slot" of seeds sharing it -- the whole-image batching, in plain
   PyTorch. The deep layer projects its first ``--deep-units`` units only (every whole-image seed
   is a whole backward pass: 512 units x k seeds would take most of an hour on 2 cores);
-* **whole atlas**: images/s for scan + projections + :func:`deconvviz.atlas.write_atlas` of those
+* **whole atlas**: images/s for scan + projections + :func:`deconvviz.export.atlas.write_atlas` of
+those
   layers (the deep layer's first ``--deep-units`` units);
 * **peak RSS** of the process (``ru_maxrss``).
 
@@ -194,8 +195,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     import deconvviz
-    from deconvviz.atlas import write_atlas
-    from deconvviz.scan import Scan, project_layer
+    from deconvviz.analyses.scan import Scan, project_layer
+    from deconvviz.export.atlas import write_atlas
 
     device = torch.device(args.device)
     model = _model(device)

@@ -2,7 +2,8 @@
 
     python benchmarks/bench_atlas_site.py [--units 25000] [--out /tmp/atlas25k] [--repeats 3]
 
-Writes a synthetic atlas straight through :func:`deconvviz.atlas.write_atlas` (no model: made-up
+Writes a synthetic atlas straight through :func:`deconvviz.export.atlas.write_atlas` (no model:
+made-up
 top-k and 4 x 4 projections; 12 layers, the largest with 4,096 units, ``--units`` in all; reuses
 ``--out`` when it already holds the site), then opens the index, the first and the fifth page of
 the largest layer and one unit page in headless Chromium (Playwright, ``/usr/bin/chromium``) and
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build(out: Path, units: int) -> dict[str, int]:
     sys.path.insert(0, str(ROOT / "tests"))
-    from deconvviz.atlas import write_atlas
+    from deconvviz.export.atlas import write_atlas
     from test_atlas_site_scale import synthetic_atlas
 
     sizes = [64, 256, 512, 1024, 2048, 4096] * 2

@@ -29,7 +29,7 @@ from captum.attr import NeuronDeconvolution
 from torch import nn
 
 import deconvviz
-from deconvviz.models import LeNet5
+from deconvviz.sources.models import LeNet5
 
 
 def _time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:

@@ -26,9 +26,9 @@ from collections.abc import Callable
 import torch
 from captum.attr import Occlusion
 
-from deconvviz.models import LeNet5
-from deconvviz.occlusion import occluder_starts
-from deconvviz.occlusion import occlusion as deconvviz_occlusion
+from deconvviz.analyses.occlusion import occluder_starts
+from deconvviz.analyses.occlusion import occlusion as deconvviz_occlusion
+from deconvviz.sources.models import LeNet5
 
 
 def _sync(device: torch.device) -> None:

@@ -166,9 +166,9 @@ def main() -> None:
     ap.add_argument("--skip-zfnet", action="store_true")
     args = ap.parse_args()
 
-    from deconvviz.datasets import load_sample
-    from deconvviz.pretrained import load_pretrained
     from deconvviz.serve.explorer import Explorer
+    from deconvviz.sources.datasets import load_sample
+    from deconvviz.sources.pretrained import load_pretrained
 
     rng = random.Random(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

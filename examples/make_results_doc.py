@@ -18,7 +18,7 @@ import csv
 import math
 from pathlib import Path
 
-from deconvviz._io import write_bytes, write_text
+from deconvviz.base._io import write_bytes, write_text
 
 # Ranges quoted in issue 3 ("what a run of these should show").
 LENET5_RANGES = {

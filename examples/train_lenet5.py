@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from deconvviz.checkpoint import load_run
-from deconvviz.train import TrainConfig, train_from_data
+from deconvviz.sources.checkpoint import load_run
+from deconvviz.training.train import TrainConfig, train_from_data
 
 
 def main(data_dir: str = "../shared/data", out_dir: str = "runs/lenet5") -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from deconvviz.data import load_dataset
-from deconvviz.train import TrainConfig, train
+from deconvviz.sources.data import load_dataset
+from deconvviz.training.train import TrainConfig, train
 
 
 def main(

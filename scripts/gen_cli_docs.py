@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{DOC} is up to date")
         return 0
-    from deconvviz._io import write_text
+    from deconvviz.base._io import write_text
 
     write_text(DOC, text)
     print(f"wrote {DOC}")

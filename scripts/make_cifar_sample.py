@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         source_indices=np.arange(args.count, dtype=np.int32),
     )
     sys.path.insert(0, str(ROOT / "src"))
-    from deconvviz._io import write_bytes
+    from deconvviz.base._io import write_bytes
 
     write_bytes(args.dest, buf.getvalue())
     print(

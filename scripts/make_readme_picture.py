@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deconvviz._io import save_figure
-from deconvviz.demo import load_sample
-from deconvviz.pretrained import load_pretrained
-from deconvviz.reconstruct import reconstruct_dataset
+from deconvviz.analyses.reconstruct import reconstruct_dataset
+from deconvviz.base._io import save_figure
+from deconvviz.export.demo import load_sample
 from deconvviz.render.reconstruct import top_projections_figure
+from deconvviz.sources.pretrained import load_pretrained
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 

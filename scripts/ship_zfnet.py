@@ -32,10 +32,10 @@ def main() -> int:
     args = ap.parse_args()
 
     from deconvviz.analyses.evidence import class_selectivity, filter_structure
-    from deconvviz.checkpoint import load_run
-    from deconvviz.data import load_dataset
-    from deconvviz.demo import ZF_LAYERS, load_sample
-    from deconvviz.pretrained import export_weights, load_pretrained, pretrained_path
+    from deconvviz.export.demo import ZF_LAYERS, load_sample
+    from deconvviz.sources.checkpoint import load_run
+    from deconvviz.sources.data import load_dataset
+    from deconvviz.sources.pretrained import export_weights, load_pretrained, pretrained_path
 
     run = load_run(args.run)
     if not run.metrics.get("finished"):
@@ -91,7 +91,7 @@ def _card(run, info, command, classes, asset, note) -> str:  # type: ignore[no-u
         "A Zeiler & Fergus-style network for CIFAR-10, trained by deconvviz's own "
         "`deconvviz train zfnet-cifar`, shipped as `deconvviz/assets/zfnet_cifar.pt` "
         f"({asset.stat().st_size / 1e6:.1f} MB, half precision; loaded with "
-        "`weights_only=True` by `deconvviz.pretrained.load_pretrained()`).",
+        "`weights_only=True` by `deconvviz.sources.pretrained.load_pretrained()`).",
         "",
         "## Architecture",
         "",

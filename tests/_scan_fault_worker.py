@@ -33,8 +33,10 @@ torch.set_num_threads(1)  # every run rounds alike; forked children need no thre
 
 import importlib  # noqa: E402
 
-dio = importlib.import_module("deconvviz._io")
-scanmod = importlib.import_module("deconvviz.scan")  # deconvviz.scan is also the function
+dio = importlib.import_module("deconvviz.base._io")
+scanmod = importlib.import_module(
+    "deconvviz.analyses.scan"
+)  # deconvviz.analyses.scan is also the function
 from scan_models import scan_data, scan_model  # noqa: E402
 
 K, BATCH, IMAGES, SAVE_EVERY = 3, 4, 18, 2  # 5 batches (4, 4, 4, 4, 2), saved every 2

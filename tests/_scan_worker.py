@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 sys.path[:0] = ["src", "tests"]
 
-from deconvviz.scan import scan  # noqa: E402
+from deconvviz.analyses.scan import scan  # noqa: E402
 from scan_models import scan_data, scan_model  # noqa: E402
 
 

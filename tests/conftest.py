@@ -173,7 +173,7 @@ def quadrant_dataset() -> Callable[..., object]:
     """A factory of in-memory ``ImageDataset``s of quadrant images (learnable, 4 classes)."""
     import torch
 
-    from deconvviz.data import ImageDataset
+    from deconvviz.sources.data import ImageDataset
 
     def make(n_per_class: int = 8, size: int = 8, classes: int = 4, seed: int = 0) -> ImageDataset:
         x, y = quadrant_images(n_per_class, size, classes, seed)

@@ -2,7 +2,7 @@
 
 ``CASES`` maps a name to a function ``(folder) -> (path, reference [H, W] or [H, W, 3])``: the
 file is written with Pillow, the reference is computed from the array it was made from, by the
-policy of :mod:`deconvviz.images` (16-bit / 65535, transparency over white, CMYK as
+policy of :mod:`deconvviz.base.images` (16-bit / 65535, transparency over white, CMYK as
 ``(1 - C)(1 - K)``, EXIF orientation applied).
 """
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from deconvviz.analyses import correspondence, occlude
-from deconvviz.errors import InputError, LayerError
+from deconvviz.base.errors import InputError, LayerError
 
 
 class SmallCNN(nn.Module):

@@ -9,7 +9,7 @@ from torch import nn
 
 import deconvviz
 from deconvviz.analyses import FeatureEvolution
-from deconvviz.errors import InputError, LayerError
+from deconvviz.base.errors import InputError, LayerError
 
 
 class Net(nn.Module):
@@ -107,8 +107,8 @@ def test_errors() -> None:
 
 
 def test_training_with_the_callback_is_unchanged_and_features_evolve() -> None:
-    from deconvviz.data import ImageDataset
-    from deconvviz.train import TrainConfig, train
+    from deconvviz.sources.data import ImageDataset
+    from deconvviz.training.train import TrainConfig, train
 
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, 256, (24, 1, 8, 8), generator=g, dtype=torch.uint8)

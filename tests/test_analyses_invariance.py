@@ -9,7 +9,7 @@ from torch import nn
 
 from deconvviz.analyses import invariance, transform_images
 from deconvviz.analyses.invariance import default_values
-from deconvviz.errors import InputError, LayerError
+from deconvviz.base.errors import InputError, LayerError
 
 
 class MaxPoolNet(nn.Module):

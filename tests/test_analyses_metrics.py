@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage, stats
 
 from deconvviz.analyses.metrics import rankdata, sign_disagreement, spearman, ssim
-from deconvviz.errors import InputError
+from deconvviz.base.errors import InputError
 
 
 def test_rankdata_matches_scipy_with_ties() -> None:

@@ -18,9 +18,8 @@ from deconvviz.analyses import (
     randomisation_test,
     sensitivity_check,
 )
-from deconvviz.analyses_report import report_figures
-from deconvviz.errors import InputError
-from deconvviz.models import LeNet5, RNNClassifier
+from deconvviz.base.errors import InputError
+from deconvviz.export.analyses import report_figures
 from deconvviz.render.analyses import (
     correspondence_figure,
     correspondence_table,
@@ -32,6 +31,7 @@ from deconvviz.render.analyses import (
     sensitivity_table,
 )
 from deconvviz.render.images import dead_tile
+from deconvviz.sources.models import LeNet5, RNNClassifier
 from figcheck import check_figure
 
 
@@ -214,7 +214,7 @@ def test_the_report_analyses_run_on_an_rnn() -> None:
 
 
 def test_invariance_on_real_images(shared_data) -> None:
-    from deconvviz.data import load_dataset
+    from deconvviz.sources.data import load_dataset
 
     ds = load_dataset(shared_data, "cifar10-course", "test", per_class=1)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
@@ -230,6 +230,6 @@ def test_invariance_on_real_images(shared_data) -> None:
 def test_old_report_figures_name_warns_and_still_works() -> None:
     import deconvviz.analyses as analyses
 
-    with pytest.warns(DeprecationWarning, match="deconvviz.analyses_report"):
+    with pytest.warns(DeprecationWarning, match="deconvviz.export.analyses"):
         old = analyses.report_figures
     assert old is report_figures

@@ -10,7 +10,7 @@ from torch import nn
 
 import deconvviz
 from deconvviz.analyses import SanityResult, randomisation_test, sensitivity_check
-from deconvviz.errors import InputError, LayerError
+from deconvviz.base.errors import InputError, LayerError
 
 
 class Net(nn.Module):

@@ -30,9 +30,9 @@ from deconvviz.analyses.registry import (
     register_analysis,
     unregister_analysis,
 )
-from deconvviz.analyses_report import report_figures, run_analysis
-from deconvviz.errors import InputError
-from deconvviz.models import LeNet5
+from deconvviz.base.errors import InputError
+from deconvviz.export.analyses import report_figures, run_analysis
+from deconvviz.sources.models import LeNet5
 
 # ---------------------------------------------------------------- the example analysis module
 
@@ -144,7 +144,7 @@ def test_run_analysis_writes_figure_and_numbers(registered, tmp_path) -> None:
 
 
 def test_a_registered_analysis_is_a_command(registered, tmp_path) -> None:
-    from deconvviz.checkpoint import save_run
+    from deconvviz.sources.checkpoint import save_run
     from deconvviz_cli.main import cli
 
     torch.manual_seed(0)

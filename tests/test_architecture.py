@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from deconvviz._compat import MOVED
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {
     "deconvviz": ROOT / "src" / "deconvviz",
@@ -201,10 +203,11 @@ def test_the_library_never_imports_the_cli(graph: dict[str, set[str]]) -> None:
 def test_the_walker_sees_function_level_imports(tmp_path: Path) -> None:
     src = tmp_path / "m.py"
     src.write_text(
-        "def f():\n    from deconvviz.report import write_report\n    import deconvviz.atlas\n"
+        "def f():\n    from deconvviz.export.report import write_report\n"
+        "    import deconvviz.export.atlas\n"
     )
-    got = _imports("deconvviz.x", src, {"deconvviz.report", "deconvviz.atlas"})
-    assert got == {"deconvviz.report", "deconvviz.atlas"}
+    got = _imports("deconvviz.x", src, {"deconvviz.export.report", "deconvviz.export.atlas"})
+    assert got == {"deconvviz.export.report", "deconvviz.export.atlas"}
 
 
 def test_upward_lookups_by_name_are_the_documented_ones() -> None:
@@ -237,7 +240,7 @@ def test_upward_lookups_by_name_are_the_documented_ones() -> None:
 def test_the_notebook_figures_resolve_to_render_functions() -> None:
     import importlib
 
-    from deconvviz._display import FIGURES
+    from deconvviz.base._display import FIGURES
 
     for cls, target in FIGURES.items():
         module, func = target.split(":")
@@ -296,8 +299,8 @@ def test_only_the_tracer_registers_hooks() -> None:
 
 # ----------------------------------------------------------------------------- one door per name
 
-#: compatibility modules that only re-export the engine's names (for users' old imports)
-SHIMS = {"deconvviz.rules", "deconvviz.receptive", "deconvviz.summary"}
+#: the old module paths (deconvviz._compat, kept one release): the library never imports them
+SHIMS = set(MOVED)
 #: package fronts: they gather their modules' names for users; the library imports the modules
 FRONTS = {"deconvviz", "deconvviz.engine"}
 
@@ -336,7 +339,6 @@ def test_the_library_imports_each_name_from_its_own_module() -> None:
         for name, path in sorted(_modules().items())
         if name.startswith("deconvviz.")
         and name not in exempt
-        and not name.startswith("deconvviz.analyses")  # the analyses' registry is issue 19 part B
         and not name.startswith("deconvviz.render")
         for line in _through_a_shim(name, path)
     ]
@@ -364,3 +366,65 @@ def test_no_engine_function_is_over_60_lines() -> None:
                 if size > 60:
                     long.append(f"{path.name}:{node.name} ({size} lines)")
     assert not long, long
+
+
+# ----------------------------------------------------------------------------- folders are layers
+
+#: the layers that are not a folder of src/deconvviz: the front door and the CLI package
+FRONT_DOOR = {"__init__", "_compat"}
+
+
+def test_each_library_layer_is_one_folder() -> None:
+    """A layer row of the library names one folder (``base`` ``base.*``), and that folder is a
+    package; the top of ``src/deconvviz`` holds the front door and nothing else."""
+    root = PACKAGES["deconvviz"]
+    for layer, rank, patterns in _layer_table():
+        if layer in ("api", "cli"):
+            continue
+        folder = patterns[0]
+        assert patterns == [folder, f"{folder}.*"], (layer, patterns)
+        assert (root / folder / "__init__.py").is_file(), f"layer {layer!r}: no folder {folder}/"
+    top = {p.stem for p in root.glob("*.py")}
+    assert top == FRONT_DOOR, f"modules at the top of src/deconvviz: {sorted(top - FRONT_DOOR)}"
+    folders = {p.name for p in root.iterdir() if (p / "__init__.py").is_file()}
+    layered = {pats[0] for layer, _, pats in _layer_table() if layer not in ("api", "cli")}
+    assert folders == layered, f"folders the layer table does not name: {folders ^ layered}"
+
+
+def test_the_diagram_names_every_folder() -> None:
+    diagram = DOC.read_text(encoding="utf-8").split("```", 2)[1]
+    for layer, _, patterns in _layer_table():
+        if layer not in ("api", "cli"):
+            assert f"deconvviz/{patterns[0]}/" in diagram, (layer, patterns[0])
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_an_old_module_path_is_the_new_module_with_a_warning(old: str) -> None:
+    import importlib
+    import sys
+
+    new = importlib.import_module(MOVED[old])
+    parent, _, leaf = old.rpartition(".")
+    saved = sys.modules.pop(old, None), getattr(sys.modules[parent], leaf, None)
+    try:
+        with pytest.warns(DeprecationWarning, match=f"{old} moved to {MOVED[old]}") as rec:
+            exec(compile(f"import {old}", __file__, "exec"), {})  # a user's import line
+        assert sys.modules[old] is new and getattr(sys.modules[parent], leaf) is new
+        assert rec[0].filename == __file__  # the warning points at the importing line
+        assert not (PACKAGES["deconvviz"] / f"{leaf}.py").exists()
+    finally:
+        sys.modules.pop(old, None)
+        if saved[0] is not None:
+            sys.modules[old] = saved[0]
+        if saved[1] is not None:
+            setattr(sys.modules[parent], leaf, saved[1])
+
+
+def test_a_pickle_naming_an_old_path_loads() -> None:
+    import pickle
+
+    from deconvviz.sources.models import LeNet5
+
+    blob = pickle.dumps(LeNet5, protocol=0).replace(b"deconvviz.sources.models", b"deconvviz.models")
+    with pytest.warns(DeprecationWarning, match="deconvviz.models moved"):
+        assert pickle.loads(blob) is LeNet5

@@ -19,9 +19,9 @@ import torch
 from click.testing import CliRunner
 
 from browser import CHROMIUM, legibility, run_check
-from deconvviz.checkpoint import load_run
-from deconvviz.data import load_dataset
-from deconvviz.scan import scan
+from deconvviz.analyses.scan import scan
+from deconvviz.sources.checkpoint import load_run
+from deconvviz.sources.data import load_dataset
 from deconvviz_cli.main import cli
 
 DEAD = 5  # conv2 unit made dead: zero weights, negative bias

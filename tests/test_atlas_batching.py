@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from deconvviz.errors import InputError
-from deconvviz.scan import project_layer, scan
-from deconvviz.topk import project_top
+from deconvviz.analyses.scan import project_layer, scan
+from deconvviz.analyses.topk import project_top
+from deconvviz.base.errors import InputError
 
 
 def _net(dtype: torch.dtype, last: int = 5) -> nn.Module:

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from browser import CHROMIUM, run_check
-from deconvviz.atlas import write_atlas
-from deconvviz.errors import InputError
-from deconvviz.scan import Scan
-from deconvviz.topk import TopActivations, TopProjections
+from deconvviz.analyses.scan import Scan
+from deconvviz.analyses.topk import TopActivations, TopProjections
+from deconvviz.base.errors import InputError
+from deconvviz.export.atlas import write_atlas
 
 
 def synthetic_atlas(layers: dict[str, int], k: int = 2, tile: int = 4) -> tuple[Scan, list]:

@@ -21,8 +21,8 @@ import pytest
 import torch
 from torch import nn
 
-from deconvviz.errors import CheckpointError
-from deconvviz.loading import load_model
+from deconvviz.base.errors import CheckpointError
+from deconvviz.sources.loading import load_model
 from test_loading import _run_commands
 
 BN_MODEL = textwrap.dedent(
@@ -61,7 +61,7 @@ class HParams:
 def bn_model(tmp_path: Path) -> tuple[Path, nn.Module]:
     path = tmp_path / "bn_net.py"
     path.write_text(BN_MODEL)
-    from deconvviz.loading import build_from_spec
+    from deconvviz.sources.loading import build_from_spec
 
     torch.manual_seed(0)
     net = build_from_spec(f"{path}:build")

@@ -1,4 +1,5 @@
-"""Unit tests of deconvviz.checks: every input check, what it returns and the message it gives."""
+"""Unit tests of deconvviz.base.checks: every input check, what it returns and the message it
+gives."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from deconvviz.checks import (
+from deconvviz.base.checks import (
     call_key,
     check_batch,
     check_channels,
@@ -22,7 +23,7 @@ from deconvviz.checks import (
     split_call,
     to_model,
 )
-from deconvviz.errors import InputError, LayerError
+from deconvviz.base.errors import InputError, LayerError
 
 
 def _net() -> nn.Module:
@@ -209,8 +210,8 @@ def test_check_channels_messages(channel, layer, what, message):
 
 
 def test_class_names_are_used_only_when_they_name_the_models_outputs():
-    from deconvviz.checks import class_names_for
-    from deconvviz.errors import ClassNamesWarning
+    from deconvviz.base.checks import class_names_for
+    from deconvviz.base.errors import ClassNamesWarning
 
     assert class_names_for(["a", "b", "c"], 3) == ["a", "b", "c"]
     assert class_names_for(["a", "b", "c"], None) == ["a", "b", "c"]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import deconvviz
-from deconvviz import checks
+from deconvviz.base import checks
 from deconvviz.engine import rules
 
 KINDS = {
@@ -35,7 +35,8 @@ KINDS = {
 
 @pytest.fixture
 def counts(monkeypatch: pytest.MonkeyPatch) -> Iterator[collections.Counter[str]]:
-    """Counts each kind of check made by the library (calls inside ``deconvviz.checks`` too)."""
+    """Counts each kind of check made by the library (calls inside ``deconvviz.base.checks``
+    too)."""
     got: collections.Counter[str] = collections.Counter()
 
     def counted(kind: str, real: Callable[..., Any]) -> Callable[..., Any]:

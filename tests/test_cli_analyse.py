@@ -13,14 +13,14 @@ from click.testing import CliRunner
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from deconvviz.checkpoint import load_run, save_run
-from deconvviz.data import dataset_for_config
-from deconvviz.filters import filter_rms
-from deconvviz.models import LeNet5, RNNClassifier
-from deconvviz.occlusion import occlusion
-from deconvviz.reconstruct import load_images
+from deconvviz.analyses.filters import filter_rms
+from deconvviz.analyses.occlusion import occlusion
+from deconvviz.analyses.reconstruct import load_images
+from deconvviz.analyses.stats import activation_stats, hidden_state_stats, report_lines
 from deconvviz.render.filters import filter_grid
-from deconvviz.stats import activation_stats, hidden_state_stats, report_lines
+from deconvviz.sources.checkpoint import load_run, save_run
+from deconvviz.sources.data import dataset_for_config
+from deconvviz.sources.models import LeNet5, RNNClassifier
 from deconvviz_cli.main import cli
 
 

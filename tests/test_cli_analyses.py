@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from deconvviz.analyses import invariance
-from deconvviz.checkpoint import load_run
-from deconvviz.data import load_dataset
+from deconvviz.sources.checkpoint import load_run
+from deconvviz.sources.data import load_dataset
 from deconvviz_cli.main import cli
 
 

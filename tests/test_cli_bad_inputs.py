@@ -18,8 +18,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from deconvviz.checkpoint import save_run
-from deconvviz.models import LeNet5
+from deconvviz.sources.checkpoint import save_run
+from deconvviz.sources.models import LeNet5
 from deconvviz_cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -351,9 +351,9 @@ def test_a_run_on_the_shipped_sample_needs_no_data_dir(tmp_path):
 
 
 def test_a_missing_device_is_not_called_a_corrupt_checkpoint(files):
-    from deconvviz.checkpoint import load_run
-    from deconvviz.devices import available_devices, resolve_device
-    from deconvviz.errors import InputError
+    from deconvviz.base.devices import available_devices, resolve_device
+    from deconvviz.base.errors import InputError
+    from deconvviz.sources.checkpoint import load_run
 
     have = available_devices()
     assert have[0] == "cpu" and all(d.startswith(("cuda:", "mps")) for d in have[1:])

@@ -11,8 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from deconvviz.data import choose_dataset
-from deconvviz.errors import DataError
+from deconvviz.base.errors import DataError
+from deconvviz.sources.data import choose_dataset
 from deconvviz_cli.main import cli
 
 

@@ -12,10 +12,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from deconvviz.checkpoint import load_run, save_run
-from deconvviz.data import load_dataset
-from deconvviz.models import LeNet5
-from deconvviz.reconstruct import reconstruct_dataset, reconstruct_images
+from deconvviz.analyses.reconstruct import reconstruct_dataset, reconstruct_images
+from deconvviz.sources.checkpoint import load_run, save_run
+from deconvviz.sources.data import load_dataset
+from deconvviz.sources.models import LeNet5
 from deconvviz_cli.main import cli
 
 CONFIG_MODEL = {
@@ -163,7 +163,7 @@ def test_reconstruct_image_mode_with_compare(files, tmp_path):
     info = json.loads((tmp_path / "projections.json").read_text())
     assert info["conv2"]["channels"] == [5, 1]
     run = load_run(files / "run")
-    from deconvviz.reconstruct import load_images
+    from deconvviz.analyses.reconstruct import load_images
 
     x = load_images([files / "cat.png", files / "grey.jpg"], 3, 16)
     want = reconstruct_images(run.model, x, ["conv2"], [5, 1], progress=False)["conv2"]

@@ -1,5 +1,5 @@
 """The CLI is parse -> one library call -> one line: it reaches the library only through public
-names. No module of ``deconvviz_cli`` imports ``deconvviz._io`` (or any other ``_``-prefixed
+names. No module of ``deconvviz_cli`` imports ``deconvviz.base._io`` (or any other ``_``-prefixed
 module of ``deconvviz``) or a ``_``-prefixed name from a ``deconvviz`` module; the CLI's own
 private helpers (``deconvviz_cli._datasets``, ``deconvviz_cli._output``) are its business."""
 
@@ -38,12 +38,16 @@ def private_imports(source: str) -> list[str]:
 
 def test_the_checker_sees_private_imports() -> None:
     src = (
-        "from deconvviz._io import save_figure\n"
-        "def f():\n    from deconvviz.atlas import _about\n    import deconvviz._util\n"
+        "from deconvviz.base._io import save_figure\n"
+        "def f():\n    from deconvviz.export.atlas import _about\n    import deconvviz.base._util\n"
         "from deconvviz import __version__\nfrom deconvviz_cli._output import write_result\n"
-        "from deconvviz.report import SECTIONS\n"
+        "from deconvviz.export.report import SECTIONS\n"
     )
-    assert private_imports(src) == ["deconvviz._io", "deconvviz.atlas:_about", "deconvviz._util"]
+    assert private_imports(src) == [
+        "deconvviz.base._io",
+        "deconvviz.export.atlas:_about",
+        "deconvviz.base._util",
+    ]
 
 
 def test_no_cli_module_imports_a_private_library_name() -> None:

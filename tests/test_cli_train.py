@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from deconvviz.checkpoint import load_run
+from deconvviz.sources.checkpoint import load_run
 from deconvviz_cli.main import cli
 
 FAST = ["--batch-size", "4", "--iterations", "4", "--eval-every", "2", "--no-progress"]

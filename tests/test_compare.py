@@ -14,8 +14,8 @@ import torch
 from captum.attr import Deconvolution, GuidedBackprop, IntegratedGradients, Occlusion, Saliency
 from torch import Tensor, nn
 
-from deconvviz.compare import METHODS, compare_methods, project_class
-from deconvviz.errors import InputError
+from deconvviz.analyses.compare import METHODS, compare_methods, project_class
+from deconvviz.base.errors import InputError
 from deconvviz.render.reconstruct import comparison_figure
 from zoo import FunctionalNet, _functional_forward
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from deconvviz.data import (
+from deconvviz.base.errors import DataError, InputError
+from deconvviz.sources.data import (
     CIFAR10_CLASSES,
     ImageDataset,
     dataset_for_config,
     find_datasets,
     load_dataset,
 )
-from deconvviz.errors import DataError, InputError
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:

@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from deconvviz.datasets import SkippedFilesWarning, find_image_folder
-from deconvviz.reconstruct import load_images
+from deconvviz.analyses.reconstruct import load_images
+from deconvviz.sources.datasets import SkippedFilesWarning, find_image_folder
 from deconvviz_cli.main import cli
 
 
@@ -61,7 +61,7 @@ def test_flat_folder_has_no_labels_and_takes_the_first_images_size(tmp_path):
     assert find_image_folder(tmp_path / "nothing") is None
 
 
-@pytest.mark.filterwarnings("ignore::deconvviz.datasets.SkippedFilesWarning")
+@pytest.mark.filterwarnings("ignore::deconvviz.sources.datasets.SkippedFilesWarning")
 def test_reconstruct_and_stats_on_an_image_folder(tmp_path):
     _tree(tmp_path / "data")
     common = ["--model", "torchvision.models:resnet18", "--model-arg", "num_classes=2"]

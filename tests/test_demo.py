@@ -10,9 +10,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from deconvviz.checkpoint import load_run
-from deconvviz.demo import SAMPLE_SPLIT, load_sample, sample_path
-from deconvviz.errors import InputError
+from deconvviz.base.errors import InputError
+from deconvviz.export.demo import SAMPLE_SPLIT, load_sample, sample_path
+from deconvviz.sources.checkpoint import load_run
 from deconvviz_cli.main import cli
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

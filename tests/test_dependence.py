@@ -16,21 +16,21 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
+from deconvviz.analyses.compare import captum_relu_note, compare_methods, relu_calls
 from deconvviz.analyses.dependence import (
     _unit_correlation,
     image_dependence,
     pool_switches,
     switches_per_layer,
 )
-from deconvviz.compare import captum_relu_note, compare_methods, relu_calls
-from deconvviz.pretrained import load_pretrained
-from deconvviz.reconstruct import reconstruct_dataset
+from deconvviz.analyses.reconstruct import reconstruct_dataset
+from deconvviz.sources.pretrained import load_pretrained
 from deconvviz_cli.main import cli
 from zoo import FunctionalNet, SliceResNet
 
 
 def _sample(n: int) -> list[tuple[torch.Tensor, int]]:
-    from deconvviz.datasets import load_sample
+    from deconvviz.sources.datasets import load_sample
 
     ds = load_sample()
     return [ds[i] for i in range(n)]

@@ -14,7 +14,7 @@ from torch import nn
 
 import deconvviz
 from deconvviz import DeconvvizError, DeconvvizWarning
-from deconvviz.errors import InputError, LayerError, UnsupportedLayerError
+from deconvviz.base.errors import InputError, LayerError, UnsupportedLayerError
 from zoo import CASES, CourseLeNet5, FunctionalNet, build, oracle, seq_net
 
 

@@ -313,14 +313,14 @@ def test_clamps_with_other_bounds_are_reported_and_refused_in_strict_mode(form):
     x = torch.rand(1, 2, 12, 12, dtype=torch.float64)
     with pytest.warns(DeconvvizWarning, match=f"no deconvnet rule for .*{name}"):
         deconvviz.attach(model).project(x, "conv2", 0)
-    with pytest.raises(deconvviz.errors.UnsupportedLayerError, match=name):
+    with pytest.raises(deconvviz.base.errors.UnsupportedLayerError, match=name):
         deconvviz.attach(model, strict=True).project(x, "conv2", 0)
 
 
 def test_relu6_module_is_refused_in_strict_mode_and_threshold_zero_is_not():
-    with pytest.raises(deconvviz.errors.UnsupportedLayerError, match="ReLU6"):
+    with pytest.raises(deconvviz.base.errors.UnsupportedLayerError, match="ReLU6"):
         deconvviz.attach(nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU6()), strict=True)
-    with pytest.raises(deconvviz.errors.UnsupportedLayerError, match="Threshold"):
+    with pytest.raises(deconvviz.base.errors.UnsupportedLayerError, match="Threshold"):
         deconvviz.attach(nn.Sequential(nn.Conv2d(1, 1, 3), nn.Threshold(0.1, 0)), strict=True)
     deconvviz.attach(nn.Sequential(nn.Conv2d(1, 1, 3), nn.Threshold(0, 0)), strict=True)
 

@@ -14,8 +14,8 @@ from deconvviz.analyses.evidence import (
     neighbour_correlation,
     selectivity_from_top,
 )
-from deconvviz.data import ImageDataset
-from deconvviz.errors import InputError, LayerError
+from deconvviz.base.errors import InputError, LayerError
+from deconvviz.sources.data import ImageDataset
 
 
 def test_neighbour_correlation_hand_computed_cases() -> None:

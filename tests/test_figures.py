@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from deconvviz.compare import Comparison
-from deconvviz.export_reconstructions import write_dataset_reconstructions
-from deconvviz.models import LeNet5, RNNClassifier
-from deconvviz.occlusion import occlusion
-from deconvviz.reconstruct import reconstruct_dataset, reconstruct_images
+from deconvviz.analyses.compare import Comparison
+from deconvviz.analyses.occlusion import occlusion
+from deconvviz.analyses.reconstruct import reconstruct_dataset, reconstruct_images
+from deconvviz.analyses.stats import activation_stats, hidden_state_stats
+from deconvviz.export.reconstructions import write_dataset_reconstructions
 from deconvviz.render.filters import rms_figure
 from deconvviz.render.images import dead_tile, display_scale, make_grid
 from deconvviz.render.occlusion import draw_map, occlusion_figure
@@ -31,7 +31,7 @@ from deconvviz.render.reconstruct import (
 )
 from deconvviz.render.stats import hidden_state_figure, histogram_figure
 from deconvviz.render.training import curves_figure, sweep_curves_figure
-from deconvviz.stats import activation_stats, hidden_state_stats
+from deconvviz.sources.models import LeNet5, RNNClassifier
 from figcheck import check_figure, draw, mappables
 
 
@@ -314,7 +314,7 @@ def test_occlusion_maps_are_opaque_beside_the_image_and_legends_readable() -> No
 
 
 def test_occlusion_notebook_picture_is_viridis_not_jet(monkeypatch) -> None:
-    from deconvviz import _display
+    from deconvviz.base import _display
     from deconvviz.render.occlusion import probability_maps_figure
 
     torch.manual_seed(0)

@@ -8,11 +8,11 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from deconvviz.errors import InputError, LayerError
-from deconvviz.filters import RenormaliseHook, dead_filters, filter_rms, renormalise_
-from deconvviz.models import LeNet5
+from deconvviz.analyses.filters import RenormaliseHook, dead_filters, filter_rms, renormalise_
+from deconvviz.base.errors import InputError, LayerError
 from deconvviz.render.filters import filter_grid, rms_figure
 from deconvviz.render.images import to_display
+from deconvviz.sources.models import LeNet5
 
 
 def net(seed: int = 0) -> nn.Sequential:

@@ -25,7 +25,7 @@ from deconvviz.analyses import (
     randomisation_test,
     sensitivity_check,
 )
-from deconvviz.models import RNNClassifier
+from deconvviz.sources.models import RNNClassifier
 from zoo import CourseLeNet5
 
 SIZE = 12

@@ -1,4 +1,4 @@
-"""One image loader (deconvviz.images): one policy, and every command feeds the model the same
+"""One image loader (deconvviz.base.images): one policy, and every command feeds the model the same
 tensor for the same file."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 import pillow_modes
-from deconvviz.checkpoint import save_run
-from deconvviz.datasets import FolderDataset
-from deconvviz.images import fit_image, load_image, load_images
-from deconvviz.models import LeNet5
+from deconvviz.base.images import fit_image, load_image, load_images
+from deconvviz.sources.checkpoint import save_run
+from deconvviz.sources.datasets import FolderDataset
+from deconvviz.sources.models import LeNet5
 from deconvviz_cli.main import cli
 
 _SEEN = 7
@@ -49,8 +49,8 @@ def test_a_folder_dataset_reads_items_as_the_loader_does(tmp_path):
 
 def test_occlude_and_reconstruct_feed_the_model_the_same_tensor(tmp_path, monkeypatch):
     # the modules, not the same-named functions deconvviz re-exports
-    occlusion_module = importlib.import_module("deconvviz.occlusion")
-    reconstruct_module = importlib.import_module("deconvviz.reconstruct")
+    occlusion_module = importlib.import_module("deconvviz.analyses.occlusion")
+    reconstruct_module = importlib.import_module("deconvviz.analyses.reconstruct")
     torch.manual_seed(0)
     model = LeNet5(in_channels=1, image_size=28, init="pytorch")
     run = tmp_path / "run"

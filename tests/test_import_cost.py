@@ -42,8 +42,8 @@ def test_import_deconvviz_loads_neither_matplotlib_nor_captum_and_every_name_res
 
 def test_lazy_names_are_the_defining_modules_objects():
     import deconvviz
+    from deconvviz.export.report import Report, write_report
     from deconvviz.render.filters import filter_grid
-    from deconvviz.report import Report, write_report
 
     assert deconvviz.filter_grid is filter_grid
     assert deconvviz.Report is Report and deconvviz.write_report is write_report

@@ -1,4 +1,5 @@
-"""``deconvviz inspect`` and :func:`deconvviz.summary.layer_table` against hand-computed fields."""
+"""``deconvviz inspect`` and :func:`deconvviz.engine.summary.layer_table` against hand-computed
+fields."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import torchvision
 from click.testing import CliRunner
 from torch import nn
 
-from deconvviz.errors import LayerError
-from deconvviz.loading import Normalized
-from deconvviz.summary import layer_table
+from deconvviz.base.errors import LayerError
+from deconvviz.engine.summary import layer_table
+from deconvviz.sources.loading import Normalized
 from deconvviz_cli.main import cli
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deconvviz.checkpoint import load_run
-from deconvviz.data import ImageDataset, dataset_for_config, load_dataset
-from deconvviz.train import TrainConfig, evaluate, train, train_from_data
+from deconvviz.sources.checkpoint import load_run
+from deconvviz.sources.data import ImageDataset, dataset_for_config, load_dataset
+from deconvviz.training.train import TrainConfig, evaluate, train, train_from_data
 
 
 def _head(ds: ImageDataset, n: int) -> ImageDataset:

@@ -21,10 +21,10 @@ from PIL import Image
 from torch import nn
 
 from browser import CHROMIUM
-from deconvviz.atlas import write_atlas
-from deconvviz.datasets import SkippedFilesWarning, find_image_folder
-from deconvviz.errors import BusyError
-from deconvviz.scan import project_layer, scan
+from deconvviz.analyses.scan import project_layer, scan
+from deconvviz.base.errors import BusyError
+from deconvviz.export.atlas import write_atlas
+from deconvviz.sources.datasets import SkippedFilesWarning, find_image_folder
 
 # A module name, a class folder and a file name that run script if a page inserts them as HTML
 # (no '.' in the module name: PyTorch refuses it; no '/' in file names)
@@ -98,7 +98,7 @@ def _dom(page: Path, profile: Path) -> str:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_hostile_names_show_as_text_and_run_no_script_in_report_and_atlas(hostile_folder, tmp_path):
-    from deconvviz.report import write_report
+    from deconvviz.export.report import write_report
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedFilesWarning)
@@ -147,7 +147,7 @@ def test_hostile_names_show_as_text_and_run_no_script_in_report_and_atlas(hostil
 
 
 def test_layer_file_names_are_injective():
-    from deconvviz._util import safe_names
+    from deconvviz.base._util import safe_names
 
     names = ["conv a", "conv/a", "conv_a", "κ", "λ", "layer", "A", "a", "features.3"]
     files = safe_names(names)
@@ -282,7 +282,7 @@ def test_a_full_disk_leaves_the_previous_atlas_and_report_whole(tmp_path):
     if not _mount_tmpfs(disk, "3m"):
         pytest.skip("needs root to mount a small tmpfs (the full-disk test)")
     try:
-        from deconvviz.report import write_report
+        from deconvviz.export.report import write_report
 
         model, data, res = _tiny_scan()
         site = disk / "site"
@@ -389,8 +389,8 @@ def test_the_lock_is_reentrant_in_its_thread_only_and_the_current_folder_is_refu
 ):
     import threading
 
-    from deconvviz._io import atomic_dir, lock
-    from deconvviz.errors import InputError
+    from deconvviz.base._io import atomic_dir, lock
+    from deconvviz.base.errors import InputError
 
     path = tmp_path / ".site.lock"
     seen: list[str] = []

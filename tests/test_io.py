@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from deconvviz._io import atomic_write, write_json, write_text
+from deconvviz.base._io import atomic_write, write_json, write_text
 
 
 def test_written_file_has_normal_permissions_and_no_leftovers(tmp_path):

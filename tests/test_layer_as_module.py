@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import deconvviz
-from deconvviz.errors import LayerError
+from deconvviz.base.errors import LayerError
 from zoo import CourseLeNet5
 
 

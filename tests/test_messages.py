@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import deconvviz.summary
-from deconvviz.data import load_dataset
-from deconvviz.errors import DataError
-from deconvviz.scan import scan
+import deconvviz.engine.summary
+from deconvviz.analyses.scan import scan
+from deconvviz.base.errors import DataError
+from deconvviz.sources.data import load_dataset
 from deconvviz_cli.main import cli
 from deconvviz_cli.options import _progress
 from scan_models import scan_data, scan_model
@@ -55,7 +55,7 @@ def test_a_bug_in_deconvviz_is_still_called_one(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("deconvviz's own mistake")
 
-    monkeypatch.setattr(deconvviz.summary, "layer_table", broken)
+    monkeypatch.setattr(deconvviz.engine.summary, "layer_table", broken)
     res = CliRunner().invoke(cli, ["inspect", "--model", "zoo:FunctionalNet"])
     assert res.exit_code == 1 and "a bug in deconvviz" in res.stderr
 
@@ -64,10 +64,10 @@ def test_ctrl_c_names_resume_only_where_the_command_has_it(monkeypatch, tmp_path
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(deconvviz.summary, "layer_table", interrupted)
+    monkeypatch.setattr(deconvviz.engine.summary, "layer_table", interrupted)
     res = CliRunner().invoke(cli, ["inspect", "--model", "zoo:FunctionalNet"])
     assert res.exit_code == 130 and "Interrupted" in res.stderr and "--resume" not in res.stderr
-    monkeypatch.setattr(importlib.import_module("deconvviz.scan"), "scan", interrupted)
+    monkeypatch.setattr(importlib.import_module("deconvviz.analyses.scan"), "scan", interrupted)
     torch.save(FunctionalNet().state_dict(), tmp_path / "net.pt")
     data = tmp_path / "data"
     data.mkdir()

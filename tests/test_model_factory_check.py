@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from deconvviz.errors import CheckpointError
-from deconvviz.loading import resolve_factory
+from deconvviz.base.errors import CheckpointError
+from deconvviz.sources.loading import resolve_factory
 from deconvviz_cli.main import cli
 
 FACTORIES = """

@@ -9,8 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deconvviz.errors import DeconvvizError, InputError
-from deconvviz.models import MODELS, LeNet5, RNNClassifier, build_model, full_config, register_model
+from deconvviz.base.errors import DeconvvizError, InputError
+from deconvviz.sources.models import (
+    MODELS,
+    LeNet5,
+    RNNClassifier,
+    build_model,
+    full_config,
+    register_model,
+)
 
 
 @pytest.fixture(scope="module")

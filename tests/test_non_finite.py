@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import deconvviz
-from deconvviz._io import write_json
-from deconvviz.errors import DeconvvizError, NonFiniteError
-from deconvviz.scan import scan
+from deconvviz.analyses.scan import scan
+from deconvviz.base._io import write_json
+from deconvviz.base.errors import DeconvvizError, NonFiniteError
 
 
 def _model(poison: str) -> nn.Module:

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from PIL import Image
 from torch import nn
 
-import deconvviz._util as util
-from deconvviz.checkpoint import save_run
-from deconvviz.models import ZFNetCifar
-from deconvviz.occlusion import input_size_within
+import deconvviz.base._util as util
+from deconvviz.analyses.occlusion import input_size_within
+from deconvviz.sources.checkpoint import save_run
+from deconvviz.sources.models import ZFNetCifar
 from deconvviz_cli.main import cli
 
 FULLY_CONV = """

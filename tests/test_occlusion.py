@@ -10,10 +10,10 @@ from captum.attr import Occlusion
 from torch import nn
 
 import deconvviz
-from deconvviz.errors import InputError, LayerError
-from deconvviz.models import LeNet5, RNNClassifier
-from deconvviz.occlusion import OcclusionResult, occluder_starts
-from deconvviz.occlusion import occlusion as run_occlusion
+from deconvviz.analyses.occlusion import OcclusionResult, occluder_starts
+from deconvviz.analyses.occlusion import occlusion as run_occlusion
+from deconvviz.base.errors import InputError, LayerError
+from deconvviz.sources.models import LeNet5, RNNClassifier
 
 
 class TinyCNN(nn.Module):

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from deconvviz.analyses.evidence import class_selectivity, filter_structure
-from deconvviz.demo import ZF_LAYERS, load_sample
-from deconvviz.errors import CheckpointError, InputError
-from deconvviz.models import ZFNetCifar
-from deconvviz.pretrained import load_pretrained, pretrained_path
+from deconvviz.base.errors import CheckpointError, InputError
+from deconvviz.export.demo import ZF_LAYERS, load_sample
+from deconvviz.sources.models import ZFNetCifar
+from deconvviz.sources.pretrained import load_pretrained, pretrained_path
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NPZ = SHARED / "cifar10" / "cifar10.npz"
@@ -38,7 +38,9 @@ def test_shipped_weights_load_safely_and_are_small(shipped) -> None:
 def test_a_damaged_weights_file_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     bad = tmp_path / "zfnet_cifar.pt"
     bad.write_bytes(b"not a checkpoint")
-    monkeypatch.setattr("deconvviz.pretrained.pretrained_path", lambda name="zfnet-cifar": bad)
+    monkeypatch.setattr(
+        "deconvviz.sources.pretrained.pretrained_path", lambda name="zfnet-cifar": bad
+    )
     with pytest.raises(CheckpointError, match="damaged.*reinstall") as err:
         load_pretrained()
     assert "\n" not in str(err.value)
@@ -56,7 +58,7 @@ def test_the_shipped_sample_is_classified_as_the_card_says(shipped) -> None:
 
 @pytest.mark.skipif(not NPZ.is_file(), reason="shared CIFAR-10 not present")
 def test_accuracy_on_the_exact_test_images_meets_the_goal(shipped) -> None:
-    from deconvviz.data import load_dataset
+    from deconvviz.sources.data import load_dataset
 
     model, _ = shipped
     test = load_dataset(SHARED, "cifar10", "test")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import deconvviz
-from deconvviz.errors import InputError
+from deconvviz.base.errors import InputError
 from zoo import CASES, build, layer_value, oracle
 
 

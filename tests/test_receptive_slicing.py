@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import deconvviz
-from deconvviz.summary import layer_table
+from deconvviz.engine.summary import layer_table
 from zoo import SliceResNet
 
 SIZE = 32

@@ -14,12 +14,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from deconvviz.errors import DataError, InputError, LayerError
-from deconvviz.export_reconstructions import (
-    write_dataset_reconstructions,
-    write_image_reconstructions,
-)
-from deconvviz.reconstruct import (
+from deconvviz.analyses.reconstruct import (
     LayerReconstructions,
     conv_layer_names,
     expected_input,
@@ -27,6 +22,12 @@ from deconvviz.reconstruct import (
     reconstruct_dataset,
     reconstruct_images,
     safe_name,
+)
+from deconvviz.analyses.topk import FewImagesWarning
+from deconvviz.base.errors import DataError, InputError, LayerError
+from deconvviz.export.reconstructions import (
+    write_dataset_reconstructions,
+    write_image_reconstructions,
 )
 from deconvviz.render.images import to_display
 from deconvviz.render.reconstruct import (
@@ -37,7 +38,6 @@ from deconvviz.render.reconstruct import (
     outside_mask,
     top_projections_figure,
 )
-from deconvviz.topk import FewImagesWarning
 from zoo import chain_oracle
 
 
@@ -62,7 +62,7 @@ class SmallNet(nn.Module):
 
 
 class CheckedNet(SmallNet):
-    """The same network refusing inputs of another size, as deconvviz.models.LeNet5 does."""
+    """The same network refusing inputs of another size, as deconvviz.sources.models.LeNet5 does."""
 
     def forward(self, x: Tensor) -> Tensor:
         if tuple(x.shape[-2:]) != (16, 16):
@@ -292,7 +292,7 @@ def test_load_images_errors(tmp_path):
 
 
 def test_expected_input_from_config_or_first_conv():
-    from deconvviz.models import LeNet5
+    from deconvviz.sources.models import LeNet5
 
     assert expected_input(LeNet5(3, 8, init="pytorch")) == (3, 8)
     run_config = {"model": {"model": "lenet5", "in_channels": 1, "image_size": 28}}

@@ -8,7 +8,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from deconvviz.errors import InputError
+from deconvviz.base.errors import InputError
 from deconvviz.render.images import make_grid, to_display, to_image
 
 

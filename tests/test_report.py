@@ -18,9 +18,9 @@ from torch import Tensor, nn
 
 import deconvviz
 from browser import CHROMIUM, legibility, run_check
-from deconvviz.data import ImageDataset
-from deconvviz.errors import InputError, LayerError
-from deconvviz.report import MIN_TEXT_PX, SECTIONS, write_report
+from deconvviz.base.errors import InputError, LayerError
+from deconvviz.export.report import MIN_TEXT_PX, SECTIONS, write_report
+from deconvviz.sources.data import ImageDataset
 
 
 class TinyCNN(nn.Module):
@@ -136,17 +136,17 @@ def _assert_whole(folder: Path) -> int:
 )
 def test_every_reference_is_a_file_inside_the_report_for_any_out(tmp_path, monkeypatch, spelling):
     # relative --out used to give analyses links like figures/analyses/<out>/figures/analyses/...
-    import deconvviz.analyses_report
+    import deconvviz.export.analyses
 
     def quick_report_figures(model, dataset, out_dir, progress=True):
         # what the real one does (the module fixture runs it), minus the minutes of analyses:
         # write into out_dir and return the paths as written
-        from deconvviz._io import save_image
+        from deconvviz.base._io import save_image
 
         png = save_image(Path(out_dir) / "invariance_translate.png", Image.new("L", (30, 30)))
         return [("Invariance", png)]
 
-    monkeypatch.setattr(deconvviz.analyses_report, "report_figures", quick_report_figures)
+    monkeypatch.setattr(deconvviz.export.analyses, "report_figures", quick_report_figures)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sub").mkdir()
     out = {
@@ -177,7 +177,7 @@ def test_every_reference_is_a_file_inside_the_report_for_any_out(tmp_path, monke
 
 
 def test_links_are_url_quoted():
-    from deconvviz.report import _url
+    from deconvviz.export.report import _url
 
     assert _url("figures/a b#1%.png") == "figures/a%20b%231%25.png"
     assert urllib.parse.unquote(_url("figures/a b#1%.png")) == "figures/a b#1%.png"
@@ -309,7 +309,7 @@ def test_sections_that_do_not_apply_are_skipped_with_a_reason(tmp_path):
 
 
 def test_a_users_normalised_model_is_named_and_its_normalisation_readable(tmp_path):
-    from deconvviz.loading import Normalized
+    from deconvviz.sources.loading import Normalized
 
     torch.manual_seed(0)
     model = Normalized(TinyCNN().eval(), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -488,7 +488,7 @@ def test_evidence_says_only_what_it_measured(tmp_path):
 
 def test_a_datasets_class_names_never_label_a_model_with_other_outputs(tmp_path):
     """A 3-class folder on a 5-output model: the names would pin 'cat' on output 0."""
-    from deconvviz.errors import ClassNamesWarning
+    from deconvviz.base.errors import ClassNamesWarning
 
     class Five(TinyCNN):
         def __init__(self) -> None:

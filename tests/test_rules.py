@@ -7,8 +7,15 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from deconvviz.errors import DeconvvizError, InputError
-from deconvviz.rules import RULES, get_rule, rectify, register_rule, transposed_conv2d, unpool2d
+from deconvviz.base.errors import DeconvvizError, InputError
+from deconvviz.engine.rules import (
+    RULES,
+    get_rule,
+    rectify,
+    register_rule,
+    transposed_conv2d,
+    unpool2d,
+)
 
 
 def test_rectify_is_relu_of_the_signal_not_a_mask():
@@ -109,7 +116,7 @@ def test_placed_filters_equal_the_transposed_conv_of_a_one_hot_seed(
 
 
 def test_rules_are_objects_in_one_registry():
-    from deconvviz.rules import Rule, describe_rule, rule_names, uses_mask
+    from deconvviz.engine.rules import Rule, describe_rule, rule_names, uses_mask
 
     deconv = get_rule("deconvnet")
     assert isinstance(deconv, Rule) and deconv.name == "deconvnet" and not deconv.needs_mask
@@ -124,7 +131,7 @@ def test_rules_are_objects_in_one_registry():
 
 def test_a_registered_rule_is_usable_from_attach_and_the_cli():
     import deconvviz
-    from deconvviz.models import LeNet5
+    from deconvviz.sources.models import LeNet5
     from deconvviz_cli.main import cli
 
     rule = register_rule(
@@ -139,7 +146,13 @@ def test_a_registered_rule_is_usable_from_attach_and_the_cli():
             assert "absolute value" in dn.summary()
         res = CliRunner().invoke(
             cli,
-            ["inspect", "--model", "deconvviz.models:LeNet5", "--model-arg", "in_channels=1"]
+            [
+                "inspect",
+                "--model",
+                "deconvviz.sources.models:LeNet5",
+                "--model-arg",
+                "in_channels=1",
+            ]
             + ["--model-arg", "image_size=28", "--rule", rule.name],
         )
         assert res.exit_code == 0, res.output

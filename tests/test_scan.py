@@ -1,4 +1,5 @@
-"""deconvviz.scan: one pass, every layer, exact top-k (batch size, resume, 2 gloo processes)."""
+"""deconvviz.analyses.scan: one pass, every layer, exact top-k (batch size, resume, 2 gloo
+processes)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import deconvviz
-from deconvviz.errors import CheckpointError, InputError, LayerError
-from deconvviz.scan import _read_state, scan, select_top
+from deconvviz.analyses.scan import _read_state, scan, select_top
+from deconvviz.base.errors import CheckpointError, InputError, LayerError
 from scan_models import scan_data, scan_model
 
 LAYERS = {"0": 1, "4": 5, "6": 7}  # scanned layer -> length of the Sequential prefix that makes it

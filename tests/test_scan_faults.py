@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from deconvviz.errors import BusyError, CheckpointError
-from deconvviz.scan import _MISSING, _read_state, scan, select_top
+from deconvviz.analyses.scan import _MISSING, _read_state, scan, select_top
+from deconvviz.base.errors import BusyError, CheckpointError
 from scan_models import scan_data, scan_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,7 +181,7 @@ def test_resume_refuses_a_state_of_an_older_format(tmp_path):
 def test_folder_dataset_digest_holds_every_file_size_and_time(tmp_path):
     from PIL import Image
 
-    from deconvviz.datasets import FolderDataset
+    from deconvviz.sources.datasets import FolderDataset
 
     files = []
     for i in range(12):

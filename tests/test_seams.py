@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import deconvviz
 from deconvviz import DeconvvizWarning
+from deconvviz.analyses.reconstruct import reconstruct_dataset, reconstruct_images
+from deconvviz.analyses.scan import project_layer, top_activations
+from deconvviz.analyses.topk import project_top
+from deconvviz.base.errors import UnsupportedLayerError
 from deconvviz.engine.crops import scatter_windows
-from deconvviz.errors import UnsupportedLayerError
-from deconvviz.reconstruct import reconstruct_dataset, reconstruct_images
-from deconvviz.scan import project_layer, top_activations
-from deconvviz.topk import project_top
 
 TOL = 1e-6  # relative; the library runs in float64 here too
 
@@ -409,7 +409,7 @@ def test_project_top_canvas_holds_the_whole_projection_when_the_field_is_larger(
 def test_shipped_zfnet_relu5_canvases_hold_the_whole_projection():
     """The shipped zfnet-cifar: relu5's receptive field (39 px) is larger than its 32 px
     images; each canvas must hold all of the projection (against the float64 oracle)."""
-    from deconvviz.pretrained import load_pretrained
+    from deconvviz.sources.pretrained import load_pretrained
 
     model, _ = load_pretrained()
     model = model.double()

@@ -27,10 +27,10 @@ if not Path(CHROMIUM).exists():
     pytest.skip("chromium is not installed", allow_module_level=True)
 
 import deconvviz  # noqa: E402
-from deconvviz.datasets import load_sample  # noqa: E402
-from deconvviz.pretrained import load_pretrained  # noqa: E402
 from deconvviz.serve.app import create_app  # noqa: E402
 from deconvviz.serve.explorer import Explorer  # noqa: E402
+from deconvviz.sources.datasets import load_sample  # noqa: E402
+from deconvviz.sources.pretrained import load_pretrained  # noqa: E402
 from serve_server import running  # noqa: E402
 
 

@@ -94,7 +94,7 @@ def test_the_listening_socket_lets_asyncio_set_tcp_nodelay():
 
 def test_a_host_that_is_not_loopback_is_warned_about(monkeypatch):
     pytest.importorskip("uvicorn")
-    from deconvviz.errors import InputError
+    from deconvviz.base.errors import InputError
 
     def refuse(host: str, port: int) -> None:
         raise InputError("stopped here by the test")

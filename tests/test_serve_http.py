@@ -28,11 +28,11 @@ with warnings.catch_warnings():  # starlette >= 1.0 prefers httpx2 for its clien
     from starlette.testclient import TestClient  # noqa: E402
 
 import deconvviz  # noqa: E402
-from deconvviz.datasets import load_sample  # noqa: E402
-from deconvviz.pretrained import load_pretrained  # noqa: E402
 from deconvviz.serve.app import create_app  # noqa: E402
 from deconvviz.serve.explorer import MAX_UPLOAD_BYTES, Explorer  # noqa: E402
 from deconvviz.serve.worker import ModelWorker, Superseded  # noqa: E402
+from deconvviz.sources.datasets import load_sample  # noqa: E402
+from deconvviz.sources.pretrained import load_pretrained  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*starlette.testclient.*")
 
@@ -489,8 +489,8 @@ def test_no_hook_is_left_on_the_model_after_the_server_stops():
 
 
 def test_atlas_gives_the_topk_and_links_its_pages(tmp_path):
-    from deconvviz.atlas import write_atlas
-    from deconvviz.scan import project_layer, scan
+    from deconvviz.analyses.scan import project_layer, scan
+    from deconvviz.export.atlas import write_atlas
 
     model, _ = load_pretrained()
     data = load_sample("test")
@@ -552,7 +552,7 @@ def test_on_loopback_other_host_names_are_refused():
 def test_the_background_scan_resumes_after_a_stop_and_equals_a_fresh_scan(tmp_path, capfd):
     import time
 
-    from deconvviz.scan import _read_state, scan
+    from deconvviz.analyses.scan import _read_state, scan
 
     model, _ = load_pretrained()
     data = load_sample()

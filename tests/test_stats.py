@@ -12,15 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from deconvviz.errors import InputError, LayerError
-from deconvviz.models import LeNet5, RNNClassifier
+from deconvviz.analyses.stats import activation_stats, hidden_state_stats, report_lines
+from deconvviz.base.errors import InputError, LayerError
 from deconvviz.render.stats import (
     hidden_state_figure,
     hidden_state_table,
     histogram_figure,
     stats_table,
 )
-from deconvviz.stats import activation_stats, hidden_state_stats, report_lines
+from deconvviz.sources.models import LeNet5, RNNClassifier
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -235,7 +235,7 @@ def test_renderers(lenet):
 
 @pytest.mark.skipif(not (DATA / "cifar10-course").is_dir(), reason="shared data not present")
 def test_real_course_data_matches_numpy(lenet):
-    from deconvviz.data import dataset_for_config
+    from deconvviz.sources.data import dataset_for_config
 
     model = lenet
     ds = dataset_for_config(model.config, DATA, split="test", per_class=3)

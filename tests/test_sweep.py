@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import deconvviz.sweep as sweep_mod
-from deconvviz.errors import CheckpointError
-from deconvviz.sweep import LENET5_GRID, sweep_lenet5, sweep_rnn
+import deconvviz.training.sweep as sweep_mod
+from deconvviz.base.errors import CheckpointError
+from deconvviz.training.sweep import LENET5_GRID, sweep_lenet5, sweep_rnn
 
 SMALL = dict(per_class=4, batch_size=4, iterations=4, eval_every=2, progress=False)
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import deconvviz
+from deconvviz.analyses.scan import scan
 from deconvviz.engine.tracer import Tracer
-from deconvviz.scan import scan
 
 
 class _Net(nn.Module):

@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import deconvviz
-from deconvviz.errors import InputError
-from deconvviz.receptive import ReceptiveField
+from deconvviz.base.errors import InputError
+from deconvviz.engine.receptive import ReceptiveField
 from zoo import CASES, CourseLeNet5, build
 
 

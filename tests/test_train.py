@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deconvviz.checkpoint import load_run, read_checkpoint, resolve_factory
-from deconvviz.errors import CheckpointError, InputError
-from deconvviz.models import LeNet5
-from deconvviz.train import History, TrainConfig, course_loss, evaluate, train
+from deconvviz.base.errors import CheckpointError, InputError
+from deconvviz.sources.checkpoint import load_run, read_checkpoint, resolve_factory
+from deconvviz.sources.models import LeNet5
+from deconvviz.training.train import History, TrainConfig, course_loss, evaluate, train
 
 TINY = {"model": "lenet5", "image_size": 8, "num_classes": 4}
 
@@ -272,7 +272,7 @@ def test_plain_datasets_without_a_batch_method_work(data) -> None:
 
 
 def test_rnn_trains_through_the_same_loop(mnist_idx, tmp_path: Path) -> None:
-    from deconvviz.data import load_dataset
+    from deconvviz.sources.data import load_dataset
 
     mnist_idx(tmp_path, n_train=40, n_test=20, size=28)
     tr, te = load_dataset(tmp_path, "mnist"), load_dataset(tmp_path, "mnist", "test")

@@ -12,8 +12,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from deconvviz._util import dead_units
-from deconvviz.report import write_report
+from deconvviz.base._util import dead_units
+from deconvviz.export.report import write_report
 from deconvviz_cli.main import cli
 
 MODEL_PY = """
@@ -95,8 +95,8 @@ def test_the_one_definition_of_a_dead_unit():
 def test_stats_and_reconstruct_agree_on_a_pre_relu_layer(setup):
     # conv1 (before BN and ReLU) has negative values: "zero everywhere" and "never above 0"
     # differ there; both commands now count the second
-    from deconvviz.reconstruct import reconstruct_dataset
-    from deconvviz.stats import activation_stats
+    from deconvviz.analyses.reconstruct import reconstruct_dataset
+    from deconvviz.analyses.stats import activation_stats
 
     _, net, data = setup
     x = torch.tensor(np.load(data / "cifar10.npz")["x_test"]).permute(0, 3, 1, 2) / 255.0
@@ -141,7 +141,7 @@ def test_one_name_and_one_dead_count_across_commands(setup, tmp_path):
     res = _cli(root, None, "filters", "--out", str(tmp_path / "filters"))
     assert "dead" not in res.stdout.replace(str(tmp_path), "") and "zero filters" in res.stdout
 
-    from deconvviz.datasets import dataset_for_model
+    from deconvviz.sources.datasets import dataset_for_model
 
     ds = dataset_for_model(net, None, data, "cifar10", "test")
     rep = write_report(
@@ -197,7 +197,7 @@ def _tables(page: str) -> list[list[list[str]]]:
 
 
 def test_occlude_names_the_class_of_the_shipped_network(tmp_path):
-    from deconvviz.pretrained import pretrained_path
+    from deconvviz.sources.pretrained import pretrained_path
 
     rng = np.random.default_rng(0)
     from PIL import Image

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deconvviz.checkpoint import load_run
-from deconvviz.errors import InputError
-from deconvviz.filters import filter_rms
-from deconvviz.models import ZFNetCifar, build_model
-from deconvviz.train import TrainConfig, crop_flip, train
+from deconvviz.analyses.filters import filter_rms
+from deconvviz.base.errors import InputError
+from deconvviz.sources.checkpoint import load_run
+from deconvviz.sources.models import ZFNetCifar, build_model
+from deconvviz.training.train import TrainConfig, crop_flip, train
 
 TINY_ZF = {"model": "zfnet-cifar", "width": 4, "hidden": 8, "in_channels": 1, "image_size": 8}
 
@@ -154,7 +154,7 @@ def test_recipe_trains_resumes_exactly_and_renormalises(quadrant_dataset, tmp_pa
 
 
 def test_normalize_is_trained_with_stored_and_applied_on_load(quadrant_dataset, tmp_path) -> None:
-    from deconvviz.loading import Normalized, load_model
+    from deconvviz.sources.loading import Normalized, load_model
 
     train_set, test_set = quadrant_dataset(8, seed=0), quadrant_dataset(4, seed=1)
     cfg = TrainConfig(

@@ -17,7 +17,7 @@ def dataset_note(
     Nothing is printed where the user chose with ``--dataset`` (``given``), where there is no
     ``data_dir``, or where the folder holds only one dataset.
     """
-    from deconvviz.data import find_datasets
+    from deconvviz.sources.data import find_datasets
 
     if data_dir is None or name is None or given not in (None, "auto"):
         return

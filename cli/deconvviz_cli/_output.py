@@ -13,6 +13,6 @@ def write_result(
 ) -> Path:
     """Write ``<stem>.png`` (the figure), ``<stem>.json`` (``info``) and, given a markdown
     ``table``, ``<stem>.md`` into ``out``; returns the path of the png."""
-    from deconvviz.export_measures import write_figure_result
+    from deconvviz.export.measures import write_figure_result
 
     return write_figure_result(out, stem, fig, info, table)

@@ -3,7 +3,7 @@
 Each command parses its options, calls one public library function, saves what it returns and
 prints one line. Whatever goes wrong is one line on stderr, never a traceback:
 
-* errors the user can fix (:class:`deconvviz.errors.DeconvvizError`, or a file that cannot be
+* errors the user can fix (:class:`deconvviz.base.errors.DeconvvizError`, or a file that cannot be
   read or written) print ``Error: ...`` and exit with 1;
 * usage errors (a bad option value, a missing option) print ``Error: ...`` and exit with 2, as
   click does, but in one line (``--help`` shows the usage);
@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from deconvviz import __version__
-from deconvviz.errors import DeconvvizError
+from deconvviz.base.errors import DeconvvizError
 
 TRACEBACK_ENV = "DECONVVIZ_TRACEBACK"
 

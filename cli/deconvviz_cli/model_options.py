@@ -1,5 +1,5 @@
 """``--model``, ``--model-arg``, ``--trust-checkpoint``, ``--normalize``, ``--image-size``: how
-every command that loads a model gets it (through :func:`deconvviz.loading.load_model`).
+every command that loads a model gets it (through :func:`deconvviz.sources.loading.load_model`).
 
 A command decorated with :func:`model_options` receives one ``model_spec`` argument (a
 :class:`ModelSpec`) and calls ``model_spec.load(checkpoint, device)``; the one-line layout
@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from deconvviz.loading import LoadedModel, load_model
+from deconvviz.sources.loading import LoadedModel, load_model
 
 __all__ = ["ModelSpec", "model_options"]
 
@@ -39,7 +39,7 @@ class ModelSpec:
         return self.model or ""
 
     def load(self, checkpoint: Path | None, device: str = "cpu", quiet: bool = False) -> Any:
-        """The loaded model (:class:`deconvviz.loading.LoadedModel`); says its layout on
+        """The loaded model (:class:`deconvviz.sources.loading.LoadedModel`); says its layout on
         stderr when the user named a model, a normalisation or a trusted checkpoint (a run made
         by ``deconvviz train`` loads silently)."""
         loaded: LoadedModel = load_model(

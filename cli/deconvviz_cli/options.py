@@ -71,7 +71,7 @@ def model_option(f: F) -> F:
 
     The command receives them as one ``model_factory`` argument, a
     :class:`deconvviz_cli.model_options.ModelSpec`; ``model_factory.load(checkpoint, device)``
-    is the one way every command loads its model (:func:`deconvviz.loading.load_model`).
+    is the one way every command loads its model (:func:`deconvviz.sources.loading.load_model`).
     """
     from deconvviz_cli.model_options import model_options
 
@@ -82,8 +82,8 @@ def _check_device(auto: bool) -> Callable[[click.Context, click.Parameter, Any],
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if value is None or ctx.resilient_parsing:
             return value
-        from deconvviz.devices import resolve_device
-        from deconvviz.errors import InputError
+        from deconvviz.base.devices import resolve_device
+        from deconvviz.base.errors import InputError
 
         try:
             resolve_device(value, auto=auto)
@@ -235,7 +235,7 @@ def int_list(value: str | None, what: str) -> list[int] | None:
     Raises:
         InputError: a value is not an integer (the message names the option ``what``).
     """
-    from deconvviz.errors import InputError
+    from deconvviz.base.errors import InputError
 
     if value is None:
         return None
@@ -247,7 +247,7 @@ def int_list(value: str | None, what: str) -> list[int] | None:
 
 class RuleChoice(click.Choice):
     """``--rule``'s choices: the registered rules, read when the command line is parsed, so a
-    rule a plugin registers at import (``deconvviz.rules.register_rule``) is accepted."""
+    rule a plugin registers at import (``deconvviz.engine.rules.register_rule``) is accepted."""
 
     def __init__(self) -> None:
         super().__init__(())

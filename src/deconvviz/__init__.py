@@ -15,8 +15,32 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from deconvviz._version import __version__
-from deconvviz.compare import Comparison, compare_methods, project_class
+from deconvviz import _compat
+from deconvviz.base._version import __version__
+from deconvviz.analyses.compare import Comparison, compare_methods, project_class
+from deconvviz.analyses.filters import RenormaliseHook, dead_filters, filter_rms, renormalise_
+from deconvviz.analyses.occlusion import OcclusionResult, occlusion
+from deconvviz.analyses.reconstruct import (
+    ImageProjections,
+    LayerReconstructions,
+    reconstruct_dataset,
+    reconstruct_images,
+)
+from deconvviz.analyses.scan import Scan, scan, top_activations
+from deconvviz.analyses.stats import (
+    HiddenStateStats,
+    LayerStats,
+    activation_stats,
+    hidden_state_stats,
+    report_lines,
+)
+from deconvviz.analyses.topk import (
+    FewImagesWarning,
+    TopActivations,
+    TopProjections,
+    project_top,
+)
+from deconvviz.base.errors import DeconvvizError
 from deconvviz.engine import (
     Deconvnet,
     DeconvvizWarning,
@@ -25,34 +49,13 @@ from deconvviz.engine import (
     layer_output,
     receptive_field,
 )
-from deconvviz.errors import DeconvvizError
-from deconvviz.filters import RenormaliseHook, dead_filters, filter_rms, renormalise_
-from deconvviz.occlusion import OcclusionResult, occlusion
-from deconvviz.reconstruct import (
-    ImageProjections,
-    LayerReconstructions,
-    reconstruct_dataset,
-    reconstruct_images,
-)
-from deconvviz.scan import Scan, scan, top_activations
-from deconvviz.stats import (
-    HiddenStateStats,
-    LayerStats,
-    activation_stats,
-    hidden_state_stats,
-    report_lines,
-)
-from deconvviz.topk import (
-    FewImagesWarning,
-    TopActivations,
-    TopProjections,
-    project_top,
-)
+
+_compat.install()  # old module paths (deconvviz.topk, ...) keep working for one release
 
 _LAZY = {
     "filter_grid": "deconvviz.render.filters",
-    "Report": "deconvviz.report",
-    "write_report": "deconvviz.report",
+    "Report": "deconvviz.export.report",
+    "write_report": "deconvviz.export.report",
 }
 """Public names of the render and export layers: name -> defining module, imported on use."""
 

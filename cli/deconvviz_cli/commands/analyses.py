@@ -14,7 +14,7 @@ from typing import Any
 import click
 import torch
 
-from deconvviz.errors import InputError
+from deconvviz.base.errors import InputError
 from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.options import (
     choice_option,
@@ -84,8 +84,8 @@ def _load(
     opts: dict[str, Any], n_default: int
 ) -> tuple[Any, torch.Tensor, torch.Tensor, list[int]]:
     """The run, and ``(images, labels, dataset indices)`` from its dataset."""
-    from deconvviz.datasets import dataset_for_model
-    from deconvviz.loading import dataset_images
+    from deconvviz.sources.datasets import dataset_for_model
+    from deconvviz.sources.loading import dataset_images
 
     run = opts["model_factory"].load(opts["checkpoint"], opts["device"])
     ds = dataset_for_model(
@@ -158,7 +158,7 @@ def invariance_cmd(
 
     Writes invariance_<transform>.png and .json.
     """
-    from deconvviz.analyses_report import run_analysis
+    from deconvviz.export.analyses import run_analysis
 
     run, x, y, idx = _load(opts, 8)
     vals = None
@@ -253,7 +253,7 @@ def correspondence_cmd(
 
     Writes correspondence.png, .json and .md (the table).
     """
-    from deconvviz.analyses_report import run_analysis
+    from deconvviz.export.analyses import run_analysis
 
     boxes, names, spec_indices = _read_boxes(boxes_file, box, part)
     if spec_indices and not opts["indices"]:
@@ -319,7 +319,7 @@ def sanity_cmd(
 
     Writes randomisation.png, .json and .md (the table).
     """
-    from deconvviz.analyses_report import run_analysis
+    from deconvviz.export.analyses import run_analysis
 
     run, x, _, idx = _load(opts, 4)
     written = run_analysis(
@@ -373,7 +373,7 @@ def sensitivity_cmd(
 
     Writes sensitivity.png, .json and .md (the table).
     """
-    from deconvviz.analyses_report import run_analysis
+    from deconvviz.export.analyses import run_analysis
 
     run, x, _, idx = _load(opts, 2)
     written = run_analysis(
@@ -404,7 +404,7 @@ def analysis_command(analysis: Any) -> click.Command:
     parse -> ``run_analysis`` -> one line."""
 
     def callback(**kwargs: Any) -> None:
-        from deconvviz.analyses_report import run_analysis
+        from deconvviz.export.analyses import run_analysis
 
         keys = {o.key for o in analysis.options}
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in keys}

@@ -87,8 +87,8 @@ def atlas_cmd(
       deconvviz atlas -c runs/lenet5 --data-dir ../shared/data --out atlas/
       torchrun --nproc_per_node=4 -m deconvviz_cli atlas -c runs/demo -o atlas/
     """
-    from deconvviz.atlas import build_atlas
-    from deconvviz.datasets import dataset_for_model
+    from deconvviz.export.atlas import build_atlas
+    from deconvviz.sources.datasets import dataset_for_model
 
     run = model_factory.load(checkpoint)
     data = dataset_for_model(run.model, run.config, data_dir, dataset, split)

@@ -60,9 +60,9 @@ def inspect_cmd(
       deconvviz inspect -c runs/lenet5
       deconvviz inspect --model their_resnet.py:resnet20 -c resnet20.th --image-size 32
     """
-    from deconvviz.export_measures import write_layer_table
-    from deconvviz.reconstruct import expected_input
-    from deconvviz.summary import layer_table
+    from deconvviz.analyses.reconstruct import expected_input
+    from deconvviz.engine.summary import layer_table
+    from deconvviz.export.measures import write_layer_table
 
     loaded = model_spec.load(checkpoint, quiet=True)
     want_c, want_size = expected_input(loaded.model, loaded.config)
@@ -73,8 +73,8 @@ def inspect_cmd(
         import torch
 
         from deconvviz.analyses.dependence import no_switch_note
-        from deconvviz.checks import model_device_dtype
-        from deconvviz.reconstruct import conv_layer_names
+        from deconvviz.analyses.reconstruct import conv_layer_names
+        from deconvviz.base.checks import model_device_dtype
 
         device, dtype = model_device_dtype(loaded.model)
         x = torch.zeros(1, *table.input_shape, device=device, dtype=dtype)

@@ -68,7 +68,7 @@ def occlude(
 
     Writes occlusion.png (the maps over the image) and occlusion.pt (the result tensors).
     """
-    from deconvviz.export_measures import write_occlusion
+    from deconvviz.export.measures import write_occlusion
 
     run = model_factory.load(checkpoint, device)
     written = write_occlusion(
@@ -124,7 +124,7 @@ def filters(
 
     Writes filters_<layer>.png, rms_<layer>.png and filters.json.
     """
-    from deconvviz.export_measures import write_filters
+    from deconvviz.export.measures import write_filters
 
     run = model_factory.load(checkpoint)
     written = write_filters(run.model, out, layers, radius=radius, scale=scale, tol=tol)
@@ -162,8 +162,8 @@ def stats(
     Prints the report's lines (h_conv1_stats: mean = ...; var = ...) and writes stats.md,
     stats.json and the histograms.
     """
-    from deconvviz.datasets import dataset_for_model
-    from deconvviz.export_measures import write_stats
+    from deconvviz.export.measures import write_stats
+    from deconvviz.sources.datasets import dataset_for_model
 
     run = model_factory.load(checkpoint, device)
     data = dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)

@@ -113,8 +113,8 @@ def _images_mode(
     progress: bool,
 ) -> str:
     """Project each image's strongest activations (and --compare); the line to print."""
-    from deconvviz import export_reconstructions as export
-    from deconvviz import reconstruct as rec
+    from deconvviz.analyses import reconstruct as rec
+    from deconvviz.export import reconstructions as export
 
     layers, chans, rule = what
     want_c, want_size = rec.expected_input(run.model, run.config)
@@ -122,7 +122,7 @@ def _images_mode(
     results = rec.reconstruct_images(run.model, x, layers, chans, rule, progress=progress)
     pngs = export.write_image_reconstructions(results, out, [p.stem for p in images])
     if compare:
-        from deconvviz.export_measures import comparison_png
+        from deconvviz.export.measures import comparison_png
 
         pngs.append(comparison_png(run.model, run.config, x, out, progress))
     size = "x".join(str(s) for s in x.shape[-2:])
@@ -137,7 +137,7 @@ def _dataset_split(
 ) -> Any:
     """The run's dataset split, said on stderr when picked (image folders list only their
     first ``max_images`` files; every dataset is cut to them by the scan)."""
-    from deconvviz.datasets import dataset_for_model
+    from deconvviz.sources.datasets import dataset_for_model
 
     data = dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)
     dataset_note(data_dir, getattr(data, "name", None), dataset)
@@ -155,8 +155,8 @@ def _dataset_mode(
 ) -> str:
     """Project each feature map's top-k activations over ``data`` (``top``: k and the images
     to use, None for all); the line to print."""
-    from deconvviz import export_reconstructions as export
-    from deconvviz import reconstruct as rec
+    from deconvviz.analyses import reconstruct as rec
+    from deconvviz.export import reconstructions as export
 
     layers, chans, rule = what
     k, max_images = top
@@ -207,7 +207,7 @@ def compare_cmd(
     Writes compare.png (one row per image: input, deconvnet, saliency, guided backprop,
     integrated gradients, occlusion) and compare.json (target classes and probabilities).
     """
-    from deconvviz.export_measures import write_comparison
+    from deconvviz.export.measures import write_comparison
 
     if len(images) > 8:
         raise click.UsageError("compare draws at most 8 images; give fewer --image")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from deconvviz.report import SECTIONS
+from deconvviz.export.report import SECTIONS
 from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli.model_options import ModelSpec
 from deconvviz_cli.options import (
@@ -73,7 +73,7 @@ def report_cmd(
     per-layer reconstructions, occlusion maps, the method comparison and the analyses, with a
     manifest.json of versions, config and seed. Open OUT/index.html in a browser.
     """
-    from deconvviz.report import report_from_run
+    from deconvviz.export.report import report_from_run
 
     report = report_from_run(
         checkpoint,
@@ -145,7 +145,7 @@ def demo_cmd(
     Example:
       deconvviz demo --out demo      # then open demo/index.html
     """
-    from deconvviz.demo import run_demo
+    from deconvviz.export.demo import run_demo
 
     result = run_demo(
         out,

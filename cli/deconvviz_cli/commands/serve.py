@@ -39,7 +39,7 @@ def _loopback(host: str) -> bool:
 
 def _bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (port 0: a free one), or a one-line error."""
-    from deconvviz.errors import InputError
+    from deconvviz.base.errors import InputError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP: asyncio then sets TCP_NODELAY on each connection (else Nagle + delayed
@@ -73,10 +73,10 @@ def load_target(
 ) -> tuple[Any, Any, list[str] | None, str]:
     """``(model, dataset, classes, title)``: the shipped zfnet-cifar on the shipped sample when
     neither a checkpoint nor a model is named, else the run and its data."""
-    from deconvviz.datasets import dataset_for_model, load_sample
+    from deconvviz.sources.datasets import dataset_for_model, load_sample
 
     if checkpoint is None and not model_factory.model:
-        from deconvviz.pretrained import load_pretrained
+        from deconvviz.sources.pretrained import load_pretrained
 
         model, info = load_pretrained("zfnet-cifar")
         if data_dir is None and dataset is None:

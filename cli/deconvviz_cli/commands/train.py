@@ -11,9 +11,9 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from deconvviz.checkpoint import resume_config
-from deconvviz.errors import InputError
-from deconvviz.train import TrainConfig, TrainResult, train_from_data
+from deconvviz.base.errors import InputError
+from deconvviz.sources.checkpoint import resume_config
+from deconvviz.training.train import TrainConfig, TrainResult, train_from_data
 from deconvviz_cli._datasets import dataset_note
 from deconvviz_cli._output import write_result
 from deconvviz_cli.options import (
@@ -273,8 +273,8 @@ class EvolutionHook:
         if self.layer is None:
             return []
         from deconvviz.analyses import FeatureEvolution, pick_images
-        from deconvviz.data import dataset_for_config
-        from deconvviz.models import build_model
+        from deconvviz.sources.data import dataset_for_config
+        from deconvviz.sources.models import build_model
 
         test_set = dataset_for_config(config.to_dict(), data_dir, "test", download=download)
         pool, _, _ = pick_images(test_set, self.pool)
@@ -405,7 +405,7 @@ def train_lenet5(
 
     The report's setup: --dataset cifar10-course --per-class 500.
     """
-    from deconvviz.data import choose_dataset, load_dataset
+    from deconvviz.sources.data import choose_dataset, load_dataset
 
     if dataset == "auto" and not opts["resume"]:  # a folder holding several: LeNet5's own
         dataset = choose_dataset(opts["data_dir"], "lenet5", in_channels, image_size)
@@ -544,7 +544,7 @@ def sweep_lenet5_cmd(
     ctx: click.Context, data_dir: Path, out: Path, configs: tuple[str, ...], **opts: Any
 ) -> None:
     """LeNet5: optimisers x learning rates on the course's CIFAR-10 variant."""
-    from deconvviz.sweep import LENET5_GRID, sweep_lenet5
+    from deconvviz.training.sweep import LENET5_GRID, sweep_lenet5
 
     dataset_note(data_dir, opts["dataset"], _given(ctx, "dataset"))
     grid = _parse_grid(configs) if configs else list(LENET5_GRID)
@@ -578,7 +578,7 @@ def sweep_rnn_cmd(
     **opts: Any,
 ) -> None:
     """RNN/LSTM/GRU x hidden sizes on MNIST."""
-    from deconvviz.sweep import RNN_CELLS, RNN_HIDDENS, sweep_rnn
+    from deconvviz.training.sweep import RNN_CELLS, RNN_HIDDENS, sweep_rnn
 
     dataset_note(data_dir, dataset, _given(ctx, "dataset"))
 

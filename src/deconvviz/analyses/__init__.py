@@ -8,7 +8,7 @@
 * :func:`randomisation_test` -- Adebayo et al. 2018's cascading model randomisation.
 * :func:`sensitivity_check` -- Mahendran & Vedaldi 2016: do projections of different units
   differ?
-* ``deconvviz.analyses_report.report_figures`` (export layer) -- quick versions of all of them,
+* ``deconvviz.export.analyses.report_figures`` (export layer) -- quick versions of all of them,
   written as PNG + JSON for the HTML report.
 
 Every analysis returns a small frozen result object of tensors with a ``to_dict()`` for JSON;
@@ -63,13 +63,13 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # report_figures renders and writes files, so it moved to the export layer
-    # (deconvviz.analyses_report); the old name keeps working for a while, with a warning.
+    # (deconvviz.export.analyses); the old name keeps working for a while, with a warning.
     if name == "report_figures":
         warnings.warn(
-            "deconvviz.analyses.report_figures moved to deconvviz.analyses_report.report_figures "
+            "deconvviz.analyses.report_figures moved to deconvviz.export.analyses.report_figures "
             "(it writes files, so it belongs with the writers); import it from there",
             DeprecationWarning,
             stacklevel=2,
         )
-        return importlib.import_module("deconvviz.analyses_report").report_figures
+        return importlib.import_module("deconvviz.export.analyses").report_figures
     raise AttributeError(f"module 'deconvviz.analyses' has no attribute {name!r}")

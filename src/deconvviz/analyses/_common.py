@@ -1,5 +1,5 @@
 """Helpers shared by the analyses: forward passes that capture layer outputs, layer choices,
-batches and image picking (the input checks live in :mod:`deconvviz.checks`)."""
+batches and image picking (the input checks live in :mod:`deconvviz.base.checks`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.checks import module_names
+from deconvviz.base.checks import module_names
+from deconvviz.base.errors import InputError, LayerError
 from deconvviz.engine.tracer import Tracer
-from deconvviz.errors import InputError, LayerError
 
 
 def forward_trace(

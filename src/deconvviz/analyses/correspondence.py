@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from deconvviz.analyses._common import batches, capture, default_layers
 from deconvviz.analyses.metrics import sign_disagreement
-from deconvviz.checks import check_images, check_layers, check_positive_int
-from deconvviz.errors import InputError
+from deconvviz.base.checks import check_images, check_layers, check_positive_int
+from deconvviz.base.errors import InputError
 
 __all__ = [
     "CorrespondenceResult",

@@ -19,7 +19,7 @@ Two numbers per layer:
 Example::
 
     from deconvviz.analyses.dependence import image_dependence, pool_switches
-    from deconvviz.reconstruct import reconstruct_dataset
+    from deconvviz.analyses.reconstruct import reconstruct_dataset
 
     rec = reconstruct_dataset(model, test_set, ["layer2.0.conv2"], k=9)["layer2.0.conv2"]
     dep = image_dependence(rec, pool_switches(model, "layer2.0.conv2", x[:1]))
@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from deconvviz.base.errors import InputError
 from deconvviz.engine.tracer import Tracer
-from deconvviz.errors import InputError
 
 if TYPE_CHECKING:
-    from deconvviz.reconstruct import LayerReconstructions
+    from deconvviz.analyses.reconstruct import LayerReconstructions
 
 __all__ = [
     "HARDLY",
@@ -133,7 +133,7 @@ class ImageDependence:
 
 def _inside(rec: LayerReconstructions, row: int) -> Tensor:
     """``[k, h, w]`` True where the window of entry ``j`` of ``row`` lies inside the image."""
-    from deconvviz.topk import canvas_inside
+    from deconvviz.analyses.topk import canvas_inside
 
     _, _, h, w = rec.reconstructions[row].shape
     return canvas_inside(rec.receptive_field, rec.positions[row], rec.input_size, (h, w))
@@ -164,7 +164,7 @@ def image_dependence(rec: LayerReconstructions, switches: int | None = None) -> 
     """Measure how much ``rec``'s projections depend on the image (see the module's text).
 
     Args:
-        rec: one layer of :func:`deconvviz.reconstruct.reconstruct_dataset`'s result.
+        rec: one layer of :func:`deconvviz.analyses.reconstruct.reconstruct_dataset`'s result.
         switches: :func:`pool_switches` for the layer, when counted.
     """
     if not hasattr(rec, "reconstructions") or not hasattr(rec, "fired"):

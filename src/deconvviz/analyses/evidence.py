@@ -33,9 +33,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from deconvviz._util import json_safe
-from deconvviz.checks import check_layer, check_positive_int
-from deconvviz.errors import InputError
+from deconvviz.base._util import json_safe
+from deconvviz.base.checks import check_layer, check_positive_int
+from deconvviz.base.errors import InputError
 
 __all__ = [
     "FilterStructure",
@@ -218,8 +218,8 @@ def class_selectivity(
     Returns:
         A :class:`SelectivityResult`.
     """
-    from deconvviz.scan import scan
-    from deconvviz.topk import FewImagesWarning
+    from deconvviz.analyses.scan import scan
+    from deconvviz.analyses.topk import FewImagesWarning
 
     check_positive_int("k", k)
     if not layers:
@@ -242,7 +242,8 @@ def selectivity_from_top(
 
     Args:
         tops: ``{layer: (values [C, k], indices [C, k])}`` in layer order, as in
-            :class:`deconvviz.TopActivations` or :class:`deconvviz.reconstruct.LayerReconstructions`
+            :class:`deconvviz.TopActivations` or
+            :class:`deconvviz.analyses.reconstruct.LayerReconstructions`
             (index ``-1`` marks padding).
         labels: ``[N]`` the label of every dataset image.
         classes: number of classes (default: ``labels.max() + 1``).

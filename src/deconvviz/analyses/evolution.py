@@ -17,17 +17,17 @@ import torch
 from torch import Tensor, nn
 
 from deconvviz.analyses._common import pick_images
-from deconvviz.checks import (
+from deconvviz.analyses.scan import top_activations
+from deconvviz.analyses.topk import project_top
+from deconvviz.base.checks import (
     check_channels,
     check_images,
     check_layers,
     check_positive_int,
     model_device_dtype,
 )
+from deconvviz.base.errors import InputError, unknown_name
 from deconvviz.engine.rules import RULES
-from deconvviz.errors import InputError, unknown_name
-from deconvviz.scan import top_activations
-from deconvviz.topk import project_top
 
 __all__ = ["EvolutionRecord", "EvolutionResult", "FeatureEvolution"]
 
@@ -98,7 +98,8 @@ class EvolutionResult:
 class FeatureEvolution:
     """Training callback recording the strongest activation of chosen feature maps over a pool.
 
-    Call it as ``callback(iteration, model)`` (what :func:`deconvviz.train.train` does at each
+    Call it as ``callback(iteration, model)`` (what :func:`deconvviz.training.train.train` does at
+    each
     evaluation point). It records when ``iteration`` is in ``iterations``, or a multiple of
     ``every``, or always when neither is given. Recording runs in eval mode without touching the
     model: ``training`` flags, parameters, their ``.grad`` and the random-number state are left
@@ -177,7 +178,7 @@ class FeatureEvolution:
 
     def validate(self, model: nn.Module) -> None:
         """Check, before training starts, that ``model`` has the layer (raises
-        :class:`~deconvviz.errors.LayerError` naming close matches otherwise)."""
+        :class:`~deconvviz.base.errors.LayerError` naming close matches otherwise)."""
         check_layers(model, [self.layer])
 
     def record(self, iteration: int, model: nn.Module) -> EvolutionRecord:

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deconvviz.analyses._common import batches, capture, default_layers
-from deconvviz.checks import check_images, check_labels, check_layers
-from deconvviz.errors import InputError, unknown_name
+from deconvviz.base.checks import check_images, check_labels, check_layers
+from deconvviz.base.errors import InputError, unknown_name
 
 __all__ = ["TRANSFORMS", "InvarianceResult", "invariance", "transform_images", "default_values"]
 

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from deconvviz.errors import InputError
+from deconvviz.base.errors import InputError
 
 __all__ = ["rankdata", "spearman", "ssim", "sign_disagreement"]
 

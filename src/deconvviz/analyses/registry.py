@@ -16,8 +16,8 @@ Adding an analysis is one module that computes a frozen result object and regist
         summary=lambda r: f"mean {float(r.mean):.3f}",
     ))
 
-The report (``deconvviz.analyses_report.report_figures``) writes every registered report
-section; ``deconvviz.analyses_report.run_analysis`` computes, draws and writes one analysis;
+The report (``deconvviz.export.analyses.report_figures``) writes every registered report
+section; ``deconvviz.export.analyses.run_analysis`` computes, draws and writes one analysis;
 the CLI has a command for every registered analysis (a hand-written one where the analysis
 names it in ``command``, else one made from ``options``).
 
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deconvviz.errors import InputError
+from deconvviz.base.errors import InputError
 
 __all__ = [
     "Analysis",

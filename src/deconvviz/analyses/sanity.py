@@ -22,10 +22,10 @@ from torch import Tensor, nn
 
 from deconvviz.analyses._common import forward_trace, output_layer, parametric_layers
 from deconvviz.analyses.metrics import rankdata, spearman, ssim
-from deconvviz.checks import check_channels, check_images, check_layers
+from deconvviz.base.checks import check_channels, check_images, check_layers
+from deconvviz.base.errors import InputError, LayerError, unknown_name
 from deconvviz.engine.deconvnet import attach, layer_output
 from deconvviz.engine.rules import RULES
-from deconvviz.errors import InputError, LayerError, unknown_name
 
 __all__ = [
     "SanityResult",

@@ -13,7 +13,7 @@
 * :mod:`~deconvviz.engine.summary` -- :func:`~deconvviz.engine.summary.layer_table`.
 """
 
-from deconvviz.checks import model_device_dtype, split_call
+from deconvviz.base.checks import model_device_dtype, split_call
 from deconvviz.engine.crops import gather_windows, place_filters, scatter_windows
 from deconvviz.engine.deconvnet import (
     Deconvnet,

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from deconvviz._util import items_within
+from deconvviz.base._util import items_within
 from deconvviz.engine.receptive import ReceptiveField
 from deconvviz.engine.tracer import exact_cuda
 

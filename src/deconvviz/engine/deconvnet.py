@@ -42,8 +42,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz._util import DEFAULT_MAX_MEMORY, check_precision
-from deconvviz.checks import call_key, check_batch, check_channels, model_device_dtype
+from deconvviz.base._util import DEFAULT_MAX_MEMORY, check_precision
+from deconvviz.base.checks import call_key, check_batch, check_channels, model_device_dtype
+from deconvviz.base.errors import DeconvvizError, InputError, LayerError
 from deconvviz.engine.crops import Box, crop_boxes, scatter_windows
 from deconvviz.engine.probe import DeconvvizWarning, Passes, _LayerInfo, _Probe, forward_failed
 from deconvviz.engine.receptive import ReceptiveField
@@ -58,7 +59,6 @@ from deconvviz.engine.seeds import (
 )
 from deconvviz.engine.support import _CONTAINERS, step_for
 from deconvviz.engine.swap import Event
-from deconvviz.errors import DeconvvizError, InputError, LayerError
 
 __all__ = [
     "Deconvnet",
@@ -266,7 +266,7 @@ class Deconvnet:
 
     def check_input(self, x: Any) -> Tensor:
         """``x`` if it is a batch the model can take (``[N, C, H, W]``, floating point, on the
-        model's device and dtype); an :class:`~deconvviz.errors.InputError` naming the fix
+        model's device and dtype); an :class:`~deconvviz.base.errors.InputError` naming the fix
         otherwise."""
         self._check_attached()
         x = check_batch(x, "x", finite=False)
@@ -529,7 +529,7 @@ def attach(
             modified: no attribute is flipped and no hook stays behind.
         rule: ReLU step of the reverse path: ``"deconvnet"`` (Zeiler & Fergus, ``relu(g)``),
             ``"gradient"`` (saliency) or ``"guided"`` (guided backprop); see
-            :mod:`deconvviz.rules`.
+            :mod:`deconvviz.engine.rules`.
         strict: refuse models with activations that have no deconvnet rule (tanh, GELU,
             LeakyReLU, ...) instead of warning and using their plain gradient.
         crop: run each seed on the crop of the input that holds its receptive field (same

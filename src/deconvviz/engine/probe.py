@@ -19,14 +19,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz._util import autocast
-from deconvviz.checks import call_key, split_call
+from deconvviz.base._util import autocast
+from deconvviz.base.checks import call_key, split_call
+from deconvviz.base.errors import LayerError, NonFiniteError
 from deconvviz.engine.receptive import ReceptiveField, RFTracker
 from deconvviz.engine.rules import Rule
 from deconvviz.engine.support import step_for
 from deconvviz.engine.swap import Event, ReluSwap
 from deconvviz.engine.tracer import Tracer
-from deconvviz.errors import LayerError, NonFiniteError
 
 
 class DeconvvizWarning(UserWarning):

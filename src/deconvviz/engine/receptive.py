@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from deconvviz._util import pair
+from deconvviz.base._util import pair
 
 __all__ = ["UNKNOWN", "RFTracker", "ReceptiveField"]
 
@@ -54,7 +54,7 @@ class ReceptiveField:
     support: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The affine map, for JSON (:func:`deconvviz._util.json_safe`)."""
+        """The affine map, for JSON (:func:`deconvviz.base._util.json_safe`)."""
         return {
             "jump": list(self.jump),
             "start": list(self.start),

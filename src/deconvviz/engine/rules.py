@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deconvviz._util import pair
-from deconvviz.errors import DeconvvizError, InputError, unknown_name
+from deconvviz.base._util import pair
+from deconvviz.base.errors import DeconvvizError, InputError, unknown_name
 
 __all__ = [
     "ReluRule",

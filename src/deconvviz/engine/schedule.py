@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz._util import items_within
-from deconvviz.checks import split_call
+from deconvviz.base._util import items_within
+from deconvviz.base.checks import split_call
+from deconvviz.base.errors import LayerError
 from deconvviz.engine.crops import (
     Box,
     gather_windows,
@@ -29,7 +30,6 @@ from deconvviz.engine.crops import (
 from deconvviz.engine.probe import DeconvvizWarning, Passes, _LayerInfo, normal
 from deconvviz.engine.seeds import _Seeds
 from deconvviz.engine.tracer import exact_cuda
-from deconvviz.errors import LayerError
 
 #: ``(seed indices, gradients, boxes)``: the gradient of seed ``s`` is nonzero only inside its
 #: box ``(y0, x0, y1, x1)`` of its image, and is given for that box.

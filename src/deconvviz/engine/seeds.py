@@ -1,6 +1,7 @@
 """What a projection may be asked for, checked once: the layer (it runs, it returns a projectable
 tensor, the path to it has a rule), the model's mode, and the seeds (images, channels, positions,
-values). Refusals are :class:`~deconvviz.errors.InputError` / :class:`~deconvviz.errors.LayerError`
+values). Refusals are :class:`~deconvviz.base.errors.InputError` /
+:class:`~deconvviz.base.errors.LayerError`
 naming the fix; what is allowed but worth knowing is said once per handle as a
 :class:`~deconvviz.engine.probe.DeconvvizWarning`.
 """
@@ -14,10 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deconvviz.checks import call_key, check_channels, split_call
+from deconvviz.base.checks import call_key, check_channels, split_call
+from deconvviz.base.errors import InputError, LayerError, UnsupportedLayerError, unknown_name
 from deconvviz.engine.probe import DeconvvizWarning, _LayerInfo, _Probe
 from deconvviz.engine.support import has_no_rule
-from deconvviz.errors import InputError, LayerError, UnsupportedLayerError, unknown_name
 
 #: Layers whose forward depends on ``training`` (projections run in eval mode).
 _MODE_DEPENDENT: tuple[type[nn.Module], ...] = (

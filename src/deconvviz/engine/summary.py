@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from deconvviz.checks import model_device_dtype, split_call
+from deconvviz.base.checks import model_device_dtype, split_call
+from deconvviz.base.errors import LayerError, unknown_name
 from deconvviz.engine.deconvnet import Deconvnet, attach
 from deconvviz.engine.probe import DeconvvizWarning
 from deconvviz.engine.rules import describe_rule
 from deconvviz.engine.support import step_for
-from deconvviz.errors import LayerError, unknown_name
 
 __all__ = ["LayerRow", "LayerTable", "layer_table"]
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
-from deconvviz.checks import call_key, split_call  # layer-name spelling: a base input check
+from deconvviz.base.checks import call_key, split_call  # layer-name spelling: a base input check
 
 __all__ = ["StopForward", "Tracer", "call_key", "eval_mode", "exact_cuda", "split_call"]
 

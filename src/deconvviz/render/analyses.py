@@ -1,12 +1,12 @@
 """Figures and tables for :mod:`deconvviz.analyses` results (no file I/O).
 
 Each function takes a result object and returns a ``matplotlib.figure.Figure`` (or a markdown
-string for the tables); write them with :func:`deconvviz._io.save_figure` /
-:func:`deconvviz._io.write_text`.
+string for the tables); write them with :func:`deconvviz.base._io.save_figure` /
+:func:`deconvviz.base._io.write_text`.
 
 Example::
 
-    from deconvviz._io import save_figure
+    from deconvviz.base._io import save_figure
     from deconvviz.render.analyses import invariance_figure
 
     save_figure("invariance.png", invariance_figure(result))
@@ -28,7 +28,7 @@ from deconvviz.analyses import (
     SanityResult,
     SensitivityResult,
 )
-from deconvviz.errors import InputError
+from deconvviz.base.errors import InputError
 from deconvviz.render.images import DPI, display_scale, to_display, wrap_text
 from deconvviz.render.reconstruct import draw_dead
 

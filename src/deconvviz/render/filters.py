@@ -9,9 +9,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor, nn
 
-from deconvviz.checks import check_positive_int
-from deconvviz.errors import InputError
-from deconvviz.filters import filter_rms, filter_weight
+from deconvviz.analyses.filters import filter_rms, filter_weight
+from deconvviz.base.checks import check_positive_int
+from deconvviz.base.errors import InputError
 from deconvviz.render.images import make_grid, to_display
 
 __all__ = ["filter_grid", "rms_figure"]
@@ -75,7 +75,7 @@ def filter_grid(
         A PIL image (mode ``"L"`` or ``"RGB"``).
 
     Example:
-        >>> from deconvviz.models import LeNet5
+        >>> from deconvviz.sources.models import LeNet5
         >>> filter_grid(LeNet5().conv1, scale=4).size  # 32 5x5 filters, 6 a row, 1 px apart
         (127, 127)
     """

@@ -1,6 +1,6 @@
 """Display helpers shared by every renderer: contrast stretching, tensor -> PIL, image grids.
 
-Nothing here writes files; pass what these return to :mod:`deconvviz._io` (``save_image``,
+Nothing here writes files; pass what these return to :mod:`deconvviz.base._io` (``save_image``,
 ``save_figure``) to write them.
 """
 
@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from deconvviz.errors import InputError
+from deconvviz.base.errors import InputError
 
 __all__ = [
     "DPI",

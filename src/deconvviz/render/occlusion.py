@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 
-from deconvviz.errors import InputError
-from deconvviz.occlusion import OcclusionResult
+from deconvviz.analyses.occlusion import OcclusionResult
+from deconvviz.base.errors import InputError
 from deconvviz.render.images import to_display
 
 __all__ = [
@@ -273,7 +273,7 @@ def occlusion_figure(
             no longer match the colour bars).
 
     Returns:
-        A matplotlib figure (not shown; save it with ``deconvviz._io.save_figure``).
+        A matplotlib figure (not shown; save it with ``deconvviz.base._io.save_figure``).
     """
     _check_figure_inputs(result, x, index)
     image = x[index].detach().cpu()
@@ -319,7 +319,8 @@ def probability_maps_figure(
 ) -> Figure:
     """The target-class probability per occluder position for every image of ``result``.
 
-    The notebook picture of an :class:`~deconvviz.occlusion.OcclusionResult` (which holds no
+    The notebook picture of an :class:`~deconvviz.analyses.occlusion.OcclusionResult` (which holds
+    no
     image): one opaque map per image in ``viridis`` (perceptually uniform, 0 to 1), drawn in the
     image's own pixel frame, with one colour bar.
     """

@@ -10,11 +10,11 @@
 
 Every reconstruction is contrast-stretched around grey on its own
 (:func:`deconvviz.render.images.to_display`): grey is zero, the brightest or darkest pixel is the
-largest magnitude. Nothing here writes files; pass the results to :mod:`deconvviz._io`.
+largest magnitude. Nothing here writes files; pass the results to :mod:`deconvviz.base._io`.
 
 Example::
 
-    from deconvviz._io import save_figure
+    from deconvviz.base._io import save_figure
     from deconvviz.render.reconstruct import top_projections_figure
 
     save_figure("conv2.png", top_projections_figure(results["conv2"], range(16)))
@@ -32,12 +32,12 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
-from deconvviz.errors import InputError
+from deconvviz.base.errors import InputError
 from deconvviz.render.images import DPI, dead_tile, display_scale, make_grid, to_display, wrap_text
 
 if TYPE_CHECKING:
-    from deconvviz.compare import Comparison
-    from deconvviz.reconstruct import ImageProjections, LayerReconstructions
+    from deconvviz.analyses.compare import Comparison
+    from deconvviz.analyses.reconstruct import ImageProjections, LayerReconstructions
 
 __all__ = [
     "OUTSIDE",
@@ -260,7 +260,7 @@ def top_projections_figure(
     fired on fewer than ``k`` images) are left blank.
 
     Args:
-        rec: one layer of :func:`deconvviz.reconstruct.reconstruct_dataset`'s result.
+        rec: one layer of :func:`deconvviz.analyses.reconstruct.reconstruct_dataset`'s result.
         channels: which rows of ``rec`` to show (positions in ``rec.channels``; default all).
         ncols: cells per row.
         page: ``(page, pages)`` to add to the title when a layer is split over several figures.
@@ -417,7 +417,7 @@ def outside_mask(rec: LayerReconstructions, row: int) -> Tensor | None:
 
     ``None`` when the layer has no receptive field (the patches are whole images).
     """
-    from deconvviz.topk import canvas_inside
+    from deconvviz.analyses.topk import canvas_inside
 
     rf = rec.receptive_field
     if rf is None:
@@ -444,7 +444,7 @@ def image_projections_figure(
     projection of nothing.
 
     Args:
-        res: one layer of :func:`deconvviz.reconstruct.reconstruct_images`'s result.
+        res: one layer of :func:`deconvviz.analyses.reconstruct.reconstruct_images`'s result.
         index: which image.
         max_channels: show the strongest this many feature maps (``None``: every projected one).
         ncols: panels per row.
@@ -522,7 +522,7 @@ def comparison_figure(
     """Our deconvnet beside captum's attribution methods: one row per image, one column per method.
 
     Args:
-        comp: from :func:`deconvviz.compare.compare_methods`.
+        comp: from :func:`deconvviz.analyses.compare.compare_methods`.
         class_names: names of the classes, to label each row's target class.
         max_images: show at most this many images.
 

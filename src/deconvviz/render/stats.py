@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from deconvviz.errors import InputError
+from deconvviz.analyses.stats import HiddenStateStats, LayerStats
+from deconvviz.base.errors import InputError
 from deconvviz.render.images import wrap_text
-from deconvviz.stats import HiddenStateStats, LayerStats
 
 __all__ = ["histogram_figure", "stats_table", "hidden_state_figure", "hidden_state_table"]
 

@@ -1,12 +1,13 @@
 """Training curves: train loss and test accuracy against iterations (figures only, no file I/O).
 
 A *history* is anything with ``train_loss`` and ``test_acc`` sequences of ``(iteration, value)``
-pairs: a :class:`deconvviz.train.History`, or a dict with those two keys (as stored in a run's
+pairs: a :class:`deconvviz.training.train.History`, or a dict with those two keys (as stored in a
+run's
 ``metrics.json``).
 
 Example::
 
-    from deconvviz._io import save_figure
+    from deconvviz.base._io import save_figure
     from deconvviz.render.training import curves_figure
 
     save_figure("curves.png", curves_figure(result.history, title="LeNet5 adam 1e-3"))
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from deconvviz.errors import InputError
+from deconvviz.base.errors import InputError
 
 __all__ = ["curves_figure", "sweep_curves_figure", "smooth"]
 

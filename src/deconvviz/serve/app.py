@@ -40,7 +40,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from deconvviz.errors import DeconvvizError
+from deconvviz.base.errors import DeconvvizError
 from deconvviz.serve.explorer import MAX_UPLOAD_BYTES, Explorer, NotFound, NotReady
 from deconvviz.serve.worker import ModelWorker, Superseded
 

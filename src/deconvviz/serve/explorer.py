@@ -9,7 +9,7 @@ Every method that touches the model must run on the :class:`~deconvviz.serve.wor
 thread (the app does that); the background scan runs on its own copy of the model and only while
 the worker is idle.
 
-Bad input raises :class:`deconvviz.errors.InputError` (or ``LayerError``) with a one-line
+Bad input raises :class:`deconvviz.base.errors.InputError` (or ``LayerError``) with a one-line
 message naming the valid values; a top-k asked for before the scan is done raises
 :class:`NotReady`.
 """
@@ -35,11 +35,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deconvviz.checks import class_names_for
+from deconvviz.base.checks import class_names_for
+from deconvviz.base.errors import CheckpointError, DeconvvizError, InputError, LayerError
 from deconvviz.engine.deconvnet import Deconvnet, batch_images
 from deconvviz.engine.rules import rule_names
-from deconvviz.errors import CheckpointError, DeconvvizError, InputError, LayerError
-from deconvviz.loading import model_outputs
+from deconvviz.sources.loading import model_outputs
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
@@ -407,7 +407,7 @@ class Explorer:
         model's input; returns its id (``u`` + a digest, so the same file has the same id)."""
         from PIL import Image, UnidentifiedImageError
 
-        from deconvviz.images import fit_image
+        from deconvviz.base.images import fit_image
 
         if len(data) > MAX_UPLOAD_BYTES:
             raise InputError(
@@ -609,16 +609,16 @@ class Explorer:
 
     def atlas_page(self, layer: str, unit: int) -> str | None:
         """The atlas's page of a unit, relative to the atlas folder (None when it has none)."""
-        from deconvviz._util import safe_name
+        from deconvviz.base._util import safe_name
 
         if self.atlas is None or layer not in self._atlas:
             return None
-        page = f"units/{safe_name(layer)}/{unit}.html"  # deconvviz.atlas's layout
+        page = f"units/{safe_name(layer)}/{unit}.html"  # deconvviz.export.atlas's layout
         return page if (self.atlas / page).is_file() else None
 
     def _top(self, layer: str) -> Any:
         """The :class:`deconvviz.TopActivations` of ``layer`` (from the atlas or the scan)."""
-        from deconvviz.topk import TopActivations, input_boxes
+        from deconvviz.analyses.topk import TopActivations, input_boxes
 
         if layer in self._tops:
             return self._tops[layer]
@@ -654,7 +654,7 @@ class Explorer:
     def topk(self, layer: str, unit: Any, rule: str = "deconvnet") -> dict[str, Any]:
         """``GET /api/topk``: the unit's top-k dataset images, their patches and projections
         (one strip PNG: row 0 the patches, row 1 the projections)."""
-        from deconvviz.topk import project_top
+        from deconvviz.analyses.topk import project_top
 
         info = self.layer(layer)
         c = self.unit(info, unit)
@@ -709,7 +709,7 @@ class Explorer:
     ) -> dict[str, Any]:
         """What ``GET /api/occlusion`` will measure: the occluder grid and the target (the
         predicted class, a given class, or a unit's total rectified activation)."""
-        from deconvviz.occlusion import occluder_starts
+        from deconvviz.analyses.occlusion import occluder_starts
 
         _, _, h, w = (1, *self.input_shape)
         side = min(h, w)
@@ -814,7 +814,7 @@ class Explorer:
     def _run_scan(
         self, idle: threading.Event, state: Path | None, batch_size: int, bar: bool
     ) -> None:
-        from deconvviz.scan import scan
+        from deconvviz.analyses.scan import scan
 
         progress = self.scan
         assert progress is not None
