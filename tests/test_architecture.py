@@ -425,6 +425,8 @@ def test_a_pickle_naming_an_old_path_loads() -> None:
 
     from deconvviz.sources.models import LeNet5
 
-    blob = pickle.dumps(LeNet5, protocol=0).replace(b"deconvviz.sources.models", b"deconvviz.models")
+    blob = pickle.dumps(LeNet5, protocol=0).replace(
+        b"deconvviz.sources.models", b"deconvviz.models"
+    )
     with pytest.warns(DeprecationWarning, match="deconvviz.models moved"):
         assert pickle.loads(blob) is LeNet5

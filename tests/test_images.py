@@ -49,7 +49,9 @@ def test_a_folder_dataset_reads_items_as_the_loader_does(tmp_path):
 
 def test_occlude_and_reconstruct_feed_the_model_the_same_tensor(tmp_path, monkeypatch):
     # the modules, not the same-named functions deconvviz re-exports
-    occlusion_module = importlib.import_module("deconvviz.analyses.occlusion")
+    occlusion_module = importlib.import_module(
+        "deconvviz.export.measures"
+    )  # where occlude calls it
     reconstruct_module = importlib.import_module("deconvviz.analyses.reconstruct")
     torch.manual_seed(0)
     model = LeNet5(in_channels=1, image_size=28, init="pytorch")

@@ -67,7 +67,7 @@ def test_ctrl_c_names_resume_only_where_the_command_has_it(monkeypatch, tmp_path
     monkeypatch.setattr(deconvviz.engine.summary, "layer_table", interrupted)
     res = CliRunner().invoke(cli, ["inspect", "--model", "zoo:FunctionalNet"])
     assert res.exit_code == 130 and "Interrupted" in res.stderr and "--resume" not in res.stderr
-    monkeypatch.setattr(importlib.import_module("deconvviz.analyses.scan"), "scan", interrupted)
+    monkeypatch.setattr(importlib.import_module("deconvviz.export.atlas"), "scan", interrupted)
     torch.save(FunctionalNet().state_dict(), tmp_path / "net.pt")
     data = tmp_path / "data"
     data.mkdir()

@@ -16,7 +16,6 @@ import importlib
 from typing import Any
 
 from deconvviz import _compat
-from deconvviz.base._version import __version__
 from deconvviz.analyses.compare import Comparison, compare_methods, project_class
 from deconvviz.analyses.filters import RenormaliseHook, dead_filters, filter_rms, renormalise_
 from deconvviz.analyses.occlusion import OcclusionResult, occlusion
@@ -40,6 +39,7 @@ from deconvviz.analyses.topk import (
     TopProjections,
     project_top,
 )
+from deconvviz.base._version import __version__
 from deconvviz.base.errors import DeconvvizError
 from deconvviz.engine import (
     Deconvnet,

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from deconvviz.analyses._common import batches, capture, default_layers
 from deconvviz.analyses.metrics import sign_disagreement
+from deconvviz.analyses.registry import Analysis, ReportSection, register_analysis
 from deconvviz.base.checks import check_images, check_layers, check_positive_int
 from deconvviz.base.errors import InputError
 
@@ -359,8 +360,6 @@ def _summary(res: CorrespondenceResult) -> str:
 
 
 def _register() -> None:
-    from deconvviz.analyses.registry import Analysis, ReportSection, register_analysis
-
     register_analysis(
         Analysis(
             name="correspondence",

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from deconvviz.analyses.topk import canvas_inside
 from deconvviz.base.errors import InputError
 from deconvviz.engine.tracer import Tracer
 
@@ -133,8 +134,6 @@ class ImageDependence:
 
 def _inside(rec: LayerReconstructions, row: int) -> Tensor:
     """``[k, h, w]`` True where the window of entry ``j`` of ``row`` lies inside the image."""
-    from deconvviz.analyses.topk import canvas_inside
-
     _, _, h, w = rec.reconstructions[row].shape
     return canvas_inside(rec.receptive_field, rec.positions[row], rec.input_size, (h, w))
 

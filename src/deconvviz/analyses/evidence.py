@@ -33,6 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from deconvviz.analyses.scan import scan
+from deconvviz.analyses.topk import FewImagesWarning
 from deconvviz.base._util import json_safe
 from deconvviz.base.checks import check_layer, check_positive_int
 from deconvviz.base.errors import InputError
@@ -218,9 +220,6 @@ def class_selectivity(
     Returns:
         A :class:`SelectivityResult`.
     """
-    from deconvviz.analyses.scan import scan
-    from deconvviz.analyses.topk import FewImagesWarning
-
     check_positive_int("k", k)
     if not layers:
         raise InputError("class_selectivity needs at least one layer name")

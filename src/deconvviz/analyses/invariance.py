@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deconvviz.analyses._common import batches, capture, default_layers
+from deconvviz.analyses.registry import Analysis, ReportSection, register_analysis
 from deconvviz.base.checks import check_images, check_labels, check_layers
 from deconvviz.base.errors import InputError, unknown_name
 
@@ -349,8 +350,6 @@ def _summary(res: InvarianceResult) -> str:
 
 
 def _register() -> None:
-    from deconvviz.analyses.registry import Analysis, ReportSection, register_analysis
-
     register_analysis(
         Analysis(
             name="invariance",

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from deconvviz.base._display import occlusion_png
 from deconvviz.base._util import items_within, pair
 from deconvviz.base._util import memory_budget as memory_budget_for
 from deconvviz.base.checks import check_batch, check_layer, check_model, model_device_dtype
@@ -115,8 +116,6 @@ class OcclusionResult:
 
     def _repr_png_(self) -> bytes:
         """The occlusion probability maps, for Jupyter."""
-        from deconvviz.base._display import occlusion_png
-
         return occlusion_png(self)
 
 

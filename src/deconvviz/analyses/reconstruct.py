@@ -41,6 +41,7 @@ from deconvviz.analyses.topk import (
     few_images_message,
     project_top_with,
 )
+from deconvviz.base._display import render_png
 from deconvviz.base._util import dead_units, items_within, safe_name
 from deconvviz.base.checks import (
     Resolved,
@@ -96,8 +97,6 @@ class ImageProjections:
 
     def _repr_png_(self) -> bytes:
         """The first image's projections, for Jupyter."""
-        from deconvviz.base._display import render_png
-
         return render_png(self, 0, max_channels=16)
 
 
@@ -217,8 +216,6 @@ class LayerReconstructions:
 
     def _repr_png_(self) -> bytes:
         """The top-k grid (up to 8 feature maps), for Jupyter."""
-        from deconvviz.base._display import render_png
-
         n = int(self.channels.numel())
         return render_png(self, list(range(min(n, 8))))
 

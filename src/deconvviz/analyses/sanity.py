@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from deconvviz.analyses._common import forward_trace, output_layer, parametric_layers
 from deconvviz.analyses.metrics import rankdata, spearman, ssim
+from deconvviz.analyses.registry import Analysis, ReportSection, register_analysis
 from deconvviz.base.checks import check_channels, check_images, check_layers
 from deconvviz.base.errors import InputError, LayerError, unknown_name
 from deconvviz.engine.deconvnet import attach, layer_output
@@ -584,8 +585,6 @@ def _sensitivity_summary(res: SensitivityResult) -> str:
 
 
 def _register() -> None:
-    from deconvviz.analyses.registry import Analysis, ReportSection, register_analysis
-
     register_analysis(
         Analysis(
             name="sanity",

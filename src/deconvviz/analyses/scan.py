@@ -53,7 +53,8 @@ from deconvviz.analyses.topk import (
     input_boxes,
     project_top,
 )
-from deconvviz.base._util import autocast, check_precision
+from deconvviz.base._io import write_bytes
+from deconvviz.base._util import DEFAULT_MAX_MEMORY, autocast, check_precision, items_within
 from deconvviz.base.checks import (
     Resolved,
     check_positive_int,
@@ -653,8 +654,6 @@ class _State:
             return
         import io
 
-        from deconvviz.base._io import write_bytes
-
         layers = {
             name: {"values": t[0].cpu(), "index": t[1].cpu(), "pos": t[2].cpu()}
             for name, t in committed.tops.items()
@@ -1030,8 +1029,6 @@ def layer_parts(top: Any, max_memory: int | None = None) -> list[list[int]]:
         >>> for part in layer_parts(res[layer]):                          # doctest: +SKIP
         ...     proj = project_layer(model, data, res[layer], channels=part)
     """
-    from deconvviz.base._util import DEFAULT_MAX_MEMORY, items_within
-
     h, w = top.input_size
     rf = top.receptive_field
     if rf is not None:

@@ -25,6 +25,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakTensorKeyDictionary
 from tqdm.auto import tqdm
 
+from deconvviz.base._display import render_png
 from deconvviz.base._util import dead_units
 from deconvviz.base.checks import check_layer, check_model, check_positive_int, to_model
 from deconvviz.base.errors import InputError, LayerError
@@ -133,8 +134,6 @@ class LayerStats:
 
     def _repr_png_(self) -> bytes:
         """The activation histogram, for Jupyter."""
-        from deconvviz.base._display import render_png
-
         return render_png(self)
 
 
@@ -185,8 +184,6 @@ class HiddenStateStats:
 
     def _repr_png_(self) -> bytes:
         """The hidden-state statistics, for Jupyter."""
-        from deconvviz.base._display import render_png
-
         return render_png(self)
 
 

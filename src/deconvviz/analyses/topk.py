@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deconvviz.base._util import DEFAULT_MAX_MEMORY, items_within
 from deconvviz.base.checks import Resolved, resolve_model
 from deconvviz.base.errors import InputError
 from deconvviz.engine.deconvnet import Deconvnet, batch_images
@@ -212,8 +213,6 @@ def _seed_blocks(
     """The seeds ``(channel index, rank)`` in batches, image by image: at most ``batch_size``
     seeds and as many images as the memory budget holds per batch; missing entries (index -1)
     are left out (they stay zero)."""
-    from deconvviz.base._util import DEFAULT_MAX_MEMORY, items_within
-
     h, w = top.input_size
     per_image = 3 * h * w * torch.empty((), dtype=dtype).element_size() * 4  # + its crops
     max_images = items_within(DEFAULT_MAX_MEMORY, per_image)

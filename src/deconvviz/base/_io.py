@@ -20,6 +20,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from deconvviz.base._util import json_safe
+from deconvviz.base.errors import BusyError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -79,8 +82,6 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically; always valid JSON: NaN and
     infinite numbers (which JSON has no spelling for) are written as ``null``, tensors and NumPy
     values as lists (:func:`deconvviz.base._util.json_safe`)."""
-    from deconvviz.base._util import json_safe
-
     text = json.dumps(
         json_safe(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False
     )
@@ -173,8 +174,6 @@ def lock(path: str | os.PathLike[str], what: str) -> Iterator[Path]:
     thread of the same process is refused like another process.
     ``what`` names the thing locked in the message.
     """
-    from deconvviz.base.errors import BusyError
-
     lock_path = Path(path).absolute()
     mine = (lock_path, threading.get_ident())
     if mine in _HELD:  # this thread holds it already (a command around a library call)

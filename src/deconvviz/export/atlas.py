@@ -36,9 +36,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from deconvviz.analyses.reconstruct import LayerReconstructions
+from deconvviz.analyses.scan import layer_parts, project_layer, scan
 from deconvviz.base._io import atomic_dir, lock, lock_path_for, write_bytes, write_json, write_text
 from deconvviz.base._util import dead_units, json_safe, safe_names
+from deconvviz.base.checks import check_positive_int
+from deconvviz.base.distributed import (
+    join_process_group,
+    lost_peer_message,
+    rank,
+    resolve_job_device,
+)
 from deconvviz.base.errors import InputError
+from deconvviz.export.measures import Written
 
 __all__ = ["AtlasSite", "build_atlas", "write_atlas", "tile_scale"]
 
@@ -213,7 +223,6 @@ def _layer_view(
 def _write_strips(out: Path, view: _LayerView, proj: Any, chans: list[int]) -> list[Path]:
     """Write one strip per unit of ``proj`` (holding ``chans``): row 0 the image patches, row 1
     the projections."""
-    from deconvviz.analyses.reconstruct import LayerReconstructions
     from deconvviz.render.images import to_display
     from deconvviz.render.reconstruct import input_display, outside_mask
 
@@ -456,8 +465,6 @@ def write_atlas(
     Returns:
         An :class:`AtlasSite`.
     """
-    from deconvviz.base.checks import check_positive_int
-
     check_positive_int("units_per_page", units_per_page)
     out = Path(out_dir)
     layers = list(scan.layers)
@@ -567,8 +574,6 @@ def build_atlas(
     """
     import torch.distributed as dist
 
-    from deconvviz.base.distributed import join_process_group, lost_peer_message
-
     name, created = join_process_group(device, timeout)
     try:
         try:
@@ -602,10 +607,6 @@ def _build_atlas(
     scan_options: dict[str, Any],
 ) -> Any:
     import contextlib
-
-    from deconvviz.analyses.scan import scan
-    from deconvviz.base.distributed import rank, resolve_job_device
-    from deconvviz.export.measures import Written
 
     dev = resolve_job_device(device)
     with contextlib.ExitStack() as stack:
@@ -642,8 +643,6 @@ def _projections(
 ) -> Any:
     """Each scanned layer's projections, lazily, in parts that fit the memory budget (so the
     writer holds one part's pictures at a time; every rank takes part in each)."""
-    from deconvviz.analyses.scan import layer_parts, project_layer
-
     for layer in result.layers:
         top = result[layer]
         for part in layer_parts(top):

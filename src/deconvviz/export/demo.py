@@ -26,10 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deconvviz.export.report import write_report
+from deconvviz.sources.data import load_dataset
+
 # The shipped sample is example data, read in deconvviz.sources.datasets; re-exported here, where
 # the
 # demo's users have always found it.
 from deconvviz.sources.datasets import SAMPLE_SPLIT, load_sample, sample_path
+from deconvviz.sources.pretrained import load_pretrained, pretrained_path
+from deconvviz.training.train import TrainConfig, _resolve_device, train
 
 __all__ = ["SAMPLE_SPLIT", "ZF_LAYERS", "DemoResult", "load_sample", "run_demo", "sample_path"]
 
@@ -139,10 +144,6 @@ def _shipped_demo(
     progress: bool,
 ) -> DemoResult:
     """The report of the shipped ``zfnet-cifar`` network (:func:`run_demo` without ``train``)."""
-    from deconvviz.export.report import write_report
-    from deconvviz.sources.pretrained import load_pretrained, pretrained_path
-    from deconvviz.training.train import _resolve_device
-
     out = Path(out_dir)
     model, info = load_pretrained("zfnet-cifar")
     model = model.to(_resolve_device(device))
@@ -174,7 +175,6 @@ def _report_images(data_dir: str | os.PathLike[str] | None, max_images: int) -> 
     images per class)."""
     if data_dir is None:
         return load_sample(), "sample"
-    from deconvviz.sources.data import load_dataset
 
     per_class = max(1, -(-max_images // 10))
     return load_dataset(data_dir, "cifar10", "test", per_class=per_class), str(data_dir)
@@ -194,9 +194,6 @@ def _train_demo(
     device: str,
     progress: bool,
 ) -> DemoResult:
-    from deconvviz.export.report import write_report
-    from deconvviz.training.train import TrainConfig, train
-
     out = Path(out_dir)
     if data_dir is None:
         train_set, test_set = load_sample("train"), load_sample("test")

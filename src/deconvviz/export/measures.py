@@ -16,9 +16,16 @@ from typing import Any
 
 from torch import nn
 
+from deconvviz.analyses.compare import compare_methods
+from deconvviz.analyses.filters import filter_summary
+from deconvviz.analyses.occlusion import input_size_within, occlusion
+from deconvviz.analyses.reconstruct import expected_input
+from deconvviz.analyses.stats import activation_stats, hidden_state_stats, report_lines
 from deconvviz.base._io import save_figure, save_image, save_torch, write_json, write_text
 from deconvviz.base._util import json_safe, safe_name
 from deconvviz.base.errors import InputError
+from deconvviz.base.images import load_images
+from deconvviz.sources.data import CIFAR10_CLASSES, MNIST_CLASSES
 
 __all__ = [
     "Written",
@@ -63,8 +70,6 @@ def write_figure_result(
 
 def class_names(model: nn.Module, run_config: Any = None) -> list[str] | None:
     """The class names where they are known: from the run's dataset, or the example model."""
-    from deconvviz.sources.data import CIFAR10_CLASSES, MNIST_CLASSES
-
     dataset = run_config.get("dataset") if isinstance(run_config, dict) else None
     if dataset in ("cifar10", "cifar10-course", "cifar10-sample"):
         return list(CIFAR10_CLASSES)
@@ -104,10 +109,6 @@ def occlusion_input(
     its forward pass would not fit the engine's memory budget, in which case it is scaled down
     to the largest size that does."""
     from PIL import Image
-
-    from deconvviz.analyses.occlusion import input_size_within
-    from deconvviz.analyses.reconstruct import expected_input
-    from deconvviz.base.images import load_images
 
     channels, side = _input_shape(model)
     if not isinstance(getattr(model, "config", None), dict):
@@ -156,7 +157,6 @@ def write_occlusion(
 ) -> Written:
     """Occlusion sensitivity of one image file (Zeiler & Fergus, Fig. 7): writes
     ``occlusion.png`` (the maps over the image) and ``occlusion.pt`` (the result tensors)."""
-    from deconvviz.analyses.occlusion import occlusion
     from deconvviz.render.occlusion import occlusion_figure
 
     x = occlusion_input(model, config, image, device, image_size)
@@ -198,7 +198,6 @@ def write_filters(
 ) -> Written:
     """Filter grids, RMS charts and ``filters.json`` (per-filter RMS, zero filters) of the conv
     layers: ``filters_<layer>.png``, ``rms_<layer>.png``."""
-    from deconvviz.analyses.filters import filter_summary
     from deconvviz.render.filters import filter_grid, rms_figure
 
     out = Path(out)
@@ -242,7 +241,6 @@ def write_stats(
     print is the report's lines (``h_conv1_stats: mean = ...``) and what was written."""
     from torch.utils.data import DataLoader, Subset
 
-    from deconvviz.analyses.stats import activation_stats, report_lines
     from deconvviz.render.stats import histogram_figure, stats_table
 
     out = Path(out)
@@ -273,7 +271,6 @@ def _hidden_state_stats(
     model: nn.Module, loader: Any, title: str, out: Path, progress: bool
 ) -> Written:
     """Hidden-state statistics of a recurrent model into ``out``."""
-    from deconvviz.analyses.stats import hidden_state_stats
     from deconvviz.render.stats import hidden_state_figure, hidden_state_table
 
     hs = hidden_state_stats(model, loader, progress=progress)
@@ -303,7 +300,6 @@ def _dataset_class_names(config: dict[str, Any] | None) -> list[str] | None:
 def comparison_png(model: nn.Module, config: Any, x: Any, out: Path, progress: bool) -> Path:
     """``compare.png``: the deconvnet beside captum's methods for the images ``x`` (the
     predicted classes), as ``reconstruct --compare`` draws it."""
-    from deconvviz.analyses.compare import compare_methods
     from deconvviz.render.reconstruct import comparison_figure
 
     comp = compare_methods(model, x, progress=progress)
@@ -324,9 +320,6 @@ def write_comparison(
 ) -> Written:
     """``compare.png`` (one row per image: input, deconvnet, saliency, guided backprop,
     integrated gradients, occlusion) and ``compare.json`` (target classes, probabilities)."""
-    from deconvviz.analyses.compare import compare_methods
-    from deconvviz.analyses.reconstruct import expected_input
-    from deconvviz.base.images import load_images
     from deconvviz.render.reconstruct import comparison_figure
 
     want_c, want_size = expected_input(model, config)

@@ -47,7 +47,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from deconvviz.base._version import __version__
+from deconvviz.analyses.compare import compare_methods
+from deconvviz.analyses.dependence import image_dependence, pool_switches
+from deconvviz.analyses.evidence import class_selectivity, filter_structure
+from deconvviz.analyses.filters import conv_layers
+from deconvviz.analyses.occlusion import occlusion
+from deconvviz.analyses.reconstruct import reconstruct_dataset
+from deconvviz.analyses.stats import activation_stats, hidden_state_stats, report_lines
 from deconvviz.base._io import (
     atomic_dir,
     lock,
@@ -58,16 +64,21 @@ from deconvviz.base._io import (
     write_text,
 )
 from deconvviz.base._util import json_safe, safe_name
+from deconvviz.base._version import __version__
 from deconvviz.base.checks import (
     check_layer,
     check_model,
     check_positive_int,
     class_names_for,
+    conv_layer_names,
     model_device_dtype,
 )
 from deconvviz.base.errors import DeconvvizError, InputError, unknown_name
 from deconvviz.engine.rules import get_rule
-from deconvviz.sources.loading import model_outputs
+from deconvviz.export.analyses import report_figures
+from deconvviz.sources.checkpoint import load_run
+from deconvviz.sources.datasets import dataset_for_model
+from deconvviz.sources.loading import Normalized, model_outputs
 
 __all__ = ["Report", "ReportFigure", "report_from_run", "versions", "write_report"]
 
@@ -408,8 +419,6 @@ def _write_index(
 
 def _model_name(model: nn.Module) -> str:
     """The user's model's class name, through deconvviz's input-normalisation wrapper."""
-    from deconvviz.sources.loading import Normalized
-
     return type(model.inner if isinstance(model, Normalized) else model).__name__
 
 
@@ -488,9 +497,6 @@ def report_from_run(
     Returns:
         A :class:`Report`.
     """
-    from deconvviz.sources.checkpoint import load_run
-    from deconvviz.sources.datasets import dataset_for_model
-
     run = (
         loaded
         if loaded is not None
@@ -578,7 +584,6 @@ def _training(ctx: _Context, section: _Section) -> None:
 
 
 def _filters(ctx: _Context, section: _Section) -> None:
-    from deconvviz.analyses.filters import conv_layers
     from deconvviz.render.filters import filter_grid, rms_figure
 
     convs = [(n, m) for n, m in conv_layers(ctx.model).items() if isinstance(m, nn.Conv2d)]
@@ -602,8 +607,6 @@ def _filters(ctx: _Context, section: _Section) -> None:
 
 
 def _stats(ctx: _Context, section: _Section) -> None:
-    from deconvviz.analyses.stats import activation_stats, hidden_state_stats, report_lines
-
     loader: DataLoader[Any] = DataLoader(ctx.scan, batch_size=256, shuffle=False)  # type: ignore[arg-type]
     if callable(getattr(ctx.model, "hidden_states", None)) and not any(
         isinstance(m, nn.Conv2d) for m in ctx.model.modules()
@@ -668,7 +671,6 @@ def _stats(ctx: _Context, section: _Section) -> None:
 
 
 def _reconstructions(ctx: _Context, section: _Section) -> None:
-    from deconvviz.analyses.reconstruct import reconstruct_dataset
     from deconvviz.export.reconstructions import write_dataset_reconstructions
 
     results = reconstruct_dataset(
@@ -715,9 +717,6 @@ def _reconstructions(ctx: _Context, section: _Section) -> None:
 def _dependence(ctx: _Context, section: _Section, results: Mapping[str, Any]) -> None:
     """How much each layer's pictures depend on the image: a table, a plain sentence for each
     layer where they hardly do, and guided backprop's pictures of those layers beside."""
-    from deconvviz.analyses.dependence import image_dependence, pool_switches
-    from deconvviz.analyses.reconstruct import reconstruct_dataset
-
     device, dtype = model_device_dtype(ctx.model)
     x = _first_image(ctx.dataset)[None].to(device, dtype)
     deps = [
@@ -816,10 +815,6 @@ def _shown(rec: Any, max_channels: int | None) -> str:
 
 
 def _evidence(ctx: _Context, section: _Section) -> None:
-    from deconvviz.analyses.evidence import class_selectivity, filter_structure
-    from deconvviz.analyses.filters import conv_layers
-    from deconvviz.base.checks import conv_layer_names
-
     # every unit of every layer (the reconstructions may show only some): one scan
     layers = list(ctx.reconstructions) or list(ctx.layers or conv_layer_names(ctx.model))
     sel = class_selectivity(ctx.model, ctx.scan, layers, k=ctx.k, progress=ctx.progress)
@@ -878,8 +873,6 @@ def _evidence(ctx: _Context, section: _Section) -> None:
 
 
 def _occlusion(ctx: _Context, section: _Section) -> None:
-    from deconvviz.analyses.occlusion import occlusion
-    from deconvviz.base.checks import conv_layer_names
     from deconvviz.render.occlusion import occlusion_figure
 
     x, y = _batch(ctx.dataset, ctx.images)
@@ -904,7 +897,6 @@ def _occlusion(ctx: _Context, section: _Section) -> None:
 
 
 def _compare(ctx: _Context, section: _Section) -> None:
-    from deconvviz.analyses.compare import compare_methods
     from deconvviz.render.reconstruct import comparison_figure
 
     x, y = _batch(ctx.dataset, ctx.images)
@@ -931,8 +923,6 @@ def _compare(ctx: _Context, section: _Section) -> None:
 
 
 def _analyses(ctx: _Context, section: _Section) -> None:
-    from deconvviz.export.analyses import report_figures
-
     folder = ctx.path("analyses")
     # report_figures returns the paths it wrote (folder / name): usable as they are, never to be
     # joined to the folder again

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
+from deconvviz.analyses.topk import canvas_inside
 from deconvviz.base.errors import InputError
 from deconvviz.render.images import DPI, dead_tile, display_scale, make_grid, to_display, wrap_text
 
@@ -417,8 +418,6 @@ def outside_mask(rec: LayerReconstructions, row: int) -> Tensor | None:
 
     ``None`` when the layer has no receptive field (the patches are whole images).
     """
-    from deconvviz.analyses.topk import canvas_inside
-
     rf = rec.receptive_field
     if rf is None:
         return None

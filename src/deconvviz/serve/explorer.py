@@ -35,8 +35,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deconvviz.analyses.occlusion import occluder_starts
+from deconvviz.analyses.scan import scan
+from deconvviz.analyses.topk import TopActivations, input_boxes, project_top
+from deconvviz.base._util import safe_name
 from deconvviz.base.checks import class_names_for
 from deconvviz.base.errors import CheckpointError, DeconvvizError, InputError, LayerError
+from deconvviz.base.images import fit_image
 from deconvviz.engine.deconvnet import Deconvnet, batch_images
 from deconvviz.engine.rules import rule_names
 from deconvviz.sources.loading import model_outputs
@@ -407,8 +412,6 @@ class Explorer:
         model's input; returns its id (``u`` + a digest, so the same file has the same id)."""
         from PIL import Image, UnidentifiedImageError
 
-        from deconvviz.base.images import fit_image
-
         if len(data) > MAX_UPLOAD_BYTES:
             raise InputError(
                 f"the upload is {len(data)} bytes, over the {MAX_UPLOAD_BYTES} byte limit; send "
@@ -609,8 +612,6 @@ class Explorer:
 
     def atlas_page(self, layer: str, unit: int) -> str | None:
         """The atlas's page of a unit, relative to the atlas folder (None when it has none)."""
-        from deconvviz.base._util import safe_name
-
         if self.atlas is None or layer not in self._atlas:
             return None
         page = f"units/{safe_name(layer)}/{unit}.html"  # deconvviz.export.atlas's layout
@@ -618,8 +619,6 @@ class Explorer:
 
     def _top(self, layer: str) -> Any:
         """The :class:`deconvviz.TopActivations` of ``layer`` (from the atlas or the scan)."""
-        from deconvviz.analyses.topk import TopActivations, input_boxes
-
         if layer in self._tops:
             return self._tops[layer]
         if self.atlas is not None:
@@ -654,8 +653,6 @@ class Explorer:
     def topk(self, layer: str, unit: Any, rule: str = "deconvnet") -> dict[str, Any]:
         """``GET /api/topk``: the unit's top-k dataset images, their patches and projections
         (one strip PNG: row 0 the patches, row 1 the projections)."""
-        from deconvviz.analyses.topk import project_top
-
         info = self.layer(layer)
         c = self.unit(info, unit)
         self.dn(rule)  # checks the rule
@@ -709,8 +706,6 @@ class Explorer:
     ) -> dict[str, Any]:
         """What ``GET /api/occlusion`` will measure: the occluder grid and the target (the
         predicted class, a given class, or a unit's total rectified activation)."""
-        from deconvviz.analyses.occlusion import occluder_starts
-
         _, _, h, w = (1, *self.input_shape)
         side = min(h, w)
         size = max(2, side // 4) if size is None else int(size)
@@ -814,8 +809,6 @@ class Explorer:
     def _run_scan(
         self, idle: threading.Event, state: Path | None, batch_size: int, bar: bool
     ) -> None:
-        from deconvviz.analyses.scan import scan
-
         progress = self.scan
         assert progress is not None
         try:

@@ -35,8 +35,16 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from deconvviz.analyses.reconstruct import expected_input
 from deconvviz.base.errors import DataError, InputError, unknown_name
 from deconvviz.base.images import IMAGE_SUFFIXES, load_image
+from deconvviz.sources.data import (
+    ImageDataset,
+    choose_dataset,
+    dataset_for_config,
+    find_datasets,
+    load_dataset,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -280,8 +288,6 @@ def load_sample(split: str | None = None) -> Any:
         >>> len(ds), ds.image_shape, ds.classes[ds[0][1]]
         (100, (3, 32, 32), 'ship')
     """
-    from deconvviz.sources.data import ImageDataset
-
     splits = ("train", "test")
     if split is not None and split not in splits:
         raise InputError(unknown_name("split", str(split), splits))
@@ -333,8 +339,6 @@ def dataset_for_model(
     An ``ImageFolder`` tree or a flat folder of images under ``data_dir`` (see
     :mod:`deconvviz.sources.datasets`) is used when no deconvviz dataset layout is found there.
     """
-    from deconvviz.sources.data import dataset_for_config
-
     model_cfg = config.get("model") if config else None
     trained_on = config.get("dataset") if config else None
     if trained_on == "cifar10-sample" and dataset is None:
@@ -362,9 +366,6 @@ def _dataset_to_fit(
     """The data under ``data_dir`` converted to the model's input channels and size: an image
     folder when asked for (or when no deconvviz dataset layout is there), else the named
     dataset, else the one whose images fit the model."""
-    from deconvviz.analyses.reconstruct import expected_input
-    from deconvviz.sources.data import choose_dataset, find_datasets, load_dataset
-
     channels, size = expected_input(model, config)
     if dataset in ("imagefolder", "images") or (
         dataset in (None, "auto") and not find_datasets(data_dir)

@@ -59,7 +59,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from deconvviz.analyses._common import pick_images
+from deconvviz.base.checks import model_device_dtype
 from deconvviz.base.errors import CheckpointError, DeconvvizError, InputError
+from deconvviz.engine.deconvnet import batch_images
+from deconvviz.engine.tracer import eval_mode
+from deconvviz.sources.models import MODELS, build_model
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -373,7 +378,6 @@ def build_from_spec(spec: str | Callable[..., nn.Module], model_args: Any = None
         return _call(lambda **kw: timm.create_model(name, pretrained=False, **kw), spec, args)
     if ":" in spec:
         return _call(resolve_factory(spec), spec, args)
-    from deconvviz.sources.models import MODELS, build_model
 
     if spec in MODELS:
         return build_model({"model": spec, **args})
@@ -833,7 +837,6 @@ def rebuild_model(config: Mapping[str, Any], path: Path) -> nn.Module:
             "--model MODULE:FACTORY naming a function that builds it (model_factory= in "
             "Python)"
         )
-    from deconvviz.sources.models import build_model
 
     try:
         return build_model(dict(model_cfg))
@@ -948,7 +951,6 @@ def dataset_images(
         items = [dataset[i] for i in indices]
         x = torch.stack([it[0] for it in items])
         return x, torch.tensor([int(it[1]) for it in items]), list(indices)
-    from deconvviz.analyses._common import pick_images
 
     x, labels, idx = pick_images(dataset, n)
     if labels is None:  # pragma: no cover - deconvviz datasets always carry labels
@@ -959,10 +961,6 @@ def dataset_images(
 def model_outputs(model: nn.Module, dataset: Sequence[Any]) -> int | None:
     """How many classes ``model`` scores (its output's last size for one image), or None when
     its output is not ``[1, classes]`` (whoever runs the model next reports its errors)."""
-    from deconvviz.base.checks import model_device_dtype
-    from deconvviz.engine.deconvnet import batch_images
-    from deconvviz.engine.tracer import eval_mode
-
     device, dtype = model_device_dtype(model)
     try:
         x = batch_images(dataset[0]).unsqueeze(0).to(device, dtype)

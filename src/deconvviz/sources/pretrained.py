@@ -24,7 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from deconvviz.base._io import save_torch
 from deconvviz.base.errors import CheckpointError, InputError, unknown_name
+from deconvviz.sources.models import build_model
 
 __all__ = ["PRETRAINED", "export_weights", "load_pretrained", "pretrained_path"]
 
@@ -52,8 +54,6 @@ def load_pretrained(name: str = "zfnet-cifar") -> tuple[nn.Module, dict[str, Any
     Raises:
         CheckpointError: the file is missing or damaged (reinstall deconvviz).
     """
-    from deconvviz.sources.models import build_model
-
     path = pretrained_path(name)
     if not path.is_file():
         raise CheckpointError(
@@ -87,8 +87,6 @@ def export_weights(
     ``info`` must be plain values (it is loaded with ``weights_only=True``) and should hold the
     training ``config``, ``metrics`` and the accuracy of the *exported* weights.
     """
-    from deconvviz.base._io import save_torch
-
     config = getattr(model, "config", None)
     if not isinstance(config, dict):
         raise InputError("export_weights needs a deconvviz example model (with .config)")

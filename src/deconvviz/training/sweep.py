@@ -33,6 +33,7 @@ from deconvviz.base._io import save_figure, write_text
 from deconvviz.base._util import json_safe
 from deconvviz.base.errors import CheckpointError, InputError
 from deconvviz.sources.checkpoint import CHECKPOINT_NAME
+from deconvviz.sources.data import dataset_for_config, load_dataset
 from deconvviz.sources.loading import read_checkpoint
 from deconvviz.training.train import History, TrainConfig, train
 
@@ -402,8 +403,6 @@ def sweep_lenet5(
         A :class:`SweepResult`; ``rows`` have ``optimizer``, ``lr``, ``final_test_acc``,
         ``status`` and ``wall_seconds`` among their columns.
     """
-    from deconvviz.sources.data import dataset_for_config, load_dataset
-
     if dataset not in ("cifar10-course", "cifar10"):
         raise InputError(f"the LeNet5 sweep runs on 'cifar10-course' or 'cifar10', not {dataset!r}")
     probe = load_dataset(data_dir, dataset, "test")
@@ -505,8 +504,6 @@ def sweep_rnn(
         A :class:`SweepResult`; ``rows`` have ``cell``, ``hidden``, ``final_test_acc``,
         ``status`` and ``wall_seconds`` among their columns.
     """
-    from deconvviz.sources.data import load_dataset
-
     common = dict(
         dataset="mnist",
         optimizer=optimizer,

@@ -45,8 +45,10 @@ from torch import nn
 
 from deconvviz.analyses.filters import renormalise_
 from deconvviz.base.checks import check_positive_int
+from deconvviz.base.devices import resolve_device
 from deconvviz.base.errors import CheckpointError, InputError, unknown_name
 from deconvviz.sources.checkpoint import CHECKPOINT_NAME, FORMAT, save_run
+from deconvviz.sources.data import dataset_for_config
 from deconvviz.sources.loading import read_checkpoint
 from deconvviz.sources.models import build_model, full_config
 
@@ -393,8 +395,6 @@ def evaluate(
 
 
 def _resolve_device(name: str) -> torch.device:
-    from deconvviz.base.devices import resolve_device
-
     return resolve_device(name, auto=True)
 
 
@@ -900,8 +900,6 @@ def train_from_data(
                           batch_size=128, iterations=390)
         result = train_from_data(cfg, "../shared/data", "runs/gru256")
     """
-    from deconvviz.sources.data import dataset_for_config
-
     cfg = config.to_dict()
     train_set = dataset_for_config(
         cfg, data_dir, "train", per_class=config.per_class, download=download, progress=progress
