@@ -378,7 +378,7 @@ def test_each_library_layer_is_one_folder() -> None:
     """A layer row of the library names one folder (``base`` ``base.*``), and that folder is a
     package; the top of ``src/deconvviz`` holds the front door and nothing else."""
     root = PACKAGES["deconvviz"]
-    for layer, rank, patterns in _layer_table():
+    for layer, _, patterns in _layer_table():
         if layer in ("api", "cli"):
             continue
         folder = patterns[0]

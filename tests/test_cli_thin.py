@@ -59,3 +59,88 @@ def test_no_cli_module_imports_a_private_library_name() -> None:
         if (hits := private_imports(f.read_text(encoding="utf-8")))
     }
     assert bad == {}
+
+
+# ------------------------------------------------------------------ parse -> one library call
+
+#: what a command may call besides its one call: reading its inputs (the model and data
+#: sources, errors, option parsers that live with what they parse)
+INPUTS = (
+    "deconvviz.sources.",
+    "deconvviz.base.errors:",
+    "deconvviz.serve.explorer:",
+    "deconvviz.training.train:TrainConfig",
+    "deconvviz.analyses.correspondence:read_boxes",
+)
+#: the calls that do a command's work: compute, draw, write (or serve)
+WORK = ("deconvviz.export.", "deconvviz.training.", "deconvviz.serve.app:")
+#: commands with more than one mode, each mode one call
+MODES = {"reconstruct_cmd": 2}
+
+
+def library_calls(source: str) -> dict[str, set[str]]:
+    """For each click command of a command module: the ``deconvviz`` callables it calls,
+    following the module's own helper functions, as ``module:name``."""
+    tree = ast.parse(source)
+    top = {
+        a.asname or a.name: n.module
+        for n in tree.body
+        if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("deconvviz.")
+        for a in n.names
+    }
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    out: dict[str, set[str]] = {}
+    for name, fn in funcs.items():
+        if not any("command" in ast.unparse(d) for d in fn.decorator_list):
+            continue
+        seen: set[str] = set()
+        stack, calls = [fn], set()
+        while stack:
+            g = stack.pop()
+            if g.name in seen:
+                continue
+            seen.add(g.name)
+            imports = dict(top)
+            for n in ast.walk(g):
+                if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("deconvviz."):
+                    imports.update({a.asname or a.name: n.module for a in n.names})
+            for n in ast.walk(g):
+                if not isinstance(n, ast.Call):
+                    continue
+                f = n.func
+                head = f.value if isinstance(f, ast.Attribute) else f
+                if isinstance(head, ast.Name) and head.id in imports:
+                    tail = f".{f.attr}" if isinstance(f, ast.Attribute) else ""
+                    calls.add(f"{imports[head.id]}:{head.id}{tail}")
+                elif isinstance(head, ast.Name) and head.id in funcs:
+                    stack.append(funcs[head.id])
+        out[name] = calls
+    return out
+
+
+def test_every_command_makes_one_library_call() -> None:
+    found = {}
+    for path in sorted((CLI / "commands").glob("[!_]*.py")):
+        for command, calls in library_calls(path.read_text(encoding="utf-8")).items():
+            work = {c for c in calls if c.startswith(WORK) and not c.startswith(INPUTS)}
+            other = {c for c in calls if not c.startswith(WORK + INPUTS)}
+            found[command] = work
+            assert not other, f"{path.name}:{command} also calls {sorted(other)}"
+            if command not in ("train", "sweep"):  # click groups: their subcommands work
+                assert 1 <= len(work) <= MODES.get(command, 1), (command, sorted(work))
+    assert len(found) > 15
+
+
+def test_the_call_counter_sees_a_second_call() -> None:
+    src = (
+        "import click\nfrom deconvviz.export.measures import write_stats\n"
+        "from deconvviz.analyses.stats import activation_stats\n"
+        "@click.command()\ndef cmd():\n    helper()\n    write_stats(1)\n"
+        "def helper():\n    activation_stats(2)\n"
+    )
+    assert library_calls(src) == {
+        "cmd": {
+            "deconvviz.export.measures:write_stats",
+            "deconvviz.analyses.stats:activation_stats",
+        }
+    }

@@ -52,7 +52,7 @@ def test_occlude_and_reconstruct_feed_the_model_the_same_tensor(tmp_path, monkey
     occlusion_module = importlib.import_module(
         "deconvviz.export.measures"
     )  # where occlude calls it
-    reconstruct_module = importlib.import_module("deconvviz.analyses.reconstruct")
+    reconstruct_module = importlib.import_module("deconvviz.export.reconstructions")
     torch.manual_seed(0)
     model = LeNet5(in_channels=1, image_size=28, init="pytorch")
     run = tmp_path / "run"

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import deconvviz.engine.summary
+import deconvviz.export.measures
 from deconvviz.analyses.scan import scan
 from deconvviz.base.errors import DataError
 from deconvviz.sources.data import load_dataset
@@ -55,7 +55,7 @@ def test_a_bug_in_deconvviz_is_still_called_one(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("deconvviz's own mistake")
 
-    monkeypatch.setattr(deconvviz.engine.summary, "layer_table", broken)
+    monkeypatch.setattr(deconvviz.export.measures, "layer_table", broken)
     res = CliRunner().invoke(cli, ["inspect", "--model", "zoo:FunctionalNet"])
     assert res.exit_code == 1 and "a bug in deconvviz" in res.stderr
 
@@ -64,7 +64,9 @@ def test_ctrl_c_names_resume_only_where_the_command_has_it(monkeypatch, tmp_path
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(deconvviz.engine.summary, "layer_table", interrupted)
+    monkeypatch.setattr(
+        importlib.import_module("deconvviz.export.measures"), "layer_table", interrupted
+    )
     res = CliRunner().invoke(cli, ["inspect", "--model", "zoo:FunctionalNet"])
     assert res.exit_code == 130 and "Interrupted" in res.stderr and "--resume" not in res.stderr
     monkeypatch.setattr(importlib.import_module("deconvviz.export.atlas"), "scan", interrupted)

@@ -60,26 +60,15 @@ def inspect_cmd(
       deconvviz inspect -c runs/lenet5
       deconvviz inspect --model their_resnet.py:resnet20 -c resnet20.th --image-size 32
     """
-    from deconvviz.analyses.reconstruct import expected_input
-    from deconvviz.engine.summary import layer_table
-    from deconvviz.export.measures import write_layer_table
+    from deconvviz.export.measures import write_inspection
 
     loaded = model_spec.load(checkpoint, quiet=True)
-    want_c, want_size = expected_input(loaded.model, loaded.config)
-    size = model_spec.image_size or want_size or 224
-    table = layer_table(loaded.model, (channels or want_c or 3, size, size), rule)
-    click.echo(str(table))
-    if rule == "deconvnet":
-        import torch
-
-        from deconvviz.analyses.dependence import no_switch_note
-        from deconvviz.analyses.reconstruct import conv_layer_names
-        from deconvviz.base.checks import model_device_dtype
-
-        device, dtype = model_device_dtype(loaded.model)
-        x = torch.zeros(1, *table.input_shape, device=device, dtype=dtype)
-        note = no_switch_note(loaded.model, x, conv_layer_names(loaded.model))
-        if note is not None:
-            click.echo("\n" + note)
-    if json_path is not None:
-        write_layer_table(table, json_path)
+    written = write_inspection(
+        loaded.model,
+        loaded.config,
+        image_size=model_spec.image_size,
+        channels=channels,
+        rule=rule,
+        json_path=json_path,
+    )
+    click.echo(written.line)

@@ -95,41 +95,40 @@ def reconstruct_cmd(
     """
     if images and compare and len(images) > 8:
         raise click.UsageError("--compare draws at most 8 images; give fewer --image")
-    run = model_factory.load(checkpoint, device)
-    what = (list(layers) or None, list(channels) or None, rule)
-    if images:
-        click.echo(_images_mode(run, images, what, compare, out, progress))
-        return
-    data = _dataset_split(run, data_dir, dataset, split, max_images)
-    click.echo(_dataset_mode(run, data, what, (k, max_images), workers, out, progress))
-
-
-def _images_mode(
-    run: Any,
-    images: tuple[Path, ...],
-    what: tuple[Any, Any, str],
-    compare: bool,
-    out: Path,
-    progress: bool,
-) -> str:
-    """Project each image's strongest activations (and --compare); the line to print."""
-    from deconvviz.analyses import reconstruct as rec
-    from deconvviz.export import reconstructions as export
-
-    layers, chans, rule = what
-    want_c, want_size = rec.expected_input(run.model, run.config)
-    x = rec.load_images(images, want_c, want_size)
-    results = rec.reconstruct_images(run.model, x, layers, chans, rule, progress=progress)
-    pngs = export.write_image_reconstructions(results, out, [p.stem for p in images])
-    if compare:
-        from deconvviz.export.measures import comparison_png
-
-        pngs.append(comparison_png(run.model, run.config, x, out, progress))
-    size = "x".join(str(s) for s in x.shape[-2:])
-    return (
-        f"wrote {len(pngs)} figures to {out} ({len(images)} images as {x.shape[1]}x{size}, "
-        f"layers {', '.join(results)}, rule {rule})"
+    from deconvviz.export.reconstructions import (
+        write_dataset_projections,
+        write_image_projections,
     )
+
+    run = model_factory.load(checkpoint, device)
+    chosen, chans = list(layers) or None, list(channels) or None
+    if images:
+        written = write_image_projections(
+            run.model,
+            run.config,
+            images,
+            out,
+            layers=chosen,
+            channels=chans,
+            rule=rule,
+            compare=compare,
+            progress=progress,
+        )
+    else:
+        data = _dataset_split(run, data_dir, dataset, split, max_images)
+        written = write_dataset_projections(
+            run.model,
+            data,
+            out,
+            k=k,
+            max_images=max_images,
+            layers=chosen,
+            channels=chans,
+            rule=rule,
+            num_workers=workers,
+            progress=progress,
+        )
+    click.echo(written.line)
 
 
 def _dataset_split(
@@ -142,41 +141,6 @@ def _dataset_split(
     data = dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)
     dataset_note(data_dir, getattr(data, "name", None), dataset)
     return data
-
-
-def _dataset_mode(
-    run: Any,
-    data: Any,
-    what: tuple[Any, Any, str],
-    top: tuple[int, int | None],
-    workers: int,
-    out: Path,
-    progress: bool,
-) -> str:
-    """Project each feature map's top-k activations over ``data`` (``top``: k and the images
-    to use, None for all); the line to print."""
-    from deconvviz.analyses import reconstruct as rec
-    from deconvviz.export import reconstructions as export
-
-    layers, chans, rule = what
-    k, max_images = top
-    found = rec.reconstruct_dataset(
-        run.model,
-        data,
-        layers,
-        k,
-        rule,
-        channels=chans,
-        progress=progress,
-        num_workers=workers,
-        max_images=max_images,
-    )
-    pngs = export.write_dataset_reconstructions(found, out)
-    n = next(iter(found.values())).images if found else len(data)
-    return (
-        f"wrote {len(pngs)} figures to {out} (top-{k} of {n} images, "
-        f"layers {', '.join(found)}, rule {rule})"
-    )
 
 
 @click.command("compare", short_help="Our deconvnet beside captum's attribution methods.")

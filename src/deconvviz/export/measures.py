@@ -14,17 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from deconvviz.analyses.compare import compare_methods
+from deconvviz.analyses.dependence import no_switch_note
 from deconvviz.analyses.filters import filter_summary
 from deconvviz.analyses.occlusion import input_size_within, occlusion
 from deconvviz.analyses.reconstruct import expected_input
 from deconvviz.analyses.stats import activation_stats, hidden_state_stats, report_lines
 from deconvviz.base._io import save_figure, save_image, save_torch, write_json, write_text
 from deconvviz.base._util import json_safe, safe_name
+from deconvviz.base.checks import conv_layer_names, model_device_dtype
 from deconvviz.base.errors import InputError
 from deconvviz.base.images import load_images
+from deconvviz.engine.summary import layer_table
 from deconvviz.sources.data import CIFAR10_CLASSES, MNIST_CLASSES
 
 __all__ = [
@@ -35,6 +39,7 @@ __all__ = [
     "write_comparison",
     "write_figure_result",
     "write_filters",
+    "write_inspection",
     "write_layer_table",
     "write_occlusion",
     "write_stats",
@@ -344,3 +349,30 @@ def write_comparison(
 def write_layer_table(table: Any, path: Path) -> Path:
     """``inspect --json``: the layer table as JSON (atomically)."""
     return write_json(path, table.to_dict())
+
+
+def write_inspection(
+    model: nn.Module,
+    config: Any = None,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+    rule: str = "deconvnet",
+    json_path: Path | None = None,
+) -> Written:
+    """``deconvviz inspect``: the layer table of ``model`` for ``channels x image_size`` inputs
+    (default: what the model or its run ``config`` expects, else 3 x 224), and, for the
+    deconvnet rule, the sentence naming the conv layers whose projections cannot depend on the
+    image; with ``json_path``, the table as JSON too. ``line`` is all of it, to print."""
+    want_c, want_size = expected_input(model, config)
+    size = image_size or want_size or 224
+    table = layer_table(model, (channels or want_c or 3, size, size), rule)
+    line = str(table)
+    if rule == "deconvnet":
+        device, dtype = model_device_dtype(model)
+        x = torch.zeros(1, *table.input_shape, device=device, dtype=dtype)
+        note = no_switch_note(model, x, conv_layer_names(model))
+        if note is not None:
+            line += "\n\n" + note
+    paths = (write_layer_table(table, json_path),) if json_path is not None else ()
+    return Written(paths, line)

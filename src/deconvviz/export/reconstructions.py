@@ -23,13 +23,28 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deconvviz.analyses.reconstruct import ImageProjections, LayerReconstructions
+from torch import nn
+
+from deconvviz.analyses.reconstruct import (
+    ImageProjections,
+    LayerReconstructions,
+    expected_input,
+    reconstruct_dataset,
+    reconstruct_images,
+)
 from deconvviz.base._io import save_figure, save_torch, write_json
 from deconvviz.base._util import json_safe, safe_name
 from deconvviz.base.errors import InputError
+from deconvviz.base.images import load_images
+from deconvviz.export.measures import Written, comparison_png
 from deconvviz.render import reconstruct as render
 
-__all__ = ["write_dataset_reconstructions", "write_image_reconstructions"]
+__all__ = [
+    "write_dataset_projections",
+    "write_dataset_reconstructions",
+    "write_image_projections",
+    "write_image_reconstructions",
+]
 
 
 def _layer_summary(
@@ -189,3 +204,78 @@ def write_image_reconstructions(
         summary[layer] = {"rule": res.rule, "channels": res.channels.tolist(), "images": per_image}
     write_json(out / "projections.json", summary)
     return pngs
+
+
+def write_image_projections(
+    model: nn.Module,
+    config: Any,
+    images: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    layers: Sequence[str] | None = None,
+    channels: Sequence[int] | None = None,
+    rule: str = "deconvnet",
+    compare: bool = False,
+    progress: bool = False,
+) -> Written:
+    """``reconstruct --image``: read the image files as the model expects them (channels and
+    size from the model or its run ``config``), project each one's strongest activation of every
+    feature map of ``layers`` (:func:`reconstruct_images`), write the figures
+    (:func:`write_image_reconstructions`) and, with ``compare``, ``compare.png``.
+
+    Returns:
+        The written PNGs and the line the command prints.
+    """
+    paths = [Path(p) for p in images]
+    want_c, want_size = expected_input(model, config)
+    x = load_images(paths, want_c, want_size)
+    results = reconstruct_images(model, x, layers, channels, rule, progress=progress)
+    pngs = write_image_reconstructions(results, out_dir, [p.stem for p in paths])
+    if compare:
+        pngs.append(comparison_png(model, config, x, Path(out_dir), progress))
+    size = "x".join(str(s) for s in x.shape[-2:])
+    line = (
+        f"wrote {len(pngs)} figures to {out_dir} ({len(paths)} images as {x.shape[1]}x{size}, "
+        f"layers {', '.join(results)}, rule {rule})"
+    )
+    return Written(tuple(pngs), line)
+
+
+def write_dataset_projections(
+    model: nn.Module,
+    data: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    layers: Sequence[str] | None = None,
+    channels: Sequence[int] | None = None,
+    rule: str = "deconvnet",
+    k: int = 9,
+    max_images: int | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> Written:
+    """``reconstruct`` over a dataset (the paper's Fig. 2): every chosen layer's top-``k``
+    activations per feature map from one pass over ``data`` (:func:`reconstruct_dataset`),
+    projected, and their figures and JSON (:func:`write_dataset_reconstructions`).
+
+    Returns:
+        The written PNGs and the line the command prints.
+    """
+    found = reconstruct_dataset(
+        model,
+        data,
+        layers,
+        k,
+        rule,
+        channels=channels,
+        progress=progress,
+        num_workers=num_workers,
+        max_images=max_images,
+    )
+    pngs = write_dataset_reconstructions(found, out_dir)
+    n = next(iter(found.values())).images if found else len(data)
+    line = (
+        f"wrote {len(pngs)} figures to {out_dir} (top-{k} of {n} images, "
+        f"layers {', '.join(found)}, rule {rule})"
+    )
+    return Written(tuple(pngs), line)
