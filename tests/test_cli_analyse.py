@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 
 from deconvviz.analyses.filters import filter_rms
 from deconvviz.analyses.occlusion import occlusion
-from deconvviz.analyses.reconstruct import load_images
 from deconvviz.analyses.stats import activation_stats, hidden_state_stats, report_lines
+from deconvviz.base.images import load_images
 from deconvviz.render.filters import filter_grid
 from deconvviz.sources.checkpoint import load_run, save_run
 from deconvviz.sources.data import dataset_for_config

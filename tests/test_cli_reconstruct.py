@@ -163,7 +163,7 @@ def test_reconstruct_image_mode_with_compare(files, tmp_path):
     info = json.loads((tmp_path / "projections.json").read_text())
     assert info["conv2"]["channels"] == [5, 1]
     run = load_run(files / "run")
-    from deconvviz.analyses.reconstruct import load_images
+    from deconvviz.base.images import load_images
 
     x = load_images([files / "cat.png", files / "grey.jpg"], 3, 16)
     want = reconstruct_images(run.model, x, ["conv2"], [5, 1], progress=False)["conv2"]

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from deconvviz.analyses.reconstruct import load_images
+from deconvviz.base.images import load_images
 from deconvviz.sources.datasets import SkippedFilesWarning, find_image_folder
 from deconvviz_cli.main import cli
 

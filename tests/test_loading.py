@@ -260,7 +260,7 @@ def _run_commands(tmp_path: Path, model_file: Path, ckpt: Path, *opts: str) -> l
 def test_every_command_runs_on_a_model_file_and_a_module_prefixed_checkpoint(model_file, tmp_path):
     """The issue's case: the author's model file, a {"state_dict": {"module.": ...}} dict, a
     normalised model, through reconstruct, occlude, stats and report, no user code."""
-    from deconvviz.analyses.reconstruct import load_images
+    from deconvviz.base.images import load_images
 
     net = _net(model_file).eval()
     ckpt = tmp_path / "net.th"

@@ -16,15 +16,15 @@ from torch import Tensor, nn
 
 from deconvviz.analyses.reconstruct import (
     LayerReconstructions,
-    conv_layer_names,
     expected_input,
-    load_images,
     reconstruct_dataset,
     reconstruct_images,
-    safe_name,
 )
 from deconvviz.analyses.topk import FewImagesWarning
+from deconvviz.base._util import safe_name
+from deconvviz.base.checks import conv_layer_names
 from deconvviz.base.errors import DataError, InputError, LayerError
+from deconvviz.base.images import load_images
 from deconvviz.export.reconstructions import (
     write_dataset_reconstructions,
     write_image_reconstructions,
@@ -546,3 +546,17 @@ def test_patch_mask_lines_up_with_the_pasted_pixels_when_the_field_is_larger_tha
             got = rec.patches[r, j][:, inside].reshape(3, cy1 - cy0, cx1 - cx0)
             torch.testing.assert_close(got, want, rtol=0, atol=0)
             assert float(rec.patches[r, j][:, ~inside].abs().sum()) == 0.0
+
+
+def test_the_names_reconstruct_passed_through_still_import_with_a_warning():
+    import deconvviz.analyses.reconstruct as rec
+
+    for name, home in [
+        ("load_images", load_images),
+        ("conv_layer_names", conv_layer_names),
+        ("safe_name", safe_name),
+    ]:
+        with pytest.warns(DeprecationWarning, match=f"reconstruct.{name} is deconvviz.base"):
+            assert getattr(rec, name) is home
+    with pytest.raises(AttributeError):
+        rec.no_such_name  # noqa: B018

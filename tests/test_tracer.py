@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from deconvviz.engine.tracer import StopForward, Tracer, split_call
+from deconvviz.base.checks import split_call
+from deconvviz.engine.tracer import StopForward, Tracer
 
 
 def _hooks(model: nn.Module) -> int:

@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -42,18 +43,16 @@ from deconvviz.analyses.topk import (
     project_top_with,
 )
 from deconvviz.base._display import render_png
-from deconvviz.base._util import dead_units, items_within, safe_name
+from deconvviz.base._util import dead_units, items_within
 from deconvviz.base.checks import (
     Resolved,
     check_layer_calls,
     check_positive_int,
-    conv_layer_names,
     default_layers,
     model_device_dtype,
     resolve_model,
 )
 from deconvviz.base.errors import DataError, InputError, LayerError
-from deconvviz.base.images import load_images
 from deconvviz.engine.deconvnet import Deconvnet, attach
 from deconvviz.engine.receptive import ReceptiveField
 from deconvviz.engine.rules import Rule, get_rule
@@ -61,13 +60,30 @@ from deconvviz.engine.rules import Rule, get_rule
 __all__ = [
     "ImageProjections",
     "LayerReconstructions",
-    "conv_layer_names",
     "expected_input",
-    "load_images",
     "reconstruct_dataset",
     "reconstruct_images",
-    "safe_name",
 ]
+
+#: names this module used to pass through from their own modules: old imports still work, warned
+_PASSED_THROUGH = {
+    "conv_layer_names": "deconvviz.base.checks",
+    "load_images": "deconvviz.base.images",
+    "safe_name": "deconvviz.base._util",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _PASSED_THROUGH.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"{__name__}.{name} is {home}.{name}; import it from there (this alias goes in 0.3)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(home), name)
+
 
 _CHANNEL_BUDGET = 256 * 2**20  # bytes of reconstructions held per projection call
 

@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
-from deconvviz.base.checks import call_key, split_call  # layer-name spelling: a base input check
+from deconvviz.base.checks import split_call  # layer-name spelling: a base input check
 
-__all__ = ["StopForward", "Tracer", "call_key", "eval_mode", "exact_cuda", "split_call"]
+__all__ = ["StopForward", "Tracer", "eval_mode", "exact_cuda"]
 
 #: ``fn(name, call, module, args)``: a module is about to run (``call``: how many times it ran
 #: before in this pass).

@@ -52,7 +52,6 @@ __all__ = [
     "FORMAT",
     "Run",
     "checkpoint_path",
-    "json_safe",
     "load_run",
     "read_checkpoint",
     "resolve_factory",
