@@ -1,9 +1,11 @@
 """The deconvnet engine: :func:`attach` and the :class:`Deconvnet` handle.
 
-The handle is thin: it checks what it is asked at the door and composes three pieces,
-:mod:`~deconvviz.engine.probe` (the forward passes and every layer's geometry),
-:mod:`~deconvviz.engine.seeds` (what may be projected: layers, channels, positions, values) and
-:mod:`~deconvviz.engine.schedule` (crops, whole images, fallback and the reverse pass).
+The handle is thin: each public call checks what it is asked once, at its door, and composes
+:mod:`~deconvviz.engine.geometry` (the layers' names, order and geometry, one probe per input
+shape, over the forward passes of :mod:`~deconvviz.engine.probe`),
+:mod:`~deconvviz.engine.seeds` (what may be projected: layers, channels, positions, values, made
+into one :class:`~deconvviz.engine.seeds.Seeds` record) and :mod:`~deconvviz.engine.schedule`
+(the strongest activations, crops, whole images, fallback and the reverse pass).
 
 How it works (see ``docs/method.md``):
 
@@ -18,15 +20,10 @@ How it works (see ``docs/method.md``):
   autograd for the gradient of the seeded layer output with respect to the input. Functional
   ReLUs, reused ReLU modules and skip connections are all covered because the rule acts on each
   call.
-* A projection's seed is one activation (its own value), so its reverse path is nonzero only in
-  that activation's receptive field. When the receptive field can be followed (see
-  :mod:`deconvviz.engine.receptive`), each seed runs on a crop of the input that holds its
-  receptive field, aligned to the layer's stride (:mod:`deconvviz.engine.crops`); this gives
-  exactly the same result as the full image (tested) and is what makes projecting every channel
-  of a layer fast. Downstream of any op whose effect depends on the absolute position the
-  receptive field is not followed and full images are used; every crop is also checked: the
-  seed's value computed on the crop must equal the full image's, or the engine warns and uses
-  full images for that layer.
+* A projection's seed is one activation, so its reverse path is nonzero only in that
+  activation's receptive field: seeds run on receptive-field crops where those can be followed
+  and are smaller than the image, each crop checked against the full image
+  (:mod:`~deconvviz.engine.schedule`).
 * Nothing is attached to the model between calls: the hooks of a pass belong to a
   :class:`~deconvviz.engine.tracer.Tracer`, which removes them when the pass ends, however it
   ends; ``training`` flags are restored; parameters never get ``.grad``.
@@ -48,7 +45,7 @@ from deconvviz.engine.probe import DeconvvizWarning, _LayerInfo
 from deconvviz.engine.receptive import ReceptiveField
 from deconvviz.engine.rules import Rule, get_rule
 from deconvviz.engine.schedule import Scheduler, Windows
-from deconvviz.engine.seeds import Seeds, Validator, check_seeds, seed_grid
+from deconvviz.engine.seeds import Validator
 from deconvviz.engine.swap import Event
 from deconvviz.errors import DeconvvizError, InputError
 
@@ -255,8 +252,7 @@ class Deconvnet:
             torch.Size([8, 2, 1, 28, 28])
         """
         x, name, info = self._door(x, layer)
-        seeds, single = seed_grid(info, name, x.shape[0], channel, position)
-        self._checks.check_train_mode()
+        seeds, single = self._checks.grid(info, name, x.shape[0], channel, position)
         seeds = self._schedule.located(x, name, seeds)
         out = _assemble(x, self._schedule.windows(x, info, name, seeds), len(seeds))
         out = out.view(x.shape[0], -1, *x.shape[1:])
@@ -291,7 +287,7 @@ class Deconvnet:
             >>> rec = dn.project_seeds(x, "layer3.5", [0, 0, 1], [4, 9, 4])  # doctest: +SKIP
         """
         x, name, info = self._door(x, layer)
-        seeds = self._seeds(x, name, info, image, channel, position, values)
+        seeds = self._checks.seeds(x, info, name, image, channel, position, values)
         return _assemble(x, self._schedule.windows(x, info, name, seeds), len(seeds))
 
     def project_windows(
@@ -315,17 +311,8 @@ class Deconvnet:
             ...     ...                                                   # doctest: +SKIP
         """
         x, name, info = self._door(x, layer)
-        seeds = self._seeds(x, name, info, image, channel, position, values)
+        seeds = self._checks.seeds(x, info, name, image, channel, position, values)
         return self._schedule.windows(x, info, name, seeds)
-
-    def _seeds(
-        self, x: Tensor, layer: str, info: _LayerInfo, image: Any, channel: Any, *more: Any
-    ) -> Seeds:
-        """The seeds of :meth:`project_seeds` and :meth:`project_windows` (``more``: their
-        ``position`` and ``values``), checked, with the model's mode."""
-        seeds = check_seeds(x, info, layer, image, channel, *more)
-        self._checks.check_train_mode()
-        return seeds
 
 
 def _assemble(x: Tensor, windows: Iterator[Windows], count: int) -> Tensor:

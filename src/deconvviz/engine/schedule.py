@@ -2,6 +2,16 @@
 in chunks that fit the memory budget; the fallback to whole images when crops disagree; the
 batch-statistics path; and the reverse pass itself (the convolution shortcut included).
 
+Why crops: a projection's seed is one activation (its own value), so its reverse path is nonzero
+only in that activation's receptive field. When the receptive field can be followed (see
+:mod:`deconvviz.engine.receptive`), each seed runs on a crop of the input that holds its
+receptive field, aligned to the layer's stride (:mod:`deconvviz.engine.crops`); this gives
+exactly the same result as the full image (tested) and is what makes projecting every channel
+of a layer fast. Downstream of any op whose effect depends on the absolute position the
+receptive field is not followed and full images are used; every crop is also checked: the
+seed's value computed on the crop must equal the full image's, or the engine warns and uses
+full images for that layer.
+
 Every :class:`~deconvviz.engine.seeds.Seeds` handed in here was checked at the door
 (:mod:`deconvviz.engine.seeds`); nothing is checked again.
 """

@@ -84,8 +84,6 @@ class Validator:
                 stacklevel=4,
             )
 
-    # ------------------------------------------------------------------ context manager
-
     def layer(self, probe: _Probe, layer: str, known: list[str]) -> _LayerInfo:
         """The probe's record of ``layer``, once it is known to be projectable."""
         if not isinstance(layer, str):
@@ -103,6 +101,42 @@ class Validator:
         self.check_path(probe, info, layer)
         self.check_batch(info, layer)
         return info
+
+    def seeds(
+        self,
+        x: Tensor,
+        info: _LayerInfo,
+        layer: str,
+        image: Any,
+        channel: Any,
+        position: Any,
+        values: Any,
+    ) -> Seeds:
+        """:meth:`~deconvviz.engine.deconvnet.Deconvnet.project_seeds`'s seeds, checked (and
+        the model's mode)."""
+        img, chan = seed_index(x, info, image, channel)
+        rows, cols = seed_positions(info, layer, position, len(img))
+        self.check_train_mode()
+        return Seeds(img, chan, rows, cols, seed_values(values, rows, x.dtype, len(img)))
+
+    def grid(
+        self, info: _LayerInfo, layer: str, n_images: int, channel: Any, position: Any
+    ) -> tuple[Seeds, bool]:
+        """:meth:`~deconvviz.engine.deconvnet.Deconvnet.project`'s seeds, checked (and the
+        model's mode): each channel of ``channel`` in each image (image-major), at ``position``
+        or (``None``) the strongest; and whether ``channel`` was one channel, not a list."""
+        assert info.out_shape is not None
+        chans, single = check_channels(channel, info.out_shape[0])
+        pos = one_position(info, layer, position)
+        self.check_train_mode()
+        k = len(chans)
+        images = torch.arange(n_images).repeat_interleave(k)
+        channels = torch.tensor(chans, dtype=torch.long).repeat(n_images)
+        if pos is None:
+            return Seeds(images, channels), single
+        rows = torch.full((n_images * k,), pos[0], dtype=torch.long)
+        cols = torch.full((n_images * k,), pos[1], dtype=torch.long)
+        return Seeds(images, channels, rows, cols), single
 
     def check_batch(self, info: _LayerInfo, layer: str) -> None:
         """Refuse (strict) or say once that a layer's activations depend on the whole batch."""
@@ -207,34 +241,6 @@ class Validator:
                 DeconvvizWarning,
                 stacklevel=5,
             )
-
-
-def check_seeds(
-    x: Tensor, info: _LayerInfo, layer: str, image: Any, channel: Any, position: Any, values: Any
-) -> Seeds:
-    """:meth:`~deconvviz.engine.deconvnet.Deconvnet.project_seeds`'s seeds, checked."""
-    img, chan = seed_index(x, info, image, channel)
-    rows, cols = seed_positions(info, layer, position, len(img))
-    return Seeds(img, chan, rows, cols, seed_values(values, rows, x.dtype, len(img)))
-
-
-def seed_grid(
-    info: _LayerInfo, layer: str, n_images: int, channel: Any, position: Any
-) -> tuple[Seeds, bool]:
-    """:meth:`~deconvviz.engine.deconvnet.Deconvnet.project`'s seeds, checked: each channel of
-    ``channel`` in each image (image-major), at ``position`` or (``None``) the strongest; and
-    whether ``channel`` was one channel rather than a list."""
-    assert info.out_shape is not None
-    chans, single = check_channels(channel, info.out_shape[0])
-    pos = one_position(info, layer, position)
-    k = len(chans)
-    images = torch.arange(n_images).repeat_interleave(k)
-    channels = torch.tensor(chans, dtype=torch.long).repeat(n_images)
-    if pos is None:
-        return Seeds(images, channels), single
-    rows = torch.full((n_images * k,), pos[0], dtype=torch.long)
-    cols = torch.full((n_images * k,), pos[1], dtype=torch.long)
-    return Seeds(images, channels, rows, cols), single
 
 
 def seed_index(x: Tensor, info: _LayerInfo, image: Any, channel: Any) -> tuple[Tensor, Tensor]:
