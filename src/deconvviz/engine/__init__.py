@@ -3,6 +3,7 @@
 * :mod:`~deconvviz.engine.tracer` -- the one owner of a forward pass's hooks and function mode;
 * :mod:`~deconvviz.engine.rules` -- the reverse-path building blocks and the ReLU rules;
 * :mod:`~deconvviz.engine.support` -- what each layer type and activation call gets;
+* :mod:`~deconvviz.engine.rfops` -- which ops keep, compose or lose a receptive field;
 * :mod:`~deconvviz.engine.receptive` -- receptive fields, followed through the forward pass;
 * :mod:`~deconvviz.engine.swap` -- the function mode that gives every ReLU call the rule;
 * :mod:`~deconvviz.engine.crops` -- receptive-field crops and the shared whole-image path;
