@@ -3,9 +3,9 @@ layers and its integer arguments once and hands the resolved values inward.
 
 Every check function is wrapped, in every deconvviz module that imported it, by a counter; a
 public call then counts how many times each kind ran. The engine's per-call input checks
-(``check_batch`` of a batch, ``check_channels`` of a block of seeds) belong to the engine's own
-public methods, which a dataset job calls once per block of seeds: they are counted here only
-where a call makes one block."""
+(``check_batch`` and ``check_device`` of a batch, ``check_channels`` of a block of seeds) belong
+to the engine's own public methods, which a dataset job calls once per block of seeds: they are
+counted here only where a call makes one block."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ KINDS = {
     "layer": checks.check_layer,
     "channels": checks.check_channels,
     "batch": checks.check_batch,
+    "device": checks.check_device,
     "rule": rules.get_rule,
     "int": checks.check_positive_int,
 }
@@ -109,12 +110,33 @@ def test_project_checks_each_input_once(counts: collections.Counter[str]) -> Non
     model, x = _model(), torch.rand(2, 1, 16, 16, dtype=torch.float64)
     with deconvviz.attach(model) as dn:
         dn.project(x, "3", [0, 1])
-        _once(counts, "rule", "channels", "batch")
+        _once(counts, "rule", "channels", "batch", "device")
+        acts = dn.layer_output(x, "3")
+        known = [float(acts[0, 0, 1, 2]), float(acts[1, 1, 3, 4])]
         for call in (
+            lambda: dn.project(x, "3", 1, position=(2, 3)),
             lambda: dn.project_seeds(x, "3", [0, 1], [0, 1]),
+            lambda: dn.project_seeds(x, "3", [0, 1], [0, 1], [(1, 2), (3, 4)], values=known),
             lambda: list(dn.project_windows(x, "3", [0, 1], [0, 1])),
+            lambda: list(dn.project_windows(x, "0", [1, 0], [2, 3], [(0, 0), (5, 6)])),
         ):
             counts.clear()
             call()
-            _once(counts, "channels", "batch")
+            _once(counts, "channels", "batch", "device")
             assert counts["rule"] == 0, dict(counts)
+
+
+def test_engine_reads_of_one_layer_check_the_batch_once(
+    counts: collections.Counter[str],
+) -> None:
+    model, x = _model(), torch.rand(2, 1, 16, 16, dtype=torch.float64)
+    with deconvviz.attach(model) as dn:
+        for call in (
+            lambda: dn.layer_output(x, "3"),
+            lambda: dn.layer_geometry(x, "3"),
+            lambda: dn.receptive_field("3", (1, 16, 16)),
+        ):
+            counts.clear()
+            call()
+            _once(counts, "batch", "device")
+            assert counts["channels"] == 0, dict(counts)

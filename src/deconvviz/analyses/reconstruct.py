@@ -500,14 +500,23 @@ def _project_images(
     done: Callable[[int], Any],
 ) -> ImageProjections:
     """Project the strongest activation of each of ``chans`` in ``acts`` (``layer``'s output on
-    ``x``), a memory-budgeted block of channels at a time; ``done(n)`` after each block."""
+    ``x``), a memory-budgeted block of channels at a time; ``done(n)`` after each block. The
+    engine is handed the positions and values found here, so it runs no search pass of its own."""
     values, positions = _strongest(acts[:, chans])
+    n = x.shape[0]
     per_map = x.numel() * x.element_size()
     step = items_within(_CHANNEL_BUDGET, per_map)
     parts = []
     for start in range(0, len(chans), step):
         block = chans[start : start + step]
-        parts.append(dn.project(x, layer, channel=block).detach().cpu())
+        image = torch.arange(n).repeat_interleave(len(block))
+        channel = torch.tensor(block, dtype=torch.long).repeat(n)
+        at: dict[str, Any] = {}
+        if acts.dim() == 4:  # vectors have no positions
+            cut = slice(start, start + len(block))
+            at = {"position": positions[:, cut].reshape(-1, 2), "values": values[:, cut].flatten()}
+        rec = dn.project_seeds(x, layer, image, channel, **at)
+        parts.append(rec.view(n, len(block), *x.shape[1:]).detach().cpu())
         done(len(block))
     return ImageProjections(
         layer=layer,

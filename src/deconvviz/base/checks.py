@@ -22,6 +22,7 @@ __all__ = [
     "call_key",
     "check_batch",
     "check_channels",
+    "check_device",
     "check_images",
     "check_labels",
     "check_layer",
@@ -127,6 +128,30 @@ def check_batch(x: Any, what: str = "images", *, finite: bool = True) -> Tensor:
         )
     if finite and not bool(torch.isfinite(x).all()):
         raise InputError(f"{what} contain NaN or infinite values")
+    return x
+
+
+def check_device(x: Tensor, model: nn.Module, what: str = "x") -> Tensor:
+    """``x`` itself if it is in the dtype and on the device of the model's parameters (a model
+    without parameters takes any); unlike :func:`check_images`, nothing is converted: the
+    engine never copies a caller's batch behind their back.
+
+    Raises:
+        InputError: naming the conversion or the move that fixes it.
+    """
+    param = next(model.parameters(), None)
+    if param is None:
+        return x
+    if param.dtype != x.dtype:
+        raise InputError(
+            f"{what} is {x.dtype} but the model's parameters are {param.dtype}; convert one of "
+            f"them ({what}.to({param.dtype}) or model.to({x.dtype}))"
+        )
+    if param.device != x.device:
+        raise InputError(
+            f"{what} is on {x.device} but the model is on {param.device}; move {what} with "
+            f"{what}.to({str(param.device)!r})"
+        )
     return x
 
 

@@ -1,9 +1,11 @@
 """The deconvnet engine: :func:`attach` and the :class:`Deconvnet` handle.
 
-The handle is thin: it checks what it is asked at the door and composes three pieces,
-:mod:`~deconvviz.engine.probe` (the forward passes and every layer's geometry),
-:mod:`~deconvviz.engine.seeds` (what may be projected: layers, channels, positions, values) and
-:mod:`~deconvviz.engine.schedule` (crops, whole images, fallback and the reverse pass).
+The handle is thin: each public call checks what it is asked once, at its door, and composes
+:mod:`~deconvviz.engine.geometry` (the layers' names, order and geometry, one probe per input
+shape, over the forward passes of :mod:`~deconvviz.engine.probe`),
+:mod:`~deconvviz.engine.seeds` (what may be projected: layers, channels, positions, values, made
+into one :class:`~deconvviz.engine.seeds.Seeds` record) and :mod:`~deconvviz.engine.schedule`
+(the strongest activations, crops, whole images, fallback and the reverse pass).
 
 How it works (see ``docs/method.md``):
 
@@ -18,15 +20,10 @@ How it works (see ``docs/method.md``):
   autograd for the gradient of the seeded layer output with respect to the input. Functional
   ReLUs, reused ReLU modules and skip connections are all covered because the rule acts on each
   call.
-* A projection's seed is one activation (its own value), so its reverse path is nonzero only in
-  that activation's receptive field. When the receptive field can be followed (see
-  :mod:`deconvviz.engine.receptive`), each seed runs on a crop of the input that holds its
-  receptive field, aligned to the layer's stride (:mod:`deconvviz.engine.crops`); this gives
-  exactly the same result as the full image (tested) and is what makes projecting every channel
-  of a layer fast. Downstream of any op whose effect depends on the absolute position the
-  receptive field is not followed and full images are used; every crop is also checked: the
-  seed's value computed on the crop must equal the full image's, or the engine warns and uses
-  full images for that layer.
+* A projection's seed is one activation, so its reverse path is nonzero only in that
+  activation's receptive field: seeds run on receptive-field crops where those can be followed
+  and are smaller than the image, each crop checked against the full image
+  (:mod:`~deconvviz.engine.schedule`).
 * Nothing is attached to the model between calls: the hooks of a pass belong to a
   :class:`~deconvviz.engine.tracer.Tracer`, which removes them when the pass ends, however it
   ends; ``training`` flags are restored; parameters never get ``.grad``.
@@ -34,30 +31,22 @@ How it works (see ``docs/method.md``):
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from deconvviz.base._util import DEFAULT_MAX_MEMORY, check_precision
-from deconvviz.base.checks import call_key, check_batch, check_channels, model_device_dtype
-from deconvviz.base.errors import DeconvvizError, InputError, LayerError
+from deconvviz.base.checks import check_batch, check_device, model_device_dtype
+from deconvviz.base.errors import DeconvvizError, InputError
 from deconvviz.engine.crops import Box, crop_boxes, scatter_windows
-from deconvviz.engine.probe import DeconvvizWarning, Passes, _LayerInfo, _Probe, forward_failed
+from deconvviz.engine.geometry import Geometry, Layer, LayerGeometry
+from deconvviz.engine.probe import DeconvvizWarning, _LayerInfo
 from deconvviz.engine.receptive import ReceptiveField
-from deconvviz.engine.rules import Rule, describe_rule, get_rule
+from deconvviz.engine.rules import Rule, get_rule
 from deconvviz.engine.schedule import Scheduler, Windows
-from deconvviz.engine.seeds import (
-    Validator,
-    one_position,
-    seed_index,
-    seed_positions,
-    seed_values,
-)
-from deconvviz.engine.support import _CONTAINERS, step_for
+from deconvviz.engine.seeds import Validator
 from deconvviz.engine.swap import Event
 
 __all__ = [
@@ -70,29 +59,6 @@ __all__ = [
     "model_device_dtype",
     "receptive_field",
 ]
-
-
-#: A layer: its ``named_modules()`` name (``"name:call"`` for one call of a module run several
-#: times per pass), or the submodule itself.
-Layer = str | nn.Module
-
-
-@dataclass(frozen=True)
-class LayerGeometry:
-    """What the forward pass says about one layer call, for inputs of one shape.
-
-    Attributes:
-        layer: the layer call, as :meth:`Deconvnet.project` takes it.
-        out_shape: output shape without the batch dimension (``(C, h, w)`` or ``(C,)``).
-        receptive_field: the activations' receptive field, or ``None`` where it cannot be
-            followed (after a flatten or a global pooling, say).
-        calls: how many times the forward pass calls the layer's module.
-    """
-
-    layer: str
-    out_shape: tuple[int, ...]
-    receptive_field: ReceptiveField | None
-    calls: int
 
 
 # ---------------------------------------------------------------------- the handle
@@ -140,13 +106,11 @@ class Deconvnet:
         #: backward, under bfloat16 autocast)
         self.precision = check_precision(precision)
         self._attached = True
-        self._index_modules()
-        self._probes: dict[tuple, _Probe] = {}
-        self._passes = Passes(model, self._names, resolved, self.precision)
-        self._checks = Validator(self._modules, strict, warn)
+        self._geometry = Geometry(model, resolved, self.precision)
+        self._checks = Validator(self._geometry.modules, strict, warn)
         self._schedule = Scheduler(
-            self._passes,
-            self._modules,
+            self._geometry.passes,
+            self._geometry.modules,
             lambda info, rows, cols, size: self._crop_boxes(info, rows, cols, size),
             self.max_memory,
         )
@@ -157,24 +121,9 @@ class Deconvnet:
         self.crop_log = self._schedule.crop_log
         self._checks.check_rules()
 
-    def _index_modules(self) -> None:
-        """Name every submodule (first name wins for a module registered twice)."""
-        self._names: dict[nn.Module, str] = {}
-        self._modules: dict[str, nn.Module] = {}
-        for name, module in self.model.named_modules():
-            if module is self.model:
-                continue
-            self._modules[name] = module
-            self._names.setdefault(module, name)
-        self.layers: list[str] = [
-            n for n, m in self._modules.items() if not isinstance(m, (nn.ModuleList, nn.ModuleDict))
-        ]
-        self._layer_names = list(self.layers)
-        if not self.layers:
-            raise InputError(
-                f"the model ({type(self.model).__name__}) has no submodules, so there is no layer "
-                "to project; build it from nn.Module layers (nn.Conv2d, nn.ReLU, ...) as attributes"
-            )
+    @property
+    def layers(self) -> list[str]:
+        return self._geometry.layers
 
     # ------------------------------------------------------------------ context manager
 
@@ -188,71 +137,19 @@ class Deconvnet:
         """Release the model. Idempotent. Nothing stays attached to the model in any case: hooks
         only live during a projection; this just makes further use of the handle an error."""
         self._attached = False
-        self._probes.clear()
+        self._geometry.probes.clear()
 
     def _check_attached(self) -> None:
         if not self._attached:
             raise DeconvvizError("this Deconvnet was detached; call deconvviz.attach(model) again")
 
-    # ------------------------------------------------------------------ description
-
     def summary(self) -> str:
         """A table of every layer and the reverse step it gets, plus the activation functions
         the last forward pass called (functional ReLUs included)."""
-        relu_step = describe_rule(self.rule)
-        lines = [
-            f"Deconvnet(rule={self.rule!r}, strict={self.strict}) on {type(self.model).__name__}"
-        ]
-        width = max(len(n) for n in self._modules) if self._modules else 10
-        for name, module in self._modules.items():
-            depth = name.count(".")
-            if isinstance(module, _CONTAINERS) and not depth:
-                lines.append(f"  {name:<{width}}  {type(module).__name__}")
-                continue
-            lines.append(
-                f"  {name:<{width}}  {type(module).__name__:<18} -> {step_for(module, relu_step)}"
-            )
-        if self._probes:
-            probe = next(reversed(self._probes.values()))
-            calls = Counter((e.module, e.func, e.supported) for e in probe.events)
-            if calls:
-                lines.append("  activation calls seen in the forward pass:")
-                for (where_called, func, ok), n in calls.items():
-                    where = f"in {where_called!r}" if where_called else "in the model's forward"
-                    step = relu_step if ok else "NO deconvnet rule: its plain gradient is used"
-                    lines.append(f"    {func} x{n} {where} -> {step}")
-        return "\n".join(lines)
+        return self._geometry.describe(self.rule, self.strict)
 
     def __repr__(self) -> str:
         return self.summary()
-
-    # ------------------------------------------------------------------ the probe
-
-    def _probe(self, x: Tensor) -> _Probe:
-        """A full forward pass on one input, learning every layer's geometry (cached per shape)."""
-        key = (tuple(x.shape[1:]), x.dtype, x.device)
-        probe = self._probes.get(key)
-        if probe is not None:
-            return probe
-        try:
-            probe, counts = self._passes.probe(x[:1].detach().clone())
-        except (DeconvvizError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # torch's own message, wrapped with the fix
-            raise InputError(forward_failed(self.model, x, exc)) from exc
-        self._probes[key] = probe
-        self._order_layers(probe, counts)
-        return probe
-
-    def _order_layers(self, probe: _Probe, counts: Counter[str]) -> None:
-        """:attr:`layers` in forward order, one entry per call of a reused module."""
-        known = set(self._layer_names)
-        called: list[str] = []
-        for n in probe.order:
-            if n in known:
-                calls = counts[n]
-                called += [n] if calls == 1 else [call_key(n, k) for k in range(calls)]
-        self.layers = called + [n for n in self._layer_names if n not in probe.layers]
 
     def _crop_boxes(
         self, info: _LayerInfo, rows: Tensor, cols: Tensor, size: tuple[int, int]
@@ -262,29 +159,21 @@ class Deconvnet:
         usable = self.crop and info.crop_ok
         return crop_boxes(info.rf if usable else None, rows, cols, size)
 
-    # ------------------------------------------------------------------ validation
+    # ------------------------------------------------------------------ the door
 
     def check_input(self, x: Any) -> Tensor:
         """``x`` if it is a batch the model can take (``[N, C, H, W]``, floating point, on the
         model's device and dtype); an :class:`~deconvviz.base.errors.InputError` naming the fix
         otherwise."""
         self._check_attached()
-        x = check_batch(x, "x", finite=False)
-        # Unlike checks.check_images, a dtype or device other than the model's is refused, not
-        # converted: the engine never copies the caller's batch behind their back.
-        param = next(self.model.parameters(), None)
-        if param is not None:
-            if param.dtype != x.dtype:
-                raise InputError(
-                    f"x is {x.dtype} but the model's parameters are {param.dtype}; convert one of "
-                    f"them (x.to({param.dtype}) or model.to({x.dtype}))"
-                )
-            if param.device != x.device:
-                raise InputError(
-                    f"x is on {x.device} but the model is on {param.device}; move x with "
-                    f"x.to({str(param.device)!r})"
-                )
-        return x
+        return check_device(check_batch(x, "x", finite=False), self.model)
+
+    def _door(self, x: Any, layer: Layer) -> tuple[Tensor, str, _LayerInfo]:
+        """What every public call checks once: the batch (shape, dtype, device), the layer
+        (its name, and that it is projectable), with the probe's record of it."""
+        name = self.layer_name(layer)
+        x = self.check_input(x)
+        return x, name, self._checks.layer(self._geometry.probe(x), name, self.layers)
 
     # ------------------------------------------------------------------ public API
 
@@ -297,16 +186,7 @@ class Deconvnet:
             >>> dn.layer_name(model.features[3])   # doctest: +SKIP
             'features.3'
         """
-        if isinstance(layer, nn.Module):
-            name = self._names.get(layer)
-            if name is None:
-                raise LayerError(
-                    f"the {type(layer).__name__} passed as the layer is not a submodule of the "
-                    "model; pass one of the model's own modules (e.g. model.features[3]) or its "
-                    "name"
-                )
-            return name
-        return layer
+        return self._geometry.layer_name(layer)
 
     def layer_geometry(self, x: Tensor, layer: Layer) -> LayerGeometry:
         """Output shape, receptive field and call count of ``layer`` for inputs shaped like
@@ -316,38 +196,29 @@ class Deconvnet:
             >>> dn.layer_geometry(x, "conv2").out_shape   # doctest: +SKIP
             (64, 14, 14)
         """
-        layer = self.layer_name(layer)
-        x = self.check_input(x)
-        info = self._checks.layer(self._probe(x), layer, self.layers)
+        _, name, info = self._door(x, layer)
         assert info.out_shape is not None
-        return LayerGeometry(layer, info.out_shape, info.rf, info.calls)
+        return LayerGeometry(name, info.out_shape, info.rf, info.calls)
 
     def activation_calls(self, x: Tensor) -> list[Event]:
         """The activation-function calls of the forward pass on inputs shaped like ``x``, in
         order: where each happened (innermost module), the function, and whether it has a rule."""
-        return list(self._probe(self.check_input(x)).events)
+        return list(self._geometry.probe(self.check_input(x)).events)
 
     def layer_output(self, x: Tensor, layer: Layer) -> Tensor:
         """The output of ``layer`` for input ``x`` (forward stopped there, no autograd graph)."""
-        layer = self.layer_name(layer)
-        x = self.check_input(x)
-        self._checks.layer(self._probe(x), layer, self.layers)
-        return self._values(x, layer)
-
-    def _values(self, x: Tensor, layer: str) -> Tensor:
-        return self._schedule.values(x, layer)
+        x, name, _ = self._door(x, layer)
+        return self._schedule.values(x, name)
 
     def receptive_field(self, layer: Layer, input_shape: Sequence[int]) -> ReceptiveField | None:
         """Receptive field of ``layer`` for inputs of shape ``input_shape`` (``None`` when the
         layer's output is not a spatial map that can be followed back, e.g. after flatten)."""
-        layer = self.layer_name(layer)
         self._check_attached()
         device, dtype = model_device_dtype(self.model)
         shape = tuple(int(s) for s in input_shape)
         if len(shape) == 3:
             shape = (1, *shape)
-        x = self.check_input(torch.zeros(shape, dtype=dtype, device=device))
-        return self._checks.layer(self._probe(x), layer, self.layers).rf
+        return self._door(torch.zeros(shape, dtype=dtype, device=device), layer)[2].rf
 
     def project(
         self,
@@ -380,56 +251,12 @@ class Deconvnet:
             >>> rec.shape                                            # doctest: +SKIP
             torch.Size([8, 2, 1, 28, 28])
         """
-        layer = self.layer_name(layer)
-        x = self.check_input(x)
-        info = self._checks.layer(self._probe(x), layer, self.layers)
-        assert info.out_shape is not None
-        chans, single = check_channels(channel, info.out_shape[0])
-        pos = one_position(info, layer, position)
-        self._checks.check_train_mode()
-        n, k = x.shape[0], len(chans)
-        img = torch.arange(n).repeat_interleave(k)
-        chan = torch.tensor(chans).repeat(n)
-        rows, cols, expected = self._positions(x, info, layer, img, chan, chans, pos)
-        out = x.new_zeros((n * k, *x.shape[1:]))
-        if info.batch_stats:
-            windows = self._schedule.project_batch(x, info, layer, img, chan, rows, cols)
-        else:
-            windows = self._schedule.project_seeds(x, info, layer, img, chan, rows, cols, expected)
-        for idx, grads, boxes in windows:
-            scatter_windows(out, idx, grads, boxes)
-        out = out.view(n, k, *x.shape[1:])
+        x, name, info = self._door(x, layer)
+        seeds, single = self._checks.grid(info, name, x.shape[0], channel, position)
+        seeds = self._schedule.located(x, name, seeds)
+        out = _assemble(x, self._schedule.windows(x, info, name, seeds), len(seeds))
+        out = out.view(x.shape[0], -1, *x.shape[1:])
         return out[:, 0] if single else out
-
-    def _positions(
-        self,
-        x: Tensor,
-        info: _LayerInfo,
-        layer: str,
-        img: Tensor,
-        chan: Tensor,
-        chans: list[int],
-        position: tuple[int, int] | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``project``'s seeds: rows, columns and values (the given, checked position, or the
-        strongest activation of each channel in each image)."""
-        assert info.out_shape is not None
-        count, dev = len(img), x.device
-        values = self._schedule.values(x, layer)
-        if len(info.out_shape) != 3:
-            zeros = torch.zeros(count, dtype=torch.long)
-            return zeros, zeros, values[img.to(dev), chan.to(dev)]
-        if position is not None:
-            r, c = position
-            rows = torch.full((count,), r, dtype=torch.long)
-            cols = torch.full((count,), c, dtype=torch.long)
-            return rows, cols, values[img.to(dev), chan.to(dev), r, c]
-        acts = values[:, chans]  # [N, K, h, w]
-        flat = acts.flatten(2)
-        best = flat.argmax(dim=2)  # first maximum on ties
-        w = acts.shape[-1]
-        rows, cols = (best // w).flatten().cpu(), (best % w).flatten().cpu()
-        return rows, cols, flat.gather(2, best.unsqueeze(2)).flatten()
 
     def project_seeds(
         self,
@@ -450,7 +277,8 @@ class Deconvnet:
         activations are found in that same pass.
 
         ``values`` (with ``position``): the seeds' activation values, when known (from a dataset
-        scan, say); each crop's values are then checked against them, as :meth:`project` does.
+        scan, say); each crop's values are then checked against them, as :meth:`project` does,
+        and the batch is not run forward to read them.
 
         Returns:
             ``[S, C, H, W]`` projections, one per seed.
@@ -458,12 +286,9 @@ class Deconvnet:
         Example:
             >>> rec = dn.project_seeds(x, "layer3.5", [0, 0, 1], [4, 9, 4])  # doctest: +SKIP
         """
-        layer = self.layer_name(layer)
-        windows = self.project_windows(x, layer, image, channel, position, values=values)
-        out = x.new_zeros((int(torch.as_tensor(image).numel()), *x.shape[1:]))
-        for idx, grads, boxes in windows:
-            scatter_windows(out, idx, grads, boxes)
-        return out
+        x, name, info = self._door(x, layer)
+        seeds = self._checks.seeds(x, info, name, image, channel, position, values)
+        return _assemble(x, self._schedule.windows(x, info, name, seeds), len(seeds))
 
     def project_windows(
         self,
@@ -485,14 +310,17 @@ class Deconvnet:
             >>> for idx, grads, boxes in dn.project_windows(x, "conv2", img, chan, pos):
             ...     ...                                                   # doctest: +SKIP
         """
-        layer = self.layer_name(layer)
-        x = self.check_input(x)
-        info = self._checks.layer(self._probe(x), layer, self.layers)
-        img, chan = seed_index(x, info, image, channel)
-        rows, cols = seed_positions(info, layer, position, len(img))
-        self._checks.check_train_mode()
-        given = seed_values(values, rows, x.dtype, len(img))
-        return self._schedule.windows(x, info, layer, img, chan, rows, cols, given)
+        x, name, info = self._door(x, layer)
+        seeds = self._checks.seeds(x, info, name, image, channel, position, values)
+        return self._schedule.windows(x, info, name, seeds)
+
+
+def _assemble(x: Tensor, windows: Iterator[Windows], count: int) -> Tensor:
+    """``[count, C, H, W]``: every seed's projection, its windows scattered into its image."""
+    out = x.new_zeros((count, *x.shape[1:]))
+    for idx, grads, boxes in windows:
+        scatter_windows(out, idx, grads, boxes)
+    return out
 
 
 def batch_images(batch: Any) -> Tensor:

@@ -13,13 +13,13 @@ taken from), constants that vary along H or W (a row mask, a positional ramp, co
 channels, even when they broadcast from ``[H, 1]``) and concatenation along H or W. In-place ops
 carry their verdict to every tensor that shares the mutated storage.
 
-This module imports nothing of the engine; :func:`deconvviz.receptive_field` (a model and a layer
+This module imports nothing of the engine but its op catalogue (:mod:`~deconvviz.engine.rfops`:
+which calls keep, compose or lose the map); :func:`deconvviz.receptive_field` (a model and a layer
 name in, a field out) lives with :func:`~deconvviz.engine.deconvnet.attach`, which it uses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,25 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from deconvviz.base._util import pair
+from deconvviz.engine.rfops import (
+    AVGPOOL,
+    CAT,
+    CONV,
+    LOCAL,
+    MAXPOOL,
+    PER_CHANNEL,
+    UNKNOWN,
+    arg,
+    compose,
+    keeps_positions,
+    pads_channels_only,
+    position_free,
+    sliced,
+    tensors,
+    window,
+    window_support,
+    written_in_place,
+)
 
 __all__ = ["UNKNOWN", "RFTracker", "ReceptiveField"]
 
@@ -126,110 +144,6 @@ def _support_side(
     )
 
 
-class _Unknown:
-    def __repr__(self) -> str:
-        return "UNKNOWN"
-
-
-UNKNOWN: Any = _Unknown()
-
-# (jump_h, jump_w, start_h, start_w, end_h, end_w)
-_Meta = tuple[int, int, int, int, int, int]
-
-_CONV = {"conv2d"}
-_MAXPOOL = {"max_pool2d", "max_pool2d_with_indices", "_max_pool2d"}
-_AVGPOOL = {"avg_pool2d"}
-# Ops that act on each spatial position independently (or only mix channels / batch).
-_LOCAL = {
-    "add",
-    "add_",
-    "__add__",
-    "__radd__",
-    "__iadd__",
-    "sub",
-    "sub_",
-    "__sub__",
-    "__rsub__",
-    "__isub__",
-    "mul",
-    "mul_",
-    "__mul__",
-    "__rmul__",
-    "__imul__",
-    "div",
-    "div_",
-    "__truediv__",
-    "__itruediv__",
-    "neg",
-    "__neg__",
-    "relu",
-    "relu_",
-    "clamp",
-    "clamp_",
-    "clamp_min",
-    "clamp_min_",
-    "batch_norm",
-    "dropout",
-    "dropout2d",
-    "feature_dropout",
-    "alpha_dropout",
-    "cat",
-    "concat",
-    "contiguous",
-    "clone",
-    "to",
-    "float",
-    "double",
-    "half",
-    "type",
-    "hardtanh",
-    "hardtanh_",
-    "leaky_relu",
-    "leaky_relu_",
-    "elu",
-    "elu_",
-    "gelu",
-    "silu",
-    "sigmoid",
-    "tanh",
-    "softplus",
-    "mish",
-    "hardswish",
-    "hardsigmoid",
-    "threshold",
-    "threshold_",
-    "relu6",
-    "selu",
-    "celu",
-    "prelu",
-    "abs",
-    "exp",
-    "log",
-    "pow",
-    "__pow__",
-    "sqrt",
-    "square",
-    "requires_grad_",
-    "detach",
-    "__getitem__",
-    "__setitem__",
-}
-# Ops whose 1-d tensor arguments are per-channel parameters, not broadcast along W.
-_PER_CHANNEL = {"batch_norm", "prelu"}
-_CAT = {"cat", "concat"}
-
-
-def _tensors(obj: Any) -> Iterator[Tensor]:
-    if isinstance(obj, Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from _tensors(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _tensors(o)
-
-
 class RFTracker:
     """Follows the receptive-field map of every tensor derived from the input."""
 
@@ -254,13 +168,13 @@ class RFTracker:
         return ReceptiveField((m[0], m[1]), (m[2], m[3]), (m[4], m[5]), input_size, sup)
 
     def update(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        ins = list(_tensors(args)) + list(_tensors(kwargs))
+        ins = list(tensors(args)) + list(tensors(kwargs))
         derived = [(t, m) for t in ins if (m := self.meta.get(t)) is not None]
-        mutated = _mutated(func, args, kwargs)
+        mutated = written_in_place(func, args, kwargs)
         aliases = self._aliases(mutated) if mutated is not None else []
         if not derived and not aliases:
             return
-        outs = list(_tensors(out))
+        outs = list(tensors(out))
         if mutated is not None and all(o is not mutated for o in outs):
             outs = [mutated, *outs]
         if not outs:
@@ -317,16 +231,16 @@ class RFTracker:
     ) -> tuple[tuple[int, ...], ...] | None:
         """The pixels each position of an op's output really reads, from its inputs'."""
         name = getattr(func, "__name__", "")
-        if name in _CONV or name in _MAXPOOL or name in _AVGPOOL:
+        if name in CONV or name in MAXPOOL or name in AVGPOOL:
             first = args[0]
             sup = self.support.get(first)
             if sup is None:
                 return None
-            kernel, stride, padding, dilation = _window(name, args, kwargs)
+            kernel, stride, padding, dilation = window(name, args, kwargs)
             out: list[tuple[int, ...]] = []
             for d in (0, 1):
                 n_out = int(out0.shape[-2 + d])
-                lo, hi = _window_support(
+                lo, hi = window_support(
                     sup[2 * d], sup[2 * d + 1], n_out, kernel[d], stride[d], padding[d], dilation[d]
                 )
                 out += [lo, hi]
@@ -372,23 +286,23 @@ class RFTracker:
         name = getattr(func, "__name__", "")
         if outs[0].dim() != 4:
             return UNKNOWN
-        if name in _CONV or name in _MAXPOOL or name in _AVGPOOL:
+        if name in CONV or name in MAXPOOL or name in AVGPOOL:
             first = args[0] if args else None
             if not isinstance(first, Tensor) or self.meta.get(first) is None:
                 return UNKNOWN  # e.g. a convolution whose *weight* depends on the input
-            if name in _CONV and self.meta.get(_arg(args, kwargs, 1, "weight", None)) is not None:
+            if name in CONV and self.meta.get(arg(args, kwargs, 1, "weight", None)) is not None:
                 return UNKNOWN
-            return _compose(self.meta[first], *_window(name, args, kwargs))
+            return compose(self.meta[first], *window(name, args, kwargs))
         first = args[0] if args else None
         if name in ("__getitem__", "pad") and isinstance(first, Tensor) and first.dim() == 4:
             m = self.meta.get(first)
-            shifted = _sliced(m, args[1] if len(args) > 1 else None) if name != "pad" else None
+            shifted = sliced(m, args[1] if len(args) > 1 else None) if name != "pad" else None
             if shifted is not None and len(derived) == 1:
                 return shifted  # x[:, :, a::s, b::t]: a 1x1 window op with stride (s, t)
-            pads = _arg(args, kwargs, 1, "pad", None) if name == "pad" else None
-            if m is not None and len(derived) == 1 and _pads_channels_only(pads):
+            pads = arg(args, kwargs, 1, "pad", None) if name == "pad" else None
+            if m is not None and len(derived) == 1 and pads_channels_only(pads):
                 return m  # F.pad of the batch/channel dimensions only: positions unchanged
-        if name not in _LOCAL:
+        if name not in LOCAL:
             return UNKNOWN
         return self._local(name, args, kwargs, derived, ins, outs[0])
 
@@ -396,12 +310,12 @@ class RFTracker:
         self, name: str, args: tuple, kwargs: dict, derived: list, ins: list, out0: Tensor
     ) -> Any:
         """The union of the inputs' maps for an op that acts on each position on its own."""
-        if name in ("__getitem__", "__setitem__") and not _keeps_positions(
+        if name in ("__getitem__", "__setitem__") and not keeps_positions(
             args[1] if len(args) > 1 else None
         ):
             return UNKNOWN
-        if name in _CAT:
-            dim = _arg(args, kwargs, 1, "dim", 0)
+        if name in CAT:
+            dim = arg(args, kwargs, 1, "dim", 0)
             if not isinstance(dim, int) or dim % 4 >= 2:
                 return UNKNOWN  # concatenating along H or W puts pieces at absolute positions
         hw = tuple(out0.shape[-2:])
@@ -412,7 +326,7 @@ class RFTracker:
         # channels, a ramp broadcast from [H, 1]) breaks the translation equivariance the crops
         # rely on.
         for t in ins:
-            if self.meta.get(t) is None and not _position_free(t, name in _PER_CHANNEL):
+            if self.meta.get(t) is None and not position_free(t, name in PER_CHANNEL):
                 return UNKNOWN
         jumps = {(m[0], m[1]) for m in spatial}
         if len(jumps) != 1:
@@ -426,163 +340,3 @@ class RFTracker:
             max(m[4] for m in spatial),
             max(m[5] for m in spatial),
         )
-
-
-_Pair = tuple[int, int]
-
-
-def _window(name: str, args: tuple, kwargs: dict) -> tuple[_Pair, _Pair, _Pair, _Pair]:
-    """``(kernel, stride, padding, dilation)`` of a convolution or pooling call."""
-    if name not in _CONV:
-        kernel = pair(_arg(args, kwargs, 1, "kernel_size", None), default=1)
-        stride = pair(_arg(args, kwargs, 2, "stride", None) or kernel, default=1)
-        padding = pair(_arg(args, kwargs, 3, "padding", 0), default=0)
-        dilated = name in _MAXPOOL
-        dilation = pair(_arg(args, kwargs, 4, "dilation", 1), default=1) if dilated else (1, 1)
-        return kernel, stride, padding, dilation
-    weight = _arg(args, kwargs, 1, "weight", None)
-    kernel = (int(weight.shape[-2]), int(weight.shape[-1]))
-    stride = pair(_arg(args, kwargs, 3, "stride", 1), default=1)
-    dilation = pair(_arg(args, kwargs, 5, "dilation", 1), default=1)
-    pad_arg = _arg(args, kwargs, 4, "padding", 0)
-    if not isinstance(pad_arg, str):
-        padding = pair(pad_arg, default=0)
-    elif pad_arg == "valid":
-        padding = (0, 0)
-    else:  # 'same': PyTorch pads (total // 2) before
-        padding = (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
-    return kernel, stride, padding, dilation
-
-
-_EMPTY_LO = 1 << 30
-
-
-def _window_support(
-    lo: tuple[int, ...],
-    hi: tuple[int, ...],
-    n_out: int,
-    kernel: int,
-    stride: int,
-    padding: int,
-    dilation: int,
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Along one dimension, the first and last input pixel each output position of a window op
-    reads, from those of its input positions (padding reads nothing)."""
-    n_in = len(lo)
-    out_lo, out_hi = [], []
-    for q in range(n_out):
-        a, b = _EMPTY_LO, -1
-        for t in range(kernel):
-            i = q * stride - padding + t * dilation
-            if 0 <= i < n_in and hi[i] >= lo[i]:
-                a, b = min(a, lo[i]), max(b, hi[i])
-        out_lo.append(a)
-        out_hi.append(b)
-    return tuple(out_lo), tuple(out_hi)
-
-
-def _compose(m: _Meta, kernel: _Pair, stride: _Pair, padding: _Pair, dilation: _Pair) -> _Meta:
-    """The map after a window op (convolution, pooling) applied to a tensor with map ``m``."""
-    jh, jw, sh, sw, eh, ew = m
-    return (
-        jh * stride[0],
-        jw * stride[1],
-        sh - padding[0] * jh,
-        sw - padding[1] * jw,
-        eh + (dilation[0] * (kernel[0] - 1) - padding[0]) * jh,
-        ew + (dilation[1] * (kernel[1] - 1) - padding[1]) * jw,
-    )
-
-
-def _mutated(func: Any, args: tuple, kwargs: dict) -> Tensor | None:
-    """The tensor an op writes into in place (``x.mul_(m)``, ``x[i] = v``, ``out=``), if any."""
-    name = getattr(func, "__name__", "")
-    out = kwargs.get("out")
-    if isinstance(out, Tensor):
-        return out
-    first = args[0] if args else None
-    if not isinstance(first, Tensor):
-        return None
-    in_place = (
-        (name.endswith("_") and not name.startswith("__"))
-        or name == "__setitem__"
-        or (name.startswith("__i") and name.endswith("__") and name != "__index__")
-        or bool(kwargs.get("inplace", False))
-    )
-    return first if in_place else None
-
-
-def _position_free(t: Tensor, per_channel: bool) -> bool:
-    """Whether a constant ``t``, broadcast against an ``[N, C, H, W]`` result (aligned from the
-    right), has the same value at every spatial position."""
-    if t.dim() == 0 or (per_channel and t.dim() == 1):
-        return True
-    dims = [d for d in (-1, -2) if t.dim() >= -d and t.shape[d] > 1]
-    if not dims:
-        return True
-    ref = t
-    for d in dims:
-        ref = ref.narrow(d, 0, 1)
-    try:
-        return bool((t == ref).all())  # NaN counts as varying
-    except RuntimeError:
-        return False
-
-
-def _sliced(m: Any, index: Any) -> Any:
-    """The map after ``x[index]`` (``x`` with map ``m``) when the index takes every ``s``-th
-    row and ``t``-th column from fixed offsets (``x[:, :, ::2, ::2]``, a ResNet shortcut):
-    a position-independent subsampling, like a 1x1 window with stride ``(s, t)``; ``None`` for
-    any other index (left to the other rules)."""
-    if m is None or m is UNKNOWN:
-        return None
-    items = index if isinstance(index, tuple) else (index,)
-    if items and items[-1] is Ellipsis:
-        items = items[:-1]
-    if len(items) not in (3, 4) or not all(isinstance(i, slice) for i in items):
-        return None
-    if any(i != slice(None) for i in items[:2]):
-        return None
-    spatial = [*items[2:], slice(None)][:2]
-    steps = []
-    for sl in spatial:
-        start, step = sl.start or 0, 1 if sl.step is None else sl.step
-        if not (isinstance(start, int) and isinstance(step, int)) or start < 0 or step < 1:
-            return None  # a negative start counts from the end: depends on the size
-        if sl.stop is not None and (not isinstance(sl.stop, int) or sl.stop < 0):
-            return None
-        steps.append((start, step))
-    if all(step == 1 and start == 0 for start, step in steps):
-        return None  # positions kept: the local rule's case
-    (ah, sh), (aw, sw) = steps
-    jh, jw, s0, s1, e0, e1 = m
-    return (jh * sh, jw * sw, s0 + ah * jh, s1 + aw * jw, e0 + ah * jh, e1 + aw * jw)
-
-
-def _pads_channels_only(pads: Any) -> bool:
-    """Whether ``F.pad``'s ``pad`` leaves W and H alone (its first four entries are 0)."""
-    if not isinstance(pads, (list, tuple)) or len(pads) < 4 or len(pads) % 2:
-        return False
-    return all(isinstance(p, int) and p == 0 for p in pads[:4])
-
-
-def _keeps_positions(index: Any) -> bool:
-    """Whether ``x[index]`` on an ``[N, C, H, W]`` tensor leaves the spatial dimensions alone
-    (it selects along the batch or channel dimension only, with ints or slices; H and W are
-    left out or taken whole with ``:`` or a trailing ``...``)."""
-    items = index if isinstance(index, tuple) else (index,)
-    if items and items[-1] is Ellipsis:
-        items = items[:-1]
-    if len(items) > 4:
-        return False
-    if not all(isinstance(i, (int, slice)) and not isinstance(i, bool) for i in items[:2]):
-        return False
-    return all(i == slice(None) for i in items[2:])
-
-
-def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    if len(args) > pos:
-        return args[pos]
-    return default

@@ -2,7 +2,18 @@
 in chunks that fit the memory budget; the fallback to whole images when crops disagree; the
 batch-statistics path; and the reverse pass itself (the convolution shortcut included).
 
-Every seed handed in here was checked at the door (:mod:`deconvviz.engine.seeds`).
+Why crops: a projection's seed is one activation (its own value), so its reverse path is nonzero
+only in that activation's receptive field. When the receptive field can be followed (see
+:mod:`deconvviz.engine.receptive`), each seed runs on a crop of the input that holds its
+receptive field, aligned to the layer's stride (:mod:`deconvviz.engine.crops`); this gives
+exactly the same result as the full image (tested) and is what makes projecting every channel
+of a layer fast. Downstream of any op whose effect depends on the absolute position the
+receptive field is not followed and full images are used; every crop is also checked: the
+seed's value computed on the crop must equal the full image's, or the engine warns and uses
+full images for that layer.
+
+Every :class:`~deconvviz.engine.seeds.Seeds` handed in here was checked at the door
+(:mod:`deconvviz.engine.seeds`); nothing is checked again.
 """
 
 from __future__ import annotations
@@ -10,7 +21,7 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -28,7 +39,7 @@ from deconvviz.engine.crops import (
     same_values,
 )
 from deconvviz.engine.probe import DeconvvizWarning, Passes, _LayerInfo, normal
-from deconvviz.engine.seeds import _Seeds
+from deconvviz.engine.seeds import Seeds
 from deconvviz.engine.tracer import exact_cuda
 
 #: ``(seed indices, gradients, boxes)``: the gradient of seed ``s`` is nonzero only inside its
@@ -62,97 +73,85 @@ class Scheduler:
         """The layer's output on ``x`` (values only, no graph)."""
         return self.passes.forward_to(x.detach(), layer, grad=False)
 
-    def windows(
-        self,
-        x: Tensor,
-        info: _LayerInfo,
-        layer: str,
-        img: Tensor,
-        chan: Tensor,
-        rows: Tensor | None,
-        cols: Tensor | None,
-        values: Tensor | None,
-    ) -> Iterator[Windows]:
+    def located(self, x: Tensor, layer: str, seeds: Seeds) -> Seeds:
+        """``seeds`` with positions and values: each seed's strongest activation where no
+        position was given, the full images' values where none were (one forward pass of the
+        batch; none where both are known). Vector layers get zero positions."""
+        if seeds.rows is not None and seeds.cols is not None and seeds.values is not None:
+            return seeds
+        acts = self.values(x, layer)
+        dev = acts.device
+        img, chan = seeds.images.to(dev), seeds.channels.to(dev)
+        if acts.dim() != 4:
+            zeros = torch.zeros(len(seeds), dtype=torch.long)
+            return replace(seeds, rows=zeros, cols=zeros, values=acts[img, chan])
+        if seeds.rows is not None and seeds.cols is not None:
+            at = (img, chan, seeds.rows.to(dev), seeds.cols.to(dev))
+            return replace(seeds, values=acts[at])
+        maps = acts[img, chan].flatten(1)  # [S, h * w]
+        best = maps.argmax(dim=1)  # first maximum on ties
+        w = acts.shape[-1]
+        rows, cols = (best // w).cpu(), (best % w).cpu()
+        return replace(seeds, rows=rows, cols=cols, values=maps.gather(1, best[:, None]).flatten())
+
+    def windows(self, x: Tensor, info: _LayerInfo, layer: str, seeds: Seeds) -> Iterator[Windows]:
         """Seeds on whole images (one shared forward per image), or on crops."""
         h, w = int(x.shape[-2]), int(x.shape[-1])
         if info.batch_stats:
-            yield from self.project_batch(x, info, layer, img, chan, rows, cols)
+            yield from self.project_batch(x, info, layer, seeds)
             return
         if self.whole_image(info, (h, w)):
-            yield from self.project_full(x, info, layer, img, chan, rows, cols, range(len(img)))
+            yield from self.project_full(x, info, layer, seeds, range(len(seeds)))
             return
-        if rows is not None and cols is not None and values is None:
-            # positions given without values: the crops are checked against the full images'
-            # values, as project() checks them (one forward pass of the batch)
-            acts = self.values(x, layer)
-            dev = acts.device
-            values = acts[img.to(dev), chan.to(dev), rows.to(dev), cols.to(dev)]
-        if rows is None or cols is None:
-            acts = self.values(x, layer)[img.to(x.device), chan.to(x.device)]  # [S, h, w]
-            flat = acts.flatten(1)
-            best = flat.argmax(dim=1)
-            rows, cols = (best // acts.shape[-1]).cpu(), (best % acts.shape[-1]).cpu()
-            values = flat.gather(1, best.unsqueeze(1)).flatten()
-        yield from self.project_seeds(x, info, layer, img, chan, rows, cols, values)
+        # crops are checked against the full images' values, as project() checks them
+        yield from self.project_seeds(x, info, layer, self.located(x, layer, seeds))
 
     def project_seeds(
-        self,
-        x: Tensor,
-        info: _LayerInfo,
-        layer: str,
-        img: Tensor,
-        chan: Tensor,
-        rows: Tensor,
-        cols: Tensor,
-        expected: Tensor | None = None,
+        self, x: Tensor, info: _LayerInfo, layer: str, seeds: Seeds
     ) -> Iterator[Windows]:
-        """Project seeds ``(img[s], chan[s], rows[s], cols[s])`` of ``layer``, in chunks.
+        """Project located seeds of ``layer`` (:meth:`located`), in chunks.
 
         Seeds whose crop is the whole image share each image's forward pass; the others run on
-        crops of equal size together, as many as the memory budget allows. ``expected``: the
-        seeds' values on the full images, which each crop's values are checked against.
+        crops of equal size together, as many as the memory budget allows, each crop's values
+        checked against the seeds' values on the full images.
         """
+        assert seeds.rows is not None and seeds.cols is not None
         h, w = int(x.shape[-2]), int(x.shape[-1])
-        boxes = self.boxes(info, rows, cols, (h, w))
+        boxes = self.boxes(info, seeds.rows, seeds.cols, (h, w))
         groups: dict[tuple[int, int], list[int]] = {}
         for s, (y0, x0, y1, x1) in enumerate(boxes):
             groups.setdefault((y1 - y0, x1 - x0), []).append(s)
         per_sample = max(info.bytes_per_sample, 1) * 4  # forward, graph, gradients
         for (bh, bw), members in groups.items():
             if (bh, bw) == (h, w):  # crops cannot help: share each image's forward
-                yield from self.project_full(x, info, layer, img, chan, rows, cols, members)
+                yield from self.project_full(x, info, layer, seeds, members)
                 continue
             cost = per_sample * bh * bw / (h * w)
             chunk = items_within(self.max_memory, cost, cap=len(members))
             for start in range(0, len(members), chunk):
                 idx = torch.tensor(members[start : start + chunk])
-                seeds = _Seeds(idx, img[idx], chan[idx], rows[idx], cols[idx])
-                given = None if expected is None else expected[idx.to(expected.device)]
                 sub = [boxes[i] for i in idx.tolist()]
-                yield self.project_crops(x, info, layer, seeds, sub, given)
+                yield self.project_crops(x, info, layer, idx, seeds.take(idx), sub)
 
     def project_crops(
-        self,
-        x: Tensor,
-        info: _LayerInfo,
-        layer: str,
-        seeds: _Seeds,
-        boxes: list[Box],
-        given: Tensor | None,
+        self, x: Tensor, info: _LayerInfo, layer: str, idx: Tensor, seeds: Seeds, boxes: list[Box]
     ) -> Windows:
-        """One chunk of seeds on equally sized crops, each checked against ``given`` values;
-        redone on full images when the model refuses the crops or they disagree."""
-        crops = gather_windows(x, seeds.img, boxes)
+        """One chunk of seeds (``idx`` in the call's list) on equally sized crops, each checked
+        against the seeds' values; redone on full images when the model refuses the crops or
+        they disagree."""
+        assert seeds.rows is not None and seeds.cols is not None
+        crops = gather_windows(x, seeds.images, boxes)
         jr, jc = info.rf.jump if info.rf is not None else (1, 1)
         prow = seeds.rows - torch.tensor([b[0] for b in boxes]) // jr
         pcol = seeds.cols - torch.tensor([b[1] for b in boxes]) // jc
+        given = seeds.values
         try:
-            grads, values = self.backward(crops, layer, seeds.chan, prow, pcol, given)
+            grads, values = self.backward(crops, layer, seeds.channels, prow, pcol, given)
         except (KeyboardInterrupt, LayerError):
             raise
         except Exception:
             # The model refuses inputs of another size (a shape check in its forward, say)
-            return self.project_fallback(x, info, layer, seeds, given)
+            return self.project_fallback(x, info, layer, idx, seeds)
         rounding = torch.bfloat16 if self.precision == "bf16" else None
         if given is not None and not same_values(
             values, given.to(values.device, values.dtype), rounding
@@ -163,13 +162,13 @@ class Scheduler:
                 DeconvvizWarning,
                 stacklevel=4,
             )
-            return self.project_fallback(x, info, layer, seeds, given)
+            return self.project_fallback(x, info, layer, idx, seeds)
         bh, bw = boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1]
-        self.crop_log.append((layer, (bh, bw), len(seeds.idx), "crop"))
-        return seeds.idx, grads, boxes
+        self.crop_log.append((layer, (bh, bw), len(idx), "crop"))
+        return idx, grads, boxes
 
     def project_fallback(
-        self, x: Tensor, info: _LayerInfo, layer: str, seeds: _Seeds, given: Tensor | None
+        self, x: Tensor, info: _LayerInfo, layer: str, idx: Tensor, seeds: Seeds
     ) -> Windows:
         """Seeds whose crops failed, on full images; this layer uses full images from now on.
 
@@ -178,33 +177,23 @@ class Scheduler:
         back on its own."""
         h, w = int(x.shape[-2]), int(x.shape[-1])
         info.crop_ok = False
-        parts = list(
-            self.project_batch(x, info, layer, seeds.img, seeds.chan, seeds.rows, seeds.cols)
-        )
+        parts = list(self.project_batch(x, info, layer, seeds))
         self.crop_log.pop()  # _project_batch's entry: this is a fallback
-        self.crop_log.append((layer, (h, w), len(seeds.idx), "fallback"))
-        idx = seeds.idx[torch.cat([p[0] for p in parts])]
+        self.crop_log.append((layer, (h, w), len(idx), "fallback"))
+        idx = idx[torch.cat([p[0] for p in parts])]
         return idx, torch.cat([p[1] for p in parts]), [(0, 0, h, w)] * len(idx)
 
     def project_full(
-        self,
-        x: Tensor,
-        info: _LayerInfo,
-        layer: str,
-        img: Tensor,
-        chan: Tensor,
-        rows: Tensor | None,
-        cols: Tensor | None,
-        members: Sequence[int],
+        self, x: Tensor, info: _LayerInfo, layer: str, seeds: Seeds, members: Sequence[int]
     ) -> Iterator[Windows]:
         """The one whole-image path: each image forward once, its seeds share that pass."""
         yield from project_shared(
             lambda xin: self.passes.forward_to(xin, layer, grad=True),
             x,
-            img,
-            chan,
-            rows,
-            cols,
+            seeds.images,
+            seeds.channels,
+            seeds.rows,
+            seeds.cols,
             list(members),
             bytes_per_sample=info.bytes_per_sample,
             max_memory=self.max_memory,
@@ -213,19 +202,13 @@ class Scheduler:
         self.crop_log.append((layer, (int(x.shape[-2]), int(x.shape[-1])), len(members), "full"))
 
     def project_batch(
-        self,
-        x: Tensor,
-        info: _LayerInfo,
-        layer: str,
-        img: Tensor,
-        chan: Tensor,
-        rows: Tensor | None,
-        cols: Tensor | None,
+        self, x: Tensor, info: _LayerInfo, layer: str, seeds: Seeds
     ) -> Iterator[Windows]:
         """Seeds of a layer whose activations depend on the whole batch (batch statistics):
         the whole of ``x`` forward once, each seed walked back on its own (seeds of different
         images cannot share a backward: the batch statistics couple the images)."""
         h, w = int(x.shape[-2]), int(x.shape[-1])
+        img, chan, rows, cols = seeds.images, seeds.channels, seeds.rows, seeds.cols
         with torch.inference_mode(False):
             xin = normal(x).detach().clone().requires_grad_(True)
             out = self.passes.forward_to(xin, layer, grad=True)

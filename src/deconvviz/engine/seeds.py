@@ -29,14 +29,32 @@ _MODE_DEPENDENT: tuple[type[nn.Module], ...] = (
 
 
 @dataclass(frozen=True)
-class _Seeds:
-    """A chunk of seeds: their indices in the call's seed list, images, channels, positions."""
+class Seeds:
+    """The seeds of one projection, checked once at the door and trusted inside.
 
-    idx: Tensor
-    img: Tensor
-    chan: Tensor
-    rows: Tensor
-    cols: Tensor
+    Seed ``s`` is channel ``channels[s]`` of image ``images[s]``, at ``(rows[s], cols[s])`` of
+    the feature map (``None``: each seed's strongest activation, which the scheduler finds; zeros
+    for ``[N, C]`` vector layers), whose activation value is ``values[s]`` where known (each
+    crop's value is checked against it). Index tensors are int64, on the CPU.
+    """
+
+    images: Tensor
+    channels: Tensor
+    rows: Tensor | None = None
+    cols: Tensor | None = None
+    values: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def take(self, idx: Tensor) -> Seeds:
+        """The seeds ``idx`` (a CPU index tensor), in that order."""
+
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[idx.to(t.device)]
+
+        rows, cols, values = pick(self.rows), pick(self.cols), pick(self.values)
+        return Seeds(self.images[idx], self.channels[idx], rows, cols, values)
 
 
 @dataclass
@@ -67,8 +85,6 @@ class Validator:
                 stacklevel=4,
             )
 
-    # ------------------------------------------------------------------ context manager
-
     def layer(self, probe: _Probe, layer: str, known: list[str]) -> _LayerInfo:
         """The probe's record of ``layer``, once it is known to be projectable."""
         if not isinstance(layer, str):
@@ -86,6 +102,42 @@ class Validator:
         self.check_path(probe, info, layer)
         self.check_batch(info, layer)
         return info
+
+    def seeds(
+        self,
+        x: Tensor,
+        info: _LayerInfo,
+        layer: str,
+        image: Any,
+        channel: Any,
+        position: Any,
+        values: Any,
+    ) -> Seeds:
+        """:meth:`~deconvviz.engine.deconvnet.Deconvnet.project_seeds`'s seeds, checked (and
+        the model's mode)."""
+        img, chan = seed_index(x, info, image, channel)
+        rows, cols = seed_positions(info, layer, position, len(img))
+        self.check_train_mode()
+        return Seeds(img, chan, rows, cols, seed_values(values, rows, x.dtype, len(img)))
+
+    def grid(
+        self, info: _LayerInfo, layer: str, n_images: int, channel: Any, position: Any
+    ) -> tuple[Seeds, bool]:
+        """:meth:`~deconvviz.engine.deconvnet.Deconvnet.project`'s seeds, checked (and the
+        model's mode): each channel of ``channel`` in each image (image-major), at ``position``
+        or (``None``) the strongest; and whether ``channel`` was one channel, not a list."""
+        assert info.out_shape is not None
+        chans, single = check_channels(channel, info.out_shape[0])
+        pos = one_position(info, layer, position)
+        self.check_train_mode()
+        k = len(chans)
+        images = torch.arange(n_images).repeat_interleave(k)
+        channels = torch.tensor(chans, dtype=torch.long).repeat(n_images)
+        if pos is None:
+            return Seeds(images, channels), single
+        rows = torch.full((n_images * k,), pos[0], dtype=torch.long)
+        cols = torch.full((n_images * k,), pos[1], dtype=torch.long)
+        return Seeds(images, channels, rows, cols), single
 
     def check_batch(self, info: _LayerInfo, layer: str) -> None:
         """Refuse (strict) or say once that a layer's activations depend on the whole batch."""
@@ -190,8 +242,6 @@ class Validator:
                 DeconvvizWarning,
                 stacklevel=5,
             )
-
-    # ------------------------------------------------------------------ public API
 
 
 def seed_index(x: Tensor, info: _LayerInfo, image: Any, channel: Any) -> tuple[Tensor, Tensor]:
