@@ -57,13 +57,14 @@ from deconvviz.base._io import write_bytes
 from deconvviz.base._util import DEFAULT_MAX_MEMORY, autocast, check_precision, items_within
 from deconvviz.base.checks import (
     Resolved,
+    batch_images,
     check_positive_int,
     default_layers,
     resolve_model,
     split_call,
 )
 from deconvviz.base.errors import CheckpointError, InputError, LayerError
-from deconvviz.engine.deconvnet import Deconvnet, batch_images
+from deconvviz.engine.deconvnet import Deconvnet
 from deconvviz.engine.receptive import ReceptiveField
 from deconvviz.engine.rules import RULES
 from deconvviz.engine.tracer import Tracer, eval_mode

@@ -27,9 +27,14 @@ from tqdm.auto import tqdm
 
 from deconvviz.base._display import render_png
 from deconvviz.base._util import dead_units
-from deconvviz.base.checks import check_layer, check_model, check_positive_int, to_model
+from deconvviz.base.checks import (
+    batch_images,
+    check_layer,
+    check_model,
+    check_positive_int,
+    to_model,
+)
 from deconvviz.base.errors import InputError, LayerError
-from deconvviz.engine.deconvnet import batch_images
 from deconvviz.engine.support import RELU_FUNCS
 from deconvviz.engine.tracer import Tracer, eval_mode
 

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from deconvviz.base._util import DEFAULT_MAX_MEMORY, items_within
-from deconvviz.base.checks import Resolved, resolve_model
+from deconvviz.base.checks import Resolved, batch_images, resolve_model
 from deconvviz.base.errors import InputError
-from deconvviz.engine.deconvnet import Deconvnet, batch_images
+from deconvviz.engine.deconvnet import Deconvnet
 from deconvviz.engine.receptive import ReceptiveField
 
 __all__ = [

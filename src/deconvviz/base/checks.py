@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from deconvviz.base.errors import ClassNamesWarning, InputError, LayerError, unknown_name
 
 __all__ = [
+    "batch_images",
     "call_key",
     "check_batch",
     "check_channels",
@@ -319,3 +320,20 @@ def class_names_for(names: Sequence[str] | None, outputs: int | None) -> list[st
         )
         return None
     return names
+
+
+def batch_images(batch: Any) -> Tensor:
+    """The image tensor of a loader batch or dataset item: a tensor, an ``(images, labels, ...)``
+    sequence, or a dict with key ``image``, ``images``, ``x`` or ``input``."""
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    if isinstance(batch, dict):
+        for key in ("image", "images", "x", "input"):
+            if isinstance(batch.get(key), Tensor):
+                return batch[key]
+    raise InputError(
+        f"got a {type(batch).__name__} where images were expected: batches and dataset items "
+        "must be image tensors or (images, labels) pairs"
+    )

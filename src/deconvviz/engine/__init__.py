@@ -15,12 +15,11 @@
 * :mod:`~deconvviz.engine.summary` -- :func:`~deconvviz.engine.summary.layer_table`.
 """
 
-from deconvviz.base.checks import model_device_dtype, split_call
+from deconvviz.base.checks import batch_images, model_device_dtype, split_call
 from deconvviz.engine.crops import gather_windows, place_filters, scatter_windows
 from deconvviz.engine.deconvnet import (
     Deconvnet,
     attach,
-    batch_images,
     layer_output,
     receptive_field,
 )

@@ -54,7 +54,6 @@ __all__ = [
     "DeconvvizWarning",
     "LayerGeometry",
     "attach",
-    "batch_images",
     "layer_output",
     "model_device_dtype",
     "receptive_field",
@@ -321,23 +320,6 @@ def _assemble(x: Tensor, windows: Iterator[Windows], count: int) -> Tensor:
     for idx, grads, boxes in windows:
         scatter_windows(out, idx, grads, boxes)
     return out
-
-
-def batch_images(batch: Any) -> Tensor:
-    """The image tensor of a loader batch or dataset item: a tensor, an ``(images, labels, ...)``
-    sequence, or a dict with key ``image``, ``images``, ``x`` or ``input``."""
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    if isinstance(batch, dict):
-        for key in ("image", "images", "x", "input"):
-            if isinstance(batch.get(key), Tensor):
-                return batch[key]
-    raise InputError(
-        f"got a {type(batch).__name__} where images were expected: batches and dataset items "
-        "must be image tensors or (images, labels) pairs"
-    )
 
 
 def attach(

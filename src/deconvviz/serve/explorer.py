@@ -39,10 +39,10 @@ from deconvviz.analyses.occlusion import occluder_starts
 from deconvviz.analyses.scan import scan
 from deconvviz.analyses.topk import TopActivations, input_boxes, project_top
 from deconvviz.base._util import safe_name
-from deconvviz.base.checks import class_names_for
+from deconvviz.base.checks import batch_images, class_names_for
 from deconvviz.base.errors import CheckpointError, DeconvvizError, InputError, LayerError
 from deconvviz.base.images import fit_image
-from deconvviz.engine.deconvnet import Deconvnet, batch_images
+from deconvviz.engine.deconvnet import Deconvnet
 from deconvviz.engine.rules import rule_names
 from deconvviz.sources.loading import model_outputs
 

@@ -60,9 +60,8 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from deconvviz.analyses._common import pick_images
-from deconvviz.base.checks import model_device_dtype
+from deconvviz.base.checks import batch_images, model_device_dtype
 from deconvviz.base.errors import CheckpointError, DeconvvizError, InputError
-from deconvviz.engine.deconvnet import batch_images
 from deconvviz.engine.tracer import eval_mode
 from deconvviz.sources.models import MODELS, build_model
 
