@@ -16,6 +16,7 @@ by index, never by path.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -134,6 +135,193 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+def _guard(handler: Any) -> Any:
+    """``handler`` as an endpoint whose errors are the API's JSON answers (409, 404, 400)."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            result: Response = await handler(request)
+            return result
+        except Superseded as exc:
+            return _error(409, f"superseded: {exc}")
+        except NotReady as exc:
+            return _error(409, str(exc))
+        except NotFound as exc:
+            return _error(404, str(exc))
+        except DeconvvizError as exc:
+            return _error(400, str(exc))
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+def _q(request: Request, name: str) -> Any:
+    """A query parameter, or None; the explorer checks each one and names the valid values."""
+    return request.query_params.get(name)
+
+
+class _Api:
+    """The endpoints of docs/serve.md over one explorer and the thread that runs its model."""
+
+    def __init__(self, explorer: Explorer, work: ModelWorker) -> None:
+        self.explorer, self.work = explorer, work
+
+    async def run(self, fn: Any, *args: Any, request: Request | None = None, kind: str = "") -> Any:
+        stream, seq = _stream(request, kind) if request is not None else (None, None)
+        return await self.work.run(fn, *args, stream=stream, seq=seq)
+
+    async def model(self, request: Request) -> Response:
+        return JSONResponse(self.explorer.summary())
+
+    async def images(self, request: Request) -> Response:
+        offset, limit = _int(request, "offset", 0), _int(request, "limit", 60)
+        assert offset is not None and limit is not None
+        return JSONResponse(self.explorer.images(_q(request, "class"), offset, limit))
+
+    async def image_png(self, request: Request) -> Response:
+        # no model work: a thread of the pool, so thumbnails never wait behind the model
+        png = await run_in_threadpool(self.explorer.image_png, request.path_params["image"])
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    async def upload(self, request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+            return _error(
+                413, f"the upload is {declared} bytes, over the {MAX_UPLOAD_BYTES} byte limit"
+            )
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_UPLOAD_BYTES:
+                return _error(413, f"the upload is over the {MAX_UPLOAD_BYTES} byte limit")
+        data = bytes(body)
+        ctype = request.headers.get("content-type", "")
+        if ctype.lower().startswith("multipart/form-data"):
+            data = _form_file(ctype, data)
+        key = await run_in_threadpool(self.explorer.add_upload, data)
+        return JSONResponse({"id": key})
+
+    async def predict(self, request: Request) -> Response:
+        image = _q(request, "image")
+        return JSONResponse(
+            await self.run(self.explorer.predict, image, request=request, kind="predict")
+        )
+
+    async def activations(self, request: Request) -> Response:
+        image, layer = _q(request, "image"), _q(request, "layer")
+        out = await self.run(
+            self.explorer.activations, image, layer, request=request, kind="activations"
+        )
+        return JSONResponse(out)
+
+    async def projection(self, request: Request) -> Response:
+        fmt = _q(request, "format") or "png"
+        if fmt not in ("png", "json"):
+            raise DeconvvizError(f"unknown format {fmt!r}; valid formats: png, json")
+
+        def compute() -> tuple[Any, dict[str, Any], bytes | None]:
+            rec, meta = self.explorer.projection(
+                _q(request, "image"),
+                _q(request, "layer"),
+                _q(request, "unit"),
+                _q(request, "rule") or "deconvnet",
+                _position(request),
+            )
+            return rec, meta, self.explorer.projection_png(rec) if fmt == "png" else None
+
+        rec, meta, png = await self.run(compute, request=request, kind="projection")
+        if png is not None:
+            headers = {
+                "X-Deconvviz-Position": ",".join(str(v) for v in meta["position"]),
+                "X-Deconvviz-Value": repr(meta["value"]),
+            }
+            return Response(png, media_type="image/png", headers=headers)
+        arr = rec.detach().float().cpu().contiguous().numpy()
+        meta.update(
+            shape=list(arr.shape),
+            dtype="float32",
+            sha256=hashlib.sha256(arr.tobytes()).hexdigest(),
+            values=arr.tolist() if arr.size <= 1_000_000 else None,
+        )
+        return JSONResponse(meta)
+
+    async def topk(self, request: Request) -> Response:
+        layer, unit = _q(request, "layer"), _q(request, "unit")
+        rule = _q(request, "rule") or "deconvnet"
+        out = await self.run(self.explorer.topk, layer, unit, rule, request=request, kind="topk")
+        return JSONResponse(out)
+
+    async def occlusion(self, request: Request) -> Response:
+        plan = await self.run(
+            self.explorer.occlusion_plan,
+            _q(request, "image"),
+            _q(request, "target") or "class",
+            _q(request, "layer"),
+            _q(request, "unit"),
+            _q(request, "class"),
+            _int(request, "size"),
+            _int(request, "stride"),
+        )
+        return StreamingResponse(
+            self._occlusion_events(request, plan),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def _occlusion_events(self, request: Request, plan: dict[str, Any]) -> AsyncIterator[str]:
+        """The occlusion map as server-sent events: ``meta``, one ``row`` per occluder row as
+        it is computed, then ``done`` (or ``stop`` when a newer request superseded it)."""
+        stream, seq = _stream(request, "occlusion")
+        meta = {k: v for k, v in plan.items() if k != "x"}
+        yield f"event: meta\ndata: {json.dumps(meta)}\n\n"
+        for r in range(len(plan["ys"])):
+            if await request.is_disconnected():
+                return
+            try:
+                row = await self.work.run(
+                    self.explorer.occlusion_row, plan, r, stream=stream, seq=seq
+                )
+            except Superseded:
+                yield 'event: stop\ndata: {"error": "superseded"}\n\n'
+                return
+            yield f"event: row\ndata: {json.dumps({'row': r, 'values': row})}\n\n"
+        yield "event: done\ndata: {}\n\n"
+
+    def routes(self) -> list[Any]:
+        api = [
+            ("/api/model", self.model),
+            ("/api/images", self.images),
+            ("/api/images/{image:str}.png", self.image_png),
+            ("/api/predict", self.predict),
+            ("/api/activations", self.activations),
+            ("/api/projection", self.projection),
+            ("/api/topk", self.topk),
+            ("/api/occlusion", self.occlusion),
+        ]
+        routes: list[Any] = [Route("/", _index)]
+        routes += [Route(path, _guard(handler)) for path, handler in api]
+        routes += [
+            Route("/api/upload", _guard(self.upload), methods=["POST"]),
+            Mount("/static", StaticFiles(directory=static_dir()), name="static"),
+        ]
+        if self.explorer.atlas is not None:
+            routes += [
+                Route("/atlas", _atlas_root),
+                Mount(
+                    "/atlas", StaticFiles(directory=self.explorer.atlas, html=True), name="atlas"
+                ),
+            ]
+        return routes
+
+
+async def _index(request: Request) -> Response:
+    return FileResponse(static_dir() / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _atlas_root(request: Request) -> Response:
+    return RedirectResponse("/atlas/index.html")
+
+
 def create_app(
     explorer: Explorer,
     worker: ModelWorker | None = None,
@@ -158,164 +346,10 @@ def create_app(
     own = worker is None
     work = worker or ModelWorker(str(explorer.device))
 
-    async def run(fn: Any, *args: Any, request: Request | None = None, kind: str = "") -> Any:
-        stream, seq = _stream(request, kind) if request is not None else (None, None)
-        return await work.run(fn, *args, stream=stream, seq=seq)
-
-    def guard(handler: Any) -> Any:
-        async def endpoint(request: Request) -> Response:
-            try:
-                result: Response = await handler(request)
-                return result
-            except Superseded as exc:
-                return _error(409, f"superseded: {exc}")
-            except NotReady as exc:
-                return _error(409, str(exc))
-            except NotFound as exc:
-                return _error(404, str(exc))
-            except DeconvvizError as exc:
-                return _error(400, str(exc))
-
-        endpoint.__name__ = handler.__name__
-        return endpoint
-
-    q = lambda request, name: request.query_params.get(name)  # noqa: E731
-
-    @guard
-    async def model(request: Request) -> Response:
-        return JSONResponse(explorer.summary())
-
-    @guard
-    async def images(request: Request) -> Response:
-        offset, limit = _int(request, "offset", 0), _int(request, "limit", 60)
-        assert offset is not None and limit is not None
-        out = explorer.images(q(request, "class"), offset, limit)
-        return JSONResponse(out)
-
-    @guard
-    async def image_png(request: Request) -> Response:
-        # no model work: a thread of the pool, so thumbnails never wait behind the model
-        png = await run_in_threadpool(explorer.image_png, request.path_params["image"])
-        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
-
-    @guard
-    async def upload(request: Request) -> Response:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
-            return _error(
-                413, f"the upload is {declared} bytes, over the {MAX_UPLOAD_BYTES} byte limit"
-            )
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_UPLOAD_BYTES:
-                return _error(413, f"the upload is over the {MAX_UPLOAD_BYTES} byte limit")
-        data = bytes(body)
-        ctype = request.headers.get("content-type", "")
-        if ctype.lower().startswith("multipart/form-data"):
-            data = _form_file(ctype, data)
-        key = await run_in_threadpool(explorer.add_upload, data)
-        return JSONResponse({"id": key})
-
-    @guard
-    async def predict(request: Request) -> Response:
-        out = await run(explorer.predict, q(request, "image"), request=request, kind="predict")
-        return JSONResponse(out)
-
-    @guard
-    async def activations(request: Request) -> Response:
-        out = await run(
-            explorer.activations,
-            q(request, "image"),
-            q(request, "layer"),
-            request=request,
-            kind="activations",
-        )
-        return JSONResponse(out)
-
-    @guard
-    async def projection(request: Request) -> Response:
-        fmt = q(request, "format") or "png"
-        if fmt not in ("png", "json"):
-            raise DeconvvizError(f"unknown format {fmt!r}; valid formats: png, json")
-
-        def compute() -> tuple[Any, dict[str, Any], bytes | None]:
-            rec, meta = explorer.projection(
-                q(request, "image"),
-                q(request, "layer"),
-                q(request, "unit"),
-                q(request, "rule") or "deconvnet",
-                _position(request),
-            )
-            return rec, meta, explorer.projection_png(rec) if fmt == "png" else None
-
-        rec, meta, png = await run(compute, request=request, kind="projection")
-        if png is not None:
-            headers = {
-                "X-Deconvviz-Position": ",".join(str(v) for v in meta["position"]),
-                "X-Deconvviz-Value": repr(meta["value"]),
-            }
-            return Response(png, media_type="image/png", headers=headers)
-        import hashlib
-
-        arr = rec.detach().float().cpu().contiguous().numpy()
-        meta.update(
-            shape=list(arr.shape),
-            dtype="float32",
-            sha256=hashlib.sha256(arr.tobytes()).hexdigest(),
-            values=arr.tolist() if arr.size <= 1_000_000 else None,
-        )
-        return JSONResponse(meta)
-
-    @guard
-    async def topk(request: Request) -> Response:
-        out = await run(
-            explorer.topk,
-            q(request, "layer"),
-            q(request, "unit"),
-            q(request, "rule") or "deconvnet",
-            request=request,
-            kind="topk",
-        )
-        return JSONResponse(out)
-
-    @guard
-    async def occlusion(request: Request) -> Response:
-        plan = await run(
-            explorer.occlusion_plan,
-            q(request, "image"),
-            q(request, "target") or "class",
-            q(request, "layer"),
-            q(request, "unit"),
-            q(request, "class"),
-            _int(request, "size"),
-            _int(request, "stride"),
-        )
-        stream, seq = _stream(request, "occlusion")
-
-        async def events() -> AsyncIterator[str]:
-            meta = {k: v for k, v in plan.items() if k != "x"}
-            yield f"event: meta\ndata: {json.dumps(meta)}\n\n"
-            for r in range(len(plan["ys"])):
-                if await request.is_disconnected():
-                    return
-                try:
-                    row = await work.run(explorer.occlusion_row, plan, r, stream=stream, seq=seq)
-                except Superseded:
-                    yield 'event: stop\ndata: {"error": "superseded"}\n\n'
-                    return
-                yield f"event: row\ndata: {json.dumps({'row': r, 'values': row})}\n\n"
-            yield "event: done\ndata: {}\n\n"
-
-        return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
-
-    async def index(request: Request) -> Response:
-        return FileResponse(static_dir() / "index.html", headers={"Cache-Control": "no-cache"})
-
-    async def atlas_root(request: Request) -> Response:
-        return RedirectResponse("/atlas/index.html")
+    def shutdown() -> None:
+        explorer.close()  # stops the scan (saving its state)
+        if own:
+            work.close()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -324,36 +358,13 @@ def create_app(
         try:
             yield
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, _shutdown)
+            await asyncio.get_running_loop().run_in_executor(None, shutdown)
 
-    def _shutdown() -> None:
-        explorer.close()  # stops the scan (saving its state)
-        if own:
-            work.close()
-
-    routes: list[Any] = [
-        Route("/", index),
-        Route("/api/model", model),
-        Route("/api/images", images),
-        Route("/api/images/{image:str}.png", image_png),
-        Route("/api/upload", upload, methods=["POST"]),
-        Route("/api/predict", predict),
-        Route("/api/activations", activations),
-        Route("/api/projection", projection),
-        Route("/api/topk", topk),
-        Route("/api/occlusion", occlusion),
-        Mount("/static", StaticFiles(directory=static_dir()), name="static"),
-    ]
-    if explorer.atlas is not None:
-        routes += [
-            Route("/atlas", atlas_root),
-            Mount("/atlas", StaticFiles(directory=explorer.atlas, html=True), name="atlas"),
-        ]
     middleware = []
     if allowed_hosts:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
     app = Starlette(
-        routes=routes,
+        routes=_Api(explorer, work).routes(),
         lifespan=lifespan,
         middleware=middleware,
         exception_handlers={404: _http_error, 405: _http_error},
