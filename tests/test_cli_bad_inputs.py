@@ -367,3 +367,46 @@ def test_a_missing_device_is_not_called_a_corrupt_checkpoint(files):
         resolve_device("gpu")
     with pytest.raises(InputError, match="not a device name"):
         resolve_device("auto", auto=False)
+
+
+# every command that takes --model runs on the model's own initial weights without -c, as
+# inspect does; the extra arguments each needs (a command missing here fails the test)
+WITHOUT_CHECKPOINT = {
+    "reconstruct": ["--data-dir", "{data}", "--top", "2", "--layer", "conv2"],
+    "compare": ["--image", "{cat}"],
+    "occlude": ["--image", "{cat}"],
+    "filters": [],
+    "stats": ["--data-dir", "{data}"],
+    "report": ["--data-dir", "{data}", "--top", "2", "--section", "stats"],
+    "atlas": ["--data-dir", "{data}", "--top", "2"],
+    "invariance": ["--data-dir", "{data}", "--images", "1", "--values", "0,2"],
+    "correspondence": ["--data-dir", "{data}", "--images", "2"],
+    "sanity": ["--data-dir", "{data}", "--images", "1", "--layer", "conv2"],
+    "sensitivity": ["--data-dir", "{data}", "--images", "2", "--layer", "conv2"],
+    "inspect": [],
+    "serve": None,  # serves the shipped network without either; tested in test_serve_cli.py
+}
+
+
+def test_every_command_with_model_takes_it_without_a_checkpoint(files, tmp_path):
+    takes = {
+        name
+        for name, command in cli.commands.items()
+        if {"model", "checkpoint"} <= {p.name for p in command.params}
+    }
+    assert takes == set(WITHOUT_CHECKPOINT)
+    for name in sorted(takes):
+        assert not next(p for p in cli.commands[name].params if p.name == "checkpoint").required
+        extra = WITHOUT_CHECKPOINT[name]
+        if extra is None:
+            continue
+        argv = [name, "--model", "{net}:make", *extra]
+        if name != "inspect":
+            argv += ["--out", str(tmp_path / name)] + (["--no-progress"] * (name != "filters"))
+        res = CliRunner().invoke(cli, _fill(argv, files, tmp_path))
+        assert res.exit_code == 0, (name, res.output)
+        if name != "inspect":  # says where the weights came from
+            assert "random weights (no checkpoint given)" in res.stderr, (name, res.stderr)
+            assert any((tmp_path / name).rglob("*.*")), name
+        for meta in (tmp_path / name).rglob("*.json"):
+            assert '"None' not in meta.read_text(), meta  # no checkpoint is not named "None"

@@ -457,7 +457,7 @@ def _manifest(
 
 
 def report_from_run(
-    run_dir: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str] | None,
     data_dir: str | os.PathLike[str] | None,
     out_dir: str | os.PathLike[str],
     *,

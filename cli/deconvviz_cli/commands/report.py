@@ -52,7 +52,7 @@ _TOP = "Top activations per feature map in the reconstructions."
 )
 @output_options
 def report_cmd(
-    checkpoint: Path,
+    checkpoint: Path | None,
     model_factory: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
