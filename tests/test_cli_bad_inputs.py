@@ -117,7 +117,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("stats without data-dir", ["stats", "-c", "{run}"], 1, "--data-dir"),
     ("invariance without data-dir", ["invariance", "-c", "{run}"], 1, "--data-dir"),
     # --- checkpoint / model
-    ("checkpoint corrupt", [*REC[:1], "-c", "{root}/corrupt.pt", *REC[3:]], 1, "corrupt"),
+    ("checkpoint corrupt", [*REC[:1], "-c", "{root}/corrupt.pt", *REC[3:]], 1, "truncated"),
     (
         "checkpoint dir without one",
         [*REC[:1], "-c", "{root}/empty_dir", *REC[3:]],
@@ -308,7 +308,7 @@ def test_an_out_folder_made_for_a_failed_command_is_removed_again(files, tmp_pat
     ("args", "code", "word"),
     [
         (["occlude", "-c", "{run}", "--image", "{cat}", "--device", "cuda:7"], 2, "cpu"),
-        (["reconstruct", "-c", "{root}/corrupt.pt", "--image", "{cat}"], 1, "corrupt"),
+        (["reconstruct", "-c", "{root}/corrupt.pt", "--image", "{cat}"], 1, "truncated"),
     ],
 )
 def test_the_installed_command_runs_as_a_module_with_one_line_errors(
