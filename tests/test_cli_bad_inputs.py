@@ -113,6 +113,18 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ),
     ("stats data-dir missing", ["stats", "-c", "{run}", "--data-dir", "{root}/nope"], 1, "nope"),
     ("train data-dir missing", ["train", "lenet5", "--data-dir", "{root}/nope"], 1, "nope"),
+    (
+        "data-dir is a file",
+        ["reconstruct", "-c", "{run}", "--data-dir", "{root}/a_file"],
+        1,
+        "a_file is a file, not a folder: give the folder that holds",
+    ),
+    (
+        "train data-dir is a file",
+        ["train", "lenet5", "--data-dir", "{root}/a_file"],
+        1,
+        "a_file is a file, not a folder: give the folder that holds",
+    ),
     ("no data-dir", ["reconstruct", "-c", "{run}"], 1, "--data-dir"),
     ("stats without data-dir", ["stats", "-c", "{run}"], 1, "--data-dir"),
     ("invariance without data-dir", ["invariance", "-c", "{run}"], 1, "--data-dir"),
