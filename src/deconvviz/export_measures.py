@@ -207,7 +207,11 @@ def write_filters(
     paths = []
     for name in summary:
         conv = modules[name]
-        paths.append(save_image(out / f"filters_{_safe(name)}.png", filter_grid(conv, scale=scale)))
+        paths.append(
+            save_image(
+                out / f"filters_{_safe(name)}.png", filter_grid(conv, scale=scale, title=name)
+            )
+        )
         paths.append(
             save_figure(
                 out / f"rms_{_safe(name)}.png", rms_figure(conv, radius, title=name), dpi=110
