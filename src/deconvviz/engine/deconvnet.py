@@ -87,12 +87,15 @@ class LayerGeometry:
         receptive_field: the activations' receptive field, or ``None`` where it cannot be
             followed (after a flatten or a global pooling, say).
         calls: how many times the forward pass calls the layer's module.
+        merges: how branches of the signal meet inside the layer, as the pass saw it:
+            ``"add"`` (residual adds), ``"cat"`` (concatenations); empty for a plain layer.
     """
 
     layer: str
     out_shape: tuple[int, ...]
     receptive_field: ReceptiveField | None
     calls: int
+    merges: frozenset[str] = frozenset()
 
 
 # ---------------------------------------------------------------------- the handle
@@ -320,7 +323,7 @@ class Deconvnet:
         x = self.check_input(x)
         info = self._checks.layer(self._probe(x), layer, self.layers)
         assert info.out_shape is not None
-        return LayerGeometry(layer, info.out_shape, info.rf, info.calls)
+        return LayerGeometry(layer, info.out_shape, info.rf, info.calls, info.merges)
 
     def activation_calls(self, x: Tensor) -> list[Event]:
         """The activation-function calls of the forward pass on inputs shaped like ``x``, in
