@@ -174,3 +174,35 @@ def test_the_traceback_switch_shows_torchs_own_words_on_an_unreadable_checkpoint
     assert res.exit_code != 0 and "truncated" in str(res.exception)  # raised, not one line
     cause = res.exception.__cause__  # what torch.load said, kept for the traceback
     assert isinstance(cause, (RuntimeError, OSError)) and not isinstance(cause, DataError)
+
+
+def test_an_unnamed_class_reads_as_a_class_in_occlude_and_its_figure(tmp_path):
+    from deconvviz.occlusion import occlusion
+    from deconvviz.render.occlusion import occlusion_figure
+
+    torch.manual_seed(0)
+    net = FunctionalNet().eval()
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        t = int(net(x).argmax())  # the predicted class, the default target
+    res = CliRunner().invoke(
+        cli,
+        ["occlude", "-c", str(tmp_path / "net.pt"), "--model", "zoo:FunctionalNet"]
+        + ["--image", str(tmp_path / "x.png"), "--image-size", "16", "--size", "8"]
+        + ["--stride", "8"]
+        + ["--out", str(tmp_path / "o")],
+    )
+    assert res.exit_code == 0, res.output
+    assert f": p(class {t}) = " in res.stdout, res.stdout  # not p(3), which reads as a number
+    result = occlusion(net, x, size=8, stride=8, progress=False)
+
+    def titles(names):
+        fig = occlusion_figure(result, x, 0, class_names=names)
+        return " ".join(ax.get_title() for ax in fig.axes)
+
+    assert f"p(class {t})" in titles(None) and f"p({t})" not in titles(None)
+    names = ["ant", "bee", "cat", "dog", "eel"]
+    assert f"p({names[t]})" in titles(names)

@@ -18,6 +18,7 @@ from torch import nn
 
 from deconvviz._io import save_figure, save_image, save_torch, write_json, write_text
 from deconvviz._util import json_safe, safe_name
+from deconvviz.checks import class_label
 from deconvviz.errors import InputError
 
 __all__ = [
@@ -178,7 +179,7 @@ def write_occlusion(
     t = int(res.target[0])
     low = int(res.prob[0].argmin())
     y0, x0, y1, x1 = res.boxes.view(-1, 4)[low].tolist()
-    label = names[t] if names is not None and t < len(names) else str(t)
+    label = class_label(t, names)
     line = (
         f"wrote {png}: p({label}) = {float(res.base_prob[0]):.3f} unoccluded, lowest "
         f"{float(res.prob[0].min()):.3f} with the occluder on rows {y0}-{y1 - 1}, "
