@@ -500,3 +500,23 @@ def test_a_datasets_class_names_never_label_a_model_with_other_outputs(tmp_path)
         write_report(tmp_path, Five().eval(), _dataset(n=4), sections=["occlusion"], progress=False)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["figures"], "the occlusion section drew nothing"
+
+
+def test_layers_choose_what_the_statistics_and_the_analyses_measure(tmp_path):
+    torch.manual_seed(0)
+    rep = write_report(
+        tmp_path / "r",
+        TinyCNN().eval(),
+        _dataset(n=6),
+        layers=["conv2"],
+        sections=["stats", "analyses"],
+        progress=False,
+    )
+    figures = tmp_path / "r" / "figures"
+    stats = json.loads((figures / "activation_stats.json").read_text())
+    assert list(stats) == ["conv2"]  # not every conv layer's ReLU
+    for stem in ("invariance_translate", "invariance_scale", "correspondence"):
+        assert json.loads((figures / "analyses" / f"{stem}.json").read_text())["layers"] == [
+            "conv2"
+        ], stem
+    assert {f.section for f in rep.figures} == {"stats", "analyses"}

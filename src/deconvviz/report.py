@@ -64,6 +64,7 @@ from deconvviz.checks import (
     check_positive_int,
     class_names_for,
     model_device_dtype,
+    split_call,
 )
 from deconvviz.engine.rules import get_rule
 from deconvviz.errors import DeconvvizError, InputError, unknown_name
@@ -622,7 +623,9 @@ def _stats(ctx: _Context, section: _Section) -> None:
         return
     from deconvviz.render.stats import histogram_figure
 
-    stats = activation_stats(ctx.model, loader, progress=ctx.progress)
+    # --layer: only the chosen layers ("NAME:N" measures the module NAME's output)
+    chosen = list(dict.fromkeys(split_call(n)[0] for n in ctx.layers or ())) or None
+    stats = activation_stats(ctx.model, loader, chosen, progress=ctx.progress)
     lines = report_lines(stats)
     section.html.append("<pre>" + html.escape("\n".join(lines)) + "</pre>")
     rows = []
@@ -936,7 +939,10 @@ def _analyses(ctx: _Context, section: _Section) -> None:
     folder = ctx.path("analyses")
     # report_figures returns the paths it wrote (folder / name): usable as they are, never to be
     # joined to the folder again
-    for title, path in report_figures(ctx.model, ctx.dataset, folder, progress=ctx.progress):
+    figures = report_figures(
+        ctx.model, ctx.dataset, folder, progress=ctx.progress, layers=ctx.layers
+    )
+    for title, path in figures:
         text_px = None
         with contextlib.suppress(OSError, ValueError, KeyError):
             import json

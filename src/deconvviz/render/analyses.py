@@ -261,7 +261,13 @@ def randomisation_figure(result: SanityResult, image: int = 0, title: str | None
         fig,
         title
         or f"model randomisation ({result.mode}), projections of {result.layer!r} "
-        "(each scaled to its own max |value|, grey = 0)",
+        "(each scaled to its own max |value|, grey = 0)"
+        + (
+            f"; shown at {n_steps - 1} of the cascade's {result.randomised} steps ('+X': every "
+            "layer from the top down to X randomised)"
+            if result.randomised > n_steps - 1
+            else ""
+        ),
     )
     return fig
 
