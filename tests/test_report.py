@@ -138,7 +138,7 @@ def test_every_reference_is_a_file_inside_the_report_for_any_out(tmp_path, monke
     # relative --out used to give analyses links like figures/analyses/<out>/figures/analyses/...
     import deconvviz.analyses_report
 
-    def quick_report_figures(model, dataset, out_dir, progress=True):
+    def quick_report_figures(model, dataset, out_dir, progress=True, layers=None):
         # what the real one does (the module fixture runs it), minus the minutes of analyses:
         # write into out_dir and return the paths as written
         from deconvviz._io import save_image
