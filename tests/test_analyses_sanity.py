@@ -201,9 +201,7 @@ def test_max_steps_shows_the_full_cascade_at_fewer_steps() -> None:
     model, x = deep_net(3, depth=6), images(2, seed=3)
     full = randomisation_test(model, x, rules=["deconvnet", "guided"], progress=False)
     assert len(full.steps) == 1 + 7 and full.randomised == 0  # 6 convs and the classifier
-    short = randomisation_test(
-        model, x, rules=["deconvnet", "guided"], progress=False, max_steps=3
-    )
+    short = randomisation_test(model, x, rules=["deconvnet", "guided"], progress=False, max_steps=3)
     # every layer is still randomised, in the same order with the same noise: each step shown
     # is the full cascade's step at that layer, exactly
     keep = [0] + [full.steps.index(s) for s in short.steps[1:]]

@@ -472,7 +472,8 @@ def report_from_run(
     """Load a run (or a user model's state dict) and its data, and :func:`write_report`.
 
     Args:
-        run_dir: a run directory made by ``deconvviz train`` (or a checkpoint file).
+        run_dir: a run directory made by ``deconvviz train`` (or a checkpoint file); may be
+            ``None`` where ``loaded`` is given (a model on its own initial weights).
         data_dir: where the dataset is (see :func:`deconvviz.data.load_dataset`); ``None``
             for a run trained on the shipped CIFAR-10 sample (``deconvviz demo``).
         out_dir: the report folder.
@@ -492,9 +493,11 @@ def report_from_run(
     from deconvviz.checkpoint import load_run
     from deconvviz.datasets import dataset_for_model
 
+    if loaded is None and run_dir is None:
+        raise InputError("nothing to report on: give run_dir (a run or a checkpoint) or loaded=")
     run = (
         loaded
-        if loaded is not None
+        if loaded is not None or run_dir is None
         else load_run(run_dir, model_factory=model_factory, map_location=map_location)
     )
     ds = dataset_for_model(run.model, run.config, data_dir, dataset, split)
