@@ -233,7 +233,7 @@ class SanityResult:
 
 REPORT_MAX_STEPS = 12
 """Cascade steps the report's randomisation figure shows at most (its figure says when the
-cascade had more: a ResNet-18's 62 steps took most of a report's time, for a figure too wide to
+cascade had more: a ResNet-18's 41 steps took most of the analyses' time, for a figure too wide to
 read)."""
 
 
@@ -381,7 +381,7 @@ def randomisation_test(
         seed: seed of the random weights (the global RNG is not touched).
         progress: show a progress bar.
         max_steps: cascade mode: project after at most this many steps, evenly spaced over
-            the layers and always after the last (a ResNet-18 has 62 parametric layers). The
+            the layers and always after the last (a ResNet-18 has 41 parametric layers). The
             cascade still randomises every layer, in the same order and with the same noise,
             so each step shown is exactly the full cascade's at that layer. Default: every
             step.
