@@ -92,6 +92,14 @@ def test_correspondence_figure_and_table(model, x) -> None:
     fig = correspondence_figure(res)
     check_figure(fig)
     assert len(fig.axes) == 2
+    # each panel says what is occluded (the part and its box) and what it is compared with
+    titles = [ax.get_title().replace("\n", " ") for ax in fig.axes]
+    assert titles == [
+        "occluding the corner (3x3 px) vs the same box at random places",
+        "occluding the other (4x4 px) vs the same box at random places",
+    ]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["corner occluded", "random, same size"]
     table = correspondence_table(res)
     lines = table.strip().splitlines()
     assert lines[0] == "| occlusion | conv1 | fc1 |" and len(lines) == 2 + 2 * 2

@@ -195,3 +195,22 @@ def test_sensitivity_errors() -> None:
         sensitivity_check(model, x, "fc2", [1, 9], progress=False)
     with pytest.raises(InputError, match="max_channels"):
         sensitivity_check(model, x, max_channels=1, progress=False)
+
+
+def test_max_steps_shows_the_full_cascade_at_fewer_steps() -> None:
+    model, x = deep_net(3, depth=6), images(2, seed=3)
+    full = randomisation_test(model, x, rules=["deconvnet", "guided"], progress=False)
+    assert len(full.steps) == 1 + 7 and full.randomised == 0  # 6 convs and the classifier
+    short = randomisation_test(model, x, rules=["deconvnet", "guided"], progress=False, max_steps=3)
+    # every layer is still randomised, in the same order with the same noise: each step shown
+    # is the full cascade's step at that layer, exactly
+    keep = [0] + [full.steps.index(s) for s in short.steps[1:]]
+    assert len(short.steps) == 1 + 3 and short.steps[-1] == full.steps[-1] == "0"
+    assert keep == sorted(keep) and short.randomised == 7
+    torch.testing.assert_close(short.projections, full.projections[:, keep], rtol=0, atol=0)
+    torch.testing.assert_close(short.spearman, full.spearman[:, keep], equal_nan=True)
+    assert short.to_dict()["layers_randomised"] == 7 == full.to_dict()["layers_randomised"]
+    same = randomisation_test(model, x, rules=["deconvnet"], progress=False, max_steps=7)
+    assert same.steps == full.steps and same.randomised == 0  # no bound needed
+    with pytest.raises(InputError, match="max_steps"):
+        randomisation_test(model, x, progress=False, max_steps=0)

@@ -165,7 +165,7 @@ def test_filters_command(lenet_run, tmp_path):
     assert summary["layers"]["conv1"]["dead"] == [3]
     for name in ("conv1", "conv2"):
         with Image.open(out / f"filters_{name}.png") as im:
-            assert im.size == filter_grid(getattr(model, name), scale=3).size
+            assert im.size == filter_grid(getattr(model, name), scale=3, title=name).size
         assert (out / f"rms_{name}.png").is_file()
     res = invoke("filters", "--checkpoint", lenet_run, "--layer", "fc1", "--out", out)
     assert res.exit_code == 1 and "not a Conv2d" in res.output

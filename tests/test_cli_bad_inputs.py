@@ -113,11 +113,23 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ),
     ("stats data-dir missing", ["stats", "-c", "{run}", "--data-dir", "{root}/nope"], 1, "nope"),
     ("train data-dir missing", ["train", "lenet5", "--data-dir", "{root}/nope"], 1, "nope"),
+    (
+        "data-dir is a file",
+        ["reconstruct", "-c", "{run}", "--data-dir", "{root}/a_file"],
+        1,
+        "a_file is a file, not a folder: give the folder that holds",
+    ),
+    (
+        "train data-dir is a file",
+        ["train", "lenet5", "--data-dir", "{root}/a_file"],
+        1,
+        "a_file is a file, not a folder: give the folder that holds",
+    ),
     ("no data-dir", ["reconstruct", "-c", "{run}"], 1, "--data-dir"),
     ("stats without data-dir", ["stats", "-c", "{run}"], 1, "--data-dir"),
     ("invariance without data-dir", ["invariance", "-c", "{run}"], 1, "--data-dir"),
     # --- checkpoint / model
-    ("checkpoint corrupt", [*REC[:1], "-c", "{root}/corrupt.pt", *REC[3:]], 1, "corrupt"),
+    ("checkpoint corrupt", [*REC[:1], "-c", "{root}/corrupt.pt", *REC[3:]], 1, "truncated"),
     (
         "checkpoint dir without one",
         [*REC[:1], "-c", "{root}/empty_dir", *REC[3:]],
@@ -308,7 +320,7 @@ def test_an_out_folder_made_for_a_failed_command_is_removed_again(files, tmp_pat
     ("args", "code", "word"),
     [
         (["occlude", "-c", "{run}", "--image", "{cat}", "--device", "cuda:7"], 2, "cpu"),
-        (["reconstruct", "-c", "{root}/corrupt.pt", "--image", "{cat}"], 1, "corrupt"),
+        (["reconstruct", "-c", "{root}/corrupt.pt", "--image", "{cat}"], 1, "truncated"),
     ],
 )
 def test_the_installed_command_runs_as_a_module_with_one_line_errors(
@@ -367,3 +379,46 @@ def test_a_missing_device_is_not_called_a_corrupt_checkpoint(files):
         resolve_device("gpu")
     with pytest.raises(InputError, match="not a device name"):
         resolve_device("auto", auto=False)
+
+
+# every command that takes --model runs on the model's own initial weights without -c, as
+# inspect does; the extra arguments each needs (a command missing here fails the test)
+WITHOUT_CHECKPOINT = {
+    "reconstruct": ["--data-dir", "{data}", "--top", "2", "--layer", "conv2"],
+    "compare": ["--image", "{cat}"],
+    "occlude": ["--image", "{cat}"],
+    "filters": [],
+    "stats": ["--data-dir", "{data}"],
+    "report": ["--data-dir", "{data}", "--top", "2", "--section", "stats"],
+    "atlas": ["--data-dir", "{data}", "--top", "2"],
+    "invariance": ["--data-dir", "{data}", "--images", "1", "--values", "0,2"],
+    "correspondence": ["--data-dir", "{data}", "--images", "2"],
+    "sanity": ["--data-dir", "{data}", "--images", "1", "--layer", "conv2"],
+    "sensitivity": ["--data-dir", "{data}", "--images", "2", "--layer", "conv2"],
+    "inspect": [],
+    "serve": None,  # serves the shipped network without either; tested in test_serve_cli.py
+}
+
+
+def test_every_command_with_model_takes_it_without_a_checkpoint(files, tmp_path):
+    takes = {
+        name
+        for name, command in cli.commands.items()
+        if {"model", "checkpoint"} <= {p.name for p in command.params}
+    }
+    assert takes == set(WITHOUT_CHECKPOINT)
+    for name in sorted(takes):
+        assert not next(p for p in cli.commands[name].params if p.name == "checkpoint").required
+        extra = WITHOUT_CHECKPOINT[name]
+        if extra is None:
+            continue
+        argv = [name, "--model", "{net}:make", *extra]
+        if name != "inspect":
+            argv += ["--out", str(tmp_path / name)] + (["--no-progress"] * (name != "filters"))
+        res = CliRunner().invoke(cli, _fill(argv, files, tmp_path))
+        assert res.exit_code == 0, (name, res.output)
+        if name != "inspect":  # says where the weights came from
+            assert "random weights (no checkpoint given)" in res.stderr, (name, res.stderr)
+            assert any((tmp_path / name).rglob("*.*")), name
+        for meta in (tmp_path / name).rglob("*.json"):
+            assert '"None' not in meta.read_text(), meta  # no checkpoint is not named "None"

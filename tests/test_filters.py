@@ -162,6 +162,35 @@ def test_filter_grid_deeper_layer_per_input_channel():
     assert filter_grid(w, max_filters=2, scale=1, padding=1).size == (6 * 4 + 1, 2 * 3 + 1)
 
 
+@pytest.mark.parametrize(
+    ("shape", "kwargs", "says"),
+    [
+        ((16, 6, 5, 5), {}, "conv2: 16 filters (rows) x 6 input channels (columns), 5x5 each"),
+        ((16, 6, 5, 5), {"max_channels": 4}, "first 4 of 6 input channels (columns)"),
+        ((8, 3, 5, 5), {}, "conv2: 8 filters, 5x5 RGB"),
+    ],
+)
+def test_a_titled_filter_grid_heads_the_same_grid_with_what_it_shows(
+    monkeypatch, shape, kwargs, says
+):
+    import deconvviz.render.filters as filters
+
+    torch.manual_seed(3)
+    w = torch.randn(*shape)
+    plain = np.asarray(filter_grid(w, scale=2, **kwargs))
+    headed = filter_grid(w, scale=2, title="conv2", **kwargs)
+    arr = np.asarray(headed)
+    strip = arr.shape[0] - plain.shape[0]
+    assert strip > 10  # room for a line of text above the grid
+    np.testing.assert_array_equal(arr[strip:, : plain.shape[1]], plain)  # the grid, unchanged
+    assert arr[:strip].min() < 100  # dark text on the white strip
+    said: list[str] = []
+    real = filters._headed
+    monkeypatch.setattr(filters, "_headed", lambda g, text: said.append(text) or real(g, text))
+    filter_grid(w, scale=2, title="conv2", **kwargs)
+    assert says in said[0].replace("\u00a0", " ") and "grey" in said[0]
+
+
 def test_filter_grid_errors():
     with pytest.raises(InputError, match="per_channel=True"):
         filter_grid(torch.randn(4, 5, 3, 3), per_channel=False)

@@ -70,6 +70,54 @@ def test_resnet18_receptive_fields_per_call_names_and_normalisation():
     assert wrapped.rows == table.rows and wrapped.model == "ResNet"
 
 
+class _Adds(nn.Module):  # a residual block: two branches meet in an add
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        out += x
+        return out + 1.0  # a constant added: no second branch
+
+
+class _Cats(nn.Module):  # a dense block: two branches meet in a concatenation
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.conv(x)], 1)
+
+
+class _Plain(nn.Module):  # nothing meets: a bias-like add of a constant, a cat of one tensor
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.conv(x) + torch.ones(1)], 1)
+
+
+def test_a_containers_step_names_only_the_merges_its_forward_makes():
+    net = nn.Sequential(
+        nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU()), _Adds(), _Cats(), _Plain(), nn.ReLU()
+    )
+    table = layer_table(net, (2, 6, 6))
+    adds, cats = "residual adds", "concatenations"
+    assert table.row("0").step == "its submodules' steps"
+    assert adds in table.row("1").step and cats not in table.row("1").step
+    assert cats in table.row("2").step and adds not in table.row("2").step
+    assert table.row("3").step == "its submodules' steps"
+    # torchvision's ResNet adds (skip connections) and never concatenates
+    resnet = layer_table(torchvision.models.resnet18(), (3, 32, 32))
+    blocks = [r for r in resnet.rows if r.type == "BasicBlock" or r.name.startswith("layer")]
+    blocks = [r for r in blocks if r.type in ("BasicBlock", "Sequential")]
+    for r in blocks:  # a block, or a stage of blocks, adds; a downsample (conv, bn) does not
+        assert (adds in r.step) == ("downsample" not in r.name) and cats not in r.step, r
+    assert cats not in str(resnet)
+
+
 def test_activations_without_a_rule_are_listed():
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -108,4 +156,5 @@ def test_inspect_cli_prints_the_table_and_writes_json(tmp_path):
         "step": "W^T (own weights, no bias)",
     }
     res = CliRunner().invoke(cli, ["inspect"])
-    assert res.exit_code == 1 and "nothing to load" in res.stderr
+    # neither -c nor --model: a usage error naming both, as on every command
+    assert res.exit_code == 2 and "-c/--checkpoint" in res.stderr and "--model" in res.stderr

@@ -121,3 +121,90 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
     monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
     assert _progress(ctx, None, None) is True  # type: ignore[arg-type]
     assert _progress(ctx, None, False) is False  # type: ignore[arg-type]
+
+
+def _unreadable_files(folder):
+    """A downloaded .pth cut short, an empty one, a PNG and text under a .pth name, and a
+    legacy-format checkpoint cut short: what each is, as the message must say."""
+    torch.manual_seed(0)
+    whole = folder / "whole.pth"
+    torch.save(FunctionalNet().state_dict(), whole)
+    data = whole.read_bytes()
+    (folder / "cut.pth").write_bytes(data[: len(data) * 9 // 10])
+    (folder / "empty.pth").write_bytes(b"")
+    Image.new("RGB", (4, 4)).save(folder / "picture.pth", format="PNG")
+    (folder / "notes.pth").write_text("not weights\n")
+    torch.save(
+        FunctionalNet().state_dict(), folder / "old.pth", _use_new_zipfile_serialization=False
+    )
+    old = (folder / "old.pth").read_bytes()
+    (folder / "old.pth").write_bytes(old[: len(old) - 20])
+    return {
+        "cut.pth": "is truncated",
+        "empty.pth": "is empty",
+        "picture.pth": "is not a PyTorch checkpoint",
+        "notes.pth": "is not a PyTorch checkpoint",
+        "old.pth": "is a damaged PyTorch checkpoint",
+    }
+
+
+def test_an_unreadable_checkpoint_is_one_plain_line_without_torchs_internals(tmp_path, monkeypatch):
+    monkeypatch.delenv("DECONVVIZ_TRACEBACK", raising=False)
+    for name, what in _unreadable_files(tmp_path).items():
+        res = CliRunner().invoke(
+            cli, ["inspect", "-c", str(tmp_path / name), "--model", "zoo:FunctionalNet"]
+        )
+        assert res.exit_code == 1, res.output
+        (line,) = res.stderr.strip().splitlines()
+        assert line.startswith(f"Error: {tmp_path / name} {what}"), line
+        assert "pass the" in line, line  # the right file
+        for torch_words in ("PytorchStreamReader", "central directory", "miniz", "Unpickl"):
+            assert torch_words not in line, line
+        assert "train again" not in line, line  # nobody trained a downloaded file
+        if what != "is not a PyTorch checkpoint":
+            assert "download or save it again" in line, line
+
+
+def test_the_traceback_switch_shows_torchs_own_words_on_an_unreadable_checkpoint(
+    tmp_path, monkeypatch
+):
+    _unreadable_files(tmp_path)
+    monkeypatch.setenv("DECONVVIZ_TRACEBACK", "1")
+    res = CliRunner().invoke(
+        cli, ["inspect", "-c", str(tmp_path / "cut.pth"), "--model", "zoo:FunctionalNet"]
+    )
+    assert res.exit_code != 0 and "truncated" in str(res.exception)  # raised, not one line
+    cause = res.exception.__cause__  # what torch.load said, kept for the traceback
+    assert isinstance(cause, (RuntimeError, OSError)) and not isinstance(cause, DataError)
+
+
+def test_an_unnamed_class_reads_as_a_class_in_occlude_and_its_figure(tmp_path):
+    from deconvviz.analyses.occlusion import occlusion
+    from deconvviz.render.occlusion import occlusion_figure
+
+    torch.manual_seed(0)
+    net = FunctionalNet().eval()
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        t = int(net(x).argmax())  # the predicted class, the default target
+    res = CliRunner().invoke(
+        cli,
+        ["occlude", "-c", str(tmp_path / "net.pt"), "--model", "zoo:FunctionalNet"]
+        + ["--image", str(tmp_path / "x.png"), "--image-size", "16", "--size", "8"]
+        + ["--stride", "8"]
+        + ["--out", str(tmp_path / "o")],
+    )
+    assert res.exit_code == 0, res.output
+    assert f": p(class {t}) = " in res.stdout, res.stdout  # not p(3), which reads as a number
+    result = occlusion(net, x, size=8, stride=8, progress=False)
+
+    def titles(names):
+        fig = occlusion_figure(result, x, 0, class_names=names)
+        return " ".join(ax.get_title() for ax in fig.axes)
+
+    assert f"p(class {t})" in titles(None) and f"p({t})" not in titles(None)
+    names = ["ant", "bee", "cat", "dog", "eel"]
+    assert f"p({names[t]})" in titles(names)

@@ -138,7 +138,7 @@ def test_every_reference_is_a_file_inside_the_report_for_any_out(tmp_path, monke
     # relative --out used to give analyses links like figures/analyses/<out>/figures/analyses/...
     import deconvviz.export.analyses
 
-    def quick_report_figures(model, dataset, out_dir, progress=True):
+    def quick_report_figures(model, dataset, out_dir, progress=True, layers=None):
         # what the real one does (the module fixture runs it), minus the minutes of analyses:
         # write into out_dir and return the paths as written
         from deconvviz.base._io import save_image
@@ -500,3 +500,23 @@ def test_a_datasets_class_names_never_label_a_model_with_other_outputs(tmp_path)
         write_report(tmp_path, Five().eval(), _dataset(n=4), sections=["occlusion"], progress=False)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["figures"], "the occlusion section drew nothing"
+
+
+def test_layers_choose_what_the_statistics_and_the_analyses_measure(tmp_path):
+    torch.manual_seed(0)
+    rep = write_report(
+        tmp_path / "r",
+        TinyCNN().eval(),
+        _dataset(n=6),
+        layers=["conv2"],
+        sections=["stats", "analyses"],
+        progress=False,
+    )
+    figures = tmp_path / "r" / "figures"
+    stats = json.loads((figures / "activation_stats.json").read_text())
+    assert list(stats) == ["conv2"]  # not every conv layer's ReLU
+    for stem in ("invariance_translate", "invariance_scale", "correspondence"):
+        assert json.loads((figures / "analyses" / f"{stem}.json").read_text())["layers"] == [
+            "conv2"
+        ], stem
+    assert {f.section for f in rep.figures} == {"stats", "analyses"}

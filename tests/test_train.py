@@ -300,7 +300,7 @@ def test_missing_corrupt_and_wrong_kind_checkpoints(tmp_path: Path) -> None:
         load_run(tmp_path / "gone.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00\x01 not a zip archive")
-    with pytest.raises(CheckpointError, match=r"junk\.pt is not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match=r"junk\.pt is not a PyTorch checkpoint"):
         load_run(junk)
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(CheckpointError, match="holds a list, not a model checkpoint"):
@@ -315,7 +315,7 @@ def test_truncated_checkpoint_is_reported(data, tmp_path: Path) -> None:
     train(_cfg(iterations=2), train_set, test_set, out_dir=tmp_path / "run", progress=False)
     ckpt = tmp_path / "run" / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+    with pytest.raises(CheckpointError, match="truncated.*intact copy of the run or train again"):
         load_run(tmp_path / "run")
     with pytest.raises(CheckpointError):
         read_checkpoint(ckpt)

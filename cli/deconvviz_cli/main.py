@@ -4,7 +4,8 @@ Each command parses its options, calls one public library function, saves what i
 prints one line. Whatever goes wrong is one line on stderr, never a traceback:
 
 * errors the user can fix (:class:`deconvviz.base.errors.DeconvvizError`, or a file that cannot be
-  read or written) print ``Error: ...`` and exit with 1;
+  read or written) print ``Error: ...`` and exit with 1 (``DECONVVIZ_TRACEBACK=1`` shows the
+  traceback and its cause instead, e.g. torch's own words on an unreadable checkpoint);
 * usage errors (a bad option value, a missing option) print ``Error: ...`` and exit with 2, as
   click does, but in one line (``--help`` shows the usage);
 * warnings print as one ``Warning: ...`` line each;
@@ -102,6 +103,8 @@ class DeconvvizGroup(click.Group):
                 warnings.showwarning = _show_warning
                 return super().invoke(ctx)
         except DeconvvizError as exc:
+            if os.environ.get(TRACEBACK_ENV):
+                raise  # the whole story, with the cause (torch's own words on a bad file)
             click.echo(f"Error: {_one_line(str(exc))}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:

@@ -38,10 +38,26 @@ class ModelSpec:
     def __str__(self) -> str:
         return self.model or ""
 
+    def source(self, checkpoint: Path | None) -> str:
+        """What a command records as the model's origin: the checkpoint, else the model spec
+        with its own initial weights (never ``"None"``)."""
+        if checkpoint is not None:
+            return str(checkpoint)
+        return f"{self.model} (its own initial weights, no checkpoint)"
+
     def load(self, checkpoint: Path | None, device: str = "cpu", quiet: bool = False) -> Any:
         """The loaded model (:class:`deconvviz.sources.loading.LoadedModel`); says its layout on
         stderr when the user named a model, a normalisation or a trusted checkpoint (a run made
-        by ``deconvviz train`` loads silently)."""
+        by ``deconvviz train`` loads silently).
+
+        ``checkpoint`` may be ``None`` where ``--model`` is given: the model keeps its own
+        initial weights, on every command alike; with neither, a usage error names both."""
+        if checkpoint is None and not self.model:
+            raise click.UsageError(
+                "give -c/--checkpoint (a run made by 'deconvviz train' or a weights file) or "
+                "--model SPEC (e.g. torchvision.models:resnet18, with its own initial weights)",
+                ctx=click.get_current_context(silent=True),
+            )
         loaded: LoadedModel = load_model(
             model=self.model,
             checkpoint=checkpoint,

@@ -50,15 +50,19 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-RUN_HELP = "Run directory made by 'deconvviz train' (or a checkpoint .pt file)."
+RUN_HELP = (
+    "Run directory made by 'deconvviz train' (or a checkpoint .pt file). Optional with "
+    "--model: without it the model keeps its own initial weights."
+)
 
 
 def checkpoint_option(f: F) -> F:
-    """``-c/--checkpoint PATH``: the run to load (required)."""
+    """``-c/--checkpoint PATH``: the run to load; optional where ``--model`` is given (the model
+    then keeps its own initial weights; :meth:`ModelSpec.load` asks for one of the two)."""
     return click.option(
         "--checkpoint",
         "-c",
-        required=True,
+        default=None,
         type=click.Path(path_type=Path),
         metavar="PATH",
         help=RUN_HELP,

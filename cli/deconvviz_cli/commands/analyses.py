@@ -395,7 +395,7 @@ def sensitivity_cmd(
 
 def _info(opts: dict[str, Any], idx: list[int]) -> dict[str, Any]:
     """What every analysis's JSON adds to its result: the images used and the run."""
-    return {"dataset_indices": idx, "checkpoint": str(opts["checkpoint"])}
+    return {"dataset_indices": idx, "checkpoint": opts["model_factory"].source(opts["checkpoint"])}
 
 
 def analysis_command(analysis: Any) -> click.Command:

@@ -57,7 +57,7 @@ from deconvviz_cli.options import (
 @out_option("Site folder: index.html, a page per layer and per unit, images.")
 @progress_option
 def atlas_cmd(
-    checkpoint: Path,
+    checkpoint: Path | None,
     model_factory: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
@@ -92,7 +92,14 @@ def atlas_cmd(
 
     run = model_factory.load(checkpoint)
     data = dataset_for_model(run.model, run.config, data_dir, dataset, split)
-    about = _about(str(checkpoint), str(model_factory), dataset, run.config, split, rule)
+    about = _about(
+        model_factory.source(checkpoint),
+        str(model_factory) if checkpoint is not None else "",
+        dataset,
+        run.config,
+        split,
+        rule,
+    )
     written = build_atlas(
         out,
         run.model,

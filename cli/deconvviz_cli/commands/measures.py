@@ -52,7 +52,7 @@ _run = stack(checkpoint_option, model_option)
 )
 @output_options
 def occlude(
-    checkpoint: Path,
+    checkpoint: Path | None,
     model_factory: ModelSpec,
     image: Path,
     size: int,
@@ -109,7 +109,7 @@ def occlude(
     "data, by stats and reconstruct).",
 )
 def filters(
-    checkpoint: Path,
+    checkpoint: Path | None,
     model_factory: ModelSpec,
     layers: tuple[str, ...],
     out: Path,
@@ -144,7 +144,7 @@ def filters(
 @device_option()
 @progress_option
 def stats(
-    checkpoint: Path,
+    checkpoint: Path | None,
     model_factory: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
@@ -172,7 +172,7 @@ def stats(
         run.model,
         data,
         out,
-        source=str(run.path),
+        source=model_factory.source(checkpoint if run.path is None else run.path),
         split=split,
         layers=layers,
         batch_size=batch_size,

@@ -65,7 +65,7 @@ def _images_option(required: bool, help: str) -> Any:
 )
 @output_options
 def reconstruct_cmd(
-    checkpoint: Path,
+    checkpoint: Path | None,
     model_factory: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
@@ -156,7 +156,7 @@ def _dataset_split(
 @int_option("--occlusion-size", default=8, help="Occluder side in pixels.")
 @output_options
 def compare_cmd(
-    checkpoint: Path,
+    checkpoint: Path | None,
     model_factory: ModelSpec,
     images: tuple[Path, ...],
     target: int | None,

@@ -16,11 +16,11 @@ from deconvviz_cli.options import (
     device_option,
     int_option,
     iterations_option,
+    layer_option,
     max_images_option,
     out_option,
     output_options,
     progress_option,
-    project_layers_option,
     rule_option,
     run_data_options,
     seed_option,
@@ -32,7 +32,13 @@ _TOP = "Top activations per feature map in the reconstructions."
 
 @click.command("report", short_help="Write a static HTML report of a trained model.")
 @run_data_options()
-@project_layers_option
+@layer_option(
+    multiple=True,
+    help="Layer to project, measure (statistics) and compare (invariance, correspondence); "
+    "default: every Conv2d for projections, each conv layer's ReLU for statistics, the first "
+    "and top layers for the analyses",
+    per_call=True,
+)
 @top_option(_TOP)
 @rule_option
 @int_option(
@@ -52,7 +58,7 @@ _TOP = "Top activations per feature map in the reconstructions."
 )
 @output_options
 def report_cmd(
-    checkpoint: Path,
+    checkpoint: Path | None,
     model_factory: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,

@@ -23,7 +23,12 @@ from torch import Tensor, nn
 from deconvviz.analyses._common import forward_trace, output_layer, parametric_layers
 from deconvviz.analyses.metrics import rankdata, spearman, ssim
 from deconvviz.analyses.registry import Analysis, ReportSection, register_analysis
-from deconvviz.base.checks import check_channels, check_images, check_layers
+from deconvviz.base.checks import (
+    check_channels,
+    check_images,
+    check_layers,
+    check_positive_int,
+)
 from deconvviz.base.errors import InputError, LayerError, unknown_name
 from deconvviz.engine.deconvnet import attach, layer_output
 from deconvviz.engine.rules import RULES
@@ -187,6 +192,9 @@ class SanityResult:
         projections: ``[R, S, N, C, H, W]`` every projection.
         absolute: whether maps were compared as absolute values.
         seed: seed of the random weights.
+        randomised: how many layers the cascade randomised in all; more than ``S - 1`` where
+            ``max_steps`` showed the cascade at fewer steps (each step then randomises every
+            layer from the previous one down to its own). 0: one per step.
     """
 
     layer: str
@@ -199,6 +207,7 @@ class SanityResult:
     projections: Tensor
     absolute: bool
     seed: int
+    randomised: int = 0
 
     def summary(self) -> dict[str, dict[str, list[float]]]:
         """Per rule: mean Spearman and SSIM over images at each step (NaNs skipped)."""
@@ -218,6 +227,7 @@ class SanityResult:
             "channels": self.channels.tolist(),
             "rules": list(self.rules),
             "steps": list(self.steps),
+            "layers_randomised": self.randomised or len(self.steps) - 1,
             "mode": self.mode,
             "absolute": self.absolute,
             "seed": self.seed,
@@ -225,6 +235,12 @@ class SanityResult:
             "spearman": self.spearman.tolist(),
             "ssim": self.ssim.tolist(),
         }
+
+
+REPORT_MAX_STEPS = 12
+"""Cascade steps the report's randomisation figure shows at most (its figure says when the
+cascade had more: a ResNet-18's 41 steps took most of the analyses' time, for a figure too wide to
+read)."""
 
 
 def _randomise_(module: nn.Module, generator: torch.Generator) -> None:
@@ -300,8 +316,10 @@ def _project_randomised(
     mode: str,
     generator: torch.Generator,
     progress: bool,
+    groups: dict[str, tuple[str, ...]] | None = None,
 ) -> Tensor:
-    """``[R, S, N, C, H, W]``: every rule's projections after each randomisation step."""
+    """``[R, S, N, C, H, W]``: every rule's projections after each randomisation step (a step
+    randomises the layers ``groups[step]``, in order; default: its own layer)."""
     from tqdm.auto import tqdm
 
     modules = dict(work.named_modules())
@@ -320,7 +338,8 @@ def _project_randomised(
         backup: dict[str, list[Tensor]] = {}
         for s, step in enumerate(steps):
             if step != "trained":
-                _randomise_step(modules, step, mode, backup, generator)
+                for name in (groups or {}).get(step, (step,)):
+                    _randomise_step(modules, name, mode, backup, generator)
             for r, rule in enumerate(rule_names):
                 recs[r, s] = _project_per_image(handles[rule], xs, target, chans).cpu()
                 bar.update(1)
@@ -343,6 +362,7 @@ def randomisation_test(
     absolute: bool = True,
     seed: int = 0,
     progress: bool = True,
+    max_steps: int | None = None,
 ) -> SanityResult:
     """Adebayo et al.'s model-randomisation test, for each projection rule side by side.
 
@@ -366,6 +386,11 @@ def randomisation_test(
         absolute: compare absolute maps (``|projection|`` summed over input channels).
         seed: seed of the random weights (the global RNG is not touched).
         progress: show a progress bar.
+        max_steps: cascade mode: project after at most this many steps, evenly spaced over
+            the layers and always after the last (a ResNet-18 has 41 parametric layers). The
+            cascade still randomises every layer, in the same order and with the same noise,
+            so each step shown is exactly the full cascade's at that layer. Default: every
+            step.
 
     Returns:
         A :class:`SanityResult`.
@@ -386,11 +411,21 @@ def randomisation_test(
     else:
         chans = _check_channels(channel, xs.shape[0], shape[0])
     chosen = _layers_to_randomise(model, xs, target, layers)
-    steps = ("trained", *reversed(chosen))
+    top_down = list(reversed(chosen))
+    groups: dict[str, tuple[str, ...]] = {}
+    if max_steps is not None:
+        check_positive_int("max_steps", max_steps)
+    if max_steps is not None and mode == "cascade" and len(top_down) > max_steps:
+        n = len(top_down)
+        ends = sorted({-(-n * (j + 1) // max_steps) for j in range(max_steps)})  # ceil, to n
+        starts = [0, *ends[:-1]]
+        groups = {top_down[e - 1]: tuple(top_down[a:e]) for a, e in zip(starts, ends, strict=True)}
+        top_down = [top_down[e - 1] for e in ends]
+    steps = ("trained", *top_down)
     work = _copy_model(model)
     generator = torch.Generator().manual_seed(int(seed))
     recs = _project_randomised(
-        work, xs, target, chans, rule_names, steps, mode, generator, progress
+        work, xs, target, chans, rule_names, steps, mode, generator, progress, groups
     )
     ref = recs[:, :1].expand_as(recs)
     rho, sim = compare_maps(recs, ref, absolute)
@@ -405,6 +440,7 @@ def randomisation_test(
         projections=recs,
         absolute=absolute,
         seed=int(seed),
+        randomised=len(chosen) if groups else 0,
     )
 
 
@@ -602,7 +638,9 @@ def _register() -> None:
                     "by what the trained weights learned, so they cannot show what the network "
                     "learned (Adebayo et al., 2018; Mahendran & Vedaldi, 2016)",
                     "randomisation",
-                    lambda i: randomisation_test(i.model, i.few, progress=False),
+                    lambda i: randomisation_test(
+                        i.model, i.few, progress=False, max_steps=REPORT_MAX_STEPS
+                    ),
                     images=lambda i: len(i.few),
                     order=30,
                 ),

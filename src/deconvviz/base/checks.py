@@ -30,6 +30,7 @@ __all__ = [
     "check_layers",
     "check_model",
     "check_positive_int",
+    "class_label",
     "class_names_for",
     "conv_layer_names",
     "default_layers",
@@ -301,6 +302,12 @@ def check_channels(
             f"(0..{n_channels - 1})"
         )
     return chans, single
+
+
+def class_label(k: int, names: Sequence[str] | None) -> str:
+    """How a figure or a message names output ``k``: its class name where ``names`` has one,
+    else ``"class k"`` (so that ``p(class 124)`` reads as a class, not a number)."""
+    return names[k] if names is not None and 0 <= k < len(names) else f"class {k}"
 
 
 def class_names_for(names: Sequence[str] | None, outputs: int | None) -> list[str] | None:

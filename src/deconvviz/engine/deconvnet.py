@@ -197,7 +197,7 @@ class Deconvnet:
         """
         _, name, info = self._door(x, layer)
         assert info.out_shape is not None
-        return LayerGeometry(name, info.out_shape, info.rf, info.calls)
+        return LayerGeometry(name, info.out_shape, info.rf, info.calls, info.merges)
 
     def activation_calls(self, x: Tensor) -> list[Event]:
         """The activation-function calls of the forward pass on inputs shaped like ``x``, in

@@ -37,12 +37,15 @@ class LayerGeometry:
         receptive_field: the activations' receptive field, or ``None`` where it cannot be
             followed (after a flatten or a global pooling, say).
         calls: how many times the forward pass calls the layer's module.
+        merges: how branches of the signal meet inside the layer, as the pass saw it:
+            ``"add"`` (residual adds), ``"cat"`` (concatenations); empty for a plain layer.
     """
 
     layer: str
     out_shape: tuple[int, ...]
     receptive_field: ReceptiveField | None
     calls: int
+    merges: frozenset[str] = frozenset()
 
 
 class Geometry:

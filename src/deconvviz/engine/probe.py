@@ -44,6 +44,9 @@ class _LayerInfo:
     events_before: int = 0  # number of activation events that happened before its output
     crop_ok: bool = True  # False once crops failed for this layer (the model refused them)
     batch_stats: tuple[str, ...] = ()  # modules before it that normalise with batch statistics
+    #: how branches of the signal meet inside the layer's forward: "add" (residual adds),
+    #: "cat" (concatenations); calls with two or more inputs derived from the image
+    merges: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -179,7 +182,11 @@ class _Recorder:
         ):
             self.bad.append((call_key(name, call) if call else name, module, out))
         info = _LayerInfo(
-            events_before=len(swap.events), batch_stats=tuple(dict.fromkeys(swap.batch_stats))
+            events_before=len(swap.events),
+            batch_stats=tuple(dict.fromkeys(swap.batch_stats)),
+            merges=frozenset(
+                _MERGES[f] for f, derived in swap.calls[first_call:] if derived > 1 and f in _MERGES
+            ),
         )
         if isinstance(out, Tensor):
             info.out_shape = tuple(out.shape[1:])
@@ -188,6 +195,13 @@ class _Recorder:
         self.infos[call_key(name, call)] = info
         if call == 0:
             self.infos[name] = info
+
+
+#: Calls that join two branches of the signal when two of their inputs derive from the image.
+_MERGES = {
+    **dict.fromkeys(("add", "__add__", "__radd__", "add_", "__iadd__"), "add"),
+    **dict.fromkeys(("cat", "concat", "concatenate"), "cat"),
+}
 
 
 def _raise_non_finite(name: str, module: nn.Module, out: Tensor) -> None:

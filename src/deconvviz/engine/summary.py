@@ -188,5 +188,18 @@ def _row(dn: Deconvnet, x: torch.Tensor, name: str, relu_step: str) -> LayerRow:
         out_shape=geo.out_shape,
         rf_size=None if rf is None else rf.size,
         rf_stride=None if rf is None else rf.jump,
-        step=step_for(module, relu_step),
+        step=_seen(step_for(module, relu_step), geo.merges),
     )
+
+
+def _seen(step: str, merges: frozenset[str]) -> str:
+    """A container's step, saying only the merges the forward pass made inside it (a ResNet
+    block adds, a DenseNet block concatenates)."""
+    if not step.startswith("its submodules' steps"):
+        return step
+    said = []
+    if "add" in merges:
+        said.append("residual adds send the signal down every branch")
+    if "cat" in merges:
+        said.append("concatenations split it among their inputs")
+    return "; ".join(["its submodules' steps", ", ".join(said)] if said else [step.split(";")[0]])

@@ -21,7 +21,7 @@ from deconvviz.analyses._common import default_layers, pick_images
 from deconvviz.analyses.registry import ReportInputs, analyses, get_analysis, resolve
 from deconvviz.base._io import save_figure, write_json
 from deconvviz.base._util import json_safe
-from deconvviz.base.checks import check_images
+from deconvviz.base.checks import check_images, split_call
 from deconvviz.base.errors import InputError
 from deconvviz.engine.probe import DeconvvizWarning
 from deconvviz.engine.tracer import eval_mode
@@ -37,6 +37,7 @@ def report_figures(
     *,
     n_images: int = 8,
     progress: bool = True,
+    layers: Sequence[str] | None = None,
 ) -> list[tuple[str, Path]]:
     """Run quick versions of the analyses on a few images and write a PNG and a JSON for each.
 
@@ -54,6 +55,8 @@ def report_figures(
         out_dir: where the files go (created if needed).
         n_images: images taken, spread evenly over the dataset.
         progress: show a progress bar.
+        layers: the layers the invariance and correspondence figures compare (``"NAME:N"``
+            counts as ``NAME``); default: the first and the top hidden layer.
 
     Returns:
         ``(title, png path)`` pairs in report order; each path is the file as written
@@ -62,7 +65,7 @@ def report_figures(
     """
     out = Path(out_dir)
     x, y, indices = _inputs(model, dataset, n_images)
-    return _write_results(_jobs(model, x, y), out, indices, progress)
+    return _write_results(_jobs(model, x, y, layers), out, indices, progress)
 
 
 _DPI = 110
@@ -83,13 +86,17 @@ def _inputs(
     return x, y, indices
 
 
-def _jobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[_Job]:
+def _jobs(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: Sequence[str] | None = None
+) -> list[_Job]:
     """Every registered analysis's report sections (:mod:`deconvviz.analyses.registry`), in
     report order, each with its figure function."""
     h, w = x.shape[-2:]
     side = max(2, min(h, w) // 4)
     centre = [(h - side) // 2, (w - side) // 2, (h - side) // 2 + side, (w - side) // 2 + side]
-    inputs = ReportInputs(model, x, y, list(default_layers(model, x)), centre, x[: min(4, len(x))])
+    chosen = list(dict.fromkeys(split_call(n)[0] for n in layers or ()))
+    chosen = chosen or list(default_layers(model, x))
+    inputs = ReportInputs(model, x, y, chosen, centre, x[: min(4, len(x))])
     sections = [(s, a) for a in analyses() for s in a.report]
     sections.sort(key=lambda pair: pair[0].order)  # stable: registration order within one order
     return [

@@ -25,7 +25,7 @@ from deconvviz.analyses.reconstruct import expected_input
 from deconvviz.analyses.stats import activation_stats, hidden_state_stats, report_lines
 from deconvviz.base._io import save_figure, save_image, save_torch, write_json, write_text
 from deconvviz.base._util import json_safe, safe_name
-from deconvviz.base.checks import conv_layer_names, model_device_dtype
+from deconvviz.base.checks import class_label, conv_layer_names, model_device_dtype
 from deconvviz.base.errors import InputError
 from deconvviz.base.images import load_images
 from deconvviz.engine.summary import layer_table
@@ -183,7 +183,7 @@ def write_occlusion(
     t = int(res.target[0])
     low = int(res.prob[0].argmin())
     y0, x0, y1, x1 = res.boxes.view(-1, 4)[low].tolist()
-    label = names[t] if names is not None and t < len(names) else str(t)
+    label = class_label(t, names)
     line = (
         f"wrote {png}: p({label}) = {float(res.base_prob[0]):.3f} unoccluded, lowest "
         f"{float(res.prob[0].min()):.3f} with the occluder on rows {y0}-{y1 - 1}, "
@@ -211,7 +211,11 @@ def write_filters(
     paths = []
     for name in summary:
         conv = modules[name]
-        paths.append(save_image(out / f"filters_{_safe(name)}.png", filter_grid(conv, scale=scale)))
+        paths.append(
+            save_image(
+                out / f"filters_{_safe(name)}.png", filter_grid(conv, scale=scale, title=name)
+            )
+        )
         paths.append(
             save_figure(
                 out / f"rms_{_safe(name)}.png", rms_figure(conv, radius, title=name), dpi=110

@@ -72,6 +72,7 @@ from deconvviz.base.checks import (
     class_names_for,
     conv_layer_names,
     model_device_dtype,
+    split_call,
 )
 from deconvviz.base.errors import DeconvvizError, InputError, unknown_name
 from deconvviz.engine.rules import get_rule
@@ -466,7 +467,7 @@ def _manifest(
 
 
 def report_from_run(
-    run_dir: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str] | None,
     data_dir: str | os.PathLike[str] | None,
     out_dir: str | os.PathLike[str],
     *,
@@ -480,7 +481,8 @@ def report_from_run(
     """Load a run (or a user model's state dict) and its data, and :func:`write_report`.
 
     Args:
-        run_dir: a run directory made by ``deconvviz train`` (or a checkpoint file).
+        run_dir: a run directory made by ``deconvviz train`` (or a checkpoint file); may be
+            ``None`` where ``loaded`` is given (a model on its own initial weights).
         data_dir: where the dataset is (see :func:`deconvviz.sources.data.load_dataset`); ``None``
             for a run trained on the shipped CIFAR-10 sample (``deconvviz demo``).
         out_dir: the report folder.
@@ -497,9 +499,11 @@ def report_from_run(
     Returns:
         A :class:`Report`.
     """
+    if loaded is None and run_dir is None:
+        raise InputError("nothing to report on: give run_dir (a run or a checkpoint) or loaded=")
     run = (
         loaded
-        if loaded is not None
+        if loaded is not None or run_dir is None
         else load_run(run_dir, model_factory=model_factory, map_location=map_location)
     )
     ds = dataset_for_model(run.model, run.config, data_dir, dataset, split)
@@ -625,7 +629,9 @@ def _stats(ctx: _Context, section: _Section) -> None:
         return
     from deconvviz.render.stats import histogram_figure
 
-    stats = activation_stats(ctx.model, loader, progress=ctx.progress)
+    # --layer: only the chosen layers ("NAME:N" measures the module NAME's output)
+    chosen = list(dict.fromkeys(split_call(n)[0] for n in ctx.layers or ())) or None
+    stats = activation_stats(ctx.model, loader, chosen, progress=ctx.progress)
     lines = report_lines(stats)
     section.html.append("<pre>" + html.escape("\n".join(lines)) + "</pre>")
     rows = []
@@ -926,7 +932,10 @@ def _analyses(ctx: _Context, section: _Section) -> None:
     folder = ctx.path("analyses")
     # report_figures returns the paths it wrote (folder / name): usable as they are, never to be
     # joined to the folder again
-    for title, path in report_figures(ctx.model, ctx.dataset, folder, progress=ctx.progress):
+    figures = report_figures(
+        ctx.model, ctx.dataset, folder, progress=ctx.progress, layers=ctx.layers
+    )
+    for title, path in figures:
         text_px = None
         with contextlib.suppress(OSError, ValueError, KeyError):
             import json

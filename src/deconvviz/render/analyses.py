@@ -139,7 +139,7 @@ def correspondence_figure(result: CorrespondenceResult, title: str | None = None
             result.score[p].numpy(),
             0.4,
             yerr=result.score_std[p].numpy(),
-            label=result.parts[p],
+            label=f"{result.parts[p]} occluded",
             color="tab:blue",
             capsize=3,
         )
@@ -148,17 +148,26 @@ def correspondence_figure(result: CorrespondenceResult, title: str | None = None
             result.random_mean[p].numpy(),
             0.4,
             yerr=result.random_std[p].numpy(),
-            label="random",
+            label="random, same size",
             color="tab:grey",
             capsize=3,
         )
         ax.set_xticks(pos, list(result.layers))
         ax.set_ylabel("mean feature sign change")
-        ax.set_title(result.parts[p])
+        ax.set_title(_part_title(result, p), fontsize=9)
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     _suptitle(fig, title or "correspondence (lower = more consistent)")
     return fig
+
+
+def _part_title(result: CorrespondenceResult, p: int) -> str:
+    """What panel ``p`` compares: the part occluded (its box size where all images share it)
+    against boxes of that size at random places."""
+    b = result.boxes[p].reshape(-1, 4)
+    sizes = {(int(y1 - y0), int(x1 - x0)) for y0, x0, y1, x1 in b.tolist()}
+    size = f" ({next(iter(sizes))[0]}x{next(iter(sizes))[1]} px)" if len(sizes) == 1 else ""
+    return f"occluding the {result.parts[p]}{size}\nvs the same box at random places"
 
 
 def correspondence_table(result: CorrespondenceResult) -> str:
@@ -252,7 +261,13 @@ def randomisation_figure(result: SanityResult, image: int = 0, title: str | None
         fig,
         title
         or f"model randomisation ({result.mode}), projections of {result.layer!r} "
-        "(each scaled to its own max |value|, grey = 0)",
+        "(each scaled to its own max |value|, grey = 0)"
+        + (
+            f"; shown at {n_steps - 1} of the cascade's {result.randomised} steps ('+X': every "
+            "layer from the top down to X randomised)"
+            if result.randomised > n_steps - 1
+            else ""
+        ),
     )
     return fig
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
 from deconvviz.analyses.filters import filter_rms, filter_weight
@@ -50,6 +50,7 @@ def filter_grid(
     nrow: int | None = None,
     scale: int = 4,
     padding: int = 1,
+    title: str | None = None,
 ) -> Image.Image:
     """A grid image of a conv layer's filters.
 
@@ -70,6 +71,9 @@ def filter_grid(
         nrow: image layout: tiles per row.
         scale: integer enlargement of each kernel pixel (5x5 kernels are tiny).
         padding: pixels between tiles (white).
+        title: a name (the layer's) to head the grid with, followed by what the grid shows
+            (e.g. ``"conv2: 16 filters (rows) x 6 input channels (columns), 5x5 each ..."``),
+            on a white strip above it. Default: no heading.
 
     Returns:
         A PIL image (mode ``"L"`` or ``"RGB"``).
@@ -85,18 +89,53 @@ def filter_grid(
             f"filter_grid draws Conv2d filters [out, in, kh, kw]; got shape {tuple(w.shape)}"
         )
     per_channel = _layout(int(w.shape[1]), per_channel, max_filters, max_channels, nrow)
+    n_out, n_in, kh, kw = (int(v) for v in w.shape)
     if max_filters is not None:
         w = w[:max_filters]
     disp = to_display(w.double())  # per filter: [in, kh, kw] stretched around grey
     if not per_channel:
-        return make_grid(
+        grid = make_grid(
             disp, nrow=nrow or math.ceil(math.sqrt(len(disp))), padding=padding, scale=scale
         )
+        colour = "RGB" if n_in == 3 else "greyscale"
+        shows = f"{_of(len(disp), n_out)} filters, {kh}x{kw} {colour} (0\u00a0=\u00a0grey)"
+        return grid if title is None else _headed(grid, f"{title}: {shows}")
     if max_channels is not None:
         disp = disp[:, :max_channels]
     k = disp.shape[1]
     tiles = disp.reshape(-1, 1, *disp.shape[2:])
-    return make_grid(tiles, nrow=k, padding=padding, scale=scale)
+    grid = make_grid(tiles, nrow=k, padding=padding, scale=scale)
+    if title is None:
+        return grid
+    return _headed(
+        grid,
+        f"{title}: {_of(len(disp), n_out)} filters (rows) x {_of(k, n_in)} input channels "
+        f"(columns), {kh}x{kw} each; 0\u00a0=\u00a0grey, each row scaled to its largest weight",
+    )
+
+
+def _of(shown: int, total: int) -> str:
+    return str(total) if shown == total else f"first {shown} of {total}"
+
+
+def _headed(grid: Image.Image, text: str, size: int = 13) -> Image.Image:
+    """``grid`` below a white strip with ``text``, wrapped to the grid's width (at least
+    wide enough for 32 characters; the canvas widens for a narrow grid)."""
+    font = ImageFont.load_default(size=size)
+    width = max(grid.width, int(font.getlength("x" * 32)) + 8)
+    lines: list[str] = []
+    for word in text.split(" "):  # a no-break space keeps "0 = grey" on one line
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width - 8:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    line_h = size + 4
+    out = Image.new(grid.mode, (width, grid.height + line_h * len(lines) + 6), "white")
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        draw.text((4, 3 + i * line_h), line, fill="black", font=font)
+    out.paste(grid, (0, line_h * len(lines) + 6))
+    return out
 
 
 def rms_figure(

@@ -21,6 +21,7 @@ from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 
 from deconvviz.analyses.occlusion import OcclusionResult
+from deconvviz.base.checks import class_label
 from deconvviz.base.errors import InputError
 from deconvviz.render.images import to_display
 
@@ -280,7 +281,7 @@ def occlusion_figure(
     under = image if alpha < 1.0 else None  # an opaque map hides the image: do not draw it
 
     def name(k: int) -> str:
-        return class_names[k] if class_names is not None and k < len(class_names) else str(k)
+        return class_label(k, class_names)
 
     target = name(int(result.target[index]))
     panels = ["input"]
@@ -330,7 +331,7 @@ def probability_maps_figure(
     mesh = None
     for i, ax in enumerate(axes):
         t = int(result.target[i])
-        name = class_names[t] if class_names is not None and t < len(class_names) else str(t)
+        name = class_label(t, class_names)
         mesh = draw_map(ax, result, result.prob[i], None, cmap="viridis", vmin=0.0, vmax=1.0)
         ax.set_title(
             f"p({name}) per occluder position\n{float(result.base_prob[i]):.2f} unoccluded",

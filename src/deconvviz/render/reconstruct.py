@@ -33,6 +33,7 @@ from PIL import Image
 from torch import Tensor
 
 from deconvviz.analyses.topk import canvas_inside
+from deconvviz.base.checks import class_label
 from deconvviz.base.errors import InputError
 from deconvviz.render.images import DPI, dead_tile, display_scale, make_grid, to_display, wrap_text
 
@@ -541,7 +542,7 @@ def comparison_figure(
     axes = np.atleast_2d(fig.subplots(n, cols, squeeze=False))
     for i in range(n):
         t = int(comp.target[i])
-        name = class_names[t] if class_names is not None and 0 <= t < len(class_names) else str(t)
+        name = class_label(t, class_names)
         _show(axes[i, 0], _tile(input_display(comp.images[i]), scale))
         axes[i, 0].set_ylabel(
             f"target {name}\np({name}) = {float(comp.probability[i]):.2f}", fontsize=8

@@ -705,6 +705,12 @@ def load_dataset(
             f"data directory {root} does not exist; pass the folder that holds the dataset "
             "(for the shipped data: --data-dir ../shared/data)"
         )
+    if root.is_file() and root.suffix != ".npz":  # a CIFAR-10 .npz may be named itself
+        raise DataError(
+            f"--data-dir {root} is a file, not a folder: give the folder that holds the images "
+            "or the dataset (class folders, cifar10.npz, cifar-10-batches-py or MNIST's idx "
+            "files)"
+        )
     if name == "auto":
         name = _auto_name(root, download)
     fmt, path = _find_source(root, name, download)

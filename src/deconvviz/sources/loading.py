@@ -435,24 +435,43 @@ def read_checkpoint(run_dir_or_file: str | os.PathLike[str], map_location: Any =
         text = " ".join(str(exc).split())
         found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         if found is None:
-            detail = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
-            why = detail.group(1).strip() if detail else type(exc).__name__
-            raise CheckpointError(
-                f"{path} is not a readable PyTorch checkpoint ({why}); it is corrupt or "
-                "truncated: train again, or resume from an intact copy"
-            ) from exc
+            raise _unreadable(path) from exc
         raise CheckpointError(
             f"{path} holds objects that cannot be loaded safely with weights_only=True (a "
             f"pickled {found.group(1)}); save the weights alone with "
             "torch.save(model.state_dict(), path) and load them with a model factory"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        first = first.split(". ")[0].rstrip(".")  # torch's own advice runs on for lines
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({first}); it is corrupt or "
-            "truncated: train again, or resume from an intact copy"
-        ) from exc
+        raise _unreadable(path) from exc
+
+
+def _unreadable(path: Path) -> CheckpointError:
+    """One plain line for a file ``torch.load`` cannot read: truncated, not a PyTorch
+    checkpoint at all, or otherwise unreadable, with the fixes that fit. torch's own words
+    stay on the exception's ``__cause__`` (``DECONVVIZ_TRACEBACK=1`` shows them on the CLI)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        is_zip = zipfile.is_zipfile(path)
+    except OSError:
+        size, head, is_zip = -1, b"", False
+    if path.name == CHECKPOINT_NAME:  # a run's own file: there is nothing to download
+        again = "restore it from an intact copy of the run or train again"
+    else:
+        again = "download or save it again"
+    if size == 0:
+        what = "is empty (0 bytes, as after an interrupted download or save)"
+    elif head == b"PK\x03\x04" and not is_zip:
+        what = "is truncated (its zip archive ends early, as after an interrupted download or save)"
+    elif head[:2] == b"\x80\x02" or is_zip:  # torch.save's zip or legacy pickle format
+        what = "is a damaged PyTorch checkpoint (truncated or corrupt)"
+    else:
+        return CheckpointError(
+            f"{path} is not a PyTorch checkpoint (not a file torch.save writes); pass the "
+            "weights file (.pt / .pth) instead"
+        )
+    return CheckpointError(f"{path} {what}; {again}, or pass the right file")
 
 
 def _device(map_location: Any) -> torch.device | None:
