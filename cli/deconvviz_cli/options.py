@@ -73,13 +73,13 @@ def model_option(f: F) -> F:
     """``--model``, ``--model-arg``, ``--trust-checkpoint``, ``--normalize``, ``--image-size``:
     how to build and feed the model (see :mod:`deconvviz_cli.model_options`).
 
-    The command receives them as one ``model_factory`` argument, a
-    :class:`deconvviz_cli.model_options.ModelSpec`; ``model_factory.load(checkpoint, device)``
+    The command receives them as one ``model_spec`` argument, a
+    :class:`deconvviz_cli.model_options.ModelSpec`; ``model_spec.load(checkpoint, device)``
     is the one way every command loads its model (:func:`deconvviz.sources.loading.load_model`).
     """
     from deconvviz_cli.model_options import model_options
 
-    return model_options(f, into="model_factory")  # type: ignore[return-value]
+    return model_options(f, into="model_spec")  # type: ignore[return-value]
 
 
 def _check_device(auto: bool) -> Callable[[click.Context, click.Parameter, Any], Any]:

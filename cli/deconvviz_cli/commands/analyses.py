@@ -87,14 +87,14 @@ def _load(
     from deconvviz.sources.datasets import dataset_for_model
     from deconvviz.sources.loading import dataset_images
 
-    run = opts["model_factory"].load(opts["checkpoint"], opts["device"])
+    loaded = opts["model_spec"].load(opts["checkpoint"], opts["device"])
     ds = dataset_for_model(
-        run.model, run.config, opts["data_dir"], opts.get("dataset"), opts["split"]
+        loaded.model, loaded.config, opts["data_dir"], opts.get("dataset"), opts["split"]
     )
     dataset_note(opts["data_dir"], ds.name, opts.get("dataset"))
     n = n_default if opts["images"] is None else opts["images"]
     x, y, idx = dataset_images(ds, opts["indices"], n, opts["split"])
-    return run, x, y, idx
+    return loaded, x, y, idx
 
 
 def _layers(layers: tuple[str, ...] = (), csv: str | None = None) -> list[str] | None:
@@ -160,7 +160,7 @@ def invariance_cmd(
     """
     from deconvviz.export.analyses import run_analysis
 
-    run, x, y, idx = _load(opts, 8)
+    loaded, x, y, idx = _load(opts, 8)
     vals = None
     if values is not None:
         try:
@@ -171,7 +171,7 @@ def invariance_cmd(
             ) from None
     written = run_analysis(
         "invariance",
-        run.model,
+        loaded.model,
         x,
         y,
         opts["out"],
@@ -258,7 +258,7 @@ def correspondence_cmd(
     boxes, names, spec_indices = _read_boxes(boxes_file, box, part)
     if spec_indices and not opts["indices"]:
         opts["indices"] = tuple(int(i) for i in spec_indices)
-    run, x, _, idx = _load(opts, 5)
+    loaded, x, _, idx = _load(opts, 5)
     if boxes is None:
         h, w = x.shape[-2:]
         side = max(2, min(h, w) // 4)
@@ -266,7 +266,7 @@ def correspondence_cmd(
         boxes, names = [[y0, x0, y0 + side, x0 + side]], [part or "centre"]
     written = run_analysis(
         "correspondence",
-        run.model,
+        loaded.model,
         x,
         None,
         opts["out"],
@@ -321,10 +321,10 @@ def sanity_cmd(
     """
     from deconvviz.export.analyses import run_analysis
 
-    run, x, _, idx = _load(opts, 4)
+    loaded, x, _, idx = _load(opts, 4)
     written = run_analysis(
         "sanity",
-        run.model,
+        loaded.model,
         x,
         None,
         opts["out"],
@@ -375,10 +375,10 @@ def sensitivity_cmd(
     """
     from deconvviz.export.analyses import run_analysis
 
-    run, x, _, idx = _load(opts, 2)
+    loaded, x, _, idx = _load(opts, 2)
     written = run_analysis(
         "sensitivity",
-        run.model,
+        loaded.model,
         x,
         None,
         opts["out"],
@@ -395,7 +395,7 @@ def sensitivity_cmd(
 
 def _info(opts: dict[str, Any], idx: list[int]) -> dict[str, Any]:
     """What every analysis's JSON adds to its result: the images used and the run."""
-    return {"dataset_indices": idx, "checkpoint": opts["model_factory"].source(opts["checkpoint"])}
+    return {"dataset_indices": idx, "checkpoint": opts["model_spec"].source(opts["checkpoint"])}
 
 
 def analysis_command(analysis: Any) -> click.Command:
@@ -408,9 +408,9 @@ def analysis_command(analysis: Any) -> click.Command:
 
         keys = {o.key for o in analysis.options}
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in keys}
-        run, x, y, idx = _load(kwargs, analysis.images)
+        loaded, x, y, idx = _load(kwargs, analysis.images)
         written = run_analysis(
-            analysis.name, run.model, x, y, kwargs["out"], info=_info(kwargs, idx), **options
+            analysis.name, loaded.model, x, y, kwargs["out"], info=_info(kwargs, idx), **options
         )
         click.echo(written.line)
 

@@ -58,7 +58,7 @@ from deconvviz_cli.options import (
 @progress_option
 def atlas_cmd(
     checkpoint: Path | None,
-    model_factory: ModelSpec,
+    model_spec: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
     split: str,
@@ -90,19 +90,19 @@ def atlas_cmd(
     from deconvviz.export.atlas import build_atlas
     from deconvviz.sources.datasets import dataset_for_model
 
-    run = model_factory.load(checkpoint)
-    data = dataset_for_model(run.model, run.config, data_dir, dataset, split)
+    loaded = model_spec.load(checkpoint)
+    data = dataset_for_model(loaded.model, loaded.config, data_dir, dataset, split)
     about = _about(
-        model_factory.source(checkpoint),
-        str(model_factory) if checkpoint is not None else "",
+        model_spec.source(checkpoint),
+        str(model_spec) if checkpoint is not None else "",
         dataset,
-        run.config,
+        loaded.config,
         split,
         rule,
     )
     written = build_atlas(
         out,
-        run.model,
+        loaded.model,
         data,
         list(layers) or "conv",
         k,

@@ -53,7 +53,7 @@ _run = stack(checkpoint_option, model_option)
 @output_options
 def occlude(
     checkpoint: Path | None,
-    model_factory: ModelSpec,
+    model_spec: ModelSpec,
     image: Path,
     size: int,
     stride: int,
@@ -70,14 +70,14 @@ def occlude(
     """
     from deconvviz.export.measures import write_occlusion
 
-    run = model_factory.load(checkpoint, device)
+    loaded = model_spec.load(checkpoint, device)
     written = write_occlusion(
-        run.model,
-        getattr(run, "config", None),
+        loaded.model,
+        getattr(loaded, "config", None),
         image,
         out,
         device=device,
-        image_size=model_factory.image_size,
+        image_size=model_spec.image_size,
         size=size,
         stride=stride,
         layer=layer,
@@ -110,7 +110,7 @@ def occlude(
 )
 def filters(
     checkpoint: Path | None,
-    model_factory: ModelSpec,
+    model_spec: ModelSpec,
     layers: tuple[str, ...],
     out: Path,
     radius: float,
@@ -126,8 +126,8 @@ def filters(
     """
     from deconvviz.export.measures import write_filters
 
-    run = model_factory.load(checkpoint)
-    written = write_filters(run.model, out, layers, radius=radius, scale=scale, tol=tol)
+    loaded = model_spec.load(checkpoint)
+    written = write_filters(loaded.model, out, layers, radius=radius, scale=scale, tol=tol)
     click.echo(written.line)
 
 
@@ -145,7 +145,7 @@ def filters(
 @progress_option
 def stats(
     checkpoint: Path | None,
-    model_factory: ModelSpec,
+    model_spec: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
     out: Path,
@@ -165,14 +165,14 @@ def stats(
     from deconvviz.export.measures import write_stats
     from deconvviz.sources.datasets import dataset_for_model
 
-    run = model_factory.load(checkpoint, device)
-    data = dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)
+    loaded = model_spec.load(checkpoint, device)
+    data = dataset_for_model(loaded.model, loaded.config, data_dir, dataset, split, max_images)
     dataset_note(data_dir, data.name, dataset)
     written = write_stats(
-        run.model,
+        loaded.model,
         data,
         out,
-        source=model_factory.source(checkpoint if run.path is None else run.path),
+        source=model_spec.source(checkpoint if loaded.path is None else loaded.path),
         split=split,
         layers=layers,
         batch_size=batch_size,

@@ -66,7 +66,7 @@ def _images_option(required: bool, help: str) -> Any:
 @output_options
 def reconstruct_cmd(
     checkpoint: Path | None,
-    model_factory: ModelSpec,
+    model_spec: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
     split: str,
@@ -100,12 +100,12 @@ def reconstruct_cmd(
         write_image_projections,
     )
 
-    run = model_factory.load(checkpoint, device)
+    loaded = model_spec.load(checkpoint, device)
     chosen, chans = list(layers) or None, list(channels) or None
     if images:
         written = write_image_projections(
-            run.model,
-            run.config,
+            loaded.model,
+            loaded.config,
             images,
             out,
             layers=chosen,
@@ -115,9 +115,9 @@ def reconstruct_cmd(
             progress=progress,
         )
     else:
-        data = _dataset_split(run, data_dir, dataset, split, max_images)
+        data = _dataset_split(loaded, data_dir, dataset, split, max_images)
         written = write_dataset_projections(
-            run.model,
+            loaded.model,
             data,
             out,
             k=k,
@@ -132,13 +132,13 @@ def reconstruct_cmd(
 
 
 def _dataset_split(
-    run: Any, data_dir: Path | None, dataset: str | None, split: str, max_images: int | None
+    loaded: Any, data_dir: Path | None, dataset: str | None, split: str, max_images: int | None
 ) -> Any:
     """The run's dataset split, said on stderr when picked (image folders list only their
     first ``max_images`` files; every dataset is cut to them by the scan)."""
     from deconvviz.sources.datasets import dataset_for_model
 
-    data = dataset_for_model(run.model, run.config, data_dir, dataset, split, max_images)
+    data = dataset_for_model(loaded.model, loaded.config, data_dir, dataset, split, max_images)
     dataset_note(data_dir, getattr(data, "name", None), dataset)
     return data
 
@@ -157,7 +157,7 @@ def _dataset_split(
 @output_options
 def compare_cmd(
     checkpoint: Path | None,
-    model_factory: ModelSpec,
+    model_spec: ModelSpec,
     images: tuple[Path, ...],
     target: int | None,
     baseline: float,
@@ -175,10 +175,10 @@ def compare_cmd(
 
     if len(images) > 8:
         raise click.UsageError("compare draws at most 8 images; give fewer --image")
-    run = model_factory.load(checkpoint, device)
+    loaded = model_spec.load(checkpoint, device)
     written = write_comparison(
-        run.model,
-        run.config,
+        loaded.model,
+        loaded.config,
         images,
         out,
         target=target,

@@ -59,7 +59,7 @@ _TOP = "Top activations per feature map in the reconstructions."
 @output_options
 def report_cmd(
     checkpoint: Path | None,
-    model_factory: ModelSpec,
+    model_spec: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
     split: str,
@@ -85,7 +85,7 @@ def report_cmd(
         checkpoint,
         data_dir,
         out,
-        loaded=model_factory.load(checkpoint, device),
+        loaded=model_spec.load(checkpoint, device),
         dataset=dataset,
         split=split,
         layers=list(layers) or None,

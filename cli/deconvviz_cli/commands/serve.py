@@ -65,7 +65,7 @@ def _url(host: str, port: int) -> str:
 
 def load_target(
     checkpoint: Path | None,
-    model_factory: ModelSpec,
+    model_spec: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
     split: str,
@@ -75,7 +75,7 @@ def load_target(
     neither a checkpoint nor a model is named, else the run and its data."""
     from deconvviz.sources.datasets import dataset_for_model, load_sample
 
-    if checkpoint is None and not model_factory.model:
+    if checkpoint is None and not model_spec.model:
         from deconvviz.sources.pretrained import load_pretrained
 
         model, info = load_pretrained("zfnet-cifar")
@@ -84,10 +84,10 @@ def load_target(
         else:
             data = dataset_for_model(model, info.get("config") or {}, data_dir, dataset, split)
         return model, data, list(info.get("classes") or []) or None, "zfnet-cifar (shipped)"
-    run = model_factory.load(checkpoint, device)
-    data = dataset_for_model(run.model, run.config, data_dir, dataset, split)
-    title = str(checkpoint) if checkpoint is not None else str(model_factory)
-    return run.model, data, None, title
+    loaded = model_spec.load(checkpoint, device)
+    data = dataset_for_model(loaded.model, loaded.config, data_dir, dataset, split)
+    title = str(checkpoint) if checkpoint is not None else str(model_spec)
+    return loaded.model, data, None, title
 
 
 @click.command("serve", short_help="Explore a network live in the browser.")
@@ -134,7 +134,7 @@ def load_target(
 @progress_option
 def serve_cmd(
     checkpoint: Path | None,
-    model_factory: ModelSpec,
+    model_spec: ModelSpec,
     data_dir: Path | None,
     dataset: str | None,
     split: str,
@@ -178,7 +178,7 @@ def serve_cmd(
     sock = _bind(host, port)  # first: a port in use fails before the model loads
     try:
         model, data, classes, title = load_target(
-            checkpoint, model_factory, data_dir, dataset, split, device
+            checkpoint, model_spec, data_dir, dataset, split, device
         )
         explorer = Explorer(model, data, classes=classes, atlas=atlas, device=device, title=title)
         app = create_app(
