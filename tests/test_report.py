@@ -19,7 +19,8 @@ from torch import Tensor, nn
 import deconvviz
 from browser import CHROMIUM, legibility, run_check
 from deconvviz.base.errors import InputError, LayerError
-from deconvviz.export.report import MIN_TEXT_PX, SECTIONS, write_report
+from deconvviz.export.report import SECTIONS, write_report
+from deconvviz.export.report_page import MIN_TEXT_PX
 from deconvviz.sources.data import ImageDataset
 
 
@@ -177,7 +178,7 @@ def test_every_reference_is_a_file_inside_the_report_for_any_out(tmp_path, monke
 
 
 def test_links_are_url_quoted():
-    from deconvviz.export.report import _url
+    from deconvviz.export.report_page import url as _url
 
     assert _url("figures/a b#1%.png") == "figures/a%20b%231%25.png"
     assert urllib.parse.unquote(_url("figures/a b#1%.png")) == "figures/a b#1%.png"
