@@ -96,6 +96,10 @@ def test_scan_checks_each_input_once(counts: collections.Counter[str]) -> None:
     _once(counts, "model")
     assert counts["rule"] == 0, dict(counts)  # a scan projects nothing: no rule is looked up
     assert counts["int"] == 2, dict(counts)  # k, batch_size
+    # each of the 2 batches the loader yields is new input, checked once, and so is the first
+    # item, read up front to fail fast on a dataset of the wrong form; the geometry of the two
+    # layers is learnt from the first batch without checking it again (4 checks before)
+    assert counts["batch"] == counts["device"] == 3, dict(counts)
 
 
 def test_project_top_checks_each_input_once(counts: collections.Counter[str]) -> None:

@@ -757,8 +757,7 @@ class _Scanner:
         """Learn every layer's geometry from one traced probe pass and start empty states (or
         check loaded ones against it); returns the tracer (to enter) on the layers' modules."""
         tops = dict(self.committed.tops)
-        for layer in self.names:
-            geo = dn.layer_geometry(xb, layer)
+        for layer, geo in zip(self.names, dn.layer_geometries(xb, self.names), strict=True):
             self.rfs[layer] = geo.receptive_field
             shape = tuple(int(s) for s in geo.out_shape)
             self.widths[layer] = shape[-1] if len(shape) == 3 else 1

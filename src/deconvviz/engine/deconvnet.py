@@ -195,9 +195,19 @@ class Deconvnet:
             >>> dn.layer_geometry(x, "conv2").out_shape   # doctest: +SKIP
             (64, 14, 14)
         """
-        _, name, info = self._door(x, layer)
-        assert info.out_shape is not None
-        return LayerGeometry(name, info.out_shape, info.rf, info.calls, info.merges)
+        return self.layer_geometries(x, [layer])[0]
+
+    def layer_geometries(self, x: Tensor, layers: Sequence[Layer]) -> list[LayerGeometry]:
+        """:meth:`layer_geometry` of several layers for inputs shaped like ``x``: the batch is
+        checked once and probed once for all of them."""
+        names = [self.layer_name(layer) for layer in layers]
+        probed = self._geometry.probe(self.check_input(x))
+        out = []
+        for name in names:
+            info = self._checks.layer(probed, name, self.layers)
+            assert info.out_shape is not None
+            out.append(LayerGeometry(name, info.out_shape, info.rf, info.calls, info.merges))
+        return out
 
     def activation_calls(self, x: Tensor) -> list[Event]:
         """The activation-function calls of the forward pass on inputs shaped like ``x``, in
