@@ -430,3 +430,19 @@ def test_a_pickle_naming_an_old_path_loads() -> None:
     )
     with pytest.warns(DeprecationWarning, match="deconvviz.models moved"):
         assert pickle.loads(blob) is LeNet5
+
+
+def test_no_function_of_the_package_is_over_60_lines_of_code() -> None:
+    """Beyond the engine (whole functions, above): no function anywhere in the library has
+    more than 60 lines of code, its docstring aside."""
+    long = []
+    for path in sorted(PACKAGES["deconvviz"].rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                first = node.body[0]
+                if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                    size -= (first.end_lineno or first.lineno) - first.lineno + 1
+                if size > 60:
+                    long.append(f"{path.relative_to(PACKAGES['deconvviz'])}:{node.name} ({size})")
+    assert not long, long

@@ -168,9 +168,34 @@ def _figure_html(f: ReportFigure, root: Path) -> str:
     )
 
 
+def _facts(manifest: Mapping[str, Any]) -> list[list[Any]]:
+    """The rows of the page's summary table: model, parameters, checkpoint, dataset, seed."""
+    cfg = manifest.get("config") or {}
+    facts = [
+        ["model", manifest["model"]["class"]],
+        ["parameters", f"{manifest['model']['parameters']:,}"],
+    ]
+    if manifest.get("run"):
+        facts.append(["checkpoint", manifest["run"]])
+    ds = manifest["dataset"]
+    facts.append(
+        [
+            "dataset",
+            " ".join(str(ds[k]) for k in ("name", "split") if k in ds)
+            + f" ({ds['size']} images, {ds['scanned']} scanned)",
+        ]
+    )
+    if cfg.get("seed") is not None:
+        facts.append(["seed", cfg["seed"]])
+    return facts
+
+
 def html_page(
     title: str, sections: Sequence[Section], manifest: Mapping[str, Any], root: Path
 ) -> str:
+    """``index.html``: the summary, the configuration, a table of contents and every
+    section's HTML and inline figures (none shown so small that its text is under
+    :data:`MIN_TEXT_PX`)."""
     e = html.escape
     ver = manifest["versions"]
     cfg = manifest.get("config") or {}
@@ -190,23 +215,7 @@ def html_page(
         f"{e(manifest['created'])}. Versions, config, seed and every figure are listed in "
         '<a href="manifest.json">manifest.json</a>.</p>',
     ]
-    facts = [
-        ["model", manifest["model"]["class"]],
-        ["parameters", f"{manifest['model']['parameters']:,}"],
-    ]
-    if manifest.get("run"):
-        facts.append(["checkpoint", manifest["run"]])
-    ds = manifest["dataset"]
-    facts.append(
-        [
-            "dataset",
-            " ".join(str(ds[k]) for k in ("name", "split") if k in ds)
-            + f" ({ds['size']} images, {ds['scanned']} scanned)",
-        ]
-    )
-    if cfg.get("seed") is not None:
-        facts.append(["seed", cfg["seed"]])
-    parts.append(html_table(None, facts, caption="Summary"))
+    parts.append(html_table(None, _facts(manifest), caption="Summary"))
     if cfg:
         trained = any(s.key == "training" and not s.skipped for s in sections)
         caption = "Training configuration" if trained else "Configuration"

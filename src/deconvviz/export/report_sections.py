@@ -155,22 +155,27 @@ def _filters(ctx: Context, section: Section) -> None:
     )
 
 
+def _hidden_stats(ctx: Context, section: Section, loader: DataLoader[Any]) -> None:
+    """The statistics section of a recurrent model: its hidden state per time step."""
+    from deconvviz.render.stats import hidden_state_figure
+
+    section.title = "Hidden-state statistics"
+    hs = hidden_state_stats(ctx.model, loader, progress=ctx.progress)
+    ctx.add_figure(
+        section,
+        "hidden state per time step: mean +- std, saturated fraction",
+        hidden_state_figure(hs),
+        "hidden_state_stats.png",
+    )
+    section.data["overall"] = {"mean": hs.overall_mean, "var": hs.overall_var}
+
+
 def _stats(ctx: Context, section: Section) -> None:
     loader: DataLoader[Any] = DataLoader(ctx.scan, batch_size=256, shuffle=False)  # type: ignore[arg-type]
     if callable(getattr(ctx.model, "hidden_states", None)) and not any(
         isinstance(m, nn.Conv2d) for m in ctx.model.modules()
     ):
-        from deconvviz.render.stats import hidden_state_figure
-
-        section.title = "Hidden-state statistics"
-        hs = hidden_state_stats(ctx.model, loader, progress=ctx.progress)
-        ctx.add_figure(
-            section,
-            "hidden state per time step: mean +- std, saturated fraction",
-            hidden_state_figure(hs),
-            "hidden_state_stats.png",
-        )
-        section.data["overall"] = {"mean": hs.overall_mean, "var": hs.overall_var}
+        _hidden_stats(ctx, section, loader)
         return
     from deconvviz.render.stats import histogram_figure
 

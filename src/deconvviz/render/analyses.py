@@ -197,6 +197,36 @@ _WRAP = 8
 """Steps per row of :func:`randomisation_figure` (a wider figure is unreadable in a page)."""
 
 
+def _similarity_curves(axes: Any, result: SanityResult) -> None:
+    """The Spearman and SSIM curves of :func:`randomisation_figure`: per rule, the mean over
+    images at each step, with a band from the minimum to the maximum."""
+    steps = np.arange(result.spearman.shape[1])
+    for ax, name, data in (
+        (axes[0], "Spearman rank correlation", result.spearman),
+        (axes[1], "SSIM", result.ssim),
+    ):
+        for r, rule in enumerate(result.rules):
+            vals = data[r].numpy()
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(np.where(np.isfinite(vals), vals, np.nan), axis=1)
+                lo = np.nanmin(np.where(np.isfinite(vals), vals, np.nan), axis=1)
+                hi = np.nanmax(np.where(np.isfinite(vals), vals, np.nan), axis=1)
+            colour = _RULE_COLOURS.get(rule)
+            ax.plot(steps, mean, marker="o", label=rule, color=colour)
+            ax.fill_between(steps, lo, hi, alpha=0.15, color=colour)
+        ax.set_xticks(
+            steps,
+            [s if i == 0 else f"+{s}" for i, s in enumerate(result.steps)],
+            rotation=45,
+            ha="right",
+            fontsize=8,
+        )
+        ax.set_ylim(-1.05 if name.startswith("Spearman") else -0.05, 1.05)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+
+
 def randomisation_figure(result: SanityResult, image: int = 0, title: str | None = None) -> Figure:
     """Adebayo et al.'s figure: projections of one image as the weights are randomised (one row
     per rule, one column per step) above the Spearman and SSIM curves (mean over images, band:
@@ -231,32 +261,7 @@ def randomisation_figure(result: SanityResult, image: int = 0, title: str | None
                 ax.set_title(step if s == 0 else f"+{step}", fontsize=8)
             if s % cols == 0:
                 ax.set_ylabel(rule, fontsize=9)
-    axes = sub_bottom.subplots(1, 2)
-    steps = np.arange(n_steps)
-    for ax, name, data in (
-        (axes[0], "Spearman rank correlation", result.spearman),
-        (axes[1], "SSIM", result.ssim),
-    ):
-        for r, rule in enumerate(result.rules):
-            vals = data[r].numpy()
-            with np.errstate(all="ignore"):
-                mean = np.nanmean(np.where(np.isfinite(vals), vals, np.nan), axis=1)
-                lo = np.nanmin(np.where(np.isfinite(vals), vals, np.nan), axis=1)
-                hi = np.nanmax(np.where(np.isfinite(vals), vals, np.nan), axis=1)
-            colour = _RULE_COLOURS.get(rule)
-            ax.plot(steps, mean, marker="o", label=rule, color=colour)
-            ax.fill_between(steps, lo, hi, alpha=0.15, color=colour)
-        ax.set_xticks(
-            steps,
-            [s if i == 0 else f"+{s}" for i, s in enumerate(result.steps)],
-            rotation=45,
-            ha="right",
-            fontsize=8,
-        )
-        ax.set_ylim(-1.05 if name.startswith("Spearman") else -0.05, 1.05)
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    _similarity_curves(sub_bottom.subplots(1, 2), result)
     _suptitle(
         fig,
         title
