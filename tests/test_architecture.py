@@ -405,7 +405,7 @@ def test_an_old_module_path_is_the_new_module_with_a_warning(old: str) -> None:
 
     new = importlib.import_module(MOVED[old])
     parent, _, leaf = old.rpartition(".")
-    saved = sys.modules.pop(old, None), getattr(sys.modules[parent], leaf, None)
+    saved = sys.modules.pop(old, None), vars(sys.modules[parent]).get(leaf)
     try:
         with pytest.warns(DeprecationWarning, match=f"{old} moved to {MOVED[old]}") as rec:
             exec(compile(f"import {old}", __file__, "exec"), {})  # a user's import line
@@ -418,6 +418,8 @@ def test_an_old_module_path_is_the_new_module_with_a_warning(old: str) -> None:
             sys.modules[old] = saved[0]
         if saved[1] is not None:
             setattr(sys.modules[parent], leaf, saved[1])
+        else:  # the import set the package's attribute; the attribute test wants it unset
+            vars(sys.modules[parent]).pop(leaf, None)
 
 
 def test_a_pickle_naming_an_old_path_loads() -> None:
@@ -446,3 +448,17 @@ def test_no_function_of_the_package_is_over_60_lines_of_code() -> None:
                 if size > 60:
                     long.append(f"{path.relative_to(PACKAGES['deconvviz'])}:{node.name} ({size})")
     assert not long, long
+
+
+def test_an_old_module_name_as_an_attribute_of_the_package_warns() -> None:
+    import deconvviz
+    from deconvviz.analyses import topk
+
+    vars(deconvviz).pop("topk", None)  # as in a fresh process, where nothing imported it
+    with pytest.warns(
+        DeprecationWarning, match="deconvviz.topk moved to deconvviz.analyses.topk"
+    ) as rec:
+        assert deconvviz.topk is topk  # type: ignore[attr-defined]
+    assert rec[0].filename == __file__
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        deconvviz.nope  # type: ignore[attr-defined]  # noqa: B018

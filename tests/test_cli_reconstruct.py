@@ -96,7 +96,7 @@ def test_reconstruct_dataset_mode(files, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert res.stdout.strip().splitlines() == [
-        f"wrote 1 figures to {out} (top-3 of 12 images, layers conv1, rule guided)"
+        f"wrote 1 figure to {out} (top-3 of 12 images, layers conv1, rule guided)"
     ]
     summary = json.loads((out / "conv1.json").read_text())
     assert summary["rule"] == "guided" and summary["k"] == 3 and summary["channels"] == [2, 0]

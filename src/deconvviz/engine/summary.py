@@ -122,7 +122,7 @@ class LayerTable:
             lines.append("activations with NO deconvnet rule (their plain gradient is used):")
             lines += [f"  {n}" for n in self.no_rule]
         else:
-            lines.append("every activation called has a deconvnet rule")
+            lines.append(f"every activation called has a reverse rule (here {self.rule!r})")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:

@@ -206,6 +206,10 @@ def write_image_reconstructions(
     return pngs
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def write_image_projections(
     model: nn.Module,
     config: Any,
@@ -235,8 +239,8 @@ def write_image_projections(
         pngs.append(comparison_png(model, config, x, Path(out_dir), progress))
     size = "x".join(str(s) for s in x.shape[-2:])
     line = (
-        f"wrote {len(pngs)} figures to {out_dir} ({len(paths)} images as {x.shape[1]}x{size}, "
-        f"layers {', '.join(results)}, rule {rule})"
+        f"wrote {_count(len(pngs), 'figure')} to {out_dir} ({_count(len(paths), 'image')} as "
+        f"{x.shape[1]}x{size}, layers {', '.join(results)}, rule {rule})"
     )
     return Written(tuple(pngs), line)
 
@@ -274,8 +278,9 @@ def write_dataset_projections(
     )
     pngs = write_dataset_reconstructions(found, out_dir)
     n = next(iter(found.values())).images if found else len(data)
+    scanned = _count(int(n or 0), "image")
     line = (
-        f"wrote {len(pngs)} figures to {out_dir} (top-{k} of {n} images, "
+        f"wrote {_count(len(pngs), 'figure')} to {out_dir} (top-{k} of {scanned}, "
         f"layers {', '.join(found)}, rule {rule})"
     )
     return Written(tuple(pngs), line)

@@ -125,7 +125,7 @@ def _headed(grid: Image.Image, text: str, size: int = 13) -> Image.Image:
     width = max(grid.width, int(font.getlength("x" * 32)) + 8)
     lines: list[str] = []
     for word in text.split(" "):  # a no-break space keeps "0 = grey" on one line
-        if lines and font.getlength(f"{lines[-1]} {word}") <= width - 8:
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width - 12:
             lines[-1] = f"{lines[-1]} {word}"
         else:
             lines.append(word)
@@ -133,7 +133,8 @@ def _headed(grid: Image.Image, text: str, size: int = 13) -> Image.Image:
     out = Image.new(grid.mode, (width, grid.height + line_h * len(lines) + 6), "white")
     draw = ImageDraw.Draw(out)
     for i, line in enumerate(lines):
-        draw.text((4, 3 + i * line_h), line, fill="black", font=font)
+        # the no-break spaces kept words together; the font has no glyph for them
+        draw.text((4, 3 + i * line_h), line.replace("\u00a0", " "), fill="black", font=font)
     out.paste(grid, (0, line_h * len(lines) + 6))
     return out
 
