@@ -46,8 +46,11 @@ def test_image_folder_labels_order_resize_and_skipped_files(tmp_path):
     assert x.shape == (3, 8, 8) and y == 0
     # the same pixels as the one image loader of every command (centre crop, bicubic)
     torch.testing.assert_close(x, load_images([ds.files[2]], 3, 8)[0])
-    first = find_image_folder(tmp_path, "test", channels=1, image_size=8, max_images=2)
-    assert first is not None and len(first) == 2 and first[0][0].shape == (1, 8, 8)
+    # max_images files spread over the listing (apple x3, then zebra's broken.jpg and x3):
+    # both classes, not the first class's first files
+    some = find_image_folder(tmp_path, "test", channels=1, image_size=8, max_images=3)
+    assert some is not None and len(some) == 3 and some[0][0].shape == (1, 8, 8)
+    assert some.targets.tolist() == [0, 0, 1]
 
 
 def test_flat_folder_has_no_labels_and_takes_the_first_images_size(tmp_path):
@@ -79,7 +82,7 @@ def test_reconstruct_and_stats_on_an_image_folder(tmp_path):
         + ["--out", str(tmp_path / "rec"), "--no-progress"],
     )
     assert res.exit_code == 0, res.output
-    assert "top-2 of 3 images" in res.stdout  # the broken file among the first 4 is left out
+    assert "top-2 of 3 images" in res.stdout  # the broken file among the 4 picked is left out
     assert any((tmp_path / "rec").rglob("*.png"))
     res = runner.invoke(
         cli,
@@ -87,4 +90,4 @@ def test_reconstruct_and_stats_on_an_image_folder(tmp_path):
         + ["--layer", "layer1.0.relu", "--out", str(tmp_path / "st"), "--no-progress"],
     )
     assert res.exit_code == 0, res.output
-    assert "4 images" in (tmp_path / "st" / "stats.md").read_text()
+    assert "5 images" in (tmp_path / "st" / "stats.md").read_text()  # 5 spread: none broken

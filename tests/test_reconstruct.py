@@ -489,13 +489,16 @@ def test_reconstruct_dataset_reads_the_dataset_once_for_all_layers():
         torch.testing.assert_close(rec.reconstructions, proj.reconstructions, rtol=0, atol=0)
 
 
-def test_reconstruct_dataset_max_images_uses_the_first_n_in_one_place():
+def test_reconstruct_dataset_max_images_spreads_them_in_one_place():
     model = _model()
     data = _data(n=12)
+    picked = [0, 2, 4, 7, 9]  # 5 of 12, spread evenly (p * 12 // 5)
     cut = reconstruct_dataset(model, data, ["conv2"], k=2, max_images=5, progress=False)
-    ref = reconstruct_dataset(model, data[:5], ["conv2"], k=2, progress=False)
+    ref = reconstruct_dataset(model, [data[i] for i in picked], ["conv2"], k=2, progress=False)
     assert cut["conv2"].images == 5
-    assert int(cut["conv2"].indices.max()) < 5
+    assert cut["conv2"].indices.tolist() == [
+        [picked[i] for i in r] for r in ref["conv2"].indices.tolist()
+    ]
     torch.testing.assert_close(cut["conv2"].values, ref["conv2"].values, rtol=0, atol=0)
     torch.testing.assert_close(
         cut["conv2"].reconstructions, ref["conv2"].reconstructions, rtol=0, atol=0

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 import deconvviz
 from deconvviz.analyses.scan import _read_state, scan, select_top
+from deconvviz.base._util import spread
 from deconvviz.base.errors import CheckpointError, InputError, LayerError
 from scan_models import scan_data, scan_model
 
@@ -111,7 +112,8 @@ def test_fewer_images_than_k_and_max_images():
     top = res["6"]
     assert res.images == 3
     assert (top.indices[:, 3:] == -1).all() and torch.isinf(top.values[:, 3:]).all()
-    assert set(top.indices[:, :3].flatten().tolist()) == {0, 1, 2}
+    # the 3 images are spread over the dataset, not its first 3
+    assert set(top.indices[:, :3].flatten().tolist()) == set(spread(len(data), 3))
 
 
 def test_select_top_is_order_free():
@@ -236,3 +238,9 @@ def test_two_gloo_processes_equal_one_process_bit_for_bit(tmp_path):
             assert torch.equal(v, ref[name].values), name
             assert torch.equal(i, ref[name].indices), name
             assert torch.equal(p, ref[name].positions), name
+
+
+def test_max_images_are_spread_evenly_over_the_dataset():
+    assert spread(12, 5) == [0, 2, 4, 7, 9]  # p * 12 // 5
+    assert spread(1000, 10) == list(range(0, 1000, 100))  # one per class of a sorted dataset
+    assert spread(5, 5) is None and spread(5, 9) is None and spread(5, None) is None

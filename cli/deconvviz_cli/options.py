@@ -351,7 +351,7 @@ def top_option(help: str, *, short: bool = False) -> Callable[[F], F]:
 
 
 def max_images_option(help: str, default: int | None = None) -> Callable[[F], F]:
-    """``--max-images N``: use only the first N images of the dataset."""
+    """``--max-images N``: use only N images of the dataset, spread evenly over it."""
     return int_option("--max-images", default=default, help=help)
 
 

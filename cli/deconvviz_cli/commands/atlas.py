@@ -28,7 +28,7 @@ from deconvviz_cli.options import (
 @layer_option(multiple=True, help="Layer to scan (default: every Conv2d)")
 @top_option("Top activations kept per unit (from distinct images).", short=True)
 @rule_option
-@max_images_option("Scan only the first N images.")
+@max_images_option("Scan only N images, spread evenly over the dataset.")
 @batch_size_option(256, "Images per forward pass while scanning.")
 @device_option(auto=True)
 @choice_option(

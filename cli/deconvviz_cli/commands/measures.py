@@ -139,7 +139,7 @@ def filters(
 @split_option("Which split of the dataset to measure.")
 @batch_size_option(256, "Images per forward pass.")
 @dataset_option
-@max_images_option("Use only the first N images.")
+@max_images_option("Use only N images, spread evenly over the dataset.")
 @workers_option("DataLoader worker processes reading images (for big image folders).")
 @device_option()
 @progress_option

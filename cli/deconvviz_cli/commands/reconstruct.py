@@ -54,7 +54,7 @@ def _images_option(required: bool, help: str) -> Any:
 )
 @top_option("Dataset mode: top activations per feature map.")
 @rule_option
-@max_images_option("Dataset mode: scan only the first N images.")
+@max_images_option("Dataset mode: scan only N images, spread evenly over the dataset.")
 @workers_option("Dataset mode: DataLoader worker processes reading images (for big image folders).")
 @click.option(
     "--compare/--no-compare",
@@ -134,8 +134,9 @@ def reconstruct_cmd(
 def _dataset_split(
     loaded: Any, data_dir: Path | None, dataset: str | None, split: str, max_images: int | None
 ) -> Any:
-    """The run's dataset split, said on stderr when picked (image folders list only their
-    first ``max_images`` files; every dataset is cut to them by the scan)."""
+    """The run's dataset split, said on stderr when picked (image folders list only
+    ``max_images`` files, spread over their classes; every dataset is cut to that many images,
+    spread evenly, by the scan)."""
     from deconvviz.sources.datasets import dataset_for_model
 
     data = dataset_for_model(loaded.model, loaded.config, data_dir, dataset, split, max_images)

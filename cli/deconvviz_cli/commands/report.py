@@ -47,7 +47,9 @@ _TOP = "Top activations per feature map in the reconstructions."
     help="Images (the dataset's first) that get occlusion maps and the method comparison.",
 )
 @max_images_option(
-    "Scan at most this many images for statistics and reconstructions.", default=2000
+    "Scan at most this many images (spread evenly over the dataset) for statistics and "
+    "reconstructions.",
+    default=2000,
 )
 @click.option(
     "--section",

@@ -320,7 +320,7 @@ def reconstruct_dataset(
         progress: show progress bars.
         num_workers: DataLoader worker processes reading the images (for folders read from
             disk, e.g. :class:`deconvviz.sources.datasets.FolderDataset`).
-        max_images: use only the first ``N`` images of ``dataset``.
+        max_images: use only ``N`` images of ``dataset``, spread evenly over it.
 
     Returns:
         ``{layer: LayerReconstructions}`` in the order given; ``reconstructions`` and

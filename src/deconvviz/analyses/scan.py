@@ -54,7 +54,7 @@ from deconvviz.analyses.topk import (
     project_top,
 )
 from deconvviz.base._io import write_bytes
-from deconvviz.base._util import DEFAULT_MAX_MEMORY, autocast, check_precision, items_within
+from deconvviz.base._util import DEFAULT_MAX_MEMORY, autocast, check_precision, items_within, spread
 from deconvviz.base.checks import (
     Resolved,
     batch_images,
@@ -206,7 +206,7 @@ def _shard(n: int, rank: int, world: int, batch: int) -> range:
 def _batches(
     data: Any,
     batch_size: int,
-    indices: range | None,
+    indices: Sequence[int] | None,
     start: int,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """``(images, dataset indices)`` batches; ``indices``: the images to read (all when None),
@@ -389,7 +389,8 @@ def scan(
             (``named_modules()`` spelling; ``"name:1"`` for the second call of a shared module).
         k: activations kept per channel, from distinct images.
         batch_size: images per forward pass (for a Dataset; a DataLoader keeps its own).
-        max_images: scan only the first ``N`` images of a Dataset or DataLoader.
+        max_images: scan only ``N`` images of a Dataset or DataLoader, spread evenly over it
+            (every ``len/N``-th: a dataset stored class by class is sampled across its classes).
         progress: show a progress bar (images/s and ETA; rank 0 only).
         state: file for the resumable scan state (one per rank: ``PATH.rank{r}of{w}`` when
             distributed).
@@ -499,7 +500,7 @@ class _Plan:
     world: int
     dist: Any
     total: int | None
-    shard: range | None
+    shard: Sequence[int] | None
 
 
 def _plan(
@@ -520,13 +521,16 @@ def _plan(
         )
     if total == 0:
         raise InputError("the dataset is empty; give one with at least one image")
-    shard: range | None = None
+    shard: Sequence[int] | None = None
     if distributed or max_images is not None or resume:
         if total is None:
             if max_images is not None:
                 raise InputError("max_images needs a Dataset or a DataLoader (with a length)")
             raise InputError("resume needs a Dataset or a DataLoader, not a plain iterable")
         shard = _shard(total, rank, world, _batch_size(data, batch_size))
+        picked = spread(_length(data) or 0, max_images)
+        if picked is not None:  # max_images spread over the dataset, not its first images
+            shard = [picked[p] for p in shard]
     if isinstance(data, DataLoader) and isinstance(data.sampler, RandomSampler):
         raise InputError(
             "the DataLoader shuffles, so image indices would not refer to dataset positions; "
@@ -635,8 +639,8 @@ class _State:
                 raise self._damaged(f"layer {name}: wrong dtypes")
             missing = i == _MISSING
             real = ~missing
-            lo, hi = share.start, share.start + done
-            if bool(((i < lo) | (i >= hi))[real].any()):
+            scanned = torch.as_tensor(list(share[:done]), dtype=torch.long, device=i.device)
+            if not bool(torch.isin(i[real], scanned).all()):
                 raise self._damaged(f"layer {name}: an image index outside the images done")
             if bool((real.sum(1) != min(k, done)).any()):
                 raise self._damaged(f"layer {name}: empty slots where images were seen")

@@ -18,6 +18,7 @@ from torch import Tensor
 from deconvviz.base.errors import InputError
 
 __all__ = [
+    "spread",
     "DEAD_UNIT",
     "dead_units",
     "DEFAULT_MAX_MEMORY",
@@ -51,6 +52,15 @@ def dead_units(channel_max: torch.Tensor) -> list[int]:
     """
     alive = channel_max.detach().cpu().double() > 0
     return [int(c) for c in (~alive).nonzero().flatten().tolist()]
+
+
+def spread(n: int, m: int | None) -> list[int] | None:
+    """``m`` indices spread evenly over ``range(n)`` (``p * n // m``: the first is 0), or None
+    when all ``n`` are wanted. ``--max-images`` takes these, not the first ``m``: a dataset stored
+    class by class is then sampled across its classes, not cut to the first ones."""
+    if m is None or m >= n:
+        return None
+    return [p * n // m for p in range(m)]
 
 
 def json_safe(obj: Any) -> Any:

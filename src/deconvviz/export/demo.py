@@ -91,7 +91,7 @@ def run_demo(
         out_dir: where everything goes: ``index.html``, ``manifest.json``, ``figures/`` (and
             ``run/``, the trained model, with ``train``).
         data_dir: a folder holding CIFAR-10 (``cifar10.npz`` or ``cifar-10-batches-py``):
-            analyse its test split (the first ``max_images``, 100 per class in stored order);
+            analyse its test split (``max_images`` of it, spread evenly over the split);
             with ``train``, also train on its full train split. Default: the shipped sample.
         train: train LeNet5 from scratch (the origin report's setup) instead of loading the
             shipped network.

@@ -50,7 +50,7 @@ from deconvviz.base._io import (
     write_json,
     write_text,
 )
-from deconvviz.base._util import json_safe
+from deconvviz.base._util import json_safe, spread
 from deconvviz.base._version import __version__
 from deconvviz.base.checks import (
     check_layer,
@@ -291,9 +291,11 @@ def _check_arguments(
 
 
 def _scanned(dataset: Sequence[Any], max_images: int | None) -> Sequence[Any]:
-    """The images scanned for statistics and reconstructions: the first ``max_images``."""
-    if max_images is not None and len(dataset) > max_images:
-        return Subset(dataset, range(max_images))  # type: ignore[arg-type,return-value]
+    """The images scanned for statistics and reconstructions: ``max_images`` of them, spread
+    evenly over the dataset."""
+    picked = spread(len(dataset), max_images)
+    if picked is not None:
+        return Subset(dataset, picked)  # type: ignore[arg-type,return-value]
     return dataset
 
 

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from deconvviz.analyses.reconstruct import expected_input
+from deconvviz.base._util import spread
 from deconvviz.base.errors import DataError, InputError, unknown_name
 from deconvviz.base.images import IMAGE_SUFFIXES, load_image
 from deconvviz.sources.data import (
@@ -185,8 +186,9 @@ def find_image_folder(
     """An ``ImageFolder`` tree or a flat folder of images at ``data_dir``, or ``None``.
 
     Looks for ``data_dir/<split>/<class>/*`` (``val`` for ``test``), then ``data_dir/<class>/*``,
-    then ``data_dir/*`` (no labels). ``max_images`` keeps the first N files (in order) before
-    their headers are checked, so a slice of a huge folder is quick.
+    then ``data_dir/*`` (no labels). ``max_images`` keeps N files spread evenly over the listing
+    (so over the classes) before their headers are checked, so a slice of a huge folder is
+    quick.
 
     Raises:
         InputError: a bad ``max_images``.
@@ -201,8 +203,9 @@ def find_image_folder(
     if listed is None:
         return None
     files, labels, classes, name = listed
-    if max_images is not None:
-        files, labels = files[:max_images], labels[:max_images]
+    picked = spread(len(files), max_images)
+    if picked is not None:  # spread over the class folders, not the first classes
+        files, labels = [files[i] for i in picked], [labels[i] for i in picked]
     keep, skipped = _drop_unreadable(files, root)
     return FolderDataset(
         [files[i] for i in keep],
@@ -334,7 +337,7 @@ def dataset_for_model(
         dataset: a dataset name to force (``"auto"``, ``"cifar10"``, ...; ``"imagefolder"``
             or ``"images"`` for a folder of images).
         split: ``"train"`` or ``"test"``.
-        max_images: for image folders, list only the first N files (deterministic order).
+        max_images: for image folders, list only N files, spread evenly over the classes.
 
     An ``ImageFolder`` tree or a flat folder of images under ``data_dir`` (see
     :mod:`deconvviz.sources.datasets`) is used when no deconvviz dataset layout is found there.
