@@ -1,4 +1,9 @@
-"""The paper's analyses beyond single projections, and sanity checks of the projections.
+"""The analyses layer: everything computed from a model, each returned as a frozen result object.
+
+Its modules: top-k and dataset scans (``topk``, ``scan``), reconstructions (``reconstruct``),
+occlusion, statistics, filters, the method comparison (``compare``), and the paper's analyses
+beyond single projections with the sanity checks of the projections, which this package
+gathers:
 
 * :class:`FeatureEvolution` -- a training callback following the strongest activation of chosen
   feature maps over a fixed image pool (Zeiler & Fergus, Fig. 4).
