@@ -13,7 +13,6 @@ and export layers (``filter_grid``, ``Report``, ``write_report``) are imported o
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import Any
 
 from deconvviz import _compat
@@ -103,12 +102,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     old = f"deconvviz.{name}"
     if old in _compat.MOVED:  # deconvviz.topk as an attribute: the old module, for one release
-        warnings.warn(
-            f"{old} moved to {_compat.MOVED[old]}; import it from there "
-            "(the old path goes in deconvviz 0.3)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        _compat.warn_moved(old, stacklevel=3)  # the user's attribute access
         return importlib.import_module(_compat.MOVED[old])
     module = _LAZY.get(name)
     if module is None:

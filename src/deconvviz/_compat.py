@@ -52,6 +52,16 @@ MOVED: dict[str, str] = {
 }
 
 
+def warn_moved(old: str, stacklevel: int) -> None:
+    """The :class:`DeprecationWarning` of an old module path (``MOVED[old]`` is the new one),
+    pointing ``stacklevel`` frames above this function's caller."""
+    warnings.warn(
+        f"{old} moved to {MOVED[old]}; import it from there (the old path goes in deconvviz 0.3)",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
+
+
 class _Alias(importlib.abc.Loader):
     def __init__(self, new: str) -> None:
         self.new = new
@@ -60,12 +70,8 @@ class _Alias(importlib.abc.Loader):
         return None  # a placeholder; exec_module puts the real module in its place
 
     def exec_module(self, module: ModuleType) -> None:
-        warnings.warn(
-            f"{module.__name__} moved to {self.new}; import it from there "
-            "(the old path goes in deconvviz 0.3)",
-            DeprecationWarning,
-            stacklevel=2,  # warnings skips the import machinery's frames: the user's import line
-        )
+        # warnings skips the import machinery's frames: this names the user's import line
+        warn_moved(module.__name__, stacklevel=3)
         # the import system returns what sys.modules holds after exec_module: the new module
         sys.modules[module.__name__] = importlib.import_module(self.new)
 

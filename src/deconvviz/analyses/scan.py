@@ -511,7 +511,7 @@ def _plan(
         distributed = world > 1
     if not distributed:
         rank, world, dist = 0, 1, None
-    total = _length(data)
+    length = total = _length(data)
     if total is not None and max_images is not None:
         total = min(total, max_images)
     if distributed and total is None:
@@ -528,7 +528,7 @@ def _plan(
                 raise InputError("max_images needs a Dataset or a DataLoader (with a length)")
             raise InputError("resume needs a Dataset or a DataLoader, not a plain iterable")
         shard = _shard(total, rank, world, _batch_size(data, batch_size))
-        picked = spread(_length(data) or 0, max_images)
+        picked = spread(length or 0, max_images)
         if picked is not None:  # max_images spread over the dataset, not its first images
             shard = [picked[p] for p in shard]
     if isinstance(data, DataLoader) and isinstance(data.sampler, RandomSampler):
